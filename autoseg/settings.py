@@ -1,0 +1,36 @@
+"""The one place that reads the environment: folder locations for raw, preprocessed and results."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where autoseg reads raw datasets and writes its outputs.
+
+    Read once at the CLI from ``AUTOSEG_RAW``, ``AUTOSEG_PREPROCESSED`` and ``AUTOSEG_RESULTS``;
+    each defaults to a folder under the current directory so that a first run never fails on a
+    missing variable.
+    """
+
+    raw: Path
+    preprocessed: Path
+    results: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        base = Path.cwd() if cwd is None else cwd
+
+        def pick(var: str, default: str) -> Path:
+            value = env.get(var)
+            return Path(value).expanduser().resolve() if value else (base / default).resolve()
+
+        return cls(
+            raw=pick("AUTOSEG_RAW", "autoseg_raw"),
+            preprocessed=pick("AUTOSEG_PREPROCESSED", "autoseg_preprocessed"),
+            results=pick("AUTOSEG_RESULTS", "autoseg_results"),
+        )

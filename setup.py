@@ -1,0 +1,35 @@
+"""autoseg: a self-configuring segmentation pipeline for liver, hepatic vessels and liver tumours in CT.
+
+The stage folders at the repository root are installed inside the ``autoseg`` namespace
+(``planners/`` becomes ``autoseg.planners`` and so on) so that no generic top-level module names
+such as ``training`` or ``inference`` are installed.
+"""
+from setuptools import setup
+
+STAGES = ("planners", "preprocessing", "training", "inference")
+
+setup(
+    name="autoseg",
+    version="0.1.0",
+    description="Self-configuring liver, vessel and tumour segmentation for CT (nnU-Net style).",
+    python_requires=">=3.10",
+    packages=["autoseg", "autoseg.networks"] + [f"autoseg.{s}" for s in STAGES],
+    package_dir={"autoseg": "autoseg", **{f"autoseg.{s}": s for s in STAGES}},
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "SimpleITK>=2.3",
+        "batchgenerators>=0.25",
+        "acvl-utils>=0.2.6",
+        "dynamic-network-architectures>=0.4",
+        "einops",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "distributed": ["ray[default]>=2.9"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
+)
