@@ -106,12 +106,62 @@ def read_sitk(path: str | Path) -> sitk.Image:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
             return reader.Execute()
+        _check_nifti_complete(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else "unknown error"
         raise ImageReadError(f"cannot be read as an image ({first})", path,
                              "check that the file is complete and a NIfTI, NRRD, MHA or DICOM image; "
                              "re-export or re-download it") from None
+
+
+def _nifti1_expected_bytes(header: bytes) -> int | None:
+    """Bytes a NIfTI-1 file holds (header + voxels), from its header; None if not NIfTI-1."""
+    for order in ("<", ">"):
+        if len(header) >= 348 and int(np.frombuffer(header[:4], order + "i4")[0]) == 348:
+            dims = np.frombuffer(header[40:56], order + "i2")
+            bitpix = int(np.frombuffer(header[72:74], order + "i2")[0])
+            offset = int(np.frombuffer(header[108:112], order + "f4")[0])
+            ndim = int(dims[0])
+            if not 1 <= ndim <= 7:
+                return None
+            voxels = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]]))
+            return max(offset, 348) + voxels * bitpix // 8
+    return None
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse truncated NIfTI files: ITK reads them silently and fills the missing voxels with 0."""
+    import gzip
+    import zlib
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    truncated = ImageReadError("file is truncated (fewer voxels stored than its header declares)", path,
+                               "re-export or re-download the file; a partial copy cannot be used")
+    if name.endswith(".nii"):
+        expected = _nifti1_expected_bytes(path.read_bytes()[:352])
+        if expected is not None and path.stat().st_size < expected:
+            raise truncated
+        return
+    try:
+        with gzip.open(path, "rb") as fh:
+            header = fh.read(352)
+        expected = _nifti1_expected_bytes(header)
+        with open(path, "rb") as fh:
+            fh.seek(-4, 2)
+            stored = int.from_bytes(fh.read(4), "little")
+        if expected is not None and stored == expected % 2**32:
+            return
+        with gzip.open(path, "rb") as fh:  # trailer disagrees or unknown header: decompress fully
+            total = 0
+            while chunk := fh.read(1 << 24):
+                total += len(chunk)
+        if expected is not None and total < expected:
+            raise truncated
+    except (EOFError, OSError, zlib.error):
+        raise truncated from None
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:

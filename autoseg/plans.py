@@ -63,7 +63,7 @@ class Estimates:
     device: str
     memory_budget_bytes: int
     memory_estimate_bytes: int
-    feature_map_elements: int
+    training_flops: int = 0
     step_time_target_s: float | None = None
     step_time_estimate_s: float | None = None
     step_time_measured_s: float | None = None

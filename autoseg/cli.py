@@ -1,0 +1,134 @@
+"""The ``autoseg`` command line. Reads the environment once into :class:`Settings` and hands it down.
+
+Every user error is an :class:`AutosegError`: printed without a traceback, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from autoseg.errors import AutosegError
+from autoseg.settings import Settings
+
+log = logging.getLogger("autoseg")
+
+EPILOG_PLAN = """examples:
+  autoseg plan_and_preprocess -d Task08                 # CPU plan, measured on this machine
+  autoseg plan_and_preprocess -d 8 --device cuda --gpu-memory 24
+  autoseg plan_and_preprocess -d /data/Task08_HepaticVessel --max-slices 200
+  autoseg plan_and_preprocess -d Task08 --only plan --force   # re-plan, keep fingerprint
+"""
+
+EPILOG_PHANTOM = """examples:
+  autoseg phantom -o autoseg_raw                        # Task08-like phantom, 10 training cases
+  autoseg phantom -o autoseg_raw --task Task03 -n 20 --test 4 --seed 7
+"""
+
+
+def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan_and_preprocess", help="fingerprint a dataset, plan the network, preprocess the cases",
+        description="Fingerprint the raw dataset, derive plans.json under a hardware budget, and "
+                    "preprocess every case. Outputs go to $AUTOSEG_PREPROCESSED/<dataset>/.",
+        epilog=EPILOG_PLAN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--dataset", required=True,
+                   help="Task08, 8, Dataset008_HepaticVessel, Task08_HepaticVessel or a folder path")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="plan for training on this device (default: cpu)")
+    p.add_argument("--gpu-memory", type=float, default=8.0, metavar="GB",
+                   help="GPU memory budget in GB for --device cuda (default: 8)")
+    p.add_argument("--step-time", type=float, default=1.5, metavar="S",
+                   help="CPU: target seconds per training step (default: 1.5)")
+    p.add_argument("--cpu-gflops", type=float, default=None,
+                   help="CPU: throughput to plan with instead of measuring it here")
+    p.add_argument("--no-measure", action="store_true",
+                   help="CPU: trust the cost model, do not time the chosen plan")
+    p.add_argument("--network", default="arunet", help="network from the registry (default: arunet)")
+    p.add_argument("--features", type=int, choices=(8, 16), default=None,
+                   help="base features (default: chosen by the budget)")
+    p.add_argument("--hu-window", type=float, nargs=2, default=(-160.0, 240.0), metavar=("LOW", "HIGH"),
+                   help="Hounsfield window for CT (default: -160 240)")
+    p.add_argument("--max-slices", type=int, default=None,
+                   help="exclude cases with more slices than this (reported in fingerprint.json)")
+    p.add_argument("--only", choices=("fingerprint", "plan", "preprocess"), action="append",
+                   help="run only these stages (repeatable); default: all three")
+    p.add_argument("--force", action="store_true", help="redo stages even when their outputs are current")
+    p.add_argument("-j", "--workers", type=int, default=2, help="worker processes (default: 2)")
+    p.add_argument("--seed", type=int, default=12345, help="seed for sampling (default: 12345)")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.planners.planner import PlannerOptions
+    from autoseg.preprocessing.workflow import plan_and_preprocess
+
+    options = PlannerOptions(
+        device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,
+        network=args.network, base_features=args.features, hu_window=tuple(args.hu_window),
+        cpu_gflops=args.cpu_gflops, measure=not args.no_measure, seed=args.seed)
+    stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
+    out = plan_and_preprocess(args.dataset, settings, options, stages=stages, max_slices=args.max_slices,
+                              workers=args.workers, force=args.force)
+    print(f"done: {out}")
+    return 0
+
+
+def _add_phantom_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("phantom", help="write a synthetic abdominal CT task (MSD format)",
+                       description="Generate the embedded default dataset: synthetic abdominal CT with "
+                                   "liver, hepatic vessels and tumours, as an MSD task folder.",
+                       epilog=EPILOG_PHANTOM, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="folder to write the task folder into (default: $AUTOSEG_RAW)")
+    p.add_argument("--task", choices=("Task08", "Task03"), default="Task08")
+    p.add_argument("-n", "--num-training", type=int, default=10)
+    p.add_argument("--test", type=int, default=2, help="held-out test cases (default: 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_phantom)
+
+
+def _cmd_phantom(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.phantom import write_task
+
+    out = write_task(args.output or settings.raw, task=args.task, num_training=args.num_training,
+                     num_test=args.test, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_phantom_parser, _add_plan_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoseg",
+        description="Self-configuring segmentation of liver, hepatic vessels and liver tumours in CT. "
+                    "Folders: $AUTOSEG_RAW, $AUTOSEG_PREPROCESSED, $AUTOSEG_RESULTS (default: "
+                    "./autoseg_raw, ./autoseg_preprocessed, ./autoseg_results).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args, Settings.from_env()))
+    except AutosegError as exc:
+        print(f"autoseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoseg: interrupted; finished outputs are kept, partial ones were not written",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

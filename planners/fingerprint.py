@@ -1,0 +1,251 @@
+"""Dataset fingerprint: spacings, shapes, slice counts, intensities and class fractions.
+
+The fingerprint is everything the planner needs to know about a dataset, written as
+``fingerprint.json`` so a person can read it and the planner can be re-run without touching the
+images again.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from autoseg.cropping import body_bbox
+from autoseg.datasets import Case, Dataset
+from autoseg.errors import DatasetError
+from autoseg.io import read_image, read_label, write_json
+from autoseg.validation import validate_case
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_CLASS = 10_000
+TINY_CLASS_FRACTION = 0.01  # below 1 % of the body voxels a class is called tiny
+FINGERPRINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CaseFingerprint:
+    """What one case contributes: geometry, crop size, voxel counts and intensity samples."""
+
+    identifier: str
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    cropped_shape: tuple[int, int, int]
+    body_voxels: int
+    class_voxels: dict[int, int]
+    samples: dict[int, np.ndarray]  # label -> (channels, n) intensity samples; 0 = whole foreground
+    intensity_min: float
+    intensity_max: float
+
+
+def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint:
+    """Read, validate and summarise one case."""
+    image, geometry = _read_channels(case)
+    label, label_geometry = read_label(case.label) if case.label else (None, None)
+    validate_case(case, image, geometry, label, label_geometry, dataset.labels, len(dataset.channel_names))
+    bbox = body_bbox(image[0], is_ct=dataset.is_ct)
+    cropped = tuple(int(hi - lo) for lo, hi in bbox)
+    rng = np.random.default_rng([seed, _stable_hash(case.identifier)])
+    class_voxels: dict[int, int] = {}
+    samples: dict[int, np.ndarray] = {}
+    if label is not None:
+        flat_label = label.ravel()
+        flat_image = image.reshape(image.shape[0], -1)
+        foreground = np.flatnonzero(flat_label > 0)
+        samples[0] = flat_image[:, _subsample(foreground, rng)]
+        for lab in dataset.foreground_labels:
+            where = np.flatnonzero(flat_label == lab)
+            class_voxels[lab] = int(where.size)
+            samples[lab] = flat_image[:, _subsample(where, rng)]
+    return CaseFingerprint(
+        identifier=case.identifier,
+        spacing=geometry.spacing_zyx,
+        shape=geometry.shape_zyx,
+        cropped_shape=cropped,  # type: ignore[arg-type]
+        body_voxels=int(np.prod(cropped)),
+        class_voxels=class_voxels,
+        samples=samples,
+        intensity_min=float(image.min()),
+        intensity_max=float(image.max()),
+    )
+
+
+def _read_channels(case: Case) -> tuple[np.ndarray, Any]:
+    arrays, geometry = [], None
+    for path in case.images:
+        array, geom = read_image(path)
+        if geometry is not None and not geom.same_grid(geometry):
+            raise DatasetError(f"channel files of case '{case.identifier}' are on different grids", path,
+                               "resample all channels of a case onto one grid")
+        geometry = geom
+        arrays.append(array)
+    return np.concatenate(arrays, axis=0), geometry
+
+
+def _subsample(indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if indices.size <= SAMPLES_PER_CLASS:
+        return indices
+    return np.sort(rng.choice(indices, SAMPLES_PER_CLASS, replace=False))
+
+
+def _stable_hash(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode())
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {"n": 0}
+    p = np.percentile(values, [0.5, 50, 99.5])
+    return {"n": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
+            "min": float(values.min()), "max": float(values.max()),
+            "percentile_00_5": float(p[0]), "median": float(p[1]), "percentile_99_5": float(p[2]),
+            "quantiles": np.percentile(values, np.linspace(0, 100, 101)).round(2).tolist()}
+
+
+def _distribution(values: np.ndarray) -> dict[str, list[float]]:
+    return {"median": np.median(values, 0).tolist(), "min": values.min(0).tolist(),
+            "max": values.max(0).tolist(), "percentile_10": np.percentile(values, 10, 0).tolist(),
+            "percentile_90": np.percentile(values, 90, 0).tolist()}
+
+
+def _worker(args: tuple[Case, Dataset, int]) -> CaseFingerprint:
+    return fingerprint_case(*args)
+
+
+def compute_fingerprint(dataset: Dataset, num_workers: int = 2, seed: int = 12345,
+                        max_slices: int | None = None) -> dict[str, Any]:
+    """Fingerprint every case (in parallel) and aggregate the dataset statistics."""
+    jobs = [(case, dataset, seed) for case in dataset.cases]
+    if num_workers > 1 and len(jobs) > 1:
+        with mp.get_context("spawn").Pool(min(num_workers, len(jobs))) as pool:
+            cases = list(tqdm(pool.imap(_worker, jobs), total=len(jobs), desc="fingerprint"))
+    else:
+        cases = [_worker(j) for j in tqdm(jobs, desc="fingerprint")]
+    return aggregate(dataset, cases, max_slices)
+
+
+def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | None) -> dict[str, Any]:
+    """Dataset-level statistics from per-case fingerprints, applying the slice-count filter."""
+    excluded = []
+    if max_slices is not None:
+        excluded = [{"case": c.identifier, "slices": c.shape[0],
+                     "reason": f"{c.shape[0]} slices > --max-slices {max_slices}"}
+                    for c in cases if c.shape[0] > max_slices]
+        for e in excluded:
+            log.warning("excluding case %s: %s", e["case"], e["reason"])
+        cases = [c for c in cases if c.shape[0] <= max_slices]
+        if not cases:
+            raise DatasetError(f"all cases have more than {max_slices} slices", dataset.root,
+                               "raise --max-slices or drop the option")
+    spacings = np.array([c.spacing for c in cases], dtype=float)
+    shapes = np.array([c.shape for c in cases], dtype=float)
+    cropped = np.array([c.cropped_shape for c in cases], dtype=float)
+    slices = np.array([c.shape[0] for c in cases])
+    counts, edges = np.histogram(slices, bins=min(20, max(1, len(np.unique(slices)))))
+    body_total = sum(c.body_voxels for c in cases)
+    fractions, warnings = _class_fractions(dataset, cases, body_total)
+    intensity = _intensity(dataset, cases)
+    warnings += _ct_warnings(dataset, cases, intensity)
+    return {
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "dataset_name": dataset.name,
+        "format": dataset.format,
+        "channel_names": list(dataset.channel_names),
+        "labels": {str(k): v for k, v in sorted(dataset.labels.items())},
+        "is_ct": dataset.is_ct,
+        "num_cases": len(cases),
+        "excluded": excluded,
+        "axis_order": "z, y, x",
+        "spacing": _distribution(spacings),
+        "shape": _distribution(shapes),
+        "shape_after_crop": _distribution(cropped),
+        "slices": {"min": int(slices.min()), "median": float(np.median(slices)),
+                   "max": int(slices.max()),
+                   "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}},
+        "intensity": intensity,
+        "class_fractions": fractions,
+        "warnings": warnings,
+        "cases": [{"case": c.identifier, "spacing": list(c.spacing), "shape": list(c.shape),
+                   "shape_after_crop": list(c.cropped_shape),
+                   "class_voxels": {str(k): v for k, v in c.class_voxels.items()},
+                   "intensity_range": [c.intensity_min, c.intensity_max]} for c in cases],
+    }
+
+
+def _class_fractions(dataset: Dataset, cases: list[CaseFingerprint],
+                     body_total: int) -> tuple[dict[str, Any], list[str]]:
+    fractions: dict[str, Any] = {}
+    warnings = []
+    total_voxels = sum(int(np.prod(c.shape)) for c in cases)
+    for lab in dataset.foreground_labels:
+        n = sum(c.class_voxels.get(lab, 0) for c in cases)
+        present = sum(1 for c in cases if c.class_voxels.get(lab, 0) > 0)
+        frac_body = n / max(body_total, 1)
+        fractions[str(lab)] = {"name": dataset.labels[lab], "voxels": n,
+                               "fraction_of_volume": n / max(total_voxels, 1),
+                               "fraction_of_body": frac_body, "cases_present": present}
+        if frac_body < TINY_CLASS_FRACTION:
+            warnings.append(f"class {lab} '{dataset.labels[lab]}' is tiny: {100 * frac_body:.3f}% of the "
+                            f"body voxels; training oversamples it and uses a Dice term")
+        if present < len(cases):
+            warnings.append(f"class {lab} '{dataset.labels[lab]}' is absent from "
+                            f"{len(cases) - present} of {len(cases)} cases")
+    return fractions, warnings
+
+
+def _intensity(dataset: Dataset, cases: list[CaseFingerprint]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for ch, name in enumerate(dataset.channel_names):
+        per_class = {}
+        for lab in [0] + dataset.foreground_labels:
+            pooled = [c.samples[lab][ch] for c in cases if lab in c.samples]
+            values = np.concatenate(pooled) if pooled else np.zeros(0)
+            per_class["foreground" if lab == 0 else str(lab)] = _stats(values)
+        out[str(ch)] = {"name": name, **per_class}
+    return out
+
+
+def _ct_warnings(dataset: Dataset, cases: list[CaseFingerprint], intensity: dict[str, Any]) -> list[str]:
+    if not dataset.is_ct:
+        return [f"channels {list(dataset.channel_names)} are not CT: the HU window is not applied, "
+                "intensities are z-scored per image"]
+    low = min(c.intensity_min for c in cases)
+    if low > -500:
+        return [f"dataset.json says CT but the lowest intensity is {low:.0f}; CT in Hounsfield units "
+                "has air near -1000. Check that the images are in HU (rescale slope/intercept applied)"]
+    return []
+
+
+def save_fingerprint(fingerprint: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``fingerprint.json`` and the slice-count histogram ``slices.png``."""
+    path = out_dir / "fingerprint.json"
+    write_json(path, fingerprint)
+    plot_slice_histogram(fingerprint, out_dir / "slices.png")
+    return path
+
+
+def plot_slice_histogram(fingerprint: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoseg.io import atomic_path
+
+    slices = [c["shape"][0] for c in fingerprint["cases"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.hist(slices, bins=fingerprint["slices"]["histogram"]["edges"], color="#4c72b0", edgecolor="white")
+    ax.set_xlabel("slices per case")
+    ax.set_ylabel("cases")
+    ax.set_title(f"{fingerprint['dataset_name']}: slice counts (n={len(slices)})")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

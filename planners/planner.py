@@ -1,0 +1,302 @@
+"""The planner: from a fingerprint and a hardware budget to ``plans.json``.
+
+Decisions, in order: target spacing; median case shape at that spacing; then, for base features
+16 and 8, the largest patch (starting from the median shape, shrinking the axis that is largest
+relative to the median shape) whose training step fits the budget — GPU memory on CUDA, a
+step-time target (and RAM) on CPU; the batch size (at least 2; on a GPU, grown until the memory
+budget is used). Every estimate and the reason for each choice are written into the plans.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from autoseg.errors import ConfigurationError, PlansError
+from autoseg.networks import default_network_kwargs, estimate_training_memory, network_names
+from autoseg.plans import Estimates, NetworkPlan, Normalisation, Plans, Recipe, Resampling
+from autoseg.planners.topology import Topology, plan_topology
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HU_WINDOW = (-160.0, 240.0)
+FEATURE_CAP = 320
+MIN_BATCH = 2
+MAX_GPU_BATCH = 64
+GPU_RESERVED_BYTES = 1.5e9  # CUDA context, cuDNN workspaces, parameters and optimiser state
+GPU_AMP_ACTIVATION_FACTOR = 0.6  # fp16 activations under autocast; norms and losses stay fp32
+ANISOTROPY_RATIO = 3.0
+
+
+@dataclass(frozen=True)
+class PlannerOptions:
+    """The budget and choices a user can set on the command line."""
+
+    device: str = "cpu"
+    gpu_memory_gb: float = 8.0
+    step_time_target_s: float = 1.5
+    ram_fraction: float = 0.5
+    network: str = "arunet"
+    base_features: int | None = None  # None: choose 8 or 16 by the budget
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
+    cpu_gflops: float | None = None  # CPU throughput; None: measured on this machine
+    measure: bool = True  # CPU: verify the chosen plan's step time with a real step
+    max_stages: int = 6
+    seed: int = 12345
+    deep_supervision: bool = True
+    extra_notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigurationError(f"--device must be cpu or cuda, got '{self.device}'")
+        if self.network not in network_names():
+            from autoseg.errors import unknown_name
+
+            raise unknown_name("network", self.network, network_names())
+        if self.base_features not in (None, 8, 16):
+            raise ConfigurationError(f"--features must be 8 or 16, got {self.base_features}")
+        if self.gpu_memory_gb <= 0 or self.step_time_target_s <= 0:
+            raise ConfigurationError("--gpu-memory and --step-time must be positive")
+        lo, hi = self.hu_window
+        if lo >= hi:
+            raise ConfigurationError(f"HU window low {lo} must be below high {hi}")
+
+
+def target_spacing(fingerprint: dict[str, Any]) -> tuple[float, ...]:
+    """Median spacing; for strongly anisotropic data the coarse axis takes its 10th percentile.
+
+    Resampling thick-slice cases to the median slice thickness would blur the thin-slice ones; the
+    10th percentile keeps more of the through-plane resolution when most cases have fine in-plane
+    and coarse through-plane spacing (the nnU-Net rule, restated).
+    """
+    median = np.array(fingerprint["spacing"]["median"], dtype=float)
+    p10 = np.array(fingerprint["spacing"]["percentile_10"], dtype=float)
+    coarse = int(np.argmax(median))
+    others = np.delete(median, coarse)
+    if median[coarse] > ANISOTROPY_RATIO * others.max():
+        median[coarse] = max(p10[coarse], ANISOTROPY_RATIO * others.max())
+    return tuple(float(round(s, 4)) for s in median)
+
+
+def median_shape_at(fingerprint: dict[str, Any], spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """Median cropped case shape after resampling to ``spacing``."""
+    shapes = [np.array(c["shape_after_crop"]) * np.array(c["spacing"]) / np.array(spacing)
+              for c in fingerprint["cases"]]
+    return tuple(int(round(v)) for v in np.median(np.array(shapes), axis=0))
+
+
+def normalisation_for(fingerprint: dict[str, Any], window: tuple[float, float]) -> tuple[Normalisation, ...]:
+    """CT channels: clip to the HU window, z-score with the clipped foreground statistics."""
+    out = []
+    for ch in sorted(fingerprint["intensity"], key=int):
+        stats = fingerprint["intensity"][ch]["foreground"]
+        if not fingerprint["is_ct"] or stats.get("n", 0) == 0:
+            out.append(Normalisation("zscore"))
+            continue
+        # Statistics of the clipped distribution, from the 101 stored quantiles (percentile 0..100).
+        q = np.clip(np.array(stats["quantiles"], dtype=float), *window)
+        mids = (q[:-1] + q[1:]) / 2
+        mean = float(mids.mean())
+        std = float(mids.std()) or 1.0
+        out.append(Normalisation("ct", window=(float(window[0]), float(window[1])), mean=mean, std=std))
+    return tuple(out)
+
+
+@dataclass
+class Candidate:
+    """One priced configuration."""
+
+    topology: Topology
+    base_features: int
+    batch_size: int
+    network_kwargs: dict[str, Any]
+    memory_bytes: int
+    flops: int = 0
+    step_time_s: float | None = None
+
+    @property
+    def patch_voxels(self) -> int:
+        return math.prod(self.topology.patch_size)
+
+
+class Pricer:
+    """Prices candidates against the budget of one device."""
+
+    def __init__(self, fingerprint: dict[str, Any], options: PlannerOptions):
+        self.options = options
+        self.in_channels = len(fingerprint["channel_names"])
+        self.num_classes = max(int(k) for k in fingerprint["labels"]) + 1
+        self.time_model: Any = None
+        if options.device == "cuda":
+            usable = options.gpu_memory_gb * 1024**3 - GPU_RESERVED_BYTES
+            self.memory_budget = int(max(usable, 0.25 * options.gpu_memory_gb * 1024**3))
+        else:
+            self.memory_budget = int(_available_ram_bytes() * options.ram_fraction)
+
+    def candidate(self, topology: Topology, base: int, batch: int) -> Candidate:
+        features = [min(base * 2**i, FEATURE_CAP) for i in range(topology.n_stages)]
+        kwargs = default_network_kwargs(
+            self.options.network, n_stages=topology.n_stages, features_per_stage=features,
+            strides=[list(s) for s in topology.strides],
+            kernel_sizes=[list(k) for k in topology.kernel_sizes],
+            deep_supervision=self.options.deep_supervision)
+        memory = self.memory_of(kwargs, topology.patch_size, batch)
+        return Candidate(topology, base, batch, kwargs, memory)
+
+    def memory_of(self, kwargs: dict[str, Any], patch: tuple[int, ...], batch: int) -> int:
+        raw = estimate_training_memory(self.options.network, kwargs, self.in_channels, self.num_classes,
+                                       patch, batch)
+        return int(raw * GPU_AMP_ACTIVATION_FACTOR) if self.options.device == "cuda" else int(raw)
+
+    def fits(self, cand: Candidate) -> bool:
+        if cand.memory_bytes > self.memory_budget:
+            return False
+        if self.options.device == "cuda":
+            return True
+        from autoseg.planners.cost import training_flops
+
+        cand.flops = training_flops(self.options.network, cand.network_kwargs, self.in_channels,
+                                    self.num_classes, cand.topology.patch_size, cand.batch_size)
+        cand.step_time_s = self.time_model.predict(cand.flops)
+        return cand.step_time_s <= self.options.step_time_target_s
+
+
+def _available_ram_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def fit_patch(pricer: Pricer, median_shape: tuple[int, ...], spacing: tuple[float, ...],
+              base: int) -> Candidate:
+    """Largest patch (from the median shape down) whose step fits the budget at batch 2."""
+    opts = pricer.options
+    patch = list(median_shape)
+    while True:
+        topology = plan_topology(tuple(patch), spacing, opts.max_stages)
+        cand = pricer.candidate(topology, base, MIN_BATCH)
+        if pricer.fits(cand):
+            return cand
+        ratios = [p / m for p, m in zip(topology.patch_size, median_shape)]
+        shrinkable = [a for a in range(len(patch)) if topology.patch_size[a] > 8]
+        if not shrinkable:
+            raise PlansError(f"no patch fits the budget even at {topology.patch_size} with "
+                             f"{base} base features", fix="raise --gpu-memory or --step-time")
+        axis = max(shrinkable, key=lambda a: ratios[a])
+        step = max(topology.total_stride[axis], int(0.1 * topology.patch_size[axis]) // 2 * 2, 2)
+        patch = list(topology.patch_size)
+        patch[axis] = max(topology.patch_size[axis] - step, 8)
+
+
+def grow_batch(pricer: Pricer, cand: Candidate) -> Candidate:
+    """On a GPU, grow the batch while the memory estimate stays within the budget."""
+    if pricer.options.device != "cuda":
+        return cand
+    per_sample = cand.memory_bytes / cand.batch_size
+    batch = int(min(MAX_GPU_BATCH, max(MIN_BATCH, pricer.memory_budget // max(per_sample, 1))))
+    cand.batch_size = batch
+    cand.memory_bytes = pricer.memory_of(cand.network_kwargs, cand.topology.patch_size, batch)
+    return cand
+
+
+def choose_features(pricer: Pricer, median_shape: tuple[int, ...],
+                    spacing: tuple[float, ...]) -> tuple[Candidate, str]:
+    """Base features 16 unless its patch would be under half the volume 8 features allow."""
+    forced = pricer.options.base_features
+    if forced is not None:
+        return fit_patch(pricer, median_shape, spacing, forced), f"base features {forced} set by the user"
+    wide = fit_patch(pricer, median_shape, spacing, 16)
+    narrow = fit_patch(pricer, median_shape, spacing, 8)
+    if wide.patch_voxels >= 0.5 * narrow.patch_voxels:
+        return wide, (f"base features 16: its patch {wide.topology.patch_size} keeps "
+                      f"{wide.patch_voxels / narrow.patch_voxels:.0%} of the 8-feature patch volume")
+    return narrow, (f"base features 8: with 16 the patch would shrink to {wide.topology.patch_size} "
+                    f"({wide.patch_voxels / narrow.patch_voxels:.0%} of {narrow.topology.patch_size})")
+
+
+CALIBRATION_PATCH = (16, 64, 64)
+
+
+def _calibrate(pricer: Pricer, spacing: tuple[float, ...]) -> str:
+    from autoseg.planners.cost import CpuTimeModel, calibrate_cpu
+
+    opts = pricer.options
+    if opts.cpu_gflops is not None:
+        pricer.time_model = CpuTimeModel(1.0 / (opts.cpu_gflops * 1e9))
+        return f"CPU throughput {opts.cpu_gflops:.1f} GFLOP/s given by the user"
+    patch = CALIBRATION_PATCH[-len(spacing):]
+    cand = pricer.candidate(plan_topology(patch, spacing, opts.max_stages), 8, MIN_BATCH)
+    pricer.time_model, seconds, flops = calibrate_cpu(opts.network, cand.network_kwargs, pricer.in_channels,
+                                                      pricer.num_classes, cand.topology.patch_size,
+                                                      MIN_BATCH)
+    return (f"CPU throughput measured: {flops / seconds / 1e9:.1f} GFLOP/s "
+            f"(patch {cand.topology.patch_size}, batch {MIN_BATCH}, {seconds:.2f} s/step)")
+
+
+def _verify_cpu(pricer: Pricer, cand: Candidate, median_shape: tuple[int, ...],
+                spacing: tuple[float, ...], notes: list[str]) -> Candidate:
+    """Measure the chosen plan; while it is slower than the target, recalibrate and shrink."""
+    from autoseg.planners.cost import measure_step_seconds
+
+    for _ in range(4):
+        measured = measure_step_seconds(pricer.options.network, cand.network_kwargs, pricer.in_channels,
+                                        pricer.num_classes, cand.topology.patch_size, cand.batch_size)
+        notes.append(f"measured {measured:.2f} s/step at patch {cand.topology.patch_size}")
+        cand.step_time_s = measured
+        if measured <= pricer.options.step_time_target_s * 1.05:
+            return cand
+        pricer.time_model.update(cand.flops, measured)
+        cand = fit_patch(pricer, median_shape, spacing, cand.base_features)
+    return cand
+
+
+def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
+    """Derive the complete plans for a fingerprinted dataset under ``options``' budget."""
+    spacing = target_spacing(fingerprint)
+    median_shape = median_shape_at(fingerprint, spacing)
+    pricer = Pricer(fingerprint, options)
+    notes = [f"target spacing {spacing} mm (z, y, x), median shape there {median_shape}"]
+    if options.device == "cpu":
+        notes.append(_calibrate(pricer, spacing))
+    cand, why = choose_features(pricer, median_shape, spacing)
+    notes.append(why)
+    if options.device == "cpu" and options.measure:
+        cand = _verify_cpu(pricer, cand, median_shape, spacing, notes)
+    cand = grow_batch(pricer, cand)
+    notes.append(f"batch {cand.batch_size}: " + ("as large as the GPU memory budget allows"
+                                                 if options.device == "cuda" else
+                                                 "the minimum, so the CPU step time stays on target"))
+    estimates = Estimates(
+        device=options.device, memory_budget_bytes=pricer.memory_budget,
+        memory_estimate_bytes=cand.memory_bytes, training_flops=cand.flops,
+        step_time_target_s=options.step_time_target_s if options.device == "cpu" else None,
+        step_time_estimate_s=(pricer.time_model.predict(cand.flops) if pricer.time_model else None),
+        step_time_measured_s=cand.step_time_s if options.measure and options.device == "cpu" else None,
+        notes=tuple(notes) + options.extra_notes)
+    for note in notes:
+        log.info("plan: %s", note)
+    return Plans(
+        dataset_name=fingerprint["dataset_name"],
+        channel_names=tuple(fingerprint["channel_names"]),
+        labels={int(k): v for k, v in fingerprint["labels"].items()},
+        is_ct=bool(fingerprint["is_ct"]),
+        target_spacing=spacing,
+        median_shape=median_shape,
+        patch_size=cand.topology.patch_size,
+        batch_size=cand.batch_size,
+        normalisation=normalisation_for(fingerprint, options.hu_window),
+        network=NetworkPlan(options.network, cand.network_kwargs),
+        estimates=estimates,
+        resampling=Resampling(),
+        recipe=Recipe(deep_supervision=options.deep_supervision),
+        seed=options.seed,
+    )

@@ -1,0 +1,100 @@
+"""``autoseg plan_and_preprocess``: fingerprint, plan and preprocess, each skipped when current.
+
+Outputs in ``$AUTOSEG_PREPROCESSED/<dataset>/``: ``fingerprint.json``, ``slices.png``,
+``plans.json`` and ``data/`` (one array file and one properties JSON per case).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from autoseg.datasets import Dataset, find_dataset
+from autoseg.errors import PlansError
+from autoseg.io import read_json
+from autoseg.plans import Plans
+from autoseg.planners.fingerprint import compute_fingerprint, save_fingerprint
+from autoseg.planners.planner import PlannerOptions, plan
+from autoseg.preprocessing.preprocess import preprocess_dataset
+from autoseg.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGES = ("fingerprint", "plan", "preprocess")
+
+
+def inputs_key(dataset: Dataset, max_slices: int | None, seed: int) -> str:
+    """Hash of what the fingerprint depends on: case files (name, size, mtime) and options."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"labels": dataset.labels, "channels": dataset.channel_names,
+                         "max_slices": max_slices, "seed": seed}, sort_keys=True).encode())
+    for case in dataset.cases:
+        for path in (*case.images, case.label):
+            if path is not None:
+                st = path.stat()
+                h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_fingerprint(dataset: Dataset, out_dir: Path, options: PlannerOptions, max_slices: int | None,
+                       workers: int, force: bool) -> tuple[dict[str, Any], bool]:
+    """Load a current fingerprint or compute one; returns it and whether it was recomputed."""
+    path = out_dir / "fingerprint.json"
+    key = inputs_key(dataset, max_slices, options.seed)
+    if path.is_file() and not force:
+        existing = read_json(path)
+        if existing.get("inputs_key") == key:
+            log.info("fingerprint: %s is current, skipping", path)
+            return existing, False
+    fingerprint = compute_fingerprint(dataset, num_workers=workers, seed=options.seed, max_slices=max_slices)
+    fingerprint["inputs_key"] = key
+    save_fingerprint(fingerprint, out_dir)
+    for warning in fingerprint["warnings"]:
+        log.warning("fingerprint: %s", warning)
+    log.info("fingerprint: wrote %s", path)
+    return fingerprint, True
+
+
+def ensure_plans(fingerprint: dict[str, Any], out_dir: Path, options: PlannerOptions,
+                 replan: bool) -> Plans:
+    """Keep an existing plans.json (hand edits included) unless re-planning is needed or forced."""
+    path = out_dir / "plans.json"
+    if path.is_file() and not replan:
+        log.info("plan: keeping existing %s (use --force to re-plan)", path)
+        return Plans.load(path)
+    plans = plan(fingerprint, options)
+    plans.save(path)
+    log.info("plan: wrote %s (patch %s, batch %d, network %s)", path, plans.patch_size, plans.batch_size,
+             plans.network.name)
+    return plans
+
+
+def plan_and_preprocess(spec: str | Path, settings: Settings, options: PlannerOptions,
+                        stages: tuple[str, ...] = STAGES, max_slices: int | None = None,
+                        workers: int = 2, force: bool = False) -> Path:
+    """Run the requested stages for one dataset and return its preprocessed folder."""
+    dataset = find_dataset(spec, settings.raw)
+    out_dir = settings.preprocessed / dataset.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint_path = out_dir / "fingerprint.json"
+    recomputed = False
+    if "fingerprint" in stages or ("plan" in stages and not fingerprint_path.is_file()):
+        fingerprint, recomputed = ensure_fingerprint(dataset, out_dir, options, max_slices, workers,
+                                                     force and "fingerprint" in stages)
+    elif fingerprint_path.is_file():
+        fingerprint = read_json(fingerprint_path)
+    if "plan" in stages:
+        ensure_plans(fingerprint, out_dir, options, replan=force or recomputed)
+    if "preprocess" in stages:
+        plans = Plans.load(out_dir / "plans.json")
+        if plans.dataset_name != dataset.name:
+            raise PlansError(f"plans are for dataset '{plans.dataset_name}', not '{dataset.name}'",
+                             out_dir / "plans.json", "re-run with --only plan --force")
+        included = None
+        if fingerprint_path.is_file():
+            included = [c["case"] for c in read_json(fingerprint_path)["cases"]]
+        done = preprocess_dataset(dataset, plans, out_dir, num_workers=workers, cases=included)
+        log.info("preprocess: %d cases in %s", len(done), out_dir / "data")
+    return out_dir
