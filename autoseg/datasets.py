@@ -137,12 +137,13 @@ def _labels(raw: Any, name_to_id: bool, meta_path: Path) -> dict[int, str]:
     return labels
 
 
-def _visible_images(folder: Path) -> list[Path]:
-    """Image files in ``folder``, skipping hidden files such as the ``._`` files macOS leaves."""
+def _visible_images(folder: Path, series_folders: bool = False) -> list[Path]:
+    """Image files in ``folder`` (and DICOM series sub-folders if asked), skipping hidden files
+    such as the ``._`` files macOS leaves beside every file of an MSD tarball."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES))
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (
+        (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)) or (series_folders and p.is_dir())))
 
 
 def _pair_check(path: Path, image_ids: set[str], label_ids: set[str]) -> None:
@@ -159,7 +160,7 @@ def _pair_check(path: Path, image_ids: set[str], label_ids: set[str]) -> None:
 def _load_msd(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
     channels = _channels(meta, "modality", meta_path)
     labels = _labels(meta.get("labels"), name_to_id=False, meta_path=meta_path)
-    images = {strip_image_suffix(p.name): p for p in _visible_images(path / "imagesTr")}
+    images = {strip_image_suffix(p.name): p for p in _visible_images(path / "imagesTr", series_folders=True)}
     segs = {strip_image_suffix(p.name): p for p in _visible_images(path / "labelsTr")}
     _pair_check(path, set(images), set(segs))
     cases = tuple(Case(k, (images[k],), segs[k]) for k in sorted(images))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -18,6 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import ImageReadError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -194,6 +197,39 @@ def read_label(path: str | Path) -> tuple[np.ndarray, Geometry]:
                                  "save labels as integers (0 background, 1.. classes)")
         array = rounded
     return array.astype(np.int16, copy=False), geometry
+
+
+def _corner_points(geometry: Geometry) -> np.ndarray:
+    """Physical positions of the 8 corner voxel centres, sorted, to compare grids up to axis order."""
+    direction = np.array(geometry.direction).reshape(3, 3)
+    corners = np.array([[i, j, k] for i in (0, geometry.size[0] - 1) for j in (0, geometry.size[1] - 1)
+                        for k in (0, geometry.size[2] - 1)], dtype=float)
+    points = np.array(geometry.origin) + (corners * np.array(geometry.spacing)) @ direction.T
+    return np.array(sorted(map(tuple, points.round(2))))
+
+
+def same_voxels_reordered(a: Geometry, b: Geometry, tol: float = 1e-2) -> bool:
+    """True when ``a`` and ``b`` hold the same voxel centres with flipped or permuted axes."""
+    return (sorted(a.size) == sorted(b.size)
+            and np.allclose(sorted(a.spacing), sorted(b.spacing), rtol=1e-3, atol=1e-3)
+            and np.allclose(_corner_points(a), _corner_points(b), atol=max(tol, 1e-3 * max(a.spacing))))
+
+
+def read_label_on(path: str | Path, reference: Geometry) -> tuple[np.ndarray, Geometry]:
+    """Read a label map; if it holds the image's voxels in another axis order, reorder it exactly.
+
+    Some tools save segmentations flipped relative to their CT (e.g. LPS vs RAS row order). The
+    voxels are the same, so a nearest-neighbour resampling onto the image grid is exact. Any other
+    mismatch is left for validation to report.
+    """
+    array, geometry = read_label(path)
+    if geometry.same_grid(reference) or not same_voxels_reordered(geometry, reference):
+        return array, geometry
+    log.warning("%s: label grid is a reordering of the image grid; reordering it to match", path)
+    moving = image_from_array(array, geometry)
+    ref = image_from_array(np.zeros(reference.shape_zyx, np.uint8), reference)
+    out = sitk.Resample(moving, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
+    return sitk.GetArrayFromImage(out), reference
 
 
 def _geometry_or_error(image: sitk.Image, path: str | Path) -> Geometry:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from autoseg.cropping import body_bbox
 from autoseg.datasets import Case, Dataset
 from autoseg.errors import DatasetError
-from autoseg.io import read_image, read_label, write_json
+from autoseg.io import read_image, read_label_on, write_json
 from autoseg.validation import validate_case
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class CaseFingerprint:
 def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint:
     """Read, validate and summarise one case."""
     image, geometry = _read_channels(case)
-    label, label_geometry = read_label(case.label) if case.label else (None, None)
+    label, label_geometry = read_label_on(case.label, geometry) if case.label else (None, None)
     validate_case(case, image, geometry, label, label_geometry, dataset.labels, len(dataset.channel_names))
     bbox = body_bbox(image[0], is_ct=dataset.is_ct)
     cropped = tuple(int(hi - lo) for lo, hi in bbox)
