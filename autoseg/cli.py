@@ -99,7 +99,74 @@ def _cmd_phantom(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_phantom_parser, _add_plan_parser)
+EPILOG_TRAIN = """examples:
+  autoseg train -d Task08                          # all five folds, one after another
+  autoseg train -d Task08 -f 0 --time-budget 1h    # one fold; the LR schedule follows the budget
+  autoseg train -d Task08 -f 2 --continue          # resume fold 2 after an interruption
+  autoseg train -d Task08 --network resenc_unet --recipe adam_plateau --loss weighted_dice_focal
+"""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '90', '90s', '45m', '2h' or '1h30m'."""
+    import re
+
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 90s, 45m, 2h or 1h30m")
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + se
+
+
+def _parse_folds(values: list[str] | None) -> tuple[int, ...]:
+    if not values or values == ["all"]:
+        return (0, 1, 2, 3, 4)
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise AutosegError(f"-f takes fold numbers 0-4 or 'all', got {values}") from None
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the planned network with 5-fold cross-validation",
+                       description="Train folds of the planned network on the preprocessed dataset. "
+                                   "Results go to $AUTOSEG_RESULTS/<dataset>/<network>/fold_K/.",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--dataset", required=True, help="dataset (as for plan_and_preprocess)")
+    p.add_argument("-f", "--fold", nargs="+", default=None, help="folds 0-4, or 'all' (default: all)")
+    p.add_argument("--network", default=None, help="override the planned network")
+    p.add_argument("--recipe", default=None, help="sgd_poly, adam_plateau or adam_poly (default: planned)")
+    p.add_argument("--loss", default=None, help="dice_ce, dice, dice03_ce07 or weighted_dice_focal")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None, help="number of epochs (default: planned)")
+    budget.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
+                        help="train each fold for this long, e.g. 20m or 2h")
+    p.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: planned)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="resume unfinished folds from their last checkpoint")
+    p.add_argument("--force", action="store_true", help="retrain folds that already finished")
+    p.add_argument("-j", "--workers", type=int, default=1, help="augmentation worker processes (default: 1)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.training.loop import TrainOptions
+    from autoseg.training.run import TrainRequest, train
+
+    req = TrainRequest(dataset=args.dataset, folds=_parse_folds(args.fold), network=args.network,
+                       recipe=args.recipe, loss=args.loss, epochs=args.epochs,
+                       iterations_per_epoch=args.iterations, time_budget_s=args.time_budget, force=args.force)
+    options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training)
+    for record in train(req, settings, options):
+        if record:
+            print(f"epoch {record['epoch']}: validation Dice {record['val_dice']} "
+                  f"(mean {record['val_mean_dice']:.3f})")
+    return 0
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_phantom_parser, _add_plan_parser, _add_train_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

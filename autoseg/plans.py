@@ -85,6 +85,9 @@ class Recipe:
     loss: str = "dice_ce"
     oversample_foreground: float = 0.67
     deep_supervision: bool = True
+    plateau_patience: int = 3
+    early_stop_patience: int = 0  # 0: never stop early
+    time_budget_s: float | None = None  # when set, the schedule follows wall time, not epochs
 
 
 @dataclass(frozen=True)

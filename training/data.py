@@ -1,0 +1,169 @@
+"""Training data: random patches with class-aware oversampling, augmented by batchgenerators in
+background processes so the network does not wait for data.
+
+A preprocessed case is ``<case>.npy`` of shape (C+1, z, y, x) (label map last), read through a
+memory map so only the patch is touched, and ``<case>.json`` with ``class_locations``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
+                                                         ContrastAugmentationTransform, GammaTransform)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+from batchgenerators.transforms.utility_transforms import NumpyToTensor
+
+from autoseg.errors import AutosegError
+from autoseg.io import read_json
+
+ROTATION_DEG = 30.0
+SCALE_RANGE = (0.85, 1.25)
+
+
+@dataclass
+class CaseStore:
+    """Lazily opened memory maps and properties of preprocessed cases."""
+
+    data_dir: Path
+    cases: list[str]
+
+    def __post_init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        self._locations: dict[str, dict[int, np.ndarray]] = {}
+        missing = [c for c in self.cases if not (self.data_dir / f"{c}.npy").is_file()]
+        if missing:
+            raise AutosegError(f"preprocessed cases missing: {missing[:5]}", self.data_dir,
+                               "run `autoseg plan_and_preprocess` for this dataset first")
+
+    def array(self, case: str) -> np.ndarray:
+        if case not in self._arrays:
+            self._arrays[case] = np.load(self.data_dir / f"{case}.npy", mmap_mode="r")
+        return self._arrays[case]
+
+    def locations(self, case: str) -> dict[int, np.ndarray]:
+        if case not in self._locations:
+            props = read_json(self.data_dir / f"{case}.json")
+            self._locations[case] = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3)
+                                     for k, v in props.get("class_locations", {}).items() if len(v)}
+        return self._locations[case]
+
+
+def initial_patch_size(patch: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """Patch read before rotation and scaling so the final crop has no empty corners.
+
+    Rotation is in-plane only when the slices are much thicker than the pixels (as nnU-Net does),
+    so the z extent only grows for scaling.
+    """
+    rad = math.radians(ROTATION_DEG)
+    grow = math.cos(rad) + math.sin(rad)
+    in_plane_only = spacing[0] > 2.5 * min(spacing[1:])
+    factors = [1.0 if (a == 0 and in_plane_only) else grow for a in range(len(patch))]
+    return tuple(int(math.ceil(p * f / SCALE_RANGE[0])) for p, f in zip(patch, factors))
+
+
+def crop_with_padding(array: np.ndarray, centre: np.ndarray, size: tuple[int, ...],
+                      pad_data: float = 0.0) -> np.ndarray:
+    """Crop ``array`` (C, *spatial) around ``centre``; out-of-volume parts are padded."""
+    spatial = array.shape[1:]
+    lo = [int(c) - s // 2 for c, s in zip(centre, size)]
+    src = tuple(slice(max(l, 0), min(l + s, d)) for l, s, d in zip(lo, size, spatial))
+    out = np.full((array.shape[0], *size), pad_data, dtype=np.float32)
+    out[-1] = 0  # label channel pads as background
+    dst = tuple(slice(sl.start - l, sl.stop - l) for sl, l in zip(src, lo))
+    out[(slice(None), *dst)] = array[(slice(None), *src)]
+    return out
+
+
+class PatchLoader(SlimDataLoaderBase):
+    """Batches of patches; a share ``oversample`` is centred on a voxel of a random present class."""
+
+    def __init__(self, store: CaseStore, patch_size: tuple[int, ...], batch_size: int, oversample: float,
+                 seed: int):
+        super().__init__(store, batch_size, None)
+        self.store, self.patch_size, self.oversample = store, tuple(patch_size), oversample
+        self.rng = np.random.default_rng(seed)
+
+    def set_thread_id(self, thread_id: int) -> None:
+        super().set_thread_id(thread_id)
+        self.rng = np.random.default_rng([int(self.rng.integers(2**31)), thread_id])
+
+    def centre(self, case: str, force_foreground: bool) -> np.ndarray:
+        arr = self.store.array(case)
+        if force_foreground:
+            locations = self.store.locations(case)
+            if locations:
+                cls = list(locations)[int(self.rng.integers(len(locations)))]
+                pts = locations[cls]
+                return pts[int(self.rng.integers(len(pts)))]
+        shape = np.array(arr.shape[1:])
+        half = np.array(self.patch_size) // 2
+        lo, hi = np.minimum(half, shape // 2), np.maximum(shape - half, shape // 2 + 1)
+        return np.array([self.rng.integers(l, h) for l, h in zip(lo, hi)])
+
+    def generate_train_batch(self) -> dict[str, Any]:
+        cases = self.store.cases
+        picks = [cases[int(i)] for i in self.rng.integers(0, len(cases), self.batch_size)]
+        n_forced = int(round(self.oversample * self.batch_size))
+        batch = []
+        for i, case in enumerate(picks):
+            forced = i >= self.batch_size - n_forced
+            batch.append(crop_with_padding(self.store.array(case), self.centre(case, forced), self.patch_size))
+        stacked = np.stack(batch)
+        return {"data": stacked[:, :-1], "seg": stacked[:, -1:], "keys": picks}
+
+
+def train_transforms(patch: tuple[int, ...], spacing: tuple[float, ...]) -> Compose:
+    """The augmentation pipeline (elastic deformation off, as nnU-Net's default)."""
+    rad = math.radians(ROTATION_DEG)
+    in_plane_only = spacing[0] > 2.5 * min(spacing[1:])
+    angle_x = (-rad, rad)  # batchgenerators' angle_x rotates within the last two (in-plane) axes
+    other = (0.0, 0.0) if in_plane_only else (-rad, rad)
+    ignore_z = (0,) if in_plane_only else None
+    return Compose([
+        SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False,
+                         do_rotation=True, angle_x=angle_x, angle_y=other, angle_z=other,
+                         p_rot_per_sample=0.2, do_scale=True, scale=SCALE_RANGE, p_scale_per_sample=0.2,
+                         border_mode_data="constant", border_cval_data=0, order_data=1,
+                         border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False),
+        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
+        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+        ContrastAugmentationTransform(p_per_sample=0.15),
+        SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5,
+                                       order_downsample=0, order_upsample=3, p_per_sample=0.25,
+                                       ignore_axes=ignore_z),
+        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
+        MirrorTransform(axes=tuple(range(len(patch)))),
+        NumpyToTensor(["data", "seg"], "float"),
+    ])
+
+
+def make_train_stream(store: CaseStore, patch: tuple[int, ...], spacing: tuple[float, ...], batch_size: int,
+                      oversample: float, seed: int, workers: int):
+    """An endless stream of augmented batches; ``workers`` > 0 runs it in background processes."""
+    loader = PatchLoader(store, initial_patch_size(patch, spacing), batch_size, oversample, seed)
+    transforms = train_transforms(patch, spacing)
+    if workers <= 0:
+        return SingleThreadedAugmenter(loader, transforms)
+    return MultiThreadedAugmenter(loader, transforms, workers, num_cached_per_queue=4,
+                                  seeds=[seed + i for i in range(workers)], pin_memory=False)
+
+
+def validation_patches(store: CaseStore, patch: tuple[int, ...], per_case: int, seed: int) -> list[np.ndarray]:
+    """A fixed, seeded set of validation patches: half centred on foreground, half random."""
+    loader = PatchLoader(store, patch, per_case, 0.5, seed)
+    out = []
+    for case in store.cases:
+        for i in range(per_case):
+            out.append(crop_with_padding(store.array(case), loader.centre(case, i % 2 == 0), patch))
+    return out

@@ -1,0 +1,221 @@
+"""The training loop of one fold, composed of parts chosen by name from plans.json or CLI flags:
+network, loss, recipe. Checkpoints every epoch; ``--continue`` resumes with the same schedule."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoseg.errors import AutosegError
+from autoseg.io import write_json
+from autoseg.metrics import dice_from_counts, mean_foreground
+from autoseg.networks import build_network
+from autoseg.plans import Plans
+from autoseg.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from autoseg.training.data import CaseStore, make_train_stream, validation_patches
+from autoseg.training.losses import DeepSupervision, build_loss
+from autoseg.training.progress import plot_progress, write_log
+from autoseg.training.recipes import PlateauState, build_optimizer, poly_lr, set_lr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Run-time choices that are not planning decisions."""
+
+    device: str = "cpu"
+    workers: int = 1
+    val_patches_per_case: int = 4
+    continue_training: bool = False
+    seed: int = 12345
+    compile: bool = False
+
+
+class FoldTrainer:
+    """Trains one fold; all state needed to resume lives in ``checkpoint_latest.pt``."""
+
+    def __init__(self, plans: Plans, data_dir: Path, fold_dir: Path, train_cases: list[str],
+                 val_cases: list[str], options: TrainOptions):
+        self.plans, self.recipe, self.options = plans, plans.recipe, options
+        self.fold_dir, self.data_dir = fold_dir, data_dir
+        self.train_cases, self.val_cases = train_cases, val_cases
+        self.device = torch.device(options.device)
+        self.class_names = {k: v for k, v in plans.labels.items() if k != 0}
+        torch.manual_seed(options.seed)
+        np.random.seed(options.seed % 2**32)
+        kwargs = dict(plans.network.kwargs, deep_supervision=self.recipe.deep_supervision)
+        self.network = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_classes)
+        self.network.to(self.device)
+        self.loss = DeepSupervision(build_loss(self.recipe.loss))
+        self.optimizer = build_optimizer(self.recipe, self.network.parameters())
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.plateau = PlateauState(self.recipe.initial_lr)
+        self.epochs_log: list[dict[str, Any]] = []
+        self.epoch, self.steps, self.train_seconds, self.best = 0, 0, 0.0, -1.0
+        if options.continue_training and (fold_dir / "checkpoint_latest.pt").is_file():
+            self._resume(load_checkpoint(fold_dir / "checkpoint_latest.pt"))
+
+    # --- schedule -------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.recipe.epochs * self.recipe.iterations_per_epoch
+
+    def progress(self) -> float:
+        if self.recipe.time_budget_s:
+            return self.train_seconds / self.recipe.time_budget_s
+        return self.steps / max(self.total_steps, 1)
+
+    def current_lr(self) -> float:
+        if self.recipe.schedule == "plateau":
+            return self.plateau.lr
+        return poly_lr(self.recipe.initial_lr, self.progress())
+
+    def finished(self) -> bool:
+        return self.progress() >= 1.0 - 1e-9
+
+    # --- state ----------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "steps": self.steps,
+                "train_seconds": self.train_seconds, "best": self.best,
+                "plateau": [self.plateau.lr, self.plateau.best, self.plateau.bad_epochs,
+                            self.plateau.since_improvement],
+                "log": self.epochs_log, "rng": rng_state(), "plans": self.plans.to_dict(),
+                "network_name": self.plans.network.name}
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.steps = int(state["epoch"]), int(state["steps"])
+        self.train_seconds, self.best = float(state["train_seconds"]), float(state["best"])
+        self.plateau = PlateauState(*state["plateau"])
+        self.epochs_log = list(state["log"])
+        restore_rng(state["rng"])
+        log.info("resumed %s at epoch %d (%.0f%% of the schedule)", self.fold_dir.name, self.epoch,
+                 100 * self.progress())
+
+    # --- one epoch ------------------------------------------------------------------------------
+    def train_epoch(self, stream) -> dict[str, float]:
+        self.network.train()
+        losses, wait, start = [], 0.0, time.perf_counter()
+        bar = tqdm(range(self.recipe.iterations_per_epoch), desc=f"epoch {self.epoch}", leave=False,
+                   disable=None)
+        for _ in bar:
+            if self.finished():
+                break
+            t0 = time.perf_counter()
+            batch = next(stream)
+            t1 = time.perf_counter()
+            wait += t1 - t0
+            set_lr(self.optimizer, self.current_lr())
+            losses.append(self.train_step(batch))
+            self.steps += 1
+            self.train_seconds += time.perf_counter() - t0
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        elapsed = time.perf_counter() - start
+        return {"train_loss": float(np.mean(losses)) if losses else math.nan, "steps": len(losses),
+                "train_time_s": elapsed, "step_time_s": elapsed / max(len(losses), 1),
+                "data_wait_share": wait / max(elapsed, 1e-9)}
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["seg"][:, 0].round().long().to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            loss = self.loss(self.network(data), target)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self, patches: list[np.ndarray]) -> dict[str, Any]:
+        """Pooled per-class Dice over a fixed set of validation patches (never with background)."""
+        self.network.eval()
+        labels = sorted(self.class_names)
+        counts = {lab: np.zeros(3, dtype=np.int64) for lab in labels}
+        losses = []
+        for i in range(0, len(patches), self.plans.batch_size):
+            chunk = np.stack(patches[i:i + self.plans.batch_size])
+            data = torch.from_numpy(chunk[:, :-1]).to(self.device)
+            target = torch.from_numpy(chunk[:, -1]).round().long().to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                out = self.network(data)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            losses.append(float(self.loss.loss(out.float(), target)))
+            pred = out.argmax(1)
+            for lab in labels:
+                p, r = pred == lab, target == lab
+                tp = int((p & r).sum())
+                counts[lab] += (tp, int(p.sum()) - tp, int(r.sum()) - tp)
+        dice = {lab: dice_from_counts(*counts[lab]) for lab in labels}
+        return {"val_loss": float(np.mean(losses)), "val_dice": {self.class_names[k]: v for k, v in dice.items()},
+                "val_mean_dice": mean_foreground(dice)}
+
+    # --- the fold -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train until the schedule (epochs or time budget) ends; returns the final epoch's record."""
+        self.fold_dir.mkdir(parents=True, exist_ok=True)
+        spacing = self.plans.target_spacing
+        train_store = CaseStore(self.data_dir, self.train_cases)
+        val_store = CaseStore(self.data_dir, self.val_cases)
+        val = validation_patches(val_store, self.plans.patch_size, self.options.val_patches_per_case,
+                                 self.options.seed)
+        stream = make_train_stream(train_store, self.plans.patch_size, spacing, self.plans.batch_size,
+                                   self.recipe.oversample_foreground, self.options.seed + 1000 * self.epoch,
+                                   self.options.workers)
+        try:
+            while not self.finished():
+                record = self._one_epoch(stream, val)
+                if record.get("early_stop"):
+                    break
+        finally:
+            if hasattr(stream, "_finish"):
+                stream._finish()
+        if self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop")):
+            save_checkpoint(self.fold_dir / "checkpoint_final.pt", self._state())
+        return self.epochs_log[-1] if self.epochs_log else {}
+
+    def _one_epoch(self, stream, val: list[np.ndarray]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        train = self.train_epoch(stream)
+        metrics = self.validate(val)
+        stop = False
+        if self.recipe.schedule == "plateau":
+            stop = self.plateau.update(metrics["val_mean_dice"], self.recipe)
+        record = {"epoch": self.epoch, **train, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
+                  "epoch_time_s": time.perf_counter() - t0, "progress": min(self.progress(), 1.0),
+                  "early_stop": stop, "time": time.time()}
+        self.epochs_log.append(record)
+        self.epoch += 1
+        score = metrics["val_mean_dice"]
+        if not math.isnan(score) and score > self.best:
+            self.best = score
+            save_checkpoint(self.fold_dir / "checkpoint_best.pt", self._state())
+        save_checkpoint(self.fold_dir / "checkpoint_latest.pt", self._state())
+        write_log(self.fold_dir / "log.jsonl", self.epochs_log)
+        plot_progress(self.fold_dir / "progress.png", self.epochs_log, self.class_names)
+        log.info("%s epoch %d: loss %.4f, val Dice %s, %.1f s (data wait %.0f%%)", self.fold_dir.name,
+                 record["epoch"], record["train_loss"],
+                 {k: round(v, 3) for k, v in metrics["val_dice"].items()}, record["epoch_time_s"],
+                 100 * record["data_wait_share"])
+        return record
+
+
+def configure_threads(device: str) -> None:
+    """On CPU use every core for intra-op parallelism; leave CUDA runs alone."""
+    if device == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
