@@ -1,0 +1,19 @@
+"""Preprocessing: crop to the body, normalise intensities, resample to the plans' spacing, store.
+
+Public API::
+
+    preprocess_dataset(dataset, plans, out_dir, num_workers=2, cases=None) -> list[str]
+    preprocess_case(image_paths, label_path, plans) -> PreprocessedCase
+    restore_to_original(prediction, properties) -> array on the input grid
+    resample_image / resample_labels / resample_probabilities
+    load_case(out_dir, case_id) -> (memory-mapped (C + 1, z, y, x) array, properties)
+"""
+from autoseg.preprocessing.preprocess import (PreprocessedCase, preprocess_case, preprocess_dataset,
+                                              restore_to_original)
+from autoseg.preprocessing.resampling import resample_image, resample_labels, resample_probabilities
+from autoseg.preprocessing.storage import case_files, load_case, plans_key
+
+__all__ = [
+    "PreprocessedCase", "preprocess_case", "preprocess_dataset", "restore_to_original",
+    "resample_image", "resample_labels", "resample_probabilities", "case_files", "load_case", "plans_key",
+]

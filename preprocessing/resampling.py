@@ -1,0 +1,339 @@
+"""Fast, memory-bounded resampling of images, label maps and probabilities with torch on the CPU.
+
+Every resampling here is separable: the in-plane axes are interpolated per slice with
+``torch.nn.functional.interpolate`` (bilinear / bicubic / nearest-exact), and the remaining
+"z" axis by a weighted sum of at most four in-plane-resampled source slices whose weights reproduce
+torch's own 1D kernels (``align_corners=False``). A separable linear kernel is exactly trilinear and a
+separable cubic one is tricubic, so the same code serves the isotropic case (every axis with
+``order_image``) and the anisotropic one (the low-resolution axis with ``order_z``, as nnU-Net does to
+avoid ringing across thick slices). The output is produced in chunks of slices, so the temporaries are
+bounded by ``chunk_bytes`` whatever the volume size.
+
+Label maps are resampled as one-hot float32 maps, linearly interpolated and arg-maxed, chunk by chunk:
+this never creates a value that was not a label and gives smoother boundaries than nearest neighbour.
+The one-hot temporaries are ``num_classes`` times a chunk, so when a single output slice of them would
+exceed ``ONEHOT_SLICE_FACTOR * chunk_bytes`` (about 100 classes on a 512 x 512 grid) nearest neighbour
+is used instead.
+
+Conventions: arrays are ``(z, y, x)`` with channels first; spacings are ``(z, y, x)`` in mm; a voxel's
+value sits at its centre, the grid spans the same physical extent before and after (so a shape change of
+``n -> m`` scales coordinates by ``n / m``), which is what skimage's ``resize`` and torch's
+``interpolate(..., align_corners=False)`` do.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autoseg.plans import Resampling
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 * 2**20
+ONEHOT_SLICE_FACTOR = 8  # nearest neighbour for labels when one one-hot slice needs 8x CHUNK_BYTES
+_CUBIC_A = -0.75  # torch's (and OpenCV's) cubic convolution coefficient
+_MODES_2D = {0: "nearest-exact", 1: "bilinear", 3: "bicubic"}
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Use ``num_threads`` intra-op threads inside the block; ``None`` keeps the caller's setting."""
+    if num_threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def target_shape(shape: Sequence[int], src_spacing: Sequence[float],
+                 dst_spacing: Sequence[float]) -> tuple[int, ...]:
+    """``round(shape * src / dst)`` per axis, at least 1."""
+    return tuple(max(1, int(round(n * s / d))) for n, s, d in zip(shape, src_spacing, dst_spacing))
+
+
+def separate_axis(src_spacing: Sequence[float], dst_spacing: Sequence[float],
+                  threshold: float) -> int | None:
+    """The low-resolution axis to resample on its own, or None when resampling is isotropic.
+
+    The source decides first (its thick-slice axis), then the target. When two axes share the largest
+    spacing there is no single low-resolution axis and all axes are treated alike.
+    """
+    for spacing in (np.asarray(src_spacing, float), np.asarray(dst_spacing, float)):
+        if spacing.max() / spacing.min() > threshold:
+            lowres = np.flatnonzero(np.isclose(spacing, spacing.max()))
+            return int(lowres[0]) if len(lowres) == 1 else None
+    return None
+
+
+def axis_weights(n_in: int, n_out: int, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights ``(n_out, taps)`` of torch's 1D kernel for ``order`` 0, 1 or 3."""
+    dst = np.arange(n_out, dtype=np.float64)
+    scale = n_in / n_out
+    if order == 0:
+        idx = np.minimum(np.floor((dst + 0.5) * scale), n_in - 1).astype(np.int64)[:, None]
+        return idx, np.ones_like(idx, dtype=np.float32)
+    real = (dst + 0.5) * scale - 0.5
+    if order == 1:
+        real = np.maximum(real, 0.0)
+        i0 = np.floor(real).astype(np.int64)
+        w1 = real - i0
+        idx = np.stack([i0, np.minimum(i0 + 1, n_in - 1)], axis=1)
+        return idx, np.stack([1.0 - w1, w1], axis=1).astype(np.float32)
+    if order == 3:
+        i0 = np.floor(real).astype(np.int64)
+        t = real - i0
+        a = _CUBIC_A
+        w_m1 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+        w_0 = ((a + 2) * t - (a + 3)) * t * t + 1
+        w_1 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
+        weights = np.stack([w_m1, w_0, w_1, 1.0 - w_m1 - w_0 - w_1], axis=1)
+        idx = np.clip(i0[:, None] + np.arange(-1, 3)[None], 0, n_in - 1)
+        return idx, weights.astype(np.float32)
+    raise ValueError(f"interpolation order must be 0, 1 or 3, got {order}")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one volume is resampled: which axis goes first (the 'z' axis) and the kernel orders."""
+
+    axis: int
+    order_inplane: int
+    order_z: int
+    out_shape: tuple[int, int, int]
+
+
+def _apply(volume: np.ndarray, plan: _Plan, out: np.ndarray, chunk_bytes: int,
+           prepare: "_Prepare", finish: "_Finish") -> None:
+    """Resample ``volume`` (C, z, y, x) chunk by chunk along ``plan.axis`` into ``out``.
+
+    ``prepare`` turns a source slab into the float (K, m, y, x) tensor that is interpolated (identity
+    for images, one-hot for labels); ``finish`` writes the resampled (K, n, Y, X) chunk into ``out``.
+    """
+    src = np.moveaxis(volume, plan.axis + 1, 1)
+    dst = np.moveaxis(out, plan.axis + out.ndim - 3, out.ndim - 3)
+    n_in, n_out = src.shape[1], plan.out_shape[plan.axis]
+    inplane = tuple(n for a, n in enumerate(plan.out_shape) if a != plan.axis)
+    idx, weights = axis_weights(n_in, n_out, plan.order_z)
+    identity_z = n_in == n_out  # every kernel reproduces its samples at unchanged size
+    chunk = _chunk_slices(prepare.slice_bytes(src.shape[0], src.shape[2:], inplane),
+                          n_in / n_out, chunk_bytes)
+    for k0 in range(0, n_out, chunk):
+        k1 = min(n_out, k0 + chunk)
+        lo, hi = (k0, k1) if identity_z else (int(idx[k0:k1].min()), int(idx[k0:k1].max()) + 1)
+        slab = prepare(np.ascontiguousarray(src[:, lo:hi]))
+        if slab is None:  # label slab holding a single class: nothing to interpolate
+            finish.constant(dst, k0, k1, int(src[0, lo, 0, 0]))
+            continue
+        slab = _inplane(slab, inplane, plan.order_inplane)
+        if identity_z:
+            finish(dst, k0, k1, slab)
+            continue
+        acc = None
+        for t in range(idx.shape[1]):
+            w = torch.from_numpy(weights[k0:k1, t]).view(1, -1, 1, 1)
+            term = slab[:, torch.from_numpy(idx[k0:k1, t] - lo)] * w
+            acc = term if acc is None else acc.add_(term)
+        finish(dst, k0, k1, acc)
+
+
+def _chunk_slices(slice_bytes: tuple[int, int], ratio: float, chunk_bytes: int) -> int:
+    """Output slices per chunk so that a chunk's temporaries stay within ``chunk_bytes``."""
+    src, dst = slice_bytes
+    per_output_slice = max(1.0, ratio) * (src + dst) + 3 * dst
+    return max(1, int(chunk_bytes // per_output_slice))
+
+
+def _inplane(slab: torch.Tensor, size: tuple[int, ...], order: int) -> torch.Tensor:
+    """Interpolate the last two axes of a (K, m, y, x) float tensor to ``size``."""
+    k, m, y, x = slab.shape
+    if (y, x) == tuple(size):
+        return slab
+    flat = slab.reshape(1, k * m, y, x)
+    out = F.interpolate(flat, size=tuple(size), mode=_MODES_2D[order],
+                        **({} if order == 0 else {"align_corners": False}))
+    return out.reshape(k, m, *size)
+
+
+class _Prepare:
+    """Image slabs: float32 tensors as they are."""
+
+    def slice_bytes(self, c: int, src: Sequence[int], dst: Sequence[int]) -> tuple[int, int]:
+        """Bytes of one source slice (as prepared and interpolated) and of one output slice."""
+        return 4 * c * int(np.prod(src)), 4 * c * int(np.prod(dst))
+
+    def __call__(self, slab: np.ndarray) -> torch.Tensor | None:
+        return torch.from_numpy(slab.astype(np.float32, copy=False))
+
+
+class _OneHot(_Prepare):
+    """Label slabs (1, m, y, x): one float32 channel per class, or None when only one class occurs."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def slice_bytes(self, c: int, src: Sequence[int], dst: Sequence[int]) -> tuple[int, int]:
+        n_src, n_dst = int(np.prod(src)), int(np.prod(dst))
+        return (4 * self.num_classes + 8) * n_src, 4 * self.num_classes * n_dst
+
+    def __call__(self, slab: np.ndarray) -> torch.Tensor | None:
+        if slab.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64):
+            slab = slab.astype(np.int32)
+        labels = torch.from_numpy(slab[0])
+        if bool((labels == labels.view(-1)[0]).all()):
+            return None
+        onehot = torch.empty((self.num_classes, *labels.shape), dtype=torch.float32)
+        for k in range(self.num_classes):
+            torch.eq(labels, k, out=onehot[k])  # writes 0/1 floats without a bool temporary
+        return onehot
+
+
+class _Finish:
+    """Write a resampled float chunk into the output array."""
+
+    def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
+        dst[:, k0:k1] = chunk.numpy()
+
+    def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
+        raise NotImplementedError("image slabs are never constant")
+
+
+class _ArgMax(_Finish):
+    """Write the most likely class of a one-hot chunk."""
+
+    def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
+        # a loop over classes: torch's argmax over the leading axis is several times slower
+        best = chunk[0].clone()
+        label = torch.zeros(chunk.shape[1:], dtype=torch.uint8)
+        for k in range(1, chunk.shape[0]):
+            better = chunk[k] > best
+            label.masked_fill_(better, k)
+            torch.maximum(best, chunk[k], out=best)
+        dst[k0:k1] = label.numpy()
+
+    def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
+        dst[k0:k1] = value
+
+
+def _resolve(shape: Sequence[int], src_spacing: Sequence[float] | None,
+             dst_spacing: Sequence[float] | None,
+             dst_shape: Sequence[int] | None) -> tuple[tuple[int, int, int], tuple[float, ...] | None,
+                                                       tuple[float, ...] | None]:
+    """Output shape and (when known) source and target spacings."""
+    if (dst_spacing is None) == (dst_shape is None):
+        raise ValueError("give exactly one of dst_spacing and dst_shape")
+    if len(shape) != 3:
+        raise ValueError(f"expected a 3D spatial shape, got {tuple(shape)}")
+    if dst_shape is not None:
+        out = tuple(int(n) for n in dst_shape)
+        if len(out) != 3 or min(out) < 1:
+            raise ValueError(f"dst_shape must be 3 positive sizes, got {tuple(dst_shape)}")
+        if src_spacing is None:
+            return out, None, None  # type: ignore[return-value]
+        dst = tuple(float(s) * n / m for s, n, m in zip(src_spacing, shape, out))
+        return out, tuple(float(s) for s in src_spacing), dst  # type: ignore[return-value]
+    if src_spacing is None:
+        raise ValueError("dst_spacing needs src_spacing")
+    src = tuple(float(s) for s in src_spacing)
+    dst = tuple(float(s) for s in dst_spacing)  # type: ignore[union-attr]
+    return target_shape(shape, src, dst), src, dst  # type: ignore[return-value]
+
+
+def resample_image(data: np.ndarray, src_spacing: Sequence[float],
+                   dst_spacing: Sequence[float] | None = None,
+                   resampling: Resampling = Resampling(), *, dst_shape: Sequence[int] | None = None,
+                   num_threads: int | None = None, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Resample an image ``(C, z, y, x)`` to ``dst_spacing`` (or ``dst_shape``); returns float32.
+
+    In-plane axes use ``resampling.order_image``; the low-resolution axis uses ``order_z`` when source
+    or target spacing is anisotropic beyond ``anisotropy_threshold``, else ``order_image`` too.
+    The input is not changed.
+    """
+    if data.ndim != 4:
+        raise ValueError(f"resample_image expects (C, z, y, x), got shape {data.shape}")
+    out_shape, src, dst = _resolve(data.shape[1:], src_spacing, dst_spacing, dst_shape)
+    axis = separate_axis(src, dst, resampling.anisotropy_threshold) if src and dst else None
+    plan = _Plan(axis=0 if axis is None else axis, order_inplane=resampling.order_image,
+                 order_z=resampling.order_image if axis is None else resampling.order_z,
+                 out_shape=out_shape)
+    log.debug("resample image %s -> %s, %s", data.shape[1:], out_shape, plan)
+    out = np.empty((data.shape[0], *out_shape), dtype=np.float32)
+    if tuple(data.shape[1:]) == out_shape:
+        out[...] = data
+        return out
+    with torch_threads(num_threads), torch.inference_mode():
+        _apply(data, plan, out, chunk_bytes, _Prepare(), _Finish())
+    return out
+
+
+def resample_labels(seg: np.ndarray, src_spacing: Sequence[float] | None = None,
+                    dst_spacing: Sequence[float] | None = None, num_classes: int | None = None, *,
+                    dst_shape: Sequence[int] | None = None, num_threads: int | None = None,
+                    chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Resample a label map ``(z, y, x)`` to ``dst_spacing`` (or ``dst_shape``); returns uint8.
+
+    One-hot, linear, arg-max (nearest neighbour when one-hot slices would exceed ``chunk_bytes``).
+    Only labels present in the input can appear in the output.
+    """
+    if seg.ndim != 3:
+        raise ValueError(f"resample_labels expects (z, y, x), got shape {seg.shape}")
+    out_shape, _, _ = _resolve(seg.shape, src_spacing, dst_spacing, dst_shape)
+    lo, hi = (int(seg.min()), int(seg.max())) if seg.size else (0, 0)
+    num_classes = hi + 1 if num_classes is None else int(num_classes)
+    if lo < 0 or hi >= num_classes or num_classes > 256:
+        raise ValueError(f"label values {lo}..{hi} must lie in 0..{num_classes - 1} (at most 255)")
+    out = np.empty(out_shape, dtype=np.uint8)
+    if tuple(seg.shape) == out_shape:
+        out[...] = seg
+        return out
+    src_b, dst_b = _OneHot(num_classes).slice_bytes(1, seg.shape[1:], out_shape[1:])
+    if src_b + 4 * dst_b > ONEHOT_SLICE_FACTOR * chunk_bytes:
+        log.info("resample_labels: %d classes on %s exceed the chunk budget; using nearest neighbour",
+                 num_classes, out_shape)
+        plan = _Plan(axis=0, order_inplane=0, order_z=0, out_shape=out_shape)
+        with torch_threads(num_threads), torch.inference_mode():
+            _apply(seg[None], plan, out[None], chunk_bytes, _Prepare(), _Cast())
+        return out
+    plan = _Plan(axis=0, order_inplane=1, order_z=1, out_shape=out_shape)
+    with torch_threads(num_threads), torch.inference_mode():
+        _apply(seg[None], plan, out, chunk_bytes, _OneHot(num_classes), _ArgMax())
+    return out
+
+
+class _Cast(_Finish):
+    """Write nearest-neighbour label values (held as float) as integers."""
+
+    def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
+        dst[:, k0:k1] = chunk.round().numpy().astype(dst.dtype)
+
+
+def resample_probabilities(probs: np.ndarray | torch.Tensor, dst_shape: Sequence[int], *,
+                           num_threads: int | None = None,
+                           chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Linearly resample class probabilities ``(K, z, y, x)`` to ``dst_shape``; returns float32.
+
+    Used by inference to bring softmax outputs back to the cropped input grid before arg-max.
+    A torch tensor (any device) is accepted and copied to the CPU.
+    """
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().to("cpu", torch.float32).numpy()
+    if probs.ndim != 4:
+        raise ValueError(f"resample_probabilities expects (K, z, y, x), got shape {probs.shape}")
+    out_shape, _, _ = _resolve(probs.shape[1:], None, None, dst_shape)
+    out = np.empty((probs.shape[0], *out_shape), dtype=np.float32)
+    if tuple(probs.shape[1:]) == out_shape:
+        out[...] = probs
+        return out
+    plan = _Plan(axis=0, order_inplane=1, order_z=1, out_shape=out_shape)
+    with torch_threads(num_threads), torch.inference_mode():
+        _apply(probs, plan, out, chunk_bytes, _Prepare(), _Finish())
+    return out
