@@ -22,6 +22,7 @@ setup(
         "SimpleITK>=2.3",
         "batchgenerators>=0.25",
         "acvl-utils>=0.2.6",
+        "connected-components-3d>=3.12",
         "dynamic-network-architectures>=0.4",
         "einops",
         "tqdm",

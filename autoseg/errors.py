@@ -17,6 +17,10 @@ class AutosegError(Exception):
         if fix:
             parts.append(f"Fix: {fix}")
         super().__init__("\n".join(parts))
+        self._message = message
+
+    def __reduce__(self):  # keep path and fix when raised in a worker process
+        return (self.__class__, (self._message, self.path, self.fix))
 
 
 class DatasetError(AutosegError):

@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -180,6 +180,22 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     elif image.GetDimension() == 3:
         array = array[None]
     return array.astype(np.float32, copy=False), geometry
+
+
+def read_case_images(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
+    """The channels of a case as one float32 ``(C, z, y, x)`` array, checking they share one grid."""
+    arrays, geometry = [], None
+    for path in paths:
+        array, geom = read_image(path)
+        if geometry is not None and not geom.same_grid(geometry):
+            raise ImageReadError(f"channel file is not on the grid of {Path(paths[0]).name} (size "
+                               f"{geom.size} vs {geometry.size}, spacing {geom.spacing} vs "
+                               f"{geometry.spacing})", path, "resample all channels of a case onto one grid")
+        geometry = geom
+        arrays.append(array)
+    if geometry is None:
+        raise ValueError("a case needs at least one image file")
+    return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)), geometry
 
 
 def read_label(path: str | Path) -> tuple[np.ndarray, Geometry]:

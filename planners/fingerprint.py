@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from autoseg.cropping import body_bbox
+from autoseg.cropping import crop_bbox
 from autoseg.datasets import Case, Dataset
 from autoseg.errors import DatasetError
-from autoseg.io import read_image, read_label_on, write_json
+from autoseg.io import read_case_images, read_label_on, write_json
 from autoseg.validation import validate_case
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,10 @@ class CaseFingerprint:
 
 def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint:
     """Read, validate and summarise one case."""
-    image, geometry = _read_channels(case)
+    image, geometry = read_case_images(case.images)
     label, label_geometry = read_label_on(case.label, geometry) if case.label else (None, None)
     validate_case(case, image, geometry, label, label_geometry, dataset.labels, len(dataset.channel_names))
-    bbox = body_bbox(image[0], is_ct=dataset.is_ct)
+    bbox = crop_bbox(image, ct_channel=0 if dataset.is_ct else None)
     cropped = tuple(int(hi - lo) for lo, hi in bbox)
     rng = np.random.default_rng([seed, _stable_hash(case.identifier)])
     class_voxels: dict[int, int] = {}
@@ -73,18 +73,6 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
         intensity_min=float(image.min()),
         intensity_max=float(image.max()),
     )
-
-
-def _read_channels(case: Case) -> tuple[np.ndarray, Any]:
-    arrays, geometry = [], None
-    for path in case.images:
-        array, geom = read_image(path)
-        if geometry is not None and not geom.same_grid(geometry):
-            raise DatasetError(f"channel files of case '{case.identifier}' are on different grids", path,
-                               "resample all channels of a case onto one grid")
-        geometry = geom
-        arrays.append(array)
-    return np.concatenate(arrays, axis=0), geometry
 
 
 def _subsample(indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:

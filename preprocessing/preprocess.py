@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from autoseg.datasets import Case, Dataset
 from autoseg.errors import ConfigurationError, DatasetError
-from autoseg.io import Geometry, read_image, read_label_on, strip_image_suffix
+from autoseg.io import Geometry, read_case_images, read_label_on, strip_image_suffix
 from autoseg.plans import Plans
-from autoseg.preprocessing.cropping import BBox, bbox_slices, body_mask, crop_bbox
+from autoseg.cropping import BBox, bbox_slices, body_mask, crop_bbox
 from autoseg.preprocessing.normalisation import needs_mask, normalise
 from autoseg.preprocessing.resampling import (resample_image, resample_labels, resample_probabilities,
                                               torch_threads)
@@ -43,22 +43,6 @@ class PreprocessedCase:
     data: np.ndarray  # float32 (C, z, y, x)
     seg: np.ndarray | None  # uint8 (z, y, x)
     properties: dict[str, Any]
-
-
-def read_case_images(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
-    """The channels of a case as one float32 ``(C, z, y, x)`` array, checking they share one grid."""
-    arrays, geometry = [], None
-    for path in paths:
-        array, geom = read_image(path)
-        if geometry is not None and not geom.same_grid(geometry):
-            raise DatasetError(f"channel file is not on the grid of {Path(paths[0]).name} (size "
-                               f"{geom.size} vs {geometry.size}, spacing {geom.spacing} vs "
-                               f"{geometry.spacing})", path, "resample all channels of a case onto one grid")
-        geometry = geom
-        arrays.append(array)
-    if geometry is None:
-        raise ValueError("a case needs at least one image file")
-    return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)), geometry
 
 
 def case_id_from_path(path: Path) -> str:

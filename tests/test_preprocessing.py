@@ -9,14 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoseg import cropping as shared_cropping
 from autoseg.datasets import Case, load_dataset
 from autoseg.errors import ConfigurationError, DatasetError, ImageReadError
 from autoseg.io import Geometry, write_image
 from autoseg.plans import Estimates, NetworkPlan, Normalisation, Plans, Resampling
 from autoseg.preprocessing import (load_case, preprocess_case, preprocess_dataset, resample_image,
                                    resample_labels, resample_probabilities, restore_to_original)
-from autoseg.preprocessing.cropping import crop_bbox
+from autoseg.cropping import crop_bbox
 from autoseg.preprocessing.normalisation import normalise
 from autoseg.preprocessing.resampling import separate_axis, target_shape
 from autoseg.validation import validate_case
@@ -91,7 +90,6 @@ def test_crop_keeps_the_body_and_drops_air_and_table() -> None:
     for axis, (lo, hi) in enumerate(bbox):
         assert lo <= body[:, axis].min() and hi > body[:, axis].max()
     assert bbox[1][1] <= 38 and bbox[2] == (7, 42)  # table (y 44..45) and air dropped, 1-voxel margin
-    assert bbox == shared_cropping.body_bbox(image, is_ct=True)  # same box as the fingerprint's
 
 
 def test_crop_non_ct_and_empty() -> None:

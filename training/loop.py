@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoseg.errors import AutosegError
-from autoseg.io import write_json
 from autoseg.metrics import dice_from_counts, mean_foreground
 from autoseg.networks import build_network
 from autoseg.plans import Plans

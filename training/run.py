@@ -13,7 +13,6 @@ from typing import Any
 
 from autoseg.datasets import resolve_dataset_path
 from autoseg.errors import AutosegError, ConfigurationError, PlansError
-from autoseg.io import read_json, write_json
 from autoseg.networks import default_network_kwargs, network_names
 from autoseg.plans import Plans
 from autoseg.settings import Settings

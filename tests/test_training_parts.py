@@ -1,0 +1,139 @@
+"""Training parts in isolation: splits, losses, patch sampling, augmentation stream, recipes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.errors import AutosegError, ConfigurationError
+from autoseg.plans import Recipe
+from autoseg.training.data import CaseStore, PatchLoader, crop_with_padding, make_train_stream
+from autoseg.training.losses import DeepSupervision, build_loss, soft_dice_per_class
+from autoseg.training.recipes import PlateauState, poly_lr, recipe_named
+from autoseg.training.splits import load_or_create_splits, make_splits
+
+
+def write_preprocessed(folder: Path, n: int = 3, shape=(16, 40, 40)) -> list[str]:
+    """Cases in the preprocessed format: (C+1, z, y, x) float32 with labels last, plus locations."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(n):
+        arr = np.zeros((2, *shape), np.float32)
+        arr[0] = rng.normal(size=shape)
+        arr[1, 5:7, 30:32, 30:32] = 1  # a tiny class in a corner
+        arr[1, 10:14, 5:12, 5:12] = 2
+        locs = {str(k): np.argwhere(arr[1] == k).tolist() for k in (1, 2)}
+        np.save(folder / f"case_{i}.npy", arr)
+        (folder / f"case_{i}.json").write_text(json.dumps({"class_locations": locs}))
+        names.append(f"case_{i}")
+    return names
+
+
+def test_splits_are_seeded_disjoint_and_complete(tmp_path: Path) -> None:
+    cases = [f"c{i:02d}" for i in range(12)]
+    a, b = make_splits(cases, 7), make_splits(list(reversed(cases)), 7)
+    assert a == b and len(a) == 5
+    assert sorted(c for s in a for c in s["val"]) == cases
+    for s in a:
+        assert not set(s["train"]) & set(s["val"]) and len(s["train"]) + len(s["val"]) == 12
+    assert make_splits(cases, 8) != a
+
+
+def test_splits_file_written_once_and_validated(tmp_path: Path) -> None:
+    path = tmp_path / "splits.json"
+    first = load_or_create_splits(path, ["a", "b", "c"], 1)
+    edited = [{"train": ["a", "b"], "val": ["c"]}] * 5
+    path.write_text(json.dumps(edited))
+    assert load_or_create_splits(path, ["a", "b", "c"], 1) == edited != first
+    path.write_text(json.dumps([{"train": ["zz"], "val": ["a"]}]))
+    with pytest.raises(AutosegError, match="zz"):
+        load_or_create_splits(path, ["a", "b", "c"], 1)
+
+
+def test_soft_dice_ignores_background_and_is_one_for_perfect_logits() -> None:
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, 2:4, 2:4] = 1
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    dice = soft_dice_per_class(perfect, target)
+    assert dice.shape == (2,) and dice[0] == pytest.approx(1.0, abs=1e-4)
+    blank = torch.zeros(2, 3, 8, 8)
+    blank[:, 0] = 50  # predicts background everywhere
+    assert soft_dice_per_class(blank, target)[0] < 0.01
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "dice", "dice03_ce07", "weighted_dice_focal"])
+def test_losses_decrease_towards_the_target(name: str) -> None:
+    loss = DeepSupervision(build_loss(name))
+    target = torch.zeros(2, 8, 8, 8, dtype=torch.long)
+    target[:, 2:5, 2:5, 2:5] = 1
+    target[:, 6, 6, 6] = 2
+    good = torch.nn.functional.one_hot(target, 3).permute(0, 4, 1, 2, 3).float() * 5
+    bad = torch.zeros_like(good)
+    assert float(loss(good, target)) < float(loss(bad, target))
+    ds = [good, good[:, :, ::2, ::2, ::2], good[:, :, ::4, ::4, ::4]]
+    assert torch.isfinite(loss(ds, target))
+
+
+def test_unknown_loss_and_recipe_list_known_names() -> None:
+    with pytest.raises(ConfigurationError, match="dice_ce"):
+        build_loss("dice_cee")
+    with pytest.raises(ConfigurationError, match="Did you mean 'sgd_poly'"):
+        recipe_named("sgd_pol")
+
+
+def test_poly_and_plateau_schedules() -> None:
+    assert poly_lr(1e-2, 0.0) == 1e-2 and poly_lr(1e-2, 1.0) == 0.0 and poly_lr(1e-2, 0.5) < 1e-2
+    recipe = recipe_named("adam_plateau")
+    state = PlateauState(recipe.initial_lr)
+    stops = [state.update(s, recipe) for s in [0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]]
+    assert state.lr == pytest.approx(recipe.initial_lr / 2) and stops[-1] and not any(stops[:-1])
+
+
+def test_recipe_keeps_planned_schedule() -> None:
+    base = Recipe(epochs=7, iterations_per_epoch=3, loss="dice")
+    r = recipe_named("adam_plateau", base)
+    assert (r.optimizer, r.epochs, r.iterations_per_epoch, r.loss) == ("adam", 7, 3, "dice")
+
+
+def test_crop_with_padding_pads_outside() -> None:
+    arr = np.arange(2 * 4 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 4)
+    out = crop_with_padding(arr, np.array([0, 0, 0]), (4, 4, 4))
+    assert out.shape == (2, 4, 4, 4)
+    assert np.array_equal(out[:, 2:, 2:, 2:], arr[:, :2, :2, :2]) and out[1, 0, 0, 0] == 0
+
+
+def test_oversampling_puts_rare_classes_in_patches(tmp_path: Path) -> None:
+    cases = write_preprocessed(tmp_path)
+    store = CaseStore(tmp_path, cases)
+    loader = PatchLoader(store, (8, 16, 16), 10, oversample=1.0, seed=0)
+    seen = {1: 0, 2: 0}
+    for _ in range(5):
+        seg = loader.generate_train_batch()["seg"]
+        for b in range(seg.shape[0]):
+            for k in seen:
+                seen[k] += int((seg[b] == k).any())
+    assert seen[1] >= 15 and seen[2] >= 15  # each class drawn about half the time, and always present
+    random_loader = PatchLoader(store, (8, 16, 16), 10, oversample=0.0, seed=0)
+    hits = sum(int((random_loader.generate_train_batch()["seg"] == 1).any(axis=(1, 2, 3, 4)).sum())
+               for _ in range(5))
+    assert hits < seen[1]
+
+
+def test_missing_preprocessed_case_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(AutosegError, match="plan_and_preprocess"):
+        CaseStore(tmp_path, ["nope"])
+
+
+def test_augmented_stream_in_background_process(tmp_path: Path) -> None:
+    cases = write_preprocessed(tmp_path)
+    stream = make_train_stream(CaseStore(tmp_path, cases), (8, 16, 16), (2.5, 0.8, 0.8), 2, 0.5, 0, 1)
+    try:
+        batch = next(stream)
+    finally:
+        stream._finish()
+    assert batch["data"].shape == (2, 1, 8, 16, 16) and batch["seg"].shape == (2, 1, 8, 16, 16)
+    assert set(np.unique(batch["seg"].numpy())) <= {0.0, 1.0, 2.0}
