@@ -165,8 +165,61 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+EPILOG_PREDICT = """examples:
+  autoseg predict -i images/ -o segmentations/ -d Task08          # five-fold ensemble
+  autoseg predict -i ct.nii.gz -o out/ -d Task08 -f 0 --overlays  # one fold, PNG overlays
+  autoseg predict -i dicom_series/ -o out/ -m results/Task08_HepaticVessel/arunet --tta
+"""
+
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment images with the trained folds' ensemble",
+                       description="Segment a file, a folder of images or a DICOM series folder. Writes "
+                                   "<case>.nii.gz on the input's grid and <case>.report.json per case.",
+                       epilog=EPILOG_PREDICT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--input", type=Path, required=True, help="image file, folder or DICOM folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-d", "--dataset", help="use the model trained on this dataset")
+    src.add_argument("-m", "--model", type=Path, help="model folder (results/<dataset>/<network>)")
+    p.add_argument("--network", default=None, help="with -d: which trained network (default: the planned one)")
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
+    p.add_argument("--checkpoint", choices=("final", "best"), default="final")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--save-probabilities", action="store_true", help="also write softmax probabilities")
+    p.add_argument("--overlays", action="store_true", help="write PNG slices with the labels over the CT")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _model_folder(args: argparse.Namespace, settings: Settings) -> Path:
+    if args.model:
+        return args.model
+    from autoseg.plans import Plans
+    from autoseg.training.run import preprocessed_dir
+
+    plans = Plans.load(preprocessed_dir(args.dataset, settings) / "plans.json")
+    return settings.results / plans.dataset_name / (args.network or plans.network.name)
+
+
+def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.inference.model import TrainedModel
+    from autoseg.inference.predictor import PredictOptions, predict
+    from autoseg.training.loop import configure_threads
+
+    configure_threads(args.device)
+    model = TrainedModel.open(_model_folder(args, settings), tuple(args.folds) if args.folds else None,
+                              args.checkpoint)
+    options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap,
+                             save_probabilities=args.save_probabilities, overlays=args.overlays)
+    for report in predict(args.input, args.output, model, options):
+        print(f"{Path(report['input']).name}: {report['volumes_ml']} mL, {report['seconds']} s")
+    return 0
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_phantom_parser, _add_plan_parser, _add_train_parser)
+    _add_phantom_parser, _add_plan_parser, _add_train_parser, _add_predict_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

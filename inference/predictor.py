@@ -1,0 +1,142 @@
+"""``autoseg predict``: preprocess each image as in training, predict with the folds' ensemble,
+put the label map back on the input's exact grid, and write a report per case.
+
+Memory is bounded: one fold's network at a time, its probabilities accumulated into one float32
+array on the preprocessed grid, uint8 labels on the input grid at the end.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoseg.errors import AutosegError, ImageReadError
+from autoseg.io import (Geometry, is_dicom_folder, read_case_images, strip_image_suffix, write_image,
+                        write_json)
+from autoseg.preprocessing import preprocess_case, resample_probabilities
+from autoseg.inference.model import TrainedModel
+from autoseg.inference.report import case_report, write_overlays
+from autoseg.inference.sliding_window import predict_sliding_window
+
+log = logging.getLogger(__name__)
+
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    device: str = "cpu"
+    tta: bool = False
+    overlap: float = 0.5
+    save_probabilities: bool = False
+    overlays: bool = False
+
+
+def find_inputs(path: Path) -> list[tuple[str, Path]]:
+    """(case name, image path) pairs: a file, a DICOM series folder, or a folder of images/series."""
+    if not path.exists():
+        raise ImageReadError("input does not exist", path, "pass an image file or a folder of images")
+    if path.is_file():
+        return [(_case_name(path), path)]
+    if is_dicom_folder(path):
+        return [(path.name, path)]
+    found = [(_case_name(p), p) for p in sorted(path.iterdir())
+             if not p.name.startswith(".") and ((p.is_file() and p.name.lower().endswith(IMAGE_ENDINGS))
+                                                or (p.is_dir() and is_dicom_folder(p)))]
+    if not found:
+        raise ImageReadError("folder holds no images (NIfTI, NRRD, MHA or DICOM series folders)", path,
+                             "point -i at the images to segment")
+    return found
+
+
+def _case_name(path: Path) -> str:
+    name = strip_image_suffix(path.name)
+    return name[:-5] if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit() else name
+
+
+def check_output_location(inputs: Path, output: Path) -> None:
+    inp, out = inputs.resolve(), output.resolve()
+    if inp.is_dir() and (out == inp or inp in out.parents):
+        raise AutosegError("output folder is inside the input folder", output,
+                           "write the segmentations to a folder outside the input folder")
+
+
+def check_looks_like_ct(lo: float, hi: float, path: Path) -> None:
+    """Refuse images that cannot be CT in Hounsfield units (e.g. 8-bit exports)."""
+    if lo >= 0 and hi <= 255:
+        raise ImageReadError(f"intensities {lo:.0f}..{hi:.0f} look like an 8-bit picture, not CT in "
+                             "Hounsfield units", path, "use the original CT (NIfTI/DICOM), not a screenshot or PNG export")
+    if lo > -500:
+        log.warning("%s: no voxel below -500 HU (no air); is this CT in Hounsfield units?", path)
+
+
+def predict_probabilities(model: TrainedModel, data: np.ndarray, options: PredictOptions) -> np.ndarray:
+    """Fold-averaged softmax on the preprocessed grid, one fold in memory at a time."""
+    plans = model.plans
+    total: np.ndarray | None = None
+    mirror = tuple(range(len(plans.patch_size))) if options.tta else ()
+    for fold in sorted(model.checkpoints):
+        net = model.network(fold, options.device)
+        probs = predict_sliding_window(net, data, plans.patch_size, plans.num_classes, options.overlap,
+                                       plans.batch_size, mirror, options.device)
+        del net
+        if total is None:
+            total = probs
+        else:
+            total += probs
+    assert total is not None
+    total /= len(model.checkpoints)
+    return total
+
+
+def predict_case(model: TrainedModel, name: str, image_path: Path, output: Path,
+                 options: PredictOptions) -> dict[str, Any]:
+    """Predict one case and write ``<name>.nii.gz`` and ``<name>.report.json`` (and extras)."""
+    t0 = time.perf_counter()
+    plans = model.plans
+    pre = preprocess_case([image_path], None, plans, case_id=name)  # validates the channel count
+    if plans.is_ct:
+        check_looks_like_ct(pre.properties["intensity_min"][0], pre.properties["intensity_max"][0], image_path)
+    geometry = Geometry.from_dict(pre.properties["original_geometry"])
+    probs = predict_probabilities(model, pre.data, options)
+    labels = _labels_on_input_grid(probs, pre.properties, geometry)
+    write_image(output / f"{name}.nii.gz", labels, geometry)
+    if options.save_probabilities:
+        np.savez_compressed(output / f"{name}.probabilities.npz", probabilities=probs.astype(np.float16),
+                            properties=np.array(str(pre.properties)))
+    report = case_report(labels, geometry, {k: v for k, v in plans.labels.items() if k != 0},
+                         time.perf_counter() - t0, sorted(model.checkpoints))
+    report["input"] = str(image_path)
+    if options.overlays:
+        ct, _ = read_case_images([image_path])
+        window = plans.normalisation[0].window or (-160.0, 240.0)
+        report["overlays"] = [p.name for p in write_overlays(output / name, ct[0], labels, window)]
+    write_json(output / f"{name}.report.json", report)
+    return report
+
+
+def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], geometry: Geometry) -> np.ndarray:
+    """Resample the probabilities to the crop, arg-max there, paste into the full input grid."""
+    crop_shape = tuple(properties["shape_after_crop"])
+    cropped = resample_probabilities(probs, crop_shape).argmax(0).astype(np.uint8)
+    labels = np.zeros(geometry.shape_zyx, dtype=np.uint8)
+    region = tuple(slice(a, b) for a, b in properties["crop_bbox"])
+    labels[region] = cropped
+    return labels
+
+
+def predict(inputs: Path, output: Path, model: TrainedModel, options: PredictOptions) -> list[dict[str, Any]]:
+    """Predict every image under ``inputs`` into ``output``; returns the per-case reports."""
+    check_output_location(inputs, output)
+    cases = find_inputs(inputs)
+    output.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for name, path in cases:
+        log.info("predicting %s with folds %s", name, sorted(model.checkpoints))
+        reports.append(predict_case(model, name, path, output, options))
+    write_json(output / "report.json", {"model": str(model.folder), "cases": reports})
+    return reports
