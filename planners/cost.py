@@ -34,7 +34,7 @@ def training_flops(name: str, kwargs: dict, in_channels: int, num_classes: int,
 
 
 def measure_step_seconds(name: str, kwargs: dict, in_channels: int, num_classes: int,
-                         patch_size: tuple[int, ...], batch_size: int, repeats: int = 3,
+                         patch_size: tuple[int, ...], batch_size: int, repeats: int = 2,
                          device: str = "cpu") -> float:
     """Fastest of ``repeats`` real training steps (forward, backward, SGD update) after a warm-up.
 

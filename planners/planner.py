@@ -233,7 +233,7 @@ def choose_features(pricer: Pricer, median_shape: tuple[int, ...],
 
 
 CALIBRATION_PATCH = (16, 64, 64)
-VERIFY_ROUNDS = 4
+VERIFY_ROUNDS = 3
 VERIFY_LOW = 0.7  # a measured plan under 70 % of the target leaves time unused: grow it
 
 

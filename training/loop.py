@@ -2,6 +2,7 @@
 network, loss, recipe. Checkpoints every epoch; ``--continue`` resumes with the same schedule."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -197,6 +198,7 @@ class FoldTrainer:
         record = {"epoch": self.epoch, **train, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
                   "epoch_time_s": time.perf_counter() - t0, "progress": min(self.progress(), 1.0),
                   "early_stop": stop, "time": time.time()}
+        record = json.loads(json.dumps(record, default=float))  # plain Python numbers for the checkpoint
         self.epochs_log.append(record)
         self.epoch += 1
         score = metrics["val_mean_dice"]

@@ -1,0 +1,156 @@
+"""`autoseg train` and `autoseg predict` end to end on tiny phantoms: outputs, resume after a kill,
+skip/force, errors, and predictions written back on the input grid."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.cli import main
+from autoseg.io import read_json, read_label
+from autoseg.phantom import write_task
+from autoseg.plans import Plans
+
+PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "--no-measure", "-j", "1", "--step-time", "0.3"]
+TINY = ["--epochs", "2", "--iterations", "3", "-j", "0"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ws")
+    write_task(root / "raw", task="Task08", num_training=5, num_test=1, seed=3,
+               spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
+    env = _env(root)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        assert main(PLAN) == 0
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return root
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
+            "AUTOSEG_RESULTS": str(root / "res")}
+
+
+@pytest.fixture
+def env(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for k, v in _env(workspace).items():
+        monkeypatch.setenv(k, v)
+    return workspace
+
+
+def _fold_dir(root: Path, fold: int) -> Path:
+    return root / "res" / "Task08_HepaticVessel" / "arunet" / f"fold_{fold}"
+
+
+def test_train_one_fold_writes_checkpoints_log_and_curves(env: Path) -> None:
+    assert main(["train", "-d", "8", "-f", "0", *TINY, "--force"]) == 0
+    fold = _fold_dir(env, 0)
+    for name in ("checkpoint_final.pt", "checkpoint_latest.pt", "progress.png", "log.jsonl"):
+        assert (fold / name).is_file(), name
+    lines = [json.loads(l) for l in (fold / "log.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1]
+    assert set(lines[0]["val_dice"]) == {"vessel", "tumour"}  # never a background Dice
+    assert lines[1]["lr"] < lines[0]["lr"]  # poly schedule decays
+    assert 0 <= lines[0]["data_wait_share"] <= 1
+    state = torch.load(fold / "checkpoint_final.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["steps"] == 6
+    assert (env / "pre" / "Task08_HepaticVessel" / "splits.json").is_file()
+
+
+def test_finished_fold_is_skipped_unless_forced(env: Path) -> None:
+    assert main(["train", "-d", "8", "-f", "1", *TINY]) == 0
+    final = _fold_dir(env, 1) / "checkpoint_final.pt"
+    before = final.stat().st_mtime_ns
+    assert main(["train", "-d", "8", "-f", "1", *TINY]) == 0
+    assert final.stat().st_mtime_ns == before
+
+
+def test_bad_train_requests(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "-d", "8", "-f", "7", *TINY]) == 2
+    assert "folds must be 0-4" in capsys.readouterr().err
+    assert main(["train", "-d", "8", "-f", "0", "--network", "unet3", *TINY]) == 2
+    assert "arunet" in capsys.readouterr().err
+    assert main(["train", "-d", "Task03", *TINY]) == 2
+    assert "plan_and_preprocess" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "-d", "8", "-f", "2", *TINY, "--force"]) == 0
+    (_fold_dir(env, 2) / "checkpoint_latest.pt").write_bytes(b"garbage")
+    (_fold_dir(env, 2) / "checkpoint_final.pt").unlink()
+    assert main(["train", "-d", "8", "-f", "2", *TINY, "--continue"]) == 2
+    assert "cannot be loaded" in capsys.readouterr().err
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(env: Path) -> None:
+    """Kill a training process mid-run with SIGKILL, resume with --continue, compare schedules."""
+    args = ["train", "-d", "8", "-f", "3", "--epochs", "4", "--iterations", "4", "-j", "0", "--force"]
+    proc = subprocess.Popen([sys.executable, "-m", "autoseg", *args], env={**os.environ},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = _fold_dir(env, 3) / "checkpoint_latest.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and len((_fold_dir(env, 3) / "log.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed"
+    time.sleep(0.5)  # let it get into the next epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (_fold_dir(env, 3) / "checkpoint_final.pt").exists()
+    assert main(args[:-1] + ["--continue"]) == 0
+    resumed = [json.loads(l) for l in (_fold_dir(env, 3) / "log.jsonl").read_text().splitlines()]
+    assert main(["train", "-d", "8", "-f", "4", "--epochs", "4", "--iterations", "4", "-j", "0", "--force"]) == 0
+    straight = [json.loads(l) for l in (_fold_dir(env, 4) / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3] == [r["epoch"] for r in straight]
+    assert [round(r["lr"], 12) for r in resumed] == [round(r["lr"], 12) for r in straight]
+    assert [r["steps"] for r in resumed] == [r["steps"] for r in straight]
+    state = torch.load(_fold_dir(env, 3) / "checkpoint_final.pt", weights_only=True)
+    assert state["steps"] == 16
+
+
+def test_predict_writes_labels_on_input_grid_and_reports(env: Path) -> None:
+    for f in (0, 1):
+        if not (_fold_dir(env, f) / "checkpoint_final.pt").is_file():
+            assert main(["train", "-d", "8", "-f", str(f), *TINY]) == 0
+    images = env / "raw" / "Task08_HepaticVessel" / "imagesTs"
+    out = env / "pred"
+    assert main(["predict", "-i", str(images), "-o", str(out), "-d", "8", "-f", "0", "1", "--overlays"]) == 0
+    case = sorted(images.iterdir())[0]
+    name = case.name.replace(".nii.gz", "")
+    pred, geom = read_label(out / f"{name}.nii.gz")
+    _, ref_geom = read_label(case)
+    assert geom.same_grid(ref_geom) and pred.shape == ref_geom.shape_zyx
+    assert set(np.unique(pred)) <= {0, 1, 2}
+    report = read_json(out / f"{name}.report.json")
+    assert set(report["volumes_ml"]) == {"vessel", "tumour"} and report["folds"] == [0, 1]
+    assert report["overlays"] and (out / report["overlays"][0]).read_bytes()[:4] == b"\x89PNG"
+    assert read_json(out / "report.json")["cases"][0]["input"] == str(case)
+
+
+def test_predict_bad_inputs(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = env / "raw" / "Task08_HepaticVessel" / "imagesTs"
+    assert main(["predict", "-i", str(images), "-o", str(images / "out"), "-d", "8", "-f", "0"]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", "-i", str(empty), "-o", str(tmp_path / "o"), "-d", "8", "-f", "0"]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert main(["predict", "-i", str(images), "-o", str(tmp_path / "o"), "-m", str(tmp_path)]) == 2
+    assert "plans.json" in capsys.readouterr().err
