@@ -26,16 +26,35 @@ def run(workdir: Path, num_training: int, epochs: int, iterations: int, train: b
     steps = [["phantom", "-o", str(env["AUTOSEG_RAW"]), "--task", "Task08", "-n", str(num_training),
               "--test", "2"],
              ["plan_and_preprocess", "-d", "Task08"]]
+    predictions = workdir / "predictions"
     if train:
         steps.append(["train", "-d", "Task08", "--epochs", str(epochs), "--iterations", str(iterations)])
+        steps.append(["predict", "-i", str(env["AUTOSEG_RAW"] / "Task08_HepaticVessel" / "imagesTs"),
+                      "-o", str(predictions), "-d", "Task08", "--overlays"])
     for argv in steps:
         print(f"\n$ autoseg {' '.join(argv)}", flush=True)
         code = cli_main(argv)
         if code:
             return code
+    if train:
+        print_test_dice(env["AUTOSEG_RAW"] / "Task08_HepaticVessel" / "labelsTs", predictions)
     print(f"\nDemo outputs are in {workdir}: raw/ (phantom task), preprocessed/ (fingerprint.json, "
           "plans.json, slices.png, data/)" + (", results/ (folds, log.jsonl, progress.png)" if train else ""))
     return 0
+
+
+def print_test_dice(references: Path, predictions: Path) -> None:
+    """Dice of the ensemble's test predictions against the phantom's own labels, per class."""
+    from autoseg.io import read_label
+    from autoseg.metrics import dice_per_class
+
+    names = {1: "vessel", 2: "tumour"}
+    print("\nTest-set Dice of the five-fold ensemble (phantom labels as reference):")
+    for ref_path in sorted(references.glob("*.nii.gz")):
+        ref, _ = read_label(ref_path)
+        pred, _ = read_label(predictions / ref_path.name)
+        scores = dice_per_class(pred, ref, sorted(names))
+        print(f"  {ref_path.name}: " + ", ".join(f"{names[k]} {v:.3f}" for k, v in scores.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
