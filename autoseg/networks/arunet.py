@@ -1,0 +1,239 @@
+"""ARUNet: Attention Residual U-Net, autoseg's default network.
+
+Encoder: dynamic-network-architectures ``ResidualEncoder`` without a stem; every stage is a stack
+of ``BasicBlockD`` residual blocks (y = act(x + F(x)), F = two conv-norm layers); the first block of
+a stage downsamples with a strided conv, and its shortcut is average pooling + 1x1 conv + norm when
+the stride or the channel count changes. Decoder stage (coarse to fine): transposed-conv upsampling,
+an additive attention gate on the skip connection, concatenation, a residual block stack, and a 1x1
+segmentation head (deep supervision uses the heads of every decoder stage).
+
+Attention gate (Oktay et al. 2018), in the paper's own, cheapest variant: the skip ``x`` is
+brought down to the gating signal's grid by ``W_x`` (a conv whose kernel and stride equal that
+stage's stride), the gating signal ``g`` is the coarser decoder feature itself (no upsampling), so
+``relu(W_x x + W_g g)``, ``psi`` and the sigmoid all run at the coarse resolution; only the
+one-channel coefficient map is upsampled (linear interpolation) and multiplied with ``x``. At full
+resolution the gate costs one map of one channel and one multiplication.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from torch import nn
+
+from autoseg.errors import ConfigurationError
+from autoseg.networks.config import (
+    COMMON_KEYS,
+    Ops,
+    check_channels,
+    check_int_list,
+    check_keys,
+    ops_for_dim,
+    parse_topology,
+)
+from autoseg.networks.spec import NetworkSpec
+
+ARUNET_KEYS = COMMON_KEYS + ("n_blocks_per_stage", "n_blocks_per_stage_decoder")
+
+
+def _prod(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate ``x * sigmoid(psi(relu(W_x x + W_g g)))`` computed on g's grid."""
+
+    def __init__(self, ops: Ops, skip_channels: int, gate_channels: int, stride: Sequence[int]):
+        super().__init__()
+        self.inter_channels = max(1, skip_channels // 2)
+        self.stride = tuple(stride)
+        self.mode = ops.interp_mode
+        self.theta_x = ops.conv_op(skip_channels, self.inter_channels, self.stride, self.stride, bias=False)
+        self.phi_g = ops.conv_op(gate_channels, self.inter_channels, 1, 1, bias=True)
+        self.psi = ops.conv_op(self.inter_channels, 1, 1, 1, bias=True)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        q = F.relu(self.theta_x(x) + self.phi_g(g), inplace=True)
+        alpha = torch.sigmoid(self.psi(q))
+        alpha = F.interpolate(alpha, size=x.shape[2:], mode=self.mode, align_corners=False)
+        return x * alpha
+
+    def compute_conv_feature_map_size(self, skip_size: Sequence[int]) -> int:
+        """theta, phi and psi maps on the coarse grid plus the upsampled coefficient map."""
+        coarse = [s // t for s, t in zip(skip_size, self.stride)]
+        return 2 * _prod([self.inter_channels, *coarse]) + _prod(coarse) + _prod(skip_size)
+
+
+class FusionBlock(nn.Module):
+    """First decoder block: ``act(up + F(cat(up, gated_skip)))``, F = two conv-norm layers.
+
+    The shortcut is the upsampled decoder path itself, so unlike a residual block on the
+    concatenation it needs no 1x1 projection at the finest, most expensive resolution.
+    """
+
+    def __init__(self, ops: Ops, channels: int, kernel_size: Sequence[int]):
+        super().__init__()
+        self.channels = channels
+        self.conv1 = ConvDropoutNormReLU(ops.conv_op, 2 * channels, channels, kernel_size, 1, True, ops.norm_op,
+                                         ops.norm_op_kwargs, None, None, ops.nonlin, ops.nonlin_kwargs)
+        self.conv2 = ConvDropoutNormReLU(ops.conv_op, channels, channels, kernel_size, 1, True, ops.norm_op,
+                                         ops.norm_op_kwargs, None, None, None, None)
+        self.act = ops.nonlin(**ops.nonlin_kwargs)
+
+    def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(torch.cat((up, skip), 1)))
+        out += up
+        return self.act(out)
+
+    def compute_conv_feature_map_size(self, size: Sequence[int]) -> int:
+        return 2 * _prod([self.channels, *size])
+
+
+def _residual_blocks(ops: Ops, n_blocks: int, channels: int, kernel: Sequence[int]) -> nn.Module:
+    """``n_blocks`` identity-shortcut residual blocks, or an identity when there are none."""
+    if n_blocks < 1:
+        return nn.Identity()
+    return StackedResidualBlocks(n_blocks, ops.conv_op, channels, channels, kernel, 1, True, ops.norm_op,
+                                 ops.norm_op_kwargs, None, None, ops.nonlin, ops.nonlin_kwargs)
+
+
+class ARUNetDecoder(nn.Module):
+    """Upsample, gate the skip, fuse (+ more residual blocks), segmentation head; coarse to fine."""
+
+    def __init__(self, encoder: ResidualEncoder, ops: Ops, num_classes: int,
+                 n_blocks: Sequence[int], deep_supervision: bool):
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        self.num_classes = num_classes
+        feats = list(encoder.output_channels)
+        self.skip_channels = feats[-2::-1]
+        self.strides = [tuple(s) for s in encoder.strides]
+        up, gates, fuse, refine, heads = [], [], [], [], []
+        for s in range(1, len(feats)):
+            below, skip, stride = feats[-s], feats[-(s + 1)], self.strides[-s]
+            kernel = encoder.kernel_sizes[-(s + 1)]
+            up.append(ops.transp_op(below, skip, stride, stride, bias=True))
+            gates.append(AttentionGate(ops, skip, below, stride))
+            fuse.append(FusionBlock(ops, skip, kernel))
+            refine.append(_residual_blocks(ops, n_blocks[s - 1] - 1, skip, kernel))
+            heads.append(ops.conv_op(skip, num_classes, 1, 1, 0, bias=True))
+        self.upsample = nn.ModuleList(up)
+        self.gates = nn.ModuleList(gates)
+        self.fuse = nn.ModuleList(fuse)
+        self.refine = nn.ModuleList(refine)
+        self.seg_layers = nn.ModuleList(heads)
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        x = skips[-1]
+        outputs = []
+        last = len(self.fuse) - 1
+        for s in range(len(self.fuse)):
+            skip = skips[-(s + 2)]
+            x = self.refine[s](self.fuse[s](self.upsample[s](x), self.gates[s](skip, x)))
+            if self.deep_supervision or s == last:
+                outputs.append(self.seg_layers[s](x))
+        outputs.reverse()
+        return outputs if self.deep_supervision else outputs[0]
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Per stage: upsampled map, gate maps, fusion and residual blocks, logits (when produced).
+
+        The gated skip and the concatenation re-use maps already counted (skip and upsample), as
+        the library's decoder does not count its concatenation either.
+        """
+        sizes = [list(input_size)]
+        for stride in self.strides[1:-1]:
+            sizes.append([i // j for i, j in zip(sizes[-1], stride)])
+        total = 0
+        last = len(self.fuse) - 1
+        for s in range(len(self.fuse)):
+            size, channels = sizes[-(s + 1)], self.skip_channels[s]
+            total += _prod([channels, *size])
+            total += self.gates[s].compute_conv_feature_map_size(size)
+            total += self.fuse[s].compute_conv_feature_map_size(size)
+            if isinstance(self.refine[s], StackedResidualBlocks):
+                total += int(self.refine[s].compute_conv_feature_map_size(size))
+            if self.deep_supervision or s == last:
+                total += _prod([self.num_classes, *size])
+        return total
+
+
+class ARUNet(nn.Module):
+    """Attention Residual U-Net for 2D or 3D patches (see the module docstring)."""
+
+    def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
+        super().__init__()
+        check_channels(in_channels, num_classes)
+        check_keys(kwargs, ARUNET_KEYS, "arunet")
+        topo = parse_topology(kwargs)
+        n = topo.n_stages
+        blocks = check_int_list("n_blocks_per_stage", kwargs.get("n_blocks_per_stage", default_blocks(n)), n)
+        dec_blocks = check_int_list("n_blocks_per_stage_decoder",
+                                    kwargs.get("n_blocks_per_stage_decoder", [1] * (n - 1)), n - 1)
+        ops = ops_for_dim(topo.dim)
+        self.input_channels, self.num_classes = in_channels, num_classes
+        self.conv_op, self.norm_op, self.nonlin = ops.conv_op, ops.norm_op, ops.nonlin
+        self.total_stride = topo.total_stride
+        self.encoder = ResidualEncoder(
+            in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
+            [list(s) for s in topo.strides], list(blocks), True, ops.norm_op, ops.norm_op_kwargs, None,
+            None, ops.nonlin, ops.nonlin_kwargs, return_skips=True, disable_default_stem=True)
+        self.decoder = ARUNetDecoder(self.encoder, ops, num_classes, dec_blocks, topo.deep_supervision)
+        self.apply(InitWeights_He(1e-2))
+
+    @property
+    def deep_supervision(self) -> bool:
+        return self.decoder.deep_supervision
+
+    @deep_supervision.setter
+    def deep_supervision(self, value: bool) -> None:
+        self.decoder.deep_supervision = bool(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        spatial = tuple(x.shape[2:])
+        if len(spatial) != len(self.total_stride) or any(s % t for s, t in zip(spatial, self.total_stride)):
+            raise ConfigurationError(
+                f"input of spatial size {list(spatial)} is not divisible by the network's total stride "
+                f"{list(self.total_stride)}", fix="pad or crop the input to a multiple of the total stride")
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements per sample of the maps produced by every conv, gate and head for ``input_size``."""
+        if len(input_size) != len(self.total_stride):
+            raise ConfigurationError(
+                f"input_size must be the {len(self.total_stride)} spatial sizes only, got {list(input_size)}")
+        return int(self.encoder.compute_conv_feature_map_size(list(input_size))) \
+            + self.decoder.compute_conv_feature_map_size(input_size)
+
+
+def default_blocks(n_stages: int) -> list[int]:
+    """One residual block (two convs, as the plain U-Net's two convs) per encoder stage."""
+    return [1] * n_stages
+
+
+def _defaults(n_stages: int) -> dict[str, Any]:
+    return {"n_blocks_per_stage": default_blocks(n_stages),
+            "n_blocks_per_stage_decoder": [1] * (n_stages - 1)}
+
+
+SPEC = NetworkSpec(
+    name="arunet",
+    cls=ARUNet,
+    defaults=_defaults,
+    # Derived at the finest stage, which holds most of the counted elements. Encoder: one residual
+    # block with a projection shortcut counts 3 maps (conv1, conv2, shortcut) and keeps 5 (conv and
+    # norm outputs of conv1 and conv2, the shortcut's conv output; its norm output is added in place
+    # into the main path). Decoder: counts 3 (upsampled map, conv1, conv2) and keeps 6 (the
+    # concatenation = 2, conv1 and conv2 with their norm outputs = 4). The gate's maps are one
+    # channel or coarse and keep about what they count. (5 + 6) / (3 + 3) = 11/6.
+    saved_per_count=11 / 6,
+    summary="Attention Residual U-Net: residual encoder/decoder, additive attention gates on skips",
+    paper="Oktay et al., Attention U-Net, MIDL 2018; He et al., ResNet, CVPR 2016",
+)

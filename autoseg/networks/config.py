@@ -1,0 +1,169 @@
+"""Validation of network keyword arguments and the operators they imply.
+
+Network kwargs live in ``plans.json``, so they hold only plain JSON values; the operator classes
+(``conv_op``, ``norm_op``, ``nonlin``) follow from the dimension, which is ``len(kernel_sizes[0])``.
+Everything a user could get wrong when editing a plans file by hand is checked here and raised as a
+:class:`~autoseg.errors.ConfigurationError` that names the argument, its value and the fix.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from autoseg.errors import ConfigurationError
+
+#: Keys every network accepts; a network adds its own (blocks per stage and so on).
+COMMON_KEYS = ("n_stages", "features_per_stage", "strides", "kernel_sizes", "deep_supervision")
+
+NORM_OP_KWARGS: dict[str, Any] = {"eps": 1e-5, "affine": True}
+NONLIN_KWARGS: dict[str, Any] = {"negative_slope": 1e-2, "inplace": True}
+
+
+@dataclass(frozen=True)
+class Ops:
+    """Operator classes and their settings for one dimension (2D or 3D)."""
+
+    dim: int
+    conv_op: type[nn.Module]
+    transp_op: type[nn.Module]
+    norm_op: type[nn.Module]
+    nonlin: type[nn.Module]
+    norm_op_kwargs: dict[str, Any]
+    nonlin_kwargs: dict[str, Any]
+
+    @property
+    def interp_mode(self) -> str:
+        """Linear interpolation mode matching the dimension."""
+        return "bilinear" if self.dim == 2 else "trilinear"
+
+
+def ops_for_dim(dim: int) -> Ops:
+    """Conv, transposed conv, affine InstanceNorm and in-place LeakyReLU for ``dim`` = 2 or 3."""
+    if dim == 2:
+        return Ops(2, nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.LeakyReLU,
+                   dict(NORM_OP_KWARGS), dict(NONLIN_KWARGS))
+    if dim == 3:
+        return Ops(3, nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d, nn.LeakyReLU,
+                   dict(NORM_OP_KWARGS), dict(NONLIN_KWARGS))
+    raise ConfigurationError(f"networks work in 2D or 3D, got kernel sizes of dimension {dim}",
+                             fix="give kernel_sizes entries with 2 or 3 values")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """The validated common arguments: stages, features, strides and kernel sizes per stage."""
+
+    n_stages: int
+    features_per_stage: tuple[int, ...]
+    strides: tuple[tuple[int, ...], ...]
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    deep_supervision: bool
+
+    @property
+    def dim(self) -> int:
+        return len(self.kernel_sizes[0])
+
+    @property
+    def total_stride(self) -> tuple[int, ...]:
+        return tuple(math.prod(s[a] for s in self.strides) for a in range(self.dim))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int no smaller than ``minimum``, else a ConfigurationError naming ``name``."""
+    if not _is_int(value) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}",
+                                 fix=f"set {name} to an integer of at least {minimum}")
+    return value
+
+
+def check_int_list(name: str, value: Any, length: int, minimum: int = 1) -> tuple[int, ...]:
+    """A list of ``length`` integers each >= ``minimum``."""
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise ConfigurationError(
+            f"{name} must be a list of {length} integers, got {value!r}",
+            fix=f"give {name} exactly {length} entries")
+    for v in value:
+        if not _is_int(v) or v < minimum:
+            raise ConfigurationError(f"{name} entries must be integers >= {minimum}, got {value!r}",
+                                     fix=f"correct {name}")
+    return tuple(value)
+
+
+def _check_per_stage(name: str, value: Any, n_stages: int, dim: int) -> tuple[tuple[int, ...], ...]:
+    if not isinstance(value, (list, tuple)) or len(value) != n_stages:
+        raise ConfigurationError(
+            f"{name} must have one entry per stage (n_stages={n_stages}), got {value!r}",
+            fix=f"give {name} exactly {n_stages} entries, each a list of {dim} integers")
+    return tuple(check_int_list(f"{name}[{i}]", v, dim) for i, v in enumerate(value))
+
+
+def check_keys(kwargs: Any, accepted: Sequence[str], network: str) -> None:
+    """Every key present is known to the network and every required key is there."""
+    if not isinstance(kwargs, dict):
+        raise ConfigurationError(f"network kwargs must be a dict, got {type(kwargs).__name__}")
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigurationError(
+            f"network '{network}' does not accept {unknown}; accepted: {', '.join(accepted)}",
+            fix="remove or rename those keys in the network kwargs")
+    missing = [k for k in COMMON_KEYS if k not in kwargs]
+    if missing:
+        raise ConfigurationError(f"network '{network}' kwargs lack {missing}",
+                                 fix="regenerate the kwargs with default_network_kwargs()")
+
+
+def parse_topology(kwargs: dict[str, Any]) -> StageConfig:
+    """Validate the common keys (stages, features, strides, kernels, deep supervision)."""
+    n_stages = check_int("n_stages", kwargs["n_stages"], 2)
+    features = check_int_list("features_per_stage", kwargs["features_per_stage"], n_stages)
+    kernels_raw = kwargs["kernel_sizes"]
+    if not isinstance(kernels_raw, (list, tuple)) or not kernels_raw \
+            or not isinstance(kernels_raw[0], (list, tuple)):
+        raise ConfigurationError(f"kernel_sizes must be a list of per-stage lists, got {kernels_raw!r}",
+                                 fix="give e.g. [[3, 3, 3], [3, 3, 3], ...] with one entry per stage")
+    dim = len(kernels_raw[0])
+    ops_for_dim(dim)  # rejects dimensions other than 2 and 3
+    kernels = _check_per_stage("kernel_sizes", kernels_raw, n_stages, dim)
+    if any(k % 2 == 0 for ks in kernels for k in ks):
+        raise ConfigurationError(f"kernel sizes must be odd (same padding), got {list(kernels)}",
+                                 fix="use kernel sizes 1 or 3")
+    strides = _check_per_stage("strides", kwargs["strides"], n_stages, dim)
+    if any(s != 1 for s in strides[0]):
+        raise ConfigurationError(f"the first stage must not downsample, got strides[0]={list(strides[0])}",
+                                 fix=f"set strides[0] to {[1] * dim}")
+    ds = kwargs["deep_supervision"]
+    if not isinstance(ds, bool):
+        raise ConfigurationError(f"deep_supervision must be true or false, got {ds!r}")
+    return StageConfig(n_stages, features, strides, kernels, ds)
+
+
+def check_channels(in_channels: Any, num_classes: Any) -> None:
+    """At least one input channel and at least one output class."""
+    check_int("in_channels", in_channels, 1)
+    check_int("num_classes", num_classes, 1)
+
+
+def check_patch_size(kwargs: dict[str, Any], patch_size: Sequence[int]) -> None:
+    """Raise unless every patch axis is a positive multiple of the network's total stride."""
+    topo = parse_topology(kwargs)
+    patch = tuple(patch_size)
+    if len(patch) != topo.dim or not all(_is_int(p) and p > 0 for p in patch):
+        raise ConfigurationError(
+            f"patch size {list(patch)} does not fit a {topo.dim}D network",
+            fix=f"give {topo.dim} positive integers")
+    total = topo.total_stride
+    bad = [a for a in range(topo.dim) if patch[a] % total[a]]
+    if bad:
+        fixed = [max(t, p // t * t) for p, t in zip(patch, total)]
+        raise ConfigurationError(
+            f"patch size {list(patch)} is not divisible by the total stride {list(total)} "
+            f"on axes {bad}",
+            fix=f"use a patch such as {fixed}, or fewer downsampling stages")
