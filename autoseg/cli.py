@@ -16,7 +16,7 @@ from autoseg.settings import Settings
 log = logging.getLogger("autoseg")
 
 EPILOG_PLAN = """examples:
-  autoseg plan_and_preprocess -d Task08                 # CPU plan, measured on this machine
+  autoseg plan_and_preprocess -d Task08                 # CPU plan, calibrated on this machine
   autoseg plan_and_preprocess -d 8 --device cuda --gpu-memory 24
   autoseg plan_and_preprocess -d /data/Task08_HepaticVessel --max-slices 200
   autoseg plan_and_preprocess -d Task08 --only plan --force   # re-plan, keep fingerprint
@@ -43,9 +43,11 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-time", type=float, default=1.5, metavar="S",
                    help="CPU: target seconds per training step (default: 1.5)")
     p.add_argument("--cpu-gflops", type=float, default=None,
-                   help="CPU: throughput to plan with instead of measuring it here")
-    p.add_argument("--no-measure", action="store_true",
-                   help="CPU: trust the cost model, do not time the chosen plan")
+                   help="CPU: throughput to plan with instead of this machine's calibration")
+    p.add_argument("--verify", action="store_true",
+                   help="CPU: also time the chosen plan for real and adjust it (depends on machine load)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="CPU: measure this machine again instead of using its cached calibration")
     p.add_argument("--network", default="arunet", help="network from the registry (default: arunet)")
     p.add_argument("--features", type=int, choices=(8, 16), default=None,
                    help="base features (default: chosen by the budget)")
@@ -68,7 +70,10 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     options = PlannerOptions(
         device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,
         network=args.network, base_features=args.features, hu_window=tuple(args.hu_window),
-        cpu_gflops=args.cpu_gflops, measure=not args.no_measure, seed=args.seed)
+        cpu_gflops=args.cpu_gflops, verify=args.verify, seed=args.seed,
+        calibration_cache=settings.preprocessed / "cpu_calibration.json")
+    if args.recalibrate:
+        (settings.preprocessed / "cpu_calibration.json").unlink(missing_ok=True)
     stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
     out = plan_and_preprocess(args.dataset, settings, options, stages=stages, max_slices=args.max_slices,
                               workers=args.workers, force=args.force)

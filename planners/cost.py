@@ -1,30 +1,40 @@
-"""Cost model of a training step: FLOPs counted on the meta device, time measured on this machine.
+"""Cost model of a training step: FLOPs counted on the meta device, time calibrated on this machine.
 
 Counting runs the network on ``torch.device("meta")`` under ``FlopCounterMode``: no memory is
-allocated and no arithmetic is done, so the planner can price dozens of candidate patches in a
-second. Seconds per FLOP are measured once per planning run with a real forward+backward+update
-step, because CPU throughput differs between machines by an order of magnitude.
+allocated and no arithmetic is done. Time is modelled as ``overhead + flops / throughput``, with
+both constants fitted to two real training steps (a small and a medium patch) measured once per
+machine and cached, so that planning is quick and the same command on the same machine gives the
+same plans. The calibration runs in a short-lived subprocess so its memory is returned at once.
 """
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing as mp
+import os
+import platform
 import time
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from autoseg.io import read_json, write_json
 from autoseg.networks import build_network
 
 log = logging.getLogger(__name__)
 
+CALIBRATION_VERSION = 1
 
-def training_flops(name: str, kwargs: dict, in_channels: int, num_classes: int,
-                   patch_size: tuple[int, ...], batch_size: int) -> int:
-    """FLOPs of one forward and backward pass (convolutions and matrix products)."""
+
+@lru_cache(maxsize=512)
+def _flops_cached(name: str, kwargs_json: str, in_channels: int, num_classes: int,
+                  patch_size: tuple[int, ...], batch_size: int) -> int:
     with torch.device("meta"):
-        net = build_network(name, kwargs, in_channels, num_classes)
-        x = torch.empty((batch_size, in_channels, *patch_size), requires_grad=False)
+        net = build_network(name, json.loads(kwargs_json), in_channels, num_classes)
+        x = torch.empty((batch_size, in_channels, *patch_size))
     counter = FlopCounterMode(display=False)
     with counter:
         out = net(x)
@@ -33,8 +43,15 @@ def training_flops(name: str, kwargs: dict, in_channels: int, num_classes: int,
     return int(counter.get_total_flops())
 
 
+def training_flops(name: str, kwargs: dict, in_channels: int, num_classes: int,
+                   patch_size: tuple[int, ...], batch_size: int) -> int:
+    """FLOPs of one forward and backward pass (convolutions and matrix products), memoised."""
+    return _flops_cached(name, json.dumps(kwargs, sort_keys=True), in_channels, num_classes,
+                         tuple(patch_size), batch_size)
+
+
 def measure_step_seconds(name: str, kwargs: dict, in_channels: int, num_classes: int,
-                         patch_size: tuple[int, ...], batch_size: int, repeats: int = 2,
+                         patch_size: tuple[int, ...], batch_size: int, repeats: int = 3,
                          device: str = "cpu") -> float:
     """Fastest of ``repeats`` real training steps (forward, backward, SGD update) after a warm-up.
 
@@ -51,7 +68,8 @@ def measure_step_seconds(name: str, kwargs: dict, in_channels: int, num_classes:
         opt.zero_grad(set_to_none=True)
         out = net(x)
         outs = out if isinstance(out, (list, tuple)) else [out]
-        loss = torch.nn.functional.cross_entropy(outs[0], y)
+        loss = sum(torch.nn.functional.cross_entropy(o, torch.nn.functional.interpolate(
+            y[:, None].float(), size=o.shape[2:]).squeeze(1).long()) for o in outs)
         loss.backward()
         opt.step()
         if device == "cuda":
@@ -63,23 +81,56 @@ def measure_step_seconds(name: str, kwargs: dict, in_channels: int, num_classes:
 
 @dataclass
 class CpuTimeModel:
-    """Predicts CPU step time as ``seconds_per_flop * flops``, calibrated by real measurements."""
+    """``seconds = overhead_s + flops / flops_per_s`` for one training step on this machine."""
 
-    seconds_per_flop: float
+    flops_per_s: float
+    overhead_s: float = 0.0
+    source: str = "given"
 
     def predict(self, flops: int) -> float:
-        return self.seconds_per_flop * flops
+        return self.overhead_s + flops / self.flops_per_s
 
-    def update(self, flops: int, measured_s: float) -> None:
-        """Recalibrate from a measurement of the candidate itself (the most relevant one)."""
-        self.seconds_per_flop = measured_s / max(flops, 1)
+    def describe(self) -> str:
+        return (f"CPU model: {self.flops_per_s / 1e9:.1f} GFLOP/s + {self.overhead_s:.2f} s per step "
+                f"({self.source})")
 
 
-def calibrate_cpu(name: str, kwargs: dict, in_channels: int, num_classes: int,
-                  patch_size: tuple[int, ...], batch_size: int) -> tuple[CpuTimeModel, float, int]:
-    """Measure one configuration and return the model, the measured seconds and its FLOPs."""
-    flops = training_flops(name, kwargs, in_channels, num_classes, patch_size, batch_size)
-    seconds = measure_step_seconds(name, kwargs, in_channels, num_classes, patch_size, batch_size)
-    log.info("calibration: patch %s batch %d: %.2f s/step, %.2f GFLOP", patch_size, batch_size,
-             seconds, flops / 1e9)
-    return CpuTimeModel(seconds / max(flops, 1)), seconds, flops
+def machine_key(network: str) -> str:
+    """What a calibration depends on: processor, core count, threads, torch version, network."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{network}|v{CALIBRATION_VERSION}"
+
+
+def _measure_points(points: list[tuple[str, dict, int, int, tuple[int, ...], int]]) -> list[tuple[int, float]]:
+    return [(training_flops(*p), measure_step_seconds(*p)) for p in points]
+
+
+def calibrate(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], cache: Path | None,
+              network: str) -> CpuTimeModel:
+    """Fit the time model to real steps of ``points``, reusing a cached fit for this machine."""
+    key = machine_key(network)
+    if cache is not None and cache.is_file():
+        entry = read_json(cache).get(key)
+        if entry:
+            return CpuTimeModel(entry["flops_per_s"], entry["overhead_s"], f"calibrated {entry['date']}, cached in {cache}")
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:  # a fresh process: its memory goes back to the system when it ends
+        measured = pool.apply(_measure_points, (points,))
+    (f1, t1), (f2, t2) = measured
+    rate = max((f2 - f1) / max(t2 - t1, 1e-6), 1e6) if t2 > t1 else f2 / t2
+    overhead = max(0.0, t1 - f1 / rate)
+    for flops, seconds in measured:
+        log.info("calibration: %.2f GFLOP in %.2f s", flops / 1e9, seconds)
+    date = time.strftime("%Y-%m-%d %H:%M")
+    if cache is None:
+        return CpuTimeModel(rate, overhead, f"calibrated {date}")
+    entries = read_json(cache) if cache.is_file() else {}
+    entries[key] = {"flops_per_s": rate, "overhead_s": overhead, "date": date,
+                    "points": [{"gflop": f / 1e9, "seconds": s} for f, s in measured]}
+    write_json(cache, entries)
+    return CpuTimeModel(rate, overhead, f"calibrated {date}, cached in {cache}")

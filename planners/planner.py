@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,9 @@ class PlannerOptions:
     network: str = "arunet"
     base_features: int | None = None  # None: choose 8 or 16 by the budget
     hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
-    cpu_gflops: float | None = None  # CPU throughput; None: measured on this machine
-    measure: bool = True  # CPU: verify the chosen plan's step time with a real step
+    cpu_gflops: float | None = None  # CPU throughput; None: calibrated on this machine (cached)
+    verify: bool = False  # CPU: also time the chosen plan for real and adjust it
+    calibration_cache: Path | None = None
     max_stages: int = 6
     seed: int = 12345
     deep_supervision: bool = True
@@ -139,7 +141,7 @@ class Pricer:
             usable = options.gpu_memory_gb * 1024**3 - GPU_RESERVED_BYTES
             self.memory_budget = int(max(usable, 0.25 * options.gpu_memory_gb * 1024**3))
         else:
-            self.memory_budget = int(_available_ram_bytes() * options.ram_fraction)
+            self.memory_budget = int(_ram_bytes() * options.ram_fraction)
 
     def candidate(self, topology: Topology, base: int, batch: int) -> Candidate:
         features = [min(base * 2**i, FEATURE_CAP) for i in range(topology.n_stages)]
@@ -169,41 +171,58 @@ class Pricer:
         return cand.step_time_s <= self.options.step_time_target_s
 
 
-def _available_ram_bytes() -> int:
+def _ram_bytes() -> int:
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):  # total, not available: plans must not vary with load
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def fit_patch(pricer: Pricer, median_shape: tuple[int, ...], spacing: tuple[float, ...],
-              base: int) -> Candidate:
-    """Largest patch (from the median shape down) whose step fits the budget at batch 2.
+def shrink_sequence(median_shape: tuple[int, ...], spacing: tuple[float, ...],
+                    max_stages: int) -> list[Topology]:
+    """Topologies from the median shape down to the smallest patch, largest first.
 
-    The axis shrunk next is the one largest relative to the median shape; ties go to the last
+    Each step shrinks the axis that is largest relative to the median shape; ties go to the last
     (in-plane) axis, so a thick-slice volume keeps its few slices until the in-plane extent has come
     down to the same share of the case.
     """
-    opts = pricer.options
-    patch = list(median_shape)
+    seq = [plan_topology(tuple(median_shape), spacing, max_stages)]
     while True:
-        topology = plan_topology(tuple(patch), spacing, opts.max_stages)
-        cand = pricer.candidate(topology, base, MIN_BATCH)
-        if pricer.fits(cand):
-            return cand
+        topology = seq[-1]
         ratios = [p / m for p, m in zip(topology.patch_size, median_shape)]
-        shrinkable = [a for a in range(len(patch)) if topology.patch_size[a] > MIN_PATCH_EDGE]
+        shrinkable = [a for a in range(len(median_shape)) if topology.patch_size[a] > MIN_PATCH_EDGE]
         if not shrinkable:
-            raise PlansError(f"no patch fits the budget even at {topology.patch_size} with "
-                             f"{base} base features", fix="raise --gpu-memory or --step-time")
+            return seq
         axis = max(reversed(shrinkable), key=lambda a: ratios[a])
         step = max(topology.total_stride[axis], int(0.1 * topology.patch_size[axis]) // 2 * 2, 2)
         patch = list(topology.patch_size)
         patch[axis] = max(topology.patch_size[axis] - step, MIN_PATCH_EDGE)
+        seq.append(plan_topology(tuple(patch), spacing, max_stages))
+
+
+def fit_patch(pricer: Pricer, median_shape: tuple[int, ...], spacing: tuple[float, ...],
+              base: int) -> Candidate:
+    """Largest patch of the shrink sequence whose step fits the budget at batch 2 (bisection:
+    the cost falls along the sequence, so about log2(n) candidates are priced)."""
+    seq = shrink_sequence(median_shape, spacing, pricer.options.max_stages)
+    lo, hi = 0, len(seq) - 1
+    last = pricer.candidate(seq[hi], base, MIN_BATCH)
+    if not pricer.fits(last):
+        raise PlansError(f"no patch fits the budget even at {seq[hi].patch_size} with {base} base "
+                         f"features", fix="raise --gpu-memory or --step-time")
+    best = last
+    while lo < hi:
+        mid = (lo + hi) // 2
+        cand = pricer.candidate(seq[mid], base, MIN_BATCH)
+        if pricer.fits(cand):
+            best, hi = cand, mid
+        else:
+            lo = mid + 1
+    return best
 
 
 def grow_batch(pricer: Pricer, cand: Candidate) -> Candidate:
@@ -232,52 +251,56 @@ def choose_features(pricer: Pricer, median_shape: tuple[int, ...],
                     f"({wide.patch_voxels / narrow.patch_voxels:.0%} of {narrow.topology.patch_size})")
 
 
-CALIBRATION_PATCH = (16, 64, 64)
+CALIBRATION_PATCHES = ((16, 48, 48), (32, 96, 96))
 VERIFY_ROUNDS = 3
 VERIFY_LOW = 0.7  # a measured plan under 70 % of the target leaves time unused: grow it
 
 
-def _calibrate(pricer: Pricer, spacing: tuple[float, ...]) -> str:
-    from autoseg.planners.cost import CpuTimeModel, calibrate_cpu
+def _calibrate(pricer: Pricer) -> str:
+    from autoseg.planners.cost import CpuTimeModel, calibrate
 
     opts = pricer.options
     if opts.cpu_gflops is not None:
-        pricer.time_model = CpuTimeModel(1.0 / (opts.cpu_gflops * 1e9))
-        return f"CPU throughput {opts.cpu_gflops:.1f} GFLOP/s given by the user"
-    patch = CALIBRATION_PATCH[-len(spacing):]
-    cand = pricer.candidate(plan_topology(patch, spacing, opts.max_stages), 8, MIN_BATCH)
-    pricer.time_model, seconds, flops = calibrate_cpu(opts.network, cand.network_kwargs, pricer.in_channels,
-                                                      pricer.num_classes, cand.topology.patch_size,
-                                                      MIN_BATCH)
-    return (f"CPU throughput measured: {flops / seconds / 1e9:.1f} GFLOP/s "
-            f"(patch {cand.topology.patch_size}, batch {MIN_BATCH}, {seconds:.2f} s/step)")
+        pricer.time_model = CpuTimeModel(opts.cpu_gflops * 1e9, 0.0, "throughput given by the user")
+        return pricer.time_model.describe()
+    points = []
+    for patch in CALIBRATION_PATCHES:
+        cand = pricer.candidate(plan_topology(patch, (1.0, 1.0, 1.0), opts.max_stages), 8, MIN_BATCH)
+        points.append((opts.network, cand.network_kwargs, pricer.in_channels, pricer.num_classes,
+                       cand.topology.patch_size, MIN_BATCH))
+    pricer.time_model = calibrate(points, opts.calibration_cache, opts.network)
+    return pricer.time_model.describe()
 
 
 def _verify_cpu(pricer: Pricer, cand: Candidate, median_shape: tuple[int, ...],
                 spacing: tuple[float, ...], notes: list[str]) -> Candidate:
-    """Time the chosen plan for real; recalibrate and re-fit (larger or smaller) until a measured
-    plan lands within the target, keeping the largest measured plan that did."""
-    from autoseg.planners.cost import measure_step_seconds
+    """Time the chosen plan for real; refit the model's throughput to the measurement and re-fit
+    (larger or smaller) until a measured plan lands within the target. Keeps the largest plan
+    that measured within the target."""
+    from autoseg.planners.cost import CpuTimeModel, measure_step_seconds
 
     best: Candidate | None = None
     target = pricer.options.step_time_target_s
-    for _ in range(VERIFY_ROUNDS):
+    for _ in range(VERIFY_ROUNDS + 1):
         measured = measure_step_seconds(pricer.options.network, cand.network_kwargs, pricer.in_channels,
                                         pricer.num_classes, cand.topology.patch_size, cand.batch_size)
         notes.append(f"measured {measured:.2f} s/step at patch {cand.topology.patch_size}")
+        log.info("plan: %s", notes[-1])
         cand.step_time_s = measured
         if measured <= target * 1.05 and (best is None or cand.patch_voxels > best.patch_voxels):
             best = cand
         if VERIFY_LOW * target <= measured <= target * 1.05:
             break
-        pricer.time_model.update(cand.flops, measured)
+        model = pricer.time_model
+        rate = cand.flops / max(measured - model.overhead_s, 1e-3)
+        pricer.time_model = CpuTimeModel(rate, model.overhead_s, "refitted to a measured step")
         nxt = fit_patch(pricer, median_shape, spacing, cand.base_features)
         if nxt.topology.patch_size == cand.topology.patch_size:
             break
         cand = nxt
     if best is None:
-        raise PlansError(f"even the smallest measured plan takes {cand.step_time_s:.2f} s/step, over the "
-                         f"target {target} s", fix="raise --step-time or plan for --device cuda")
+        raise PlansError(f"every measured plan was slower than the target {target} s ({'; '.join(notes[-3:])})",
+                         fix="raise --step-time, plan on an idle machine, or plan for --device cuda")
     return best
 
 
@@ -288,10 +311,10 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
     pricer = Pricer(fingerprint, options)
     notes = [f"target spacing {spacing} mm (z, y, x), median shape there {median_shape}"]
     if options.device == "cpu":
-        notes.append(_calibrate(pricer, spacing))
+        notes.append(_calibrate(pricer))
     cand, why = choose_features(pricer, median_shape, spacing)
     notes.append(why)
-    if options.device == "cpu" and options.measure:
+    if options.device == "cpu" and options.verify:
         cand = _verify_cpu(pricer, cand, median_shape, spacing, notes)
     cand = grow_batch(pricer, cand)
     notes.append(f"batch {cand.batch_size}: " + ("as large as the GPU memory budget allows"
@@ -302,7 +325,7 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
         memory_estimate_bytes=cand.memory_bytes, training_flops=cand.flops,
         step_time_target_s=options.step_time_target_s if options.device == "cpu" else None,
         step_time_estimate_s=(pricer.time_model.predict(cand.flops) if pricer.time_model else None),
-        step_time_measured_s=cand.step_time_s if options.measure and options.device == "cpu" else None,
+        step_time_measured_s=cand.step_time_s if options.verify and options.device == "cpu" else None,
         notes=tuple(notes) + options.extra_notes)
     for note in notes:
         log.info("plan: %s", note)

@@ -13,7 +13,7 @@ from autoseg.io import Geometry, read_json, read_label, write_image
 from autoseg.plans import Plans
 from tests.synthetic import SHARED_REAL, make_msd_task, make_nnunet_dataset
 
-FAST = ["--cpu-gflops", "20", "--no-measure", "-j", "1"]
+FAST = ["--cpu-gflops", "20", "-j", "1"]
 
 
 @pytest.fixture

@@ -210,7 +210,7 @@ class FoldTrainer:
         plot_progress(self.fold_dir / "progress.png", self.epochs_log, self.class_names)
         log.info("%s epoch %d: loss %.4f, val Dice %s, %.1f s (data wait %.0f%%)", self.fold_dir.name,
                  record["epoch"], record["train_loss"],
-                 {k: round(v, 3) for k, v in metrics["val_dice"].items()}, record["epoch_time_s"],
+                 {k: round(v, 3) for k, v in record["val_dice"].items()}, record["epoch_time_s"],
                  100 * record["data_wait_share"])
         return record
 

@@ -1,0 +1,88 @@
+"""Planner decisions under CPU and GPU budgets, determinism, and the measured CPU step time."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from autoseg.errors import PlansError
+from autoseg.planners import planner as planner_mod
+from autoseg.planners.cost import measure_step_seconds
+from autoseg.planners.planner import PlannerOptions, plan, target_spacing
+
+
+def fingerprint(spacing=(2.5, 0.8, 0.8), shape=(80, 380, 420), n: int = 6) -> dict:
+    return {"dataset_name": "Task08_HepaticVessel", "channel_names": ["CT"],
+            "labels": {"0": "background", "1": "vessel", "2": "tumour"}, "is_ct": True,
+            "spacing": {"median": list(spacing), "percentile_10": [s * 0.8 for s in spacing]},
+            "intensity": {"0": {"foreground": {"n": 1000, "quantiles": [float(v) for v in range(-100, 302, 4)][:101]}}},
+            "cases": [{"shape_after_crop": list(shape), "spacing": list(spacing)}] * n}
+
+
+def test_cpu_plan_is_deterministic_and_within_the_modelled_target() -> None:
+    opts = PlannerOptions(device="cpu", cpu_gflops=40.0, step_time_target_s=1.5)
+    a, b = plan(fingerprint(), opts), plan(fingerprint(), opts)
+    assert a == b
+    assert a.batch_size == 2 and a.estimates.step_time_estimate_s <= 1.5
+    assert a.network.kwargs["features_per_stage"][0] == 8  # CPU cost is quadratic in features
+    faster = plan(fingerprint(), PlannerOptions(device="cpu", cpu_gflops=160.0))
+    assert math.prod(faster.patch_size) > math.prod(a.patch_size)
+
+
+def test_thick_slices_keep_their_share_of_the_case() -> None:
+    p = plan(fingerprint(spacing=(5.0, 0.8, 0.8), shape=(40, 380, 420)), PlannerOptions(cpu_gflops=40.0))
+    z_share = p.patch_size[0] / p.median_shape[0]
+    xy_share = p.patch_size[2] / p.median_shape[2]
+    assert z_share >= xy_share * 0.8  # z is not collapsed before the in-plane axes
+    assert p.network.kwargs["kernel_sizes"][0][0] == 1  # 5 mm slices: 1x3x3 kernels first
+
+
+def test_gpu_plans_use_their_memory_budget() -> None:
+    small = plan(fingerprint(), PlannerOptions(device="cuda", gpu_memory_gb=8))
+    large = plan(fingerprint(), PlannerOptions(device="cuda", gpu_memory_gb=40))
+    for p in (small, large):
+        assert p.estimates.memory_estimate_bytes <= p.estimates.memory_budget_bytes
+        assert p.batch_size >= 2
+    assert (math.prod(large.patch_size) * large.batch_size > math.prod(small.patch_size) * small.batch_size)
+    # the budget is used: one more sample would not fit, or the patch already covers the case
+    per_sample = large.estimates.memory_estimate_bytes / large.batch_size
+    assert large.estimates.memory_estimate_bytes + per_sample > large.estimates.memory_budget_bytes \
+        or large.batch_size == planner_mod.MAX_GPU_BATCH
+
+
+def test_anisotropic_target_spacing_rule() -> None:
+    fp = fingerprint(spacing=(5.0, 0.7, 0.7))
+    fp["spacing"]["percentile_10"] = [2.5, 0.6, 0.6]
+    assert target_spacing(fp) == (2.5, 0.7, 0.7)
+    assert target_spacing(fingerprint(spacing=(1.0, 0.8, 0.8))) == (1.0, 0.8, 0.8)
+
+
+def test_verify_refuses_with_the_measured_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every measured candidate over the target: a clear error quoting real measurements."""
+    monkeypatch.setattr("autoseg.planners.cost.measure_step_seconds", lambda *a, **k: 3.0)
+    with pytest.raises(PlansError, match="measured 3.00 s/step"):
+        plan(fingerprint(), PlannerOptions(cpu_gflops=40.0, verify=True, step_time_target_s=1.5))
+
+
+def test_verify_shrinks_to_a_measured_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake(name, kwargs, cin, ncls, patch, batch, **_):
+        calls.append(patch)
+        return 0.9 * math.prod(patch) / 100_000  # a machine slower than the model says
+
+    monkeypatch.setattr("autoseg.planners.cost.measure_step_seconds", fake)
+    p = plan(fingerprint(), PlannerOptions(cpu_gflops=200.0, verify=True, step_time_target_s=1.5))
+    assert p.estimates.step_time_measured_s <= 1.5 * 1.05 and len(calls) >= 2
+    assert math.prod(p.patch_size) < math.prod(calls[0])
+
+
+def test_real_cpu_plan_trains_within_two_seconds_per_step(tmp_path: Path) -> None:
+    """On this machine, the calibrated CPU plan's real training step takes at most 2 s."""
+    p = plan(fingerprint(), PlannerOptions(device="cpu", calibration_cache=tmp_path / "cal.json"))
+    assert (tmp_path / "cal.json").is_file()
+    seconds = measure_step_seconds(p.network.name, p.network.kwargs, 1, 3, p.patch_size, p.batch_size)
+    assert seconds <= 2.0, (p.patch_size, seconds, p.estimates.notes)
+    again = plan(fingerprint(), PlannerOptions(device="cpu", calibration_cache=tmp_path / "cal.json"))
+    assert again == p  # the cached calibration makes the plan reproducible on this machine
