@@ -63,7 +63,8 @@ def bench_config(names: list[str], patch, base: int, batch: int, strides, repeat
             times[name].append(step(nets[name], x, targets))
     ref_min = min(t[0] for t in times[names[-1]])
     ref_cpu = statistics.median(t[1] for t in times[names[-1]])
-    print(f"\npatch {list(patch)} features {features} batch {batch}")
+    print(f"\npatch {list(patch)} features {features} batch {batch} "
+          f"(load average now {os.getloadavg()[0]:.2f})")
     print(f"{'network':<12} {'params':>11} {'est. MiB':>9} {'GFLOP':>7} {'min s':>6} {'median s':>8} "
           f"{'cpu s':>6} {'ratio min':>9} {'ratio cpu':>9}  wall s of every run")
     for name in names:

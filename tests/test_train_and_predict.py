@@ -17,7 +17,6 @@ import torch
 from autoseg.cli import main
 from autoseg.io import read_json, read_label
 from autoseg.phantom import write_task
-from autoseg.plans import Plans
 
 PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
 TINY = ["--epochs", "2", "--iterations", "3", "-j", "0"]
