@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
 
 @lru_cache(maxsize=8)
@@ -40,14 +41,10 @@ def tile_starts(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) 
 
 
 def pad_to_patch(data: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Pad (C, *spatial) symmetrically up to at least ``patch``; returns the crop that undoes it."""
-    spatial = data.shape[1:]
-    pads = [max(p - s, 0) for s, p in zip(spatial, patch)]
-    if not any(pads):
-        return data, tuple(slice(0, s) for s in spatial)
-    widths = [(0, 0)] + [(p // 2, p - p // 2) for p in pads]
-    padded = np.pad(data, widths, mode="constant", constant_values=0)
-    return padded, tuple(slice(w[0], w[0] + s) for w, s in zip(widths[1:], spatial))
+    """Pad (C, *spatial) with zeros, centred, up to at least ``patch``; returns the spatial crop that
+    undoes it (acvl-utils' padder, the one nnU-Net uses)."""
+    padded, slicer = pad_nd_image(data, tuple(patch), "constant", {"constant_values": 0}, True)
+    return padded, tuple(slice(int(s.start), int(s.stop)) for s in slicer[1:])
 
 
 @torch.no_grad()
