@@ -110,6 +110,29 @@ def _measure_points(points: list[tuple[str, dict, int, int, tuple[int, ...], int
     return [(training_flops(*p), measure_step_seconds(*p)) for p in points]
 
 
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(wall, busy CPU seconds of the whole machine, CPU seconds of this process and its children)."""
+    import resource
+
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    own = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return time.monotonic(), busy, own
+
+
+def _others_cores(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None) -> float:
+    """Cores kept busy by other processes between two snapshots (0 where /proc is absent)."""
+    if before is None or after is None:
+        return 0.0
+    wall = max(after[0] - before[0], 1e-6)
+    return max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / wall)
+
+
 def calibrate(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], cache: Path | None,
               network: str) -> CpuTimeModel:
     """Fit the time model to real steps of ``points``, reusing a cached fit for this machine."""
@@ -118,17 +141,24 @@ def calibrate(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], ca
         entry = read_json(cache).get(key)
         if entry:
             return CpuTimeModel(entry["flops_per_s"], entry["overhead_s"], f"calibrated {entry['date']}, cached in {cache}")
+    before = _cpu_snapshot()
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:  # a fresh process: its memory goes back to the system when it ends
         measured = pool.apply(_measure_points, (points,))
+    others = _others_cores(before, _cpu_snapshot())
+    busy = others > 0.25 * (os.cpu_count() or 1)
     (f1, t1), (f2, t2) = measured
     rate = max((f2 - f1) / max(t2 - t1, 1e-6), 1e6) if t2 > t1 else f2 / t2
     overhead = max(0.0, t1 - f1 / rate)
     for flops, seconds in measured:
         log.info("calibration: %.2f GFLOP in %.2f s", flops / 1e9, seconds)
     date = time.strftime("%Y-%m-%d %H:%M")
-    if cache is None:
-        return CpuTimeModel(rate, overhead, f"calibrated {date}")
+    if busy:
+        log.warning("other processes kept %.1f of %d cores busy while calibrating: the plan may be "
+                    "smaller than this machine can do; the calibration is not cached, re-plan with "
+                    "--force when the machine is idle", others, os.cpu_count() or 1)
+    if cache is None or busy:
+        return CpuTimeModel(rate, overhead, f"calibrated {date}" + (" on a busy machine" if busy else ""))
     entries = read_json(cache) if cache.is_file() else {}
     entries[key] = {"flops_per_s": rate, "overhead_s": overhead, "date": date,
                     "points": [{"gflop": f / 1e9, "seconds": s} for f, s in measured]}
