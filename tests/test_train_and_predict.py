@@ -99,7 +99,7 @@ def test_corrupt_checkpoint_is_a_clear_error(env: Path, capsys: pytest.CaptureFi
 
 def test_resume_after_sigkill_matches_uninterrupted_run(env: Path) -> None:
     """Kill a training process mid-run with SIGKILL, resume with --continue, compare schedules."""
-    args = ["train", "-d", "8", "-f", "3", "--epochs", "4", "--iterations", "4", "-j", "0", "--force"]
+    args = ["train", "-d", "8", "-f", "3", "--epochs", "6", "--iterations", "4", "-j", "0", "--force"]
     proc = subprocess.Popen([sys.executable, "-m", "autoseg", *args], env={**os.environ},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = _fold_dir(env, 3) / "checkpoint_latest.pt"
@@ -115,13 +115,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(env: Path) -> None:
     assert not (_fold_dir(env, 3) / "checkpoint_final.pt").exists()
     assert main(args[:-1] + ["--continue"]) == 0
     resumed = [json.loads(l) for l in (_fold_dir(env, 3) / "log.jsonl").read_text().splitlines()]
-    assert main(["train", "-d", "8", "-f", "4", "--epochs", "4", "--iterations", "4", "-j", "0", "--force"]) == 0
+    assert main(["train", "-d", "8", "-f", "4", "--epochs", "6", "--iterations", "4", "-j", "0", "--force"]) == 0
     straight = [json.loads(l) for l in (_fold_dir(env, 4) / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3] == [r["epoch"] for r in straight]
+    assert [r["epoch"] for r in resumed] == list(range(6)) == [r["epoch"] for r in straight]
     assert [round(r["lr"], 12) for r in resumed] == [round(r["lr"], 12) for r in straight]
     assert [r["steps"] for r in resumed] == [r["steps"] for r in straight]
     state = torch.load(_fold_dir(env, 3) / "checkpoint_final.pt", weights_only=True)
-    assert state["steps"] == 16
+    assert state["steps"] == 24
 
 
 def test_predict_writes_labels_on_input_grid_and_reports(env: Path) -> None:
