@@ -1,6 +1,6 @@
 """CPU training-step time of the registered networks at the same topology, patch and batch.
 
-Run: ``.venv/bin/python benchmarks/network_speed.py [--threads 2] [--repeats 3] [--networks arunet plain_unet]``
+Run: ``.venv/bin/python benchmarks/network_speed.py [--threads 2] [--repeats 2] [--networks arunet plain_unet]``
 
 For each configuration every network gets one warm-up step, then the networks are timed in
 alternation (A B A B ...) so that load from other processes hits them alike. A step is forward,
@@ -92,7 +92,7 @@ def training_gflop(name: str, kwargs: dict, classes: int, batch: int, patch) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--networks", nargs="+", default=["arunet", "plain_unet"],
                         help="the last one is the reference of the ratio column")
     parser.add_argument("--configs", type=int, nargs="+", default=list(range(len(CONFIGS))))

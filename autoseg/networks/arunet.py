@@ -3,9 +3,11 @@
 Encoder: dynamic-network-architectures ``ResidualEncoder`` without a stem; every stage is a stack
 of ``BasicBlockD`` residual blocks (y = act(x + F(x)), F = two conv-norm layers); the first block of
 a stage downsamples with a strided conv, and its shortcut is average pooling + 1x1 conv + norm when
-the stride or the channel count changes. Decoder stage (coarse to fine): transposed-conv upsampling,
-an additive attention gate on the skip connection, concatenation, a residual block stack, and a 1x1
-segmentation head (deep supervision uses the heads of every decoder stage).
+the stride or the channel count changes. Decoder stage (coarse to fine): transposed-conv upsampling
+``up``, an additive attention gate on the skip connection, a fusion residual block
+``act(up + F(cat(up, gated skip)))`` whose shortcut is the upsampled path (no 1x1 projection at
+full resolution), optionally more residual blocks, and a 1x1 segmentation head (deep supervision
+uses the heads of every decoder stage).
 
 Attention gate (Oktay et al. 2018), in the paper's own, cheapest variant: the skip ``x`` is
 brought down to the gating signal's grid by ``W_x`` (a conv whose kernel and stride equal that
