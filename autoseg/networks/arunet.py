@@ -25,14 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
-from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
-from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
+from dynamic_network_architectures.building_blocks.residual_encoders import (
+    ResidualEncoder,
+)
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
+    ConvDropoutNormReLU,
+)
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from autoseg.errors import ConfigurationError
 from autoseg.networks.config import (
     COMMON_KEYS,
+    DecoderDeepSupervision,
     Ops,
     check_channels,
     check_int_list,
@@ -167,7 +172,7 @@ class ARUNetDecoder(nn.Module):
         return total
 
 
-class ARUNet(nn.Module):
+class ARUNet(DecoderDeepSupervision, nn.Module):
     """Attention Residual U-Net for 2D or 3D patches (see the module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
@@ -189,14 +194,6 @@ class ARUNet(nn.Module):
             None, ops.nonlin, ops.nonlin_kwargs, return_skips=True, disable_default_stem=True)
         self.decoder = ARUNetDecoder(self.encoder, ops, num_classes, dec_blocks, topo.deep_supervision)
         self.apply(InitWeights_He(1e-2))
-
-    @property
-    def deep_supervision(self) -> bool:
-        return self.decoder.deep_supervision
-
-    @deep_supervision.setter
-    def deep_supervision(self, value: bool) -> None:
-        self.decoder.deep_supervision = bool(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         spatial = tuple(x.shape[2:])

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from dynamic_network_architectures.architectures.unet import (
+    PlainConvUNet,
+    ResidualEncoderUNet,
+)
 from dynamic_network_architectures.initialization.weight_init import (
     InitWeights_He,
     init_last_bn_before_add_to_0,
@@ -19,6 +22,7 @@ from torch import nn
 from autoseg.errors import ConfigurationError
 from autoseg.networks.config import (
     COMMON_KEYS,
+    DecoderDeepSupervision,
     Ops,
     check_channels,
     check_int_list,
@@ -50,7 +54,7 @@ def _feature_map_size(net: Any, input_size: Sequence[int]) -> int:
                + net.decoder.compute_conv_feature_map_size(list(input_size)))
 
 
-class PlainUNet(PlainConvUNet):
+class PlainUNet(DecoderDeepSupervision, PlainConvUNet):
     """nnU-Net's default U-Net: ``n_conv_per_stage`` conv-norm-nonlin per encoder stage."""
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
@@ -70,20 +74,12 @@ class PlainUNet(PlainConvUNet):
         _protocol_attrs(self, ops, in_channels, num_classes)
         self.apply(InitWeights_He(1e-2))
 
-    @property
-    def deep_supervision(self) -> bool:
-        return self.decoder.deep_supervision
-
-    @deep_supervision.setter
-    def deep_supervision(self, value: bool) -> None:
-        self.decoder.deep_supervision = bool(value)
-
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """One count per conv output, transposed-conv output and logit map (the library's rule)."""
         return _feature_map_size(self, input_size)
 
 
-class ResEncUNet(ResidualEncoderUNet):
+class ResEncUNet(DecoderDeepSupervision, ResidualEncoderUNet):
     """nnU-Net ResEnc U-Net: residual encoder (BasicBlockD stacks), plain conv decoder."""
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
@@ -103,14 +99,6 @@ class ResEncUNet(ResidualEncoderUNet):
         _protocol_attrs(self, ops, in_channels, num_classes)
         self.apply(InitWeights_He(1e-2))
         self.apply(init_last_bn_before_add_to_0)
-
-    @property
-    def deep_supervision(self) -> bool:
-        return self.decoder.deep_supervision
-
-    @deep_supervision.setter
-    def deep_supervision(self, value: bool) -> None:
-        self.decoder.deep_supervision = bool(value)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """One count per conv output (residual shortcuts included), as the library counts."""

@@ -167,3 +167,18 @@ def check_patch_size(kwargs: dict[str, Any], patch_size: Sequence[int]) -> None:
             f"patch size {list(patch)} is not divisible by the total stride {list(total)} "
             f"on axes {bad}",
             fix=f"use a patch such as {fixed}, or fewer downsampling stages")
+
+
+class DecoderDeepSupervision:
+    """``deep_supervision`` read from and written to ``self.decoder``, so that inference can switch
+    the extra outputs off on a trained network (the heads stay, so checkpoints load either way)."""
+
+    decoder: Any
+
+    @property
+    def deep_supervision(self) -> bool:
+        return self.decoder.deep_supervision
+
+    @deep_supervision.setter
+    def deep_supervision(self, value: bool) -> None:
+        self.decoder.deep_supervision = bool(value)
