@@ -8,6 +8,7 @@ budget is used). Every estimate and the reason for each choice are written into 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -19,7 +20,8 @@ import numpy as np
 
 from autoseg.errors import ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, estimate_training_memory, network_names
-from autoseg.plans import Estimates, NetworkPlan, Normalisation, Plans, Recipe, Resampling
+from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, RECIPES, Estimates, NetworkPlan,
+                           Normalisation, Plans, Resampling)
 from autoseg.planners.topology import Topology, plan_topology
 
 log = logging.getLogger(__name__)
@@ -342,6 +344,8 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
         network=NetworkPlan(options.network, cand.network_kwargs),
         estimates=estimates,
         resampling=Resampling(),
-        recipe=Recipe(deep_supervision=options.deep_supervision),
+        recipe=dataclasses.replace(
+            RECIPES[CPU_DEFAULT_RECIPE if options.device == "cpu" else GPU_DEFAULT_RECIPE],
+            deep_supervision=options.deep_supervision),
         seed=options.seed,
     )

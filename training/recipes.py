@@ -10,20 +10,7 @@ import dataclasses
 import torch
 
 from autoseg.errors import ConfigurationError, unknown_name
-from autoseg.plans import Recipe
-
-RECIPES: dict[str, Recipe] = {
-    # nnU-Net-style: SGD with Nesterov momentum, polynomial decay to zero.
-    "sgd_poly": Recipe(name="sgd_poly", optimizer="sgd", initial_lr=1e-2, momentum=0.99,
-                       weight_decay=3e-5, schedule="poly"),
-    # The seed paper's recipe: Adam 1e-4, halve after 3 epochs without improvement, stop after 5.
-    "adam_plateau": Recipe(name="adam_plateau", optimizer="adam", initial_lr=1e-4, weight_decay=0.0,
-                           momentum=0.0, schedule="plateau", plateau_patience=3, early_stop_patience=5),
-    # Adam with the poly schedule: forgiving of a short CPU budget.
-    "adam_poly": Recipe(name="adam_poly", optimizer="adam", initial_lr=3e-4, weight_decay=1e-5,
-                        momentum=0.0, schedule="poly"),
-}
-
+from autoseg.plans import RECIPES, Recipe
 
 def recipe_named(name: str, base: Recipe | None = None) -> Recipe:
     """The named recipe, keeping ``base``'s epochs, iterations, loss and sampling."""
