@@ -20,7 +20,7 @@ from autoseg.io import (Geometry, is_dicom_folder, read_case_images, strip_image
 from autoseg.preprocessing import preprocess_case, resample_probabilities
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.report import case_report, write_overlays
-from autoseg.inference.sliding_window import predict_sliding_window
+from autoseg.sliding_window import predict_sliding_window
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.inference.sliding_window import gaussian_importance, predict_sliding_window, tile_starts
+from autoseg.sliding_window import gaussian_importance, predict_sliding_window, tile_starts
 
 
 def pointwise_net() -> torch.nn.Module:

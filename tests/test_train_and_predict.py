@@ -72,6 +72,24 @@ def test_train_one_fold_writes_checkpoints_log_and_curves(env: Path) -> None:
     assert (env / "pre" / "Task08_HepaticVessel" / "splits.json").is_file()
 
 
+def test_fold_end_validation_predicts_whole_held_out_cases(env: Path) -> None:
+    """Run after the test above: fold 0's held-out cases are predicted whole and scored."""
+    fold = _fold_dir(env, 0)
+    splits = read_json(env / "pre" / "Task08_HepaticVessel" / "splits.json")
+    val_cases = splits[0]["val"]
+    summary = read_json(fold / "validation" / "summary.json")
+    assert sorted(summary["cases"]) == sorted(val_cases)
+    assert set(summary["mean_dice"]) == {"vessel", "tumour"}  # background never scored
+    for case in val_cases:
+        scores = summary["cases"][case]
+        assert all(v is None or 0.0 <= v <= 1.0 for v in scores.values())
+        pred, geometry = read_label(fold / "validation" / f"{case}.nii.gz")
+        image = next((env / "raw" / "Task08_HepaticVessel" / "imagesTr").glob(f"{case}*"))
+        _, raw_geometry = read_label(image)
+        assert pred.shape == raw_geometry.shape_zyx and geometry.same_grid(raw_geometry)
+        assert set(np.unique(pred)) <= {0, 1, 2}
+
+
 def test_finished_fold_is_skipped_unless_forced(env: Path) -> None:
     assert main(["train", "-d", "8", "-f", "1", *TINY]) == 0
     final = _fold_dir(env, 1) / "checkpoint_final.pt"

@@ -50,9 +50,13 @@ class CaseStore:
             self._arrays[case] = np.load(self.data_dir / f"{case}.npy", mmap_mode="r")
         return self._arrays[case]
 
+    def properties(self, case: str) -> dict[str, Any]:
+        """The case's properties JSON (geometry, crop, class locations)."""
+        return read_json(self.data_dir / f"{case}.json")
+
     def locations(self, case: str) -> dict[int, np.ndarray]:
         if case not in self._locations:
-            props = read_json(self.data_dir / f"{case}.json")
+            props = self.properties(case)
             self._locations[case] = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3)
                                      for k, v in props.get("class_locations", {}).items() if len(v)}
         return self._locations[case]

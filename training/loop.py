@@ -20,6 +20,7 @@ from autoseg.networks import build_network
 from autoseg.plans import Plans
 from autoseg.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from autoseg.training.data import CaseStore, make_train_stream, validation_patches
+from autoseg.training.fold_validation import validate_fold
 from autoseg.training.losses import DeepSupervision, build_loss
 from autoseg.training.progress import plot_progress, write_log
 from autoseg.training.recipes import PlateauState, build_optimizer, poly_lr, set_lr
@@ -37,6 +38,7 @@ class TrainOptions:
     continue_training: bool = False
     seed: int = 12345
     compile: bool = False
+    final_validation: bool = True
 
 
 class FoldTrainer:
@@ -176,6 +178,7 @@ class FoldTrainer:
         stream = make_train_stream(train_store, self.plans.patch_size, spacing, self.plans.batch_size,
                                    self.recipe.oversample_foreground, self.options.seed + 1000 * self.epoch,
                                    self.options.workers)
+        summary = None
         try:
             while not self.finished():
                 record = self._one_epoch(stream, val)
@@ -185,8 +188,15 @@ class FoldTrainer:
             if hasattr(stream, "_finish"):
                 stream._finish()
         if self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop")):
+            if self.options.final_validation:
+                summary = validate_fold(self.network, self.plans, val_store, self.fold_dir / "validation",
+                                        self.options.device)
             save_checkpoint(self.fold_dir / "checkpoint_final.pt", self._state())
-        return self.epochs_log[-1] if self.epochs_log else {}
+        record = dict(self.epochs_log[-1]) if self.epochs_log else {}
+        if summary is not None:
+            record["final_validation"] = {"mean_dice": summary["mean_dice"],
+                                          "mean_foreground_dice": summary["mean_foreground_dice"]}
+        return record
 
     def _one_epoch(self, stream, val: list[np.ndarray]) -> dict[str, Any]:
         t0 = time.perf_counter()
