@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.settings import Settings
 
 log = logging.getLogger("autoseg")
@@ -152,22 +152,57 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="resume unfinished folds from their last checkpoint")
     p.add_argument("--force", action="store_true", help="retrain folds that already finished")
     p.add_argument("-j", "--workers", type=int, default=1, help="augmentation worker processes (default: 1)")
+    scale = p.add_argument_group("scaling out")
+    scale.add_argument("--gpus", type=int, default=None, metavar="N",
+                       help="data-parallel training of each fold on N GPUs of this machine (runs torchrun)")
+    scale.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: folds one after another (default); ray: each fold as a Ray task")
+    scale.add_argument("--ray-address", default=None,
+                       help="with --executor ray: address of an existing cluster (default: start a local one)")
+    scale.add_argument("--cpus-per-fold", type=int, default=None,
+                       help="with --executor ray on CPU: CPUs per fold task (default: this machine's cores / folds)")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from autoseg.training.loop import TrainOptions
-    from autoseg.training.run import TrainRequest, train
+    from autoseg.training.distributed import DistContext, launch_torchrun
+    from autoseg.training.loop import TrainOptions, configure_threads
+    from autoseg.training.run import TrainRequest, prepare, run_fold
 
+    if args.gpus:
+        return launch_torchrun(args.gpus, args.argv)
     req = TrainRequest(dataset=args.dataset, folds=_parse_folds(args.fold), network=args.network,
                        recipe=args.recipe, loss=args.loss, epochs=args.epochs,
                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget, force=args.force)
-    options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training)
-    for record in train(req, settings, options):
-        if record:
-            print(f"epoch {record['epoch']}: validation Dice {record['val_dice']} "
-                  f"(mean {record['val_mean_dice']:.3f})")
+    dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
+    if dist.enabled and args.executor == "ray":
+        raise ConfigurationError("--executor ray and torchrun do not combine",
+                                 fix="use torchrun (or --gpus) for one fold on several GPUs, or Ray for folds in parallel")
+    dist.init(dist.device(args.device))
+    options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training,
+                           dist=dist)
+    jobs = prepare(req, settings, options)
+    if args.executor == "ray":
+        from autoseg.training.ray_executor import run_folds_on_ray
+
+        records = run_folds_on_ray(jobs, options, args.ray_address, args.cpus_per_fold)
+    else:
+        configure_threads(args.device)
+        records = [run_fold(job, options) for job in jobs]
+    if dist.is_main:
+        for record in records:
+            _print_fold(record)
+    dist.shutdown()
     return 0
+
+
+def _print_fold(record: dict) -> None:
+    final = record.get("final_validation")
+    if final:
+        dice = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in final["mean_dice"].items())
+        print(f"fold {record['fold']}: validation Dice of the whole held-out cases: {dice}")
+    elif "val_dice" in record:
+        print(f"fold {record['fold']}: epoch {record['epoch']} patch validation Dice {record['val_dice']}")
 
 
 EPILOG_PREDICT = """examples:
@@ -242,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -13,12 +13,16 @@ class Settings:
 
     Read once at the CLI from ``AUTOSEG_RAW``, ``AUTOSEG_PREPROCESSED`` and ``AUTOSEG_RESULTS``;
     each defaults to a folder under the current directory so that a first run never fails on a
-    missing variable.
+    missing variable. Under ``torchrun`` its ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are read too.
     """
 
     raw: Path
     preprocessed: Path
     results: Path
+    #: This process's place in a ``torchrun`` launch (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> "Settings":
@@ -33,4 +37,7 @@ class Settings:
             raw=pick("AUTOSEG_RAW", "autoseg_raw"),
             preprocessed=pick("AUTOSEG_PREPROCESSED", "autoseg_preprocessed"),
             results=pick("AUTOSEG_RESULTS", "autoseg_results"),
+            rank=int(env.get("RANK", 0)),
+            world_size=int(env.get("WORLD_SIZE", 1)),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
         )

@@ -20,6 +20,7 @@ from autoseg.networks import build_network
 from autoseg.plans import Plans
 from autoseg.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from autoseg.training.data import CaseStore, make_train_stream, validation_patches
+from autoseg.training.distributed import DistContext
 from autoseg.training.fold_validation import validate_fold
 from autoseg.training.losses import DeepSupervision, build_loss
 from autoseg.training.progress import plot_progress, write_log
@@ -39,6 +40,7 @@ class TrainOptions:
     seed: int = 12345
     compile: bool = False
     final_validation: bool = True
+    dist: DistContext = DistContext()
 
 
 class FoldTrainer:
@@ -49,13 +51,16 @@ class FoldTrainer:
         self.plans, self.recipe, self.options = plans, plans.recipe, options
         self.fold_dir, self.data_dir = fold_dir, data_dir
         self.train_cases, self.val_cases = train_cases, val_cases
-        self.device = torch.device(options.device)
+        self.dist = options.dist
+        self.device = torch.device(self.dist.device(options.device))
+        self.dist.init(str(self.device))
         self.class_names = {k: v for k, v in plans.labels.items() if k != 0}
         torch.manual_seed(options.seed)
         np.random.seed(options.seed % 2**32)
         kwargs = dict(plans.network.kwargs, deep_supervision=self.recipe.deep_supervision)
         self.network = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_classes)
         self.network.to(self.device)
+        self.model = self.dist.wrap(self.network, str(self.device))  # what training steps call
         self.loss = DeepSupervision(build_loss(self.recipe.loss))
         self.optimizer = build_optimizer(self.recipe, self.network.parameters())
         self.amp = self.device.type == "cuda"
@@ -113,6 +118,7 @@ class FoldTrainer:
         bar = tqdm(range(self.recipe.iterations_per_epoch), desc=f"epoch {self.epoch}", leave=False,
                    disable=None)
         for _ in bar:
+            self.train_seconds = self.dist.broadcast_float(self.train_seconds, str(self.device))
             if self.finished():
                 break
             t0 = time.perf_counter()
@@ -124,8 +130,10 @@ class FoldTrainer:
             self.steps += 1
             self.train_seconds += time.perf_counter() - t0
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        self.train_seconds = self.dist.broadcast_float(self.train_seconds, str(self.device))
         elapsed = time.perf_counter() - start
-        return {"train_loss": float(np.mean(losses)) if losses else math.nan, "steps": len(losses),
+        mean_loss = self.dist.mean_float(float(np.mean(losses)) if losses else math.nan, str(self.device))
+        return {"train_loss": mean_loss, "steps": len(losses),
                 "train_time_s": elapsed, "step_time_s": elapsed / max(len(losses), 1),
                 "data_wait_share": wait / max(elapsed, 1e-9)}
 
@@ -134,7 +142,7 @@ class FoldTrainer:
         target = batch["seg"][:, 0].round().long().to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            loss = self.loss(self.network(data), target)
+            loss = self.loss(self.model(data), target)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
@@ -176,7 +184,8 @@ class FoldTrainer:
         val = validation_patches(val_store, self.plans.patch_size, self.options.val_patches_per_case,
                                  self.options.seed)
         stream = make_train_stream(train_store, self.plans.patch_size, spacing, self.plans.batch_size,
-                                   self.recipe.oversample_foreground, self.options.seed + 1000 * self.epoch,
+                                   self.recipe.oversample_foreground,
+                                   self.options.seed + 1000 * self.epoch + 7919 * self.dist.rank,
                                    self.options.workers)
         summary = None
         try:
@@ -187,11 +196,12 @@ class FoldTrainer:
         finally:
             if hasattr(stream, "_finish"):
                 stream._finish()
-        if self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop")):
+        if self.dist.is_main and (self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop"))):
             if self.options.final_validation:
                 summary = validate_fold(self.network, self.plans, val_store, self.fold_dir / "validation",
-                                        self.options.device)
+                                        str(self.device))
             save_checkpoint(self.fold_dir / "checkpoint_final.pt", self._state())
+        self.dist.barrier()
         record = dict(self.epochs_log[-1]) if self.epochs_log else {}
         if summary is not None:
             record["final_validation"] = {"mean_dice": summary["mean_dice"],
@@ -208,12 +218,18 @@ class FoldTrainer:
         record = {"epoch": self.epoch, **train, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
                   "epoch_time_s": time.perf_counter() - t0, "progress": min(self.progress(), 1.0),
                   "early_stop": stop, "time": time.time()}
+        if self.dist.enabled:
+            record["world_size"] = self.dist.world_size
+            record["replica_max_abs_diff"] = self.dist.check_replicas(self.network, str(self.device))
         record = json.loads(json.dumps(record, default=float))  # plain Python numbers for the checkpoint
         self.epochs_log.append(record)
         self.epoch += 1
         score = metrics["val_mean_dice"]
-        if not math.isnan(score) and score > self.best:
-            self.best = score
+        improved = not math.isnan(score) and score > self.best
+        self.best = score if improved else self.best
+        if not self.dist.is_main:
+            return record
+        if improved:
             save_checkpoint(self.fold_dir / "checkpoint_best.pt", self._state())
         save_checkpoint(self.fold_dir / "checkpoint_latest.pt", self._state())
         write_log(self.fold_dir / "log.jsonl", self.epochs_log)

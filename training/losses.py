@@ -94,6 +94,8 @@ class DeepSupervision(nn.Module):
         for w, out in zip(weights, outputs):
             if w:
                 loss = loss + (w / total) * self.loss(out, _downsample_target(target, out.shape[2:]))
+            else:  # keep the unused head in the graph (zero gradient): DistributedDataParallel needs
+                loss = loss + 0.0 * out.float().sum()  # every parameter to take part in every step
         return loss
 
 

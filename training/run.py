@@ -82,8 +82,21 @@ def model_dir(settings: Settings, plans: Plans) -> Path:
     return settings.results / plans.dataset_name / plans.network.name
 
 
-def train(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[dict[str, Any]]:
-    """Train the requested folds one after another; returns each fold's final epoch record."""
+@dataclass(frozen=True)
+class FoldJob:
+    """Everything one fold needs, picklable, so a fold can run in another process or on another node."""
+
+    fold: int
+    plans: Plans
+    data_dir: Path
+    fold_dir: Path
+    train_cases: tuple[str, ...]
+    val_cases: tuple[str, ...]
+    force: bool
+
+
+def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[FoldJob]:
+    """Check the request, write splits and the model's plans once, and list the folds still to train."""
     pre = preprocessed_dir(req.dataset, settings)
     plans = apply_overrides(Plans.load(pre / "plans.json"), req)
     if any(f not in range(NUM_FOLDS) for f in req.folds):
@@ -91,9 +104,9 @@ def train(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[
     cases = sorted(p.stem for p in (pre / "data").glob("*.npy"))
     splits = load_or_create_splits(pre / "splits.json", cases, plans.seed)
     out = model_dir(settings, plans)
-    _write_model_plans(out, plans, req.force)
-    configure_threads(options.device)
-    results = []
+    if options.dist.is_main:
+        _write_model_plans(out, plans, req.force)
+    jobs = []
     for fold in req.folds:
         fold_dir = out / f"fold_{fold}"
         if (fold_dir / "checkpoint_final.pt").is_file() and not req.force:
@@ -102,12 +115,27 @@ def train(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[
         if (fold_dir / "checkpoint_latest.pt").is_file() and not (options.continue_training or req.force):
             raise AutosegError(f"fold {fold} has an unfinished run", fold_dir,
                                "resume it with --continue, or start over with --force")
-        if req.force and fold_dir.is_dir():
-            for name in ("checkpoint_final.pt", "checkpoint_latest.pt", "checkpoint_best.pt", "log.jsonl"):
-                (fold_dir / name).unlink(missing_ok=True)
-        trainer = FoldTrainer(plans, pre / "data", fold_dir, splits[fold]["train"], splits[fold]["val"], options)
-        results.append(trainer.run())
-    return results
+        jobs.append(FoldJob(fold, plans, pre / "data", fold_dir, tuple(splits[fold]["train"]),
+                            tuple(splits[fold]["val"]), req.force))
+    return jobs
+
+
+def run_fold(job: FoldJob, options: TrainOptions) -> dict[str, Any]:
+    """Train one fold (in this process); returns its final epoch record."""
+    if job.force and job.fold_dir.is_dir() and options.dist.is_main:
+        for name in ("checkpoint_final.pt", "checkpoint_latest.pt", "checkpoint_best.pt", "log.jsonl"):
+            (job.fold_dir / name).unlink(missing_ok=True)
+    options.dist.barrier()
+    trainer = FoldTrainer(job.plans, job.data_dir, job.fold_dir, list(job.train_cases), list(job.val_cases),
+                          options)
+    return {"fold": job.fold, **trainer.run()}
+
+
+def train(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[dict[str, Any]]:
+    """Train the requested folds one after another; returns each fold's final epoch record."""
+    jobs = prepare(req, settings, options)
+    configure_threads(options.device)
+    return [run_fold(job, options) for job in jobs]
 
 
 def _write_model_plans(out: Path, plans: Plans, force: bool) -> None:

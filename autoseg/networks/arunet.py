@@ -34,12 +34,13 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-from autoseg.errors import ConfigurationError
 from autoseg.networks.config import (
     COMMON_KEYS,
     DecoderDeepSupervision,
     Ops,
     check_channels,
+    check_input_divisible,
+    check_input_size,
     check_int_list,
     check_keys,
     ops_for_dim,
@@ -196,18 +197,12 @@ class ARUNet(DecoderDeepSupervision, nn.Module):
         self.apply(InitWeights_He(1e-2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        spatial = tuple(x.shape[2:])
-        if len(spatial) != len(self.total_stride) or any(s % t for s, t in zip(spatial, self.total_stride)):
-            raise ConfigurationError(
-                f"input of spatial size {list(spatial)} is not divisible by the network's total stride "
-                f"{list(self.total_stride)}", fix="pad or crop the input to a multiple of the total stride")
+        check_input_divisible(tuple(x.shape[2:]), self.total_stride)
         return self.decoder(self.encoder(x))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements per sample of the maps produced by every conv, gate and head for ``input_size``."""
-        if len(input_size) != len(self.total_stride):
-            raise ConfigurationError(
-                f"input_size must be the {len(self.total_stride)} spatial sizes only, got {list(input_size)}")
+        check_input_size(input_size, self.total_stride)
         return int(self.encoder.compute_conv_feature_map_size(list(input_size))) \
             + self.decoder.compute_conv_feature_map_size(input_size)
 

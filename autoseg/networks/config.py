@@ -169,6 +169,21 @@ def check_patch_size(kwargs: dict[str, Any], patch_size: Sequence[int]) -> None:
             fix=f"use a patch such as {fixed}, or fewer downsampling stages")
 
 
+def check_input_divisible(spatial: Sequence[int], total_stride: Sequence[int]) -> None:
+    """Raise unless a forward input's spatial size is a multiple of the network's total stride."""
+    if len(spatial) != len(total_stride) or any(s % t for s, t in zip(spatial, total_stride)):
+        raise ConfigurationError(
+            f"input of spatial size {list(spatial)} is not divisible by the network's total stride "
+            f"{list(total_stride)}", fix="pad or crop the input to a multiple of the total stride")
+
+
+def check_input_size(input_size: Sequence[int], total_stride: Sequence[int]) -> None:
+    """``compute_conv_feature_map_size`` takes the spatial sizes only."""
+    if len(input_size) != len(total_stride):
+        raise ConfigurationError(
+            f"input_size must be the {len(total_stride)} spatial sizes only, got {list(input_size)}")
+
+
 class DecoderDeepSupervision:
     """``deep_supervision`` read from and written to ``self.decoder``, so that inference can switch
     the extra outputs off on a trained network (the heads stay, so checkpoints load either way)."""

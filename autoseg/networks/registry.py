@@ -21,6 +21,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "arunet": ("autoseg.networks.arunet", "SPEC"),
     "plain_unet": ("autoseg.networks.baselines", "PLAIN_UNET"),
     "resenc_unet": ("autoseg.networks.baselines", "RESENC_UNET"),
+    "uca_net": ("autoseg.networks.uca_net", "SPEC"),
+    "ra_vnet": ("autoseg.networks.ra_vnet", "SPEC"),
+    "unetpp_aspp": ("autoseg.networks.unetpp_aspp", "SPEC"),
+    "transunet": ("autoseg.networks.transunet", "SPEC"),
 }
 
 #: Registered network names; ``arunet`` is the default.
