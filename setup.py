@@ -29,7 +29,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "distributed": ["ray[default]>=2.9"],
+        "distributed": ["ray>=2.9"],
         "test": ["pytest>=7"],
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
