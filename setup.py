@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         "distributed": ["ray>=2.9"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "medpy==0.5.2"],
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
 )

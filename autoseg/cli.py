@@ -222,7 +222,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-d", "--dataset", help="use the model trained on this dataset")
     src.add_argument("-m", "--model", type=Path, help="model folder (results/<dataset>/<network>)")
-    p.add_argument("--network", default=None, help="with -d: which trained network (default: the planned one)")
+    p.add_argument("--network", default=None,
+                   help="with -d: which trained network (default: best.json's from find_best, else the planned one)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
@@ -236,11 +237,13 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 def _model_folder(args: argparse.Namespace, settings: Settings) -> Path:
     if args.model:
         return args.model
+    from autoseg.inference.crossval import choose_network
     from autoseg.plans import Plans
     from autoseg.training.run import preprocessed_dir
 
     plans = Plans.load(preprocessed_dir(args.dataset, settings) / "plans.json")
-    return settings.results / plans.dataset_name / (args.network or plans.network.name)
+    dataset_dir = settings.results / plans.dataset_name
+    return dataset_dir / choose_network(dataset_dir, plans.network.name, args.network)
 
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
@@ -258,8 +261,108 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+EPILOG_EVALUATE = """examples:
+  autoseg evaluate -p segmentations/ -r labelsTr/                  # metrics.json, metrics.csv in -p
+  autoseg evaluate -p pred/ -r ref/ --labels 1 2 --tolerance-mm 1 -o eval/
+  autoseg evaluate -p results/Task08_HepaticVessel/arunet/fold_0/validation \\
+                   -r autoseg_raw/Task08_HepaticVessel/labelsTr --allow-unmatched
+"""
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score predicted label maps against reference label maps",
+                       description="Per case and foreground class: Dice, IoU, precision, recall, accuracy, "
+                                   "HD95 and normalised surface Dice in mm, volume differences, lesion "
+                                   "detection. Files are matched by name. Writes metrics.json and "
+                                   "metrics.csv (see docs/evaluation.md).",
+                       epilog=EPILOG_EVALUATE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-p", "--pred", type=Path, required=True, help="folder of predicted label maps")
+    p.add_argument("-r", "--ref", type=Path, required=True, help="folder of reference label maps")
+    p.add_argument("--labels", type=int, nargs="+", default=None,
+                   help="label ids to score (default: the dataset's labels if known, else those in the references)")
+    p.add_argument("-d", "--dataset", default=None, help="take label ids and names from this raw dataset")
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default: 2)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="folder for metrics.json/.csv (default: -p)")
+    p.add_argument("--allow-unmatched", action="store_true",
+                   help="score only the cases present in both folders instead of failing")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.evaluation import evaluate_folders, format_table, write_outputs
+
+    labels, names, source = _evaluation_labels(args, settings)
+    result = evaluate_folders(args.pred, args.ref, labels, names, args.tolerance_mm, args.allow_unmatched,
+                              source)
+    json_path, csv_path = write_outputs(result, args.output or args.pred)
+    print(format_table(result))
+    print(f"wrote {json_path} and {csv_path}")
+    return 0
+
+
+def _evaluation_labels(args: argparse.Namespace,
+                       settings: Settings) -> tuple[list[int] | None, dict[int, str] | None, str]:
+    """Labels to score and their names: --labels, else the dataset's (-d, or dataset.json beside -r)."""
+    from autoseg.datasets import find_dataset
+    from autoseg.evaluation import metadata_labels
+
+    names, source = None, "labels found in the references"
+    if args.dataset:
+        dataset = find_dataset(args.dataset, settings.raw)
+        names, source = dataset.labels, f"dataset.json of {dataset.root}"
+    elif (found := metadata_labels(args.ref)) is not None:
+        names, source = found[0], str(found[1])
+    if args.labels:
+        return sorted(set(args.labels) - {0}), names, "--labels"
+    return (sorted(k for k in names if k != 0) if names else None), names, source
+
+
+def _add_summarize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summarize", help="cross-validation Dice of every trained network of a dataset",
+                       description="Gather fold_K/validation/summary.json of every network under "
+                                   "$AUTOSEG_RESULTS/<dataset>/ into one table; writes cv_summary.json there.")
+    p.add_argument("-d", "--dataset", required=True, help="dataset (as for train)")
+    p.set_defaults(func=_cmd_summarize)
+
+
+def _cmd_summarize(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.inference.crossval import format_cv_table, results_dataset_dir, summarize, write_cv_summary
+
+    dataset_dir = results_dataset_dir(args.dataset, settings)
+    summary = summarize(dataset_dir)
+    path = write_cv_summary(dataset_dir, summary)
+    print(format_cv_table(summary))
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_find_best_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("find_best", help="pick the network with the best cross-validation Dice",
+                       description="Choose the network with the highest cross-validation mean foreground "
+                                   "Dice among those with all 5 folds validated; writes best.json, which "
+                                   "`autoseg predict -d` then uses unless --network is given.")
+    p.add_argument("-d", "--dataset", required=True, help="dataset (as for train)")
+    p.set_defaults(func=_cmd_find_best)
+
+
+def _cmd_find_best(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.inference.crossval import (choose_best, format_cv_table, results_dataset_dir, summarize,
+                                            write_best)
+
+    dataset_dir = results_dataset_dir(args.dataset, settings)
+    summary = summarize(dataset_dir)
+    best = choose_best(summary)
+    path = write_best(dataset_dir, best)
+    print(format_cv_table(summary))
+    folds = ",".join(str(f) for f in best["folds"])
+    print(f"best: {best['network']} (mean foreground Dice {best['mean_foreground_dice']:.3f}, folds {folds})")
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_phantom_parser, _add_plan_parser, _add_train_parser, _add_predict_parser)
+    _add_phantom_parser, _add_plan_parser, _add_train_parser, _add_predict_parser, _add_evaluate_parser,
+    _add_summarize_parser, _add_find_best_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

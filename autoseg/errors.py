@@ -35,6 +35,10 @@ class PlansError(AutosegError):
     """plans.json or fingerprint.json is missing, malformed or belongs to another dataset."""
 
 
+class EvaluationError(AutosegError):
+    """Predictions and references that cannot be compared, or results that cannot be summarised."""
+
+
 class ConfigurationError(AutosegError):
     """An invalid argument: unknown registry name, impossible network configuration, bad flag value."""
 

@@ -1,0 +1,494 @@
+"""Segmentation metrics per case and foreground class, and ``autoseg evaluate`` over two folders.
+
+Every metric compares one foreground class of a prediction with the same class of a reference
+label map, in physical units from the image spacing (anisotropic spacings are honoured). The
+background (label 0) is never scored and never averaged in.
+
+Metrics (keys of ``metrics.json`` and columns of ``metrics.csv``):
+
+- ``dice``, ``iou`` (Jaccard), ``precision``, ``recall``: voxel overlap; ``accuracy``: voxels of the
+  whole image that agree on "this class or not".
+- ``hd95_mm``: 95th percentile of the distances from every surface voxel of each mask to the other
+  mask's surface, both directions pooled (as MedPy's ``hd95``). A surface voxel is a mask voxel with
+  a face neighbour outside the mask (or on the image edge); distances are between voxel centres.
+- ``nsd``: normalised surface Dice at a tolerance ``tau`` mm (Nikolov et al. 2021, counting surface
+  voxels): surface voxels of both masks lying within ``tau`` (inclusive) of the other surface, over
+  all surface voxels of both masks.
+- ``volume_ref_ml``, ``volume_pred_ml``, ``abs_volume_diff_ml`` = ``|Vp - Vr|`` and
+  ``rel_volume_diff`` = ``(Vp - Vr) / Vr`` (signed: positive when the prediction is too large).
+- Lesion detection: 26-connected components of each class mask. A reference lesion is detected when
+  any predicted voxel of the class overlaps it; ``lesion_recall`` = detected / reference lesions,
+  ``lesion_precision`` = predicted components overlapping any reference voxel / predicted components.
+
+Conventions for empty masks (per case and class):
+
+- A ratio whose denominator is zero (Dice, IoU, precision, recall, NSD, lesion recall and precision)
+  is **1 when reference and prediction are both empty** (nothing to find, nothing found) and **0 when
+  only one is** (a miss or a false alarm scores zero, as in MedPy).
+- ``hd95_mm`` is 0 when both are empty and **undefined when exactly one is** (there is no surface to
+  measure to); ``rel_volume_diff`` is 0 when both are empty and undefined when only the reference
+  is. Undefined values are ``NaN`` here, ``null`` in ``metrics.json``, an empty cell in
+  ``metrics.csv``, and are left out of the means; each class's ``undefined`` entry counts them.
+- A class absent from every reference and prediction of a case scores as "both empty".
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg.errors import EvaluationError
+from autoseg.io import Geometry, atomic_path, is_image_file, read_label, strip_image_suffix, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE_MM = 2.0
+#: Metric name -> one-line definition, in the column order of ``metrics.csv``.
+METRICS: dict[str, str] = {
+    "dice": "2|P&R| / (|P| + |R|)",
+    "iou": "|P&R| / |P|R| (Jaccard)",
+    "precision": "|P&R| / |P|",
+    "recall": "|P&R| / |R| (sensitivity)",
+    "accuracy": "voxels agreeing on this class / all voxels of the image",
+    "hd95_mm": "95th percentile of surface-to-surface distances, both directions pooled (mm)",
+    "nsd": "surface voxels within the tolerance of the other surface / all surface voxels",
+    "volume_ref_ml": "reference volume (ml)",
+    "volume_pred_ml": "predicted volume (ml)",
+    "abs_volume_diff_ml": "|Vp - Vr| (ml)",
+    "rel_volume_diff": "(Vp - Vr) / Vr",
+    "ref_lesions": "26-connected components of the reference",
+    "pred_lesions": "26-connected components of the prediction",
+    "detected_lesions": "reference components overlapped by any predicted voxel",
+    "matched_pred_lesions": "predicted components overlapping any reference voxel",
+    "lesion_recall": "detected_lesions / ref_lesions",
+    "lesion_precision": "matched_pred_lesions / pred_lesions",
+}
+COUNT_METRICS = ("ref_lesions", "pred_lesions", "detected_lesions", "matched_pred_lesions")
+CONVENTIONS: dict[str, str] = {
+    "background": "label 0 is never scored or averaged in",
+    "ratios": "a zero denominator gives 1 when reference and prediction are both empty, 0 when only one is",
+    "hd95_mm": "0 when both are empty; undefined (null, left out of means, counted) when exactly one is",
+    "rel_volume_diff": "0 when both are empty; undefined (null, left out of means, counted) when only the "
+                       "reference is",
+    "surface": "mask voxels with a face neighbour outside the mask; distances between voxel centres in mm",
+    "lesions": "26-connected components per class; a reference lesion is detected if any predicted voxel "
+               "overlaps it",
+}
+
+
+# --- metrics of two binary masks ------------------------------------------------------------------
+
+def _ratio(num: float, den: float, both_empty: bool) -> float:
+    if den == 0:
+        return 1.0 if both_empty else 0.0
+    return float(num) / float(den)
+
+
+def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """Slices around the non-zero voxels of ``mask`` grown by ``margin``; None when it is empty."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """Mask voxels with a face neighbour outside the mask; voxels on the array edge count as surface."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask ^ ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def surface_distances(pred: np.ndarray, ref: np.ndarray,
+                      spacing: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each surface voxel of ``pred`` to the surface of ``ref``, and back.
+
+    Both masks must be non-empty. The distance transforms run on the bounding box of both masks
+    (plus one voxel, so that the erosion sees the background around them): every surface voxel lies
+    inside it, so the distances are exact and large volumes stay fast.
+    """
+    box = bounding_box(pred | ref, margin=1)
+    if box is None or not pred.any() or not ref.any():
+        raise ValueError("surface distances need two non-empty masks")
+    sampling = tuple(float(s) for s in spacing)
+    surf_pred, surf_ref = surface(pred[box]), surface(ref[box])
+    to_ref = ndimage.distance_transform_edt(~surf_ref, sampling=sampling)[surf_pred]
+    to_pred = ndimage.distance_transform_edt(~surf_pred, sampling=sampling)[surf_ref]
+    return to_ref, to_pred
+
+
+def distance_scores(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float],
+                    tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict[str, float]:
+    """``hd95_mm`` and ``nsd`` of two binary masks, with the empty-mask conventions of this module."""
+    has_pred, has_ref = bool(pred.any()), bool(ref.any())
+    if not (has_pred or has_ref):
+        return {"hd95_mm": 0.0, "nsd": 1.0}
+    if not (has_pred and has_ref):
+        return {"hd95_mm": math.nan, "nsd": 0.0}
+    to_ref, to_pred = surface_distances(pred, ref, spacing)
+    pooled = np.concatenate([to_ref, to_pred])
+    within = int(np.count_nonzero(to_ref <= tolerance_mm) + np.count_nonzero(to_pred <= tolerance_mm))
+    return {"hd95_mm": float(np.percentile(pooled, 95)), "nsd": within / pooled.size}
+
+
+def hausdorff95(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float]) -> float:
+    """95th-percentile Hausdorff distance in mm (0 if both masks are empty, NaN if one is).
+
+    >>> a = np.zeros((5, 5, 5), bool); a[1:4, 1:4, 1:4] = True
+    >>> hausdorff95(a, np.roll(a, 1, axis=0), (2.0, 1.0, 1.0))
+    2.0
+    """
+    return distance_scores(pred.astype(bool), ref.astype(bool), spacing)["hd95_mm"]
+
+
+def normalised_surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float],
+                            tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> float:
+    """Normalised surface Dice at ``tolerance_mm`` (1 if both masks are empty, 0 if one is)."""
+    return distance_scores(pred.astype(bool), ref.astype(bool), spacing, tolerance_mm)["nsd"]
+
+
+def overlap_scores(pred: np.ndarray, ref: np.ndarray, total_voxels: int | None = None) -> dict[str, float]:
+    """Dice, IoU, precision, recall and accuracy; ``total_voxels`` when the masks are a crop."""
+    total = pred.size if total_voxels is None else total_voxels
+    tp = int(np.count_nonzero(pred & ref))
+    fp = int(np.count_nonzero(pred)) - tp
+    fn = int(np.count_nonzero(ref)) - tp
+    empty = tp + fp + fn == 0
+    return {"dice": _ratio(2 * tp, 2 * tp + fp + fn, empty), "iou": _ratio(tp, tp + fp + fn, empty),
+            "precision": _ratio(tp, tp + fp, empty), "recall": _ratio(tp, tp + fn, empty),
+            "accuracy": (total - fp - fn) / total if total else 1.0}
+
+
+def volume_scores(pred: np.ndarray, ref: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    v_pred = int(np.count_nonzero(pred)) * voxel_ml
+    v_ref = int(np.count_nonzero(ref)) * voxel_ml
+    if v_ref > 0:
+        relative = (v_pred - v_ref) / v_ref
+    else:
+        relative = 0.0 if v_pred == 0 else math.nan
+    return {"volume_ref_ml": v_ref, "volume_pred_ml": v_pred, "abs_volume_diff_ml": abs(v_pred - v_ref),
+            "rel_volume_diff": relative}
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    import cc3d
+
+    if not mask.any():
+        return np.zeros(mask.shape, np.uint8), 0
+    labelled, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    return labelled, int(n)
+
+
+def lesion_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Lesion-wise detection from 26-connected components of two binary masks."""
+    ref_cc, n_ref = _components(ref)
+    pred_cc, n_pred = _components(pred)
+    detected = int(np.count_nonzero(np.unique(ref_cc[pred]))) if n_ref else 0
+    matched = int(np.count_nonzero(np.unique(pred_cc[ref]))) if n_pred else 0
+    empty = n_ref == 0 and n_pred == 0
+    return {"ref_lesions": n_ref, "pred_lesions": n_pred, "detected_lesions": detected,
+            "matched_pred_lesions": matched, "lesion_recall": _ratio(detected, n_ref, empty),
+            "lesion_precision": _ratio(matched, n_pred, empty)}
+
+
+def score_masks(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float],
+                tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict[str, float]:
+    """Every metric of :data:`METRICS` for two binary masks on one grid with ``spacing`` (mm).
+
+    Works on the bounding box of both masks, so the cost follows the structures, not the image.
+    """
+    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
+    if pred.shape != ref.shape:
+        raise ValueError(f"masks differ in shape: {pred.shape} vs {ref.shape}")
+    spacing = tuple(float(s) for s in spacing)
+    box = bounding_box(pred | ref, margin=1) or tuple(slice(0, 0) for _ in pred.shape)
+    p, r = pred[box], ref[box]
+    scores = overlap_scores(p, r, total_voxels=pred.size)
+    scores.update(distance_scores(p, r, spacing, tolerance_mm))
+    scores.update(volume_scores(p, r, float(np.prod(spacing)) / 1000.0))
+    scores.update(lesion_scores(p, r))
+    return {name: scores[name] for name in METRICS}
+
+
+def both_empty_scores() -> dict[str, float]:
+    """The scores of a class absent from both reference and prediction."""
+    none = np.zeros((1, 1, 1), bool)
+    return score_masks(none, none, (1.0, 1.0, 1.0))
+
+
+def labels_present(labels: np.ndarray) -> set[int]:
+    """Non-zero label values of a label map."""
+    if labels.size == 0:
+        return set()
+    if labels.min() >= 0:
+        return {int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v != 0}
+    return {int(v) for v in np.unique(labels) if v != 0}
+
+
+def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float], labels: Iterable[int],
+                  tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict[int, dict[str, float]]:
+    """Scores of each foreground label of two label maps on one grid."""
+    spacing = tuple(spacing)
+    return {lab: score_masks(pred == lab, ref == lab, spacing, tolerance_mm) for lab in labels if lab != 0}
+
+
+# --- aggregation -----------------------------------------------------------------------------------
+
+def class_summary(rows: list[dict[str, float]]) -> dict[str, Any]:
+    """Means over cases (undefined values left out and counted) and pooled lesion counts."""
+    out: dict[str, Any] = {"n_cases": len(rows)}
+    undefined: dict[str, int] = {}
+    for name in METRICS:
+        if name in COUNT_METRICS:
+            continue
+        values = [row[name] for row in rows if not math.isnan(row[name])]
+        out[name] = float(np.mean(values)) if values else math.nan
+        if len(values) < len(rows):
+            undefined[name] = len(rows) - len(values)
+    out["undefined"] = undefined
+    totals = {name: int(sum(row[name] for row in rows)) for name in COUNT_METRICS}
+    empty = totals["ref_lesions"] == 0 and totals["pred_lesions"] == 0
+    totals["lesion_recall"] = _ratio(totals["detected_lesions"], totals["ref_lesions"], empty)
+    totals["lesion_precision"] = _ratio(totals["matched_pred_lesions"], totals["pred_lesions"], empty)
+    out["lesions_pooled"] = totals
+    return out
+
+
+# --- folders of label maps -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CasePair:
+    case: str
+    prediction: Path
+    reference: Path
+
+
+@dataclass
+class EvaluationResult:
+    """Scores of every case and class; ``names`` maps label id to the key used in the outputs."""
+
+    names: dict[int, str]
+    tolerance_mm: float
+    pairs: list[CasePair]
+    scores: dict[str, dict[int, dict[str, float]]]
+    spacings: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    unmatched: dict[str, list[str]] = field(default_factory=dict)
+    label_source: str = ""
+
+    def means(self) -> dict[int, dict[str, Any]]:
+        return {lab: class_summary([self.scores[c][lab] for c in self.scores]) for lab in self.names}
+
+    def mean_foreground_dice(self) -> float:
+        values = [m["dice"] for m in self.means().values() if not math.isnan(m["dice"])]
+        return float(np.mean(values)) if values else math.nan
+
+
+def label_files(folder: Path) -> dict[str, Path]:
+    """Case name -> label map file of a folder; other files (reports, JSON, PNG) are ignored."""
+    if not folder.is_dir():
+        raise EvaluationError("is not a folder", folder, "pass a folder of label maps (NIfTI, NRRD or MHA)")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not is_image_file(path):
+            continue
+        case = strip_image_suffix(path.name)
+        if case in found:
+            raise EvaluationError(f"two files for case '{case}': {found[case].name} and {path.name}", folder,
+                                  "keep one label map per case")
+        found[case] = path
+    if not found:
+        raise EvaluationError("folder holds no label maps (.nii.gz, .nii, .nrrd, .mha)", folder,
+                              "point -p at the predictions and -r at the reference labels")
+    return found
+
+
+def _listing(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def match_cases(pred_dir: Path, ref_dir: Path,
+                allow_unmatched: bool = False) -> tuple[list[CasePair], dict[str, list[str]]]:
+    """Pair predictions with references by case name (the file name without its image suffix)."""
+    preds, refs = label_files(pred_dir), label_files(ref_dir)
+    unmatched = {"missing_prediction": sorted(set(refs) - set(preds)),
+                 "missing_reference": sorted(set(preds) - set(refs))}
+    pairs = [CasePair(c, preds[c], refs[c]) for c in sorted(set(preds) & set(refs))]
+    problems = [f"no prediction for {len(v)} reference case(s): {_listing(v)}" if k == "missing_prediction"
+                else f"no reference for {len(v)} predicted case(s): {_listing(v)}"
+                for k, v in unmatched.items() if v]
+    if not pairs:
+        raise EvaluationError(f"no case is in both {pred_dir} and {ref_dir}", pred_dir,
+                              "name each prediction like its reference label file (case.nii.gz)")
+    if problems and not allow_unmatched:
+        raise EvaluationError("; ".join(problems), pred_dir,
+                              f"add the missing files, or pass --allow-unmatched to evaluate only the "
+                              f"{len(pairs)} case(s) in both folders (e.g. one fold's validation "
+                              f"predictions against all of labelsTr)")
+    for problem in problems:
+        log.warning("%s; evaluating the %d case(s) in both folders", problem, len(pairs))
+    return pairs, unmatched
+
+
+def load_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Prediction and reference arrays on one grid; a different grid is an error naming both files."""
+    from autoseg.io import read_label_on
+
+    ref, ref_geom = read_label(pair.reference)
+    pred, pred_geom = read_label_on(pair.prediction, ref_geom)  # exact reordering of flipped axes only
+    if not pred_geom.same_grid(ref_geom):
+        raise EvaluationError(
+            f"prediction and reference {pair.reference} are on different grids (size {pred_geom.size} vs "
+            f"{ref_geom.size}, spacing {_fmt(pred_geom.spacing)} vs {_fmt(ref_geom.spacing)}, origin "
+            f"{_fmt(pred_geom.origin)} vs {_fmt(ref_geom.origin)}, direction {_fmt(pred_geom.direction)} vs "
+            f"{_fmt(ref_geom.direction)})", pair.prediction,
+            "compare a prediction with the label map of the image it was predicted from (autoseg predict "
+            "and fold validation write on the input's grid), or resample it onto the reference grid")
+    return pred, ref, ref_geom
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def evaluate_pairs(pairs: list[CasePair], labels: list[int] | None = None,
+                   tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> tuple[dict, dict, list[int]]:
+    """Score every pair; with ``labels`` None, every non-zero label found in the references.
+
+    Returns per-case scores, per-case spacings and the labels scored.
+    """
+    from tqdm import tqdm
+
+    scores: dict[str, dict[int, dict[str, float]]] = {}
+    spacings: dict[str, tuple[float, ...]] = {}
+    found: set[int] = set()
+    for pair in tqdm(pairs, desc="evaluate", unit="case", disable=None):
+        pred, ref, geometry = load_pair(pair)
+        in_ref = labels_present(ref)
+        found |= in_ref
+        wanted = labels if labels is not None else sorted(in_ref | labels_present(pred))
+        scores[pair.case] = evaluate_case(pred, ref, geometry.spacing_zyx, wanted, tolerance_mm)
+        spacings[pair.case] = geometry.spacing_zyx
+    final = sorted(labels if labels is not None else found)
+    for case_scores in scores.values():  # a label scored nowhere in a case was absent from both
+        for lab in final:
+            case_scores.setdefault(lab, both_empty_scores())
+        for lab in set(case_scores) - set(final):
+            del case_scores[lab]
+    return scores, spacings, final
+
+
+def metadata_labels(ref_dir: Path) -> tuple[dict[int, str], Path] | None:
+    """Label ids and names from a ``dataset.json`` in ``ref_dir`` or its parent (``labelsTr/``).
+
+    Reads MSD (``{"0": "background"}``) and nnU-Net v2 (``{"background": 0}``) label tables; a file
+    that holds neither is ignored with a warning.
+    """
+    import json
+
+    for meta_path in (ref_dir / "dataset.json", ref_dir.parent / "dataset.json"):
+        if not meta_path.is_file():
+            continue
+        try:
+            raw = json.loads(meta_path.read_text()).get("labels")
+            by_id = all(isinstance(v, str) for v in raw.values())
+            labels = {int(k): str(v) for k, v in raw.items()} if by_id else {int(v): str(k) for k, v in raw.items()}
+            return labels, meta_path
+        except (ValueError, TypeError, AttributeError):
+            log.warning("%s: no usable 'labels' table; scoring the labels found in the references", meta_path)
+    return None
+
+
+def class_keys(labels: list[int], names: dict[int, str] | None) -> dict[int, str]:
+    """Unique output keys: the dataset's label names where known, else ``label_<id>``."""
+    keys: dict[int, str] = {}
+    for lab in labels:
+        key = (names or {}).get(lab) or f"label_{lab}"
+        keys[lab] = f"{key}_{lab}" if key in keys.values() else key
+    return keys
+
+
+def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: list[int] | None = None,
+                     names: dict[int, str] | None = None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                     allow_unmatched: bool = False, label_source: str = "") -> EvaluationResult:
+    """Score the label maps of ``pred_dir`` against those of ``ref_dir`` with the same names."""
+    if tolerance_mm < 0:
+        raise EvaluationError(f"--tolerance-mm must be >= 0, got {tolerance_mm}", fix="pass a distance in mm")
+    pairs, unmatched = match_cases(pred_dir, ref_dir, allow_unmatched)
+    scores, spacings, final = evaluate_pairs(pairs, labels, tolerance_mm)
+    if not final:
+        raise EvaluationError("the references hold no foreground label", ref_dir,
+                              "pass the labels to score with --labels, e.g. --labels 1 2")
+    return EvaluationResult(class_keys(final, names), tolerance_mm, pairs, scores, spacings, unmatched,
+                            label_source or "labels found in the references")
+
+
+# --- output files ----------------------------------------------------------------------------------
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def result_to_dict(result: EvaluationResult) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    cases = {}
+    for pair in result.pairs:
+        cases[pair.case] = {"prediction": pair.prediction.name, "reference": pair.reference.name,
+                            "spacing_zyx_mm": list(result.spacings.get(pair.case, ())),
+                            "classes": {result.names[lab]: result.scores[pair.case][lab] for lab in result.names}}
+    means = {result.names[lab]: summary for lab, summary in result.means().items()}
+    return _clean({
+        "prediction_folder": str(result.pairs[0].prediction.parent),
+        "reference_folder": str(result.pairs[0].reference.parent),
+        "tolerance_mm": result.tolerance_mm, "labels": {str(k): v for k, v in result.names.items()},
+        "label_source": result.label_source, "conventions": CONVENTIONS, "metric_definitions": METRICS,
+        "mean": means, "mean_foreground_dice": result.mean_foreground_dice(), "cases": cases,
+        "unmatched": result.unmatched})
+
+
+def write_metrics_csv(path: Path, result: EvaluationResult) -> None:
+    """One row per case and class; undefined values are empty cells."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "label", "name", *METRICS])
+        for case, per_label in result.scores.items():
+            for lab, name in result.names.items():
+                values = [_clean(per_label[lab][m]) for m in METRICS]
+                writer.writerow([case, lab, name, *("" if v is None else v for v in values)])
+
+
+def write_outputs(result: EvaluationResult, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir`` (atomically)."""
+    json_path, csv_path = out_dir / "metrics.json", out_dir / "metrics.csv"
+    write_json(json_path, result_to_dict(result))
+    write_metrics_csv(csv_path, result)
+    return json_path, csv_path
+
+
+def format_table(result: EvaluationResult) -> str:
+    """A short text table of the per-class means."""
+    tol = f"NSD@{result.tolerance_mm:g}mm"
+    head = f"{'class':<16}{'cases':>6}{'Dice':>8}{'IoU':>8}{'HD95 mm':>9}{tol:>11}{'les.R':>7}{'les.P':>7}"
+    lines = [head, "-" * len(head)]
+    for lab, m in result.means().items():
+        cells = [m["dice"], m["iou"], m["hd95_mm"], m["nsd"], m["lesion_recall"], m["lesion_precision"]]
+        widths = (8, 8, 9, 11, 7, 7)
+        text = "".join(f"{'-' if math.isnan(v) else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths))
+        lines.append(f"{result.names[lab]:<16}{m['n_cases']:>6}{text}")
+        if m["undefined"].get("hd95_mm"):
+            lines.append(f"{'':<16}  HD95 undefined in {m['undefined']['hd95_mm']} case(s) (one mask empty)")
+    lines.append(f"mean foreground Dice: {result.mean_foreground_dice():.3f}")
+    return "\n".join(lines)
