@@ -30,6 +30,7 @@ setup(
     ],
     extras_require={
         "distributed": ["ray>=2.9"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         "test": ["pytest>=7", "medpy==0.5.2"],
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},

@@ -221,7 +221,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-d", "--dataset", help="use the model trained on this dataset")
-    src.add_argument("-m", "--model", type=Path, help="model folder (results/<dataset>/<network>)")
+    src.add_argument("-m", "--model", type=Path,
+                     help="model folder (results/<dataset>/<network>), exported .zip or ONNX export folder")
     p.add_argument("--network", default=None,
                    help="with -d: which trained network (default: best.json's from find_best, else the planned one)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
@@ -247,13 +248,12 @@ def _model_folder(args: argparse.Namespace, settings: Settings) -> Path:
 
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from autoseg.inference.model import TrainedModel
+    from autoseg.inference.model import open_model
     from autoseg.inference.predictor import PredictOptions, predict
     from autoseg.training.loop import configure_threads
 
     configure_threads(args.device)
-    model = TrainedModel.open(_model_folder(args, settings), tuple(args.folds) if args.folds else None,
-                              args.checkpoint)
+    model = open_model(_model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap,
                              save_probabilities=args.save_probabilities, overlays=args.overlays)
     for report in predict(args.input, args.output, model, options):
@@ -360,9 +360,41 @@ def _cmd_find_best(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+EPILOG_EXPORT = """examples:
+  autoseg export -d Task08 -o task08_arunet.zip         # one file: plans + weights of the folds
+  autoseg export -d Task08 --onnx -o task08_onnx/       # plans.json + fold_K.onnx for deployment
+  autoseg predict -i ct.nii.gz -o out/ -m task08_arunet.zip
+"""
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trained model as one shareable file, or as ONNX",
+                       epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-d", "--dataset", help="export the model trained on this dataset")
+    src.add_argument("-m", "--model", type=Path, help="model folder (results/<dataset>/<network>)")
+    p.add_argument("--network", default=None, help="with -d: which trained network (default: as predict)")
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to export (default: all present)")
+    p.add_argument("--checkpoint", choices=("final", "best"), default="final")
+    p.add_argument("--onnx", action="store_true", help="write ONNX networks into the folder -o")
+    p.add_argument("-o", "--output", type=Path, required=True, help="archive (.zip) or, with --onnx, a folder")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.inference.export import export_archive, export_onnx
+    from autoseg.inference.model import TrainedModel
+
+    model = TrainedModel.open(_model_folder(args, settings), tuple(args.folds) if args.folds else None,
+                              args.checkpoint)
+    out = export_onnx(model, args.output) if args.onnx else export_archive(model, args.output)
+    print(f"exported folds {sorted(model.checkpoints)} of {model.folder} to {out}")
+    return 0
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_phantom_parser, _add_plan_parser, _add_train_parser, _add_predict_parser, _add_evaluate_parser,
-    _add_summarize_parser, _add_find_best_parser)
+    _add_summarize_parser, _add_find_best_parser, _add_export_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,8 @@
-"""A trained model folder: ``plans.json`` and ``fold_K/checkpoint_final.pt`` for the folds present."""
+"""Trained models to predict with: a training folder (``plans.json`` and ``fold_K/checkpoint_final.pt``),
+an exported archive, or an ONNX export; :func:`open_model` tells them apart."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,15 +47,103 @@ class TrainedModel:
 
     def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
         """The network of one fold, weights loaded safely, in eval mode without deep supervision."""
-        state = load_checkpoint(self.checkpoints[fold])
-        recipe_ds = self.plans.recipe.deep_supervision
-        kwargs = dict(self.plans.network.kwargs, deep_supervision=recipe_ds)
-        net = build_network(self.plans.network.name, kwargs, self.plans.num_channels, self.plans.num_classes)
+        return _build(self.plans, device, load_checkpoint(self.checkpoints[fold])["network"],
+                      self.checkpoints[fold])
+
+
+def _build(plans: Plans, device: str, weights: dict[str, torch.Tensor], source: Path | str) -> torch.nn.Module:
+    kwargs = dict(plans.network.kwargs, deep_supervision=plans.recipe.deep_supervision)
+    net = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_classes)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise AutosegError(f"weights do not match the planned network ({str(exc)[:200]})", source,
+                           "the plans.json beside the weights was changed after training; restore it") from None
+    net.deep_supervision = False
+    return net.to(device).eval()
+
+
+def _select_folds(available: list[int], folds: tuple[int, ...] | None, source: Path) -> list[int]:
+    wanted = list(folds) if folds is not None else available
+    present = [f for f in wanted if f in available]
+    if not present:
+        raise AutosegError(f"none of the folds {wanted} is in the model (it has {available})", source,
+                           "pick folds that exist with -f")
+    if len(present) < len(wanted):
+        log.warning("folds %s are not in %s; predicting with folds %s",
+                    sorted(set(wanted) - set(present)), source, present)
+    return present
+
+
+@dataclass(frozen=True)
+class ArchiveModel:
+    """A model exported with ``autoseg export`` as one zip file (weights only, verified by checksums)."""
+
+    folder: Path
+    plans: Plans
+    checkpoints: dict[int, str]
+    members: dict[str, bytes]
+
+    @classmethod
+    def open(cls, path: Path, folds: tuple[int, ...] | None = None) -> "ArchiveModel":
+        from autoseg.inference.export import read_archive
+
+        manifest, members = read_archive(path)
+        plans = Plans.from_dict(json.loads(members["plans.json"]))
+        chosen = _select_folds([int(f) for f in manifest["folds"]], folds, path)
+        return cls(path, plans, {f: f"fold_{f}.pt" for f in chosen}, members)
+
+    def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
+        from autoseg.inference.export import load_weights
+
+        name = self.checkpoints[fold]
+        return _build(self.plans, device, load_weights(self.members[name], f"{self.folder}:{name}"), self.folder)
+
+
+class OnnxNetwork(torch.nn.Module):
+    """An ONNX Runtime session behind the ``forward`` the sliding window calls (CPU execution)."""
+
+    deep_supervision = False
+
+    def __init__(self, path: Path, threads: int):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"image": x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """A folder written by ``autoseg export --onnx``: plans.json and fold_K.onnx."""
+
+    folder: Path
+    plans: Plans
+    checkpoints: dict[int, Path]
+
+    @classmethod
+    def open(cls, folder: Path, folds: tuple[int, ...] | None = None) -> "OnnxModel":
+        available = sorted(int(p.stem.split("_")[1]) for p in folder.glob("fold_*.onnx"))
+        chosen = _select_folds(available, folds, folder)
+        return cls(folder, Plans.load(folder / "plans.json"), {f: folder / f"fold_{f}.onnx" for f in chosen})
+
+    def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
         try:
-            net.load_state_dict(state["network"])
-        except RuntimeError as exc:
-            raise AutosegError(f"checkpoint does not match the planned network ({str(exc)[:200]})",
-                               self.checkpoints[fold],
-                               "the model folder's plans.json was changed after training; restore it") from None
-        net.deep_supervision = False
-        return net.to(device).eval()
+            return OnnxNetwork(self.checkpoints[fold], torch.get_num_threads())
+        except ImportError:
+            raise AutosegError("this is an ONNX model and onnxruntime is not installed", self.folder,
+                               "pip install onnxruntime, or predict with the PyTorch model folder") from None
+
+
+def open_model(path: Path, folds: tuple[int, ...] | None = None, checkpoint: str = "final"):
+    """A training folder, an exported archive (``.zip``) or an ONNX export folder, by what ``path`` holds."""
+    if path.is_file():
+        return ArchiveModel.open(path, folds)
+    if path.is_dir() and any(path.glob("fold_*.onnx")):
+        return OnnxModel.open(path, folds)
+    return TrainedModel.open(path, folds, checkpoint)

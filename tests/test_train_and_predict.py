@@ -171,3 +171,41 @@ def test_predict_bad_inputs(env: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "no images" in capsys.readouterr().err
     assert main(["predict", "-i", str(images), "-o", str(tmp_path / "o"), "-m", str(tmp_path)]) == 2
     assert "plans.json" in capsys.readouterr().err
+
+
+def _probabilities(folder: Path) -> np.ndarray:
+    files = sorted(folder.glob("*.probabilities.npz"))
+    assert files
+    return np.load(files[0])["probabilities"].astype(np.float32)
+
+
+def test_export_archive_and_onnx_predict_like_the_training_folder(env: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    if not (_fold_dir(env, 0) / "checkpoint_final.pt").is_file():
+        assert main(["train", "-d", "8", "-f", "0", *TINY]) == 0
+    images = env / "raw" / "Task08_HepaticVessel" / "imagesTs"
+    archive, onnx_dir = tmp_path / "model.zip", tmp_path / "onnx"
+    assert main(["export", "-d", "8", "-f", "0", "-o", str(archive)]) == 0
+    assert main(["export", "-d", "8", "-f", "0", "--onnx", "-o", str(onnx_dir)]) == 0
+    assert read_json(onnx_dir / "manifest.json")["max_abs_diff_vs_pytorch"]["fold_0.onnx"] < 1e-3
+    outputs = {}
+    for name, source in (("folder", ["-d", "8"]), ("zip", ["-m", str(archive)]), ("onnx", ["-m", str(onnx_dir)])):
+        outputs[name] = tmp_path / f"pred_{name}"
+        assert main(["predict", "-i", str(images), "-o", str(outputs[name]), *source, "-f", "0",
+                     "--save-probabilities"]) == 0
+    reference = _probabilities(outputs["folder"])
+    assert np.array_equal(_probabilities(outputs["zip"]), reference)
+    assert np.abs(_probabilities(outputs["onnx"]) - reference).max() < 2e-3  # float16 storage
+    # a damaged archive is caught by its checksums, not loaded
+    data = bytearray(archive.read_bytes())
+    damaged = tmp_path / "damaged.zip"
+    import zipfile
+    with zipfile.ZipFile(archive) as zin, zipfile.ZipFile(damaged, "w") as zout:
+        for item in zin.infolist():
+            payload = zin.read(item)
+            if item.filename == "fold_0.pt":
+                payload = payload[:-10] + b"0123456789"
+            zout.writestr(item, payload)
+    assert data  # the original is untouched
+    assert main(["predict", "-i", str(images), "-o", str(tmp_path / "x"), "-m", str(damaged)]) == 2
+    assert "checksum" in capsys.readouterr().err
