@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from autoseg.errors import AutosegError, ConfigurationError
+from autoseg.serve.command import add_serve_parser
 from autoseg.settings import Settings
 
 log = logging.getLogger("autoseg")
@@ -209,6 +210,7 @@ EPILOG_PREDICT = """examples:
   autoseg predict -i images/ -o segmentations/ -d Task08          # five-fold ensemble
   autoseg predict -i ct.nii.gz -o out/ -d Task08 -f 0 --overlays  # one fold, PNG overlays
   autoseg predict -i dicom_series/ -o out/ -m results/Task08_HepaticVessel/arunet --tta
+  autoseg predict -i images/ -o out/ -d Task08 --roi-model Task03    # vessels and tumours inside the liver
 """
 
 
@@ -227,6 +229,10 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="with -d: which trained network (default: best.json's from find_best, else the planned one)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final")
+    p.add_argument("--roi-model", default=None, metavar="DATASET_OR_PATH",
+                   help="predict only inside the foreground of this model (e.g. Task03, a liver model) "
+                        "plus a margin: a trained dataset name, a model folder or an exported model")
+    p.add_argument("--roi-margin-mm", type=float, default=10.0, help="margin around the ROI (default: 10 mm)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -236,15 +242,18 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_folder(args: argparse.Namespace, settings: Settings) -> Path:
-    if args.model:
-        return args.model
+    return args.model if args.model else _trained_model_folder(args.dataset, args.network, settings)
+
+
+def _trained_model_folder(dataset: str, network: str | None, settings: Settings) -> Path:
+    """The model folder of a trained dataset: ``network``, else best.json's, else the planned one."""
     from autoseg.inference.crossval import choose_network
     from autoseg.plans import Plans
     from autoseg.training.run import preprocessed_dir
 
-    plans = Plans.load(preprocessed_dir(args.dataset, settings) / "plans.json")
+    plans = Plans.load(preprocessed_dir(dataset, settings) / "plans.json")
     dataset_dir = settings.results / plans.dataset_name
-    return dataset_dir / choose_network(dataset_dir, plans.network.name, args.network)
+    return dataset_dir / choose_network(dataset_dir, plans.network.name, network)
 
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
@@ -254,8 +263,13 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_threads(args.device)
     model = open_model(_model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
+    roi = None
+    if args.roi_model:
+        roi_path = Path(args.roi_model)
+        roi = open_model(roi_path if roi_path.exists() else _trained_model_folder(args.roi_model, None, settings))
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap,
-                             save_probabilities=args.save_probabilities, overlays=args.overlays)
+                             save_probabilities=args.save_probabilities, overlays=args.overlays,
+                             roi_model=roi, roi_margin_mm=args.roi_margin_mm)
     for report in predict(args.input, args.output, model, options):
         print(f"{Path(report['input']).name}: {report['volumes_ml']} mL, {report['seconds']} s")
     return 0
@@ -394,7 +408,7 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_phantom_parser, _add_plan_parser, _add_train_parser, _add_predict_parser, _add_evaluate_parser,
-    _add_summarize_parser, _add_find_best_parser, _add_export_parser)
+    _add_summarize_parser, _add_find_best_parser, _add_export_parser, add_serve_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

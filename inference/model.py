@@ -147,3 +147,7 @@ def open_model(path: Path, folds: tuple[int, ...] | None = None, checkpoint: str
     if path.is_dir() and any(path.glob("fold_*.onnx")):
         return OnnxModel.open(path, folds)
     return TrainedModel.open(path, folds, checkpoint)
+
+
+#: Anything :func:`open_model` returns: each has ``folder``, ``plans``, ``checkpoints`` and ``network()``.
+AnyModel = TrainedModel | ArchiveModel | OnnxModel

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from autoseg.errors import AutosegError, ImageReadError
+from autoseg.cropping import BBox, mask_bbox
 from autoseg.io import (Geometry, is_dicom_folder, read_case_images, strip_image_suffix, write_image,
                         write_json)
 from autoseg.preprocessing import preprocess_case, resample_probabilities
-from autoseg.inference.model import TrainedModel
+from autoseg.inference.model import AnyModel
 from autoseg.inference.report import case_report, write_overlays
 from autoseg.sliding_window import predict_sliding_window
 
@@ -34,6 +35,10 @@ class PredictOptions:
     overlap: float = 0.5
     save_probabilities: bool = False
     overlays: bool = False
+    #: A model (e.g. a liver model) whose foreground, grown by ``roi_margin_mm``, is the only region
+    #: the main model predicts in (the linked models of the seed papers).
+    roi_model: Any = None
+    roi_margin_mm: float = 10.0
 
 
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
@@ -74,7 +79,7 @@ def check_looks_like_ct(lo: float, hi: float, path: Path) -> None:
         log.warning("%s: no voxel below -500 HU (no air); is this CT in Hounsfield units?", path)
 
 
-def predict_probabilities(model: TrainedModel, data: np.ndarray, options: PredictOptions) -> np.ndarray:
+def predict_probabilities(model: AnyModel, data: np.ndarray, options: PredictOptions) -> np.ndarray:
     """Fold-averaged softmax on the preprocessed grid, one fold in memory at a time."""
     plans = model.plans
     total: np.ndarray | None = None
@@ -93,12 +98,15 @@ def predict_probabilities(model: TrainedModel, data: np.ndarray, options: Predic
     return total
 
 
-def predict_case(model: TrainedModel, name: str, image_path: Path, output: Path,
+def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
                  options: PredictOptions) -> dict[str, Any]:
     """Predict one case and write ``<name>.nii.gz`` and ``<name>.report.json`` (and extras)."""
     t0 = time.perf_counter()
     plans = model.plans
-    pre = preprocess_case([image_path], None, plans, case_id=name)  # validates the channel count
+    region, roi_report = (None, None)
+    if options.roi_model is not None:
+        region, roi_report = region_of_interest(options.roi_model, name, image_path, options)
+    pre = preprocess_case([image_path], None, plans, case_id=name, region=region)  # validates channels
     if plans.is_ct:
         check_looks_like_ct(pre.properties["intensity_min"][0], pre.properties["intensity_max"][0], image_path)
     geometry = Geometry.from_dict(pre.properties["original_geometry"])
@@ -111,12 +119,38 @@ def predict_case(model: TrainedModel, name: str, image_path: Path, output: Path,
     report = case_report(labels, geometry, {k: v for k, v in plans.labels.items() if k != 0},
                          time.perf_counter() - t0, sorted(model.checkpoints))
     report["input"] = str(image_path)
+    report["region_shape"] = pre.properties["shape_after_resampling"]  # the grid the window slides over
+    if roi_report is not None:
+        report["roi"] = roi_report
     if options.overlays:
         ct, _ = read_case_images([image_path])
         window = plans.normalisation[0].window or (-160.0, 240.0)
         report["overlays"] = [p.name for p in write_overlays(output / name, ct[0], labels, window)]
     write_json(output / f"{name}.report.json", report)
     return report
+
+
+def region_of_interest(roi_model: Any, name: str, image_path: Path,
+                       options: PredictOptions) -> tuple[BBox | None, dict[str, Any]]:
+    """The ROI model's foreground bounding box on the input grid, grown by the margin in mm.
+
+    An empty ROI prediction gives ``None`` (the main model then predicts the whole body, with a
+    warning), never an empty result that would hide a failure of the ROI model.
+    """
+    t0 = time.perf_counter()
+    pre = preprocess_case([image_path], None, roi_model.plans, case_id=name)
+    geometry = Geometry.from_dict(pre.properties["original_geometry"])
+    labels = _labels_on_input_grid(predict_probabilities(roi_model, pre.data, options), pre.properties, geometry)
+    box = mask_bbox(labels > 0)
+    info: dict[str, Any] = {"model": str(roi_model.folder), "margin_mm": options.roi_margin_mm,
+                            "foreground_ml": float(np.count_nonzero(labels) * np.prod(geometry.spacing_zyx) / 1000)}
+    if box is None:
+        log.warning("%s: the ROI model found no foreground; predicting the whole image", image_path)
+        return None, {**info, "bbox": None, "seconds": round(time.perf_counter() - t0, 2)}
+    margin = [int(np.ceil(options.roi_margin_mm / s)) for s in geometry.spacing_zyx]
+    grown = tuple((max(0, a - m), min(n, b + m)) for (a, b), m, n in zip(box, margin, geometry.shape_zyx))
+    return grown, {**info, "bbox": [list(b) for b in grown],  # type: ignore[return-value]
+                   "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], geometry: Geometry) -> np.ndarray:
@@ -129,7 +163,7 @@ def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], geometr
     return labels
 
 
-def predict(inputs: Path, output: Path, model: TrainedModel, options: PredictOptions) -> list[dict[str, Any]]:
+def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions) -> list[dict[str, Any]]:
     """Predict every image under ``inputs`` into ``output``; returns the per-case reports."""
     check_output_location(inputs, output)
     cases = find_inputs(inputs)

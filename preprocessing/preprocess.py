@@ -84,12 +84,14 @@ def read_case(image_paths: Sequence[Path], label_path: Path | None, plans: Plans
 
 
 def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | None, plans: Plans,
-                    case_id: str | None = None, num_threads: int | None = None) -> PreprocessedCase:
+                    case_id: str | None = None, num_threads: int | None = None,
+                    region: BBox | None = None) -> PreprocessedCase:
     """Read, validate, crop, normalise and resample one case; the input files are only read.
 
     ``properties`` holds everything needed to put a prediction back on the input grid (see
     :func:`restore_to_original`) and, with labels, ``class_locations`` for oversampling.
-    ``num_threads``: torch threads for resampling (None: the caller's setting).
+    ``num_threads``: torch threads for resampling (None: the caller's setting). ``region``: crop to
+    this box of the input grid (a cascade's region of interest) instead of the body.
     """
     paths = tuple(Path(p) for p in image_paths)
     label_file = Path(label_path) if label_path is not None else None
@@ -101,6 +103,9 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
     ct_channel = 0 if plans.is_ct else None
     full = tuple((0, int(n)) for n in image.shape[1:])
     bbox: BBox = crop_bbox(image, ct_channel) if plans.crop_to_body else full  # type: ignore[assignment]
+    if region is not None:  # the region of interest, within the body
+        inter = tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(bbox, region))
+        bbox = inter if all(a < b for a, b in inter) else region  # type: ignore[assignment]
     properties: dict[str, Any] = {
         "case_id": case_id, "image_files": [p.name for p in paths],
         "label_file": label_file.name if label_file else None,

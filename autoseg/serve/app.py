@@ -1,0 +1,307 @@
+"""``autoseg serve``: a FastAPI application with a page to upload a CT and browse its segmentation.
+
+The page (``static/``) talks to a small JSON API; slices are PNG images rendered here. Predictions run
+in one background thread (:mod:`autoseg.serve.jobs`), so the page stays responsive while a job runs.
+Uploads are checked by :mod:`autoseg.serve.security` before anything reads them as an image.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from autoseg.errors import AutosegError
+from autoseg.inference.model import open_model
+from autoseg.inference.predictor import PredictOptions, predict_case
+from autoseg.io import read_json, write_json
+from autoseg.serve.jobs import JobStore, Runner, Worker, new_status
+from autoseg.serve.security import (
+    Limits,
+    UploadError,
+    copy_limited,
+    display_name,
+    remove_quietly,
+    store_upload,
+    too_large,
+)
+from autoseg.serve.slices import (
+    PLANES,
+    WINDOWS,
+    VolumeCache,
+    colour,
+    default_view,
+    render_slice,
+)
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+DOWNLOADS = ("labels.nii.gz", "report.json")
+PAGE_HEADER = "x-autoseg"
+SECURITY_HEADERS = [
+    (b"content-security-policy", (b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+                                  b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'")),
+    (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``autoseg serve`` needs; ``workdir`` holds the jobs (``<workdir>/jobs/<id>/``)."""
+
+    model_folder: Path
+    workdir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    folds: tuple[int, ...] | None = None
+    checkpoint: str = "final"
+    device: str = "cpu"
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Context:
+    """What the routes share: the model, the job store, the worker and the slice cache."""
+
+    config: ServeConfig
+    model: Any  # what open_model returns: a training folder, an exported archive or an ONNX export
+    store: JobStore
+    worker: Worker
+    cache: VolumeCache
+
+    def accept(self, upload: UploadFile) -> dict[str, Any]:
+        """Store a received upload as a new queued job; nothing is kept of a refused one."""
+        job_id, folder = self.store.new_folder()
+        try:
+            part = folder / "upload.part"
+            received = copy_limited(upload.file, part, self.config.limits.max_upload)
+            if received == 0:
+                raise UploadError("the uploaded file is empty", 400, "choose the CT file again")
+            stored = store_upload(part, folder, self.config.limits)
+        except BaseException:
+            remove_quietly(folder)
+            raise
+        status = new_status(job_id, display_name(upload.filename), stored, received)
+        self.store.write(job_id, status)
+        return status
+
+    def describe(self, status: dict[str, Any]) -> dict[str, Any]:
+        """A job's status as the page sees it: with its place in the queue and a time estimate."""
+        out = dict(status)
+        if status["state"] in ("queued", "running"):
+            out["position"] = self.worker.position(status["id"])
+            out["estimate_s"] = self.worker.estimate(status)
+        return out
+
+    def done_folder(self, job_id: str) -> Path:
+        status = self.store.status(job_id)
+        if status["state"] != "done":
+            raise UploadError(f"result is not ready (state: {status['state']})", 409,
+                              "wait until the prediction has finished")
+        return self.store.folder(job_id)
+
+
+def prediction_runner(model: Any, options: PredictOptions) -> Runner:
+    """Predict with the folds' ensemble into ``labels.nii.gz`` and ``report.json`` of the job folder."""
+    def run(folder: Path, image: Path, name: str) -> dict[str, Any]:
+        report = predict_case(model, "labels", image, folder, options)
+        report["input"] = name
+        write_json(folder / "report.json", report)
+        (folder / "labels.report.json").unlink(missing_ok=True)
+        return report
+    return run
+
+
+class Guard:
+    """ASGI middleware: refuses request bodies over the upload limit (plus room for the multipart
+    framing) while they stream in, before they reach the disk, and adds the
+    security headers (content security policy, no sniffing, no framing) to every response."""
+
+    def __init__(self, app: ASGIApp, max_upload: int, form_room: int = 1 << 20):
+        self.app, self.max_upload, self.max_body = app, max_upload, max_upload + form_room
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secure(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            await error_response(too_large(self.max_upload))(scope, receive, send_secure)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise too_large(self.max_upload)
+            return message
+
+        await self.app(scope, limited, send_secure)
+
+
+def error_response(exc: AutosegError) -> JSONResponse:
+    status = exc.status if isinstance(exc, UploadError) else 400
+    return JSONResponse({"error": exc._message, "fix": exc.fix}, status_code=status)
+
+
+def context(request: Request) -> Context:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+def from_page(request: Request) -> None:
+    """Changes must come from the page (a custom header a cross-site form or link cannot send)."""
+    if request.headers.get(PAGE_HEADER) != "1":
+        raise UploadError("request did not come from the autoseg page", 403,
+                          f"send the header '{PAGE_HEADER}: 1' (the page does)")
+
+
+Ctx = Annotated[Context, Depends(context)]
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
+
+
+@router.get("/api/info")
+def info(ctx: Ctx) -> dict[str, Any]:
+    plans, limits = ctx.model.plans, ctx.config.limits
+    return {"dataset": plans.dataset_name, "network": plans.network.name, "folds": sorted(ctx.model.checkpoints),
+            "classes": [{"id": k, "name": n, "colour": colour(k)} for k, n in sorted(plans.labels.items()) if k],
+            "windows": list(WINDOWS), "planes": list(PLANES), "accept": ".nii,.nii.gz,.nrrd,.mha,.zip",
+            "limits": {"max_upload_bytes": limits.max_upload, "max_decompressed_bytes": limits.max_decompressed,
+                       "max_queue": limits.max_queue}}
+
+
+@router.get("/api/jobs")
+def list_jobs(ctx: Ctx) -> dict[str, Any]:
+    return {"jobs": [ctx.describe(s) for s in ctx.store.all()]}
+
+
+@router.post("/api/jobs", status_code=202, dependencies=[Depends(from_page)])
+async def upload(request: Request, ctx: Ctx) -> dict[str, Any]:
+    if ctx.worker.queued() >= ctx.config.limits.max_queue:
+        raise UploadError(f"{ctx.config.limits.max_queue} uploads are already waiting", 429,
+                          "try again when some have finished")
+    try:
+        async with request.form(max_files=1, max_fields=4, max_part_size=64 * 1024) as form:
+            file = form.get("file")
+            if not isinstance(file, UploadFile):
+                raise UploadError("the request holds no file", 400, "send the image as the form field 'file'")
+            status = await run_in_threadpool(ctx.accept, file)
+    except MultiPartException as exc:
+        raise UploadError(f"malformed upload ({exc.message})", 400, "upload the file from the page") from None
+    ctx.worker.submit(status["id"])
+    log.info("job %s (%s): queued, %d bytes", status["id"], status["name"], status["input"]["bytes"])
+    return ctx.describe(status)
+
+
+@router.get("/api/jobs/{job_id}")
+def job(job_id: str, ctx: Ctx) -> dict[str, Any]:
+    return ctx.describe(ctx.store.status(job_id))
+
+
+@router.delete("/api/jobs/{job_id}", dependencies=[Depends(from_page)])
+def delete(job_id: str, ctx: Ctx) -> dict[str, Any]:
+    ctx.worker.delete(job_id)
+    ctx.cache.drop(job_id)
+    return {"deleted": job_id}
+
+
+@router.get("/api/jobs/{job_id}/report")
+def report(job_id: str, ctx: Ctx) -> dict[str, Any]:
+    return dict(read_json(ctx.done_folder(job_id) / "report.json"))
+
+
+@router.get("/api/jobs/{job_id}/files/{name}")
+def download(job_id: str, name: str, ctx: Ctx) -> FileResponse:
+    if name not in DOWNLOADS:
+        raise UploadError(f"no download named '{name[:40]}'", 404, f"use one of {', '.join(DOWNLOADS)}")
+    folder = ctx.done_folder(job_id)
+    stem = ctx.store.status(job_id)["name"].split(".")[0] or "autoseg"
+    return FileResponse(folder / name, filename=f"{stem}_{name}",
+                        media_type="application/gzip" if name.endswith(".gz") else "application/json")
+
+
+@router.get("/api/jobs/{job_id}/slices/{plane}/{index}.png")
+def slice_png(job_id: str, plane: str, index: int, ctx: Ctx, window: str = "abdomen", opacity: float = 0.5,
+              classes: str = "") -> Response:
+    folder = ctx.done_folder(job_id)
+    status = ctx.store.status(job_id)
+    try:
+        chosen = tuple(int(c) for c in classes.split(",") if c.strip())
+    except ValueError:
+        raise UploadError("classes must be label numbers separated by commas", 400, "e.g. classes=1,2") from None
+    volume = ctx.cache.get(job_id, folder / status["input"]["file"], folder / "labels.nii.gz")
+    png = render_slice(volume, plane, index, window, opacity, chosen)
+    return Response(png, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
+
+
+def allowed_hosts(host: str) -> list[str]:
+    """Host headers accepted: only loopback names when bound to loopback (stops DNS rebinding)."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return ["127.0.0.1", "localhost", "::1", "[::1]", host] if loopback else ["*"]
+
+
+def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = None) -> FastAPI:
+    """The application; ``model`` is opened from the config unless given, ``runner`` replaces the
+    ensemble prediction (tests use it to hold a job)."""
+    model = model or open_model(config.model_folder, config.folds, config.checkpoint)
+    store = JobStore(config.workdir / "jobs")
+    store.claim(config.workdir / ".lock")
+    worker = Worker(store, runner or prediction_runner(model, PredictOptions(device=config.device)),
+                    after=lambda folder: default_view(folder / "labels.nii.gz"))
+    ctx = Context(config, model, store, worker, VolumeCache())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        yield
+        worker.stop()
+        store.release()
+
+    app = FastAPI(title="autoseg", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ctx = ctx
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(AutosegError, lambda request, exc: error_response(exc))
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(config.host))
+    app.add_middleware(Guard, max_upload=config.limits.max_upload)
+    return app
+
+
+def serve(config: ServeConfig, model: Any = None) -> None:
+    """Run the server in this process until interrupted (one process: the queue lives in memory)."""
+    import uvicorn
+
+    app = create_app(config, model=model)
+    if "*" in allowed_hosts(config.host):
+        log.warning("listening on %s: anyone who can reach this machine can upload and see results "
+                    "(there is no login)", config.host)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"autoseg serve: open http://{host}:{config.port}/  (results in {config.workdir}; Ctrl+C stops)")
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)

@@ -1,0 +1,70 @@
+"""The ``autoseg serve`` sub-command: its arguments, and turning them into a :class:`ServeConfig`.
+
+Kept apart from :mod:`autoseg.serve.app` so that building the CLI parser does not import FastAPI.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autoseg.errors import ConfigurationError
+from autoseg.settings import Settings
+
+EPILOG_SERVE = """examples:
+  autoseg serve -d Task08                        # http://127.0.0.1:8000/, this machine only
+  autoseg serve -d Task03 --port 8080 -f 0 1     # two folds of the Task03 model
+  autoseg serve -m task08_arunet.zip --workdir /data/autoseg_serve
+  autoseg serve -d Task08 --host 0.0.0.0         # reachable from the network: there is no login
+"""
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="a web page to upload a CT and browse its segmentation",
+                       description="Start a web server with a page to upload a CT (NIfTI, NRRD, MHA or a zip "
+                                   "of a DICOM series), follow the prediction and browse the result: three "
+                                   "planes with the labels over the CT, volumes, tumour sizes, downloads. "
+                                   "Results stay in --workdir until deleted on the page. See docs/viewer.md.",
+                       epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-d", "--dataset", help="serve the model trained on this dataset")
+    src.add_argument("-m", "--model", type=Path, help="model folder, exported archive (.zip) or ONNX export")
+    p.add_argument("--network", default=None, help="with -d: which trained network (default: as predict)")
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
+    p.add_argument("--checkpoint", choices=("final", "best"), default="final")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every "
+                        "network interface, without any login)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="folder for uploads and results (default: $AUTOSEG_RESULTS/<dataset>/serve)")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-upload-mb", type=float, default=1024, help="largest upload (default: 1024)")
+    limits.add_argument("--max-decompressed-mb", type=float, default=2048,
+                        help="largest .gz/.zip contents and voxel data (default: 2048)")
+    limits.add_argument("--max-queue", type=int, default=16, help="uploads waiting at most (default: 16)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.cli import _model_folder
+    from autoseg.inference.model import open_model
+    from autoseg.serve.app import ServeConfig, serve
+    from autoseg.serve.security import Limits
+    from autoseg.training.loop import configure_threads
+
+    if not 0 < args.port < 65536:
+        raise ConfigurationError(f"--port {args.port} is not a port number", fix="use a port in 1..65535")
+    if min(args.max_upload_mb, args.max_decompressed_mb, args.max_queue) <= 0:
+        raise ConfigurationError("the limits must be positive", fix="pass sizes in MB above 0 and a queue of 1 or more")
+    configure_threads(args.device)
+    folds = tuple(args.folds) if args.folds else None
+    model = open_model(_model_folder(args, settings), folds, args.checkpoint)
+    limits = Limits(max_upload=int(args.max_upload_mb * 2**20),
+                    max_decompressed=int(args.max_decompressed_mb * 2**20), max_queue=args.max_queue)
+    workdir = args.workdir or settings.results / model.plans.dataset_name / "serve"
+    config = ServeConfig(model_folder=Path(model.folder), workdir=workdir.resolve(), host=args.host,
+                         port=args.port, folds=folds, checkpoint=args.checkpoint, device=args.device,
+                         limits=limits)
+    serve(config, model)
+    return 0

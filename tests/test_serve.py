@@ -1,0 +1,429 @@
+"""`autoseg serve`: uploads checked before they are read (names, sizes, bombs, formats), the one-job-at-a-time
+queue, results that stay until deleted, and the page in a real headless Chromium with the real example CT."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from autoseg.inference.model import open_model
+from autoseg.inference.predictor import PredictOptions
+from fastapi.testclient import TestClient
+
+from autoseg.cli import main
+from autoseg.errors import AutosegError
+from autoseg.io import read_label
+from autoseg.phantom import write_task
+from autoseg.serve.app import ServeConfig, create_app, prediction_runner
+from autoseg.serve.security import Limits
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator_example"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+PAGE = {"X-Autoseg": "1"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A Task03-like phantom model (liver, tumour), fold 0 trained for 30 steps: it predicts a liver."""
+    root = tmp_path_factory.mktemp("serve_ws")
+    write_task(root / "raw", task="Task03", num_training=4, num_test=1, seed=3,
+               spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
+    env = {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
+           "AUTOSEG_RESULTS": str(root / "res")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.setattr("autoseg.training.loop.configure_threads", lambda device: None)  # keep the runner's threads
+        assert main(["plan_and_preprocess", "-d", "3", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]) == 0
+        assert main(["train", "-d", "3", "-f", "0", "--epochs", "1", "--iterations", "30", "-j", "0"]) == 0
+    test_image = next((root / "raw" / "Task03_Liver" / "imagesTs").iterdir())
+    return {"model": root / "res" / "Task03_Liver" / "arunet", "image": test_image, "root": root}
+
+
+@contextmanager
+def client(trained: dict[str, Path], workdir: Path, limits: Limits | None = None,
+           runner: Any = None) -> Iterator[TestClient]:
+    app = create_app(ServeConfig(trained["model"], workdir, limits=limits or Limits()), runner=runner)
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def upload(c: TestClient, name: str, data: bytes, headers: dict[str, str] = PAGE) -> Any:
+    return c.post("/api/jobs", files={"file": (name, data)}, headers=headers)
+
+
+def wait(c: TestClient, job_id: str, states: tuple[str, ...] = ("done", "failed"), timeout: float = 90) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = c.get(f"/api/jobs/{job_id}").json()
+        if status["state"] in states:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not reach {states}: {status}")
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def nifti_bytes(array: np.ndarray, compress: bool = True) -> bytes:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    buffer = io.BytesIO()
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"autoseg-test-{os.getpid()}.nii"
+    sitk.WriteImage(image, str(tmp))
+    raw = tmp.read_bytes()
+    tmp.unlink()
+    buffer.write(gzip.compress(raw, 1) if compress else raw)
+    return buffer.getvalue()
+
+
+# --- the whole path through the API ----------------------------------------------------------------------
+
+def test_upload_predict_browse_download(trained: dict[str, Path], tmp_path: Path) -> None:
+    with client(trained, tmp_path / "serve") as c:
+        info = c.get("/api/info").json()
+        assert [k["name"] for k in info["classes"]] == ["liver", "tumour"] and info["folds"] == [0]
+        response = upload(c, "../../../outside.nii.gz", trained["image"].read_bytes())
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert job["name"] == "outside.nii.gz" and job["state"] == "queued"
+        status = wait(c, job["id"])
+        assert status["state"] == "done", status["message"]
+        report = c.get(f"/api/jobs/{job['id']}/report").json()
+        assert report["volumes_ml"]["liver"] > 0 and report["input"] == "outside.nii.gz"
+        for plane, view in status["view"].items():
+            png = c.get(f"/api/jobs/{job['id']}/slices/{plane}/{view['index']}.png",
+                        params={"window": "liver", "opacity": 0.4, "classes": "1,2"})
+            assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+            assert max(png_size(png.content)) == 512
+        labels = c.get(f"/api/jobs/{job['id']}/files/labels.nii.gz")
+        assert labels.headers["content-disposition"].startswith("attachment")
+        (tmp_path / "labels.nii.gz").write_bytes(labels.content)
+        pred, geometry = read_label(tmp_path / "labels.nii.gz")
+        _, input_geometry = read_label(trained["image"])
+        assert geometry.same_grid(input_geometry) and set(np.unique(pred)) <= {0, 1, 2} and (pred == 1).any()
+        assert c.get(f"/api/jobs/{job['id']}/files/report.json").json()["volumes_ml"] == report["volumes_ml"]
+    folder = tmp_path / "serve" / "jobs" / job["id"]
+    assert files_under(folder) == {"input.nii.gz", "status.json", "labels.nii.gz", "report.json"}
+    assert files_under(tmp_path) == {"serve", "serve/.lock", "serve/jobs", f"serve/jobs/{job['id']}",
+                                     "labels.nii.gz"} | {
+        f"serve/jobs/{job['id']}/{n}" for n in files_under(folder)}
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return struct.unpack(">II", data[16:24])
+
+
+# --- security --------------------------------------------------------------------------------------------
+
+def test_file_names_and_ids_are_never_paths(trained: dict[str, Path], tmp_path: Path) -> None:
+    image = trained["image"].read_bytes()
+    gate = threading.Event()
+    with client(trained, tmp_path / "serve", runner=lambda *a: gate.wait(30) and {}) as c:
+        names = {"../../evil.nii.gz": "evil.nii.gz", "..\\..\\win.nii.gz": "win.nii.gz",
+                 "/etc/passwd": "passwd", "a/b/<script>x.nii.gz": "_script_x.nii.gz", "..": "upload"}
+        for sent, shown in names.items():
+            response = upload(c, sent, image)
+            assert response.status_code == 202 and response.json()["name"] == shown, response.text
+        for bad in ("..%2F..%2Fetc", "0123456789abcdef", "../status.json"):
+            assert c.get(f"/api/jobs/{bad}").status_code == 404
+        some = response.json()["id"]
+        assert c.get(f"/api/jobs/{some}/files/..%2Fstatus.json").status_code == 404
+        assert c.get(f"/api/jobs/{some}/files/status.json").status_code == 404
+        gate.set()
+    jobs = tmp_path / "serve" / "jobs"
+    assert {p.name for p in tmp_path.iterdir()} == {"serve"} and len(list(jobs.iterdir())) == len(names)
+    for folder in jobs.iterdir():
+        assert {p.name for p in folder.iterdir()} <= {"input.nii.gz", "status.json", "labels.nii.gz", "report.json"}
+
+
+def test_oversize_uploads_are_refused(trained: dict[str, Path], tmp_path: Path) -> None:
+    with client(trained, tmp_path / "serve", Limits(max_upload=1 << 20)) as c:
+        big = b"\x1f\x8b" + os.urandom(3 << 20)
+        response = upload(c, "big.nii.gz", big)
+        assert response.status_code == 413 and "larger than the server's limit of 1 MiB" in response.json()["error"]
+        boundary = "autoseg-test-boundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.nii.gz\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+        chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))  # no Content-Length: streamed
+        response = c.post("/api/jobs", content=chunks,
+                          headers={**PAGE, "content-type": f"multipart/form-data; boundary={boundary}"})
+        assert response.status_code == 413
+        assert c.get("/api/info").status_code == 200
+        assert c.get("/api/jobs").json()["jobs"] == []
+    assert list((tmp_path / "serve" / "jobs").iterdir()) == []
+
+
+def gzip_of_zeros(megabytes: int) -> bytes:
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as fh:
+        header = bytearray(348)
+        header[0:4] = struct.pack("<i", 348)
+        header[344:348] = b"n+1\x00"
+        fh.write(bytes(header))
+        zeros = bytes(1 << 20)
+        for _ in range(megabytes):
+            fh.write(zeros)
+    return out.getvalue()
+
+
+def test_decompression_bombs_are_refused(trained: dict[str, Path], tmp_path: Path) -> None:
+    limits = Limits(max_decompressed=16 << 20, max_zip_members=10)
+    with client(trained, tmp_path / "serve", limits) as c:
+        bomb = gzip_of_zeros(64)
+        assert len(bomb) < 200_000
+        response = upload(c, "ct.nii.gz", bomb)
+        assert response.status_code == 413 and "decompression bomb" in response.json()["error"]
+        zipped = io.BytesIO()
+        with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("slice.dcm", bytes(64 << 20))
+        response = upload(c, "series.zip", zipped.getvalue())
+        assert response.status_code == 413 and "decompression bomb" in response.json()["error"]
+        many = io.BytesIO()
+        with zipfile.ZipFile(many, "w") as zf:
+            for i in range(20):
+                zf.writestr(f"{i}.dcm", b"x")
+        response = upload(c, "series.zip", many.getvalue())
+        assert response.status_code == 413 and "20 files" in response.json()["error"]
+        assert c.get("/api/jobs").json()["jobs"] == []
+    assert list((tmp_path / "serve" / "jobs").iterdir()) == []
+
+
+def test_only_self_contained_images_are_accepted(trained: dict[str, Path], tmp_path: Path) -> None:
+    pair = bytearray(348)
+    pair[0:4] = struct.pack("<i", 348)
+    pair[344:348] = b"ni1\x00"
+    refused = {
+        "scan.png": b"\x89PNG\r\n\x1a\n" + bytes(100), "report.pdf": b"%PDF-1.7\n" + bytes(100),
+        "notes.nii.gz": b"just some text pretending to be an image",
+        "outside.mha": b"ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_UCHAR\n"
+                       b"ElementDataFile = /etc/passwd\n",
+        "outside.nrrd": b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n"
+                        b"data file: /etc/passwd\n\n",
+        "pair.nii": bytes(pair), "text.zip": zip_of({"readme.txt": b"hello"}),
+    }
+    with client(trained, tmp_path / "serve") as c:
+        for name, data in refused.items():
+            response = upload(c, name, data)
+            assert response.status_code == 415, (name, response.text)
+            assert response.json()["error"] and response.json()["fix"]
+        assert upload(c, "empty.nii.gz", b"").json()["error"] == "the uploaded file is empty"
+        assert c.get("/api/jobs").json()["jobs"] == []
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def test_malformed_images_get_clear_messages_and_the_server_keeps_running(trained: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    good = trained["image"].read_bytes()
+    plain = nifti_bytes(np.zeros((8, 8, 8), np.int16), compress=False)
+    garbage_dims = bytearray(plain)
+    garbage_dims[40:42] = struct.pack("<h", 9)  # dim[0] = 9: not a NIfTI dimension count
+    cases = {"cut.nii.gz": (good[: len(good) // 2], "damaged or incomplete"),
+             "short.nii": (plain[:-100], "truncated"),
+             "dims.nii": (bytes(garbage_dims), "header cannot be read"),
+             "flat.nii.gz": (nifti_bytes(np.zeros((4, 4), np.int16)), "3D")}
+    with client(trained, tmp_path / "serve") as c:
+        for name, (data, expected) in cases.items():
+            response = upload(c, name, data)
+            assert response.status_code == 400 and expected in response.json()["error"], (name, response.text)
+        picture = nifti_bytes(np.random.default_rng(0).integers(0, 255, (20, 32, 32)).astype(np.uint8))
+        failed = wait(c, upload(c, "photo.nii.gz", picture).json()["id"])
+        assert failed["state"] == "failed" and "8-bit picture" in failed["message"]
+        assert "photo.nii.gz" in failed["message"] and str(tmp_path) not in failed["message"]
+        assert c.get(f"/api/jobs/{failed['id']}/report").status_code == 409
+        assert wait(c, upload(c, "good.nii.gz", good).json()["id"])["state"] == "done"
+
+
+def test_requests_from_elsewhere_are_refused(trained: dict[str, Path], tmp_path: Path) -> None:
+    with client(trained, tmp_path / "serve") as c:
+        response = upload(c, "ct.nii.gz", trained["image"].read_bytes(), headers={})
+        assert response.status_code == 403 and "autoseg page" in response.json()["error"]
+        assert c.get("/api/info", headers={"host": "attacker.example"}).status_code == 400
+        page = c.get("/")
+        assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+        assert page.headers["x-frame-options"] == "DENY"
+
+
+# --- queue, delete, list, restart ------------------------------------------------------------------------
+
+def test_jobs_run_one_at_a_time_in_upload_order(trained: dict[str, Path], tmp_path: Path) -> None:
+    real = prediction_runner(open_model(trained["model"]), PredictOptions())
+    gate, running, finished = threading.Event(), [], []
+
+    def held(folder: Path, image: Path, name: str) -> dict:
+        running.append(name)
+        assert len(running) - len(finished) == 1, "two predictions at once"
+        if name == "first.nii.gz":
+            gate.wait(60)
+        try:
+            return real(folder, image, name)
+        finally:
+            finished.append(name)
+
+    image = trained["image"].read_bytes()
+    with client(trained, tmp_path / "serve", runner=held) as c:
+        ids = [upload(c, f"{n}.nii.gz", image).json()["id"] for n in ("first", "second", "third")]
+        wait(c, ids[0], ("running",))
+        assert [c.get(f"/api/jobs/{i}").json()["position"] for i in ids] == [None, 1, 2]
+        assert c.delete(f"/api/jobs/{ids[0]}", headers=PAGE).status_code == 409  # being predicted
+        assert c.delete(f"/api/jobs/{ids[2]}", headers=PAGE).status_code == 200   # waiting: leaves the queue
+        assert c.get("/api/info").status_code == 200  # answers while a job runs
+        gate.set()
+        first, second = wait(c, ids[0]), wait(c, ids[1])
+    assert first["state"] == second["state"] == "done"
+    assert running == ["first.nii.gz", "second.nii.gz"] == finished
+    assert second["started"] >= first["finished"]
+
+
+def test_results_are_listed_until_deleted_and_survive_a_restart(trained: dict[str, Path], tmp_path: Path) -> None:
+    image = trained["image"].read_bytes()
+    with client(trained, tmp_path / "serve") as c:
+        a = upload(c, "a.nii.gz", image).json()["id"]
+        b = upload(c, "b.nii.gz", image).json()["id"]
+        wait(c, a), wait(c, b)
+        assert [j["id"] for j in c.get("/api/jobs").json()["jobs"]] == [b, a]  # newest first
+    status_file = tmp_path / "serve" / "jobs" / a / "status.json"
+    status_file.write_text(status_file.read_text().replace('"done"', '"running"'))  # as if stopped mid-job
+    with client(trained, tmp_path / "serve") as c:
+        with pytest.raises(AutosegError, match="another `autoseg serve`"):
+            create_app(ServeConfig(trained["model"], tmp_path / "serve"))
+        assert {j["id"] for j in c.get("/api/jobs").json()["jobs"]} == {a, b}
+        assert wait(c, a)["state"] == "done"  # an interrupted job runs again
+        assert c.delete(f"/api/jobs/{b}").status_code == 403  # not from the page
+        assert c.delete(f"/api/jobs/{b}", headers=PAGE).json() == {"deleted": b}
+        assert c.delete(f"/api/jobs/{b}", headers=PAGE).status_code == 404
+        assert c.get(f"/api/jobs/{b}").status_code == 404
+        assert [j["id"] for j in c.get("/api/jobs").json()["jobs"]] == [a]
+    assert not (tmp_path / "serve" / "jobs" / b).exists()
+
+
+def test_a_zipped_dicom_series_is_stored_under_numbered_names(trained: dict[str, Path], tmp_path: Path) -> None:
+    series = REAL / "example_ct_dicom"
+    if not series.is_dir():
+        pytest.skip(f"{series} is missing (see ../shared/data/real)")
+    members = {f"../../{p.name}": p.read_bytes() for p in sorted(series.iterdir())}
+    members["notes/readme.txt"] = b"not DICOM"
+    gate = threading.Event()
+    with client(trained, tmp_path / "serve", runner=lambda *a: gate.wait(30) and {}) as c:
+        response = upload(c, "series.zip", zip_of(members))
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert job["input"]["kind"] == "dicom-zip" and job["input"]["size_zyx"] == [20, 512, 512]
+        gate.set()
+    folder = tmp_path / "serve" / "jobs" / job["id"] / "input_dicom"
+    assert sorted(p.name for p in folder.iterdir()) == [f"{i:05d}.dcm" for i in range(20)]
+
+
+def test_cli_refuses_bad_serve_arguments(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "-m", str(trained["model"]), "--port", "70000"]) == 2
+    assert "--port 70000" in capsys.readouterr().err
+    assert main(["serve", "-m", str(trained["root"]), "--port", "8123"]) == 2
+    assert "plans.json" in capsys.readouterr().err
+
+
+# --- the page in a real browser -------------------------------------------------------------------------
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(trained: dict[str, Path], workdir: Path) -> Iterator[str]:
+    """`autoseg serve` as a user starts it, in its own process, on a free port."""
+    port, log_path = free_port(), workdir.parent / "serve.log"
+    url = f"http://127.0.0.1:{port}/"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "autoseg", "serve", "-m", str(trained["model"]),
+                                 "--port", str(port), "--workdir", str(workdir)], stdout=log, stderr=log)
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(url + "api/info", timeout=2).read()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        raise AssertionError(log_path.read_text()) from None
+                    time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+
+COUNT_COLOURED = """img => {
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  const px = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  let coloured = 0;
+  for (let i = 0; i < px.length; i += 4) {
+    if (Math.max(px[i], px[i + 1], px[i + 2]) - Math.min(px[i], px[i + 1], px[i + 2]) > 30) coloured++;
+  }
+  return coloured;
+}"""
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
+def test_page_in_chromium_segments_the_example_ct(trained: dict[str, Path], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ct = REAL / "example_ct.nii.gz"
+    assert ct.is_file(), f"{ct} is missing (see ../shared/data/real)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_server(trained, tmp_path / "serve") as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector("#model:has-text('Task03_Liver')")
+        page.set_input_files("#file", str(ct))
+        page.wait_for_selector("#progress-panel", state="visible", timeout=30_000)  # the progress indicator
+        liver = page.wait_for_selector("#volumes tbody tr:has-text('liver')", timeout=120_000)
+        assert float(liver.query_selector("td.num").inner_text()) > 0
+        page.wait_for_function("() => [...document.querySelectorAll('#planes img')].length === 3 && "
+                               "[...document.querySelectorAll('#planes img')].every(i => i.dataset.loaded === '1')")
+        axial = page.query_selector("figure[data-plane=axial] img")
+        assert axial.evaluate(COUNT_COLOURED) > 500  # the overlay is drawn over the grey CT
+        page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
+        assert page.query_selector("#jobs li .name").inner_text() == "example_ct.nii.gz"
+        for box in page.query_selector_all("#classes input"):
+            box.uncheck()
+        page.wait_for_function("() => (img => new URL(img.src).searchParams.get('classes') === '' && img.dataset"
+                               ".loaded === '1')(document.querySelector('figure[data-plane=axial] img'))")
+        assert axial.evaluate(COUNT_COLOURED) == 0  # classes toggled off: CT only
+        browser.close()
+    assert errors == []
+    assert (ARTIFACTS / "viewer.png").read_bytes()[:4] == b"\x89PNG"
