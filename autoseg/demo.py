@@ -30,7 +30,7 @@ def run(workdir: Path, num_training: int, fold_budget: str, train: bool) -> int:
              ["plan_and_preprocess", "-d", "Task08", "--step-time", "0.4"]]
     predictions = workdir / "predictions"
     if train:
-        steps.append(["train", "-d", "Task08", "--time-budget", fold_budget, "--iterations", "20"])
+        steps.append(["train", "-d", "Task08", "--time-budget", fold_budget, "--iterations", "50"])
         steps.append(["predict", "-i", str(env["AUTOSEG_RAW"] / "Task08_HepaticVessel" / "imagesTs"),
                       "-o", str(predictions), "-d", "Task08", "--overlays"])
     for argv in steps:

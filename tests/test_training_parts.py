@@ -65,7 +65,7 @@ def test_soft_dice_ignores_background_and_is_one_for_perfect_logits() -> None:
     assert soft_dice_per_class(blank, target)[0] < 0.01
 
 
-@pytest.mark.parametrize("name", ["dice_ce", "dice", "dice03_ce07", "weighted_dice_focal"])
+@pytest.mark.parametrize("name", ["dice_ce", "dice_wce", "dice", "dice03_ce07", "weighted_dice_focal"])
 def test_losses_decrease_towards_the_target(name: str) -> None:
     loss = DeepSupervision(build_loss(name))
     target = torch.zeros(2, 8, 8, 8, dtype=torch.long)
@@ -76,6 +76,25 @@ def test_losses_decrease_towards_the_target(name: str) -> None:
     assert float(loss(good, target)) < float(loss(bad, target))
     ds = [good, good[:, :, ::2, ::2, ::2], good[:, :, ::4, ::4, ::4]]
     assert torch.isfinite(loss(ds, target))
+
+
+def test_rarity_weighted_ce_strengthens_the_rare_class_signal() -> None:
+    from autoseg.training.losses import rarity_weights
+
+    target = torch.zeros(1, 20, 20, 20, dtype=torch.long)
+    target[0, :2, :2, :2] = 1       # 8 voxels of 8000: rare
+    target[0, 10:, 10:, 10:] = 2    # 1000 voxels: common
+    w = rarity_weights(target, 3)
+    assert w[0] == 1.0 and w[1] > w[2] > 1.0 and w[1] <= 30.0
+    # a network that predicts background everywhere: the rare voxels' logit gradient is larger
+    grads = {}
+    for name in ("dice_ce", "dice_wce"):
+        logits = torch.zeros(1, 3, 20, 20, 20)
+        logits[:, 0] = 4.0
+        logits.requires_grad_(True)
+        build_loss(name)(logits, target).backward()
+        grads[name] = float(-logits.grad[0, 1, :2, :2, :2].mean())
+    assert grads["dice_wce"] > 5 * grads["dice_ce"] > 0
 
 
 def test_unknown_loss_and_recipe_list_known_names() -> None:
