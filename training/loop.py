@@ -221,6 +221,7 @@ class FoldTrainer:
         if self.dist.enabled:
             record["world_size"] = self.dist.world_size
             record["replica_max_abs_diff"] = self.dist.check_replicas(self.network, str(self.device))
+        self._warn_if_cpu_contended(record)
         record = json.loads(json.dumps(record, default=float))  # plain Python numbers for the checkpoint
         self.epochs_log.append(record)
         self.epoch += 1
@@ -239,6 +240,25 @@ class FoldTrainer:
                  {k: round(v, 3) for k, v in record["val_dice"].items()}, record["epoch_time_s"],
                  100 * record["data_wait_share"])
         return record
+
+
+    def _warn_if_cpu_contended(self, record: dict[str, Any]) -> None:
+        """Say so when CPU steps take far longer than planned: usually another busy process.
+
+        PyTorch's OpenMP threads spin at every barrier; with another process busy on the same
+        cores a spinning thread holds a core the thread it waits for needs. Measured on the 2-core
+        machine (demo plan, 2 threads): 0.35 s per step idle, 12 s with one busy neighbour;
+        ``OMP_WAIT_POLICY=PASSIVE`` gave 0.9 s there (but 0.44 s instead of 0.37 s when idle, so it
+        is not the default).
+        """
+        estimate = self.plans.estimates.step_time_estimate_s
+        if self.device.type != "cpu" or not estimate or self.epoch > 3 or record["steps"] < 5:
+            return
+        if record["step_time_s"] > 3 * estimate:
+            log.warning("%s: steps take %.2f s, %.0fx the planned %.2f s. Another process is probably "
+                        "using these cores; stop it, or set OMP_WAIT_POLICY=PASSIVE (avoids a 10x "
+                        "slowdown when sharing cores, costs ~20%% on an idle machine)",
+                        self.fold_dir.name, record["step_time_s"], record["step_time_s"] / estimate, estimate)
 
 
 def configure_threads(device: str) -> None:
