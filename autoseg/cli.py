@@ -153,6 +153,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="resume unfinished folds from their last checkpoint")
     p.add_argument("--force", action="store_true", help="retrain folds that already finished")
     p.add_argument("-j", "--workers", type=int, default=1, help="augmentation worker processes (default: 1)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (long GPU runs)")
     scale = p.add_argument_group("scaling out")
     scale.add_argument("--gpus", type=int, default=None, metavar="N",
                        help="data-parallel training of each fold on N GPUs of this machine (runs torchrun)")
@@ -181,7 +182,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                                  fix="use torchrun (or --gpus) for one fold on several GPUs, or Ray for folds in parallel")
     dist.init(dist.device(args.device))
     options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training,
-                           dist=dist)
+                           dist=dist, compile=args.compile)
     jobs = prepare(req, settings, options)
     if args.executor == "ray":
         from autoseg.training.ray_executor import run_folds_on_ray

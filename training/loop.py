@@ -61,6 +61,8 @@ class FoldTrainer:
         self.network = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_classes)
         self.network.to(self.device)
         self.model = self.dist.wrap(self.network, str(self.device))  # what training steps call
+        if options.compile:  # optional: worth its compile time on long GPU runs
+            self.model = torch.compile(self.model)
         self.loss = DeepSupervision(build_loss(self.recipe.loss))
         self.optimizer = build_optimizer(self.recipe, self.network.parameters())
         self.amp = self.device.type == "cuda"
