@@ -233,6 +233,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi-model", default=None, metavar="DATASET_OR_PATH",
                    help="predict only inside the foreground of this model (e.g. Task03, a liver model) "
                         "plus a margin: a trained dataset name, a model folder or an exported model")
+    p.add_argument("--no-postprocessing", action="store_true",
+                   help="skip the post-processing that find_best decided from cross-validation")
     p.add_argument("--roi-margin-mm", type=float, default=10.0, help="margin around the ROI (default: 10 mm)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
@@ -259,6 +261,7 @@ def _trained_model_folder(dataset: str, network: str | None, settings: Settings)
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.inference.model import open_model
+    from autoseg.inference.postprocessing import load_postprocessing
     from autoseg.inference.predictor import PredictOptions, predict
     from autoseg.training.loop import configure_threads
 
@@ -270,7 +273,8 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         roi = open_model(roi_path if roi_path.exists() else _trained_model_folder(args.roi_model, None, settings))
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap,
                              save_probabilities=args.save_probabilities, overlays=args.overlays,
-                             roi_model=roi, roi_margin_mm=args.roi_margin_mm)
+                             roi_model=roi, roi_margin_mm=args.roi_margin_mm,
+                             postprocessing=None if args.no_postprocessing else load_postprocessing(model))
     for report in predict(args.input, args.output, model, options):
         print(f"{Path(report['input']).name}: {report['volumes_ml']} mL, {report['seconds']} s")
     return 0
@@ -369,6 +373,7 @@ def _cmd_find_best(args: argparse.Namespace, settings: Settings) -> int:
     best = choose_best(summary)
     path = write_best(dataset_dir, best)
     print(format_cv_table(summary))
+    _decide_postprocessing(dataset_dir / best["network"], settings)
     folds = ",".join(str(f) for f in best["folds"])
     print(f"best: {best['network']} (mean foreground Dice {best['mean_foreground_dice']:.3f}, folds {folds})")
     print(f"wrote {path}")
@@ -380,6 +385,21 @@ EPILOG_EXPORT = """examples:
   autoseg export -d Task08 --onnx -o task08_onnx/       # plans.json + fold_K.onnx for deployment
   autoseg predict -i ct.nii.gz -o out/ -m task08_arunet.zip
 """
+
+
+def _decide_postprocessing(model_dir: Path, settings: Settings) -> None:
+    from autoseg.inference.postprocessing import determine_postprocessing
+    from autoseg.plans import Plans
+
+    plans = Plans.load(model_dir / "plans.json")
+    data = settings.preprocessed / plans.dataset_name / "data"
+    decision = determine_postprocessing(model_dir, data, {int(k): v for k, v in plans.labels.items()})
+    if decision is None:
+        print("post-processing: no validation predictions to decide from")
+        return
+    kept = [plans.labels[k] for k in decision["keep_largest_component"]]
+    print(f"post-processing (from {decision['cases']} CV cases): keep the largest component of "
+          f"{', '.join(kept) or 'no class'}; wrote {model_dir / 'postprocessing.json'}")
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:

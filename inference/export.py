@@ -54,6 +54,8 @@ def export_archive(model, out: Path) -> Path:
     members = {"plans.json": json.dumps(model.plans.to_dict(), indent=2).encode()}
     for fold, path in sorted(model.checkpoints.items()):
         members[f"fold_{fold}.pt"] = _weights_bytes(path)
+    if (model.folder / "postprocessing.json").is_file():
+        members["postprocessing.json"] = (model.folder / "postprocessing.json").read_bytes()
     manifest = {"format": "autoseg-model", "format_version": FORMAT_VERSION, "folds": sorted(model.checkpoints),
                 "network": model.plans.network.name, "dataset": model.plans.dataset_name,
                 "sha256": {name: _sha256(data) for name, data in members.items()}}
@@ -119,6 +121,8 @@ def export_onnx(model, out_dir: Path) -> Path:
         got = session.run(None, {"image": x.numpy()})[0]
         checks[f"fold_{fold}.onnx"] = float(np.abs(got - expected).max())
     plans.save(out_dir / "plans.json")
+    if (model.folder / "postprocessing.json").is_file():
+        (out_dir / "postprocessing.json").write_bytes((model.folder / "postprocessing.json").read_bytes())
     write_json(out_dir / "manifest.json", {"format": "autoseg-onnx", "format_version": FORMAT_VERSION,
                                            "folds": sorted(model.checkpoints), "opset": ONNX_OPSET,
                                            "max_abs_diff_vs_pytorch": checks})

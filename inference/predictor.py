@@ -20,6 +20,7 @@ from autoseg.io import (Geometry, is_dicom_folder, read_case_images, strip_image
                         write_json)
 from autoseg.preprocessing import preprocess_case, resample_probabilities
 from autoseg.inference.model import AnyModel
+from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.report import case_report, write_overlays
 from autoseg.sliding_window import predict_sliding_window
 
@@ -39,6 +40,8 @@ class PredictOptions:
     #: the main model predicts in (the linked models of the seed papers).
     roi_model: Any = None
     roi_margin_mm: float = 10.0
+    #: The model's ``postprocessing.json`` decision (None: none).
+    postprocessing: dict[str, Any] | None = None
 
 
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
@@ -111,7 +114,8 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
         check_looks_like_ct(pre.properties["intensity_min"][0], pre.properties["intensity_max"][0], image_path)
     geometry = Geometry.from_dict(pre.properties["original_geometry"])
     probs = predict_probabilities(model, pre.data, options)
-    labels = _labels_on_input_grid(probs, pre.properties, geometry)
+    labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, geometry),
+                                  options.postprocessing)
     write_image(output / f"{name}.nii.gz", labels, geometry)
     if options.save_probabilities:
         np.savez_compressed(output / f"{name}.probabilities.npz", probabilities=probs.astype(np.float16),
@@ -120,6 +124,7 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
                          time.perf_counter() - t0, sorted(model.checkpoints))
     report["input"] = str(image_path)
     report["region_shape"] = pre.properties["shape_after_resampling"]  # the grid the window slides over
+    report["postprocessing"] = (options.postprocessing or {}).get("keep_largest_component", [])
     if roi_report is not None:
         report["roi"] = roi_report
     if options.overlays:

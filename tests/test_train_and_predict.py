@@ -88,6 +88,7 @@ def test_fold_end_validation_predicts_whole_held_out_cases(env: Path) -> None:
         _, raw_geometry = read_label(image)
         assert pred.shape == raw_geometry.shape_zyx and geometry.same_grid(raw_geometry)
         assert set(np.unique(pred)) <= {0, 1, 2}
+        assert (fold / "validation" / f"{case}.pred.npz").is_file()  # kept for the post-processing decision
 
 
 def test_finished_fold_is_skipped_unless_forced(env: Path) -> None:
@@ -209,3 +210,18 @@ def test_export_archive_and_onnx_predict_like_the_training_folder(env: Path, tmp
     assert data  # the original is untouched
     assert main(["predict", "-i", str(images), "-o", str(tmp_path / "x"), "-m", str(damaged)]) == 2
     assert "checksum" in capsys.readouterr().err
+
+
+def test_find_best_decides_post_processing_that_predict_applies(env: Path, tmp_path: Path) -> None:
+    if not (_fold_dir(env, 0) / "checkpoint_final.pt").is_file():
+        assert main(["train", "-d", "8", "-f", "0", *TINY]) == 0
+    assert main(["find_best", "-d", "8"]) == 0
+    model = env / "res" / "Task08_HepaticVessel" / "arunet"
+    decision = read_json(model / "postprocessing.json")
+    assert decision["cases"] >= 1 and set(decision["evidence"]) == {"vessel", "tumour"}
+    for ev in decision["evidence"].values():
+        assert ev["enabled"] == (ev["label"] in decision["keep_largest_component"])
+    images = env / "raw" / "Task08_HepaticVessel" / "imagesTs"
+    assert main(["predict", "-i", str(images), "-o", str(tmp_path / "p"), "-d", "8", "-f", "0"]) == 0
+    report = read_json(tmp_path / "p" / "report.json")["cases"][0]
+    assert report["postprocessing"] == decision["keep_largest_component"]

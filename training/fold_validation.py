@@ -4,7 +4,8 @@ Patch-based validation during training is a cheap trend; this is the score that 
 validation case is predicted whole on its preprocessed grid (Gaussian-weighted sliding window, as
 ``autoseg predict`` does), compared with its preprocessed label map, and written back on the
 case's original grid as ``validation/<case>.nii.gz`` so that ``autoseg evaluate`` can score it
-against the raw labels. ``validation/summary.json`` holds per-case and mean per-class Dice; the
+against the raw labels (and kept on the preprocessed grid as ``<case>.pred.npz``, from which
+``autoseg find_best`` decides the post-processing). ``validation/summary.json`` holds per-case and mean per-class Dice; the
 mean never includes the background, and a class absent from both reference and prediction of a
 case is left out of that case's mean (reported as null).
 """
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoseg.io import Geometry, write_image, write_json
+from autoseg.io import Geometry, atomic_path, write_image, write_json
 from autoseg.metrics import dice_per_class, mean_foreground
 from autoseg.plans import Plans
 from autoseg.preprocessing.preprocess import restore_to_original
@@ -55,6 +56,9 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
             per_case[case]["mean_foreground"] = _nan_to_none(mean_foreground(scores))
             if write_predictions:
                 _write_on_original_grid(pred, store.properties(case), out_dir / f"{case}.nii.gz")
+                with atomic_path(out_dir / f"{case}.pred.npz") as tmp:  # for post-processing decisions
+                    with open(tmp, "wb") as f:
+                        np.savez_compressed(f, labels=pred)
     finally:
         network.deep_supervision = was_ds
     mean = {name: _mean([per_case[c][name] for c in per_case]) for name in names.values()}

@@ -1,0 +1,63 @@
+"""Post-processing decided from cross-validation: keep-largest-component per class, only where it
+raises that class's CV Dice. The CV predictions here are hand-made files in the layout fold
+validation writes (fold_K/validation/<case>.pred.npz and the preprocessed data/<case>.npy)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.inference.postprocessing import (apply_postprocessing, determine_postprocessing,
+                                              keep_largest_component)
+from autoseg.io import read_json
+
+
+def _case(shape=(10, 20, 20)) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: one organ (label 1) and two lesions (label 2). Prediction: the organ plus a
+    stray organ blob, and both lesions."""
+    ref = np.zeros(shape, np.uint8)
+    ref[2:8, 2:12, 2:12] = 1
+    ref[2:4, 15:17, 15:17] = 2
+    ref[6:8, 15:17, 2:4] = 2
+    pred = ref.copy()
+    pred[7:9, 16:19, 16:19] = 1  # a false-positive organ component
+    return pred, ref
+
+
+def _write(root: Path, fold: int, case: str, pred: np.ndarray, ref: np.ndarray) -> None:
+    folder = root / "model" / f"fold_{fold}" / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / f"{case}.pred.npz", labels=pred)
+    data = root / "data"
+    data.mkdir(exist_ok=True)
+    image = np.zeros((1, *ref.shape), np.float32)
+    np.save(data / f"{case}.npy", np.concatenate([image, ref[None].astype(np.float32)]))
+
+
+def test_keep_largest_component_removes_only_smaller_components_of_that_class() -> None:
+    pred, _ = _case()
+    out = keep_largest_component(pred, 1)
+    assert np.count_nonzero(out == 1) == 6 * 10 * 10
+    assert np.array_equal(out == 2, pred == 2)  # other classes untouched
+    assert np.array_equal(keep_largest_component(np.zeros((3, 3, 3), np.uint8), 1), np.zeros((3, 3, 3)))
+
+
+def test_decision_enables_it_only_where_cv_dice_improves(tmp_path: Path) -> None:
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, *_case())
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {0: "bg", 1: "liver", 2: "tumour"})
+    assert decision is not None and decision["cases"] == 2
+    assert decision["keep_largest_component"] == [1]  # organ: removes the stray blob
+    ev = decision["evidence"]
+    assert ev["liver"]["dice_after"] > ev["liver"]["dice_before"]
+    assert ev["tumour"]["dice_after"] < ev["tumour"]["dice_before"]  # would delete a true lesion
+    assert read_json(tmp_path / "model" / "postprocessing.json") == decision
+    pred, ref = _case()
+    assert np.array_equal(apply_postprocessing(pred, decision) == 1, ref == 1)
+    assert np.array_equal(apply_postprocessing(pred, None), pred)
+
+
+def test_no_validation_predictions_no_decision(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    assert determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver"}) is None
+    assert not (tmp_path / "model" / "postprocessing.json").exists()
