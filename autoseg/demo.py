@@ -1,9 +1,10 @@
 """``make demo``: the whole workflow on the embedded synthetic task, in one folder.
 
 Writes a Task08-like phantom task, plans and preprocesses it (for 0.4 s training steps, so each
-fold gets a few hundred steps), trains the five folds for two minutes each, predicts the two
-held-out phantoms with the five-fold ensemble (label maps, reports, overlays) and prints their Dice
-against the phantom's labels. Everything stays in ``--workdir`` to be opened afterwards.
+fold gets a few hundred steps), trains the five folds for two minutes each, prints the
+cross-validation table and decides the post-processing (``find_best``), predicts the two held-out
+phantoms with the five-fold ensemble (label maps, reports, overlays) and prints their Dice against
+the phantom's labels. Everything stays in ``--workdir`` to be opened afterwards.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def run(workdir: Path, num_training: int, fold_budget: str, train: bool) -> int:
     predictions = workdir / "predictions"
     if train:
         steps.append(["train", "-d", "Task08", "--time-budget", fold_budget, "--iterations", "50"])
+        steps.append(["find_best", "-d", "Task08"])  # cross-validation table and post-processing
         steps.append(["predict", "-i", str(env["AUTOSEG_RAW"] / "Task08_HepaticVessel" / "imagesTs"),
                       "-o", str(predictions), "-d", "Task08", "--overlays"])
     for argv in steps:
