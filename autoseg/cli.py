@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from autoseg.errors import AutosegError, ConfigurationError
+from autoseg.precision import PRECISIONS
 from autoseg.serve.command import add_serve_parser
 from autoseg.settings import Settings
 
@@ -49,6 +50,9 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
                    help="CPU: also time the chosen plan for real and adjust it (depends on machine load)")
     p.add_argument("--recalibrate", action="store_true",
                    help="CPU: measure this machine again instead of using its cached calibration")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast the plan is timed and trained in (default auto: fp16 on CUDA, bf16 on "
+                        "CPUs with native bf16 instructions, else fp32)")
     p.add_argument("--network", default="arunet", help="network from the registry (default: arunet)")
     p.add_argument("--features", type=int, choices=(8, 16), default=None,
                    help="base features (default: chosen by the budget)")
@@ -71,7 +75,7 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     options = PlannerOptions(
         device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,
         network=args.network, base_features=args.features, hu_window=tuple(args.hu_window),
-        cpu_gflops=args.cpu_gflops, verify=args.verify, seed=args.seed,
+        cpu_gflops=args.cpu_gflops, verify=args.verify, seed=args.seed, precision=args.precision,
         calibration_cache=settings.preprocessed / "cpu_calibration.json")
     if args.recalibrate:
         (settings.preprocessed / "cpu_calibration.json").unlink(missing_ok=True)
@@ -154,6 +158,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="retrain folds that already finished")
     p.add_argument("-j", "--workers", type=int, default=1, help="augmentation worker processes (default: 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (long GPU runs)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast of the network's arithmetic (default: planned; auto: fp16 on CUDA, bf16 "
+                        "on CPUs with native bf16 instructions, else fp32)")
     scale = p.add_argument_group("scaling out")
     scale.add_argument("--gpus", type=int, default=None, metavar="N",
                        help="data-parallel training of each fold on N GPUs of this machine (runs torchrun)")
@@ -175,7 +182,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         return launch_torchrun(args.gpus, args.argv)
     req = TrainRequest(dataset=args.dataset, folds=_parse_folds(args.fold), network=args.network,
                        recipe=args.recipe, loss=args.loss, epochs=args.epochs,
-                       iterations_per_epoch=args.iterations, time_budget_s=args.time_budget, force=args.force)
+                       iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
+                       precision=args.precision, force=args.force)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",
@@ -239,6 +247,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="arithmetic of the forward passes (default auto: fp16 on CUDA, bf16 on CPUs with "
+                        "native bf16 instructions, else fp32; docs/inference.md)")
     p.add_argument("--save-probabilities", action="store_true", help="also write softmax probabilities")
     p.add_argument("--overlays", action="store_true", help="write PNG slices with the labels over the CT")
     p.set_defaults(func=_cmd_predict)
@@ -263,6 +274,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.inference.model import open_model
     from autoseg.inference.postprocessing import load_postprocessing
     from autoseg.inference.predictor import PredictOptions, predict
+    from autoseg.precision import resolve_precision
     from autoseg.training.loop import configure_threads
 
     configure_threads(args.device)
@@ -272,6 +284,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         roi_path = Path(args.roi_model)
         roi = open_model(roi_path if roi_path.exists() else _trained_model_folder(args.roi_model, None, settings))
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap,
+                             precision=resolve_precision(args.precision, args.device),
                              save_probabilities=args.save_probabilities, overlays=args.overlays,
                              roi_model=roi, roi_margin_mm=args.roi_margin_mm,
                              postprocessing=None if args.no_postprocessing else load_postprocessing(model))
@@ -366,10 +379,16 @@ def _add_find_best_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_find_best(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.inference.crossval import (choose_best, format_cv_table, results_dataset_dir, summarize,
-                                            write_best)
+                                            write_best, write_cv_summary)
+    from autoseg.inference.ensembles import build_ensembles
 
     dataset_dir = results_dataset_dir(args.dataset, settings)
     summary = summarize(dataset_dir)
+    ensembles = build_ensembles(dataset_dir, settings.preprocessed, summary)
+    if ensembles:
+        print(f"scored {len(ensembles)} ensemble(s) of networks: {', '.join(ensembles)}")
+        summary = summarize(dataset_dir)
+    write_cv_summary(dataset_dir, summary)  # the table below, ensembles included
     best = choose_best(summary)
     path = write_best(dataset_dir, best)
     print(format_cv_table(summary))
@@ -388,10 +407,10 @@ EPILOG_EXPORT = """examples:
 
 
 def _decide_postprocessing(model_dir: Path, settings: Settings) -> None:
+    from autoseg.inference.ensembles import plans_of
     from autoseg.inference.postprocessing import determine_postprocessing
-    from autoseg.plans import Plans
 
-    plans = Plans.load(model_dir / "plans.json")
+    plans = plans_of(model_dir)
     data = settings.preprocessed / plans.dataset_name / "data"
     decision = determine_postprocessing(model_dir, data, {int(k): v for k, v in plans.labels.items()})
     if decision is None:
@@ -417,10 +436,18 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.errors import AutosegError
+    from autoseg.inference.ensembles import MANIFEST, is_ensemble_folder
     from autoseg.inference.export import export_archive, export_onnx
     from autoseg.inference.model import TrainedModel
+    from autoseg.io import read_json
 
-    model = TrainedModel.open(_model_folder(args, settings), tuple(args.folds) if args.folds else None,
+    folder = _model_folder(args, settings)
+    if is_ensemble_folder(folder):
+        members = read_json(folder / MANIFEST).get("members")
+        raise AutosegError(f"this is an ensemble of {members}; export writes one network", folder,
+                           f"export each member with --network NAME (e.g. --network {members[0]})")
+    model = TrainedModel.open(folder, tuple(args.folds) if args.folds else None,
                               args.checkpoint)
     out = export_onnx(model, args.output) if args.onnx else export_archive(model, args.output)
     print(f"exported folds {sorted(model.checkpoints)} of {model.folder} to {out}")

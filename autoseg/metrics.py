@@ -31,3 +31,18 @@ def mean_foreground(scores: dict[int, float]) -> float:
     """Mean over foreground classes, ignoring NaN (class absent in both); NaN if all absent."""
     values = [v for k, v in scores.items() if k != 0 and not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
+
+
+def mean_present(values: list[float | None]) -> float | None:
+    """Mean of the values that are neither None nor NaN; None when there are none."""
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(present)) if present else None
+
+
+def case_dice(pred: np.ndarray, ref: np.ndarray, names: dict[int, str]) -> dict[str, float | None]:
+    """Dice of each named foreground class and their mean (``mean_foreground``); None, not NaN, for
+    a class absent from both, so the result is JSON."""
+    scores = dice_per_class(pred, ref, sorted(names))
+    out: dict[str, float | None] = {names[k]: mean_present([v]) for k, v in scores.items()}
+    out["mean_foreground"] = mean_present([mean_foreground(scores)])
+    return out

@@ -17,6 +17,7 @@ from typing import Any
 
 from autoseg.errors import PlansError
 from autoseg.io import write_json
+from autoseg.precision import PRECISIONS
 
 PLANS_VERSION = 1
 
@@ -88,6 +89,9 @@ class Recipe:
     plateau_patience: int = 3
     early_stop_patience: int = 0  # 0: never stop early
     time_budget_s: float | None = None  # when set, the schedule follows wall time, not epochs
+    #: Autocast of the network's arithmetic (autoseg.precision): the planner writes what it timed,
+    #: fp16 for CUDA plans, bf16 on CPUs with native bf16 instructions, else fp32.
+    precision: str = "auto"
 
 
 RECIPES: dict[str, Recipe] = {
@@ -157,6 +161,8 @@ class Plans:
                 out.append(f"ct normalisation needs window low < high and std > 0, got {n}")
         if 0 not in self.labels:
             out.append("labels must include 0 (background)")
+        if self.recipe.precision not in PRECISIONS:
+            out.append(f"recipe.precision '{self.recipe.precision}' is not one of {', '.join(PRECISIONS)}")
         return out
 
     @property

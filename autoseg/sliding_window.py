@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from functools import lru_cache
 
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+from autoseg.precision import autocast, resolve_precision
 
 
 @lru_cache(maxsize=8)
@@ -50,8 +53,15 @@ def pad_to_patch(data: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, 
 @torch.no_grad()
 def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tuple[int, ...],
                            num_classes: int, overlap: float = 0.5, batch_size: int = 2,
-                           mirror_axes: tuple[int, ...] = (), device: str = "cpu") -> np.ndarray:
-    """Softmax probabilities (K, *spatial) float32 for ``data`` (C, *spatial)."""
+                           mirror_axes: tuple[int, ...] = (), device: str = "cpu",
+                           timings: dict[str, float] | None = None, precision: str = "auto") -> np.ndarray:
+    """Softmax probabilities (K, *spatial) float32 for ``data`` (C, *spatial).
+
+    ``precision`` is the autocast of the forward passes (``autoseg.precision``; ``auto``: fp16 on
+    CUDA, bf16 on CPUs with native bf16, else fp32); the softmax and the accumulation are fp32.
+    ``timings``, if given, gets the seconds spent in the network's forward passes added under
+    ``"forward"`` (the floor of prediction time; everything else is overhead)."""
+    precision = resolve_precision(precision, device)
     padded, unpad = pad_to_patch(data.astype(np.float32, copy=False), patch)
     spatial = padded.shape[1:]
     probs = np.zeros((num_classes, *spatial), dtype=np.float32)
@@ -60,13 +70,15 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     gauss_t = torch.from_numpy(gauss).to(device)
     tiles = [tuple(slice(s, s + p) for s, p in zip(start, patch))
              for start in itertools.product(*tile_starts(spatial, patch, overlap))]
-    amp = device.startswith("cuda")
     for i in range(0, len(tiles), batch_size):
         chunk = tiles[i:i + batch_size]
         x = torch.from_numpy(np.stack([padded[(slice(None), *t)] for t in chunk])).to(device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        t0 = time.perf_counter()
+        with autocast(device, precision):
             out = _mirrored_softmax(network, x, mirror_axes)
         out = (out * gauss_t).float().cpu().numpy()
+        if timings is not None:
+            timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t0
         for t, o in zip(chunk, out):
             probs[(slice(None), *t)] += o
             weights[t] += gauss

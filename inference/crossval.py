@@ -4,20 +4,19 @@ find_best`` and which network ``autoseg predict -d`` uses.
 Reads what fold validation writes, ``$AUTOSEG_RESULTS/<dataset>/<network>/fold_K/validation/
 summary.json`` (per-case Dice of each foreground class on the fold's held-out cases), and each
 network folder's ``plans.json`` for its recipe. Writes ``<dataset>/cv_summary.json`` and
-``<dataset>/best.json``. One network is chosen; ensembles of several networks are not built.
+``<dataset>/best.json``. Ensembles of networks (``inference/ensembles.py``) are folders beside the
+networks with the same validation files, so they are listed and chosen like networks.
 """
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from autoseg.datasets import resolve_dataset_path
 from autoseg.errors import AutosegError, EvaluationError
 from autoseg.io import read_json, write_json
+from autoseg.metrics import mean_present
 from autoseg.settings import Settings
 from autoseg.training.splits import NUM_FOLDS
 
@@ -56,18 +55,16 @@ def _fold_summary(path: Path) -> dict[str, Any]:
 
 
 def _recipe_name(network_dir: Path) -> str | None:
+    from autoseg.inference.ensembles import is_ensemble_folder
     from autoseg.plans import Plans
 
+    if is_ensemble_folder(network_dir):
+        return "ensemble"
     try:
         return Plans.load(network_dir / "plans.json").recipe.name
     except AutosegError as exc:
         log.warning("%s: recipe unknown (%s)", network_dir, str(exc).splitlines()[0])
         return None
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(present)) if present else None
 
 
 def summarize_network(network_dir: Path) -> dict[str, Any] | None:
@@ -82,9 +79,9 @@ def summarize_network(network_dir: Path) -> dict[str, Any] | None:
         return None
     classes = list(dict.fromkeys(name for s in folds.values() for name in s["mean_dice"]))
     cases = [scores for s in folds.values() for scores in s["cases"].values()]
-    mean_dice = {name: _mean([c.get(name) for c in cases]) for name in classes}
+    mean_dice = {name: mean_present([c.get(name) for c in cases]) for name in classes}
     return {"recipe": _recipe_name(network_dir), "folds": sorted(folds), "num_cases": len(cases),
-            "mean_dice": mean_dice, "mean_foreground_dice": _mean(list(mean_dice.values())),
+            "mean_dice": mean_dice, "mean_foreground_dice": mean_present(list(mean_dice.values())),
             "fold_mean_foreground_dice": {str(f): s.get("mean_foreground_dice") for f, s in folds.items()}}
 
 
@@ -167,7 +164,8 @@ def format_cv_table(summary: dict[str, Any]) -> str:
     """Text table: one row per network with per-class and mean foreground Dice."""
     networks = summary["networks"]
     classes = list(dict.fromkeys(c for n in networks.values() for c in n["mean_dice"]))
-    head = f"{'network':<14}{'recipe':<14}{'folds':<11}{'cases':>6}" + "".join(f"{c[:11]:>12}" for c in classes)
+    width = max(14, *(len(name) + 2 for name in networks))
+    head = f"{'network':<{width}}{'recipe':<14}{'folds':<11}{'cases':>6}" + "".join(f"{c[:11]:>12}" for c in classes)
     head += f"{'mean fg':>10}"
     lines = [head, "-" * len(head)]
     for name, n in networks.items():
@@ -175,5 +173,5 @@ def format_cv_table(summary: dict[str, Any]) -> str:
         widths = [12] * len(classes) + [10]
         text = "".join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths))
         folds = ",".join(str(f) for f in n["folds"])
-        lines.append(f"{name:<14}{str(n['recipe'] or '-'):<14}{folds:<11}{n['num_cases']:>6}{text}")
+        lines.append(f"{name:<{width}}{str(n['recipe'] or '-'):<14}{folds:<11}{n['num_cases']:>6}{text}")
     return "\n".join(lines)

@@ -125,6 +125,8 @@ class OnnxModel:
     folder: Path
     plans: Plans
     checkpoints: dict[int, Path]
+    #: ONNX Runtime computes in the exported graph's fp32 whatever autocast is asked for.
+    fixed_precision = "fp32"
 
     @classmethod
     def open(cls, folder: Path, folds: tuple[int, ...] | None = None) -> "OnnxModel":
@@ -141,7 +143,12 @@ class OnnxModel:
 
 
 def open_model(path: Path, folds: tuple[int, ...] | None = None, checkpoint: str = "final"):
-    """A training folder, an exported archive (``.zip``) or an ONNX export folder, by what ``path`` holds."""
+    """A training folder, an exported archive (``.zip``), an ONNX export folder or an ensemble folder
+    written by ``find_best``, by what ``path`` holds."""
+    from autoseg.inference.ensembles import EnsembleModel, is_ensemble_folder
+
+    if path.is_dir() and is_ensemble_folder(path):
+        return EnsembleModel.open(path, folds, checkpoint)
     if path.is_file():
         return ArchiveModel.open(path, folds)
     if path.is_dir() and any(path.glob("fold_*.onnx")):

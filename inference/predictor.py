@@ -18,6 +18,7 @@ from autoseg.errors import AutosegError, ImageReadError
 from autoseg.cropping import BBox, mask_bbox
 from autoseg.io import (Geometry, is_dicom_folder, read_case_images, strip_image_suffix, write_image,
                         write_json)
+from autoseg.precision import resolve_precision
 from autoseg.preprocessing import preprocess_case, resample_probabilities
 from autoseg.inference.model import AnyModel
 from autoseg.inference.postprocessing import apply_postprocessing
@@ -34,6 +35,8 @@ class PredictOptions:
     device: str = "cpu"
     tta: bool = False
     overlap: float = 0.5
+    #: Autocast of the forward passes (autoseg.precision): auto, fp32, bf16 or fp16.
+    precision: str = "auto"
     save_probabilities: bool = False
     overlays: bool = False
     #: A model (e.g. a liver model) whose foreground, grown by ``roi_margin_mm``, is the only region
@@ -82,15 +85,25 @@ def check_looks_like_ct(lo: float, hi: float, path: Path) -> None:
         log.warning("%s: no voxel below -500 HU (no air); is this CT in Hounsfield units?", path)
 
 
-def predict_probabilities(model: AnyModel, data: np.ndarray, options: PredictOptions) -> np.ndarray:
-    """Fold-averaged softmax on the preprocessed grid, one fold in memory at a time."""
+def predict_probabilities(model: AnyModel, data: np.ndarray, options: PredictOptions,
+                          timings: dict[str, float] | None = None) -> np.ndarray:
+    """Fold-averaged softmax on the preprocessed grid, one fold in memory at a time; for an ensemble
+    of networks, the mean of its members' fold averages."""
+    parts = getattr(model, "parts", None)
+    if parts is not None:
+        mean = predict_probabilities(parts[0], data, options, timings)
+        for part in parts[1:]:
+            mean += predict_probabilities(part, data, options, timings)
+        mean /= len(parts)
+        return mean
     plans = model.plans
     total: np.ndarray | None = None
     mirror = tuple(range(len(plans.patch_size))) if options.tta else ()
     for fold in sorted(model.checkpoints):
         net = model.network(fold, options.device)
         probs = predict_sliding_window(net, data, plans.patch_size, plans.num_classes, options.overlap,
-                                       plans.batch_size, mirror, options.device)
+                                       plans.batch_size, mirror, options.device, timings,
+                                       options.precision)
         del net
         if total is None:
             total = probs
@@ -113,16 +126,23 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
     if plans.is_ct:
         check_looks_like_ct(pre.properties["intensity_min"][0], pre.properties["intensity_max"][0], image_path)
     geometry = Geometry.from_dict(pre.properties["original_geometry"])
-    probs = predict_probabilities(model, pre.data, options)
+    t_pre = time.perf_counter()
+    timings: dict[str, float] = {}
+    probs = predict_probabilities(model, pre.data, options, timings)
+    t_net = time.perf_counter()
     labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, geometry),
                                   options.postprocessing)
     write_image(output / f"{name}.nii.gz", labels, geometry)
+    stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,
+              "network_forward": timings.get("forward", 0.0), "restore_and_write": time.perf_counter() - t_net}
     if options.save_probabilities:
         np.savez_compressed(output / f"{name}.probabilities.npz", probabilities=probs.astype(np.float16),
                             properties=np.array(str(pre.properties)))
     report = case_report(labels, geometry, {k: v for k, v in plans.labels.items() if k != 0},
                          time.perf_counter() - t0, sorted(model.checkpoints))
     report["input"] = str(image_path)
+    report["precision"] = getattr(model, "fixed_precision", None) or resolve_precision(options.precision, options.device)
+    report["stage_seconds"] = {k: round(v, 2) for k, v in stages.items()}  # networks' share: sliding_window
     report["region_shape"] = pre.properties["shape_after_resampling"]  # the grid the window slides over
     report["postprocessing"] = (options.postprocessing or {}).get("keep_largest_component", [])
     if roi_report is not None:

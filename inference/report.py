@@ -8,29 +8,29 @@ import numpy as np
 
 from autoseg.io import Geometry, atomic_path
 
+#: Lesions listed one by one in a report (largest first); all are counted. A poorly trained model
+#: can predict hundreds of thousands of specks, and listing each made report.json hundreds of MB.
+MAX_LISTED_LESIONS = 100
 
-def lesion_table(mask: np.ndarray, spacing_zyx: tuple[float, ...]) -> list[dict[str, float]]:
-    """Connected components of ``mask`` with volume (mL) and largest in-plane extent (mm)."""
+
+def lesion_table(mask: np.ndarray, spacing_zyx: tuple[float, ...],
+                 limit: int | None = MAX_LISTED_LESIONS) -> tuple[int, list[dict[str, Any]]]:
+    """Number of 26-connected components of ``mask`` and the ``limit`` largest, each with its volume
+    (mL), voxel count and bounding-box extent (mm)."""
     import cc3d
 
-    labelled = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+    labelled = cc3d.connected_components(mask.astype(np.uint8, copy=False), connectivity=26)
+    stats = cc3d.statistics(labelled)
+    counts = np.asarray(stats["voxel_counts"])[1:]
+    boxes = stats["bounding_boxes"][1:]
+    order = np.argsort(-counts, kind="stable")[:limit]
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    out = []
-    for comp, bbox in enumerate(_bboxes(labelled), start=1):
-        if bbox is None:
-            continue
-        region = labelled[bbox] == comp
-        n = int(region.sum())
-        extent = [(s.stop - s.start) * sp for s, sp in zip(bbox, spacing_zyx)]
-        out.append({"volume_ml": round(n * voxel_ml, 4), "voxels": n,
-                    "extent_mm": [round(e, 1) for e in extent]})
-    return sorted(out, key=lambda r: -r["volume_ml"])
-
-
-def _bboxes(labelled: np.ndarray) -> list[tuple[slice, ...] | None]:
-    from scipy import ndimage
-
-    return ndimage.find_objects(labelled)
+    table = []
+    for idx in order:
+        extent = [(s.stop - s.start) * sp for s, sp in zip(boxes[idx], spacing_zyx)]
+        table.append({"volume_ml": round(int(counts[idx]) * voxel_ml, 4), "voxels": int(counts[idx]),
+                      "extent_mm": [round(e, 1) for e in extent]})
+    return int(np.count_nonzero(counts)), table
 
 
 def case_report(labels: np.ndarray, geometry: Geometry, class_names: dict[int, str],
@@ -45,8 +45,9 @@ def case_report(labels: np.ndarray, geometry: Geometry, class_names: dict[int, s
         "folds": folds, "seconds": round(seconds, 2)}
     for k, name in class_names.items():
         if "tumo" in name.lower() or "lesion" in name.lower() or "cancer" in name.lower():
-            lesions = lesion_table(labels == k, spacing)
-            report["tumours"] = {"count": len(lesions), "lesions": lesions}
+            count, lesions = lesion_table(labels == k, spacing)
+            report["tumours"] = {"count": count, "lesions": lesions,
+                                 "listed": f"the {len(lesions)} largest" if count > len(lesions) else "all"}
         if "vessel" in name.lower():
             report["vessel_volume_ml"] = report["volumes_ml"][name]
     return report

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from autoseg.io import read_json, write_json
 from autoseg.networks import build_network
+from autoseg.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ def training_flops(name: str, kwargs: dict, in_channels: int, num_classes: int,
 
 def measure_step_seconds(name: str, kwargs: dict, in_channels: int, num_classes: int,
                          patch_size: tuple[int, ...], batch_size: int, repeats: int = 3,
-                         device: str = "cpu") -> float:
-    """Fastest of ``repeats`` real training steps (forward, backward, SGD update) after a warm-up.
+                         device: str = "cpu", precision: str = "fp32") -> float:
+    """Fastest of ``repeats`` real training steps (forward, backward, SGD update) after a warm-up,
+    the forward pass under ``precision``'s autocast as training runs it.
 
     The minimum, not the median: other processes on the machine only ever add time, so the fastest
     step is the best estimate of what the plan costs on an idle machine."""
@@ -66,8 +68,9 @@ def measure_step_seconds(name: str, kwargs: dict, in_channels: int, num_classes:
     for i in range(repeats + 1):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        out = net(x)
-        outs = out if isinstance(out, (list, tuple)) else [out]
+        with autocast(device, precision):
+            out = net(x)
+        outs = [o.float() for o in out] if isinstance(out, (list, tuple)) else [out.float()]
         loss = sum(torch.nn.functional.cross_entropy(o, torch.nn.functional.interpolate(
             y[:, None].float(), size=o.shape[2:]).squeeze(1).long()) for o in outs)
         loss.backward()
@@ -95,19 +98,22 @@ class CpuTimeModel:
                 f"({self.source})")
 
 
-def machine_key(network: str) -> str:
-    """What a calibration depends on: processor, core count, threads, torch version, network."""
+def machine_key(network: str, precision: str = "fp32") -> str:
+    """What a calibration depends on: processor, core count, threads, torch version, network and
+    the precision the steps run in."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{network}|v{CALIBRATION_VERSION}"
+    key = f"{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{network}|v{CALIBRATION_VERSION}"
+    return key if precision == "fp32" else f"{key}|{precision}"  # fp32 keys as before, caches stay valid
 
 
-def _measure_points(points: list[tuple[str, dict, int, int, tuple[int, ...], int]]) -> list[tuple[int, float]]:
-    return [(training_flops(*p), measure_step_seconds(*p)) for p in points]
+def _measure_points(points: list[tuple[str, dict, int, int, tuple[int, ...], int]],
+                    precision: str = "fp32") -> list[tuple[int, float]]:
+    return [(training_flops(*p), measure_step_seconds(*p, precision=precision)) for p in points]
 
 
 def _cpu_snapshot() -> tuple[float, float, float] | None:
@@ -134,17 +140,19 @@ def _others_cores(before: tuple[float, float, float] | None, after: tuple[float,
 
 
 def calibrate(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], cache: Path | None,
-              network: str) -> CpuTimeModel:
-    """Fit the time model to real steps of ``points``, reusing a cached fit for this machine."""
-    key = machine_key(network)
+              network: str, precision: str = "fp32") -> CpuTimeModel:
+    """Fit the time model to real steps of ``points`` in ``precision``, reusing a cached fit for
+    this machine."""
+    key = machine_key(network, precision)
     if cache is not None and cache.is_file():
         entry = read_json(cache).get(key)
         if entry:
-            return CpuTimeModel(entry["flops_per_s"], entry["overhead_s"], f"calibrated {entry['date']}, cached in {cache}")
+            return CpuTimeModel(entry["flops_per_s"], entry["overhead_s"],
+                                f"{precision}, calibrated {entry['date']}, cached in {cache}")
     before = _cpu_snapshot()
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:  # a fresh process: its memory goes back to the system when it ends
-        measured = pool.apply(_measure_points, (points,))
+        measured = pool.apply(_measure_points, (points, precision))
     others = _others_cores(before, _cpu_snapshot())
     busy = others > 0.25 * (os.cpu_count() or 1)
     (f1, t1), (f2, t2) = measured
@@ -158,9 +166,9 @@ def calibrate(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], ca
                     "smaller than this machine can do; the calibration is not cached, re-plan with "
                     "--force when the machine is idle", others, os.cpu_count() or 1)
     if cache is None or busy:
-        return CpuTimeModel(rate, overhead, f"calibrated {date}" + (" on a busy machine" if busy else ""))
+        return CpuTimeModel(rate, overhead, f"{precision}, calibrated {date}" + (" on a busy machine" if busy else ""))
     entries = read_json(cache) if cache.is_file() else {}
     entries[key] = {"flops_per_s": rate, "overhead_s": overhead, "date": date,
                     "points": [{"gflop": f / 1e9, "seconds": s} for f, s in measured]}
     write_json(cache, entries)
-    return CpuTimeModel(rate, overhead, f"calibrated {date}, cached in {cache}")
+    return CpuTimeModel(rate, overhead, f"{precision}, calibrated {date}, cached in {cache}")

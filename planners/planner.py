@@ -23,6 +23,7 @@ from autoseg.networks import default_network_kwargs, estimate_training_memory, n
 from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, RECIPES, Estimates, NetworkPlan,
                            Normalisation, Plans, Resampling)
 from autoseg.planners.topology import Topology, plan_topology
+from autoseg.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class PlannerOptions:
     max_stages: int = 6
     seed: int = 12345
     deep_supervision: bool = True
+    precision: str = "auto"  # autoseg.precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16
     extra_notes: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -139,6 +141,7 @@ class Pricer:
         self.in_channels = len(fingerprint["channel_names"])
         self.num_classes = max(int(k) for k in fingerprint["labels"]) + 1
         self.time_model: Any = None
+        self.precision = resolve_precision(options.precision, options.device)
         if options.device == "cuda":
             usable = options.gpu_memory_gb * 1024**3 - GPU_RESERVED_BYTES
             self.memory_budget = int(max(usable, 0.25 * options.gpu_memory_gb * 1024**3))
@@ -270,7 +273,7 @@ def _calibrate(pricer: Pricer) -> str:
         cand = pricer.candidate(plan_topology(patch, (1.0, 1.0, 1.0), opts.max_stages), 8, MIN_BATCH)
         points.append((opts.network, cand.network_kwargs, pricer.in_channels, pricer.num_classes,
                        cand.topology.patch_size, MIN_BATCH))
-    pricer.time_model = calibrate(points, opts.calibration_cache, opts.network)
+    pricer.time_model = calibrate(points, opts.calibration_cache, opts.network, pricer.precision)
     return pricer.time_model.describe()
 
 
@@ -285,7 +288,8 @@ def _verify_cpu(pricer: Pricer, cand: Candidate, median_shape: tuple[int, ...],
     target = pricer.options.step_time_target_s
     for _ in range(VERIFY_ROUNDS + 1):
         measured = measure_step_seconds(pricer.options.network, cand.network_kwargs, pricer.in_channels,
-                                        pricer.num_classes, cand.topology.patch_size, cand.batch_size)
+                                        pricer.num_classes, cand.topology.patch_size, cand.batch_size,
+                                        precision=pricer.precision)
         notes.append(f"measured {measured:.2f} s/step at patch {cand.topology.patch_size}")
         log.info("plan: %s", notes[-1])
         cand.step_time_s = measured
@@ -346,6 +350,6 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
         resampling=Resampling(),
         recipe=dataclasses.replace(
             RECIPES[CPU_DEFAULT_RECIPE if options.device == "cpu" else GPU_DEFAULT_RECIPE],
-            deep_supervision=options.deep_supervision),
+            deep_supervision=options.deep_supervision, precision=pricer.precision),
         seed=options.seed,
     )

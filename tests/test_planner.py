@@ -9,6 +9,7 @@ import pytest
 from autoseg.errors import PlansError
 from autoseg.planners import planner as planner_mod
 from autoseg.planners.cost import measure_step_seconds
+from autoseg.precision import resolve_precision
 from autoseg.planners.planner import PlannerOptions, plan, target_spacing
 
 
@@ -82,7 +83,9 @@ def test_real_cpu_plan_trains_within_two_seconds_per_step(tmp_path: Path) -> Non
     """On this machine, the calibrated CPU plan's real training step takes at most 2 s."""
     p = plan(fingerprint(), PlannerOptions(device="cpu", calibration_cache=tmp_path / "cal.json"))
     assert (tmp_path / "cal.json").is_file()
-    seconds = measure_step_seconds(p.network.name, p.network.kwargs, 1, 3, p.patch_size, p.batch_size)
+    seconds = measure_step_seconds(p.network.name, p.network.kwargs, 1, 3, p.patch_size, p.batch_size,
+                                   precision=p.recipe.precision)
+    assert p.recipe.precision == resolve_precision("auto", "cpu")  # what was timed is what trains
     assert seconds <= 2.0, (p.patch_size, seconds, p.estimates.notes)
     again = plan(fingerprint(), PlannerOptions(device="cpu", calibration_cache=tmp_path / "cal.json"))
     assert again == p  # the cached calibration makes the plan reproducible on this machine

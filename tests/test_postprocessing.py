@@ -61,3 +61,17 @@ def test_no_validation_predictions_no_decision(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     assert determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver"}) is None
     assert not (tmp_path / "model" / "postprocessing.json").exists()
+
+
+def test_lesion_table_counts_all_and_lists_the_largest() -> None:
+    from autoseg.inference.report import lesion_table
+
+    mask = np.zeros((8, 20, 20), bool)
+    mask[1:3, 1:4, 2:5] = True  # 18 voxels, 2x3x3
+    mask[5:7, 10:15, 10:12] = True  # 20 voxels
+    for i in range(0, 20, 4):  # 5 single-voxel specks, apart from each other and the blobs
+        mask[7, 18, i] = True
+    count, table = lesion_table(mask, (2.0, 1.0, 0.5), limit=3)
+    assert count == 7 and [r["voxels"] for r in table] == [20, 18, 1]
+    assert table[0]["extent_mm"] == [4.0, 5.0, 1.0] and table[1]["volume_ml"] == round(18 * 1e-3, 4)
+    assert lesion_table(np.zeros((3, 3, 3), bool), (1.0, 1.0, 1.0)) == (0, [])

@@ -18,7 +18,7 @@ def pointwise_net() -> torch.nn.Module:
 def test_matches_whole_volume_forward_for_a_pointwise_network(shape) -> None:
     data = np.random.default_rng(1).normal(size=(1, *shape)).astype(np.float32)
     net = pointwise_net()
-    probs = predict_sliding_window(net, data, (8, 16, 16), 3, overlap=0.5, batch_size=3)
+    probs = predict_sliding_window(net, data, (8, 16, 16), 3, overlap=0.5, batch_size=3, precision="fp32")
     with torch.no_grad():
         whole = torch.softmax(net(torch.from_numpy(data)[None]), 1)[0].numpy()
     assert probs.shape == (3, *shape)
@@ -28,8 +28,8 @@ def test_matches_whole_volume_forward_for_a_pointwise_network(shape) -> None:
 def test_mirroring_of_a_pointwise_network_changes_nothing() -> None:
     data = np.random.default_rng(2).normal(size=(1, 10, 20, 20)).astype(np.float32)
     net = pointwise_net()
-    a = predict_sliding_window(net, data, (8, 16, 16), 3)
-    b = predict_sliding_window(net, data, (8, 16, 16), 3, mirror_axes=(0, 1, 2))
+    a = predict_sliding_window(net, data, (8, 16, 16), 3, precision="fp32")
+    b = predict_sliding_window(net, data, (8, 16, 16), 3, mirror_axes=(0, 1, 2), precision="fp32")
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 

@@ -158,6 +158,10 @@ def test_predict_writes_labels_on_input_grid_and_reports(env: Path) -> None:
     assert set(np.unique(pred)) <= {0, 1, 2}
     report = read_json(out / f"{name}.report.json")
     assert set(report["volumes_ml"]) == {"vessel", "tumour"} and report["folds"] == [0, 1]
+    stages = report["stage_seconds"]
+    assert 0 < stages["network_forward"] <= stages["sliding_window"] <= report["seconds"]
+    tumours = report["tumours"]
+    assert len(tumours["lesions"]) == min(tumours["count"], 100)
     assert report["overlays"] and (out / report["overlays"][0]).read_bytes()[:4] == b"\x89PNG"
     assert read_json(out / "report.json")["cases"][0]["input"] == str(case)
 
@@ -193,8 +197,9 @@ def test_export_archive_and_onnx_predict_like_the_training_folder(env: Path, tmp
     for name, source in (("folder", ["-d", "8"]), ("zip", ["-m", str(archive)]), ("onnx", ["-m", str(onnx_dir)])):
         outputs[name] = tmp_path / f"pred_{name}"
         assert main(["predict", "-i", str(images), "-o", str(outputs[name]), *source, "-f", "0",
-                     "--save-probabilities"]) == 0
+                     "--save-probabilities", "--precision", "fp32"]) == 0  # ONNX Runtime computes in fp32
     reference = _probabilities(outputs["folder"])
+    assert read_json(outputs["onnx"] / "report.json")["cases"][0]["precision"] == "fp32"
     assert np.array_equal(_probabilities(outputs["zip"]), reference)
     assert np.abs(_probabilities(outputs["onnx"]) - reference).max() < 2e-3  # float16 storage
     # a damaged archive is caught by its checksums, not loaded
@@ -225,3 +230,59 @@ def test_find_best_decides_post_processing_that_predict_applies(env: Path, tmp_p
     assert main(["predict", "-i", str(images), "-o", str(tmp_path / "p"), "-d", "8", "-f", "0"]) == 0
     report = read_json(tmp_path / "p" / "report.json")["cases"][0]
     assert report["postprocessing"] == decision["keep_largest_component"]
+
+
+def test_find_best_scores_ensembles_of_networks_and_predict_runs_them(env: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from autoseg.inference.ensembles import ensemble_name
+
+    for network in ("arunet", "plain_unet"):
+        for f in range(5):
+            fold = env / "res" / "Task08_HepaticVessel" / network / f"fold_{f}"
+            if not (fold / "validation" / "summary.json").is_file():
+                assert main(["train", "-d", "8", "-f", str(f), "--network", network, *TINY, "--force"]) == 0
+    assert main(["find_best", "-d", "8"]) == 0
+    dataset = env / "res" / "Task08_HepaticVessel"
+    ens = dataset / ensemble_name(["arunet", "plain_unet"])
+    assert read_json(ens / "ensemble.json")["members"] == ["arunet", "plain_unet"]
+    cv = read_json(dataset / "cv_summary.json")["networks"]
+    assert cv[ens.name]["folds"] == [0, 1, 2, 3, 4] and cv[ens.name]["recipe"] == "ensemble"
+    best = read_json(dataset / "best.json")
+    assert best["mean_foreground_dice"] == max(c["mean_foreground_dice"] for c in best["candidates"].values())
+    # the ensemble's CV score of a case is the Dice of the averaged member probabilities
+    summary = read_json(ens / "fold_0" / "validation" / "summary.json")
+    case, scores = next(iter(summary["cases"].items()))
+    probs = [np.load(dataset / n / "fold_0" / "validation" / f"{case}.pred.npz")["probabilities"].astype(np.float32)
+             for n in ("arunet", "plain_unet")]
+    pred = ((probs[0] + probs[1]) / 2).argmax(0)
+    ref = np.load(env / "pre" / "Task08_HepaticVessel" / "data" / f"{case}.npy")[-1].round()
+    for k, name in ((1, "vessel"), (2, "tumour")):
+        denom = (pred == k).sum() + (ref == k).sum()
+        expected = None if denom == 0 else 2 * ((pred == k) & (ref == k)).sum() / denom
+        assert scores[name] == pytest.approx(expected) if expected is not None else scores[name] is None
+    # predict with the ensemble folder: both networks' folds, labels on the input grid
+    images = env / "raw" / "Task08_HepaticVessel" / "imagesTs"
+    out = tmp_path / "ens"
+    assert main(["predict", "-i", str(images), "-o", str(out), "-m", str(ens), "-f", "0", "1"]) == 0
+    case_image = sorted(images.iterdir())[0]
+    pred_img, geom = read_label(out / case_image.name)
+    assert geom.same_grid(read_label(case_image)[1]) and set(np.unique(pred_img)) <= {0, 1, 2}
+    assert read_json(out / "report.json")["cases"][0]["folds"] == [0, 1]
+    capsys.readouterr()
+    assert main(["export", "-m", str(ens), "-o", str(tmp_path / "e.zip")]) == 2
+    assert "ensemble" in capsys.readouterr().err and not (tmp_path / "e.zip").exists()
+
+
+def test_train_precision_override_is_recorded_and_checked(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autoseg.precision import resolve_precision
+
+    planned = read_json(env / "pre" / "Task08_HepaticVessel" / "plans.json")["recipe"]["precision"]
+    assert planned == resolve_precision("auto", "cpu")  # the planner wrote a concrete precision
+    assert main(["train", "-d", "8", "-f", "0", "--network", "resenc_unet", "--precision", "fp32",
+                 *TINY, "--force"]) == 0
+    folder = env / "res" / "Task08_HepaticVessel" / "resenc_unet"
+    assert read_json(folder / "plans.json")["recipe"]["precision"] == "fp32"
+    assert np.isfinite([r["train_loss"] for r in map(json.loads, (folder / "fold_0" / "log.jsonl").read_text().splitlines())]).all()
+    capsys.readouterr()
+    assert main(["train", "-d", "8", "-f", "1", "--network", "resenc_unet", "--precision", "fp16", *TINY]) == 2
+    assert "fp16 autocast is for CUDA" in capsys.readouterr().err

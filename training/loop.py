@@ -18,6 +18,7 @@ from tqdm import tqdm
 from autoseg.metrics import dice_from_counts, mean_foreground
 from autoseg.networks import build_network
 from autoseg.plans import Plans
+from autoseg.precision import autocast, resolve_precision
 from autoseg.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from autoseg.training.data import CaseStore, make_train_stream, validation_patches
 from autoseg.training.distributed import DistContext
@@ -65,8 +66,8 @@ class FoldTrainer:
             self.model = torch.compile(self.model)
         self.loss = DeepSupervision(build_loss(self.recipe.loss))
         self.optimizer = build_optimizer(self.recipe, self.network.parameters())
-        self.amp = self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.precision = resolve_precision(self.recipe.precision, self.device.type)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.plateau = PlateauState(self.recipe.initial_lr)
         self.epochs_log: list[dict[str, Any]] = []
         self.epoch, self.steps, self.train_seconds, self.best = 0, 0, 0.0, -1.0
@@ -143,8 +144,9 @@ class FoldTrainer:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["seg"][:, 0].round().long().to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            loss = self.loss(self.model(data), target)
+        with autocast(self.device.type, self.precision):
+            out = self.model(data)
+        loss = self.loss(_as_float(out), target)  # the loss in fp32 whatever the autocast
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
@@ -163,7 +165,7 @@ class FoldTrainer:
             chunk = np.stack(patches[i:i + self.plans.batch_size])
             data = torch.from_numpy(chunk[:, :-1]).to(self.device)
             target = torch.from_numpy(chunk[:, -1]).round().long().to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            with autocast(self.device.type, self.precision):
                 out = self.network(data)
             out = out[0] if isinstance(out, (list, tuple)) else out
             losses.append(float(self.loss.loss(out.float(), target)))
@@ -201,7 +203,7 @@ class FoldTrainer:
         if self.dist.is_main and (self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop"))):
             if self.options.final_validation:
                 summary = validate_fold(self.network, self.plans, val_store, self.fold_dir / "validation",
-                                        str(self.device))
+                                        str(self.device), precision=self.precision)
             save_checkpoint(self.fold_dir / "checkpoint_final.pt", self._state())
         self.dist.barrier()
         record = dict(self.epochs_log[-1]) if self.epochs_log else {}
@@ -261,6 +263,12 @@ class FoldTrainer:
                         "using these cores; stop it, or set OMP_WAIT_POLICY=PASSIVE (avoids a 10x "
                         "slowdown when sharing cores, costs ~20%% on an idle machine)",
                         self.fold_dir.name, record["step_time_s"], record["step_time_s"] / estimate, estimate)
+
+
+def _as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]):
+    if isinstance(out, (list, tuple)):
+        return [o.float() for o in out]
+    return out.float()
 
 
 def configure_threads(device: str) -> None:

@@ -20,7 +20,7 @@ def recipe_named(name: str, base: Recipe | None = None) -> Recipe:
     if base is None:
         return preset
     keep = {f: getattr(base, f) for f in ("epochs", "iterations_per_epoch", "loss", "oversample_foreground",
-                                          "deep_supervision", "time_budget_s")}
+                                          "deep_supervision", "time_budget_s", "precision")}
     return dataclasses.replace(preset, **keep)
 
 

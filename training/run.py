@@ -15,6 +15,7 @@ from autoseg.datasets import resolve_dataset_path
 from autoseg.errors import AutosegError, ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, network_names
 from autoseg.plans import Plans
+from autoseg.precision import resolve_precision
 from autoseg.settings import Settings
 from autoseg.training.loop import FoldTrainer, TrainOptions, configure_threads
 from autoseg.training.recipes import recipe_named
@@ -35,6 +36,7 @@ class TrainRequest:
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     time_budget_s: float | None = None
+    precision: str | None = None
     force: bool = False
 
 
@@ -56,7 +58,8 @@ def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
     recipe = recipe_named(req.recipe, plans.recipe) if req.recipe else plans.recipe
     changes: dict[str, Any] = {}
     for field, value in (("loss", req.loss), ("epochs", req.epochs),
-                         ("iterations_per_epoch", req.iterations_per_epoch), ("time_budget_s", req.time_budget_s)):
+                         ("iterations_per_epoch", req.iterations_per_epoch), ("time_budget_s", req.time_budget_s),
+                         ("precision", req.precision)):
         if value is not None:
             changes[field] = value
     if req.loss is not None:
@@ -99,6 +102,7 @@ def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> lis
     """Check the request, write splits and the model's plans once, and list the folds still to train."""
     pre = preprocessed_dir(req.dataset, settings)
     plans = apply_overrides(Plans.load(pre / "plans.json"), req)
+    resolve_precision(plans.recipe.precision, options.device)  # refuse e.g. fp16 on a CPU before writing
     if any(f not in range(NUM_FOLDS) for f in req.folds):
         raise ConfigurationError(f"folds must be 0-{NUM_FOLDS - 1} or 'all', got {list(req.folds)}")
     cases = sorted(p.stem for p in (pre / "data").glob("*.npy"))
