@@ -1,12 +1,19 @@
-"""Prediction time and peak memory on one clinical-size CT on the CPU: one fold and the five folds.
+"""Prediction time and peak memory on one clinical-size CT on the CPU: one fold and the five folds,
+and nnU-Net v2's predictor on the same case.
 
-Run: ``.venv/bin/python benchmarks/bench_predict.py [--slices 100] [--work benchmarks/work/predict]``
+Run: ``.venv/bin/python benchmarks/bench_predict.py [--slices 100] [--nnunet] [--precision auto]``
 
 Writes a Task08 phantom of 512x512xN voxels at 0.8x0.8x2.5 mm (and four smaller training phantoms at
 the same spacing so the planner sees that spacing), plans it for this CPU (``plan_and_preprocess``),
 saves five randomly initialised folds of the planned network (time and memory do not depend on the
 weights) and times ``autoseg predict`` in a fresh process with one fold and with five, reporting
-wall time (process start included), the report's time for the case and peak resident memory.
+wall time (process start included), the report's time for the case and its stages, and peak memory:
+the process's own maximum resident set, and the summed resident set of its process tree sampled at
+10 Hz (the measure nnU-Net gets, whose predictor runs worker processes).
+
+``--nnunet`` also plans the same four training phantoms with nnU-Net v2 (its default 3d_fullres
+plan, ``benchmarks/setup_nnunet.sh`` first), writes randomly initialised folds of its network and
+times ``nnUNetv2_predict`` on the same case with one fold and no mirroring (``--disable_tta``).
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from bench_preprocess import run_measured
 
 from autoseg.io import write_image
 from autoseg.networks import build_network
@@ -52,37 +61,75 @@ def prepare(work: Path, slices: int) -> tuple[Path, Path]:
     return image, model
 
 
-def timed_predict(image: Path, model: Path, folds: list[int], out: Path) -> dict:
+def timed_predict(image: Path, model: Path, folds: list[int], out: Path, precision: str) -> dict:
     """Wall time and peak resident memory of ``autoseg predict`` in a fresh process."""
-    argv = ["predict", "-i", str(image), "-o", str(out), "-m", str(model), "-f", *map(str, folds)]
+    argv = ["predict", "-i", str(image), "-o", str(out), "-m", str(model), "-f", *map(str, folds),
+            "--precision", precision]
     code = ("import resource, sys\nfrom autoseg.cli import main\nrc = main(%r)\n"
             "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)" % argv)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    peak_kib = int(proc.stdout.split("MAXRSS_KIB")[1].split()[0])
+    run = run_measured("autoseg", [sys.executable, "-c", code], dict(os.environ), out.parent / f"{out.name}.log",
+                       {}, timeout=3600)
+    if run.returncode:
+        raise SystemExit(f"autoseg predict failed: see {out.parent / f'{out.name}.log'}")
+    log_text = (out.parent / f"{out.name}.log").read_text()
+    peak_kib = int(log_text.split("MAXRSS_KIB")[1].split()[0])
     report = json.loads((out / "report.json").read_text())["cases"][0]
-    return {"folds": len(folds), "wall_s": round(wall, 1), "predict_case_s": report["seconds"],
-            "peak_rss_gib": round(peak_kib / 2**20, 2)}
+    stages = report["stage_seconds"]
+    return {"tool": "autoseg", "folds": len(folds), "precision": report["precision"], "wall_s": run.wall_s,
+            "predict_case_s": report["seconds"], "stage_seconds": stages,
+            "outside_forward_share": round(1 - stages["network_forward"] / report["seconds"], 3),
+            "peak_rss_gib": round(peak_kib / 2**20, 2), "peak_rss_tree_gib": round(run.peak_rss_bytes / 2**30, 2)}
+
+
+def nnunet_predict(work: Path, image: Path) -> dict:
+    """nnU-Net v2's default plan for the same training phantoms, random weights, one fold, no TTA."""
+    import nnunet_tool as nn
+    from bench_preprocess import to_nnunet_raw
+
+    nn.require_venv()
+    root = work / "nnunet"
+    to_nnunet_raw(work / "raw" / "Task08_HepaticVessel", root / "raw")
+    cfg = nn.configuration(nn.plan(root))
+    model, params = nn.write_random_model(root, [0])
+    out = root / "out"
+    run = run_measured("nnunet", nn.predict_command(image.parent, out, [0]), nn.env(root), root / "predict.log",
+                       {}, timeout=3600)
+    if run.returncode:
+        raise SystemExit(f"nnUNetv2_predict failed: see {root / 'predict.log'}")
+    return {"tool": "nnunet", "folds": 1, "tta": False, "wall_s": run.wall_s,
+            "peak_rss_tree_gib": round(run.peak_rss_bytes / 2**30, 2), "plan": cfg, "parameters": params}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slices", type=int, default=100)
     p.add_argument("--work", type=Path, default=Path("benchmarks/work/predict"))
+    p.add_argument("--runs", type=int, nargs="+", default=[1, 5], help="fold counts to time (default: 1 5)")
+    p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "predict.json")
+    p.add_argument("--precision", default="auto", help="autoseg predict --precision (default: auto)")
+    p.add_argument("--nnunet", action="store_true", help="also time nnU-Net v2's predictor (one fold, no TTA)")
     args = p.parse_args()
+    args.work = args.work.resolve()  # the timed commands run in benchmarks/work
+    (Path(__file__).parent / "work").mkdir(exist_ok=True)
     image, model = prepare(args.work, args.slices)
     plans = Plans.load(model / "plans.json")
-    rows = [timed_predict(image, model, [0], args.work / "out1"),
-            timed_predict(image, model, [0, 1, 2, 3, 4], args.work / "out5")]
+    rows = [timed_predict(image, model, list(range(n)), args.work / f"out{n}", args.precision) for n in args.runs]
+    params = sum(t.numel() for t in torch.load(model / "fold_0" / "checkpoint_final.pt",
+                                               weights_only=True)["network"].values())
     result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "torch": torch.__version__,
               "case": f"512x512x{args.slices} at 0.8x0.8x2.5 mm", "patch": list(plans.patch_size),
               "target_spacing": list(plans.target_spacing), "network": plans.network.name,
-              "features": plans.network.kwargs["features_per_stage"], "runs": rows,
+              "features": plans.network.kwargs["features_per_stage"], "parameters": params, "runs": rows,
               "time": time.strftime("%Y-%m-%d %H:%M")}
+    if args.nnunet:
+        ref = nnunet_predict(args.work, image)
+        result["nnunet"] = ref
+        one = next((r for r in rows if r["folds"] == 1), None)
+        if one:
+            result["ratio_one_fold_wall"] = round(one["wall_s"] / ref["wall_s"], 3)
+            result["ratio_one_fold_peak_tree"] = round(one["peak_rss_tree_gib"] / ref["peak_rss_tree_gib"], 3)
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results" / "predict.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

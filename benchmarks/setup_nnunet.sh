@@ -18,9 +18,11 @@
 # 3. Only the runtime dependencies that plan_and_preprocess imports, found by running it on a tiny
 #    dataset and adding what failed to import: acvl-utils, batchgenerators(v2), SimpleITK, blosc2,
 #    numpy, scipy, scikit-image, scikit-learn, pandas, tqdm, einops and nibabel (imported by nnU-Net's
-#    reader/writer registry). nnunetv2's other declared dependencies (matplotlib, seaborn, graphviz,
-#    imagecodecs, yacs, requests) are for training plots, architecture drawing, TIFF codecs and
-#    model download, so they are left out; `pip check` therefore reports them missing: that is expected.
+#    reader/writer registry), plus matplotlib and seaborn, which nnU-Net's trainer module imports at
+#    the top (its training plots) and so do training and prediction (the predictor finds the
+#    trainer class by importing it). nnunetv2's other declared dependencies (graphviz, imagecodecs,
+#    yacs, requests) are for architecture drawing, TIFF codecs and model download, so they are left
+#    out; `pip check` therefore reports them missing: that is expected.
 #
 # The versions below are those the published figures in docs/benchmarks.md were measured with.
 # numpy/scipy/SimpleITK/blosc2 match autoseg's own .venv so that both tools run on the same kernels.
@@ -49,6 +51,8 @@ RUNTIME_DEPS=(
     "tqdm"
     "einops"
     "nibabel==5.4.2"
+    "matplotlib==3.11.2"
+    "seaborn==0.13.2"
 )
 
 "$PYTHON" -m venv "$VENV"
@@ -64,6 +68,8 @@ import importlib.metadata as md
 import nnunetv2.experiment_planning.plan_and_preprocess_api  # noqa: F401
 import nnunetv2.experiment_planning.experiment_planners.default_experiment_planner  # noqa: F401
 import nnunetv2.preprocessing.preprocessors.default_preprocessor  # noqa: F401
+import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401  (training and prediction)
+import nnunetv2.inference.predict_from_raw_data  # noqa: F401
 import torch
 for name in ("timm", "torchvision"):
     try:
