@@ -1,0 +1,395 @@
+"""The race: autoseg and nnU-Net v2 on the same synthetic task, the same machine and the same
+training budget, stage by stage.
+
+Run from the repository root (after ``bash benchmarks/setup_nnunet.sh``)::
+
+    .venv/bin/python benchmarks/race.py --budgets 20m 60m            # the table in docs/benchmarks.md
+    .venv/bin/python benchmarks/race.py --budgets 2m --test 2 -n 6   # a quick check of the harness
+    .venv/bin/python benchmarks/race.py --report                     # table and docs from race.json
+
+What runs, in this order, each in a fresh process tree (wall time and the peak of the tree's summed
+resident memory, sampled at 10 Hz):
+
+1. A Task08-like phantom task from autoseg's generator (``-n`` training cases and ``--test`` held-out
+   cases with their labels), linked into an nnU-Net raw dataset.
+2. Plan and preprocess: ``autoseg plan_and_preprocess -d 8`` (its CPU calibration included: a
+   first run on the machine) and ``nnUNetv2_plan_and_preprocess -d 8 -c 3d_fullres``, 2 workers each.
+3. nnU-Net's hand-shrunk plan, because its default plan barely trains on a CPU: its own planner run
+   again with small GPU-memory targets (``-gpu_memory_target`` 0.25 to 4 GB), the one whose patch
+   volume is closest to autoseg's planned patch kept, its base features set to autoseg's (8 or 16)
+   and batch 2: nnU-Net's topology, network and recipe at autoseg's per-step size. It reads the same
+   preprocessed data (same spacing).
+4. For every budget, fold 0 of the same split (nnU-Net's ``splits_final.json`` is written from
+   autoseg's ``splits.json``) trained by each contestant: autoseg with its planned recipe
+   (``autoseg train -f 0 --time-budget B``) and nnU-Net with its default trainer (SGD 1e-2, Nesterov
+   0.99, poly decay, Dice + CE, its augmentation), the poly schedule stretched over the budget
+   instead of 1000 epochs. The budget counts training steps (data loading included), not start-up or
+   per-epoch validation, for both. One augmentation worker each.
+5. Each fold-0 model predicts the held-out cases (one fold, no mirroring, for both); per-class Dice
+   against the phantom's labels, background never counted.
+
+Results accumulate in ``benchmarks/results/race.json`` (one entry per contestant and budget, kept
+across runs); ``--report`` prints the table and rewrites the block of ``docs/benchmarks.md`` between
+``<!-- race:begin -->`` and ``<!-- race:end -->``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nnunet_tool as nn  # noqa: E402
+from bench_preprocess import machine_info, run_measured, to_nnunet_raw  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+RESULTS = BENCH / "results" / "race.json"
+DOCS = REPO / "docs" / "benchmarks.md"
+MSD_TASK = "Task08_HepaticVessel"
+CLASSES = {1: "vessel", 2: "tumour"}
+SMALL_PLANS = "nnUNetPlans_cpu"
+
+#: nnU-Net's default trainer with its poly schedule following a wall-clock budget of training steps,
+#: its per-step times logged, its final full validation skipped (the race predicts the test set).
+BUDGET_TRAINER = '''"""Written by autoseg's benchmarks/race.py: nnU-Net's default trainer on a wall-clock budget."""
+import json, os, time
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class nnUNetTrainer_Budget(nnUNetTrainer):
+    """The default trainer; RACE_BUDGET_S seconds of training steps, the poly learning rate as a
+    function of the budget spent instead of the epoch, RACE_ITERS steps per epoch."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # nnU-Net records these by name
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.budget_s = float(os.environ["RACE_BUDGET_S"])
+        self.num_iterations_per_epoch = int(os.environ.get("RACE_ITERS", "50"))
+        self.num_val_iterations_per_epoch = int(os.environ.get("RACE_VAL_ITERS", "4"))
+        self.num_epochs = 100000  # ended by the budget
+        self.save_every = 1
+
+    def run_training(self):
+        self.on_train_start()
+        spent, times, done = 0.0, [], False
+        while not done:
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outputs = []
+            for _ in range(self.num_iterations_per_epoch):
+                t0 = time.perf_counter()
+                lr = self.initial_lr * (1 - min(spent / self.budget_s, 1.0)) ** 0.9
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                outputs.append(self.train_step(next(self.dataloader_train)))
+                times.append(time.perf_counter() - t0)
+                spent += times[-1]
+                if spent >= self.budget_s:
+                    done = True
+                    break
+            self.on_train_epoch_end(outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(val)
+            self.on_epoch_end()
+        self.on_train_end()
+        with open(os.path.join(self.output_folder, "race_steps.json"), "w") as f:
+            json.dump({"steps": len(times), "train_seconds": spent, "step_times": times,
+                       "median_step_s": float(np.median(times))}, f)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        pass
+'''
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", nargs="+", default=["20m"], help="training budgets per fold (e.g. 20m 60m)")
+    p.add_argument("-n", "--num-training", type=int, default=10)
+    p.add_argument("--test", type=int, default=6, help="held-out test cases (default 6)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--contestants", nargs="+", default=["autoseg", "nnunet_default", "nnunet_small"],
+                   choices=["autoseg", "nnunet_default", "nnunet_small"])
+    p.add_argument("--autoseg-args", nargs=argparse.REMAINDER, default=[],
+                   help="extra arguments for autoseg train (last on the line)")
+    p.add_argument("--work", type=Path, default=BENCH / "work" / "race")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results file (default benchmarks/results/race.json)")
+    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument("--report", action="store_true", help="only print the table and update the docs")
+    return p.parse_args(argv)
+
+
+# --- set-up -----------------------------------------------------------------------------------------
+
+def autoseg_env(work: Path, results: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "AUTOSEG_"))}
+    return {**base, "AUTOSEG_RAW": str(work / "msd"), "AUTOSEG_PREPROCESSED": str(work / "autoseg_pre"),
+            "AUTOSEG_RESULTS": str(results)}
+
+
+def make_task(work: Path, n: int, test: int, seed: int) -> Path:
+    from autoseg.phantom import write_task
+
+    return write_task(work / "msd", "Task08", num_training=n, num_test=test, seed=seed)
+
+
+def test_inputs(task: Path, folder: Path) -> Path:
+    """The held-out images with nnU-Net's ``_0000`` channel suffix (hard links); autoseg reads them too."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for image in sorted((task / "imagesTs").glob("*.nii.gz")):
+        dst = folder / image.name.replace(".nii.gz", "_0000.nii.gz")
+        if not dst.exists():
+            os.link(image, dst)
+    return folder
+
+
+def write_nnunet_splits(work: Path) -> None:
+    """nnU-Net's splits_final.json with autoseg's folds, so both train fold 0 on the same cases."""
+    from autoseg.plans import Plans
+    from autoseg.training.splits import load_or_create_splits
+
+    pre = work / "autoseg_pre" / MSD_TASK
+    cases = sorted(p.stem for p in (pre / "data").glob("*.npy"))
+    splits = load_or_create_splits(pre / "splits.json", cases, Plans.load(pre / "plans.json").seed)
+    out = work / "nnunet" / "preprocessed" / nn.DATASET / "splits_final.json"
+    out.write_text(json.dumps([{"train": list(s["train"]), "val": list(s["val"])} for s in splits], indent=1))
+
+
+def install_budget_trainer() -> None:
+    """Next to nnU-Net's own trainer: its class lookup imports the modules of that folder first and
+    only then its subpackages (one of which, primus, needs timm, which this venv leaves out)."""
+    code = ("import nnunetv2.training.nnUNetTrainer as m, os; "
+            "print(os.path.dirname(m.__file__))")
+    import subprocess
+
+    folder = Path(subprocess.run([str(nn.PYTHON), "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+    (folder / "nnUNetTrainer_Budget.py").write_text(BUDGET_TRAINER)
+
+
+def shrink_nnunet_plan(work: Path, targets_gb: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> dict:
+    """nnU-Net's own planner run with small GPU-memory targets; the one whose patch volume is
+    closest to autoseg's planned patch is kept, with autoseg's base features and batch 2 set by
+    hand: nnU-Net's topology and recipe at autoseg's per-step size."""
+    import subprocess
+
+    root = work / "nnunet"
+    ours = json.loads((work / "autoseg_pre" / MSD_TASK / "plans.json").read_text())
+    want, base = math.prod(ours["patch_size"]), ours["network"]["kwargs"]["features_per_stage"][0]
+    folder = root / "preprocessed" / nn.DATASET
+    default = json.loads((folder / "nnUNetPlans.json").read_text())["configurations"][nn.CONFIG]
+    best = None
+    for gb in targets_gb:
+        subprocess.run([nn.command("nnUNetv2_plan_experiment"), "-d", "8", "-gpu_memory_target", str(gb),
+                        "-overwrite_plans_name", SMALL_PLANS], env=nn.env(root), check=True, stdout=subprocess.DEVNULL)
+        plans = json.loads((folder / f"{SMALL_PLANS}.json").read_text())
+        gap = abs(math.log(math.prod(plans["configurations"][nn.CONFIG]["patch_size"]) / want))
+        if best is None or gap < best[0]:
+            best = (gap, gb, plans)
+    _, gb, plans = best
+    cfg = plans["configurations"][nn.CONFIG]
+    if cfg["spacing"] != default["spacing"]:
+        raise SystemExit("the shrunk nnU-Net plan has another spacing; it would need its own preprocessing")
+    cfg["data_identifier"] = default["data_identifier"]  # the same preprocessed data
+    kw = cfg["architecture"]["arch_kwargs"]
+    kw["features_per_stage"] = [min(base * 2**i, 320) for i in range(kw["n_stages"])]
+    cfg["batch_size"] = 2
+    (folder / f"{SMALL_PLANS}.json").write_text(json.dumps(plans, indent=1))
+    return {**nn.configuration(folder / f"{SMALL_PLANS}.json"), "gpu_memory_target_gb": gb,
+            "autoseg_patch": ours["patch_size"]}
+
+
+# --- stages -----------------------------------------------------------------------------------------
+
+def plan_stage(work: Path, task: Path) -> dict[str, Any]:
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "autoseg_pre", ignore_errors=True)
+    shutil.rmtree(work / "nnunet", ignore_errors=True)
+    to_nnunet_raw(task, work / "nnunet" / "raw")
+    out: dict[str, Any] = {}
+    cmd = [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", "8", "-j", "2"]
+    run = run_measured("autoseg", cmd, autoseg_env(work, work / "unused"), logs / "autoseg_plan.log", {}, 7200)
+    out["autoseg"] = _row(run)
+    cmd = [nn.command("nnUNetv2_plan_and_preprocess"), "-d", "8", "-c", nn.CONFIG, "-np", "2", "-npfp", "2"]
+    run = run_measured("nnunet", cmd, nn.env(work / "nnunet"), logs / "nnunet_plan.log", {}, 7200)
+    out["nnunet"] = _row(run)
+    return out
+
+
+def _row(run) -> dict[str, Any]:
+    if run.returncode:
+        raise SystemExit(f"{run.tool} failed: see {run.log}")
+    return {"wall_s": run.wall_s, "peak_rss_gib": round(run.peak_rss_bytes / 2**30, 2)}
+
+
+def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path, inputs: Path,
+                      autoseg_args: list[str]) -> dict[str, Any]:
+    logs = work / "logs"
+    tag = f"{contestant}_{budget}"
+    out_dir = work / "predictions" / tag
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if contestant == "autoseg":
+        results = work / "autoseg_results" / budget
+        shutil.rmtree(results, ignore_errors=True)
+        env = autoseg_env(work, results)
+        train = run_measured(tag, [sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "0",
+                                   "--time-budget", budget, *autoseg_args], env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
+        model = next(results.glob(f"{MSD_TASK}/*/plans.json")).parent
+        log = [json.loads(l) for l in (model / "fold_0" / "log.jsonl").read_text().splitlines()]
+        steps = sum(r["steps"] for r in log)
+        step_s = statistics.median(r["step_time_s"] for r in log if r["steps"])
+        plans = json.loads((model / "plans.json").read_text())
+        plan = {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
+                "network": plans["network"]["name"], "features_per_stage": plans["network"]["kwargs"]["features_per_stage"],
+                "recipe": plans["recipe"]["name"], "precision": plans["recipe"]["precision"]}
+        predict = run_measured(tag, [sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out_dir),
+                                     "-m", str(model), "-f", "0"], env, logs / f"{tag}_predict.log", {}, 7200)
+    else:
+        plans_name = "nnUNetPlans" if contestant == "nnunet_default" else SMALL_PLANS
+        root = work / "nnunet"
+        results = work / "nnunet_results" / f"{contestant}_{budget}"
+        shutil.rmtree(results, ignore_errors=True)
+        env = {**nn.env(root), "nnUNet_results": str(results), "nnUNet_n_proc_DA": "1",
+               "RACE_BUDGET_S": str(budget_s), "RACE_ITERS": "50"}
+        train = run_measured(tag, [nn.command("nnUNetv2_train"), "8", nn.CONFIG, "0", "-tr", "nnUNetTrainer_Budget",
+                                   "-p", plans_name, "-device", "cpu"], env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
+        fold = next(results.glob(f"{nn.DATASET}/*/fold_0"))
+        steps_log = json.loads((fold / "race_steps.json").read_text())
+        steps, step_s = steps_log["steps"], steps_log["median_step_s"]
+        plan = nn.configuration(root / "preprocessed" / nn.DATASET / f"{plans_name}.json")
+        cmd = [nn.command("nnUNetv2_predict"), "-i", str(inputs), "-o", str(out_dir), "-d", "8", "-c", nn.CONFIG,
+               "-p", plans_name, "-tr", "nnUNetTrainer_Budget", "-f", "0", "-device", "cpu", "-npp", "1",
+               "-nps", "1", "--disable_tta", "--disable_progress_bar"]
+        predict = run_measured(tag, cmd, env, logs / f"{tag}_predict.log", {}, 7200)
+    for run in (train, predict):
+        if run.returncode:
+            raise SystemExit(f"{run.tool} failed: see {run.log}")
+    return {"contestant": contestant, "budget": budget, "budget_s": budget_s, "plan": plan, "steps": steps,
+            "median_step_s": round(step_s, 3), "train_wall_s": train.wall_s,
+            "train_peak_rss_gib": round(train.peak_rss_bytes / 2**30, 2), "predict_wall_s": predict.wall_s,
+            "predict_peak_rss_gib": round(predict.peak_rss_bytes / 2**30, 2), "predictions": str(out_dir)}
+
+
+def score(pred_dir: Path, task: Path) -> dict[str, Any]:
+    """Per-case and mean per-class Dice of a prediction folder against the phantom's test labels."""
+    from autoseg.io import read_label
+    from autoseg.metrics import dice_per_class
+
+    cases: dict[str, dict[str, float | None]] = {}
+    for ref_path in sorted((task / "labelsTs").glob("*.nii.gz")):
+        ref, ref_geom = read_label(ref_path)
+        pred, geom = read_label(pred_dir / ref_path.name)
+        if not geom.same_grid(ref_geom):
+            raise SystemExit(f"{pred_dir / ref_path.name} is not on its image's grid")
+        cases[ref_path.name] = {CLASSES[k]: (None if np.isnan(v) else round(float(v), 4))
+                                for k, v in dice_per_class(pred, ref, sorted(CLASSES)).items()}
+    mean = {c: round(float(np.mean([s[c] for s in cases.values() if s[c] is not None])), 4) for c in CLASSES.values()}
+    return {"test_dice": mean, "test_cases": cases}
+
+
+# --- results and report -----------------------------------------------------------------------------
+
+def load_results(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+
+
+def save_results(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table of the latest results and the ratios to nnU-Net."""
+    lines = []
+    plan = results.get("plan_and_preprocess")
+    if plan:
+        a, n = plan["autoseg"], plan["nnunet"]
+        lines += ["| plan + preprocess | wall (s) | peak RSS (GiB) |", "|---|---|---|",
+                  f"| autoseg | {a['wall_s']:.1f} | {a['peak_rss_gib']:.2f} |",
+                  f"| nnU-Net 3d_fullres | {n['wall_s']:.1f} | {n['peak_rss_gib']:.2f} |",
+                  f"| ratio autoseg / nnU-Net | {a['wall_s'] / n['wall_s']:.2f} | {a['peak_rss_gib'] / n['peak_rss_gib']:.2f} |", ""]
+    runs = sorted(results["runs"].values(), key=lambda r: (r["budget_s"], r["contestant"]))
+    lines += ["| budget | contestant | patch, batch, features | steps | s/step | vessel Dice | tumour Dice | "
+              "predict test set (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        p = r["plan"]
+        desc = f"{'x'.join(map(str, p['patch_size']))}, {p['batch_size']}, {p['features_per_stage'][0]}..{p['features_per_stage'][-1]}"
+        d = r["test_dice"]
+        lines.append(f"| {r['budget']} | {r['contestant']} | {desc} | {r['steps']} | {r['median_step_s']:.2f} | "
+                     f"{d['vessel']:.3f} | {d['tumour']:.3f} | {r['predict_wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_docs(results: dict[str, Any]) -> None:
+    text = DOCS.read_text()
+    begin, end = "<!-- race:begin -->", "<!-- race:end -->"
+    if begin not in text:
+        return
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    meta = results.get("machine", {})
+    block = (f"{begin}\n_Generated by `.venv/bin/python benchmarks/race.py --report` from "
+             f"`benchmarks/results/race.json` ({meta.get('cpu', '?')}, {meta.get('cores', '?')} cores, "
+             f"autoseg {meta.get('autoseg_commit', '?')}, task: {results.get('task', '?')})._\n\n"
+             f"{table(results)}\n{end}")
+    DOCS.write_text(head + block + tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from autoseg.cli import parse_duration
+
+    args = parse_args(argv)
+    results = load_results(args.results)
+    if args.report:
+        print(table(results))
+        if not args.no_docs:
+            write_docs(results)
+        return 0
+    nn.require_venv()
+    install_budget_trainer()
+    work = args.work.resolve()
+    (BENCH / "work").mkdir(exist_ok=True)
+    task = make_task(work, args.num_training, args.test, args.seed)
+    task_desc = f"{args.num_training} training + {args.test} test phantoms, seed {args.seed}"
+    if results.get("task") != task_desc or not (work / "nnunet").is_dir():
+        results = {"runs": {}, "task": task_desc}
+        results["plan_and_preprocess"] = plan_stage(work, task)
+        results["nnunet_small_plan"] = shrink_nnunet_plan(work)
+        write_nnunet_splits(work)
+    results["machine"] = machine_info(nn.PYTHON)
+    save_results(results, args.results)
+    inputs = test_inputs(task, work / "test_inputs")
+    for budget in args.budgets:
+        seconds = parse_duration(budget)
+        for contestant in args.contestants:
+            row = train_and_predict(contestant, budget, seconds, work, inputs, args.autoseg_args)
+            row.update(score(Path(row["predictions"]), task))
+            row["time"] = time.strftime("%Y-%m-%d %H:%M")
+            results["runs"][f"{contestant}@{budget}"] = row
+            save_results(results, args.results)
+            print(json.dumps({k: row[k] for k in ("contestant", "budget", "steps", "median_step_s", "test_dice")}),
+                  flush=True)
+    print(table(results))
+    if not args.no_docs:
+        write_docs(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
