@@ -89,7 +89,16 @@ def strip_image_suffix(name: str) -> str:
 
 
 def is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    """True for a folder holding a DICOM series (asking ITK quietly: a folder of NIfTI files is a
+    normal answer here, not something to warn about)."""
+    if not path.is_dir():
+        return False
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def read_sitk(path: str | Path) -> sitk.Image:
