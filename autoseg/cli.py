@@ -408,17 +408,17 @@ EPILOG_EXPORT = """examples:
 
 def _decide_postprocessing(model_dir: Path, settings: Settings) -> None:
     from autoseg.inference.ensembles import plans_of
-    from autoseg.inference.postprocessing import determine_postprocessing
+    from autoseg.inference.postprocessing import describe, determine_postprocessing
 
     plans = plans_of(model_dir)
     data = settings.preprocessed / plans.dataset_name / "data"
-    decision = determine_postprocessing(model_dir, data, {int(k): v for k, v in plans.labels.items()})
+    decision = determine_postprocessing(model_dir, data, {int(k): v for k, v in plans.labels.items()},
+                                        plans.target_spacing)
     if decision is None:
         print("post-processing: no validation predictions to decide from")
         return
-    kept = [plans.labels[k] for k in decision["keep_largest_component"]]
-    print(f"post-processing (from {decision['cases']} CV cases): keep the largest component of "
-          f"{', '.join(kept) or 'no class'}; wrote {model_dir / 'postprocessing.json'}")
+    print(f"post-processing (from {decision['cases']} CV cases): {describe(decision, plans.labels)}; "
+          f"wrote {model_dir / 'postprocessing.json'}")
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,8 @@ Run from the repository root (after ``bash benchmarks/setup_nnunet.sh``)::
     .venv/bin/python benchmarks/race.py --budgets 20m 60m            # the table in docs/benchmarks.md
     .venv/bin/python benchmarks/race.py --budgets 2m --test 2 -n 6   # a quick check of the harness
     .venv/bin/python benchmarks/race.py --report                     # table and docs from race.json
+    .venv/bin/python benchmarks/race.py --budgets 20m --contestants autoseg --variant plain_unet \
+        --autoseg-args --network plain_unet                          # an autoseg variant, same task
 
 What runs, in this order, each in a fresh process tree (wall time and the peak of the tree's summed
 resident memory, sampled at 10 Hz):
@@ -126,6 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    choices=["autoseg", "nnunet_default", "nnunet_small"])
     p.add_argument("--autoseg-args", nargs=argparse.REMAINDER, default=[],
                    help="extra arguments for autoseg train (last on the line)")
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="name autoseg's entry autoseg[NAME], for --autoseg-args / --autoseg-plan-args variants")
+    p.add_argument("--autoseg-plan-args", default="",
+                   help="with --variant: plan again with these plan_and_preprocess arguments (e.g. '--step-time 3')")
     p.add_argument("--work", type=Path, default=BENCH / "work" / "race")
     p.add_argument("--results", type=Path, default=RESULTS, help="results file (default benchmarks/results/race.json)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -135,10 +141,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- set-up -----------------------------------------------------------------------------------------
 
-def autoseg_env(work: Path, results: Path) -> dict[str, str]:
+def autoseg_env(work: Path, results: Path, pre: str = "autoseg_pre") -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "AUTOSEG_"))}
-    return {**base, "AUTOSEG_RAW": str(work / "msd"), "AUTOSEG_PREPROCESSED": str(work / "autoseg_pre"),
+    return {**base, "AUTOSEG_RAW": str(work / "msd"), "AUTOSEG_PREPROCESSED": str(work / pre),
             "AUTOSEG_RESULTS": str(results)}
+
+
+def plan_variant(work: Path, name: str, plan_args: str) -> str:
+    """A second autoseg preprocessed folder planned with ``plan_args``, sharing the race's split."""
+    import shlex
+    import subprocess
+
+    pre = f"autoseg_pre_{name}"
+    if not (work / pre / MSD_TASK / "plans.json").is_file():
+        subprocess.run([sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", "8", "-j", "2",
+                        *shlex.split(plan_args)], env=autoseg_env(work, work / "unused", pre), check=True)
+        shutil.copy(work / "autoseg_pre" / MSD_TASK / "splits.json", work / pre / MSD_TASK / "splits.json")
+    return pre
 
 
 def make_task(work: Path, n: int, test: int, seed: int) -> Path:
@@ -237,15 +256,15 @@ def _row(run) -> dict[str, Any]:
 
 
 def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path, inputs: Path,
-                      autoseg_args: list[str]) -> dict[str, Any]:
+                      autoseg_args: list[str], autoseg_pre: str = "autoseg_pre") -> dict[str, Any]:
     logs = work / "logs"
     tag = f"{contestant}_{budget}"
     out_dir = work / "predictions" / tag
     shutil.rmtree(out_dir, ignore_errors=True)
-    if contestant == "autoseg":
-        results = work / "autoseg_results" / budget
+    if contestant.startswith("autoseg"):
+        results = work / "autoseg_results" / tag
         shutil.rmtree(results, ignore_errors=True)
-        env = autoseg_env(work, results)
+        env = autoseg_env(work, results, autoseg_pre)
         train = run_measured(tag, [sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "0",
                                    "--time-budget", budget, *autoseg_args], env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
         model = next(results.glob(f"{MSD_TASK}/*/plans.json")).parent
@@ -375,10 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"] = machine_info(nn.PYTHON)
     save_results(results, args.results)
     inputs = test_inputs(task, work / "test_inputs")
+    if (args.autoseg_plan_args or args.autoseg_args) and not args.variant:
+        raise SystemExit("--autoseg-plan-args and --autoseg-args need --variant NAME (the entry's name)")
+    pre = plan_variant(work, args.variant, args.autoseg_plan_args) if args.autoseg_plan_args else "autoseg_pre"
     for budget in args.budgets:
         seconds = parse_duration(budget)
         for contestant in args.contestants:
-            row = train_and_predict(contestant, budget, seconds, work, inputs, args.autoseg_args)
+            if contestant == "autoseg" and args.variant:
+                contestant = f"autoseg[{args.variant}]"
+            row = train_and_predict(contestant, budget, seconds, work, inputs, args.autoseg_args, pre)
             row.update(score(Path(row["predictions"]), task))
             row["time"] = time.strftime("%Y-%m-%d %H:%M")
             results["runs"][f"{contestant}@{budget}"] = row

@@ -1,12 +1,19 @@
 """Post-processing decided from cross-validation and stored with the model.
 
-The candidate, per foreground class: keep only the class's largest connected component (26-
-connectivity), which removes scattered false positives of a class that is one object per patient
-(the liver) and harms a class with several objects (tumours, vessel trees). It is enabled for a
-class only where it raises that class's mean Dice over all cross-validation cases (the folds'
-validation predictions on the preprocessed grid against the preprocessed labels). The decision and
-its evidence go to ``postprocessing.json`` in the model folder; ``autoseg predict`` applies it and
-``autoseg export`` ships it.
+The candidates, per foreground class (26-connected components):
+
+- keep only the class's largest component, which removes scattered false positives of a class that
+  is one object per patient (the liver) and harms a class with several objects (tumours, vessels);
+- drop the class's components smaller than a volume (``MIN_COMPONENT_LADDER_ML``: 0.01 to 1 mL, the
+  volume of spheres of 2.7 to 12 mm), which removes the specks a weak model scatters while keeping
+  every lesion above the size.
+
+For each class the candidate with the highest mean Dice over all cross-validation cases (the
+folds' validation predictions on the preprocessed grid against the preprocessed labels) is
+chosen, and only where it beats doing nothing. Sizes are volumes, so a decision taken on the
+preprocessed grid applies on any input grid. The decision and its evidence go to
+``postprocessing.json`` in the model folder; ``autoseg predict`` applies it and ``autoseg export``
+ships it.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ log = logging.getLogger(__name__)
 
 FILE = "postprocessing.json"
 PREDICTION_SUFFIX = ".pred.npz"  # fold validation's prediction on the preprocessed grid
+#: Component volumes tried as a minimum, in mL (log-spaced; a 5 mm sphere is 0.065 mL).
+MIN_COMPONENT_LADDER_ML = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
@@ -40,11 +49,37 @@ def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
     return out
 
 
-def apply_postprocessing(labels: np.ndarray, decision: dict[str, Any] | None) -> np.ndarray:
-    """Apply a decision read from ``postprocessing.json`` (None: unchanged)."""
+def remove_small_components(labels: np.ndarray, label: int, min_ml: float,
+                            spacing_zyx: tuple[float, ...]) -> np.ndarray:
+    """``labels`` with the components of ``label`` under ``min_ml`` millilitres set to background."""
+    out = labels.copy()
+    mask = labels == label
+    if not mask.any():
+        return out
+    components = cc3d.connected_components(mask, connectivity=26)
+    sizes = np.bincount(components.ravel()) * (float(np.prod(spacing_zyx)) / 1000.0)
+    small = sizes < min_ml
+    small[0] = False
+    out[small[components]] = 0
+    return out
+
+
+def apply_postprocessing(labels: np.ndarray, decision: dict[str, Any] | None,
+                         spacing_zyx: tuple[float, ...] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Apply a decision read from ``postprocessing.json`` (None: unchanged) to labels on a grid of
+    ``spacing_zyx`` mm."""
     for label in (decision or {}).get("keep_largest_component", []):
         labels = keep_largest_component(labels, int(label))
+    for label, min_ml in (decision or {}).get("min_component_ml", {}).items():
+        labels = remove_small_components(labels, int(label), float(min_ml), spacing_zyx)
     return labels
+
+
+def describe(decision: dict[str, Any] | None, names: dict[int, str]) -> str:
+    """One line for people: what the decision does to which class."""
+    parts = [f"keep the largest component of {names[int(k)]}" for k in (decision or {}).get("keep_largest_component", [])]
+    parts += [f"drop {names[int(k)]} components under {v} mL" for k, v in (decision or {}).get("min_component_ml", {}).items()]
+    return "; ".join(parts) or "nothing"
 
 
 def _cv_pairs(model_dir: Path, data_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -67,8 +102,17 @@ def _mean_dice(pairs: list[tuple[np.ndarray, np.ndarray]], label: int) -> float:
     return float(np.mean(present)) if present else math.nan
 
 
-def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, str]) -> dict[str, Any] | None:
-    """Decide per class from the folds' validation predictions; write and return the decision.
+def _candidates(label: int, spacing_zyx: tuple[float, ...]):
+    """(name, function of a label map) of every post-processing tried for ``label``."""
+    yield "keep_largest_component", lambda p: keep_largest_component(p, label)
+    for ml in MIN_COMPONENT_LADDER_ML:
+        yield f"min_component_ml={ml}", lambda p, ml=ml: remove_small_components(p, label, ml, spacing_zyx)
+
+
+def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, str],
+                             spacing_zyx: tuple[float, ...]) -> dict[str, Any] | None:
+    """Decide per class from the folds' validation predictions (on a grid of ``spacing_zyx`` mm,
+    the plans' target spacing); write and return the decision.
 
     Returns None (and writes nothing) when no fold has validation predictions.
     """
@@ -76,21 +120,26 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     if not cases:
         return None
     pairs = [(p, r) for _, p, r in cases]
-    enabled, evidence = [], {}
+    largest, min_sizes, evidence = [], {}, {}
     for label, name in sorted(labels.items()):
         if label == 0:
             continue
         before = _mean_dice(pairs, label)
-        after = _mean_dice([(keep_largest_component(p, label), r) for p, r in pairs], label)
-        better = not math.isnan(before) and after > before
-        evidence[name] = {"label": label, "dice_before": before, "dice_after": after, "enabled": better}
-        if better:
-            enabled.append(label)
-    decision = {"keep_largest_component": enabled, "evidence": evidence, "cases": len(cases),
-                "rule": "keep the largest component of a class where that raises its mean CV Dice"}
+        tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label) for cand, f in _candidates(label, spacing_zyx)}
+        best = max(tried, key=lambda c: (tried[c], c == "keep_largest_component"))  # ties: the simpler rule
+        enabled = not math.isnan(before) and tried[best] > before
+        evidence[name] = {"label": label, "dice_before": before, "candidates": tried,
+                          "choice": best if enabled else "none",
+                          "dice_after": tried[best] if enabled else before, "enabled": enabled}
+        if enabled and best == "keep_largest_component":
+            largest.append(label)
+        elif enabled:
+            min_sizes[str(label)] = float(best.split("=")[1])
+    decision = {"keep_largest_component": largest, "min_component_ml": min_sizes, "evidence": evidence,
+                "cases": len(cases), "grid_spacing_zyx": list(spacing_zyx),
+                "rule": "per class, the candidate with the highest mean CV Dice, where it beats none"}
     write_json(model_dir / FILE, decision)
-    log.info("post-processing from %d CV cases: keep the largest component of %s", len(cases),
-             [labels[k] for k in enabled] or "no class")
+    log.info("post-processing from %d CV cases: %s", len(cases), describe(decision, labels))
     return decision
 
 

@@ -131,7 +131,7 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
     probs = predict_probabilities(model, pre.data, options, timings)
     t_net = time.perf_counter()
     labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, geometry),
-                                  options.postprocessing)
+                                  options.postprocessing, geometry.spacing_zyx)
     write_image(output / f"{name}.nii.gz", labels, geometry)
     stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,
               "network_forward": timings.get("forward", 0.0), "restore_and_write": time.perf_counter() - t_net}
@@ -144,7 +144,8 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
     report["precision"] = getattr(model, "fixed_precision", None) or resolve_precision(options.precision, options.device)
     report["stage_seconds"] = {k: round(v, 2) for k, v in stages.items()}  # networks' share: sliding_window
     report["region_shape"] = pre.properties["shape_after_resampling"]  # the grid the window slides over
-    report["postprocessing"] = (options.postprocessing or {}).get("keep_largest_component", [])
+    report["postprocessing"] = {k: (options.postprocessing or {}).get(k, default)
+                                for k, default in (("keep_largest_component", []), ("min_component_ml", {}))}
     if roi_report is not None:
         report["roi"] = roi_report
     if options.overlays:

@@ -1,5 +1,5 @@
-"""Post-processing decided from cross-validation: keep-largest-component per class, only where it
-raises that class's CV Dice. The CV predictions here are hand-made files in the layout fold
+"""Post-processing decided from cross-validation: per class keep the largest component or drop
+components under a volume, only where that raises the class's CV Dice. The CV predictions here are hand-made files in the layout fold
 validation writes (fold_K/validation/<case>.pred.npz and the preprocessed data/<case>.npy)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.inference.postprocessing import (apply_postprocessing, determine_postprocessing,
-                                              keep_largest_component)
+                                              keep_largest_component, remove_small_components)
 from autoseg.io import read_json
 
 
@@ -45,21 +45,47 @@ def test_keep_largest_component_removes_only_smaller_components_of_that_class() 
 def test_decision_enables_it_only_where_cv_dice_improves(tmp_path: Path) -> None:
     for fold, case in ((0, "a"), (1, "b")):
         _write(tmp_path, fold, case, *_case())
-    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {0: "bg", 1: "liver", 2: "tumour"})
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {0: "bg", 1: "liver", 2: "tumour"},
+                                        (1.0, 1.0, 1.0))
     assert decision is not None and decision["cases"] == 2
     assert decision["keep_largest_component"] == [1]  # organ: removes the stray blob
+    assert decision["min_component_ml"] == {}
     ev = decision["evidence"]
     assert ev["liver"]["dice_after"] > ev["liver"]["dice_before"]
-    assert ev["tumour"]["dice_after"] < ev["tumour"]["dice_before"]  # would delete a true lesion
+    assert ev["tumour"]["candidates"]["keep_largest_component"] < ev["tumour"]["dice_before"]  # a true lesion lost
+    assert ev["tumour"]["choice"] == "none" and ev["tumour"]["dice_after"] == ev["tumour"]["dice_before"]
     assert read_json(tmp_path / "model" / "postprocessing.json") == decision
     pred, ref = _case()
     assert np.array_equal(apply_postprocessing(pred, decision) == 1, ref == 1)
     assert np.array_equal(apply_postprocessing(pred, None), pred)
 
 
+def test_small_specks_are_dropped_at_the_volume_cross_validation_picks(tmp_path: Path) -> None:
+    """Two true 2x2x2 lesions (0.064 mL at 2 mm voxels) and single-voxel specks (0.008 mL) of false
+    tumour: dropping components under 0.01 mL removes exactly the specks; the largest-component rule
+    and thresholds from 0.1 mL would delete true lesions."""
+    _, ref = _case()
+    pred = ref.copy()
+    for z, y, x in ((0, 0, 0), (0, 19, 0), (9, 0, 19), (9, 10, 10)):
+        pred[z, y, x] = 2
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, pred, ref)
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver", 2: "tumour"},
+                                        (2.0, 2.0, 2.0))
+    assert decision["min_component_ml"] == {"2": 0.01} and decision["keep_largest_component"] == []
+    tried = decision["evidence"]["tumour"]["candidates"]
+    assert tried["min_component_ml=0.01"] == tried["min_component_ml=0.03"] == 1.0  # ties: the smallest
+    assert tried["min_component_ml=0.1"] < decision["evidence"]["tumour"]["dice_before"]
+    assert np.array_equal(apply_postprocessing(pred, decision, (2.0, 2.0, 2.0)), ref)
+    # sizes are volumes: at 1 mm voxels the lesions hold 0.008 mL and the specks 0.001 mL
+    assert np.array_equal(remove_small_components(pred, 2, 0.005, (1.0, 1.0, 1.0)) == 2, ref == 2)
+    assert not (remove_small_components(pred, 2, 0.01, (1.0, 1.0, 1.0)) == 2).any()
+    assert not (remove_small_components(pred, 2, 0.1, (2.0, 2.0, 2.0)) == 2).any()
+
+
 def test_no_validation_predictions_no_decision(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
-    assert determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver"}) is None
+    assert determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver"}, (1.0, 1.0, 1.0)) is None
     assert not (tmp_path / "model" / "postprocessing.json").exists()
 
 
