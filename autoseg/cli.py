@@ -146,7 +146,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--fold", nargs="+", default=None, help="folds 0-4, or 'all' (default: all)")
     p.add_argument("--network", default=None, help="override the planned network")
     p.add_argument("--recipe", default=None, help="sgd_poly, adam_plateau or adam_poly (default: planned)")
-    p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice, dice03_ce07 or weighted_dice_focal (default: the recipe's)")
+    p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or weighted_dice_focal (default: the recipe's)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None, help="number of epochs (default: planned)")
     budget.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",

@@ -65,7 +65,8 @@ def test_soft_dice_ignores_background_and_is_one_for_perfect_logits() -> None:
     assert soft_dice_per_class(blank, target)[0] < 0.01
 
 
-@pytest.mark.parametrize("name", ["dice_ce", "dice_wce", "dice", "dice03_ce07", "weighted_dice_focal"])
+@pytest.mark.parametrize("name", ["dice_ce", "dice_wce", "dice_wce_anneal", "dice", "dice03_ce07",
+                                  "weighted_dice_focal"])
 def test_losses_decrease_towards_the_target(name: str) -> None:
     loss = DeepSupervision(build_loss(name))
     target = torch.zeros(2, 8, 8, 8, dtype=torch.long)
@@ -95,6 +96,24 @@ def test_rarity_weighted_ce_strengthens_the_rare_class_signal() -> None:
         build_loss(name)(logits, target).backward()
         grads[name] = float(-logits.grad[0, 1, :2, :2, :2].mean())
     assert grads["dice_wce"] > 5 * grads["dice_ce"] > 0
+
+
+def test_annealed_weights_go_from_rarity_weighted_to_plain_dice_ce() -> None:
+    torch.manual_seed(0)
+    target = torch.zeros(2, 10, 10, 10, dtype=torch.long)
+    target[:, :2, :2, :2] = 1
+    target[:, 5:, 5:, 5:] = 2
+    logits = [torch.randn(2, 3, 10, 10, 10), torch.randn(2, 3, 5, 5, 5)]
+    annealed = DeepSupervision(build_loss("dice_wce_anneal"))
+    for progress, same_as in ((0.0, "dice_wce"), (1.0, "dice_ce"), (7.0, "dice_ce")):
+        annealed.set_progress(progress)  # the training loop calls this before every step
+        expected = DeepSupervision(build_loss(same_as))(logits, target)
+        assert float(annealed(logits, target)) == pytest.approx(float(expected), rel=1e-6)
+    annealed.set_progress(0.5)
+    half = float(annealed(logits, target))
+    ends = [float(DeepSupervision(build_loss(n))(logits, target)) for n in ("dice_ce", "dice_wce")]
+    assert min(ends) < half < max(ends)
+    DeepSupervision(build_loss("dice_ce")).set_progress(0.3)  # a loss without a schedule ignores it
 
 
 def test_unknown_loss_and_recipe_list_known_names() -> None:

@@ -144,6 +144,7 @@ class FoldTrainer:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["seg"][:, 0].round().long().to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
+        self.loss.set_progress(self.progress())
         with autocast(self.device.type, self.precision):
             out = self.model(data)
         loss = self.loss(_as_float(out), target)  # the loss in fp32 whatever the autocast

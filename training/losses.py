@@ -1,5 +1,5 @@
-"""Segmentation losses chosen by name: Dice + CE, Dice + rarity-weighted CE, weighted Dice + focal,
-Dice, 0.3 Dice + 0.7 CE.
+"""Segmentation losses chosen by name: Dice + CE, Dice + rarity-weighted CE (constant or annealed
+to plain CE over the schedule), weighted Dice + focal, Dice, 0.3 Dice + 0.7 CE.
 
 Dice terms are per foreground class, batch-pooled (``batch_dice``) so that a patch without a
 small class does not produce a 0/0 term, and never include the background.
@@ -60,10 +60,22 @@ class DiceWeightedCE(nn.Module):
     probability is near zero, so on a short CPU budget the network predicts no vessel at all for
     hundreds of steps. Weighting the CE by rarity makes the class appear within about a hundred
     steps; the Dice term then trims the over-segmentation the weights cause.
+
+    ``anneal``: the weights move linearly from their rarity values at the start of training to 1
+    (plain Dice + CE) at its end (``progress``, set by the training loop). Class weights shift the
+    decision boundary outwards: they find a rare class early and then keep over-segmenting it;
+    annealing keeps the first and lets the unweighted CE place the boundary by the end.
     """
+
+    def __init__(self, anneal: bool = False):
+        super().__init__()
+        self.anneal = anneal
+        self.progress = 0.0  # fraction of the schedule done, in [0, 1]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weights = rarity_weights(target, logits.shape[1])
+        if self.anneal:
+            weights = 1 + (weights - 1) * (1 - min(max(self.progress, 0.0), 1.0))
         dice = soft_dice_per_class(logits, target).mean()
         return (1 - dice) + F.cross_entropy(logits.float(), target.long(), weight=weights)
 
@@ -93,6 +105,7 @@ class WeightedDiceFocal(nn.Module):
 LOSSES: dict[str, Callable[[], nn.Module]] = {
     "dice_ce": lambda: DiceCE(1.0, 1.0),
     "dice_wce": DiceWeightedCE,
+    "dice_wce_anneal": lambda: DiceWeightedCE(anneal=True),
     "dice": lambda: DiceCE(1.0, 0.0),
     "dice03_ce07": lambda: DiceCE(0.3, 0.7),
     "weighted_dice_focal": WeightedDiceFocal,
@@ -111,6 +124,11 @@ class DeepSupervision(nn.Module):
     def __init__(self, loss: nn.Module):
         super().__init__()
         self.loss = loss
+
+    def set_progress(self, progress: float) -> None:
+        """Tell a loss that changes over the schedule (``progress`` attribute) where training is."""
+        if hasattr(self.loss, "progress"):
+            self.loss.progress = float(progress)
 
     def forward(self, outputs: list[torch.Tensor] | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
