@@ -274,7 +274,8 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
         plans = json.loads((model / "plans.json").read_text())
         plan = {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
                 "network": plans["network"]["name"], "features_per_stage": plans["network"]["kwargs"]["features_per_stage"],
-                "recipe": plans["recipe"]["name"], "precision": plans["recipe"]["precision"]}
+                "recipe": plans["recipe"]["name"], "loss": plans["recipe"]["loss"],
+                "precision": plans["recipe"]["precision"]}
         predict = run_measured(tag, [sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out_dir),
                                      "-m", str(model), "-f", "0"], env, logs / f"{tag}_predict.log", {}, 7200)
     else:
