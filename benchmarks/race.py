@@ -135,6 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=BENCH / "work" / "race")
     p.add_argument("--results", type=Path, default=RESULTS, help="results file (default benchmarks/results/race.json)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument("--replan-autoseg", action="store_true",
+                   help="plan and preprocess autoseg again (after a planner change) before racing")
     p.add_argument("--report", action="store_true", help="only print the table and update the docs")
     return p.parse_args(argv)
 
@@ -232,6 +234,18 @@ def shrink_nnunet_plan(work: Path, targets_gb: tuple[float, ...] = (0.25, 0.5, 1
 
 
 # --- stages -----------------------------------------------------------------------------------------
+
+def replan_autoseg(work: Path) -> dict[str, Any]:
+    """autoseg's plan + preprocess again (timed), after a planner change, on the same task and split
+    (nnU-Net's preprocessed data and its results stay valid)."""
+    splits = work / "autoseg_pre" / MSD_TASK / "splits.json"
+    kept = splits.read_bytes()
+    shutil.rmtree(work / "autoseg_pre")
+    cmd = [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", "8", "-j", "2"]
+    run = run_measured("autoseg", cmd, autoseg_env(work, work / "unused"), work / "logs" / "autoseg_plan.log", {}, 7200)
+    splits.write_bytes(kept)  # the split nnU-Net trains on
+    return _row(run)
+
 
 def plan_stage(work: Path, task: Path) -> dict[str, Any]:
     logs = work / "logs"
@@ -345,11 +359,11 @@ def table(results: dict[str, Any]) -> str:
                   f"| nnU-Net 3d_fullres | {n['wall_s']:.1f} | {n['peak_rss_gib']:.2f} |",
                   f"| ratio autoseg / nnU-Net | {a['wall_s'] / n['wall_s']:.2f} | {a['peak_rss_gib'] / n['peak_rss_gib']:.2f} |", ""]
     runs = sorted(results["runs"].values(), key=lambda r: (r["budget_s"], r["contestant"]))
-    lines += ["| budget | contestant | patch, batch, features | steps | s/step | vessel Dice | tumour Dice | "
+    lines += ["| budget | contestant | network: patch, batch, features | steps | s/step | vessel Dice | tumour Dice | "
               "predict test set (s) |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         p = r["plan"]
-        desc = f"{'x'.join(map(str, p['patch_size']))}, {p['batch_size']}, {p['features_per_stage'][0]}..{p['features_per_stage'][-1]}"
+        desc = f"{p.get('network', '?')}: {'x'.join(map(str, p['patch_size']))}, {p['batch_size']}, {p['features_per_stage'][0]}..{p['features_per_stage'][-1]}"
         d = r["test_dice"]
         lines.append(f"| {r['budget']} | {r['contestant']} | {desc} | {r['steps']} | {r['median_step_s']:.2f} | "
                      f"{d['vessel']:.3f} | {d['tumour']:.3f} | {r['predict_wall_s']:.0f} |")
@@ -392,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         results["plan_and_preprocess"] = plan_stage(work, task)
         results["nnunet_small_plan"] = shrink_nnunet_plan(work)
         write_nnunet_splits(work)
+    if args.replan_autoseg:
+        results["plan_and_preprocess"]["autoseg"] = replan_autoseg(work)
     results["machine"] = machine_info(nn.PYTHON)
     save_results(results, args.results)
     inputs = test_inputs(task, work / "test_inputs")

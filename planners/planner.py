@@ -172,7 +172,7 @@ class Pricer:
 
         cand.flops = training_flops(self.options.network, cand.network_kwargs, self.in_channels,
                                     self.num_classes, cand.topology.patch_size, cand.batch_size)
-        cand.step_time_s = self.time_model.predict(cand.flops)
+        cand.step_time_s = self.time_model.predict(cand.flops, cand.patch_voxels * cand.batch_size)
         return cand.step_time_s <= self.options.step_time_target_s
 
 
@@ -266,13 +266,14 @@ def _calibrate(pricer: Pricer) -> str:
 
     opts = pricer.options
     if opts.cpu_gflops is not None:
-        pricer.time_model = CpuTimeModel(opts.cpu_gflops * 1e9, 0.0, "throughput given by the user")
+        pricer.time_model = CpuTimeModel(opts.cpu_gflops * 1e9, 0.0, "throughput given by the user, FLOPs only")
         return pricer.time_model.describe()
     points = []
-    for patch in CALIBRATION_PATCHES:
-        cand = pricer.candidate(plan_topology(patch, (1.0, 1.0, 1.0), opts.max_stages), 8, MIN_BATCH)
-        points.append((opts.network, cand.network_kwargs, pricer.in_channels, pricer.num_classes,
-                       cand.topology.patch_size, MIN_BATCH))
+    for base in (8, 16):  # both widths: time does not scale with FLOPs alone (planners/cost.py)
+        for patch in CALIBRATION_PATCHES:
+            cand = pricer.candidate(plan_topology(patch, (1.0, 1.0, 1.0), opts.max_stages), base, MIN_BATCH)
+            points.append((opts.network, cand.network_kwargs, pricer.in_channels, pricer.num_classes,
+                           cand.topology.patch_size, MIN_BATCH))
     pricer.time_model = calibrate(points, opts.calibration_cache, opts.network, pricer.precision)
     return pricer.time_model.describe()
 
@@ -282,7 +283,7 @@ def _verify_cpu(pricer: Pricer, cand: Candidate, median_shape: tuple[int, ...],
     """Time the chosen plan for real; refit the model's throughput to the measurement and re-fit
     (larger or smaller) until a measured plan lands within the target. Keeps the largest plan
     that measured within the target."""
-    from autoseg.planners.cost import CpuTimeModel, measure_step_seconds
+    from autoseg.planners.cost import measure_step_seconds
 
     best: Candidate | None = None
     target = pricer.options.step_time_target_s
@@ -297,9 +298,9 @@ def _verify_cpu(pricer: Pricer, cand: Candidate, median_shape: tuple[int, ...],
             best = cand
         if VERIFY_LOW * target <= measured <= target * 1.05:
             break
-        model = pricer.time_model
-        rate = cand.flops / max(measured - model.overhead_s, 1e-3)
-        pricer.time_model = CpuTimeModel(rate, model.overhead_s, "refitted to a measured step")
+        predicted = pricer.time_model.predict(cand.flops, cand.patch_voxels * cand.batch_size)
+        pricer.time_model = pricer.time_model.scaled(measured / max(predicted, 1e-6),
+                                                     "scaled to a measured step")
         nxt = fit_patch(pricer, median_shape, spacing, cand.base_features)
         if nxt.topology.patch_size == cand.topology.patch_size:
             break
@@ -330,7 +331,8 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
         device=options.device, memory_budget_bytes=pricer.memory_budget,
         memory_estimate_bytes=cand.memory_bytes, training_flops=cand.flops,
         step_time_target_s=options.step_time_target_s if options.device == "cpu" else None,
-        step_time_estimate_s=(pricer.time_model.predict(cand.flops) if pricer.time_model else None),
+        step_time_estimate_s=(pricer.time_model.predict(cand.flops, cand.patch_voxels * cand.batch_size)
+                              if pricer.time_model else None),
         step_time_measured_s=cand.step_time_s if options.verify and options.device == "cpu" else None,
         notes=tuple(notes) + options.extra_notes)
     for note in notes:
