@@ -42,8 +42,8 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
                    help="plan for training on this device (default: cpu)")
     p.add_argument("--gpu-memory", type=float, default=8.0, metavar="GB",
                    help="GPU memory budget in GB for --device cuda (default: 8)")
-    p.add_argument("--step-time", type=float, default=1.5, metavar="S",
-                   help="CPU: target seconds per training step (default: 1.5)")
+    p.add_argument("--step-time", type=float, default=0.5, metavar="S",
+                   help="CPU: target seconds of a training step's forward, backward and update (default: 0.5)")
     p.add_argument("--cpu-gflops", type=float, default=None,
                    help="CPU: throughput to plan with instead of this machine's calibration")
     p.add_argument("--verify", action="store_true",

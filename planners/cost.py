@@ -6,8 +6,8 @@ arithmetic of the convolutions, plus a cost per voxel of the batch that does not
 width of the network (normalisation, activations, the loss and deep supervision at full
 resolution, memory traffic). A FLOPs-only model is wrong by a factor of 2-3 between 8 and 16 base
 features on a CPU: doubling the features quadruples the FLOPs but not even doubles the time. Both
-constants are fitted to four real training steps (8 and 16 base features, a small and a medium
-patch) measured once per machine and cached, so that planning is quick and the same command on
+constants are fitted to three real training steps (8 base features at a small and a medium patch,
+16 at the small one; ``planner.CALIBRATION_POINTS``) measured once per machine and cached, so that planning is quick and the same command on
 the same machine gives the same plans. The calibration runs in a short-lived subprocess so its
 memory is returned at once.
 """
@@ -109,23 +109,18 @@ class CpuTimeModel:
 
 
 def fit_time_model(measured: list[tuple[int, int, float]]) -> tuple[float, float]:
-    """Non-negative least squares of ``seconds = flops * a + voxels * b`` over (flops, voxels,
-    seconds), relative errors weighted equally: (flops_per_s, seconds_per_voxel)."""
+    """Least squares of ``seconds = flops * a + voxels * b`` over (flops, voxels, seconds), relative
+    errors weighted equally, with ``a > 0`` and ``b >= 0``: (flops_per_s, seconds_per_voxel).
+
+    Where the two-term fit is not physical (timings disturbed by a busy machine can make either
+    coefficient come out negative), the FLOPs-only fit is used: it is always positive."""
     import numpy as np
 
     a = np.array([[f / s, v / s] for f, v, s in measured], dtype=float)
     y = np.ones(len(measured))
-    candidates = []
+    flops_only = np.array([float(a[:, 0] @ y / (a[:, 0] @ a[:, 0])), 0.0])
     coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-    if (coef >= 0).all():
-        candidates.append(coef)
-    for col in (0, 1):  # one term only: the best fit with the other held at zero
-        x = np.zeros(2)
-        x[col] = max(float(a[:, col] @ y / (a[:, col] @ a[:, col])), 0.0)
-        candidates.append(x)
-    best = min(candidates, key=lambda x: float(((a @ x - y) ** 2).sum()))
-    if best[0] <= 0:
-        raise ValueError(f"the calibration steps do not grow with FLOPs: {measured}")
+    best = coef if coef[0] > 0 and coef[1] >= 0 else flops_only
     return 1.0 / float(best[0]), float(best[1])
 
 

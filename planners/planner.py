@@ -46,7 +46,7 @@ class PlannerOptions:
 
     device: str = "cpu"
     gpu_memory_gb: float = 8.0
-    step_time_target_s: float = 1.5
+    step_time_target_s: float = 0.5  # chosen by the race (docs/benchmarks.md)
     ram_fraction: float = 0.5
     network: str = "arunet"
     base_features: int | None = None  # None: choose 8 or 16 by the budget
@@ -256,7 +256,14 @@ def choose_features(pricer: Pricer, median_shape: tuple[int, ...],
                     f"({wide.patch_voxels / narrow.patch_voxels:.0%} of {narrow.topology.patch_size})")
 
 
-CALIBRATION_PATCHES = ((16, 48, 48), (32, 96, 96))
+#: (base features, patch) of the calibration steps. Both widths, because time does not scale with
+#: FLOPs alone (planners/cost.py); the 16-feature step at the small patch only, which keeps the
+#: calibration as cheap as a two-step one (about 2 s in bf16 on 2 Zen 5 cores). On a grid of 8- and
+#: 16-feature ARUNet and UCA-Net steps from 16x48x48 to 64x128x160 the fit predicted bf16 steps within
+#: 28 % and fp32 within 38 % (underestimates at the largest fp32 patches); four points, 16x96x96 at
+#: 16 features too, were within 18 % / 35 % for twice the calibration time
+#: (benchmarks/cost_model.py, docs/planning.md).
+CALIBRATION_POINTS = ((8, (16, 48, 48)), (8, (32, 96, 96)), (16, (16, 48, 48)))
 VERIFY_ROUNDS = 3
 VERIFY_LOW = 0.7  # a measured plan under 70 % of the target leaves time unused: grow it
 
@@ -269,11 +276,10 @@ def _calibrate(pricer: Pricer) -> str:
         pricer.time_model = CpuTimeModel(opts.cpu_gflops * 1e9, 0.0, "throughput given by the user, FLOPs only")
         return pricer.time_model.describe()
     points = []
-    for base in (8, 16):  # both widths: time does not scale with FLOPs alone (planners/cost.py)
-        for patch in CALIBRATION_PATCHES:
-            cand = pricer.candidate(plan_topology(patch, (1.0, 1.0, 1.0), opts.max_stages), base, MIN_BATCH)
-            points.append((opts.network, cand.network_kwargs, pricer.in_channels, pricer.num_classes,
-                           cand.topology.patch_size, MIN_BATCH))
+    for base, patch in CALIBRATION_POINTS:
+        cand = pricer.candidate(plan_topology(patch, (1.0, 1.0, 1.0), opts.max_stages), base, MIN_BATCH)
+        points.append((opts.network, cand.network_kwargs, pricer.in_channels, pricer.num_classes,
+                       cand.topology.patch_size, MIN_BATCH))
     pricer.time_model = calibrate(points, opts.calibration_cache, opts.network, pricer.precision)
     return pricer.time_model.describe()
 

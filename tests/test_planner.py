@@ -26,7 +26,7 @@ def test_cpu_plan_is_deterministic_and_within_the_modelled_target() -> None:
     a, b = plan(fingerprint(), opts), plan(fingerprint(), opts)
     assert a == b
     assert a.batch_size == 2 and a.estimates.step_time_estimate_s <= 1.5
-    assert a.network.kwargs["features_per_stage"][0] == 8  # CPU cost is quadratic in features
+    assert a.network.kwargs["features_per_stage"][0] == 8  # a FLOPs-only model: cost quadratic in features
     faster = plan(fingerprint(), PlannerOptions(device="cpu", cpu_gflops=160.0))
     assert math.prod(faster.patch_size) > math.prod(a.patch_size)
 
@@ -89,3 +89,18 @@ def test_real_cpu_plan_trains_within_two_seconds_per_step(tmp_path: Path) -> Non
     assert seconds <= 2.0, (p.patch_size, seconds, p.estimates.notes)
     again = plan(fingerprint(), PlannerOptions(device="cpu", calibration_cache=tmp_path / "cal.json"))
     assert again == p  # the cached calibration makes the plan reproducible on this machine
+
+
+def test_time_model_fit_recovers_both_terms_and_stays_physical() -> None:
+    from autoseg.planners.cost import CpuTimeModel, fit_time_model
+
+    truth = CpuTimeModel(800e9, 5e-7)
+    points = [(f, v, truth.predict(f, v)) for f, v in ((5.9e9, 73_728), (50.5e9, 589_824), (23.4e9, 73_728))]
+    rate, per_voxel = fit_time_model(points)
+    assert rate == pytest.approx(800e9, rel=1e-6) and per_voxel == pytest.approx(5e-7, rel=1e-6)
+    # timings of a busy machine (the small 8-feature step slower than the 16-feature one): the
+    # two-term fit would give a negative FLOPs cost; the FLOPs-only fit is used instead
+    rate, per_voxel = fit_time_model([(5.9e9, 73_728, 0.42), (50.5e9, 589_824, 6.5), (23.4e9, 73_728, 0.32)])
+    assert rate > 0 and per_voxel == 0.0
+    slower = truth.scaled(2.0, "measured")
+    assert slower.predict(10e9, 100_000) == pytest.approx(2 * truth.predict(10e9, 100_000))
