@@ -23,27 +23,26 @@ from pathlib import Path
 
 import torch
 
-from autoseg.networks.registry import default_network_kwargs
 from autoseg.planners.cost import fit_time_model, measure_step_seconds, training_flops
-from autoseg.planners.planner import CALIBRATION_POINTS, FEATURE_CAP, MIN_BATCH, plan_topology
+from autoseg.planners.planner import CALIBRATION_POINTS, MIN_BATCH, PlannerOptions, Pricer, plan_topology
 
 GRID = ((16, 48, 48), (32, 96, 96), (40, 64, 80), (48, 96, 128), (64, 128, 160))
 OUT = Path(__file__).parent / "results" / "cost_model.jsonl"
 
 
-def kwargs_for(network: str, patch: tuple[int, ...], base: int) -> dict:
-    topology = plan_topology(patch, (1.0, 1.0, 1.0), 6)
-    features = [min(base * 2**i, FEATURE_CAP) for i in range(topology.n_stages)]
-    return default_network_kwargs(network, n_stages=topology.n_stages, features_per_stage=features,
-                                  strides=[list(s) for s in topology.strides],
-                                  kernel_sizes=[list(k) for k in topology.kernel_sizes], deep_supervision=True)
+def kwargs_for(network: str, patch: tuple[int, ...], base: int, classes: int) -> dict:
+    """The network arguments the planner prices for this patch and width (``Pricer.candidate``)."""
+    fingerprint = {"channel_names": ["CT"], "labels": {str(k): str(k) for k in range(classes)}}
+    pricer = Pricer(fingerprint, PlannerOptions(device="cpu", network=network))
+    topology = plan_topology(patch, (1.0, 1.0, 1.0), pricer.options.max_stages)
+    return pricer.candidate(topology, base, MIN_BATCH).network_kwargs
 
 
 def measure(network: str, precision: str, classes: int, max_seconds: float) -> list[dict]:
     rows = []
     for base in (8, 16):
         for patch in GRID:
-            kwargs = kwargs_for(network, patch, base)
+            kwargs = kwargs_for(network, patch, base, classes)
             flops = training_flops(network, kwargs, 1, classes, patch, MIN_BATCH)
             if rows and flops / max(r["flops"] / r["seconds"] for r in rows) > max_seconds:
                 continue  # would take longer than --max-seconds per step

@@ -143,6 +143,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- set-up -----------------------------------------------------------------------------------------
 
+AUTOSEG_PLAN = [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", "8", "-j", "2"]
+
+
 def autoseg_env(work: Path, results: Path, pre: str = "autoseg_pre") -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "AUTOSEG_"))}
     return {**base, "AUTOSEG_RAW": str(work / "msd"), "AUTOSEG_PREPROCESSED": str(work / pre),
@@ -156,8 +159,8 @@ def plan_variant(work: Path, name: str, plan_args: str) -> str:
 
     pre = f"autoseg_pre_{name}"
     if not (work / pre / MSD_TASK / "plans.json").is_file():
-        subprocess.run([sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", "8", "-j", "2",
-                        *shlex.split(plan_args)], env=autoseg_env(work, work / "unused", pre), check=True)
+        subprocess.run([*AUTOSEG_PLAN, *shlex.split(plan_args)], env=autoseg_env(work, work / "unused", pre),
+                       check=True)
         shutil.copy(work / "autoseg_pre" / MSD_TASK / "splits.json", work / pre / MSD_TASK / "splits.json")
     return pre
 
@@ -235,16 +238,22 @@ def shrink_nnunet_plan(work: Path, targets_gb: tuple[float, ...] = (0.25, 0.5, 1
 
 # --- stages -----------------------------------------------------------------------------------------
 
+def plan_autoseg(work: Path) -> dict[str, Any]:
+    """autoseg's plan + preprocess into ``autoseg_pre``, timed."""
+    run = run_measured("autoseg", AUTOSEG_PLAN, autoseg_env(work, work / "unused"),
+                       work / "logs" / "autoseg_plan.log", {}, 7200)
+    return _row(run)
+
+
 def replan_autoseg(work: Path) -> dict[str, Any]:
     """autoseg's plan + preprocess again (timed), after a planner change, on the same task and split
     (nnU-Net's preprocessed data and its results stay valid)."""
     splits = work / "autoseg_pre" / MSD_TASK / "splits.json"
     kept = splits.read_bytes()
     shutil.rmtree(work / "autoseg_pre")
-    cmd = [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", "8", "-j", "2"]
-    run = run_measured("autoseg", cmd, autoseg_env(work, work / "unused"), work / "logs" / "autoseg_plan.log", {}, 7200)
+    row = plan_autoseg(work)
     splits.write_bytes(kept)  # the split nnU-Net trains on
-    return _row(run)
+    return row
 
 
 def plan_stage(work: Path, task: Path) -> dict[str, Any]:
@@ -253,10 +262,7 @@ def plan_stage(work: Path, task: Path) -> dict[str, Any]:
     shutil.rmtree(work / "autoseg_pre", ignore_errors=True)
     shutil.rmtree(work / "nnunet", ignore_errors=True)
     to_nnunet_raw(task, work / "nnunet" / "raw")
-    out: dict[str, Any] = {}
-    cmd = [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", "8", "-j", "2"]
-    run = run_measured("autoseg", cmd, autoseg_env(work, work / "unused"), logs / "autoseg_plan.log", {}, 7200)
-    out["autoseg"] = _row(run)
+    out: dict[str, Any] = {"autoseg": plan_autoseg(work)}
     cmd = [nn.command("nnUNetv2_plan_and_preprocess"), "-d", "8", "-c", nn.CONFIG, "-np", "2", "-npfp", "2"]
     run = run_measured("nnunet", cmd, nn.env(work / "nnunet"), logs / "nnunet_plan.log", {}, 7200)
     out["nnunet"] = _row(run)

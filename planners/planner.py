@@ -172,8 +172,12 @@ class Pricer:
 
         cand.flops = training_flops(self.options.network, cand.network_kwargs, self.in_channels,
                                     self.num_classes, cand.topology.patch_size, cand.batch_size)
-        cand.step_time_s = self.time_model.predict(cand.flops, cand.patch_voxels * cand.batch_size)
+        cand.step_time_s = self.predicted_seconds(cand)
         return cand.step_time_s <= self.options.step_time_target_s
+
+    def predicted_seconds(self, cand: Candidate) -> float:
+        """The CPU time model's step time for ``cand`` (its ``flops`` already counted)."""
+        return self.time_model.predict(cand.flops, cand.patch_voxels * cand.batch_size)
 
 
 def _ram_bytes() -> int:
@@ -304,8 +308,7 @@ def _verify_cpu(pricer: Pricer, cand: Candidate, median_shape: tuple[int, ...],
             best = cand
         if VERIFY_LOW * target <= measured <= target * 1.05:
             break
-        predicted = pricer.time_model.predict(cand.flops, cand.patch_voxels * cand.batch_size)
-        pricer.time_model = pricer.time_model.scaled(measured / max(predicted, 1e-6),
+        pricer.time_model = pricer.time_model.scaled(measured / max(pricer.predicted_seconds(cand), 1e-6),
                                                      "scaled to a measured step")
         nxt = fit_patch(pricer, median_shape, spacing, cand.base_features)
         if nxt.topology.patch_size == cand.topology.patch_size:
@@ -337,8 +340,7 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
         device=options.device, memory_budget_bytes=pricer.memory_budget,
         memory_estimate_bytes=cand.memory_bytes, training_flops=cand.flops,
         step_time_target_s=options.step_time_target_s if options.device == "cpu" else None,
-        step_time_estimate_s=(pricer.time_model.predict(cand.flops, cand.patch_voxels * cand.batch_size)
-                              if pricer.time_model else None),
+        step_time_estimate_s=pricer.predicted_seconds(cand) if pricer.time_model else None,
         step_time_measured_s=cand.step_time_s if options.verify and options.device == "cpu" else None,
         notes=tuple(notes) + options.extra_notes)
     for note in notes:
