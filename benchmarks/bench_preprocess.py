@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -66,20 +67,30 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-def _rss_pss(pid: int) -> tuple[int, int]:
-    """Resident and proportional set size of one process in bytes (0, 0 if it is gone)."""
+def _rss(pid: int) -> int:
+    """Resident set size of one process in bytes (0 if it is gone); cheap: reads ``statm``."""
     try:
         with open(f"/proc/{pid}/statm") as f:
-            rss = int(f.read().split()[1]) * PAGE
-        pss = 0
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size of one process in bytes (0 if it is gone).
+
+    Expensive: the kernel walks the process's page tables under its memory-map lock. Measured on
+    the 2-core VM against a training process (1.3 GiB): 37 ms per read of two processes, and read
+    at 10 Hz it slowed the training steps it watched from 0.46 to 0.62 s.
+    """
+    try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                    break
-        return rss, pss
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
-        return 0, 0
+        pass
+    return 0
 
 
 def _process_name(pid: int) -> str:
@@ -96,10 +107,13 @@ class MemoryPeak:
     """Peaks of the summed RSS and PSS over a session, sampled by a background thread.
 
     ``stage`` is set by the output reader; ``stage_rss`` keeps the peak RSS seen during each stage.
+    RSS is read every ``interval`` s; PSS (costly to read, see ``_pss``) only when the RSS sum is
+    within 3 % of its peak, at most every ``pss_interval`` s.
     """
 
     sid: int
     interval: float = 0.1
+    pss_interval: float = 5.0
     rss: int = 0
     pss: int = 0
     max_procs: int = 0
@@ -110,14 +124,19 @@ class MemoryPeak:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        last_pss = -math.inf
         while not self._stop.is_set():
             pids = _session_pids(self.sid)
-            sizes = [_rss_pss(p) for p in pids]
-            rss = sum(s[0] for s in sizes)
+            sizes = [_rss(p) for p in pids]
+            rss = sum(sizes)
+            now = time.monotonic()
+            # PSS only near a new RSS peak (where its own peak lies), at most every pss_interval s
+            if rss >= 0.97 * self.rss and now - last_pss >= self.pss_interval:
+                self.pss = max(self.pss, sum(_pss(p) for p in pids))
+                last_pss = now
             if rss > self.rss:
                 self.rss = rss
-                self.at_peak = [(_process_name(p), s[0]) for p, s in zip(pids, sizes)]
-            self.pss = max(self.pss, sum(s[1] for s in sizes))
+                self.at_peak = [(_process_name(p), s) for p, s in zip(pids, sizes)]
             self.stage_rss[self.stage] = max(self.stage_rss.get(self.stage, 0), rss)
             self.max_procs = max(self.max_procs, len(pids))
             self.samples += 1
