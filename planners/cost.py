@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 CALIBRATION_VERSION = 2  # 2: the per-voxel term (version 1 was overhead + flops)
 
 
+#: A training step's FLOPs per forward FLOP. The backward pass of a convolution or matrix product
+#: costs two of its forward passes (the gradient of the input and of the weights). Counting the
+#: backward pass too, on the meta device, agreed within 0.3 % for every registered network (16..256
+#: features, 40x64x80) and took 2-3x as long as the forward pass alone.
+TRAINING_FLOPS_PER_FORWARD = 3
+
+
 @lru_cache(maxsize=512)
 def _flops_cached(name: str, kwargs_json: str, in_channels: int, num_classes: int,
                   patch_size: tuple[int, ...], batch_size: int) -> int:
@@ -42,16 +49,15 @@ def _flops_cached(name: str, kwargs_json: str, in_channels: int, num_classes: in
         net = build_network(name, json.loads(kwargs_json), in_channels, num_classes)
         x = torch.empty((batch_size, in_channels, *patch_size))
     counter = FlopCounterMode(display=False)
-    with counter:
-        out = net(x)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        out.float().mean().backward()
-    return int(counter.get_total_flops())
+    with counter, torch.no_grad():
+        net(x)
+    return TRAINING_FLOPS_PER_FORWARD * int(counter.get_total_flops())
 
 
 def training_flops(name: str, kwargs: dict, in_channels: int, num_classes: int,
                    patch_size: tuple[int, ...], batch_size: int) -> int:
-    """FLOPs of one forward and backward pass (convolutions and matrix products), memoised."""
+    """FLOPs of one training step (forward and backward pass of the convolutions and matrix
+    products), counted on the meta device, memoised."""
     return _flops_cached(name, json.dumps(kwargs, sort_keys=True), in_channels, num_classes,
                          tuple(patch_size), batch_size)
 

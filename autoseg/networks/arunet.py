@@ -31,7 +31,6 @@ from dynamic_network_architectures.building_blocks.residual_encoders import (
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
     ConvDropoutNormReLU,
 )
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from autoseg.networks.config import (
@@ -43,6 +42,7 @@ from autoseg.networks.config import (
     check_input_size,
     check_int_list,
     check_keys,
+    init_he,
     ops_for_dim,
     parse_topology,
 )
@@ -194,7 +194,7 @@ class ARUNet(DecoderDeepSupervision, nn.Module):
             [list(s) for s in topo.strides], list(blocks), True, ops.norm_op, ops.norm_op_kwargs, None,
             None, ops.nonlin, ops.nonlin_kwargs, return_skips=True, disable_default_stem=True)
         self.decoder = ARUNetDecoder(self.encoder, ops, num_classes, dec_blocks, topo.deep_supervision)
-        self.apply(InitWeights_He(1e-2))
+        init_he(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_input_divisible(tuple(x.shape[2:]), self.total_stride)

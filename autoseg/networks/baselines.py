@@ -14,7 +14,6 @@ from dynamic_network_architectures.architectures.unet import (
     ResidualEncoderUNet,
 )
 from dynamic_network_architectures.initialization.weight_init import (
-    InitWeights_He,
     init_last_bn_before_add_to_0,
 )
 from torch import nn
@@ -27,6 +26,7 @@ from autoseg.networks.config import (
     check_channels,
     check_int_list,
     check_keys,
+    init_he,
     ops_for_dim,
     parse_topology,
 )
@@ -72,7 +72,7 @@ class PlainUNet(DecoderDeepSupervision, PlainConvUNet):
             norm_op=ops.norm_op, norm_op_kwargs=ops.norm_op_kwargs, nonlin=ops.nonlin,
             nonlin_kwargs=ops.nonlin_kwargs, deep_supervision=topo.deep_supervision)
         _protocol_attrs(self, ops, in_channels, num_classes)
-        self.apply(InitWeights_He(1e-2))
+        init_he(self)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """One count per conv output, transposed-conv output and logit map (the library's rule)."""
@@ -97,7 +97,7 @@ class ResEncUNet(DecoderDeepSupervision, ResidualEncoderUNet):
             norm_op=ops.norm_op, norm_op_kwargs=ops.norm_op_kwargs, nonlin=ops.nonlin,
             nonlin_kwargs=ops.nonlin_kwargs, deep_supervision=topo.deep_supervision)
         _protocol_attrs(self, ops, in_channels, num_classes)
-        self.apply(InitWeights_He(1e-2))
+        init_he(self)
         self.apply(init_last_bn_before_add_to_0)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:

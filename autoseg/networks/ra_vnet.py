@@ -50,7 +50,6 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
     ConvDropoutNormReLU,
     StackedConvBlocks,
 )
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from autoseg.errors import ConfigurationError
@@ -64,6 +63,7 @@ from autoseg.networks.config import (
     check_input_size,
     check_int_list,
     check_keys,
+    init_he,
     ops_for_dim,
     parse_topology,
 )
@@ -300,7 +300,7 @@ class RAVNet(DecoderDeepSupervision, nn.Module):
         self.total_stride = topo.total_stride
         self.encoder = CofResEncoder(ops, in_channels, topo, blocks)
         self.decoder = RAVNetDecoder(self.encoder, ops, num_classes, n_dec, topo.deep_supervision)
-        self.apply(InitWeights_He(1e-2))
+        init_he(self)
         for stage in self.decoder.stages:
             stage.lstm.reset_forget_bias()
 

@@ -43,7 +43,6 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
     ConvDropoutNormReLU,
     StackedConvBlocks,
 )
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from autoseg.errors import ConfigurationError
@@ -57,6 +56,7 @@ from autoseg.networks.config import (
     check_int,
     check_int_list,
     check_keys,
+    init_he,
     ops_for_dim,
     parse_topology,
 )
@@ -266,7 +266,7 @@ class TransUNet(DecoderDeepSupervision, nn.Module):
         self.transformer = TransformerBottleneck(ops, topo.features_per_stage[-1], embed, layers, heads,
                                                  topo.kernel_sizes[-1])
         self.decoder = AttentionDecoder(self.encoder, ops, num_classes, n_dec, topo.deep_supervision)
-        self.apply(InitWeights_He(1e-2))
+        init_he(self)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder skips, the deepest replaced by the transformer's output map."""

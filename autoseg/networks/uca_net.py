@@ -58,7 +58,6 @@ from dynamic_network_architectures.building_blocks.plain_conv_encoder import (
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
     StackedConvBlocks,
 )
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from autoseg.networks.config import (
@@ -70,6 +69,7 @@ from autoseg.networks.config import (
     check_input_size,
     check_int_list,
     check_keys,
+    init_he,
     ops_for_dim,
     parse_topology,
 )
@@ -229,7 +229,7 @@ class UCANet(DecoderDeepSupervision, nn.Module):
             [list(s) for s in topo.strides], list(n_conv), True, ops.norm_op, ops.norm_op_kwargs, None, None,
             ops.nonlin, ops.nonlin_kwargs, return_skips=True)
         self.decoder = UCADecoder(self.encoder, ops, num_classes, n_dec, topo.deep_supervision)
-        self.apply(InitWeights_He(1e-2))
+        init_he(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_input_divisible(tuple(x.shape[2:]), self.total_stride)

@@ -37,7 +37,6 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
     ConvDropoutNormReLU,
     StackedConvBlocks,
 )
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from autoseg.errors import ConfigurationError
@@ -50,6 +49,7 @@ from autoseg.networks.config import (
     check_input_size,
     check_int_list,
     check_keys,
+    init_he,
     ops_for_dim,
     parse_topology,
 )
@@ -194,7 +194,7 @@ class UNetPlusPlusASPP(DecoderDeepSupervision, nn.Module):
             ops.nonlin, ops.nonlin_kwargs, return_skips=True)
         self.aspp = ASPP(ops, topo.features_per_stage[-1], topo.kernel_sizes[-1], rates)
         self.decoder = NestedDecoder(self.encoder, ops, num_classes, n_dec, topo.deep_supervision)
-        self.apply(InitWeights_He(1e-2))
+        init_he(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_input_divisible(tuple(x.shape[2:]), self.total_stride)
