@@ -37,8 +37,9 @@ CALIBRATION_VERSION = 2  # 2: the per-voxel term (version 1 was overhead + flops
 
 #: A training step's FLOPs per forward FLOP. The backward pass of a convolution or matrix product
 #: costs two of its forward passes (the gradient of the input and of the weights). Counting the
-#: backward pass too, on the meta device, agreed within 0.3 % for every registered network (16..256
-#: features, 40x64x80) and took 2-3x as long as the forward pass alone.
+#: backward pass too, on the meta device, agreed within 0.3 % for the convolutional networks (16..256
+#: features at 40x64x80; 1 % at small patches) and within 3 % for TransUNet, and took 2-3x as long
+#: as the forward pass alone.
 TRAINING_FLOPS_PER_FORWARD = 3
 
 

@@ -112,6 +112,26 @@ def test_meta_device_build_and_forward(name):
 
 
 @pytest.mark.parametrize("name", NETWORKS)
+def test_he_initialisation_on_cpu_none_on_meta(name, monkeypatch):
+    """Real builds get He-initialised convolutions; meta builds (the planner's) skip it."""
+    import dynamic_network_architectures.initialization.weight_init as wi
+
+    kwargs = kwargs_for(name, STRIDES_3D, KERNELS_3D, base=8)
+    torch.manual_seed(0)
+    net = build_network(name, kwargs, 1, 3)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.weight[0].numel() >= 200]
+    assert convs
+    for conv in convs:  # kaiming_normal_ with a=0.01, fan_in: std = sqrt(2 / (1 + a^2) / fan_in)
+        expected = math.sqrt(2.0 / (1 + 1e-4) / conv.weight[0].numel())
+        assert conv.weight.std().item() == pytest.approx(expected, rel=0.25)
+    calls = []
+    monkeypatch.setattr(wi.InitWeights_He, "__call__", lambda self, module: calls.append(module))
+    with torch.device("meta"):
+        build_network(name, kwargs, 1, 3)
+    assert calls == []
+
+
+@pytest.mark.parametrize("name", NETWORKS)
 def test_weights_load_with_deep_supervision_switched_off(name):
     trained = build_network(name, kwargs_for(name, STRIDES_2D, ds=True), 1, 2)
     inference = build_network(name, kwargs_for(name, STRIDES_2D, ds=False), 1, 2)
