@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         results["nnunet_small_plan"] = shrink_nnunet_plan(work)
         write_nnunet_splits(work)
     if args.replan_autoseg:
-        results["plan_and_preprocess"]["autoseg"] = replan_autoseg(work)
+        results["autoseg_replan"] = replan_autoseg(work)  # one run; --retime-plans makes the table's row
     results["machine"] = machine_info(nn.PYTHON)
     if args.retime_plans:
         results["plan_and_preprocess"] = retime_plans(work, task, args.retime_plans)
