@@ -107,8 +107,9 @@ class MemoryPeak:
     """Peaks of the summed RSS and PSS over a session, sampled by a background thread.
 
     ``stage`` is set by the output reader; ``stage_rss`` keeps the peak RSS seen during each stage.
-    RSS is read every ``interval`` s; PSS (costly to read, see ``_pss``) only when the RSS sum is
-    within 3 % of its peak, at most every ``pss_interval`` s.
+    RSS is read every ``interval`` s; PSS (costly to read, see ``_pss``) only while the RSS sum
+    grows and, near its peak, every ``pss_interval`` s, so the PSS peak is a lower bound (shared
+    pages can put it where the RSS sum is not near its own peak).
     """
 
     sid: int
@@ -124,16 +125,19 @@ class MemoryPeak:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        last_pss = -math.inf
+        last_pss, rss_at_pss = -math.inf, 0
         while not self._stop.is_set():
             pids = _session_pids(self.sid)
             sizes = [_rss(p) for p in pids]
             rss = sum(sizes)
             now = time.monotonic()
-            # PSS only near a new RSS peak (where its own peak lies), at most every pss_interval s
-            if rss >= 0.97 * self.rss and now - last_pss >= self.pss_interval:
+            # PSS while the tree grows (3 % past the last read) and, near the RSS peak, every
+            # pss_interval s: where its own peak can lie, without reading it at 10 Hz
+            grown = rss > 1.03 * rss_at_pss
+            near_peak = rss >= 0.97 * self.rss and now - last_pss >= self.pss_interval
+            if rss and (grown or near_peak):
                 self.pss = max(self.pss, sum(_pss(p) for p in pids))
-                last_pss = now
+                last_pss, rss_at_pss = now, rss
             if rss > self.rss:
                 self.rss = rss
                 self.at_peak = [(_process_name(p), s) for p, s in zip(pids, sizes)]

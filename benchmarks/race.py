@@ -121,6 +121,13 @@ class nnUNetTrainer_Budget(nnUNetTrainer):
 '''
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,8 +148,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--replan-autoseg", action="store_true",
                    help="plan and preprocess autoseg again (after a planner change) before racing")
-    p.add_argument("--retime-plans", type=int, default=0, metavar="N",
-                   help="time both tools' plan + preprocess again, N alternating rounds, and train nothing")
+    p.add_argument("--retime-plans", type=_positive_int, default=None, metavar="N",
+                   help="time both tools' plan + preprocess again, N rounds (medians: the table's "
+                        "plan row), and train nothing")
     p.add_argument("--report", action="store_true", help="only print the table and update the docs")
     return p.parse_args(argv)
 
@@ -244,11 +252,14 @@ def shrink_nnunet_plan(work: Path, targets_gb: tuple[float, ...] = (0.25, 0.5, 1
 
 # --- stages -----------------------------------------------------------------------------------------
 
+def timed(tool: str, cmd: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
+    """One run of ``cmd`` in a fresh process tree: its wall time and peak memory (fails loudly)."""
+    return _row(run_measured(tool, cmd, env, log, {}, 7200))
+
+
 def plan_autoseg(work: Path) -> dict[str, Any]:
     """autoseg's plan + preprocess into ``autoseg_pre``, timed."""
-    run = run_measured("autoseg", AUTOSEG_PLAN, autoseg_env(work, work / "unused"),
-                       work / "logs" / "autoseg_plan.log", {}, 7200)
-    return _row(run)
+    return timed("autoseg", AUTOSEG_PLAN, autoseg_env(work, work / "unused"), work / "logs" / "autoseg_plan.log")
 
 
 def replan_autoseg(work: Path) -> dict[str, Any]:
@@ -268,10 +279,8 @@ def plan_stage(work: Path, task: Path) -> dict[str, Any]:
     shutil.rmtree(work / "autoseg_pre", ignore_errors=True)
     shutil.rmtree(work / "nnunet", ignore_errors=True)
     to_nnunet_raw(task, work / "nnunet" / "raw")
-    out: dict[str, Any] = {"autoseg": plan_autoseg(work)}
-    run = run_measured("nnunet", nnunet_plan_command(), nn.env(work / "nnunet"), logs / "nnunet_plan.log", {}, 7200)
-    out["nnunet"] = _row(run)
-    return out
+    return {"autoseg": plan_autoseg(work),
+            "nnunet": timed("nnunet", nnunet_plan_command(), nn.env(work / "nnunet"), logs / "nnunet_plan.log")}
 
 
 def nnunet_plan_command() -> list[str]:
@@ -279,26 +288,35 @@ def nnunet_plan_command() -> list[str]:
 
 
 def retime_plans(work: Path, task: Path, repeats: int) -> dict[str, Any]:
-    """Both tools' plan + preprocess of the race's task timed again, ``repeats`` alternating rounds,
-    medians; in scratch folders under ``work/retime`` (the race's own folders stay as they are).
+    """Both tools' plan + preprocess of the race's task timed again, ``repeats`` rounds, medians;
+    in scratch folders under ``work/retime``, deleted at the end (the race's own folders stay as
+    they are).
 
     Each round: autoseg as a first run on the machine (no CPU calibration cached), autoseg again
     with the calibration cached (its planned data deleted), nnU-Net from scratch (its fingerprint
-    and preprocessed data deleted)."""
+    and preprocessed data deleted); nnU-Net goes first in every other round, so a drift of the
+    machine does not favour one tool."""
     scratch, logs = work / "retime", work / "logs"
     shutil.rmtree(scratch, ignore_errors=True)
     to_nnunet_raw(task, scratch / "nnunet" / "raw")
     env = autoseg_env(work, scratch / "unused", "retime/autoseg_pre")
     rows: dict[str, list[dict[str, Any]]] = {"autoseg": [], "autoseg_cached": [], "nnunet": []}
-    for i in range(repeats):
+
+    def autoseg(i: int) -> None:
         shutil.rmtree(scratch / "autoseg_pre", ignore_errors=True)
-        rows["autoseg"].append(_row(run_measured("autoseg", AUTOSEG_PLAN, env, logs / f"retime_autoseg_{i}.log", {}, 7200)))
+        rows["autoseg"].append(timed("autoseg", AUTOSEG_PLAN, env, logs / f"retime_autoseg_{i}.log"))
         shutil.rmtree(scratch / "autoseg_pre" / MSD_TASK)  # cpu_calibration.json stays
-        rows["autoseg_cached"].append(_row(run_measured("autoseg", AUTOSEG_PLAN, env,
-                                                        logs / f"retime_autoseg_cached_{i}.log", {}, 7200)))
+        rows["autoseg_cached"].append(timed("autoseg", AUTOSEG_PLAN, env, logs / f"retime_autoseg_cached_{i}.log"))
+
+    def nnunet(i: int) -> None:
         shutil.rmtree(scratch / "nnunet" / "preprocessed", ignore_errors=True)
-        rows["nnunet"].append(_row(run_measured("nnunet", nnunet_plan_command(), nn.env(scratch / "nnunet"),
-                                                logs / f"retime_nnunet_{i}.log", {}, 7200)))
+        rows["nnunet"].append(timed("nnunet", nnunet_plan_command(), nn.env(scratch / "nnunet"),
+                                    logs / f"retime_nnunet_{i}.log"))
+
+    for i in range(repeats):
+        for run in ((autoseg, nnunet) if i % 2 == 0 else (nnunet, autoseg)):
+            run(i)
+    shutil.rmtree(scratch)
     out: dict[str, Any] = {name: {"wall_s": statistics.median(r["wall_s"] for r in rs),
                                   "peak_rss_gib": statistics.median(r["peak_rss_gib"] for r in rs),
                                   "wall_s_all": [r["wall_s"] for r in rs]}
@@ -392,6 +410,16 @@ def save_results(results: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def _started(row: dict[str, Any]) -> str:
+    """When a run began ("%Y-%m-%d %H:%M"): its finishing time less its training and prediction."""
+    from datetime import datetime, timedelta
+
+    if "time" not in row:
+        return ""
+    end = datetime.strptime(row["time"], "%Y-%m-%d %H:%M")
+    return (end - timedelta(seconds=row.get("train_wall_s", 0) + row.get("predict_wall_s", 0))).strftime("%Y-%m-%d %H:%M")
+
+
 def table(results: dict[str, Any]) -> str:
     """The markdown table of the latest results and the ratios to nnU-Net."""
     lines = []
@@ -399,6 +427,7 @@ def table(results: dict[str, Any]) -> str:
     if plan:
         n = plan["nnunet"]
         rounds = f", median of {plan['repeats']}" if plan.get("repeats") else ""
+        rounds += " *" if plan.get("time", "") < PSS_SAMPLER_FIXED else ""
         lines += [f"| plan + preprocess{rounds} | wall (s) | peak RSS (GiB) | ratio to nnU-Net (wall, memory) |",
                   "|---|---|---|---|"]
         for key, name in (("autoseg", "autoseg, first run (calibrates the CPU)"),
@@ -416,13 +445,14 @@ def table(results: dict[str, Any]) -> str:
         p = r["plan"]
         desc = f"{p.get('network', '?')}: {'x'.join(map(str, p['patch_size']))}, {p['batch_size']}, {p['features_per_stage'][0]}..{p['features_per_stage'][-1]}"
         d = r["test_dice"]
-        mark = "*" if r.get("time", "") < PSS_SAMPLER_FIXED else ""
+        mark = "*" if _started(r) < PSS_SAMPLER_FIXED else ""
         old = old or bool(mark)
         lines.append(f"| {r['budget']} | {r['contestant']} | {desc} | {r['steps']}{mark} | {r['median_step_s']:.2f}{mark} | "
                      f"{d['vessel']:.3f} | {d['tumour']:.3f} | {r['predict_wall_s']:.0f} |")
-    if old:
+    if old or (plan and plan.get("time", "") < PSS_SAMPLER_FIXED):
         lines += ["", "\\* timed before the harness's memory sampler was fixed (it slowed every training step it "
-                  "watched, autoseg's from 0.46 to 0.62 s, and nnU-Net's too): fewer steps in the budget than today."]
+                  "watched, autoseg's from 0.46 to 0.62 s; nnU-Net's too, by an amount not measured): fewer steps "
+                  "in the budget, and longer plan runs, than today."]
     return "\n".join(lines)
 
 
@@ -465,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replan_autoseg:
         results["autoseg_replan"] = replan_autoseg(work)  # one run; --retime-plans makes the table's row
     results["machine"] = machine_info(nn.PYTHON)
-    if args.retime_plans:
+    if args.retime_plans is not None:
         results["plan_and_preprocess"] = retime_plans(work, task, args.retime_plans)
         save_results(results, args.results)
         print(table(results))

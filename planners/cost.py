@@ -32,7 +32,7 @@ from autoseg.precision import autocast
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 2  # 2: the per-voxel term (version 1 was overhead + flops)
+CALIBRATION_VERSION = 3  # 2: the per-voxel term (1 was overhead + flops); 3: FLOPs as 3x forward
 
 
 #: A training step's FLOPs per forward FLOP. The backward pass of a convolution or matrix product

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoseg.errors import PlansError
+from autoseg.networks import NETWORKS
 from autoseg.planners import planner as planner_mod
 from autoseg.planners.cost import measure_step_seconds
 from autoseg.precision import resolve_precision
@@ -106,7 +107,7 @@ def test_time_model_fit_recovers_both_terms_and_stays_physical() -> None:
     assert slower.predict(10e9, 100_000) == pytest.approx(2 * truth.predict(10e9, 100_000))
 
 
-@pytest.mark.parametrize("name", ["arunet", "uca_net", "ra_vnet", "transunet", "unetpp_aspp", "resenc_unet"])
+@pytest.mark.parametrize("name", NETWORKS)
 def test_training_flops_match_counting_the_backward_pass(name: str) -> None:
     """3x the forward FLOPs stands in for forward + backward: within 1 % of counting both (3 % for
     TransUNet, whose attention's backward pass counts more than twice its forward)."""
@@ -124,8 +125,8 @@ def test_training_flops_match_counting_the_backward_pass(name: str) -> None:
     counter = FlopCounterMode(display=False)
     with counter:
         out = net(x)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        out.float().mean().backward()
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        sum(o.float().mean() for o in outs).backward()  # every deep-supervision head
     both = counter.get_total_flops()
     rel = 0.03 if name == "transunet" else 0.01
     assert training_flops(name, kwargs, 1, 3, (16, 32, 48), 2) == pytest.approx(both, rel=rel)
