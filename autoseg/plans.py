@@ -20,6 +20,7 @@ from autoseg.io import write_json
 from autoseg.precision import PRECISIONS
 
 PLANS_VERSION = 1
+LABEL_VOLUME_MODES = ("keep", "argmax")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Resampling:
     order_image: int = 3
     order_z: int = 0
     anisotropy_threshold: float = 3.0
+    #: "keep": label maps (and predictions brought back to the input grid) keep each class's volume,
+    #: so structures about a voxel wide survive resampling; "argmax": plain linear + arg-max.
+    label_volume: str = "keep"
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,9 @@ class Plans:
                 out.append(f"unknown normalisation scheme '{n.scheme}' (known: ct, zscore)")
             if n.scheme == "ct" and (n.window is None or n.window[0] >= n.window[1] or n.std <= 0):
                 out.append(f"ct normalisation needs window low < high and std > 0, got {n}")
+        if self.resampling.label_volume not in LABEL_VOLUME_MODES:
+            out.append(f"resampling.label_volume '{self.resampling.label_volume}' is not one of "
+                       f"{', '.join(LABEL_VOLUME_MODES)}")
         if 0 not in self.labels:
             out.append("labels must include 0 (background)")
         if self.recipe.precision not in PRECISIONS:

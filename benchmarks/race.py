@@ -151,6 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retime-plans", type=_positive_int, default=None, metavar="N",
                    help="time both tools' plan + preprocess again, N rounds (medians: the table's "
                         "plan row), and train nothing")
+    p.add_argument("--score-best", action="store_true",
+                   help="score the best-validation weights of autoseg rows trained before the race did so")
     p.add_argument("--report", action="store_true", help="only print the table and update the docs")
     return p.parse_args(argv)
 
@@ -331,6 +333,39 @@ def _row(run) -> dict[str, Any]:
     return {"wall_s": run.wall_s, "peak_rss_gib": round(run.peak_rss_bytes / 2**30, 2)}
 
 
+def predict_best(tag: str, model: Path, inputs: Path, env: dict[str, str], logs: Path) -> dict[str, Any]:
+    """Predict the test set with an autoseg fold's best-validation weights (untimed: same network as
+    the final weights); returns the row's fields for it."""
+    out_dir = inputs.parent / "predictions" / f"{tag}_best"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    run = run_measured(tag, [sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out_dir),
+                             "-m", str(model), "-f", "0", "--checkpoint", "best"], env,
+                       logs / f"{tag}_predict_best.log", {}, 7200)
+    if run.returncode:
+        raise SystemExit(f"{run.tool} failed: see {run.log}")
+    log = [json.loads(l) for l in (model / "fold_0" / "log.jsonl").read_text().splitlines()]
+    best = max(log, key=lambda r: r["val_mean_dice"])
+    return {"predictions_best": str(out_dir), "best_epoch": best["epoch"],
+            "best_epoch_progress": round(best["progress"], 3), "epochs": len(log)}
+
+
+def score_best_checkpoints(results: dict[str, Any], work: Path, task: Path) -> None:
+    """Add the best-validation weights' test Dice to every autoseg row whose model is still on disk."""
+    inputs = test_inputs(task, work / "test_inputs")
+    for key, row in results["runs"].items():
+        tag = f"{row['contestant']}_{row['budget']}"
+        models = list((work / "autoseg_results" / tag).glob(f"{MSD_TASK}/*/plans.json"))
+        if not row["contestant"].startswith("autoseg") or "test_dice_best" in row or not models:
+            continue
+        pre = f"autoseg_pre_{row['contestant'][8:-1]}" if "[" in row["contestant"] else "autoseg_pre"
+        if not (work / pre).is_dir():
+            pre = "autoseg_pre"
+        env = autoseg_env(work, work / "autoseg_results" / tag, pre)
+        row.update(predict_best(tag, models[0].parent, inputs, env, work / "logs"))
+        row["test_dice_best"] = score(Path(row["predictions_best"]), task)["test_dice"]
+        print(key, row["test_dice"], "best:", row["test_dice_best"], flush=True)
+
+
 def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path, inputs: Path,
                       autoseg_args: list[str], autoseg_pre: str = "autoseg_pre") -> dict[str, Any]:
     logs = work / "logs"
@@ -354,7 +389,9 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
                 "precision": plans["recipe"]["precision"]}
         predict = run_measured(tag, [sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out_dir),
                                      "-m", str(model), "-f", "0"], env, logs / f"{tag}_predict.log", {}, 7200)
+        extra = predict_best(tag, model, inputs, env, logs)
     else:
+        extra = {}
         plans_name = "nnUNetPlans" if contestant == "nnunet_default" else SMALL_PLANS
         root = work / "nnunet"
         results = work / "nnunet_results" / f"{contestant}_{budget}"
@@ -377,7 +414,7 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
     return {"contestant": contestant, "budget": budget, "budget_s": budget_s, "plan": plan, "steps": steps,
             "median_step_s": round(step_s, 3), "train_wall_s": train.wall_s,
             "train_peak_rss_gib": round(train.peak_rss_bytes / 2**30, 2), "predict_wall_s": predict.wall_s,
-            "predict_peak_rss_gib": round(predict.peak_rss_bytes / 2**30, 2), "predictions": str(out_dir)}
+            "predict_peak_rss_gib": round(predict.peak_rss_bytes / 2**30, 2), "predictions": str(out_dir), **extra}
 
 
 def score(pred_dir: Path, task: Path) -> dict[str, Any]:
@@ -420,6 +457,14 @@ def _started(row: dict[str, Any]) -> str:
     return (end - timedelta(seconds=row.get("train_wall_s", 0) + row.get("predict_wall_s", 0))).strftime("%Y-%m-%d %H:%M")
 
 
+def _best(row: dict[str, Any]) -> str:
+    """The row's test Dice with the best-validation checkpoint, where it was scored."""
+    b = row.get("test_dice_best")
+    if not b:
+        return ""
+    return f"{b['vessel']:.3f}, {b['tumour']:.3f} ({row['best_epoch']} of {row['epochs']})"
+
+
 def table(results: dict[str, Any]) -> str:
     """The markdown table of the latest results and the ratios to nnU-Net."""
     lines = []
@@ -440,7 +485,7 @@ def table(results: dict[str, Any]) -> str:
         lines += [f"| nnU-Net 3d_fullres | {n['wall_s']:.1f} | {n['peak_rss_gib']:.2f} | |", ""]
     runs = sorted(results["runs"].values(), key=lambda r: (r["budget_s"], r["contestant"]))
     lines += ["| budget | contestant | network: patch, batch, features | steps | s/step | vessel Dice | tumour Dice | "
-              "predict test set (s) |", "|---|---|---|---|---|---|---|---|"]
+              "predict test set (s) | best-validation weights: vessel, tumour (epoch) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         p = r["plan"]
         desc = f"{p.get('network', '?')}: {'x'.join(map(str, p['patch_size']))}, {p['batch_size']}, {p['features_per_stage'][0]}..{p['features_per_stage'][-1]}"
@@ -448,7 +493,7 @@ def table(results: dict[str, Any]) -> str:
         mark = "*" if _started(r) < PSS_SAMPLER_FIXED else ""
         old = old or bool(mark)
         lines.append(f"| {r['budget']} | {r['contestant']} | {desc} | {r['steps']}{mark} | {r['median_step_s']:.2f}{mark} | "
-                     f"{d['vessel']:.3f} | {d['tumour']:.3f} | {r['predict_wall_s']:.0f} |")
+                     f"{d['vessel']:.3f} | {d['tumour']:.3f} | {r['predict_wall_s']:.0f} | {_best(r)} |")
     if old:
         lines += ["", "\\* timed before the harness's memory sampler was fixed (it slowed every training step it "
                   "watched, autoseg's from 0.46 to 0.62 s; nnU-Net's too, by an amount not measured): fewer steps "
@@ -495,6 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.replan_autoseg:
         results["autoseg_replan"] = replan_autoseg(work)  # one run; --retime-plans makes the table's row
     results["machine"] = machine_info(nn.PYTHON)
+    if args.score_best:
+        score_best_checkpoints(results, work, task)
+        save_results(results, args.results)
+        print(table(results))
+        return 0
     if args.retime_plans is not None:
         results["plan_and_preprocess"] = retime_plans(work, task, args.retime_plans)
         save_results(results, args.results)
@@ -512,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
                 contestant = f"autoseg[{args.variant}]"
             row = train_and_predict(contestant, budget, seconds, work, inputs, args.autoseg_args, pre)
             row.update(score(Path(row["predictions"]), task))
+            if "predictions_best" in row:
+                row["test_dice_best"] = score(Path(row["predictions_best"]), task)["test_dice"]
             row["time"] = time.strftime("%Y-%m-%d %H:%M")
             results["runs"][f"{contestant}@{budget}"] = row
             save_results(results, args.results)

@@ -19,7 +19,7 @@ from autoseg.cropping import BBox, mask_bbox
 from autoseg.io import (Geometry, is_dicom_folder, read_case_images, strip_image_suffix, write_image,
                         write_json)
 from autoseg.precision import resolve_precision
-from autoseg.preprocessing import preprocess_case, resample_probabilities
+from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.model import AnyModel
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.report import case_report, write_overlays
@@ -130,7 +130,7 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
     timings: dict[str, float] = {}
     probs = predict_probabilities(model, pre.data, options, timings)
     t_net = time.perf_counter()
-    labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, geometry),
+    labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, plans),
                                   options.postprocessing, geometry.spacing_zyx)
     write_image(output / f"{name}.nii.gz", labels, geometry)
     stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,
@@ -166,7 +166,8 @@ def region_of_interest(roi_model: Any, name: str, image_path: Path,
     t0 = time.perf_counter()
     pre = preprocess_case([image_path], None, roi_model.plans, case_id=name)
     geometry = Geometry.from_dict(pre.properties["original_geometry"])
-    labels = _labels_on_input_grid(predict_probabilities(roi_model, pre.data, options), pre.properties, geometry)
+    labels = _labels_on_input_grid(predict_probabilities(roi_model, pre.data, options), pre.properties,
+                                   roi_model.plans)
     box = mask_bbox(labels > 0)
     info: dict[str, Any] = {"model": str(roi_model.folder), "margin_mm": options.roi_margin_mm,
                             "foreground_ml": float(np.count_nonzero(labels) * np.prod(geometry.spacing_zyx) / 1000)}
@@ -179,14 +180,9 @@ def region_of_interest(roi_model: Any, name: str, image_path: Path,
                    "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], geometry: Geometry) -> np.ndarray:
-    """Resample the probabilities to the crop, arg-max there, paste into the full input grid."""
-    crop_shape = tuple(properties["shape_after_crop"])
-    cropped = resample_probabilities(probs, crop_shape).argmax(0).astype(np.uint8)
-    labels = np.zeros(geometry.shape_zyx, dtype=np.uint8)
-    region = tuple(slice(a, b) for a, b in properties["crop_bbox"])
-    labels[region] = cropped
-    return labels
+def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], plans: Any) -> np.ndarray:
+    """The model's labels on the input grid, class volumes kept as its plans say."""
+    return labels_on_original_grid(probs, properties, keep_volume=plans.resampling.label_volume == "keep")
 
 
 def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions) -> list[dict[str, Any]]:

@@ -9,11 +9,11 @@ Public API::
     load_case(out_dir, case_id) -> (memory-mapped (C + 1, z, y, x) array, properties)
 """
 from autoseg.preprocessing.preprocess import (PreprocessedCase, preprocess_case, preprocess_dataset,
-                                              restore_to_original)
+                                              labels_on_original_grid, restore_to_original)
 from autoseg.preprocessing.resampling import resample_image, resample_labels, resample_probabilities
 from autoseg.preprocessing.storage import case_files, load_case, plans_key
 
 __all__ = [
-    "PreprocessedCase", "preprocess_case", "preprocess_dataset", "restore_to_original",
+    "PreprocessedCase", "preprocess_case", "preprocess_dataset", "restore_to_original", "labels_on_original_grid",
     "resample_image", "resample_labels", "resample_probabilities", "case_files", "load_case", "plans_key",
 ]

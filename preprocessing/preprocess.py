@@ -26,8 +26,8 @@ from autoseg.io import Geometry, read_case_images, read_label_on, strip_image_su
 from autoseg.plans import Plans
 from autoseg.cropping import BBox, bbox_slices, body_mask, crop_bbox
 from autoseg.preprocessing.normalisation import needs_mask, normalise
-from autoseg.preprocessing.resampling import (resample_image, resample_labels, resample_probabilities,
-                                              torch_threads)
+from autoseg.preprocessing.resampling import (probabilities_to_labels, resample_image, resample_labels,
+                                              resample_probabilities, torch_threads)
 from autoseg.preprocessing.storage import is_up_to_date, plans_key, write_case
 from autoseg.validation import validate_case
 
@@ -126,7 +126,8 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
         del cropped
         seg = None
         if label is not None:
-            seg = resample_labels(label[bbox_slices(bbox)], src, dst, plans.num_classes)
+            seg = resample_labels(label[bbox_slices(bbox)], src, dst, plans.num_classes,
+                                  keep_volume=plans.resampling.label_volume == "keep")
     properties.update({"shape_after_resampling": list(data.shape[1:]), "target_spacing": list(dst),
                        "num_channels": int(data.shape[0]), "has_label": seg is not None})
     if seg is not None:
@@ -161,6 +162,23 @@ def restore_to_original(array: np.ndarray | torch.Tensor, properties: dict[str, 
     out = np.zeros(original, dtype=np.uint8)
     out[region] = labels
     return out
+
+
+def labels_on_original_grid(probs: np.ndarray | torch.Tensor, properties: dict[str, Any],
+                            keep_volume: bool = True, num_threads: int | None = None) -> np.ndarray:
+    """Labels on the input grid (z, y, x) from probabilities ``(K, z, y, x)`` on the preprocessed
+    grid: resampled to the crop and arg-maxed there (keeping each class's volume, see
+    ``probabilities_to_labels``), background outside the crop."""
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().cpu().numpy()
+    expected = tuple(properties["shape_after_resampling"])
+    if probs.ndim != 4 or tuple(probs.shape[1:]) != expected:
+        raise ValueError(f"probabilities of shape {probs.shape} do not match the preprocessed shape {expected}")
+    region = bbox_slices(tuple(tuple(b) for b in properties["crop_bbox"]))  # type: ignore[arg-type]
+    labels = np.zeros(tuple(properties["original_shape"]), dtype=np.uint8)
+    labels[region] = probabilities_to_labels(probs, tuple(properties["shape_after_crop"]),
+                                             keep_volume=keep_volume, num_threads=num_threads)
+    return labels
 
 
 def _process_one(case: Case, plans: Plans, out_dir: Path, key: str) -> str:

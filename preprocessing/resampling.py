@@ -15,6 +15,17 @@ The one-hot temporaries are ``num_classes`` times a chunk, so when a single outp
 exceed ``ONEHOT_SLICE_FACTOR * chunk_bytes`` (about 100 classes on a 512 x 512 grid) nearest neighbour
 is used instead.
 
+Label maps keep each class's volume (``keep_volume``, the default): linear interpolation followed
+by arg-max thins structures about one voxel wide (a vessel's one-hot value falls below one half
+between the new voxel centres), so a phantom's hepatic vessels lost 25-45% of their volume at the
+median spacing, and a network trained on them under-segments. After the arg-max, a class that lost
+voxels takes back background voxels in order of its interpolated value (nearest to the structure
+first) until its volume in mL matches the input's; a class is never taken from another
+foreground class. Probabilities brought back to the input grid are turned into labels the same
+way, keeping each class's volume on the grid they were predicted on
+(``probabilities_to_labels``). This takes a second pass over the volume, only when some class lost
+more than ``KEEP_VOLUME_TOLERANCE`` of its voxels.
+
 Conventions: arrays are ``(z, y, x)`` with channels first; spacings are ``(z, y, x)`` in mm; a voxel's
 value sits at its centre, the grid spans the same physical extent before and after (so a shape change of
 ``n -> m`` scales coordinates by ``n / m``), which is what skimage's ``resize`` and torch's
@@ -37,6 +48,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 2**20
 ONEHOT_SLICE_FACTOR = 8  # nearest neighbour for labels when one one-hot slice needs 8x CHUNK_BYTES
+KEEP_VOLUME_TOLERANCE = 0.005  # a class is refilled when it lost more than this share of its voxels
+_VALUE_BINS = 1024  # histogram of interpolated class values that sets the refill threshold
 _CUBIC_A = -0.75  # torch's (and OpenCV's) cubic convolution coefficient
 _MODES_2D = {0: "nearest-exact", 1: "bilinear", 3: "bicubic"}
 
@@ -224,6 +237,89 @@ class _ArgMax(_Finish):
         dst[k0:k1] = value
 
 
+class _ArgMaxCandidates(_ArgMax):
+    """Arg-max that also counts each class's voxels and, per foreground class, histograms its
+    interpolated value over the voxels that went to the background (where it may refill)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.counts = np.zeros(num_classes, dtype=np.int64)
+        self.hist = torch.zeros((num_classes, _VALUE_BINS), dtype=torch.float64)
+
+    def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
+        super().__call__(dst, k0, k1, chunk)
+        label = torch.from_numpy(dst[k0:k1])
+        self.counts += np.bincount(dst[k0:k1].ravel(), minlength=len(self.counts))[:len(self.counts)]
+        background = label == 0
+        for k in range(1, chunk.shape[0]):
+            values = chunk[k][background]
+            values = values[values > 0]
+            if values.numel():
+                self.hist[k] += torch.histc(values, _VALUE_BINS, 0.0, 1.0).double()
+
+    def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
+        super().constant(dst, k0, k1, value)
+        self.counts[value] += dst[k0:k1].size
+
+
+class _Refill(_Finish):
+    """Second pass: background voxels go to a class whose value reaches its refill threshold
+    (the highest value wins where several classes qualify)."""
+
+    def __init__(self, thresholds: dict[int, float]) -> None:
+        self.thresholds = thresholds
+
+    def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
+        label = torch.from_numpy(dst[k0:k1])
+        background = label == 0
+        best = torch.zeros(chunk.shape[1:], dtype=chunk.dtype)
+        fill = torch.zeros_like(label)
+        for k, t in self.thresholds.items():
+            v = chunk[k]
+            claim = background & (v >= t) & (v > best)
+            fill.masked_fill_(claim, k)
+            torch.where(claim, v, best, out=best)
+        label.copy_(torch.where(fill > 0, fill, label))
+
+    def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
+        pass  # a single-class slab has no candidates
+
+
+def refill_thresholds(counts: np.ndarray, hist: torch.Tensor, targets: np.ndarray,
+                      tolerance: float = KEEP_VOLUME_TOLERANCE) -> dict[int, float]:
+    """Per foreground class that lost voxels, the value from which background voxels refill it so
+    that its count comes closest to ``targets``."""
+    thresholds: dict[int, float] = {}
+    for k in range(1, len(counts)):
+        deficit = float(targets[k]) - float(counts[k])
+        if deficit < max(1.0, tolerance * float(targets[k])):
+            continue
+        from_top = torch.flip(hist[k], (0,)).cumsum(0).numpy()  # voxels at or above each bin, high first
+        j = int(np.searchsorted(from_top, deficit))
+        if j >= len(from_top):
+            j = len(from_top) - 1
+        elif j > 0 and abs(from_top[j - 1] - deficit) <= abs(from_top[j] - deficit):
+            j -= 1  # stopping one bin higher comes closer to the volume
+        thresholds[k] = max((_VALUE_BINS - 1 - j) / _VALUE_BINS, 1e-6)
+    return thresholds
+
+
+def _argmax_keeping_volume(volume: np.ndarray, plan: _Plan, out: np.ndarray, chunk_bytes: int,
+                           prepare: _Prepare, num_classes: int, source_counts: np.ndarray,
+                           keep_volume: bool) -> None:
+    """Arg-max of the interpolated class values into ``out``; with ``keep_volume`` a second pass
+    refills classes that lost voxels (their counts scaled by the change of voxel size)."""
+    if not keep_volume:
+        _apply(volume, plan, out, chunk_bytes, prepare, _ArgMax())
+        return
+    first = _ArgMaxCandidates(num_classes)
+    _apply(volume, plan, out, chunk_bytes, prepare, first)
+    targets = source_counts * (out.size / float(np.prod(volume.shape[1:])))
+    thresholds = refill_thresholds(first.counts, first.hist, targets)
+    if thresholds:
+        log.debug("keeping class volumes: refill thresholds %s", thresholds)
+        _apply(volume, plan, out, chunk_bytes, prepare, _Refill(thresholds))
+
+
 def _resolve(shape: Sequence[int], src_spacing: Sequence[float] | None,
              dst_spacing: Sequence[float] | None,
              dst_shape: Sequence[int] | None) -> tuple[tuple[int, int, int], tuple[float, ...] | None,
@@ -278,10 +374,11 @@ def resample_image(data: np.ndarray, src_spacing: Sequence[float],
 def resample_labels(seg: np.ndarray, src_spacing: Sequence[float] | None = None,
                     dst_spacing: Sequence[float] | None = None, num_classes: int | None = None, *,
                     dst_shape: Sequence[int] | None = None, num_threads: int | None = None,
-                    chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+                    chunk_bytes: int = CHUNK_BYTES, keep_volume: bool = True) -> np.ndarray:
     """Resample a label map ``(z, y, x)`` to ``dst_spacing`` (or ``dst_shape``); returns uint8.
 
-    One-hot, linear, arg-max (nearest neighbour when one-hot slices would exceed ``chunk_bytes``).
+    One-hot, linear, arg-max (nearest neighbour when one-hot slices would exceed ``chunk_bytes``);
+    with ``keep_volume`` each class keeps its volume in mL (see the module's docstring).
     Only labels present in the input can appear in the output.
     """
     if seg.ndim != 3:
@@ -304,8 +401,10 @@ def resample_labels(seg: np.ndarray, src_spacing: Sequence[float] | None = None,
             _apply(seg[None], plan, out[None], chunk_bytes, _Prepare(), _Cast())
         return out
     plan = _Plan(axis=0, order_inplane=1, order_z=1, out_shape=out_shape)
+    counts = np.bincount(seg.ravel(), minlength=num_classes)[:num_classes] if keep_volume else None
     with torch_threads(num_threads), torch.inference_mode():
-        _apply(seg[None], plan, out, chunk_bytes, _OneHot(num_classes), _ArgMax())
+        _argmax_keeping_volume(seg[None], plan, out, chunk_bytes, _OneHot(num_classes), num_classes,
+                               counts, keep_volume)
     return out
 
 
@@ -336,4 +435,34 @@ def resample_probabilities(probs: np.ndarray | torch.Tensor, dst_shape: Sequence
     plan = _Plan(axis=0, order_inplane=1, order_z=1, out_shape=out_shape)
     with torch_threads(num_threads), torch.inference_mode():
         _apply(probs, plan, out, chunk_bytes, _Prepare(), _Finish())
+    return out
+
+
+def probabilities_to_labels(probs: np.ndarray | torch.Tensor, dst_shape: Sequence[int], *,
+                            keep_volume: bool = True, num_threads: int | None = None,
+                            chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Labels ``(z, y, x)`` (uint8) on ``dst_shape`` from class probabilities ``(K, z, y, x)``:
+    linear resampling and arg-max, and with ``keep_volume`` each class keeps the volume in mL that
+    the arg-max gives on the probabilities' own grid. Never materialises the resampled probabilities."""
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().to("cpu", torch.float32).numpy()
+    if probs.ndim != 4:
+        raise ValueError(f"probabilities_to_labels expects (K, z, y, x), got shape {probs.shape}")
+    if probs.shape[0] > 256:
+        raise ValueError(f"at most 256 classes, got {probs.shape[0]}")
+    out_shape, _, _ = _resolve(probs.shape[1:], None, None, dst_shape)
+    num_classes = probs.shape[0]
+    out = np.empty(out_shape, dtype=np.uint8)
+    plan = _Plan(axis=0, order_inplane=1, order_z=1, out_shape=out_shape)
+    with torch_threads(num_threads), torch.inference_mode():
+        if tuple(probs.shape[1:]) == out_shape:
+            _ArgMax()(out, 0, out_shape[0], torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)))
+            return out
+        counts = None
+        if keep_volume:
+            source = np.empty(probs.shape[1:], dtype=np.uint8)
+            _ArgMax()(source, 0, source.shape[0], torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)))
+            counts = np.bincount(source.ravel(), minlength=num_classes)[:num_classes]
+            del source
+        _argmax_keeping_volume(probs, plan, out, chunk_bytes, _Prepare(), num_classes, counts, keep_volume)
     return out

@@ -64,6 +64,19 @@ def test_missing_plans_says_what_to_run(tmp_path: Path) -> None:
         Plans.load(tmp_path / "plans.json")
 
 
+def test_unknown_label_volume_mode_fails_loudly(tmp_path: Path) -> None:
+    make_plans().save(tmp_path / "plans.json")
+    data = json.loads((tmp_path / "plans.json").read_text())
+    assert data["resampling"]["label_volume"] == "keep"  # the default
+    data["resampling"]["label_volume"] = "nearest"
+    (tmp_path / "plans.json").write_text(json.dumps(data))
+    with pytest.raises(PlansError, match="resampling.label_volume 'nearest' is not one of keep, argmax"):
+        Plans.load(tmp_path / "plans.json")
+    del data["resampling"]["label_volume"]  # plans written before the field: the default
+    (tmp_path / "plans.json").write_text(json.dumps(data))
+    assert Plans.load(tmp_path / "plans.json").resampling.label_volume == "keep"
+
+
 def test_unknown_normalisation_scheme_fails_loudly() -> None:
     with pytest.raises(PlansError, match="unknown normalisation scheme 'minmax'"):
         make_plans(normalisation=(Normalisation("minmax"),))

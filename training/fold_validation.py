@@ -23,7 +23,7 @@ import torch
 from autoseg.io import Geometry, atomic_path, write_image, write_json
 from autoseg.metrics import case_dice, mean_present
 from autoseg.plans import Plans
-from autoseg.preprocessing.preprocess import restore_to_original
+from autoseg.preprocessing.preprocess import labels_on_original_grid
 from autoseg.sliding_window import predict_sliding_window
 from autoseg.training.data import CaseStore
 
@@ -55,7 +55,8 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
             ref = np.asarray(array[-1]).round().astype(np.uint8)
             per_case[case] = case_dice(pred, ref, names)
             if write_predictions:
-                _write_on_original_grid(pred, store.properties(case), out_dir / f"{case}.nii.gz")
+                _write_on_original_grid(probs, store.properties(case), out_dir / f"{case}.nii.gz",
+                                        plans.resampling.label_volume == "keep")
                 with atomic_path(out_dir / f"{case}.pred.npz") as tmp:  # for post-processing decisions
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, labels=pred, probabilities=quantise(probs))
@@ -78,6 +79,7 @@ def write_summary(out_dir: Path, per_case: dict[str, dict[str, float | None]], n
     return summary
 
 
-def _write_on_original_grid(pred: np.ndarray, properties: dict[str, Any], path: Path) -> None:
-    labels = restore_to_original(pred, properties)
+def _write_on_original_grid(probs: np.ndarray, properties: dict[str, Any], path: Path, keep_volume: bool) -> None:
+    """The validation prediction on the case's input grid, made as ``autoseg predict`` makes it."""
+    labels = labels_on_original_grid(probs, properties, keep_volume)
     write_image(path, labels, Geometry.from_dict(properties["original_geometry"]))
