@@ -123,7 +123,7 @@ GPU_DEFAULT_RECIPE = "sgd_poly"
 
 @dataclass(frozen=True)
 class Plans:
-    """The versioned plan for one dataset. See docs/plans.md for every field."""
+    """The versioned plan for one dataset. See docs/planning.md ("plans.json") for every field."""
 
     dataset_name: str
     channel_names: tuple[str, ...]

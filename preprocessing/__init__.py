@@ -5,6 +5,7 @@ Public API::
     preprocess_dataset(dataset, plans, out_dir, num_workers=2, cases=None) -> list[str]
     preprocess_case(image_paths, label_path, plans) -> PreprocessedCase
     restore_to_original(prediction, properties) -> array on the input grid
+    labels_on_original_grid(probabilities, properties) -> labels on the input grid, volumes kept
     resample_image / resample_labels / resample_probabilities
     load_case(out_dir, case_id) -> (memory-mapped (C + 1, z, y, x) array, properties)
 """

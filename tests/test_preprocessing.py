@@ -13,8 +13,8 @@ from autoseg.datasets import Case, load_dataset
 from autoseg.errors import ConfigurationError, DatasetError, ImageReadError
 from autoseg.io import Geometry, write_image
 from autoseg.plans import Estimates, NetworkPlan, Normalisation, Plans, Resampling
-from autoseg.preprocessing import (load_case, preprocess_case, preprocess_dataset, resample_image,
-                                   resample_labels, resample_probabilities, restore_to_original)
+from autoseg.preprocessing import (labels_on_original_grid, load_case, preprocess_case, preprocess_dataset,
+                                   resample_image, resample_labels, resample_probabilities, restore_to_original)
 from autoseg.cropping import crop_bbox
 from autoseg.preprocessing.normalisation import normalise
 from autoseg.preprocessing.resampling import probabilities_to_labels, separate_axis, target_shape
@@ -257,6 +257,11 @@ def test_preprocess_case_and_restore_round_trip(tmp_path: Path) -> None:
     outside[tuple(slice(a, b) for a, b in props["crop_bbox"])] = False
     assert np.all(probs[0][outside] == 1) and np.all(probs[1:, outside] == 0)
     assert dice(probs.argmax(0) >= 1, labels >= 1) > 0.95
+    on_input = labels_on_original_grid(onehot, props)  # what predict and fold validation write
+    assert on_input.shape == labels.shape and not on_input[outside].any()
+    assert dice(on_input == 1, labels == 1) > 0.95 and dice(on_input == 2, labels == 2) > 0.9
+    with pytest.raises(ValueError, match="do not match the preprocessed shape"):
+        labels_on_original_grid(onehot[:, :-1], props)
 
 
 def test_inference_case_without_label(tmp_path: Path) -> None:
