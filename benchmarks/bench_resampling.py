@@ -2,9 +2,11 @@
 
 One CT-sized volume, 1 x 100 x 512 x 512 at 2.5 x 0.8 x 0.8 mm (z, y, x), resampled to 2.5 x 1.6 x 1.6
 mm with each tool's 3d_fullres defaults (image: cubic in-plane, z separately with order 0 because the
-source is anisotropic; labels: 3 classes, linear). Each tool runs in a fresh process of its own venv;
-the figures are the wall time of each call and the peak resident memory the call added on top of the
-process before it (VmHWM after minus VmRSS before), plus the process's total peak.
+source is anisotropic; labels: 3 classes, linear, with one-voxel-wide lines of label 2; autoseg
+keeping class volumes, its default, and as ``labels_argmax`` without). Each tool runs in a fresh
+process of its own venv; the figures are the wall time of each call and the peak resident memory
+the call added on top of the process before it (VmHWM after minus VmRSS before), plus the
+process's total peak.
 
 Not run by CI. nnU-Net comes from ``benchmarks/.venv-nnunet`` (``benchmarks/setup_nnunet.sh``); without
 it only autoseg is measured. From the repository root::
@@ -40,18 +42,23 @@ data = rng.standard_normal((1, *shape), dtype=np.float32)
 seg = np.zeros(shape, np.uint8)
 seg[20:80, 100:400, 100:400] = 1
 seg[40:60, 200:260, 200:260] = 2
+for i in range(12):  # one-voxel-wide vessels, which label resampling must not thin away
+    seg[22 + 5 * i, 110 + 24 * i, 110:390] = 2
+    seg[24 + 5 * i, 110:390, 105 + 24 * i] = 2
 if tool == "autoseg":
     from autoseg.plans import Resampling
     from autoseg.preprocessing.resampling import resample_image, resample_labels
     image_fn = lambda: resample_image(data, src, dst, Resampling(order_image=3, order_z=0))
     label_fn = lambda: resample_labels(seg, src, dst, num_classes=3)
+    argmax_fn = lambda: resample_labels(seg, src, dst, num_classes=3, keep_volume=False)
 else:
     from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape as r
     image_fn = lambda: r(data, new_shape, src, dst, is_seg=False, order=3, order_z=0, force_separate_z=None)
     label_fn = lambda: r(seg[None], new_shape, src, dst, is_seg=True, order=1, order_z=0,
                          force_separate_z=None)
 out = {}
-for name, fn in (("image", image_fn), ("labels", label_fn)):
+fns = [("image", image_fn), ("labels", label_fn)] + ([("labels_argmax", argmax_fn)] if tool == "autoseg" else [])
+for name, fn in fns:
     before = status("VmRSS")
     times = []
     for _ in range(repeat):
