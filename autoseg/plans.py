@@ -52,6 +52,10 @@ class Resampling:
     #: so structures about a voxel wide survive resampling; "argmax": plain linear + arg-max.
     label_volume: str = "keep"
 
+    @property
+    def keeps_label_volume(self) -> bool:
+        return self.label_volume == "keep"
+
 
 @dataclass(frozen=True)
 class NetworkPlan:

@@ -182,7 +182,7 @@ def region_of_interest(roi_model: Any, name: str, image_path: Path,
 
 def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], plans: Any) -> np.ndarray:
     """The model's labels on the input grid, class volumes kept as its plans say."""
-    return labels_on_original_grid(probs, properties, keep_volume=plans.resampling.label_volume == "keep")
+    return labels_on_original_grid(probs, properties, keep_volume=plans.resampling.keeps_label_volume)
 
 
 def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions) -> list[dict[str, Any]]:

@@ -127,7 +127,7 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
         seg = None
         if label is not None:
             seg = resample_labels(label[bbox_slices(bbox)], src, dst, plans.num_classes,
-                                  keep_volume=plans.resampling.label_volume == "keep")
+                                  keep_volume=plans.resampling.keeps_label_volume)
     properties.update({"shape_after_resampling": list(data.shape[1:]), "target_spacing": list(dst),
                        "num_channels": int(data.shape[0]), "has_label": seg is not None})
     if seg is not None:
@@ -146,12 +146,7 @@ def restore_to_original(array: np.ndarray | torch.Tensor, properties: dict[str, 
     """
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
-    expected = tuple(properties["shape_after_resampling"])
-    if tuple(array.shape[-3:]) != expected or array.ndim not in (3, 4):
-        raise ValueError(f"prediction shape {array.shape} does not match the preprocessed shape {expected}")
-    crop_shape = tuple(properties["shape_after_crop"])
-    region = bbox_slices(tuple(tuple(b) for b in properties["crop_bbox"]))  # type: ignore[arg-type]
-    original = tuple(properties["original_shape"])
+    crop_shape, region, original = _crop_placement(array.shape, properties, (3, 4))
     if array.ndim == 4:
         probs = resample_probabilities(array, crop_shape, num_threads=num_threads)
         full = np.zeros((array.shape[0], *original), dtype=np.float32)
@@ -169,16 +164,22 @@ def labels_on_original_grid(probs: np.ndarray | torch.Tensor, properties: dict[s
     """Labels on the input grid (z, y, x) from probabilities ``(K, z, y, x)`` on the preprocessed
     grid: resampled to the crop and arg-maxed there (keeping each class's volume, see
     ``probabilities_to_labels``), background outside the crop."""
-    if isinstance(probs, torch.Tensor):
-        probs = probs.detach().cpu().numpy()
-    expected = tuple(properties["shape_after_resampling"])
-    if probs.ndim != 4 or tuple(probs.shape[1:]) != expected:
-        raise ValueError(f"probabilities of shape {probs.shape} do not match the preprocessed shape {expected}")
-    region = bbox_slices(tuple(tuple(b) for b in properties["crop_bbox"]))  # type: ignore[arg-type]
-    labels = np.zeros(tuple(properties["original_shape"]), dtype=np.uint8)
-    labels[region] = probabilities_to_labels(probs, tuple(properties["shape_after_crop"]),
-                                             keep_volume=keep_volume, num_threads=num_threads)
+    crop_shape, region, original = _crop_placement(tuple(probs.shape), properties, (4,))
+    labels = np.zeros(original, dtype=np.uint8)
+    labels[region] = probabilities_to_labels(probs, crop_shape, keep_volume=keep_volume, num_threads=num_threads)
     return labels
+
+
+def _crop_placement(shape: Sequence[int], properties: dict[str, Any],
+                    ndims: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[slice, ...], tuple[int, ...]]:
+    """For a prediction of ``shape`` on the preprocessed grid: the crop's shape on the input grid,
+    the crop's region there and the input grid's shape (a clear error when the shape is wrong)."""
+    expected = tuple(properties["shape_after_resampling"])
+    if len(shape) not in ndims or tuple(shape[-3:]) != expected:
+        raise ValueError(f"the axes of prediction shape {tuple(shape)} do not match the preprocessed "
+                         f"shape {expected}")
+    region = bbox_slices(tuple(tuple(b) for b in properties["crop_bbox"]))  # type: ignore[arg-type]
+    return tuple(properties["shape_after_crop"]), region, tuple(properties["original_shape"])
 
 
 def _process_one(case: Case, plans: Plans, out_dir: Path, key: str) -> str:

@@ -56,7 +56,7 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
             per_case[case] = case_dice(pred, ref, names)
             if write_predictions:
                 _write_on_original_grid(probs, store.properties(case), out_dir / f"{case}.nii.gz",
-                                        plans.resampling.label_volume == "keep")
+                                        plans.resampling.keeps_label_volume)
                 with atomic_path(out_dir / f"{case}.pred.npz") as tmp:  # for post-processing decisions
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, labels=pred, probabilities=quantise(probs))
