@@ -153,6 +153,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "plan row), and train nothing")
     p.add_argument("--score-best", action="store_true",
                    help="score the best-validation weights of autoseg rows trained before the race did so")
+    p.add_argument("--large-test", type=_positive_int, default=None, metavar="N",
+                   help="score trained rows again on the race's test cases plus N more held-out phantoms "
+                        "(work/large), with paired bootstrap intervals; trains nothing")
+    p.add_argument("--large-test-rows", nargs="+", default=list(LARGE_TEST_ROWS), metavar="ROW",
+                   help=f"rows for --large-test (default {' '.join(LARGE_TEST_ROWS)})")
     p.add_argument("--report", action="store_true", help="only print the table and update the docs")
     return p.parse_args(argv)
 
@@ -366,6 +371,26 @@ def score_best_checkpoints(results: dict[str, Any], work: Path, task: Path) -> N
         print(key, row["test_dice"], "best:", row["test_dice_best"], flush=True)
 
 
+def nnunet_plans_name(contestant: str) -> str:
+    return "nnUNetPlans" if contestant == "nnunet_default" else SMALL_PLANS
+
+
+def predict_command(contestant: str, budget: str, work: Path, inputs: Path, out_dir: Path,
+                    autoseg_pre: str = "autoseg_pre") -> tuple[list[str], dict[str, str]]:
+    """The command and environment with which a trained contestant predicts ``inputs`` into
+    ``out_dir``: fold 0's final weights, no mirroring, for both tools."""
+    tag = f"{contestant}_{budget}"
+    if contestant.startswith("autoseg"):
+        results = work / "autoseg_results" / tag
+        model = next(results.glob(f"{MSD_TASK}/*/plans.json")).parent
+        return ([sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out_dir),
+                 "-m", str(model), "-f", "0"], autoseg_env(work, results, autoseg_pre))
+    env = {**nn.env(work / "nnunet"), "nnUNet_results": str(work / "nnunet_results" / tag)}
+    return ([nn.command("nnUNetv2_predict"), "-i", str(inputs), "-o", str(out_dir), "-d", "8", "-c", nn.CONFIG,
+             "-p", nnunet_plans_name(contestant), "-tr", "nnUNetTrainer_Budget", "-f", "0", "-device", "cpu",
+             "-npp", "1", "-nps", "1", "--disable_tta", "--disable_progress_bar"], env)
+
+
 def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path, inputs: Path,
                       autoseg_args: list[str], autoseg_pre: str = "autoseg_pre") -> dict[str, Any]:
     logs = work / "logs"
@@ -387,12 +412,12 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
                 "network": plans["network"]["name"], "features_per_stage": plans["network"]["kwargs"]["features_per_stage"],
                 "recipe": plans["recipe"]["name"], "loss": plans["recipe"]["loss"],
                 "precision": plans["recipe"]["precision"]}
-        predict = run_measured(tag, [sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out_dir),
-                                     "-m", str(model), "-f", "0"], env, logs / f"{tag}_predict.log", {}, 7200)
+        cmd, env = predict_command(contestant, budget, work, inputs, out_dir, autoseg_pre)
+        predict = run_measured(tag, cmd, env, logs / f"{tag}_predict.log", {}, 7200)
         extra = predict_best(tag, model, inputs, env, logs)
     else:
         extra = {}
-        plans_name = "nnUNetPlans" if contestant == "nnunet_default" else SMALL_PLANS
+        plans_name = nnunet_plans_name(contestant)
         root = work / "nnunet"
         results = work / "nnunet_results" / f"{contestant}_{budget}"
         shutil.rmtree(results, ignore_errors=True)
@@ -404,9 +429,7 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
         steps_log = json.loads((fold / "race_steps.json").read_text())
         steps, step_s = steps_log["steps"], steps_log["median_step_s"]
         plan = nn.configuration(root / "preprocessed" / nn.DATASET / f"{plans_name}.json")
-        cmd = [nn.command("nnUNetv2_predict"), "-i", str(inputs), "-o", str(out_dir), "-d", "8", "-c", nn.CONFIG,
-               "-p", plans_name, "-tr", "nnUNetTrainer_Budget", "-f", "0", "-device", "cpu", "-npp", "1",
-               "-nps", "1", "--disable_tta", "--disable_progress_bar"]
+        cmd, env = predict_command(contestant, budget, work, inputs, out_dir)
         predict = run_measured(tag, cmd, env, logs / f"{tag}_predict.log", {}, 7200)
     for run in (train, predict):
         if run.returncode:
@@ -432,6 +455,80 @@ def score(pred_dir: Path, task: Path) -> dict[str, Any]:
                                 for k, v in dice_per_class(pred, ref, sorted(CLASSES)).items()}
     mean = {c: round(float(np.mean([s[c] for s in cases.values() if s[c] is not None])), 4) for c in CLASSES.values()}
     return {"test_dice": mean, "test_cases": cases}
+
+
+#: The rows the larger held-out set scores by default: the current plan of each tool.
+LARGE_TEST_ROWS = ("autoseg@20m", "nnunet_small@20m", "autoseg@60m", "nnunet_small@60m")
+BOOTSTRAP_SAMPLES = 10000
+
+
+def large_test_task(work: Path, n: int, test: int, extra: int, seed: int, race_task: Path) -> Path:
+    """The race's task with ``extra`` more held-out phantoms: the same seed, so its training cases
+    and first ``test`` test cases are the race's own (checked byte for byte on the first of each)."""
+    task = make_task(work / "large", n, test + extra, seed)
+    for sub, name in (("imagesTr", f"hepaticvessel_{0:03d}.nii.gz"), ("labelsTs", f"hepaticvessel_{n:03d}.nii.gz")):
+        if (task / sub / name).read_bytes() != (race_task / sub / name).read_bytes():
+            raise SystemExit(f"{task / sub / name} differs from the race's {race_task / sub / name}: "
+                             "the generator changed since the race's task was written")
+    return task
+
+
+def score_large_test(results: dict[str, Any], work: Path, task: Path, keys: list[str]) -> None:
+    """Predict the larger held-out set with each named row's model (still on disk) and score it."""
+    inputs = test_inputs(task, work / "large" / "test_inputs")
+    for key in keys:
+        if key not in results["runs"]:
+            raise SystemExit(f"no row {key} in the results; rows: {', '.join(results['runs'])}")
+        row = results["runs"][key]
+        tag = f"{row['contestant']}_{row['budget']}"
+        out_dir = work / "large" / "predictions" / tag
+        shutil.rmtree(out_dir, ignore_errors=True)
+        cmd, env = predict_command(row["contestant"], row["budget"], work, inputs, out_dir)
+        run = run_measured(tag, cmd, env, work / "logs" / f"{tag}_predict_large.log", {}, 7200)
+        if run.returncode:
+            raise SystemExit(f"{run.tool} failed: see {run.log}")
+        row["large_test"] = {**score(out_dir, task), "predict_wall_s": run.wall_s,
+                             "time": time.strftime("%Y-%m-%d %H:%M")}
+        print(key, row["large_test"]["test_dice"], f"{run.wall_s:.0f} s", flush=True)
+
+
+def paired_difference(a: dict[str, dict[str, float | None]], b: dict[str, dict[str, float | None]],
+                      cls: str, seed: int = 0) -> dict[str, float]:
+    """Mean per-case Dice difference a - b over the cases where both are defined, with a 95 %
+    percentile-bootstrap interval (cases resampled) and the number of cases a wins."""
+    diffs = np.array([a[c][cls] - b[c][cls] for c in a if a[c][cls] is not None and b.get(c, {}).get(cls) is not None])
+    rng = np.random.default_rng(seed)
+    boot = diffs[rng.integers(0, len(diffs), (BOOTSTRAP_SAMPLES, len(diffs)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(diffs.mean()), "low": float(lo), "high": float(hi), "cases": int(len(diffs)),
+            "wins": int((diffs > 0).sum())}
+
+
+def large_table(results: dict[str, Any]) -> str:
+    """Dice on the larger held-out set, and autoseg's paired difference to nnU-Net's shrunk plan."""
+    rows = [(k, r) for k, r in sorted(results["runs"].items(), key=lambda kr: (kr[1]["budget_s"], kr[0]))
+            if "large_test" in r]
+    if not rows:
+        return ""
+    n = len(rows[0][1]["large_test"]["test_cases"])
+    lines = [f"| budget | contestant | vessel Dice | tumour Dice ({n} held-out cases) | predict (s) |",
+             "|---|---|---|---|---|"]
+    for _, r in rows:
+        d = r["large_test"]["test_dice"]
+        lines.append(f"| {r['budget']} | {r['contestant']} | {d['vessel']:.3f} | {d['tumour']:.3f} | "
+                     f"{r['large_test']['predict_wall_s']:.0f} |")
+    by_key = dict(rows)
+    pairs = [(k, f"nnunet_small@{r['budget']}") for k, r in rows if r["contestant"].startswith("autoseg")]
+    pairs = [(a, b) for a, b in pairs if b in by_key]
+    if pairs:
+        lines += ["", "| paired per case, mean and 95 % bootstrap interval | vessel | tumour |", "|---|---|---|"]
+        for a, b in pairs:
+            cells = []
+            for cls in CLASSES.values():
+                d = paired_difference(by_key[a]["large_test"]["test_cases"], by_key[b]["large_test"]["test_cases"], cls)
+                cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']} of {d['cases']}")
+            lines.append(f"| {a} minus {b} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 # --- results and report -----------------------------------------------------------------------------
@@ -498,6 +595,10 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", "\\* timed before the harness's memory sampler was fixed (it slowed every training step it "
                   "watched, autoseg's from 0.46 to 0.62 s; nnU-Net's too, by an amount not measured): fewer steps "
                   "in the budget, and longer plan runs, than today."]
+    large = large_table(results)
+    if large:
+        lines += ["", "The same models on a larger held-out set (`--large-test`; the race's test cases among them):",
+                  "", large]
     return "\n".join(lines)
 
 
@@ -544,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
         score_best_checkpoints(results, work, task)
         save_results(results, args.results)
         print(table(results))
+        return 0
+    if args.large_test is not None:
+        large = large_test_task(work, args.num_training, args.test, args.large_test, args.seed, task)
+        score_large_test(results, work, large, args.large_test_rows)
+        save_results(results, args.results)
+        print(large_table(results))
         return 0
     if args.retime_plans is not None:
         results["plan_and_preprocess"] = retime_plans(work, task, args.retime_plans)
