@@ -7,6 +7,7 @@ Run from the repository root (after ``bash benchmarks/setup_nnunet.sh``)::
     .venv/bin/python benchmarks/race.py --budgets 2m --test 2 -n 6   # a quick check of the harness
     .venv/bin/python benchmarks/race.py --report                     # table and docs from race.json
     .venv/bin/python benchmarks/race.py --retime-plans 3             # plan + preprocess only, 3 rounds
+    .venv/bin/python benchmarks/race.py --large-test 30              # trained rows on 36 test cases
     .venv/bin/python benchmarks/race.py --budgets 20m --contestants autoseg --variant plain_unet \
         --autoseg-args --network plain_unet                          # an autoseg variant, same task
 
@@ -30,6 +31,11 @@ resident memory, sampled at 10 Hz):
    per-epoch validation, for both. One augmentation worker each.
 5. Each fold-0 model predicts the held-out cases (one fold, no mirroring, for both); per-class Dice
    against the phantom's labels, background never counted.
+
+``--large-test N`` predicts the held-out cases again with the trained models of named rows, on the
+race's test cases plus ``N`` more phantoms drawn with the same seed (``work/large``), and reports
+the paired per-case Dice difference of each autoseg row to nnU-Net's shrunk plan of the same budget
+with a 95 % bootstrap interval: six test cases cannot separate differences of a few hundredths.
 
 Results accumulate in ``benchmarks/results/race.json`` (one entry per contestant and budget, kept
 across runs); ``--report`` prints the table and rewrites the block of ``docs/benchmarks.md`` between
@@ -174,12 +180,17 @@ def autoseg_env(work: Path, results: Path, pre: str = "autoseg_pre") -> dict[str
 
 
 def plan_variant(work: Path, name: str, plan_args: str) -> str:
-    """A second autoseg preprocessed folder planned with ``plan_args``, sharing the race's split."""
+    """A second autoseg preprocessed folder planned with ``plan_args``, sharing the race's split and CPU
+    calibration (so only what ``plan_args`` change differs)."""
     import shlex
     import subprocess
 
     pre = f"autoseg_pre_{name}"
     if not (work / pre / MSD_TASK / "plans.json").is_file():
+        calibration = work / "autoseg_pre" / "cpu_calibration.json"  # the race's CPU timing, not a new draw
+        if calibration.is_file():
+            (work / pre).mkdir(parents=True, exist_ok=True)
+            shutil.copy(calibration, work / pre / calibration.name)
         subprocess.run([*AUTOSEG_PLAN, *shlex.split(plan_args)], env=autoseg_env(work, work / "unused", pre),
                        check=True)
         shutil.copy(work / "autoseg_pre" / MSD_TASK / "splits.json", work / pre / MSD_TASK / "splits.json")
@@ -501,7 +512,7 @@ def paired_difference(a: dict[str, dict[str, float | None]], b: dict[str, dict[s
     boot = diffs[rng.integers(0, len(diffs), (BOOTSTRAP_SAMPLES, len(diffs)))].mean(axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"mean": float(diffs.mean()), "low": float(lo), "high": float(hi), "cases": int(len(diffs)),
-            "wins": int((diffs > 0).sum())}
+            "wins": int((diffs > 0).sum()), "losses": int((diffs < 0).sum())}
 
 
 def large_table(results: dict[str, Any]) -> str:
@@ -526,7 +537,7 @@ def large_table(results: dict[str, Any]) -> str:
             cells = []
             for cls in CLASSES.values():
                 d = paired_difference(by_key[a]["large_test"]["test_cases"], by_key[b]["large_test"]["test_cases"], cls)
-                cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']} of {d['cases']}")
+                cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']}, losses {d['losses']} of {d['cases']}")
             lines.append(f"| {a} minus {b} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

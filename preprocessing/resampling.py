@@ -19,12 +19,15 @@ Label maps keep each class's volume (``keep_volume``, the default): linear inter
 by arg-max thins structures about one voxel wide (a vessel's one-hot value falls below one half
 between the new voxel centres), so a phantom's hepatic vessels lost 25-45% of their volume at the
 median spacing, and a network trained on them under-segments. After the arg-max, a class that lost
-voxels takes back background voxels in order of its interpolated value (nearest to the structure
-first) until its volume in mL matches the input's; a class is never taken from another
-foreground class. Probabilities brought back to the input grid are turned into labels the same
-way, keeping each class's volume on the grid they were predicted on
+voxels takes back voxels in order of its interpolated value (nearest to the structure first) until
+its volume in mL matches the input's. It takes them from the background and from classes of a
+larger volume: a tumour inside a liver label loses its rim to the liver in the arg-max and takes it
+back. A class that gave voxels to a smaller one then takes its own back, from the background only
+(so there is no cycle). Probabilities brought back to the input grid are turned into labels the
+same way, keeping each class's volume on the grid they were predicted on
 (``probabilities_to_labels``). This takes a second pass over the volume, only when some class lost
-more than ``KEEP_VOLUME_TOLERANCE`` of its voxels.
+more than ``KEEP_VOLUME_TOLERANCE`` of its voxels, and two more where a class gave voxels to a
+smaller one.
 
 Conventions: arrays are ``(z, y, x)`` with channels first; spacings are ``(z, y, x)`` in mm; a voxel's
 value sits at its centre, the grid spans the same physical extent before and after (so a shape change of
@@ -237,69 +240,98 @@ class _ArgMax(_Finish):
         dst[k0:k1] = value
 
 
-class _ArgMaxCandidates(_ArgMax):
-    """Arg-max that also counts each class's voxels and, per foreground class, histograms its
-    interpolated value over the voxels that went to the background (where it may refill)."""
+class _Candidates(_Finish):
+    """Counts each class's voxels in ``dst`` (already written) and, per foreground class ``k``,
+    histograms its margin (its interpolated value less that of the voxel's class, in [-1, 0]) over
+    the voxels labelled each other class ``l`` where ``k``'s value is above 0 (where ``k`` may
+    refill): ``hist[k, l]``, ``_VALUE_BINS`` bins."""
 
     def __init__(self, num_classes: int) -> None:
         self.counts = np.zeros(num_classes, dtype=np.int64)
-        self.hist = torch.zeros((num_classes, _VALUE_BINS), dtype=torch.float64)
+        self.hist = torch.zeros((num_classes, num_classes, _VALUE_BINS), dtype=torch.float64)
 
     def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
-        super().__call__(dst, k0, k1, chunk)
-        label = torch.from_numpy(dst[k0:k1])
-        self.counts += np.bincount(dst[k0:k1].ravel(), minlength=len(self.counts))[:len(self.counts)]
-        background = label == 0
+        n = len(self.counts)
+        label = torch.from_numpy(dst[k0:k1]).long()
+        self.counts += np.bincount(dst[k0:k1].ravel(), minlength=n)[:n]
+        current = chunk.gather(0, label.unsqueeze(0)).squeeze(0)
         for k in range(1, chunk.shape[0]):
-            values = chunk[k][background]
-            values = values[values > 0]
-            if values.numel():
-                self.hist[k] += torch.histc(values, _VALUE_BINS, 0.0, 1.0).double()
+            values = chunk[k]
+            keep = (values > 0) & (label != k)
+            if not bool(keep.any()):
+                continue
+            bins = ((values[keep] - current[keep] + 1.0) * _VALUE_BINS).long().clamp_(0, _VALUE_BINS - 1)
+            index = label[keep] * _VALUE_BINS + bins
+            self.hist[k] += torch.bincount(index, minlength=n * _VALUE_BINS).view(n, _VALUE_BINS).double()
 
     def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
-        super().constant(dst, k0, k1, value)
         self.counts[value] += dst[k0:k1].size
 
 
-class _Refill(_Finish):
-    """Second pass: background voxels go to a class whose value reaches its refill threshold
-    (the highest value wins where several classes qualify)."""
+class _ArgMaxCandidates(_Candidates):
+    """The arg-max written to ``dst``, then counted and histogrammed as :class:`_Candidates`."""
 
-    def __init__(self, thresholds: dict[int, float]) -> None:
+    def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
+        _ArgMax()(dst, k0, k1, chunk)
+        super().__call__(dst, k0, k1, chunk)
+
+    def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
+        dst[k0:k1] = value
+        super().constant(dst, k0, k1, value)
+
+
+class _Refill(_Finish):
+    """Second pass: a voxel labelled ``l`` goes to class ``k`` where ``k``'s margin (see
+    :class:`_Candidates`) reaches its threshold for ``l`` (``thresholds[k][l]``); where several
+    classes qualify, the highest margin wins."""
+
+    def __init__(self, thresholds: dict[int, dict[int, float]]) -> None:
         self.thresholds = thresholds
 
     def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
         label = torch.from_numpy(dst[k0:k1])
-        background = label == 0
-        best = torch.zeros(chunk.shape[1:], dtype=chunk.dtype)
+        current = chunk.gather(0, label.long().unsqueeze(0)).squeeze(0)
+        best = torch.full(chunk.shape[1:], -2.0, dtype=chunk.dtype)
         fill = torch.zeros_like(label)
-        for k, t in self.thresholds.items():
-            v = chunk[k]
-            claim = background & (v >= t) & (v > best)
+        for k, donors in self.thresholds.items():
+            margin = chunk[k] - current
+            eligible = torch.zeros(label.shape, dtype=torch.bool)
+            for l, t in donors.items():
+                eligible |= (label == l) & (margin >= t)
+            claim = eligible & (chunk[k] > 0) & (margin > best)
             fill.masked_fill_(claim, k)
-            torch.where(claim, v, best, out=best)
+            torch.where(claim, margin, best, out=best)
         label.copy_(torch.where(fill > 0, fill, label))
 
     def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
         pass  # a single-class slab has no candidates
 
 
-def refill_thresholds(counts: np.ndarray, hist: torch.Tensor, targets: np.ndarray,
-                      tolerance: float = KEEP_VOLUME_TOLERANCE) -> dict[int, float]:
-    """Per foreground class that lost voxels, the value from which background voxels refill it so
-    that its count comes closest to ``targets``."""
-    thresholds: dict[int, float] = {}
+def refill_thresholds(counts: np.ndarray, hist: torch.Tensor, targets: np.ndarray, from_larger: bool = False,
+                      tolerance: float = KEEP_VOLUME_TOLERANCE) -> dict[int, dict[int, float]]:
+    """Per foreground class that lost voxels, the margin (see :class:`_Candidates`) from which it
+    takes voxels of each donor (``{class: {donor: threshold}}``) so that its count comes closest to
+    ``targets``.
+
+    The donors are the background and, with ``from_larger``, the foreground classes of a larger
+    target volume; one threshold, from the histogram of the class's margin over all its donors.
+    Taking every voxel whose margin reaches a threshold is the arg-max with the class's value
+    raised by that much: the voxels nearest to being the class's go first."""
+    thresholds: dict[int, dict[int, float]] = {}
     for k in range(1, len(counts)):
         deficit = float(targets[k]) - float(counts[k])
         if deficit < max(1.0, tolerance * float(targets[k])):
             continue
-        from_top = torch.flip(hist[k], (0,)).cumsum(0).numpy()  # voxels at or above each bin, high first
+        donors = [0] + [l for l in range(1, len(counts)) if from_larger and targets[l] > targets[k]]
+        pooled = torch.stack([hist[k, l] for l in donors]).sum(0)
+        from_top = torch.flip(pooled, (0,)).cumsum(0).numpy()  # voxels at or above each bin, high first
         j = int(np.searchsorted(from_top, deficit))
         if j >= len(from_top):
             j = len(from_top) - 1
         elif j > 0 and abs(from_top[j - 1] - deficit) <= abs(from_top[j] - deficit):
             j -= 1  # stopping one bin higher comes closer to the volume
-        thresholds[k] = max((_VALUE_BINS - 1 - j) / _VALUE_BINS, 1e-6)
+        threshold = (_VALUE_BINS - 1 - j) / _VALUE_BINS - 1.0
+        thresholds[k] = {l: threshold for l in donors}
     return thresholds
 
 
@@ -307,16 +339,27 @@ def _argmax_keeping_volume(volume: np.ndarray, plan: _Plan, out: np.ndarray, chu
                            prepare: _Prepare, num_classes: int, source_counts: np.ndarray,
                            keep_volume: bool) -> None:
     """Arg-max of the interpolated class values into ``out``; with ``keep_volume`` a second pass
-    refills classes that lost voxels (their counts scaled by the change of voxel size)."""
+    refills classes that lost voxels (their counts scaled by the change of voxel size), from the
+    background and from larger classes, and where a class gave voxels to a smaller one a third and
+    fourth pass refill every class still short from the background alone."""
     if not keep_volume:
         _apply(volume, plan, out, chunk_bytes, prepare, _ArgMax())
         return
     first = _ArgMaxCandidates(num_classes)
     _apply(volume, plan, out, chunk_bytes, prepare, first)
     targets = source_counts * (out.size / float(np.prod(volume.shape[1:])))
-    thresholds = refill_thresholds(first.counts, first.hist, targets)
+    thresholds = refill_thresholds(first.counts, first.hist, targets, from_larger=True)
+    if not thresholds:
+        return
+    log.debug("keeping class volumes: refill thresholds %s", thresholds)
+    _apply(volume, plan, out, chunk_bytes, prepare, _Refill(thresholds))
+    if not any(l for donors in thresholds.values() for l in donors):
+        return
+    again = _Candidates(num_classes)
+    _apply(volume, plan, out, chunk_bytes, prepare, again)
+    thresholds = refill_thresholds(again.counts, again.hist, targets)
     if thresholds:
-        log.debug("keeping class volumes: refill thresholds %s", thresholds)
+        log.debug("keeping class volumes, after nested refill: thresholds %s", thresholds)
         _apply(volume, plan, out, chunk_bytes, prepare, _Refill(thresholds))
 
 

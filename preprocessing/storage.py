@@ -22,7 +22,7 @@ from autoseg.plans import Plans
 
 log = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = 1  # bump when a code change alters the output, so old cases are redone
+PREPROCESSING_VERSION = 2  # bump when a code change alters the output, so old cases are redone
 
 
 def data_dir(out_dir: Path) -> Path:

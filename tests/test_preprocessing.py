@@ -17,7 +17,8 @@ from autoseg.preprocessing import (labels_on_original_grid, load_case, preproces
                                    resample_image, resample_labels, resample_probabilities, restore_to_original)
 from autoseg.cropping import crop_bbox
 from autoseg.preprocessing.normalisation import normalise
-from autoseg.preprocessing.resampling import probabilities_to_labels, separate_axis, target_shape
+from autoseg.preprocessing.resampling import (KEEP_VOLUME_TOLERANCE, probabilities_to_labels, separate_axis,
+                                              target_shape)
 from autoseg.validation import validate_case
 
 SPACING = (2.5, 0.8, 0.8)  # z, y, x
@@ -209,6 +210,34 @@ def test_label_resampling_keeps_thin_structures_volume(dst) -> None:
     assert len(added) and cKDTree(centres).query(added)[0].max() <= np.linalg.norm(src) + 1e-6
 
 
+def liver_with_tumours(seed: int = 0) -> np.ndarray:
+    """A liver ellipsoid holding a few irregular tumours of 1-3 voxels across (not axis-aligned)."""
+    from scipy import ndimage
+
+    z, y, x = np.mgrid[:40, :64, :64]
+    labels = np.zeros((40, 64, 64), np.uint8)
+    labels[((z - 20) / 16) ** 2 + ((y - 32) / 28) ** 2 + ((x - 32) / 28) ** 2 < 1] = 1
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(labels.shape), 1.0)
+    labels[ndimage.binary_opening((field > np.quantile(field, 0.985)) & (labels == 1))] = 2
+    return labels
+
+
+def test_a_class_inside_a_larger_one_takes_its_volume_back_from_it() -> None:
+    labels = liver_with_tumours()
+    src, dst = (1.0, 1.0, 1.0), (1.2, 1.1, 1.3)
+    plain = resample_labels(labels, src, dst, 3, keep_volume=False)
+    kept = resample_labels(labels, src, dst, 3)
+    scale = labels.size / kept.size  # source voxels per output voxel (the grid keeps its extent)
+    ratio = lambda seg, k: (seg == k).sum() * scale / (labels == k).sum()
+    # the tumours lie wholly inside the liver: the arg-max gives a third of them to it ...
+    assert ratio(plain, 2) < 0.7
+    # ... and they take it back from the liver, which keeps its own volume (from the background)
+    assert ratio(kept, 2) == pytest.approx(1.0, rel=0.1)
+    assert ratio(kept, 1) == pytest.approx(1.0, abs=KEEP_VOLUME_TOLERANCE + 0.002)
+    # what the tumours took was liver next to them: every added tumour voxel was liver
+    assert np.all(plain[(kept == 2) & (plain != 2)] == 1)
+
+
 def test_keeping_volume_leaves_large_structures_as_plain_resampling() -> None:
     _, labels = phantom(shape=(20, 40, 40))
     dst = (1.6, 1.1, 1.3)
@@ -260,9 +289,10 @@ def test_preprocess_case_and_restore_round_trip(tmp_path: Path) -> None:
     on_input = labels_on_original_grid(onehot, props)  # what predict and fold validation write
     assert on_input.shape == labels.shape and not on_input[outside].any()
     assert dice(on_input == 1, labels == 1) > 0.95 and dice(on_input >= 1, labels >= 1) > 0.95
-    # a class inside another (this 71-voxel tumour in the liver) cannot refill from it: it keeps
-    # only ~0.7 of its volume through the round trip (documented limit)
-    assert 0.6 < (on_input == 2).sum() / (labels == 2).sum() < 1.1
+    # this 71-voxel tumour inside the liver is 16-22 voxels on the coarse grid, where ties of the
+    # one-hot interpolation let each step match its volume only to a few voxels: ~0.83 kept
+    # through the round trip (before tumours could take voxels back from the liver: ~0.7)
+    assert 0.75 < (on_input == 2).sum() / (labels == 2).sum() < 1.1
     with pytest.raises(ValueError, match="do not match the preprocessed shape"):
         labels_on_original_grid(onehot[:, :-1], props)
 
