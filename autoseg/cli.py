@@ -56,8 +56,9 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--network", default="arunet", help="network from the registry (default: arunet)")
     p.add_argument("--features", type=int, choices=(8, 16), default=None,
                    help="base features (default: chosen by the budget)")
-    p.add_argument("--hu-window", type=float, nargs=2, default=(-160.0, 240.0), metavar=("LOW", "HIGH"),
-                   help="Hounsfield window for CT (default: -160 240)")
+    p.add_argument("--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="Hounsfield window for CT (default: the labelled voxels' 0.5-99.5 percentiles "
+                        "inside -160 240; give -160 240 for the whole abdominal window)")
     p.add_argument("--max-slices", type=int, default=None,
                    help="exclude cases with more slices than this (reported in fingerprint.json)")
     p.add_argument("--only", choices=("fingerprint", "plan", "preprocess"), action="append",
@@ -74,8 +75,8 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
     options = PlannerOptions(
         device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,
-        network=args.network, base_features=args.features, hu_window=tuple(args.hu_window),
-        cpu_gflops=args.cpu_gflops, verify=args.verify, seed=args.seed, precision=args.precision,
+        network=args.network, base_features=args.features,
+        hu_window=tuple(args.hu_window) if args.hu_window else None, cpu_gflops=args.cpu_gflops, verify=args.verify, seed=args.seed, precision=args.precision,
         calibration_cache=settings.preprocessed / "cpu_calibration.json")
     if args.recalibrate:
         (settings.preprocessed / "cpu_calibration.json").unlink(missing_ok=True)

@@ -23,6 +23,11 @@ PLANS_VERSION = 1
 LABEL_VOLUME_MODES = ("keep", "argmax")
 
 
+#: The abdominal window of the published liver work, in Hounsfield units: CT windows are fitted
+#: inside it (the planner, docs/planning.md "The HU window") and overlays are drawn in it.
+HU_BOUNDS = (-160.0, 240.0)
+
+
 @dataclass(frozen=True)
 class Normalisation:
     """Intensity normalisation of one input channel.

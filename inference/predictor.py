@@ -18,6 +18,7 @@ from autoseg.errors import AutosegError, ImageReadError
 from autoseg.cropping import BBox, mask_bbox
 from autoseg.io import (Geometry, is_dicom_folder, read_case_images, strip_image_suffix, write_image,
                         write_json)
+from autoseg.plans import HU_BOUNDS
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.model import AnyModel
@@ -150,8 +151,8 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
         report["roi"] = roi_report
     if options.overlays:
         ct, _ = read_case_images([image_path])
-        window = plans.normalisation[0].window or (-160.0, 240.0)
-        report["overlays"] = [p.name for p in write_overlays(output / name, ct[0], labels, window)]
+        # the abdominal display window, not the (possibly narrower) window the network was fed
+        report["overlays"] = [p.name for p in write_overlays(output / name, ct[0], labels, HU_BOUNDS)]
     write_json(output / f"{name}.report.json", report)
     return report
 

@@ -20,14 +20,19 @@ import numpy as np
 
 from autoseg.errors import ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, estimate_training_memory, network_names
-from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, RECIPES, Estimates, NetworkPlan,
+from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, HU_BOUNDS, RECIPES, Estimates, NetworkPlan,
                            Normalisation, Plans, Resampling)
 from autoseg.planners.topology import Topology, plan_topology
 from autoseg.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HU_WINDOW = (-160.0, 240.0)
+#: CT intensities are clipped inside HU_BOUNDS; within it the plan narrows the window to the
+#: labelled voxels' 0.5-99.5 percentiles, as nnU-Net's CT normalisation does, unless a window is
+#: given (docs/planning.md, "The HU window").
+FOREGROUND_PERCENTILES = ("percentile_00_5", "percentile_99_5")
+#: A fitted window narrower than this (a label of one homogeneous tissue) falls back to HU_BOUNDS.
+MIN_HU_WIDTH = 50.0
 FEATURE_CAP = 320
 MIN_BATCH = 2
 MAX_GPU_BATCH = 64
@@ -50,7 +55,7 @@ class PlannerOptions:
     ram_fraction: float = 0.5
     network: str = "arunet"
     base_features: int | None = None  # None: choose 8 or 16 by the budget
-    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
+    hu_window: tuple[float, float] | None = None  # None: narrowed to the foreground within HU_BOUNDS
     cpu_gflops: float | None = None  # CPU throughput; None: calibrated on this machine (cached)
     verify: bool = False  # CPU: also time the chosen plan for real and adjust it
     calibration_cache: Path | None = None
@@ -71,9 +76,8 @@ class PlannerOptions:
             raise ConfigurationError(f"--features must be 8 or 16, got {self.base_features}")
         if self.gpu_memory_gb <= 0 or self.step_time_target_s <= 0:
             raise ConfigurationError("--gpu-memory and --step-time must be positive")
-        lo, hi = self.hu_window
-        if lo >= hi:
-            raise ConfigurationError(f"HU window low {lo} must be below high {hi}")
+        if self.hu_window is not None and self.hu_window[0] >= self.hu_window[1]:
+            raise ConfigurationError(f"HU window low {self.hu_window[0]} must be below high {self.hu_window[1]}")
 
 
 def target_spacing(fingerprint: dict[str, Any]) -> tuple[float, ...]:
@@ -99,20 +103,36 @@ def median_shape_at(fingerprint: dict[str, Any], spacing: tuple[float, ...]) -> 
     return tuple(int(round(v)) for v in np.median(np.array(shapes), axis=0))
 
 
-def normalisation_for(fingerprint: dict[str, Any], window: tuple[float, float]) -> tuple[Normalisation, ...]:
-    """CT channels: clip to the HU window, z-score with the clipped foreground statistics."""
+def hu_window_for(stats: dict[str, Any], window: tuple[float, float] | None) -> tuple[float, float]:
+    """The CT window of a channel: ``window`` as given, else the labelled voxels' 0.5 and 99.5
+    percentiles, each bounded by its side of ``HU_BOUNDS`` (the bounds themselves where the
+    fingerprint lacks the percentiles or they leave under ``MIN_HU_WIDTH``)."""
+    if window is not None:
+        return float(window[0]), float(window[1])
+    if not all(k in stats for k in FOREGROUND_PERCENTILES):
+        return HU_BOUNDS
+    lo = max(HU_BOUNDS[0], float(stats[FOREGROUND_PERCENTILES[0]]))
+    hi = min(HU_BOUNDS[1], float(stats[FOREGROUND_PERCENTILES[1]]))
+    return (lo, hi) if hi - lo >= MIN_HU_WIDTH else HU_BOUNDS
+
+
+def normalisation_for(fingerprint: dict[str, Any],
+                      window: tuple[float, float] | None = None) -> tuple[Normalisation, ...]:
+    """CT channels: clip to the HU window (:func:`hu_window_for`), z-score with the clipped
+    foreground statistics."""
     out = []
     for ch in sorted(fingerprint["intensity"], key=int):
         stats = fingerprint["intensity"][ch]["foreground"]
         if not fingerprint["is_ct"] or stats.get("n", 0) == 0:
             out.append(Normalisation("zscore"))
             continue
+        lo, hi = hu_window_for(stats, window)
         # Statistics of the clipped distribution, from the 101 stored quantiles (percentile 0..100).
-        q = np.clip(np.array(stats["quantiles"], dtype=float), *window)
+        q = np.clip(np.array(stats["quantiles"], dtype=float), lo, hi)
         mids = (q[:-1] + q[1:]) / 2
         mean = float(mids.mean())
         std = float(mids.std()) or 1.0
-        out.append(Normalisation("ct", window=(float(window[0]), float(window[1])), mean=mean, std=std))
+        out.append(Normalisation("ct", window=(lo, hi), mean=mean, std=std))
     return tuple(out)
 
 
@@ -333,6 +353,14 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
     if options.device == "cpu" and options.verify:
         cand = _verify_cpu(pricer, cand, median_shape, spacing, notes)
     cand = grow_batch(pricer, cand)
+    normalisation = normalisation_for(fingerprint, options.hu_window)
+    for name, norm in zip(fingerprint["channel_names"], normalisation):
+        if norm.window is None:
+            continue
+        how = ("as given" if options.hu_window is not None else
+               "the bounds: no fitted window" if norm.window == HU_BOUNDS else
+               f"the labelled voxels' 0.5-99.5 percentiles inside {list(HU_BOUNDS)}")
+        notes.append(f"HU window of {name} {list(norm.window)}: {how}")
     notes.append(f"batch {cand.batch_size}: " + ("as large as the GPU memory budget allows"
                                                  if options.device == "cuda" else
                                                  "the minimum, so the CPU step time stays on target"))
@@ -354,7 +382,7 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
         median_shape=median_shape,
         patch_size=cand.topology.patch_size,
         batch_size=cand.batch_size,
-        normalisation=normalisation_for(fingerprint, options.hu_window),
+        normalisation=normalisation,
         network=NetworkPlan(options.network, cand.network_kwargs),
         estimates=estimates,
         resampling=Resampling(),

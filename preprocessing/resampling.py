@@ -19,15 +19,16 @@ Label maps keep each class's volume (``keep_volume``, the default): linear inter
 by arg-max thins structures about one voxel wide (a vessel's one-hot value falls below one half
 between the new voxel centres), so a phantom's hepatic vessels lost 25-45% of their volume at the
 median spacing, and a network trained on them under-segments. After the arg-max, a class that lost
-voxels takes back voxels in order of its interpolated value (nearest to the structure first) until
-its volume in mL matches the input's. It takes them from the background and from classes of a
-larger volume: a tumour inside a liver label loses its rim to the liver in the arg-max and takes it
-back. A class that gave voxels to a smaller one then takes its own back, from the background only
-(so there is no cycle). Probabilities brought back to the input grid are turned into labels the
-same way, keeping each class's volume on the grid they were predicted on
-(``probabilities_to_labels``). This takes a second pass over the volume, only when some class lost
-more than ``KEEP_VOLUME_TOLERANCE`` of its voxels, and two more where a class gave voxels to a
-smaller one.
+voxels takes back voxels in order of its margin (its interpolated value less that of the class
+the voxel went to; the voxels nearest to being the class's first) until its volume in mL matches
+the input's. It takes them from the background and from classes of a larger volume: a tumour
+inside a liver label loses its rim to the liver in the arg-max and takes it back. Voxels only move
+from larger classes to smaller ones, so there is no cycle; a class that gave voxels takes its own
+back from its donors in another round (at most ``MAX_REFILL_ROUNDS``). Probabilities brought back
+to the input grid are turned into labels the same way, keeping each class's volume on the grid
+they were predicted on (``probabilities_to_labels``). Each round takes two passes over the volume
+(the first round's first pass is the arg-max itself), only while some class is short by more than
+``KEEP_VOLUME_TOLERANCE`` of its voxels and the previous round took voxels from a foreground class.
 
 Conventions: arrays are ``(z, y, x)`` with channels first; spacings are ``(z, y, x)`` in mm; a voxel's
 value sits at its centre, the grid spans the same physical extent before and after (so a shape change of
@@ -240,29 +241,43 @@ class _ArgMax(_Finish):
         dst[k0:k1] = value
 
 
+def donor_table(targets: np.ndarray) -> np.ndarray:
+    """``donors[k, l]``: whether class ``k`` may take voxels labelled ``l`` when it is short: the
+    background, and foreground classes of a larger target volume (so voxels only move from larger
+    classes to smaller ones, and no two classes trade back and forth)."""
+    n = len(targets)
+    donors = np.zeros((n, n), dtype=bool)
+    donors[1:, 0] = True
+    for k in range(1, n):
+        donors[k, 1:] = np.asarray(targets[1:]) > targets[k]
+    return donors
+
+
+def _margin_bins(chunk: torch.Tensor, label: torch.Tensor, k: int) -> torch.Tensor:
+    """Bin of class ``k``'s margin, its interpolated value less that of the voxel's class: in
+    [-1, 0] after an arg-max (above 0 only where a refill moved the voxel; the top bin)."""
+    current = chunk.gather(0, label.unsqueeze(0)).squeeze(0)
+    return ((chunk[k] - current + 1.0) * _VALUE_BINS).long().clamp_(0, _VALUE_BINS - 1)
+
+
 class _Candidates(_Finish):
     """Counts each class's voxels in ``dst`` (already written) and, per foreground class ``k``,
-    histograms its margin (its interpolated value less that of the voxel's class, in [-1, 0]) over
-    the voxels labelled each other class ``l`` where ``k``'s value is above 0 (where ``k`` may
-    refill): ``hist[k, l]``, ``_VALUE_BINS`` bins."""
+    histograms its margin (:func:`_margin_bins`) over its donors' voxels (``donors[k]``) where its
+    value is above 0: the voxels it may take back. ``hist[k]``: ``_VALUE_BINS`` bins."""
 
-    def __init__(self, num_classes: int) -> None:
-        self.counts = np.zeros(num_classes, dtype=np.int64)
-        self.hist = torch.zeros((num_classes, num_classes, _VALUE_BINS), dtype=torch.float64)
+    def __init__(self, donors: np.ndarray) -> None:
+        self.donors = torch.from_numpy(donors)
+        self.counts = np.zeros(len(donors), dtype=np.int64)
+        self.hist = torch.zeros((len(donors), _VALUE_BINS), dtype=torch.float64)
 
     def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
         n = len(self.counts)
         label = torch.from_numpy(dst[k0:k1]).long()
         self.counts += np.bincount(dst[k0:k1].ravel(), minlength=n)[:n]
-        current = chunk.gather(0, label.unsqueeze(0)).squeeze(0)
         for k in range(1, chunk.shape[0]):
-            values = chunk[k]
-            keep = (values > 0) & (label != k)
-            if not bool(keep.any()):
-                continue
-            bins = ((values[keep] - current[keep] + 1.0) * _VALUE_BINS).long().clamp_(0, _VALUE_BINS - 1)
-            index = label[keep] * _VALUE_BINS + bins
-            self.hist[k] += torch.bincount(index, minlength=n * _VALUE_BINS).view(n, _VALUE_BINS).double()
+            keep = (chunk[k] > 0) & self.donors[k][label]
+            if bool(keep.any()):
+                self.hist[k] += torch.bincount(_margin_bins(chunk, label, k)[keep], minlength=_VALUE_BINS).double()
 
     def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
         self.counts[value] += dst[k0:k1].size
@@ -281,86 +296,85 @@ class _ArgMaxCandidates(_Candidates):
 
 
 class _Refill(_Finish):
-    """Second pass: a voxel labelled ``l`` goes to class ``k`` where ``k``'s margin (see
-    :class:`_Candidates`) reaches its threshold for ``l`` (``thresholds[k][l]``); where several
-    classes qualify, the highest margin wins."""
+    """A voxel of a donor of class ``k`` goes to ``k`` where ``k``'s margin bin reaches its threshold
+    bin (``thresholds[k]``); where several classes qualify, the highest margin wins. Records
+    whether any voxel was taken from a foreground class (``took_foreground``)."""
 
-    def __init__(self, thresholds: dict[int, dict[int, float]]) -> None:
-        self.thresholds = thresholds
+    def __init__(self, thresholds: dict[int, int], donors: np.ndarray) -> None:
+        self.thresholds, self.donors = thresholds, torch.from_numpy(donors)
+        self.took_foreground = False
 
     def __call__(self, dst: np.ndarray, k0: int, k1: int, chunk: torch.Tensor) -> None:
         label = torch.from_numpy(dst[k0:k1])
-        current = chunk.gather(0, label.long().unsqueeze(0)).squeeze(0)
-        best = torch.full(chunk.shape[1:], -2.0, dtype=chunk.dtype)
+        index = label.long()
+        best = torch.full(chunk.shape[1:], -1, dtype=torch.long)
         fill = torch.zeros_like(label)
-        for k, donors in self.thresholds.items():
-            margin = chunk[k] - current
-            eligible = torch.zeros(label.shape, dtype=torch.bool)
-            for l, t in donors.items():
-                eligible |= (label == l) & (margin >= t)
-            claim = eligible & (chunk[k] > 0) & (margin > best)
+        for k, threshold in self.thresholds.items():
+            bins = _margin_bins(chunk, index, k)
+            claim = self.donors[k][index] & (chunk[k] > 0) & (bins >= threshold) & (bins > best)
             fill.masked_fill_(claim, k)
-            torch.where(claim, margin, best, out=best)
-        label.copy_(torch.where(fill > 0, fill, label))
+            torch.where(claim, bins, best, out=best)
+        taken = fill > 0
+        self.took_foreground = self.took_foreground or bool((taken & (label > 0)).any())
+        label.copy_(torch.where(taken, fill, label))
 
     def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
         pass  # a single-class slab has no candidates
 
 
-def refill_thresholds(counts: np.ndarray, hist: torch.Tensor, targets: np.ndarray, from_larger: bool = False,
-                      tolerance: float = KEEP_VOLUME_TOLERANCE) -> dict[int, dict[int, float]]:
-    """Per foreground class that lost voxels, the margin (see :class:`_Candidates`) from which it
-    takes voxels of each donor (``{class: {donor: threshold}}``) so that its count comes closest to
-    ``targets``.
+def refill_thresholds(counts: np.ndarray, hist: torch.Tensor, targets: np.ndarray,
+                      tolerance: float = KEEP_VOLUME_TOLERANCE) -> dict[int, int]:
+    """Per foreground class that lost voxels, the margin bin from which it takes its donors' voxels
+    (``hist[k]``, :class:`_Candidates`) so that its count comes closest to ``targets``.
 
-    The donors are the background and, with ``from_larger``, the foreground classes of a larger
-    target volume; one threshold, from the histogram of the class's margin over all its donors.
     Taking every voxel whose margin reaches a threshold is the arg-max with the class's value
     raised by that much: the voxels nearest to being the class's go first."""
-    thresholds: dict[int, dict[int, float]] = {}
+    thresholds: dict[int, int] = {}
     for k in range(1, len(counts)):
         deficit = float(targets[k]) - float(counts[k])
         if deficit < max(1.0, tolerance * float(targets[k])):
             continue
-        donors = [0] + [l for l in range(1, len(counts)) if from_larger and targets[l] > targets[k]]
-        pooled = torch.stack([hist[k, l] for l in donors]).sum(0)
-        from_top = torch.flip(pooled, (0,)).cumsum(0).numpy()  # voxels at or above each bin, high first
+        from_top = torch.flip(hist[k], (0,)).cumsum(0).numpy()  # voxels at or above each bin, high first
+        if from_top[-1] < 1.0:
+            continue  # nothing to take
         j = int(np.searchsorted(from_top, deficit))
         if j >= len(from_top):
             j = len(from_top) - 1
         elif j > 0 and abs(from_top[j - 1] - deficit) <= abs(from_top[j] - deficit):
             j -= 1  # stopping one bin higher comes closer to the volume
-        threshold = (_VALUE_BINS - 1 - j) / _VALUE_BINS - 1.0
-        thresholds[k] = {l: threshold for l in donors}
+        thresholds[k] = _VALUE_BINS - 1 - j
     return thresholds
+
+
+#: Rounds of refilling at most: a class that gave voxels to a smaller one takes its own back in
+#: the next round, from its own donors (each round is two passes over the volume).
+MAX_REFILL_ROUNDS = 3
 
 
 def _argmax_keeping_volume(volume: np.ndarray, plan: _Plan, out: np.ndarray, chunk_bytes: int,
                            prepare: _Prepare, num_classes: int, source_counts: np.ndarray,
                            keep_volume: bool) -> None:
-    """Arg-max of the interpolated class values into ``out``; with ``keep_volume`` a second pass
-    refills classes that lost voxels (their counts scaled by the change of voxel size), from the
-    background and from larger classes, and where a class gave voxels to a smaller one a third and
-    fourth pass refill every class still short from the background alone."""
+    """Arg-max of the interpolated class values into ``out``; with ``keep_volume``, classes that
+    lost voxels (their counts scaled by the change of voxel size) take them back from their donors
+    (:func:`donor_table`), in another round while a round took voxels from a foreground class."""
     if not keep_volume:
         _apply(volume, plan, out, chunk_bytes, prepare, _ArgMax())
         return
-    first = _ArgMaxCandidates(num_classes)
-    _apply(volume, plan, out, chunk_bytes, prepare, first)
     targets = source_counts * (out.size / float(np.prod(volume.shape[1:])))
-    thresholds = refill_thresholds(first.counts, first.hist, targets, from_larger=True)
-    if not thresholds:
-        return
-    log.debug("keeping class volumes: refill thresholds %s", thresholds)
-    _apply(volume, plan, out, chunk_bytes, prepare, _Refill(thresholds))
-    if not any(l for donors in thresholds.values() for l in donors):
-        return
-    again = _Candidates(num_classes)
-    _apply(volume, plan, out, chunk_bytes, prepare, again)
-    thresholds = refill_thresholds(again.counts, again.hist, targets)
-    if thresholds:
-        log.debug("keeping class volumes, after nested refill: thresholds %s", thresholds)
-        _apply(volume, plan, out, chunk_bytes, prepare, _Refill(thresholds))
+    donors = donor_table(targets)
+    candidates: _Candidates = _ArgMaxCandidates(donors)
+    for round_ in range(MAX_REFILL_ROUNDS):
+        if round_:
+            candidates = _Candidates(donors)
+        _apply(volume, plan, out, chunk_bytes, prepare, candidates)
+        thresholds = refill_thresholds(candidates.counts, candidates.hist, targets)
+        if not thresholds:
+            return
+        log.debug("keeping class volumes, round %d: refill threshold bins %s", round_ + 1, thresholds)
+        refill = _Refill(thresholds, donors)
+        _apply(volume, plan, out, chunk_bytes, prepare, refill)
+        if not refill.took_foreground:
+            return
 
 
 def _resolve(shape: Sequence[int], src_spacing: Sequence[float] | None,

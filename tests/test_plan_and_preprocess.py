@@ -35,7 +35,12 @@ def test_plan_and_preprocess_writes_everything(env: Path) -> None:
     assert (out / "slices.png").read_bytes()[:4] == b"\x89PNG"
     plans = Plans.load(out / "plans.json")
     assert plans.batch_size >= 2 and plans.network.name == "arunet"
-    assert plans.normalisation[0].window == (-160.0, 240.0)
+    # the window narrows to the labelled voxels' 0.5-99.5 percentiles, inside the liver window
+    stats = fp["intensity"]["0"]["foreground"]
+    assert plans.normalisation[0].window == (max(-160.0, stats["percentile_00_5"]),
+                                             min(240.0, stats["percentile_99_5"]))
+    assert plans.normalisation[0].window != (-160.0, 240.0)
+    assert any("HU window" in n for n in plans.estimates.notes)
     assert plans.estimates.memory_estimate_bytes > 0 and plans.estimates.notes
     assert sorted(p.name for p in (out / "data").glob("*.npy")) == [
         f"hepaticvessel_{i:03d}.npy" for i in range(3)]

@@ -130,3 +130,29 @@ def test_training_flops_match_counting_the_backward_pass(name: str) -> None:
     both = counter.get_total_flops()
     rel = 0.03 if name == "transunet" else 0.01
     assert training_flops(name, kwargs, 1, 3, (16, 32, 48), 2) == pytest.approx(both, rel=rel)
+
+
+def test_hu_window_narrows_to_the_foreground_inside_the_liver_window() -> None:
+    from autoseg.plans import HU_BOUNDS
+    from autoseg.planners.planner import hu_window_for, normalisation_for
+
+    stats = {"percentile_00_5": -12.0, "percentile_99_5": 206.0}
+    assert hu_window_for(stats, None) == (-12.0, 206.0)  # nnU-Net's CT window, inside the bounds
+    assert hu_window_for({"percentile_00_5": -400.0, "percentile_99_5": 900.0}, None) == HU_BOUNDS
+    assert hu_window_for({"percentile_00_5": -50.0, "percentile_99_5": 1200.0}, None) == (-50.0, 240.0)
+    assert hu_window_for({}, None) == HU_BOUNDS  # a fingerprint without the percentiles
+    assert hu_window_for({"percentile_00_5": 300.0, "percentile_99_5": 400.0}, None) == HU_BOUNDS  # no width left
+    assert hu_window_for({"percentile_00_5": 60.0, "percentile_99_5": 100.0}, None) == HU_BOUNDS  # under 50 HU
+    assert hu_window_for(stats, (-160.0, 240.0)) == (-160.0, 240.0)  # a given window is kept as given
+    fp = fingerprint()
+    fp["intensity"]["0"]["foreground"].update(stats)
+    (norm,) = normalisation_for(fp)
+    assert norm.window == (-12.0, 206.0)
+    # the z-score statistics are those of the foreground clipped to that window
+    q = [min(max(float(v), -12.0), 206.0) for v in fp["intensity"]["0"]["foreground"]["quantiles"]]
+    mids = [(a + b) / 2 for a, b in zip(q[:-1], q[1:])]
+    assert norm.mean == pytest.approx(sum(mids) / len(mids))
+    assert plan(fp, PlannerOptions(cpu_gflops=40.0)).normalisation[0].window == (-12.0, 206.0)
+    given = plan(fp, PlannerOptions(cpu_gflops=40.0, hu_window=(-160.0, 240.0)))
+    assert given.normalisation[0].window == (-160.0, 240.0)
+    assert any("HU window of CT [-160.0, 240.0]: as given" in n for n in given.estimates.notes)

@@ -236,6 +236,15 @@ def test_a_class_inside_a_larger_one_takes_its_volume_back_from_it() -> None:
     assert ratio(kept, 1) == pytest.approx(1.0, abs=KEEP_VOLUME_TOLERANCE + 0.002)
     # what the tumours took was liver next to them: every added tumour voxel was liver
     assert np.all(plain[(kept == 2) & (plain != 2)] == 1)
+    # three nested classes: a region of the liver holding the tumours; the region gives voxels to
+    # the tumours and takes its own back from the liver in the next round
+    z, y, x = np.mgrid[:40, :64, :64]
+    nested = labels.copy()
+    nested[labels == 2] = 3
+    nested[(((z - 20) / 9) ** 2 + ((y - 32) / 15) ** 2 + ((x - 30) / 14) ** 2 < 1) & (labels == 1)] = 2
+    kept = resample_labels(nested, src, dst, 4)
+    for k in (1, 2, 3):
+        assert (kept == k).sum() * scale / (nested == k).sum() == pytest.approx(1.0, abs=0.01)
 
 
 def test_keeping_volume_leaves_large_structures_as_plain_resampling() -> None:
