@@ -253,11 +253,15 @@ def donor_table(targets: np.ndarray) -> np.ndarray:
     return donors
 
 
-def _margin_bins(chunk: torch.Tensor, label: torch.Tensor, k: int) -> torch.Tensor:
-    """Bin of class ``k``'s margin, its interpolated value less that of the voxel's class: in
+def _current_values(chunk: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Each voxel's interpolated value of the class it is labelled (once per chunk)."""
+    return chunk.gather(0, label.unsqueeze(0)).squeeze(0)
+
+
+def _margin_bins(values: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Bin of a class's margin, its interpolated ``values`` less the ``current`` class's: in
     [-1, 0] after an arg-max (above 0 only where a refill moved the voxel; the top bin)."""
-    current = chunk.gather(0, label.unsqueeze(0)).squeeze(0)
-    return ((chunk[k] - current + 1.0) * _VALUE_BINS).long().clamp_(0, _VALUE_BINS - 1)
+    return ((values - current + 1.0) * _VALUE_BINS).long().clamp_(0, _VALUE_BINS - 1)
 
 
 class _Candidates(_Finish):
@@ -274,10 +278,12 @@ class _Candidates(_Finish):
         n = len(self.counts)
         label = torch.from_numpy(dst[k0:k1]).long()
         self.counts += np.bincount(dst[k0:k1].ravel(), minlength=n)[:n]
+        current = _current_values(chunk, label)
         for k in range(1, chunk.shape[0]):
             keep = (chunk[k] > 0) & self.donors[k][label]
             if bool(keep.any()):
-                self.hist[k] += torch.bincount(_margin_bins(chunk, label, k)[keep], minlength=_VALUE_BINS).double()
+                bins = _margin_bins(chunk[k][keep], current[keep])
+                self.hist[k] += torch.bincount(bins, minlength=_VALUE_BINS).double()
 
     def constant(self, dst: np.ndarray, k0: int, k1: int, value: int) -> None:
         self.counts[value] += dst[k0:k1].size
@@ -309,8 +315,9 @@ class _Refill(_Finish):
         index = label.long()
         best = torch.full(chunk.shape[1:], -1, dtype=torch.long)
         fill = torch.zeros_like(label)
+        current = _current_values(chunk, index)
         for k, threshold in self.thresholds.items():
-            bins = _margin_bins(chunk, index, k)
+            bins = _margin_bins(chunk[k], current)
             claim = self.donors[k][index] & (chunk[k] > 0) & (bins >= threshold) & (bins > best)
             fill.masked_fill_(claim, k)
             torch.where(claim, bins, best, out=best)
