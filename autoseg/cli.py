@@ -245,6 +245,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-postprocessing", action="store_true",
                    help="skip the post-processing that find_best decided from cross-validation")
     p.add_argument("--roi-margin-mm", type=float, default=10.0, help="margin around the ROI (default: 10 mm)")
+    p.add_argument("--roi-all-components", action="store_true",
+                   help="box every foreground component of the ROI model (default: only the largest, one "
+                        "organ, so stray false positives do not widen the region)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -288,6 +291,8 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              precision=resolve_precision(args.precision, args.device),
                              save_probabilities=args.save_probabilities, overlays=args.overlays,
                              roi_model=roi, roi_margin_mm=args.roi_margin_mm,
+                             roi_postprocessing=None if args.no_postprocessing or roi is None else load_postprocessing(roi),
+                             roi_largest_component=not args.roi_all_components,
                              postprocessing=None if args.no_postprocessing else load_postprocessing(model))
     for report in predict(args.input, args.output, model, options):
         print(f"{Path(report['input']).name}: {report['volumes_ml']} mL, {report['seconds']} s")

@@ -22,7 +22,7 @@ from autoseg.plans import HU_BOUNDS
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.model import AnyModel
-from autoseg.inference.postprocessing import apply_postprocessing
+from autoseg.inference.postprocessing import apply_postprocessing, keep_largest_component
 from autoseg.inference.report import case_report, write_overlays
 from autoseg.sliding_window import predict_sliding_window
 
@@ -44,6 +44,11 @@ class PredictOptions:
     #: the main model predicts in (the linked models of the seed papers).
     roi_model: Any = None
     roi_margin_mm: float = 10.0
+    #: The ROI model's own ``postprocessing.json`` decision, applied before its box is taken.
+    roi_postprocessing: dict[str, Any] | None = None
+    #: Box only the largest connected component of the ROI model's foreground (one organ: stray
+    #: false positives elsewhere in the body do not widen the box); False: every component.
+    roi_largest_component: bool = True
     #: The model's ``postprocessing.json`` decision (None: none).
     postprocessing: dict[str, Any] | None = None
 
@@ -159,26 +164,42 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
 
 def region_of_interest(roi_model: Any, name: str, image_path: Path,
                        options: PredictOptions) -> tuple[BBox | None, dict[str, Any]]:
-    """The ROI model's foreground bounding box on the input grid, grown by the margin in mm.
-
-    An empty ROI prediction gives ``None`` (the main model then predicts the whole body, with a
-    warning), never an empty result that would hide a failure of the ROI model.
-    """
+    """The ROI model's box on the input grid (:func:`roi_box`) and what it found."""
     t0 = time.perf_counter()
     pre = preprocess_case([image_path], None, roi_model.plans, case_id=name)
     geometry = Geometry.from_dict(pre.properties["original_geometry"])
     labels = _labels_on_input_grid(predict_probabilities(roi_model, pre.data, options), pre.properties,
                                    roi_model.plans)
-    box = mask_bbox(labels > 0)
-    info: dict[str, Any] = {"model": str(roi_model.folder), "margin_mm": options.roi_margin_mm,
-                            "foreground_ml": float(np.count_nonzero(labels) * np.prod(geometry.spacing_zyx) / 1000)}
+    box, info = roi_box(labels, geometry.spacing_zyx, options)
     if box is None:
         log.warning("%s: the ROI model found no foreground; predicting the whole image", image_path)
-        return None, {**info, "bbox": None, "seconds": round(time.perf_counter() - t0, 2)}
-    margin = [int(np.ceil(options.roi_margin_mm / s)) for s in geometry.spacing_zyx]
-    grown = tuple((max(0, a - m), min(n, b + m)) for (a, b), m, n in zip(box, margin, geometry.shape_zyx))
-    return grown, {**info, "bbox": [list(b) for b in grown],  # type: ignore[return-value]
-                   "seconds": round(time.perf_counter() - t0, 2)}
+    return box, {"model": str(roi_model.folder), **info, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def roi_box(labels: np.ndarray, spacing_zyx: tuple[float, ...],
+            options: PredictOptions) -> tuple[BBox | None, dict[str, Any]]:
+    """The bounding box of an ROI model's foreground ``labels``, grown by the margin in mm.
+
+    The labels get the ROI model's own post-processing decision; then (by default) only the
+    largest 26-connected component of the foreground is boxed, so that a false positive far from
+    the organ does not stretch the box over the whole body (``dropped_ml``: the volume either step
+    removed). No foreground gives ``None`` (the main model then predicts the whole image), never an
+    empty box that would hide a failure of the ROI model.
+    """
+    found = np.count_nonzero(labels)
+    foreground = apply_postprocessing(labels, options.roi_postprocessing, spacing_zyx) > 0
+    if options.roi_largest_component:
+        foreground = keep_largest_component(foreground.astype(np.uint8), 1) > 0
+    kept = np.count_nonzero(foreground)
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000
+    info: dict[str, Any] = {"margin_mm": options.roi_margin_mm, "foreground_ml": kept * voxel_ml,
+                            "dropped_ml": (found - kept) * voxel_ml}
+    box = mask_bbox(foreground)
+    if box is None:
+        return None, {**info, "bbox": None}
+    margin = [int(np.ceil(options.roi_margin_mm / s)) for s in spacing_zyx]
+    grown = tuple((max(0, a - m), min(n, b + m)) for (a, b), m, n in zip(box, margin, labels.shape))
+    return grown, {**info, "bbox": [list(b) for b in grown]}  # type: ignore[return-value]
 
 
 def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], plans: Any) -> np.ndarray:

@@ -30,8 +30,10 @@ def cascade(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ.update(env)
     try:
         assert main(["plan_and_preprocess", "-d", "8", *PLAN]) == 0
-        # the whole abdominal window for the liver model: planned with the window fitted to its
-        # labels (liver and tumour) its 60 steps boxed the whole body (why is open)
+        # 60 steps give a liver model that over-segments about 5x with either window (liver Dice 0.29
+        # with the window fitted to its labels, 0.34 with [-160, 240]); with the fitted one its
+        # single connected component spans the body, so the box would hold everything. The
+        # published window keeps this test about the linking, not about a 60-step liver model.
         assert main(["plan_and_preprocess", "-d", "3", *PLAN, "--hu-window", "-160", "240"]) == 0
         assert main(["train", "-d", "8", "-f", "0", "--epochs", "1", "--iterations", "2", "-j", "0"]) == 0
         assert main(["train", "-d", "3", "-f", "0", "--epochs", "3", "--iterations", "20", "-j", "0",
@@ -84,3 +86,33 @@ def test_roi_model_must_exist(cascade: Path, tmp_path: Path, monkeypatch: pytest
                  "--roi-model", "Task55"]) == 2
     assert "Task55" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_roi_box_keeps_the_organ_and_not_a_stray_false_positive() -> None:
+    """The box is the largest foreground component (liver and its tumour together) plus the margin;
+    a stray blob elsewhere neither widens it nor is lost without a trace (``dropped_ml``)."""
+    from autoseg.inference.predictor import PredictOptions, roi_box
+
+    labels = np.zeros((20, 30, 40), np.uint8)
+    labels[5:12, 8:18, 10:22] = 1  # the organ
+    labels[7:9, 10:12, 20:24] = 2  # a tumour at its edge, touching it: the same component
+    labels[15:17, 25:28, 35:38] = 1  # a false positive far away
+    spacing = (2.0, 1.0, 1.0)
+    box, info = roi_box(labels, spacing, PredictOptions(roi_margin_mm=2.0))
+    assert box == ((4, 13), (6, 20), (8, 26))  # 1 voxel of 2 mm in z, 2 voxels of 1 mm in y and x
+    assert info["bbox"] == [list(b) for b in box]
+    assert info["dropped_ml"] == pytest.approx(2 * 3 * 3 * 2.0 / 1000)
+    assert info["foreground_ml"] == pytest.approx((7 * 10 * 12 + 2 * 2 * 2) * 2.0 / 1000)  # with the tumour's part outside the organ
+    every, every_info = roi_box(labels, spacing, PredictOptions(roi_margin_mm=2.0, roi_largest_component=False))
+    assert every == ((4, 18), (6, 30), (8, 40)) and every_info["dropped_ml"] == 0  # clipped to the image
+
+
+def test_roi_box_applies_the_roi_models_postprocessing_and_reports_an_empty_foreground() -> None:
+    from autoseg.inference.predictor import PredictOptions, roi_box
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[2:4, 2:4, 2:4] = 1  # 8 voxels of 1 mm: 0.008 mL
+    drop_specks = {"keep_largest_component": [], "min_component_ml": {"1": 0.01}}
+    box, info = roi_box(labels, (1.0, 1.0, 1.0), PredictOptions(roi_postprocessing=drop_specks))
+    assert box is None and info["bbox"] is None and info["foreground_ml"] == 0
+    assert roi_box(labels, (1.0, 1.0, 1.0), PredictOptions(roi_margin_mm=0.0))[0] == ((2, 4), (2, 4), (2, 4))
