@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_preprocess import machine_info, run_measured  # noqa: E402
-from race import BENCH, paired_difference, score  # noqa: E402
+from bench_preprocess import machine_info  # noqa: E402
+from race import BENCH, autoseg_env, fold_log, paired_difference, score, step_figures, timed  # noqa: E402
 
 TASK = "Task03_Liver"
 CLASSES = {1: "liver", 2: "tumour"}
@@ -48,19 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _run(tag: str, cmd: list[str], env: dict[str, str], log: Path, timeout_s: float = 3600) -> Any:
-    run = run_measured(tag, cmd, env, log, {}, timeout_s)
-    if run.returncode:
-        raise SystemExit(f"{tag} failed: see {log}")
-    return run
-
-
 def _env(work: Path, name: str) -> dict[str, str]:
-    import os
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AUTOSEG_")}
-    return {**base, "AUTOSEG_RAW": str(work / "msd"), "AUTOSEG_PREPROCESSED": str(work / f"pre_{name}"),
-            "AUTOSEG_RESULTS": str(work / f"results_{name}")}
+    return autoseg_env(work, work / f"results_{name}", f"pre_{name}")
 
 
 def plan_arms(work: Path) -> dict[str, float]:
@@ -74,8 +62,8 @@ def plan_arms(work: Path) -> dict[str, float]:
         if i:
             pre.mkdir(parents=True)
             shutil.copy(first, pre / first.name)
-        walls[name] = _run(f"{name} plan", [*AUTOSEG, "plan_and_preprocess", "-d", "3", "-j", "2", *plan_args],
-                           _env(work, name), work / "logs" / f"{name}_plan.log").wall_s
+        walls[name] = timed(f"{name} plan", [*AUTOSEG, "plan_and_preprocess", "-d", "3", "-j", "2", *plan_args],
+                            _env(work, name), work / "logs" / f"{name}_plan.log")["wall_s"]
         if not first.is_file():
             raise SystemExit(f"the first plan wrote no CPU calibration ({first}): the machine was busy "
                              f"while it calibrated (see {work / 'logs' / f'{name}_plan.log'}); run again when it is idle")
@@ -90,19 +78,18 @@ def train_and_score(name: str, work: Path, budget: str, budget_s: float) -> dict
     if name != ARMS[0][0]:
         shutil.copy(splits, work / f"pre_{name}" / TASK / "splits.json")
     shutil.rmtree(results, ignore_errors=True)
-    train = _run(f"{name} train", [*AUTOSEG, "train", "-d", "3", "-f", "0", "--time-budget", budget], env,
-                 logs / f"{name}_train.log", 4 * budget_s + 3600)
+    train = timed(f"{name} train", [*AUTOSEG, "train", "-d", "3", "-f", "0", "--time-budget", budget], env,
+                  logs / f"{name}_train.log", 4 * budget_s + 3600)
     shutil.rmtree(out, ignore_errors=True)
-    predict = _run(f"{name} predict", [*AUTOSEG, "predict", "-i", str(work / "msd" / TASK / "imagesTs"),
-                                       "-o", str(out), "-d", "3", "-f", "0"], env, logs / f"{name}_predict.log")
+    predict = timed(f"{name} predict", [*AUTOSEG, "predict", "-i", str(work / "msd" / TASK / "imagesTs"),
+                                        "-o", str(out), "-d", "3", "-f", "0"], env, logs / f"{name}_predict.log")
     model = next(results.glob(f"{TASK}/*/plans.json")).parent
     plans = json.loads((model / "plans.json").read_text())
-    log = [json.loads(line) for line in (model / "fold_0" / "log.jsonl").read_text().splitlines()]
+    steps, step_s = step_figures(fold_log(model))
     return {"window": plans["normalisation"][0]["window"], "patch_size": plans["patch_size"],
             "window_note": next((n for n in plans["estimates"].get("notes", []) if n.startswith("HU window")), None),
-            "steps": sum(r["steps"] for r in log),
-            "median_step_s": round(statistics.median(r["step_time_s"] for r in log if r["steps"]), 3),
-            "train_wall_s": train.wall_s, "predict_wall_s": predict.wall_s,
+            "steps": steps, "median_step_s": round(step_s, 3),
+            "train_wall_s": train["wall_s"], "predict_wall_s": predict["wall_s"],
             **score(out, work / "msd" / TASK, CLASSES)}
 
 

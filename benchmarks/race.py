@@ -270,9 +270,9 @@ def shrink_nnunet_plan(work: Path, targets_gb: tuple[float, ...] = (0.25, 0.5, 1
 
 # --- stages -----------------------------------------------------------------------------------------
 
-def timed(tool: str, cmd: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
+def timed(tool: str, cmd: list[str], env: dict[str, str], log: Path, timeout_s: float = 7200) -> dict[str, Any]:
     """One run of ``cmd`` in a fresh process tree: its wall time and peak memory (fails loudly)."""
-    return _row(run_measured(tool, cmd, env, log, {}, 7200))
+    return _row(run_measured(tool, cmd, env, log, {}, timeout_s))
 
 
 def plan_autoseg(work: Path) -> dict[str, Any]:
@@ -354,6 +354,16 @@ def _row(run) -> dict[str, Any]:
     return {"wall_s": run.wall_s, "peak_rss_gib": round(run.peak_rss_bytes / 2**30, 2)}
 
 
+def fold_log(model: Path) -> list[dict[str, Any]]:
+    """Fold 0's epoch records (``log.jsonl``) in an autoseg model folder."""
+    return [json.loads(line) for line in (model / "fold_0" / "log.jsonl").read_text().splitlines()]
+
+
+def step_figures(log: list[dict[str, Any]]) -> tuple[int, float]:
+    """The training steps of a fold's epoch records and their median step time (s)."""
+    return sum(r["steps"] for r in log), statistics.median(r["step_time_s"] for r in log if r["steps"])
+
+
 def predict_best(tag: str, model: Path, inputs: Path, env: dict[str, str], logs: Path) -> dict[str, Any]:
     """Predict the test set with an autoseg fold's best-validation weights (untimed: same network as
     the final weights); returns the row's fields for it."""
@@ -364,7 +374,7 @@ def predict_best(tag: str, model: Path, inputs: Path, env: dict[str, str], logs:
                        logs / f"{tag}_predict_best.log", {}, 7200)
     if run.returncode:
         raise SystemExit(f"{run.tool} failed: see {run.log}")
-    log = [json.loads(l) for l in (model / "fold_0" / "log.jsonl").read_text().splitlines()]
+    log = fold_log(model)
     best = max(log, key=lambda r: r["val_mean_dice"])
     return {"predictions_best": str(out_dir), "best_epoch": best["epoch"],
             "best_epoch_progress": round(best["progress"], 3), "epochs": len(log)}
@@ -420,9 +430,7 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
         train = run_measured(tag, [sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "0",
                                    "--time-budget", budget, *autoseg_args], env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
         model = next(results.glob(f"{MSD_TASK}/*/plans.json")).parent
-        log = [json.loads(l) for l in (model / "fold_0" / "log.jsonl").read_text().splitlines()]
-        steps = sum(r["steps"] for r in log)
-        step_s = statistics.median(r["step_time_s"] for r in log if r["steps"])
+        steps, step_s = step_figures(fold_log(model))
         plans = json.loads((model / "plans.json").read_text())
         plan = {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
                 "network": plans["network"]["name"], "features_per_stage": plans["network"]["kwargs"]["features_per_stage"],
