@@ -343,7 +343,7 @@ def autoseg_outputs(pre: Path) -> dict[str, Any]:
         "median_shape": plans.get("median_shape"),
         "network": plans.get("network", {}).get("name"),
         "step_time_measured_s": est.get("step_time_measured_s"),
-        "cases_written": len(list((folder / "data").glob("*.npy"))),
+        "cases_written": len([p for p in (folder / "data").glob("*.json") if not p.name.startswith(".")]),
         "output_bytes": _tree_bytes(folder / "data"),
         "total_output_bytes": _tree_bytes(folder),
     }

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autoseg.inference.model import TrainedModel  # noqa: E402
+from autoseg.preprocessing.storage import case_ids  # noqa: E402
 from autoseg.training.data import CaseStore  # noqa: E402
 from autoseg.training.fold_validation import validate_fold  # noqa: E402
 from autoseg.training.splits import load_or_create_splits  # noqa: E402
@@ -30,7 +31,7 @@ from autoseg.training.splits import load_or_create_splits  # noqa: E402
 
 def fit_gap(model_folder: Path, preprocessed: Path, fold: int = 0, checkpoint: str = "final") -> dict[str, dict]:
     model = TrainedModel.open(model_folder, (fold,), checkpoint)
-    cases = sorted(p.stem for p in (preprocessed / "data").glob("*.npy"))
+    cases = case_ids(preprocessed)
     split = load_or_create_splits(preprocessed / "splits.json", cases, model.plans.seed)[fold]
     network = model.network(fold)
     out = {}

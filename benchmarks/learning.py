@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from autoseg.plans import Plans
+from autoseg.preprocessing.storage import case_ids
 from autoseg.training.loop import FoldTrainer, TrainOptions, configure_threads
 from autoseg.training.splits import load_or_create_splits
 
@@ -41,7 +42,7 @@ def apply_variant(plans: Plans, variant: dict, steps: int, iterations: int) -> P
 
 def run_variant(pre: Path, fold: int, variant: dict, steps: int, iterations: int, workers: int) -> dict:
     plans = apply_variant(Plans.load(pre / "plans.json"), variant, steps, iterations)
-    cases = sorted(p.stem for p in (pre / "data").glob("*.npy"))
+    cases = case_ids(pre)
     split = load_or_create_splits(pre / "splits.json", cases, plans.seed)[fold]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = FoldTrainer(plans, pre / "data", Path(tmp) / f"fold_{fold}", split["train"], split["val"],

@@ -10,6 +10,8 @@ Run from the repository root (after ``bash benchmarks/setup_nnunet.sh``)::
     .venv/bin/python benchmarks/race.py --large-test 30              # trained rows on 36 test cases
     .venv/bin/python benchmarks/race.py --budgets 20m --contestants autoseg --variant plain_unet \
         --autoseg-args --network plain_unet                          # an autoseg variant, same task
+    .venv/bin/python benchmarks/race.py --budgets 20m --contestants nnunet_small --draw 2
+                                                                     # train a plan again: row nnunet_small[draw2]
 
 What runs, in this order, each in a fresh process tree (wall time and the peak of the tree's summed
 resident memory, sampled at 10 Hz):
@@ -36,6 +38,9 @@ resident memory, sampled at 10 Hz):
 race's test cases plus ``N`` more phantoms drawn with the same seed (``work/large``), and reports
 the paired per-case Dice difference of each autoseg row to nnU-Net's shrunk plan of the same budget
 with a 95 % bootstrap interval: six test cases cannot separate differences of a few hundredths.
+Training is not seeded, so a plan trained twice differs; ``--draw N`` trains the current plan of each
+named contestant again as row ``name[drawN]``, and where a budget has more than one draw of autoseg
+or of nnU-Net's shrunk plan the larger-test table adds the paired difference of their per-case means.
 
 Results accumulate in ``benchmarks/results/race.json`` (one entry per contestant and budget, kept
 across runs); ``--report`` prints the table and rewrites the block of ``docs/benchmarks.md`` between
@@ -147,6 +152,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="extra arguments for autoseg train (last on the line)")
     p.add_argument("--variant", default=None, metavar="NAME",
                    help="name autoseg's entry autoseg[NAME], for --autoseg-args / --autoseg-plan-args variants")
+    p.add_argument("--draw", type=_positive_int, default=None, metavar="N",
+                   help="train the named contestants' current plans again, as rows name[drawN] (N >= 2): "
+                        "a further independent draw of the same plan, pooled with the others in the "
+                        "larger-test table")
     p.add_argument("--autoseg-plan-args", default="",
                    help="with --variant: plan again with these plan_and_preprocess arguments (e.g. '--step-time 3')")
     p.add_argument("--work", type=Path, default=BENCH / "work" / "race")
@@ -217,9 +226,10 @@ def write_nnunet_splits(work: Path) -> None:
     """nnU-Net's splits_final.json with autoseg's folds, so both train fold 0 on the same cases."""
     from autoseg.plans import Plans
     from autoseg.training.splits import load_or_create_splits
+    from autoseg.preprocessing.storage import case_ids
 
     pre = work / "autoseg_pre" / MSD_TASK
-    cases = sorted(p.stem for p in (pre / "data").glob("*.npy"))
+    cases = case_ids(pre)
     splits = load_or_create_splits(pre / "splits.json", cases, Plans.load(pre / "plans.json").seed)
     out = work / "nnunet" / "preprocessed" / nn.DATASET / "splits_final.json"
     out.write_text(json.dumps([{"train": list(s["train"]), "val": list(s["val"])} for s in splits], indent=1))
@@ -398,7 +408,13 @@ def score_best_checkpoints(results: dict[str, Any], work: Path, task: Path) -> N
 
 
 def nnunet_plans_name(contestant: str) -> str:
-    return "nnUNetPlans" if contestant == "nnunet_default" else SMALL_PLANS
+    return "nnUNetPlans" if draw_of(contestant) == "nnunet_default" else SMALL_PLANS
+
+
+def draw_of(contestant: str) -> str:
+    """The contestant a ``--draw`` row repeats (``nnunet_small[draw2]`` -> ``nnunet_small``)."""
+    base, _, rest = contestant.partition("[draw")
+    return base if rest[:-1].isdigit() and rest.endswith("]") else contestant
 
 
 def predict_command(contestant: str, budget: str, work: Path, inputs: Path, out_dir: Path,
@@ -552,7 +568,43 @@ def large_table(results: dict[str, Any]) -> str:
                 d = paired_difference(by_key[a]["large_test"]["test_cases"], by_key[b]["large_test"]["test_cases"], cls)
                 cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']}, losses {d['losses']} of {d['cases']}")
             lines.append(f"| {a} minus {b} | {' | '.join(cells)} |")
+    pooled = pooled_pairs(rows)
+    if pooled:
+        lines += ["", "| draws pooled: per-case mean over each side's draws, paired | vessel | tumour |", "|---|---|---|"]
+        for name, a, b in pooled:
+            cells = []
+            for cls in CLASSES.values():
+                d = paired_difference(a, b, cls)
+                cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']}, losses {d['losses']} of {d['cases']}")
+            lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def mean_over_draws(draws: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:
+    """Per case and class, the mean Dice over the draws in which it is defined (None in none)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for case in draws[0]:
+        out[case] = {}
+        for cls in CLASSES.values():
+            values = [d[case][cls] for d in draws if d.get(case, {}).get(cls) is not None]
+            out[case][cls] = float(np.mean(values)) if values else None
+    return out
+
+
+def pooled_pairs(rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict, dict]]:
+    """For each budget where autoseg or nnU-Net's shrunk plan has more than one draw on the larger
+    test set: a label and the two sides' per-case means over their draws."""
+    out = []
+    for budget in dict.fromkeys(r["budget"] for _, r in rows):
+        sides = {name: [r["large_test"]["test_cases"] for _, r in rows
+                        if r["budget"] == budget and draw_of(r["contestant"]) == name]
+                 for name in ("autoseg", "nnunet_small")}
+        if all(sides.values()) and max(map(len, sides.values())) > 1:
+            n_a, n_b = len(sides["autoseg"]), len(sides["nnunet_small"])
+            label = (f"autoseg ({n_a} draw{'s' * (n_a > 1)}) minus nnunet_small "
+                     f"({n_b} draw{'s' * (n_b > 1)}), {budget}")
+            out.append((label, mean_over_draws(sides["autoseg"]), mean_over_draws(sides["nnunet_small"])))
+    return out
 
 
 # --- results and report -----------------------------------------------------------------------------
@@ -687,12 +739,17 @@ def main(argv: list[str] | None = None) -> int:
     inputs = test_inputs(task, work / "test_inputs")
     if (args.autoseg_plan_args or args.autoseg_args) and not args.variant:
         raise SystemExit("--autoseg-plan-args and --autoseg-args need --variant NAME (the entry's name)")
+    if args.draw is not None and (args.variant or args.draw < 2):
+        raise SystemExit("--draw N repeats the current plans (N >= 2, the first draw is the plain row); "
+                         "it cannot be combined with --variant")
     pre = plan_variant(work, args.variant, args.autoseg_plan_args) if args.autoseg_plan_args else "autoseg_pre"
     for budget in args.budgets:
         seconds = parse_duration(budget)
         for contestant in args.contestants:
             if contestant == "autoseg" and args.variant:
                 contestant = f"autoseg[{args.variant}]"
+            if args.draw is not None:
+                contestant = f"{contestant}[draw{args.draw}]"
             row = train_and_predict(contestant, budget, seconds, work, inputs, args.autoseg_args, pre)
             row.update(score(Path(row["predictions"]), task))
             if "predictions_best" in row:

@@ -28,6 +28,7 @@ from autoseg.errors import AutosegError
 from autoseg.io import atomic_path, read_json, write_json
 from autoseg.metrics import case_dice
 from autoseg.plans import Plans
+from autoseg.preprocessing.storage import load_labels
 from autoseg.training.fold_validation import write_summary
 from autoseg.training.splits import NUM_FOLDS
 
@@ -128,7 +129,7 @@ def _build_one(dataset_dir: Path, data_dir: Path, members: list[str], networks: 
                                    f"{', '.join(members)}", dataset_dir,
                                    "retrain the folds of these networks from the same preprocessed data")
             pred = np.mean([p.astype(np.float32) for p in probs], axis=0).argmax(0).astype(np.uint8)
-            ref = np.asarray(np.load(data_dir / f"{case}.npy", mmap_mode="r")[-1]).round().astype(np.uint8)
+            ref = load_labels(data_dir, case)
             per_case[case] = case_dice(pred, ref, names)
             with atomic_path(fold_dir / f"{case}{PREDICTION_SUFFIX}") as tmp:
                 with open(tmp, "wb") as f:

@@ -28,7 +28,7 @@ from autoseg.cropping import BBox, bbox_slices, body_mask, crop_bbox
 from autoseg.preprocessing.normalisation import needs_mask, normalise
 from autoseg.preprocessing.resampling import (probabilities_to_labels, resample_image, resample_labels,
                                               resample_probabilities, torch_threads)
-from autoseg.preprocessing.storage import is_up_to_date, plans_key, write_case
+from autoseg.preprocessing.storage import LABELS_SUFFIX, is_up_to_date, plans_key, write_case
 from autoseg.validation import validate_case
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,12 @@ def preprocess_dataset(dataset: Dataset, plans: Plans, out_dir: Path, num_worker
     """
     out_dir = Path(out_dir)
     selected = _select(dataset, cases)
+    ids = {c.identifier for c in dataset.cases}
+    clash = sorted(i for i in ids if i.endswith(LABELS_SUFFIX) and i[:-len(LABELS_SUFFIX)] in ids)
+    if clash:
+        raise DatasetError(f"case(s) {', '.join(clash[:5])} would share a preprocessed file name with the label "
+                           f"map of case(s) {', '.join(c[:-len(LABELS_SUFFIX)] for c in clash[:5])}", dataset.root,
+                           f"rename the case(s) so that no identifier is another's plus '{LABELS_SUFFIX}'")
     key = plans_key(plans)
     todo = [c for c in selected if not is_up_to_date(out_dir, c.identifier, key)]
     log.info("preprocess: %d of %d cases up to date, %d to do (plans key %s)",

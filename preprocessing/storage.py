@@ -1,10 +1,15 @@
 """On-disk layout of preprocessed cases and the check that decides whether a case is up to date.
 
-``<out>/data/<case>.npy``: float32 ``(C + 1, z, y, x)``, the C normalised channels followed by the
-label map (as float; background 0), so training can ``np.load(path, mmap_mode="r")`` and read a random
-patch of image and labels without loading the case. ``<out>/data/<case>.json``: the properties (see
+``<out>/data/<case>.npy``: float32 ``(C, z, y, x)``, the C normalised channels.
+``<out>/data/<case>_seg.npy``: uint8 ``(z, y, x)``, the label map (background 0; all zeros for a case
+without labels). Both are plain ``.npy`` files, so training can ``np.load(path, mmap_mode="r")`` and
+read a random patch without loading the case. ``<out>/data/<case>.json``: the properties (see
 :func:`autoseg.preprocessing.preprocess.preprocess_case`), written last, so a case whose JSON exists and
 whose ``plans_key`` matches is complete.
+
+Until preprocessing version 3 the label map was a float32 last channel of ``<case>.npy``: a single
+CT channel then took 8 bytes a voxel on disk and in the page cache instead of 5. Version 2 cases fail
+the up-to-date check (their key differs) and are written again.
 """
 from __future__ import annotations
 
@@ -17,22 +22,47 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.errors import AutosegError
 from autoseg.io import atomic_path, read_json
 from autoseg.plans import Plans
 
 log = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = 2  # bump when a code change alters the output, so old cases are redone
+PREPROCESSING_VERSION = 3  # bump when a code change alters the output, so old cases are redone
+LABELS_SUFFIX = "_seg"
+
+
+def labels_name(case_id: str) -> str:
+    """The stem of a case's label file: ``<case>_seg`` (a case id ending in it would collide)."""
+    return case_id + LABELS_SUFFIX
 
 
 def data_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "data"
 
 
-def case_files(out_dir: Path, case_id: str) -> tuple[Path, Path]:
-    """The array file and the properties JSON of one case."""
+def case_files(out_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
+    """The image array, the label array and the properties JSON of one case."""
     folder = data_dir(out_dir)
-    return folder / f"{case_id}.npy", folder / f"{case_id}.json"
+    return folder / f"{case_id}.npy", folder / f"{labels_name(case_id)}.npy", folder / f"{case_id}.json"
+
+
+def case_ids(out_dir: Path) -> list[str]:
+    """The identifiers of the cases in a preprocessed folder (those whose properties JSON, written
+    last, exists), sorted."""
+    return sorted(p.stem for p in data_dir(out_dir).glob("*.json") if not p.name.startswith("."))
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype from a ``.npy`` header, or None when the file is not a readable array."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            return None
+        shape, _, dtype = read_header(fh)
+    return tuple(shape), dtype
 
 
 def plans_key(plans: Plans) -> str:
@@ -54,47 +84,61 @@ def plans_key(plans: Plans) -> str:
 
 def is_up_to_date(out_dir: Path, case_id: str, key: str) -> bool:
     """True when the case's files are complete and were made with plans whose key is ``key``."""
-    npy, props_path = case_files(out_dir, case_id)
-    if not (npy.is_file() and props_path.is_file()):
+    npy, seg_npy, props_path = case_files(out_dir, case_id)
+    if not (npy.is_file() and seg_npy.is_file() and props_path.is_file()):
         return False
     try:
         props = read_json(props_path)
-        with open(npy, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                return False
-            shape, _, dtype = read_header(fh)
+        image, labels = _npy_header(npy), _npy_header(seg_npy)
     except (OSError, ValueError, json.JSONDecodeError):
         return False
-    expected = (props.get("num_channels", -1) + 1, *props.get("shape_after_resampling", []))
-    return props.get("plans_key") == key and tuple(shape) == tuple(expected) and dtype == np.float32
+    shape = tuple(props.get("shape_after_resampling", []))
+    return (props.get("plans_key") == key and image == ((props.get("num_channels", -1), *shape), np.float32)
+            and labels == (shape, np.uint8))
 
 
 def write_case(out_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray | None,
                properties: dict[str, Any]) -> None:
-    """Write one case atomically: the stacked array first, then the properties JSON."""
-    npy, props_path = case_files(out_dir, case_id)
-    with atomic_path(npy) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                        shape=(data.shape[0] + 1, *data.shape[1:]))
-        out[:-1] = data
-        out[-1] = 0 if seg is None else seg
-        out.flush()
-        del out
+    """Write one case: the image and label arrays (each atomically), then the properties JSON, which
+    marks the case complete; if anything fails, none of the case's files is left behind."""
+    npy, seg_npy, props_path = case_files(out_dir, case_id)
+    props_path.unlink(missing_ok=True)  # an old JSON must not vouch for half-written new arrays
+    labels = np.zeros(data.shape[1:], np.uint8) if seg is None else np.asarray(seg)
+    if labels.shape != data.shape[1:]:
+        raise ValueError(f"{case_id}: label map shape {labels.shape} differs from the image's {data.shape[1:]}")
+    if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"{case_id}: labels range over [{labels.min()}, {labels.max()}]; stored maps are uint8 (0-255)")
     try:
+        with atomic_path(npy) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(data, dtype=np.float32))
+        with atomic_path(seg_npy) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(labels, dtype=np.uint8))
         with atomic_path(props_path) as tmp:
             tmp.write_text(dumps_compact(properties) + "\n")
     except BaseException:
-        npy.unlink(missing_ok=True)
+        for path in (npy, seg_npy, props_path):
+            path.unlink(missing_ok=True)
         raise
 
 
-def load_case(out_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
-    """The stacked ``(C + 1, z, y, x)`` array (memory-mapped by default) and the properties of a case."""
-    npy, props_path = case_files(out_dir, case_id)
-    return np.load(npy, mmap_mode="r" if mmap else None), read_json(props_path)
+def load_case(out_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The ``(C, z, y, x)`` image, the ``(z, y, x)`` uint8 labels (both memory-mapped by default) and
+    the properties of a case."""
+    npy, seg_npy, props_path = case_files(out_dir, case_id)
+    mode = "r" if mmap else None
+    return np.load(npy, mmap_mode=mode), np.load(seg_npy, mmap_mode=mode), read_json(props_path)
+
+
+def load_labels(data_folder: Path, case_id: str) -> np.ndarray:
+    """A case's uint8 label map from a preprocessed ``data`` folder, read whole."""
+    path = Path(data_folder) / f"{labels_name(case_id)}.npy"
+    if not path.is_file():
+        raise AutosegError(f"no preprocessed label map of case {case_id}", path,
+                           "run `autoseg plan_and_preprocess` for this dataset again (autoseg before "
+                           "preprocessing version 3 kept the labels inside the image array)")
+    return np.load(path)
 
 
 def dumps_compact(obj: Any, indent: int = 0) -> str:

@@ -43,7 +43,7 @@ def test_plan_and_preprocess_writes_everything(env: Path) -> None:
     assert any("HU window" in n for n in plans.estimates.notes)
     assert plans.estimates.memory_estimate_bytes > 0 and plans.estimates.notes
     assert sorted(p.name for p in (out / "data").glob("*.npy")) == [
-        f"hepaticvessel_{i:03d}.npy" for i in range(3)]
+        f"hepaticvessel_{i:03d}{s}.npy" for i in range(3) for s in ("", "_seg")]
 
 
 def test_rerun_skips_current_outputs(env: Path) -> None:

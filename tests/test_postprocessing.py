@@ -10,6 +10,7 @@ import numpy as np
 from autoseg.inference.postprocessing import (apply_postprocessing, determine_postprocessing,
                                               keep_largest_component, remove_small_components)
 from autoseg.io import read_json
+from autoseg.preprocessing.storage import write_case
 
 
 def _case(shape=(10, 20, 20)) -> tuple[np.ndarray, np.ndarray]:
@@ -28,10 +29,7 @@ def _write(root: Path, fold: int, case: str, pred: np.ndarray, ref: np.ndarray) 
     folder = root / "model" / f"fold_{fold}" / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / f"{case}.pred.npz", labels=pred)
-    data = root / "data"
-    data.mkdir(exist_ok=True)
-    image = np.zeros((1, *ref.shape), np.float32)
-    np.save(data / f"{case}.npy", np.concatenate([image, ref[None].astype(np.float32)]))
+    write_case(root, case, np.zeros((1, *ref.shape), np.float32), ref.astype(np.uint8), {})
 
 
 def test_keep_largest_component_removes_only_smaller_components_of_that_class() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from autoseg.datasets import Case, load_dataset
-from autoseg.errors import ConfigurationError, DatasetError, ImageReadError
+from autoseg.errors import AutosegError, ConfigurationError, DatasetError, ImageReadError
 from autoseg.io import Geometry, write_image
 from autoseg.plans import Estimates, NetworkPlan, Normalisation, Plans, Resampling
-from autoseg.preprocessing import (labels_on_original_grid, load_case, preprocess_case, preprocess_dataset,
-                                   resample_image, resample_labels, resample_probabilities, restore_to_original)
+from autoseg.preprocessing import (case_ids, labels_on_original_grid, load_case, load_labels, plans_key,
+                                   preprocess_case, preprocess_dataset, resample_image, resample_labels,
+                                   resample_probabilities, restore_to_original)
+from autoseg.preprocessing.storage import is_up_to_date
+from autoseg.training.data import CaseStore
 from autoseg.cropping import crop_bbox
 from autoseg.preprocessing.normalisation import normalise
 from autoseg.preprocessing.resampling import (KEEP_VOLUME_TOLERANCE, probabilities_to_labels, separate_axis,
@@ -321,19 +325,54 @@ def test_storage_layout_skip_and_stale_rerun(tmp_path: Path) -> None:
     plans = make_plans()
     assert preprocess_dataset(dataset, plans, out, num_workers=1) == ["tiny_0", "tiny_1"]
     files = sorted((out / "data").iterdir())
-    assert [f.name for f in files] == ["tiny_0.json", "tiny_0.npy", "tiny_1.json", "tiny_1.npy"]
-    arr, props = load_case(out, "tiny_0")
-    assert arr.dtype == np.float32 and arr.shape == (2, *props["shape_after_resampling"])
-    assert isinstance(arr, np.memmap) and set(np.unique(arr[-1])) == {0.0, 1.0, 2.0}
+    assert [f.name for f in files] == ["tiny_0.json", "tiny_0.npy", "tiny_0_seg.npy",
+                                       "tiny_1.json", "tiny_1.npy", "tiny_1_seg.npy"]
+    assert case_ids(out) == ["tiny_0", "tiny_1"]
+    arr, seg, props = load_case(out, "tiny_0")
+    assert arr.dtype == np.float32 and arr.shape == (1, *props["shape_after_resampling"])
+    assert seg.dtype == np.uint8 and seg.shape == tuple(props["shape_after_resampling"])
+    assert isinstance(arr, np.memmap) and isinstance(seg, np.memmap) and set(np.unique(seg)) == {0, 1, 2}
+    assert np.array_equal(load_labels(out / "data", "tiny_0"), seg)
     assert props["plans_key"] and props["target_spacing"] == [2.5, 1.6, 1.6]
     before = [f.stat().st_mtime_ns for f in files]
     assert preprocess_dataset(dataset, plans, out, num_workers=2) == ["tiny_0", "tiny_1"]
     assert [f.stat().st_mtime_ns for f in files] == before  # up to date: nothing rewritten
     coarser = plans.replace(target_spacing=(5.0, 1.6, 1.6))
     preprocess_dataset(dataset, coarser, out, num_workers=2)  # stale: redone, in worker processes
-    arr, props = load_case(out, "tiny_1")
-    assert props["target_spacing"] == [5.0, 1.6, 1.6] and arr.shape[1] == round(16 * 2.5 / 5.0)
+    arr, seg, props = load_case(out, "tiny_1")
+    assert props["target_spacing"] == [5.0, 1.6, 1.6] and arr.shape[1] == round(16 * 2.5 / 5.0) == seg.shape[0]
     assert all(f.stat().st_mtime_ns != b for f, b in zip(files, before))
+
+
+def test_label_file_missing_or_wrong_dtype_means_stale(tmp_path: Path) -> None:
+    """A case stored the pre-version-3 way (labels inside the image) or with a lost label file is
+    redone, and training names the folder and the fix."""
+    dataset = load_dataset(make_task(tmp_path / "raw", n=1))
+    out, plans = tmp_path / "pre", make_plans()
+    preprocess_dataset(dataset, plans, out, num_workers=1)
+    key = plans_key(plans)
+    assert is_up_to_date(out, "tiny_0", key)
+    seg_file = out / "data" / "tiny_0_seg.npy"
+    np.save(seg_file, np.load(seg_file).astype(np.float32))
+    assert not is_up_to_date(out, "tiny_0", key)
+    seg_file.unlink()
+    assert not is_up_to_date(out, "tiny_0", key)
+    with pytest.raises(AutosegError, match="plan_and_preprocess"):
+        CaseStore(out / "data", ["tiny_0"])
+    with pytest.raises(AutosegError, match="tiny_0_seg.npy"):
+        load_labels(out / "data", "tiny_0")
+    preprocess_dataset(dataset, plans, out, num_workers=1)
+    assert is_up_to_date(out, "tiny_0", key) and seg_file.is_file()
+
+
+def test_case_named_like_another_cases_label_file_is_refused(tmp_path: Path) -> None:
+    task = make_task(tmp_path / "raw", n=1)
+    for sub in ("imagesTr", "labelsTr"):
+        src = next((task / sub).glob("tiny_0*"))
+        shutil.copy(src, src.with_name(src.name.replace("tiny_0", "tiny_0_seg")))
+    with pytest.raises(DatasetError, match="tiny_0_seg"):
+        preprocess_dataset(load_dataset(task), make_plans(), tmp_path / "pre", num_workers=1)
+    assert not (tmp_path / "pre").exists()
 
 
 def test_corrupt_image_names_the_file_and_leaves_nothing(tmp_path: Path) -> None:
@@ -346,7 +385,7 @@ def test_corrupt_image_names_the_file_and_leaves_nothing(tmp_path: Path) -> None
     assert not (out / "data").exists() or not any((out / "data").iterdir())
     with pytest.raises(ImageReadError, match="tiny_1.nii.gz"):  # raised in a worker process
         preprocess_dataset(load_dataset(task), make_plans(), out, num_workers=2)
-    assert sorted(p.name for p in (out / "data").iterdir()) in ([], ["tiny_0.json", "tiny_0.npy"])
+    assert sorted(p.name for p in (out / "data").iterdir()) in ([], ["tiny_0.json", "tiny_0.npy", "tiny_0_seg.npy"])
 
 
 # --- validation ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from autoseg.cli import main
 from autoseg.io import read_json, read_label
 from autoseg.phantom import write_task
+from autoseg.preprocessing.storage import load_labels
 
 PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
 TINY = ["--epochs", "2", "--iterations", "3", "-j", "0"]
@@ -257,7 +258,7 @@ def test_find_best_scores_ensembles_of_networks_and_predict_runs_them(env: Path,
     probs = [np.load(dataset / n / "fold_0" / "validation" / f"{case}.pred.npz")["probabilities"].astype(np.float32)
              for n in ("arunet", "plain_unet")]
     pred = ((probs[0] + probs[1]) / 2).argmax(0)
-    ref = np.load(env / "pre" / "Task08_HepaticVessel" / "data" / f"{case}.npy")[-1].round()
+    ref = load_labels(env / "pre" / "Task08_HepaticVessel" / "data", case)
     for k, name in ((1, "vessel"), (2, "tumour")):
         denom = (pred == k).sum() + (ref == k).sum()
         expected = None if denom == 0 else 2 * ((pred == k) & (ref == k)).sum() / denom

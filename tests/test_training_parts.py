@@ -10,25 +10,25 @@ import torch
 
 from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.plans import Recipe
+from autoseg.preprocessing.storage import write_case
 from autoseg.training.data import CaseStore, PatchLoader, crop_with_padding, make_train_stream
 from autoseg.training.losses import DeepSupervision, build_loss, soft_dice_per_class
 from autoseg.training.recipes import PlateauState, poly_lr, recipe_named
 from autoseg.training.splits import load_or_create_splits, make_splits
 
 
-def write_preprocessed(folder: Path, n: int = 3, shape=(16, 40, 40)) -> list[str]:
-    """Cases in the preprocessed format: (C+1, z, y, x) float32 with labels last, plus locations."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_preprocessed(out: Path, n: int = 3, shape=(16, 40, 40)) -> list[str]:
+    """Cases written by preprocessing's own storage into ``out/data``: a float32 image, a uint8
+    label map and class locations."""
     rng = np.random.default_rng(0)
     names = []
     for i in range(n):
-        arr = np.zeros((2, *shape), np.float32)
-        arr[0] = rng.normal(size=shape)
-        arr[1, 5:7, 30:32, 30:32] = 1  # a tiny class in a corner
-        arr[1, 10:14, 5:12, 5:12] = 2
-        locs = {str(k): np.argwhere(arr[1] == k).tolist() for k in (1, 2)}
-        np.save(folder / f"case_{i}.npy", arr)
-        (folder / f"case_{i}.json").write_text(json.dumps({"class_locations": locs}))
+        image = rng.normal(size=(1, *shape)).astype(np.float32)
+        seg = np.zeros(shape, np.uint8)
+        seg[5:7, 30:32, 30:32] = 1  # a tiny class in a corner
+        seg[10:14, 5:12, 5:12] = 2
+        locs = {str(k): np.argwhere(seg == k).tolist() for k in (1, 2)}
+        write_case(out, f"case_{i}", image, seg, {"class_locations": locs})
         names.append(f"case_{i}")
     return names
 
@@ -138,15 +138,30 @@ def test_recipe_keeps_planned_schedule() -> None:
 
 
 def test_crop_with_padding_pads_outside() -> None:
-    arr = np.arange(2 * 4 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 4)
+    arr = np.arange(2 * 4 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 4) + 1
     out = crop_with_padding(arr, np.array([0, 0, 0]), (4, 4, 4))
-    assert out.shape == (2, 4, 4, 4)
-    assert np.array_equal(out[:, 2:, 2:, 2:], arr[:, :2, :2, :2]) and out[1, 0, 0, 0] == 0
+    assert out.shape == (2, 4, 4, 4) and out.dtype == np.float32
+    assert np.array_equal(out[:, 2:, 2:, 2:], arr[:, :2, :2, :2]) and (out[:, :2] == 0).all()
+    labels = np.full((1, 4, 4, 4), 3, np.uint8)
+    cut = crop_with_padding(labels, np.array([3, 3, 3]), (4, 4, 4))
+    assert cut.dtype == np.uint8 and cut[0, :3, :3, :3].min() == 3 and cut[0, 3].max() == 0
+
+
+def test_patch_stacks_image_and_labels_and_pads_labels_as_background(tmp_path: Path) -> None:
+    cases = write_preprocessed(tmp_path)
+    store = CaseStore(tmp_path / "data", cases)
+    assert store.image(cases[0]).dtype == np.float32 and store.labels(cases[0]).dtype == np.uint8
+    patch = store.patch(cases[0], np.array([11, 7, 7]), (8, 8, 8))  # the class-2 block, near a corner
+    assert patch.shape == (2, 8, 8, 8) and patch.dtype == np.float32
+    assert np.array_equal(patch[0], np.asarray(store.image(cases[0])[0, 7:15, 3:11, 3:11]))
+    assert np.array_equal(patch[1], np.asarray(store.labels(cases[0])[7:15, 3:11, 3:11], np.float32))
+    edge = store.patch(cases[0], np.array([0, 0, 0]), (4, 4, 4))
+    assert (edge[:, :2] == 0).all() and (edge[:, :, :2] == 0).all()
 
 
 def test_oversampling_puts_rare_classes_in_patches(tmp_path: Path) -> None:
     cases = write_preprocessed(tmp_path)
-    store = CaseStore(tmp_path, cases)
+    store = CaseStore(tmp_path / "data", cases)
     loader = PatchLoader(store, (8, 16, 16), 10, oversample=1.0, seed=0)
     seen = {1: 0, 2: 0}
     for _ in range(5):
@@ -168,7 +183,7 @@ def test_missing_preprocessed_case_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_augmented_stream_in_background_process(tmp_path: Path) -> None:
     cases = write_preprocessed(tmp_path)
-    stream = make_train_stream(CaseStore(tmp_path, cases), (8, 16, 16), (2.5, 0.8, 0.8), 2, 0.5, 0, 1)
+    stream = make_train_stream(CaseStore(tmp_path / "data", cases), (8, 16, 16), (2.5, 0.8, 0.8), 2, 0.5, 0, 1)
     try:
         batch = next(stream)
     finally:

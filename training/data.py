@@ -1,8 +1,9 @@
 """Training data: random patches with class-aware oversampling, augmented by batchgenerators in
 background processes so the network does not wait for data.
 
-A preprocessed case is ``<case>.npy`` of shape (C+1, z, y, x) (label map last), read through a
-memory map so only the patch is touched, and ``<case>.json`` with ``class_locations``.
+A preprocessed case is ``<case>.npy`` (float32, C, z, y, x) and ``<case>_seg.npy`` (uint8 labels,
+z, y, x), both read through memory maps so only the patch is touched, and ``<case>.json`` with
+``class_locations``. A patch is handed on as one float32 (C + 1, ...) array, the label map last.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from batchgenerators.transforms.utility_transforms import NumpyToTensor
 
 from autoseg.errors import AutosegError
 from autoseg.io import read_json
+from autoseg.preprocessing.storage import labels_name
 
 ROTATION_DEG = 30.0
 SCALE_RANGE = (0.85, 1.25)
@@ -38,17 +40,34 @@ class CaseStore:
     cases: list[str]
 
     def __post_init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
+        self._images: dict[str, np.ndarray] = {}
+        self._labels: dict[str, np.ndarray] = {}
         self._locations: dict[str, dict[int, np.ndarray]] = {}
-        missing = [c for c in self.cases if not (self.data_dir / f"{c}.npy").is_file()]
+        missing = [c for c in self.cases if not all((self.data_dir / f"{stem}.npy").is_file()
+                                                     for stem in (c, labels_name(c)))]
         if missing:
-            raise AutosegError(f"preprocessed cases missing: {missing[:5]}", self.data_dir,
-                               "run `autoseg plan_and_preprocess` for this dataset first")
+            raise AutosegError(f"preprocessed cases missing or from an older autoseg: {missing[:5]}", self.data_dir,
+                               "run `autoseg plan_and_preprocess` for this dataset (it redoes only what is stale)")
 
-    def array(self, case: str) -> np.ndarray:
-        if case not in self._arrays:
-            self._arrays[case] = np.load(self.data_dir / f"{case}.npy", mmap_mode="r")
-        return self._arrays[case]
+    def image(self, case: str) -> np.ndarray:
+        """The case's (C, z, y, x) float32 image, memory-mapped."""
+        if case not in self._images:
+            self._images[case] = np.load(self.data_dir / f"{case}.npy", mmap_mode="r")
+        return self._images[case]
+
+    def labels(self, case: str) -> np.ndarray:
+        """The case's (z, y, x) uint8 label map, memory-mapped."""
+        if case not in self._labels:
+            self._labels[case] = np.load(self.data_dir / f"{labels_name(case)}.npy", mmap_mode="r")
+        return self._labels[case]
+
+    def patch(self, case: str, centre: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+        """A float32 (C + 1, *size) patch around ``centre``, the label map last; outside the volume
+        the image pads with 0 and the labels with background."""
+        out = np.empty((self.image(case).shape[0] + 1, *size), np.float32)
+        out[:-1] = crop_with_padding(self.image(case), centre, size)
+        out[-1] = crop_with_padding(self.labels(case)[None], centre, size)[0]
+        return out
 
     def properties(self, case: str) -> dict[str, Any]:
         """The case's properties JSON (geometry, crop, class locations)."""
@@ -76,13 +95,13 @@ def initial_patch_size(patch: tuple[int, ...], spacing: tuple[float, ...]) -> tu
 
 
 def crop_with_padding(array: np.ndarray, centre: np.ndarray, size: tuple[int, ...],
-                      pad_data: float = 0.0) -> np.ndarray:
-    """Crop ``array`` (C, *spatial) around ``centre``; out-of-volume parts are padded."""
+                      pad_value: float = 0) -> np.ndarray:
+    """Crop ``array`` (C, *spatial) around ``centre`` in its own dtype; out-of-volume parts are
+    ``pad_value``."""
     spatial = array.shape[1:]
     lo = [int(c) - s // 2 for c, s in zip(centre, size)]
     src = tuple(slice(max(l, 0), min(l + s, d)) for l, s, d in zip(lo, size, spatial))
-    out = np.full((array.shape[0], *size), pad_data, dtype=np.float32)
-    out[-1] = 0  # label channel pads as background
+    out = np.full((array.shape[0], *size), pad_value, dtype=array.dtype)
     dst = tuple(slice(sl.start - l, sl.stop - l) for sl, l in zip(src, lo))
     out[(slice(None), *dst)] = array[(slice(None), *src)]
     return out
@@ -102,14 +121,14 @@ class PatchLoader(SlimDataLoaderBase):
         self.rng = np.random.default_rng([int(self.rng.integers(2**31)), thread_id])
 
     def centre(self, case: str, force_foreground: bool) -> np.ndarray:
-        arr = self.store.array(case)
+        labels = self.store.labels(case)
         if force_foreground:
             locations = self.store.locations(case)
             if locations:
                 cls = list(locations)[int(self.rng.integers(len(locations)))]
                 pts = locations[cls]
                 return pts[int(self.rng.integers(len(pts)))]
-        shape = np.array(arr.shape[1:])
+        shape = np.array(labels.shape)
         half = np.array(self.patch_size) // 2
         lo, hi = np.minimum(half, shape // 2), np.maximum(shape - half, shape // 2 + 1)
         return np.array([self.rng.integers(l, h) for l, h in zip(lo, hi)])
@@ -121,7 +140,7 @@ class PatchLoader(SlimDataLoaderBase):
         batch = []
         for i, case in enumerate(picks):
             forced = i >= self.batch_size - n_forced
-            batch.append(crop_with_padding(self.store.array(case), self.centre(case, forced), self.patch_size))
+            batch.append(self.store.patch(case, self.centre(case, forced), self.patch_size))
         stacked = np.stack(batch)
         return {"data": stacked[:, :-1], "seg": stacked[:, -1:], "keys": picks}
 
@@ -169,5 +188,5 @@ def validation_patches(store: CaseStore, patch: tuple[int, ...], per_case: int, 
     out = []
     for case in store.cases:
         for i in range(per_case):
-            out.append(crop_with_padding(store.array(case), loader.centre(case, i % 2 == 0), patch))
+            out.append(store.patch(case, loader.centre(case, i % 2 == 0), patch))
     return out

@@ -47,12 +47,11 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
     t0 = time.perf_counter()
     try:
         for case in store.cases:
-            array = store.array(case)
-            probs = predict_sliding_window(network, np.asarray(array[:-1]), plans.patch_size,
+            probs = predict_sliding_window(network, np.asarray(store.image(case)), plans.patch_size,
                                            plans.num_classes, 0.5, plans.batch_size, (), device,
                                            precision=precision)
             pred = probs.argmax(0).astype(np.uint8)
-            ref = np.asarray(array[-1]).round().astype(np.uint8)
+            ref = np.asarray(store.labels(case))
             per_case[case] = case_dice(pred, ref, names)
             if write_predictions:
                 _write_on_original_grid(probs, store.properties(case), out_dir / f"{case}.nii.gz",

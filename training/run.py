@@ -16,6 +16,7 @@ from autoseg.errors import AutosegError, ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, network_names
 from autoseg.plans import Plans
 from autoseg.precision import resolve_precision
+from autoseg.preprocessing.storage import case_ids
 from autoseg.settings import Settings
 from autoseg.training.loop import FoldTrainer, TrainOptions, configure_threads
 from autoseg.training.recipes import recipe_named
@@ -105,7 +106,7 @@ def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> lis
     resolve_precision(plans.recipe.precision, options.device)  # refuse e.g. fp16 on a CPU before writing
     if any(f not in range(NUM_FOLDS) for f in req.folds):
         raise ConfigurationError(f"folds must be 0-{NUM_FOLDS - 1} or 'all', got {list(req.folds)}")
-    cases = sorted(p.stem for p in (pre / "data").glob("*.npy"))
+    cases = case_ids(pre)
     splits = load_or_create_splits(pre / "splits.json", cases, plans.seed)
     out = model_dir(settings, plans)
     if options.dist.is_main:
