@@ -570,7 +570,8 @@ def large_table(results: dict[str, Any]) -> str:
             lines.append(f"| {a} minus {b} | {' | '.join(cells)} |")
     pooled = pooled_pairs(rows)
     if pooled:
-        lines += ["", "| draws pooled: per-case mean over each side's draws, paired | vessel | tumour |", "|---|---|---|"]
+        lines += ["", "| each draw of one tool against each of the other, and the per-case mean over each side's draws "
+                  "(intervals resample cases, not training draws) | vessel | tumour |", "|---|---|---|"]
         for name, a, b in pooled:
             cells = []
             for cls in CLASSES.values():
@@ -593,17 +594,26 @@ def mean_over_draws(draws: list[dict[str, dict[str, float | None]]]) -> dict[str
 
 def pooled_pairs(rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict, dict]]:
     """For each budget where autoseg or nnU-Net's shrunk plan has more than one draw on the larger
-    test set: a label and the two sides' per-case means over their draws."""
+    test set: every draw of one against every draw of the other, then the two sides' per-case means
+    over their draws. Draws of a side must share its plan and test cases, else the budget is left out."""
     out = []
     for budget in dict.fromkeys(r["budget"] for _, r in rows):
-        sides = {name: [r["large_test"]["test_cases"] for _, r in rows
-                        if r["budget"] == budget and draw_of(r["contestant"]) == name]
+        sides = {name: [(k, r) for k, r in rows if r["budget"] == budget and draw_of(r["contestant"]) == name]
                  for name in ("autoseg", "nnunet_small")}
-        if all(sides.values()) and max(map(len, sides.values())) > 1:
-            n_a, n_b = len(sides["autoseg"]), len(sides["nnunet_small"])
-            label = (f"autoseg ({n_a} draw{'s' * (n_a > 1)}) minus nnunet_small "
-                     f"({n_b} draw{'s' * (n_b > 1)}), {budget}")
-            out.append((label, mean_over_draws(sides["autoseg"]), mean_over_draws(sides["nnunet_small"])))
+        if not all(sides.values()) or max(map(len, sides.values())) < 2:
+            continue
+        if any(len({json.dumps(r["plan"], sort_keys=True) for _, r in side}) > 1
+               or len({tuple(sorted(r["large_test"]["test_cases"])) for _, r in side}) > 1 for side in sides.values()):
+            print(f"race: the draws at {budget} differ in plan or test cases; not pooled", file=sys.stderr)
+            continue
+        for ka, ra in sides["autoseg"]:
+            for kb, rb in sides["nnunet_small"]:
+                out.append((f"{ka} minus {kb}", ra["large_test"]["test_cases"], rb["large_test"]["test_cases"]))
+        n_a, n_b = len(sides["autoseg"]), len(sides["nnunet_small"])
+        label = (f"mean of autoseg's {n_a} draw{'s' * (n_a > 1)} minus mean of nnunet_small's "
+                 f"{n_b} draw{'s' * (n_b > 1)}, {budget}")
+        out.append((label, mean_over_draws([r["large_test"]["test_cases"] for _, r in sides["autoseg"]]),
+                    mean_over_draws([r["large_test"]["test_cases"] for _, r in sides["nnunet_small"]])))
     return out
 
 
@@ -699,6 +709,18 @@ def main(argv: list[str] | None = None) -> int:
     from autoseg.cli import parse_duration
 
     args = parse_args(argv)
+    if args.variant and draw_of(f"x[{args.variant}]") == "x":
+        raise SystemExit(f"--variant {args.variant}: names drawN are kept for --draw N")
+    if args.draw is not None:
+        if args.variant or args.autoseg_args or args.autoseg_plan_args or args.draw < 2:
+            raise SystemExit("--draw N repeats the current plans as they are (N >= 2, the first draw is the "
+                             "plain row); it cannot be combined with --variant or --autoseg-*args")
+        if args.report or args.large_test is not None or args.score_best or args.retime_plans is not None:
+            raise SystemExit("--draw N trains; it does nothing with --report, --large-test, --score-best or --retime-plans")
+        taken = [f"{c}[draw{args.draw}]@{b}" for b in args.budgets for c in args.contestants
+                 if f"{c}[draw{args.draw}]@{b}" in load_results(args.results)["runs"]]
+        if taken:
+            raise SystemExit(f"rows {', '.join(taken)} exist; use another N (a draw is never overwritten)")
     results = load_results(args.results)
     if args.report:
         print(table(results))
@@ -739,9 +761,6 @@ def main(argv: list[str] | None = None) -> int:
     inputs = test_inputs(task, work / "test_inputs")
     if (args.autoseg_plan_args or args.autoseg_args) and not args.variant:
         raise SystemExit("--autoseg-plan-args and --autoseg-args need --variant NAME (the entry's name)")
-    if args.draw is not None and (args.variant or args.draw < 2):
-        raise SystemExit("--draw N repeats the current plans (N >= 2, the first draw is the plain row); "
-                         "it cannot be combined with --variant")
     pre = plan_variant(work, args.variant, args.autoseg_plan_args) if args.autoseg_plan_args else "autoseg_pre"
     for budget in args.budgets:
         seconds = parse_duration(budget)

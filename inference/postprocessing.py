@@ -27,7 +27,7 @@ import numpy as np
 
 from autoseg.io import read_json, write_json
 from autoseg.metrics import dice_per_class
-from autoseg.preprocessing.storage import labels_name
+from autoseg.preprocessing.storage import load_labels
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,11 @@ def _cv_pairs(model_dir: Path, data_dir: Path) -> list[tuple[str, np.ndarray, np
     pairs = []
     for pred_file in sorted(model_dir.glob(f"fold_*/validation/*{PREDICTION_SUFFIX}")):
         case = pred_file.name[: -len(PREDICTION_SUFFIX)]
-        labels_file = data_dir / f"{labels_name(case)}.npy"
-        if not labels_file.is_file():
-            log.warning("no preprocessed label map %s for %s; left out of the post-processing decision "
-                        "(run plan_and_preprocess again if the data is from autoseg before preprocessing "
-                        "version 3)", labels_file, pred_file)
+        if not (data_dir / f"{case}.npy").is_file():
+            log.warning("no preprocessed case for %s; left out of the post-processing decision", pred_file)
             continue
         pred = np.load(pred_file)["labels"]
-        ref = np.load(labels_file)
+        ref = load_labels(data_dir, case)  # a clear error for a folder from before preprocessing version 3
         pairs.append((case, pred, ref))
     return pairs
 

@@ -102,12 +102,13 @@ def write_case(out_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray | 
     """Write one case: the image and label arrays (each atomically), then the properties JSON, which
     marks the case complete; if anything fails, none of the case's files is left behind."""
     npy, seg_npy, props_path = case_files(out_dir, case_id)
-    props_path.unlink(missing_ok=True)  # an old JSON must not vouch for half-written new arrays
     labels = np.zeros(data.shape[1:], np.uint8) if seg is None else np.asarray(seg)
     if labels.shape != data.shape[1:]:
         raise ValueError(f"{case_id}: label map shape {labels.shape} differs from the image's {data.shape[1:]}")
-    if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError(f"{case_id}: labels range over [{labels.min()}, {labels.max()}]; stored maps are uint8 (0-255)")
+    if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255
+                                                     or not np.array_equal(labels, np.round(labels))):
+        raise ValueError(f"{case_id}: labels must be whole numbers 0-255 (stored maps are uint8)")
+    props_path.unlink(missing_ok=True)  # an old JSON must not vouch for half-written new arrays
     try:
         with atomic_path(npy) as tmp:
             with open(tmp, "wb") as fh:

@@ -1,7 +1,7 @@
 """``autoseg plan_and_preprocess``: fingerprint, plan and preprocess, each skipped when current.
 
 Outputs in ``$AUTOSEG_PREPROCESSED/<dataset>/``: ``fingerprint.json``, ``slices.png``,
-``plans.json`` and ``data/`` (one array file and one properties JSON per case).
+``plans.json`` and ``data/`` (per case an image array, a uint8 label array and a properties JSON).
 """
 from __future__ import annotations
 

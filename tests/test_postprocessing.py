@@ -1,14 +1,16 @@
 """Post-processing decided from cross-validation: per class keep the largest component or drop
 components under a volume, only where that raises the class's CV Dice. The CV predictions here are hand-made files in the layout fold
-validation writes (fold_K/validation/<case>.pred.npz and the preprocessed data/<case>.npy)."""
+validation writes (fold_K/validation/<case>.pred.npz and the preprocessed data/<case>_seg.npy)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from autoseg.inference.postprocessing import (apply_postprocessing, determine_postprocessing,
                                               keep_largest_component, remove_small_components)
+from autoseg.errors import AutosegError
 from autoseg.io import read_json
 from autoseg.preprocessing.storage import write_case
 
@@ -79,6 +81,17 @@ def test_small_specks_are_dropped_at_the_volume_cross_validation_picks(tmp_path:
     assert np.array_equal(remove_small_components(pred, 2, 0.005, (1.0, 1.0, 1.0)) == 2, ref == 2)
     assert not (remove_small_components(pred, 2, 0.01, (1.0, 1.0, 1.0)) == 2).any()
     assert not (remove_small_components(pred, 2, 0.1, (2.0, 2.0, 2.0)) == 2).any()
+
+
+def test_preprocessed_folder_without_label_maps_is_a_clear_error(tmp_path: Path) -> None:
+    """Predictions whose preprocessed image is there but whose label map is not (a folder from before
+    preprocessing version 3) stop the decision with the fix, rather than deciding from nothing."""
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, *_case())
+    (tmp_path / "data" / "b_seg.npy").unlink()
+    with pytest.raises(AutosegError, match="plan_and_preprocess"):
+        determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver", 2: "tumour"}, (1.0, 1.0, 1.0))
+    assert not (tmp_path / "model" / "postprocessing.json").exists()
 
 
 def test_no_validation_predictions_no_decision(tmp_path: Path) -> None:

@@ -190,3 +190,21 @@ def test_augmented_stream_in_background_process(tmp_path: Path) -> None:
         stream._finish()
     assert batch["data"].shape == (2, 1, 8, 16, 16) and batch["seg"].shape == (2, 1, 8, 16, 16)
     assert set(np.unique(batch["seg"].numpy())) <= {0.0, 1.0, 2.0}
+
+
+def test_open_file_limit_is_raised_for_many_cases() -> None:
+    """Two memory maps per training case stay open, so a large dataset needs more than the usual
+    1024 descriptors; the store raises the soft limit within the hard one."""
+    resource = pytest.importorskip("resource")
+    from autoseg.training.data import _allow_open_files
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 512 if hard == resource.RLIM_INFINITY else min(512, hard - 100)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+        _allow_open_files(low + 100)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == low + 100
+        _allow_open_files(10)  # never lowers it
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == low + 100
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

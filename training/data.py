@@ -32,6 +32,20 @@ ROTATION_DEG = 30.0
 SCALE_RANGE = (0.85, 1.25)
 
 
+def _allow_open_files(needed: int) -> None:
+    """Raise this process's soft limit on open files towards ``needed`` (within the hard limit):
+    the common default of 1024 would stop a loader over ~500 training cases."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 @dataclass
 class CaseStore:
     """Lazily opened memory maps and properties of preprocessed cases."""
@@ -48,6 +62,8 @@ class CaseStore:
         if missing:
             raise AutosegError(f"preprocessed cases missing or from an older autoseg: {missing[:5]}", self.data_dir,
                                "run `autoseg plan_and_preprocess` for this dataset (it redoes only what is stale)")
+        _allow_open_files(2 * len(self.cases) + 256)  # two memory maps a case stay open
+
 
     def image(self, case: str) -> np.ndarray:
         """The case's (C, z, y, x) float32 image, memory-mapped."""
@@ -58,7 +74,13 @@ class CaseStore:
     def labels(self, case: str) -> np.ndarray:
         """The case's (z, y, x) uint8 label map, memory-mapped."""
         if case not in self._labels:
-            self._labels[case] = np.load(self.data_dir / f"{labels_name(case)}.npy", mmap_mode="r")
+            path = self.data_dir / f"{labels_name(case)}.npy"
+            labels = np.load(path, mmap_mode="r")
+            if labels.shape != self.image(case).shape[1:]:
+                raise AutosegError(f"label map of shape {labels.shape} does not match the image "
+                                   f"{self.image(case).shape[1:]}", path,
+                                   "run `autoseg plan_and_preprocess` for this dataset again")
+            self._labels[case] = labels
         return self._labels[case]
 
     def patch(self, case: str, centre: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
