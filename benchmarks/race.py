@@ -563,22 +563,24 @@ def large_table(results: dict[str, Any]) -> str:
     if pairs:
         lines += ["", "| paired per case, mean and 95 % bootstrap interval | vessel | tumour |", "|---|---|---|"]
         for a, b in pairs:
-            cells = []
-            for cls in CLASSES.values():
-                d = paired_difference(by_key[a]["large_test"]["test_cases"], by_key[b]["large_test"]["test_cases"], cls)
-                cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']}, losses {d['losses']} of {d['cases']}")
-            lines.append(f"| {a} minus {b} | {' | '.join(cells)} |")
+            lines.append(f"| {a} minus {b} | "
+                         f"{_paired_cells(by_key[a]['large_test']['test_cases'], by_key[b]['large_test']['test_cases'])} |")
     pooled = pooled_pairs(rows)
     if pooled:
         lines += ["", "| each draw of one tool against each of the other, and the per-case mean over each side's draws "
                   "(intervals resample cases, not training draws) | vessel | tumour |", "|---|---|---|"]
         for name, a, b in pooled:
-            cells = []
-            for cls in CLASSES.values():
-                d = paired_difference(a, b, cls)
-                cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']}, losses {d['losses']} of {d['cases']}")
-            lines.append(f"| {name} | {' | '.join(cells)} |")
+            lines.append(f"| {name} | {_paired_cells(a, b)} |")
     return "\n".join(lines)
+
+
+def _paired_cells(a: dict[str, dict[str, float | None]], b: dict[str, dict[str, float | None]]) -> str:
+    """The table cells of a paired per-case difference a - b, one per class."""
+    cells = []
+    for cls in CLASSES.values():
+        d = paired_difference(a, b, cls)
+        cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']}, losses {d['losses']} of {d['cases']}")
+    return " | ".join(cells)
 
 
 def mean_over_draws(draws: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:
@@ -717,11 +719,12 @@ def main(argv: list[str] | None = None) -> int:
                              "plain row); it cannot be combined with --variant or --autoseg-*args")
         if args.report or args.large_test is not None or args.score_best or args.retime_plans is not None:
             raise SystemExit("--draw N trains; it does nothing with --report, --large-test, --score-best or --retime-plans")
+    results = load_results(args.results)
+    if args.draw is not None:
         taken = [f"{c}[draw{args.draw}]@{b}" for b in args.budgets for c in args.contestants
-                 if f"{c}[draw{args.draw}]@{b}" in load_results(args.results)["runs"]]
+                 if f"{c}[draw{args.draw}]@{b}" in results["runs"]]
         if taken:
             raise SystemExit(f"rows {', '.join(taken)} exist; use another N (a draw is never overwritten)")
-    results = load_results(args.results)
     if args.report:
         print(table(results))
         if not args.no_docs:

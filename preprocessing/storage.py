@@ -32,9 +32,10 @@ PREPROCESSING_VERSION = 3  # bump when a code change alters the output, so old c
 LABELS_SUFFIX = "_seg"
 
 
-def labels_name(case_id: str) -> str:
-    """The stem of a case's label file: ``<case>_seg`` (a case id ending in it would collide)."""
-    return case_id + LABELS_SUFFIX
+def labels_file(data_folder: Path, case_id: str) -> Path:
+    """A case's label array in a preprocessed ``data`` folder: ``<case>_seg.npy`` (a case id
+    ending in the suffix would collide; preprocessing refuses such datasets)."""
+    return Path(data_folder) / f"{case_id}{LABELS_SUFFIX}.npy"
 
 
 def data_dir(out_dir: Path) -> Path:
@@ -44,7 +45,7 @@ def data_dir(out_dir: Path) -> Path:
 def case_files(out_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
     """The image array, the label array and the properties JSON of one case."""
     folder = data_dir(out_dir)
-    return folder / f"{case_id}.npy", folder / f"{labels_name(case_id)}.npy", folder / f"{case_id}.json"
+    return folder / f"{case_id}.npy", labels_file(folder, case_id), folder / f"{case_id}.json"
 
 
 def case_ids(out_dir: Path) -> list[str]:
@@ -134,7 +135,7 @@ def load_case(out_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarra
 
 def load_labels(data_folder: Path, case_id: str) -> np.ndarray:
     """A case's uint8 label map from a preprocessed ``data`` folder, read whole."""
-    path = Path(data_folder) / f"{labels_name(case_id)}.npy"
+    path = labels_file(data_folder, case_id)
     if not path.is_file():
         raise AutosegError(f"no preprocessed label map of case {case_id}", path,
                            "run `autoseg plan_and_preprocess` for this dataset again (autoseg before "

@@ -26,7 +26,7 @@ from batchgenerators.transforms.utility_transforms import NumpyToTensor
 
 from autoseg.errors import AutosegError
 from autoseg.io import read_json
-from autoseg.preprocessing.storage import labels_name
+from autoseg.preprocessing.storage import labels_file
 
 ROTATION_DEG = 30.0
 SCALE_RANGE = (0.85, 1.25)
@@ -57,13 +57,12 @@ class CaseStore:
         self._images: dict[str, np.ndarray] = {}
         self._labels: dict[str, np.ndarray] = {}
         self._locations: dict[str, dict[int, np.ndarray]] = {}
-        missing = [c for c in self.cases if not all((self.data_dir / f"{stem}.npy").is_file()
-                                                     for stem in (c, labels_name(c)))]
+        missing = [c for c in self.cases
+                   if not ((self.data_dir / f"{c}.npy").is_file() and labels_file(self.data_dir, c).is_file())]
         if missing:
             raise AutosegError(f"preprocessed cases missing or from an older autoseg: {missing[:5]}", self.data_dir,
                                "run `autoseg plan_and_preprocess` for this dataset (it redoes only what is stale)")
         _allow_open_files(2 * len(self.cases) + 256)  # two memory maps a case stay open
-
 
     def image(self, case: str) -> np.ndarray:
         """The case's (C, z, y, x) float32 image, memory-mapped."""
@@ -74,7 +73,7 @@ class CaseStore:
     def labels(self, case: str) -> np.ndarray:
         """The case's (z, y, x) uint8 label map, memory-mapped."""
         if case not in self._labels:
-            path = self.data_dir / f"{labels_name(case)}.npy"
+            path = labels_file(self.data_dir, case)
             labels = np.load(path, mmap_mode="r")
             if labels.shape != self.image(case).shape[1:]:
                 raise AutosegError(f"label map of shape {labels.shape} does not match the image "
