@@ -19,6 +19,7 @@ from autoseg.cropping import crop_bbox
 from autoseg.datasets import Case, Dataset
 from autoseg.errors import DatasetError
 from autoseg.io import read_case_images, read_label_on, write_json
+from autoseg.processes import die_with_parent
 from autoseg.validation import validate_case
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def compute_fingerprint(dataset: Dataset, num_workers: int = 2, seed: int = 1234
     """Fingerprint every case (in parallel) and aggregate the dataset statistics."""
     jobs = [(case, dataset, seed) for case in dataset.cases]
     if num_workers > 1 and len(jobs) > 1:
-        with mp.get_context("spawn").Pool(min(num_workers, len(jobs))) as pool:
+        with mp.get_context("spawn").Pool(min(num_workers, len(jobs)), initializer=die_with_parent) as pool:
             cases = list(tqdm(pool.imap(_worker, jobs), total=len(jobs), desc="fingerprint"))
     else:
         cases = [_worker(j) for j in tqdm(jobs, desc="fingerprint")]

@@ -24,6 +24,7 @@ from autoseg.datasets import Case, Dataset
 from autoseg.errors import ConfigurationError, DatasetError
 from autoseg.io import Geometry, read_case_images, read_label_on, strip_image_suffix
 from autoseg.plans import Plans
+from autoseg.processes import die_with_parent
 from autoseg.cropping import BBox, bbox_slices, body_mask, crop_bbox
 from autoseg.preprocessing.normalisation import needs_mask, normalise
 from autoseg.preprocessing.resampling import (probabilities_to_labels, resample_image, resample_labels,
@@ -191,6 +192,7 @@ def _process_one(case: Case, plans: Plans, out_dir: Path, key: str) -> str:
 
 
 def _init_worker(threads: int) -> None:
+    die_with_parent()  # a killed parent must not leave workers writing cases and then hanging
     torch.set_num_threads(threads)  # this worker process only
 
 
