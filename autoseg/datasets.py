@@ -9,7 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from autoseg.errors import DatasetError
 from autoseg.io import IMAGE_SUFFIXES, strip_image_suffix
@@ -146,6 +146,18 @@ def _visible_images(folder: Path, series_folders: bool = False) -> list[Path]:
         (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)) or (series_folders and p.is_dir())))
 
 
+def _by_id(paths: list[Path], key: Callable[[Path], str]) -> dict[str, Path]:
+    """Map each file to its case id (``key``), refusing two files with one id (case.nii.gz and
+    case.nrrd): one would otherwise be dropped without a word."""
+    found: dict[str, Path] = {}
+    for p in paths:
+        other = found.setdefault(key(p), p)
+        if other != p:
+            raise DatasetError(f"{other.name} and {p.name} are both case '{key(p)}'", p.parent,
+                               "keep one file per case (and channel): remove or rename the other")
+    return found
+
+
 def _pair_check(path: Path, image_ids: set[str], label_ids: set[str]) -> None:
     orphan_images = sorted(image_ids - label_ids)
     orphan_labels = sorted(label_ids - image_ids)
@@ -160,8 +172,8 @@ def _pair_check(path: Path, image_ids: set[str], label_ids: set[str]) -> None:
 def _load_msd(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
     channels = _channels(meta, "modality", meta_path)
     labels = _labels(meta.get("labels"), name_to_id=False, meta_path=meta_path)
-    images = {strip_image_suffix(p.name): p for p in _visible_images(path / "imagesTr", series_folders=True)}
-    segs = {strip_image_suffix(p.name): p for p in _visible_images(path / "labelsTr")}
+    images = _by_id(_visible_images(path / "imagesTr", series_folders=True), lambda p: strip_image_suffix(p.name))
+    segs = _by_id(_visible_images(path / "labelsTr"), lambda p: strip_image_suffix(p.name))
     _pair_check(path, set(images), set(segs))
     cases = tuple(Case(k, (images[k],), segs[k]) for k in sorted(images))
     return _finish(path, "msd", channels, labels, cases)
@@ -172,14 +184,13 @@ def _load_nnunet(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
     labels = _labels(meta.get("labels"), name_to_id=True, meta_path=meta_path)
     ending = str(meta.get("file_ending", ".nii.gz"))
     by_case: dict[str, dict[int, Path]] = {}
-    for p in _visible_images(path / "imagesTr"):
-        stem = p.name[: -len(ending)] if p.name.endswith(ending) else strip_image_suffix(p.name)
+    for stem, p in _by_id(_visible_images(path / "imagesTr"), lambda p: _image_stem(p, ending)).items():
         m = re.match(r"^(.*)_(\d{4})$", stem)
         if not m:
             raise DatasetError("image name lacks the _0000 channel suffix", p,
                                "rename to CASE_0000" + ending + " (one file per channel)")
         by_case.setdefault(m.group(1), {})[int(m.group(2))] = p
-    segs = {strip_image_suffix(p.name): p for p in _visible_images(path / "labelsTr")}
+    segs = _by_id(_visible_images(path / "labelsTr"), lambda p: strip_image_suffix(p.name))
     _pair_check(path, set(by_case), set(segs))
     cases = []
     for ident in sorted(by_case):
@@ -190,6 +201,10 @@ def _load_nnunet(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
                                "provide one file per channel: CASE_0000, CASE_0001, ...")
         cases.append(Case(ident, tuple(found[c] for c in range(len(channels))), segs[ident]))
     return _finish(path, "nnunet", channels, labels, tuple(cases))
+
+
+def _image_stem(path: Path, ending: str) -> str:
+    return path.name[: -len(ending)] if path.name.endswith(ending) else strip_image_suffix(path.name)
 
 
 def _finish(path: Path, fmt: str, channels: tuple[str, ...], labels: dict[int, str],

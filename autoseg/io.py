@@ -7,9 +7,11 @@ is kept untouched in :class:`Geometry` so that a prediction can be written back 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from autoseg.errors import ImageReadError
+from autoseg.errors import AutosegError, ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ def read_sitk(path: str | Path) -> sitk.Image:
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
             return reader.Execute()
         _check_nifti_complete(path)
+        _check_nifti_header(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else "unknown error"
@@ -127,53 +130,166 @@ def read_sitk(path: str | Path) -> sitk.Image:
                              "re-export or re-download it") from None
 
 
-def _nifti1_expected_bytes(header: bytes) -> int | None:
-    """Bytes a NIfTI-1 file holds (header + voxels), from its header; None if not NIfTI-1."""
+@dataclass(frozen=True)
+class Nifti1Header:
+    """The fields of a NIfTI-1 header that ITK does not pass on faithfully."""
+
+    order: str  # "<" or ">"
+    dims: tuple[int, ...]  # dim[1..ndim]
+    datatype: int
+    bitpix: int
+    vox_offset: int
+    pixdim: tuple[float, ...]  # pixdim[1..ndim]
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod([max(d, 1) for d in self.dims], dtype=np.int64))
+
+    @property
+    def expected_bytes(self) -> int:
+        """Bytes a single-file NIfTI-1 holds: header (and extensions) plus voxels."""
+        return max(self.vox_offset, 348) + self.voxels * self.bitpix // 8
+
+
+#: NIfTI datatype codes of floating-point voxels (float32, float64), the ones that can hold NaN/inf.
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _parse_nifti1(header: bytes) -> Nifti1Header | None:
+    """The NIfTI-1 header in ``header``'s first 348 bytes; None if it is not one."""
     for order in ("<", ">"):
         if len(header) >= 348 and int(np.frombuffer(header[:4], order + "i4")[0]) == 348:
             dims = np.frombuffer(header[40:56], order + "i2")
-            bitpix = int(np.frombuffer(header[72:74], order + "i2")[0])
-            offset = int(np.frombuffer(header[108:112], order + "f4")[0])
             ndim = int(dims[0])
             if not 1 <= ndim <= 7:
                 return None
-            voxels = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]]))
-            return max(offset, 348) + voxels * bitpix // 8
+            pixdim = np.frombuffer(header[76:108], order + "f4")
+            return Nifti1Header(
+                order, tuple(int(d) for d in dims[1:ndim + 1]),
+                int(np.frombuffer(header[70:72], order + "i2")[0]),
+                int(np.frombuffer(header[72:74], order + "i2")[0]),
+                int(np.frombuffer(header[108:112], order + "f4")[0]),
+                tuple(float(v) for v in pixdim[1:ndim + 1]))
     return None
+
+
+def _nifti1_expected_bytes(header: bytes) -> int | None:
+    """Bytes a NIfTI-1 file holds (header + voxels), from its header; None if not NIfTI-1."""
+    parsed = _parse_nifti1(header)
+    return parsed.expected_bytes if parsed is not None else None
+
+
+def _open_nifti(path: Path) -> Any:
+    """A binary file object of the NIfTI stream, decompressing ``.nii.gz``."""
+    import gzip
+
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def read_nifti1_header(path: Path) -> Nifti1Header | None:
+    """The NIfTI-1 header of a ``.nii``/``.nii.gz`` file; None for other formats or NIfTI-2."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    with _open_nifti(path) as fh:
+        return _parse_nifti1(fh.read(352))
+
+
+def count_nonfinite_nifti(path: Path, header: Nifti1Header, chunk_bytes: int = 1 << 24) -> tuple[int, int]:
+    """(non-finite, NaN) voxel counts of a float NIfTI, read from the file's own bytes.
+
+    ITK's NIfTI reader turns NaN and inf into 0, so the array it returns cannot show them. The voxel
+    block is scanned in chunks of ``chunk_bytes``: memory stays bounded whatever the image size.
+    """
+    dtype = np.dtype(header.order + NIFTI_FLOAT_TYPES[header.datatype])
+    step = max(dtype.itemsize, chunk_bytes - chunk_bytes % dtype.itemsize)
+    left, bad, nan = header.voxels * dtype.itemsize, 0, 0
+    with _open_nifti(path) as fh:
+        fh.seek(max(header.vox_offset, 348))
+        while left > 0 and (chunk := fh.read(min(step, left))):
+            usable = len(chunk) - len(chunk) % dtype.itemsize
+            values = np.frombuffer(chunk[:usable], dtype)
+            finite = np.isfinite(values)
+            if not finite.all():
+                bad += int(values.size - np.count_nonzero(finite))
+                nan += int(np.count_nonzero(np.isnan(values)))
+            left -= usable
+    return bad, nan
+
+
+def count_nonfinite(array: np.ndarray) -> tuple[int, int]:
+    """(non-finite, NaN) voxel counts of an array; one float64 sum when all are finite (the usual)."""
+    if not np.issubdtype(array.dtype, np.floating) or np.isfinite(np.sum(array, dtype=np.float64)):
+        return 0, 0  # a sum is finite only if every voxel is
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))  # 0 when only the sum overflowed
+    return bad, int(np.count_nonzero(np.isnan(array))) if bad else 0
+
+
+def nonfinite_error(path: str | Path, bad: int, nan: int, where: str = "") -> ImageReadError:
+    """The one error for NaN/inf voxels, whatever the format (see docs/preprocessing.md)."""
+    return ImageReadError(f"{where}{bad} non-finite voxel(s) ({nan} NaN, {bad - nan} infinite)", path,
+                          "re-export the image without NaN/inf (e.g. replace them with the background "
+                          "value, -1024 for CT)")
+
+
+def check_spacing(spacing_xyz: Sequence[float], path: str | Path) -> None:
+    """Refuse a spacing that is zero, negative or not finite, naming the axis."""
+    for axis, value in zip("xyz", spacing_xyz):
+        if not np.isfinite(value) or value <= 0:
+            raise ImageReadError(f"voxel spacing along {axis} is {value} mm; it must be a positive number",
+                                 path, "fix the spacing in the file's header (e.g. NIfTI pixdim, NRRD "
+                                 "space directions) to the scanner's voxel size and re-export it")
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Checks ITK hides: pixdim 0 (read as 1 mm) or negative, and NaN/inf voxels (read as 0)."""
+    header = read_nifti1_header(path)
+    if header is None:
+        return
+    check_spacing(header.pixdim[:3], path)
+    if header.datatype in NIFTI_FLOAT_TYPES:
+        bad, nan = count_nonfinite_nifti(path, header)
+        if bad:
+            raise nonfinite_error(path, bad, nan)
 
 
 def _check_nifti_complete(path: Path) -> None:
     """Refuse truncated NIfTI files: ITK reads them silently and fills the missing voxels with 0."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    if not nifti_is_complete(path, required=False):
+        raise ImageReadError("file is truncated (fewer voxels stored than its header declares)", path,
+                             "re-export or re-download the file; a partial copy cannot be used")
+
+
+def nifti_is_complete(path: Path, required: bool = True) -> bool:
+    """Whether a ``.nii``/``.nii.gz`` file holds every byte its header declares (for ``.nii.gz`` the
+    gzip trailer's size first, a full decompression when it disagrees). ``required``: a file without
+    a readable NIfTI-1 header counts as incomplete, else as not checkable (complete)."""
     import gzip
     import zlib
 
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return
-    truncated = ImageReadError("file is truncated (fewer voxels stored than its header declares)", path,
-                               "re-export or re-download the file; a partial copy cannot be used")
-    if name.endswith(".nii"):
-        expected = _nifti1_expected_bytes(path.read_bytes()[:352])
-        if expected is not None and path.stat().st_size < expected:
-            raise truncated
-        return
     try:
+        if not path.name.lower().endswith(".gz"):
+            with open(path, "rb") as fh:
+                expected = _nifti1_expected_bytes(fh.read(352))
+            return (expected is None and not required) or (
+                expected is not None and path.stat().st_size >= expected)
         with gzip.open(path, "rb") as fh:
-            header = fh.read(352)
-        expected = _nifti1_expected_bytes(header)
+            expected = _nifti1_expected_bytes(fh.read(352))
+        if expected is None and required:
+            return False
         with open(path, "rb") as fh:
             fh.seek(-4, 2)
             stored = int.from_bytes(fh.read(4), "little")
         if expected is not None and stored == expected % 2**32:
-            return
+            return True
         with gzip.open(path, "rb") as fh:  # trailer disagrees or unknown header: decompress fully
             total = 0
             while chunk := fh.read(1 << 24):
                 total += len(chunk)
-        if expected is not None and total < expected:
-            raise truncated
+        return expected is None or total >= expected
     except (EOFError, OSError, zlib.error):
-        raise truncated from None
+        return False
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
@@ -188,6 +304,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         array = np.moveaxis(array, -1, 0)
     elif image.GetDimension() == 3:
         array = array[None]
+    bad, nan = count_nonfinite(array)  # NRRD, MHA, DICOM: ITK keeps NaN/inf (NIfTI: checked on read)
+    if bad:
+        raise nonfinite_error(path, bad, nan)
     return array.astype(np.float32, copy=False), geometry
 
 
@@ -261,7 +380,9 @@ def _geometry_or_error(image: sitk.Image, path: str | Path) -> Geometry:
     if image.GetDimension() not in (3, 4):
         raise ImageReadError(f"image is {image.GetDimension()}D, autoseg works on 3D volumes", path,
                              "provide a 3D volume (a 2D slice cannot be used in a 3D task)")
-    return Geometry.of(image)
+    geometry = Geometry.of(image)
+    check_spacing(geometry.spacing, path)
+    return geometry
 
 
 def image_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
@@ -277,20 +398,83 @@ def image_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 # --- atomic writes -------------------------------------------------------------------------------
 
+#: OS errors a user can fix (no space or quota left, no permission, read-only file system).
+_WRITE_FIXES = {errno.ENOSPC: "free space on that disk or write elsewhere",
+                errno.EDQUOT: "free space within your quota or write elsewhere",
+                errno.EACCES: "make the folder writable for this user or write elsewhere",
+                errno.EPERM: "make the folder writable for this user or write elsewhere",
+                errno.EROFS: "the file system is read-only: write elsewhere"}
+_TMP_RE = re.compile(r"^\.tmp-(\d+)-")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    The file gets the permissions any new file gets under the umask (not mkstemp's 0600). A full
+    disk, a read-only folder or a missing permission is an :class:`AutosegError` naming the folder.
+    Temporary files that dead processes left in the folder are removed first.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
+        if not tmp_path.is_symlink():
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno not in _WRITE_FIXES:
+            raise
+        raise AutosegError(f"cannot write {path.name} here ({os.strerror(exc.errno)}); nothing was written",
+                           path.parent, _WRITE_FIXES[exc.errno]) from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and (tmp_path.exists() or tmp_path.is_symlink()):
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (``/proc/self/status``):
+    setting and restoring it would race with other threads creating files."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove ``.tmp-<pid>-*`` files in ``folder`` whose process is no longer alive (left by a
+    killed run); those of live processes, this one included, are left alone."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+        for entry in entries:
+            m = _TMP_RE.match(entry.name)
+            if m is None or _pid_alive(int(m.group(1))) or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+                log.info("removed %s, left by a process that no longer runs", entry.path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists but another user's (or not a pid we can judge): keep its files
+    return True
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -303,8 +487,30 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = True) -> None:
+    """Write an image atomically, checking what was written before it gets its final name.
+
+    SimpleITK's writers return normally when the disk fills up mid-file (ENOSPC), so a NIfTI is
+    checked against its header's size and any other format is read back and compared.
+    """
+    path = Path(path)
     with atomic_path(path) as tmp:
         sitk.WriteImage(image_from_array(array, geometry), str(tmp), compress)
+        if not _written_whole(tmp, array):
+            raise AutosegError(f"the image writer stopped short ({tmp.stat().st_size} bytes on disk); "
+                               "the disk is probably full; nothing was written", path,
+                               f"free space on the disk holding {path.parent} (or write elsewhere) and "
+                               "run again")
+
+
+def _written_whole(tmp: Path, array: np.ndarray) -> bool:
+    """Whether the image file ``tmp`` holds all of ``array``."""
+    if tmp.name.lower().endswith((".nii", ".nii.gz")):
+        return nifti_is_complete(tmp)
+    try:
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp)))
+    except RuntimeError:
+        return False
+    return back.shape == array.shape and bool(np.array_equal(back, array))
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:

@@ -1,7 +1,9 @@
 """Checks on one case's arrays, shared by the fingerprint and preprocessing.
 
 Every problem is a :class:`~autoseg.errors.DatasetError` that names the file(s), says what is wrong and
-how to fix it, so a bad case stops the run before hours of training are spent on it.
+how to fix it, so a bad case stops the run before hours of training are spent on it. Non-finite voxels
+are an :class:`~autoseg.errors.ImageReadError`, the same one image reading raises for a NIfTI file
+whose NaN/inf ITK would have read as 0 (one policy for every format, training and prediction).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from autoseg.datasets import Case
 from autoseg.errors import DatasetError
-from autoseg.io import Geometry
+from autoseg.io import Geometry, count_nonfinite, nonfinite_error
 
 SPACING_RTOL = 1e-3  # relative; spacings of image and label written by different tools differ in rounding
 ORIGIN_ATOL_MM = 1e-2
@@ -22,7 +24,7 @@ def validate_case(case: Case, image: np.ndarray, image_geom: Geometry, label: np
                   label_geom: Geometry | None, labels: dict[int, str], num_channels: int) -> None:
     """Raise DatasetError if the case's image ``(C, z, y, x)`` or label ``(z, y, x)`` is unusable.
 
-    Checks: the number of channels, non-finite voxels, image and label on the same grid (shape,
+    Checks: the number of channels, non-finite voxels (ImageReadError), image and label on the same grid (shape,
     spacing, origin, direction within a small tolerance) and label values declared in dataset.json.
     """
     _check_channels(case, image, num_channels)
@@ -52,17 +54,9 @@ def _channel_file(case: Case, channel: int) -> Path:
 
 def _check_finite(case: Case, image: np.ndarray) -> None:
     for c in range(image.shape[0]):
-        channel = image[c]
-        if np.isfinite(np.sum(channel, dtype=np.float64)):
-            continue  # fast path: a sum is finite only if every voxel is
-        bad = ~np.isfinite(channel)
-        if not bad.any():
-            continue  # the float64 sum overflowed, the voxels are fine
-        n_nan = int(np.isnan(channel).sum())
-        raise DatasetError(
-            f"channel {c} has {int(bad.sum())} non-finite voxel(s) ({n_nan} NaN, {int(bad.sum()) - n_nan} "
-            "infinite)", _channel_file(case, c),
-            "re-export the image without NaN/inf (e.g. replace them with the background value)")
+        bad, nan = count_nonfinite(image[c])
+        if bad:
+            raise nonfinite_error(_channel_file(case, c), bad, nan, f"channel {c}: ")
 
 
 def _check_grid(image_path: Path, image_shape: tuple[int, ...], image_geom: Geometry, label_path: Path,

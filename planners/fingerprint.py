@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SAMPLES_PER_CLASS = 10_000
 TINY_CLASS_FRACTION = 0.01  # below 1 % of the body voxels a class is called tiny
 FINGERPRINT_VERSION = 1
+SPACING_OUTLIER_FACTOR = 4.0  # a case this many times off the median spacing along an axis is warned about
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | 
     fractions, warnings = _class_fractions(dataset, cases, body_total)
     intensity = _intensity(dataset, cases)
     warnings += _ct_warnings(dataset, cases, intensity)
+    warnings += spacing_outliers(cases, spacings)
     return {
         "fingerprint_version": FINGERPRINT_VERSION,
         "dataset_name": dataset.name,
@@ -166,6 +168,23 @@ def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | 
                    "class_voxels": {str(k): v for k, v in c.class_voxels.items()},
                    "intensity_range": [c.intensity_min, c.intensity_max]} for c in cases],
     }
+
+
+def spacing_outliers(cases: list[CaseFingerprint], spacings: np.ndarray) -> list[str]:
+    """Warnings (also logged) for cases whose spacing along an axis is more than
+    ``SPACING_OUTLIER_FACTOR`` times off the dataset median: usually a wrong header (z = 450 mm
+    would resample one case to thousands of slices), which the target spacing then hides."""
+    median = np.median(spacings, axis=0)
+    warnings = []
+    for case, spacing in zip(cases, spacings):
+        ratio = spacing / median
+        for axis, r, s, m in zip("zyx", ratio, spacing, median):
+            if r > SPACING_OUTLIER_FACTOR or r < 1 / SPACING_OUTLIER_FACTOR:
+                text = (f"case {case.identifier}: spacing along {axis} is {s:.4g} mm, {r:.3g}x the dataset "
+                        f"median {m:.4g} mm; check its header (it is resampled to the target spacing)")
+                log.warning("%s", text)
+                warnings.append(text)
+    return warnings
 
 
 def _class_fractions(dataset: Dataset, cases: list[CaseFingerprint],

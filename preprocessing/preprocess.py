@@ -21,14 +21,14 @@ import torch
 from tqdm import tqdm
 
 from autoseg.datasets import Case, Dataset
-from autoseg.errors import ConfigurationError, DatasetError
+from autoseg.errors import ConfigurationError, DatasetError, ImageReadError
 from autoseg.io import Geometry, read_case_images, read_label_on, strip_image_suffix
 from autoseg.plans import Plans
 from autoseg.processes import die_with_parent
 from autoseg.cropping import BBox, bbox_slices, body_mask, crop_bbox
 from autoseg.preprocessing.normalisation import needs_mask, normalise
 from autoseg.preprocessing.resampling import (probabilities_to_labels, resample_image, resample_labels,
-                                              resample_probabilities, torch_threads)
+                                              resample_probabilities, target_shape, torch_threads)
 from autoseg.preprocessing.storage import LABELS_SUFFIX, is_up_to_date, plans_key, write_case
 from autoseg.validation import validate_case
 
@@ -60,6 +60,42 @@ def target_spacing_for(plans: Plans, spacing: Sequence[float]) -> tuple[float, f
     """The plans' 3D target spacing; a 2D plan (y, x) keeps the case's own z spacing."""
     ts = tuple(float(s) for s in plans.target_spacing)
     return (float(spacing[0]), *ts) if len(ts) == 2 else ts  # type: ignore[return-value]
+
+
+def memory_bound_bytes() -> tuple[int, str]:
+    """The most one resampled array may take: half of this machine's physical memory (16 GiB
+    assumed where the OS does not say), and how the bound was derived, for messages."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    if total <= 0:
+        return 8 * 2**30, "half of an assumed 16 GiB (this OS does not report its memory)"
+    return total // 2, f"half of this machine's {total / 2**30:.0f} GiB of memory"
+
+
+def check_resampled_size(shape: Sequence[int], channels: int, src: Sequence[float], dst: Sequence[float],
+                         path: Path) -> None:
+    """Refuse, before any work, a resampling whose float32 result would not fit in memory (a wrong
+    header spacing such as z = 1e6 mm), and warn when an axis grows more than 4-fold."""
+    out = target_shape(shape, src, dst)
+    need = channels * 4 * int(np.prod(out, dtype=object))
+    bound, why = memory_bound_bytes()
+    if need > bound:
+        raise ImageReadError(
+            f"resampling from spacing {_mm(src)} to the plans' {_mm(dst)} mm (z, y, x) would make an array "
+            f"of {tuple(out)} voxels, {need / 2**30:,.1f} GiB, more than the {bound / 2**30:.1f} GiB allowed "
+            f"({why})", path,
+            "check the voxel spacing in the file's header (a wrong slice thickness is the usual cause) and "
+            "correct it, or crop/resample the image to a sensible grid first")
+    for axis, n, m, sp, d in zip("zyx", shape, out, src, dst):
+        if m > 4 * n:
+            log.warning("%s: resampling makes axis %s %d -> %d voxels (spacing %.4g mm, plans %.4g mm); "
+                        "check the spacing if that is not expected", path, axis, n, m, sp, d)
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def class_locations(seg: np.ndarray, labels: Sequence[int], rng: np.random.Generator,
@@ -107,6 +143,8 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
     if region is not None:  # the region of interest, within the body
         inter = tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(bbox, region))
         bbox = inter if all(a < b for a, b in inter) else region  # type: ignore[assignment]
+    src, dst = geom.spacing_zyx, target_spacing_for(plans, geom.spacing_zyx)
+    check_resampled_size([b - a for a, b in bbox], image.shape[0], src, dst, paths[0])
     properties: dict[str, Any] = {
         "case_id": case_id, "image_files": [p.name for p in paths],
         "label_file": label_file.name if label_file else None,
@@ -121,7 +159,6 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
     mask = body_mask(cropped, ct_channel) if needs_mask(plans.normalisation) else None
     cropped = normalise(cropped, plans.normalisation, mask, inplace=True)  # our own array: reuse it
     del mask
-    src, dst = geom.spacing_zyx, target_spacing_for(plans, geom.spacing_zyx)
     with torch_threads(num_threads):
         data = resample_image(cropped, src, dst, plans.resampling)
         del cropped
