@@ -256,6 +256,11 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "native bf16 instructions, else fp32; docs/inference.md)")
     p.add_argument("--save-probabilities", action="store_true", help="also write softmax probabilities")
     p.add_argument("--overlays", action="store_true", help="write PNG slices with the labels over the CT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict cases again whose label map and report exist (default: skip them)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="on a case that fails, log it and go on with the others; report.json lists the "
+                        "failures and the exit status is 2")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -294,8 +299,17 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              roi_postprocessing=None if args.no_postprocessing or roi is None else load_postprocessing(roi),
                              roi_largest_component=not args.roi_all_components,
                              postprocessing=None if args.no_postprocessing else load_postprocessing(model))
-    for report in predict(args.input, args.output, model, options):
+    result = predict(args.input, args.output, model, options, overwrite=args.overwrite,
+                     keep_going=args.keep_going)
+    for report in result.reports:
         print(f"{Path(report['input']).name}: {report['volumes_ml']} mL, {report['seconds']} s")
+    if result.skipped:
+        print(f"{len(result.skipped)} case(s) skipped: their outputs exist (--overwrite predicts them again)")
+    if result.failed:
+        names = ", ".join(Path(f["input"]).name for f in result.failed[:5])
+        print(f"autoseg: error: {len(result.failed)} case(s) failed ({names}); see "
+              f"{args.output / 'report.json'}", file=sys.stderr)
+        return 2
     return 0
 
 

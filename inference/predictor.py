@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,9 @@ from autoseg.sliding_window import predict_sliding_window
 log = logging.getLogger(__name__)
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+CHANNEL_SUFFIX = "_0000"
+LABEL_ENDING = ".nii.gz"
+REPORT_ENDING = ".report.json"
 
 
 @dataclass(frozen=True)
@@ -54,32 +57,72 @@ class PredictOptions:
 
 
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
-    """(case name, image path) pairs: a file, a DICOM series folder, or a folder of images/series."""
+    """(case name, image path) pairs: a file, a DICOM series folder, or a folder of images/series.
+
+    Names are unique by construction (:func:`case_names`); two inputs that would still share an
+    output are refused before any work.
+    """
     if not path.exists():
         raise ImageReadError("input does not exist", path, "pass an image file or a folder of images")
     if path.is_file():
-        return [(_case_name(path), path)]
-    if is_dicom_folder(path):
+        entries = [path]
+    elif is_dicom_folder(path):
         return [(path.name, path)]
-    found = [(_case_name(p), p) for p in sorted(path.iterdir())
-             if not p.name.startswith(".") and ((p.is_file() and p.name.lower().endswith(IMAGE_ENDINGS))
-                                                or (p.is_dir() and is_dicom_folder(p)))]
-    if not found:
+    else:
+        entries = [p for p in sorted(path.iterdir())
+                   if not p.name.startswith(".") and ((p.is_file() and p.name.lower().endswith(IMAGE_ENDINGS))
+                                                      or (p.is_dir() and is_dicom_folder(p)))]
+    if not entries:
         raise ImageReadError("folder holds no images (NIfTI, NRRD, MHA or DICOM series folders)", path,
                              "point -i at the images to segment")
+    found = list(zip(case_names(entries), entries))
+    _check_unique(found, path)
     return found
 
 
-def _case_name(path: Path) -> str:
-    name = strip_image_suffix(path.name)
-    return name[:-5] if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit() else name
+def case_names(paths: list[Path]) -> list[str]:
+    """Output names of the inputs: each name without its image suffix. The nnU-Net channel suffix
+    ``_0000`` is dropped only when every input ends in it (the one channel of a one-channel model,
+    as nnU-Net names its inputs); any other ending, such as the ``_0001`` of patient_0001, is kept."""
+    stems = [strip_image_suffix(p.name) if p.is_file() else p.name for p in paths]
+    if all(len(s) > 5 and s.endswith(CHANNEL_SUFFIX) for s in stems):
+        stems = [s[:-len(CHANNEL_SUFFIX)] for s in stems]
+    return stems
 
 
-def check_output_location(inputs: Path, output: Path) -> None:
+def _check_unique(found: list[tuple[str, Path]], where: Path) -> None:
+    """Refuse two inputs that map to one output (compared case-insensitively, as some disks do)."""
+    seen: dict[str, Path] = {}
+    for name, path in found:
+        other = seen.setdefault(name.casefold(), path)
+        if other != path:
+            raise AutosegError(f"inputs {other.name} and {path.name} would both be written as "
+                               f"{name}{LABEL_ENDING}; nothing was predicted", where,
+                               "rename one of them, or predict them into separate output folders")
+
+
+def check_output_location(inputs: Path, output: Path, cases: list[tuple[str, Path]] | None = None) -> None:
+    """Refuse outputs that could touch an input: an output folder inside (or equal to) an input
+    folder, ``-o`` naming a file, or a label map that would replace an input image."""
+    for folder in (output, *output.parents):
+        if folder.exists() and not folder.is_dir():
+            what = "an existing file" if folder == output else f"a folder inside the file {folder}"
+            raise AutosegError(f"-o names {what}; it must be a folder", output,
+                               "pass a folder for the outputs (it is created if missing)")
     inp, out = inputs.resolve(), output.resolve()
     if inp.is_dir() and (out == inp or inp in out.parents):
         raise AutosegError("output folder is inside the input folder", output,
                            "write the segmentations to a folder outside the input folder")
+    for name, path in cases or []:
+        target = out / f"{name}{LABEL_ENDING}"
+        if path.resolve() == target or (target.exists() and path.exists() and target.samefile(path)):
+            raise AutosegError(f"the label map {target.name} would overwrite the input image {path}", output,
+                               "write the segmentations to another folder than the input's")
+
+
+def existing_outputs(output: Path, name: str) -> tuple[Path, ...]:
+    """Which of a case's two outputs (label map, report) already exist."""
+    return tuple(p for p in (output / f"{name}{LABEL_ENDING}", output / f"{name}{REPORT_ENDING}") if p.exists())
 
 
 def check_looks_like_ct(lo: float, hi: float, path: Path) -> None:
@@ -138,7 +181,7 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
     t_net = time.perf_counter()
     labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, plans),
                                   options.postprocessing, geometry.spacing_zyx)
-    write_image(output / f"{name}.nii.gz", labels, geometry)
+    write_image(output / f"{name}{LABEL_ENDING}", labels, geometry)
     stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,
               "network_forward": timings.get("forward", 0.0), "restore_and_write": time.perf_counter() - t_net}
     if options.save_probabilities:
@@ -158,7 +201,7 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
         ct, _ = read_case_images([image_path])
         # the abdominal display window, not the (possibly narrower) window the network was fed
         report["overlays"] = [p.name for p in write_overlays(output / name, ct[0], labels, HU_BOUNDS)]
-    write_json(output / f"{name}.report.json", report)
+    write_json(output / f"{name}{REPORT_ENDING}", report)
     return report
 
 
@@ -207,14 +250,51 @@ def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], plans: 
     return labels_on_original_grid(probs, properties, keep_volume=plans.resampling.keeps_label_volume)
 
 
-def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions) -> list[dict[str, Any]]:
-    """Predict every image under ``inputs`` into ``output``; returns the per-case reports."""
-    check_output_location(inputs, output)
+@dataclass
+class BatchResult:
+    """What a ``predict`` run did: the reports of the cases predicted, and the cases skipped
+    (outputs already there) or failed (with their error)."""
+
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+
+def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions,
+            overwrite: bool = False, keep_going: bool = False) -> BatchResult:
+    """Predict every image under ``inputs`` into ``output`` and write the run's ``report.json``.
+
+    A case whose label map and report both exist is skipped unless ``overwrite``; one of the two
+    without the other is refused before any work (it may be another tool's file). A case failing
+    with an :class:`AutosegError` stops the run, or with ``keep_going`` is recorded and the run goes
+    on. ``report.json`` lists what was done, skipped and failed, also when the run stops early.
+    """
     cases = find_inputs(inputs)
+    check_output_location(inputs, output, cases)
+    done = {name for name, _ in cases if len(existing_outputs(output, name)) == 2}
+    partial = [p for name, _ in cases for p in existing_outputs(output, name) if name not in done]
+    if partial and not overwrite:
+        raise AutosegError(f"{', '.join(p.name for p in partial[:5])} exist(s) without the case's other "
+                           "output (an interrupted run or another tool's file); nothing was predicted",
+                           output, "pass --overwrite to replace them, or move them away")
     output.mkdir(parents=True, exist_ok=True)
-    reports = []
-    for name, path in cases:
-        log.info("predicting %s with folds %s", name, sorted(model.checkpoints))
-        reports.append(predict_case(model, name, path, output, options))
-    write_json(output / "report.json", {"model": str(model.folder), "cases": reports})
-    return reports
+    result = BatchResult()
+    try:
+        for name, path in cases:
+            if name in done and not overwrite:
+                log.info("%s: %s%s and its report exist; skipped (--overwrite predicts it again)",
+                         path, name, LABEL_ENDING)
+                result.skipped.append({"case": name, "input": str(path), "reason": "outputs exist"})
+                continue
+            log.info("predicting %s with folds %s", name, sorted(model.checkpoints))
+            try:
+                result.reports.append(predict_case(model, name, path, output, options))
+            except AutosegError as exc:
+                result.failed.append({"case": name, "input": str(path), "error": str(exc)})
+                if not keep_going:
+                    raise
+                log.error("%s failed; going on with the other cases (--keep-going):\n%s", path, exc)
+    finally:
+        write_json(output / "report.json", {"model": str(model.folder), "cases": result.reports,
+                                            "skipped": result.skipped, "failed": result.failed})
+    return result
