@@ -10,11 +10,13 @@ import itertools
 import math
 import time
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
+from autoseg.errors import AutosegError
 from autoseg.precision import autocast, resolve_precision
 
 
@@ -54,8 +56,13 @@ def pad_to_patch(data: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, 
 def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tuple[int, ...],
                            num_classes: int, overlap: float = 0.5, batch_size: int = 2,
                            mirror_axes: tuple[int, ...] = (), device: str = "cpu",
-                           timings: dict[str, float] | None = None, precision: str = "auto") -> np.ndarray:
+                           timings: dict[str, float] | None = None, precision: str = "auto",
+                           source: str | Path | None = None) -> np.ndarray:
     """Softmax probabilities (K, *spatial) float32 for ``data`` (C, *spatial).
+
+    Raises :class:`AutosegError` (naming ``source``, the model or its weights file, when given) as
+    soon as a batch of probabilities holds NaN or Inf: damaged weights or extreme input values would
+    otherwise become a plausible-looking map (arg-max of NaN is background).
 
     ``precision`` is the autocast of the forward passes (``autoseg.precision``; ``auto``: fp16 on
     CUDA, bf16 on CPUs with native bf16, else fp32); the softmax and the accumulation are fp32.
@@ -76,6 +83,7 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
         t0 = time.perf_counter()
         with autocast(device, precision):
             out = _mirrored_softmax(network, x, mirror_axes)
+        _check_finite(out, source)
         out = (out * gauss_t).float().cpu().numpy()
         if timings is not None:
             timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t0
@@ -84,6 +92,15 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
             weights[t] += gauss
     probs /= weights
     return probs[(slice(None), *unpad)]
+
+
+def _check_finite(probabilities: torch.Tensor, source: str | Path | None) -> None:
+    if not bool(torch.isfinite(probabilities).all()):
+        raise AutosegError(
+            "the network's probabilities contain NaN or Inf: its weights are damaged, or the input holds "
+            "extreme values", source,
+            "check the input image's intensities; if they are ordinary, retrain the fold or restore its "
+            "checkpoint from a backup")
 
 
 def _mirrored_softmax(network: torch.nn.Module, x: torch.Tensor, mirror_axes: tuple[int, ...]) -> torch.Tensor:
