@@ -55,7 +55,9 @@ def case_ids(out_dir: Path) -> list[str]:
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
-    """Shape and dtype from a ``.npy`` header, or None when the file is not a readable array."""
+    """Shape and dtype from a ``.npy`` header, or None when the file is not a readable array or is
+    shorter or longer than its header declares (a truncated copy, an interrupted write by an older
+    version): comparing the file size costs nothing, reading the data would cost the whole file."""
     with open(path, "rb") as fh:
         version = np.lib.format.read_magic(fh)
         read_header = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -63,7 +65,27 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
         if read_header is None:
             return None
         shape, _, dtype = read_header(fh)
+        expected = fh.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if dtype.hasobject or path.stat().st_size != expected:
+        return None
     return tuple(shape), dtype
+
+
+def load_array(path: Path, mmap: bool = True) -> np.ndarray:
+    """A preprocessed ``.npy`` array (memory-mapped by default), refused with the fix when it is
+    missing, damaged or incomplete (a memory map of a truncated file would fail on first touch, or
+    a full read raise a bare ValueError)."""
+    fix = "run `autoseg plan_and_preprocess` for this dataset again (it redoes the incomplete case)"
+    if not path.is_file():
+        raise AutosegError("preprocessed array is missing", path, fix)
+    try:
+        complete = _npy_header(path) is not None
+    except (OSError, ValueError):
+        complete = False
+    if not complete:
+        raise AutosegError("preprocessed array is damaged or incomplete (its size does not match its "
+                           "header)", path, fix)
+    return np.load(path, mmap_mode="r" if mmap else None)
 
 
 def plans_key(plans: Plans) -> str:
@@ -129,8 +151,7 @@ def load_case(out_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarra
     """The ``(C, z, y, x)`` image, the ``(z, y, x)`` uint8 labels (both memory-mapped by default) and
     the properties of a case."""
     npy, seg_npy, props_path = case_files(out_dir, case_id)
-    mode = "r" if mmap else None
-    return np.load(npy, mmap_mode=mode), np.load(seg_npy, mmap_mode=mode), read_json(props_path)
+    return load_array(npy, mmap), load_array(seg_npy, mmap), read_json(props_path)
 
 
 def load_labels(data_folder: Path, case_id: str) -> np.ndarray:
@@ -140,7 +161,7 @@ def load_labels(data_folder: Path, case_id: str) -> np.ndarray:
         raise AutosegError(f"no preprocessed label map of case {case_id}", path,
                            "run `autoseg plan_and_preprocess` for this dataset again (autoseg before "
                            "preprocessing version 3 kept the labels inside the image array)")
-    return np.load(path)
+    return load_array(path, mmap=False)
 
 
 def dumps_compact(obj: Any, indent: int = 0) -> str:
