@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -405,6 +406,7 @@ _WRITE_FIXES = {errno.ENOSPC: "free space on that disk or write elsewhere",
                 errno.EPERM: "make the folder writable for this user or write elsewhere",
                 errno.EROFS: "the file system is read-only: write elsewhere"}
 _TMP_RE = re.compile(r"^\.tmp-(\d+)-")
+STALE_TEMP_AGE_S = 600.0  # a dead process's temporary is removed once it is this old
 
 
 @contextlib.contextmanager
@@ -449,19 +451,23 @@ def current_umask() -> int:
     return mask
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
     """Remove ``.tmp-<pid>-*`` files in ``folder`` whose process is no longer alive (left by a
-    killed run); those of live processes, this one included, are left alone."""
+    killed run); those of live processes, this one included, are left alone. A pid names a process
+    of this host only, so a temporary modified in the last ``min_age_s`` seconds is also kept: it may
+    be another machine's write in progress on a shared disk."""
     removed = []
+    now = time.time()
     with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
         for entry in entries:
             m = _TMP_RE.match(entry.name)
-            if m is None or _pid_alive(int(m.group(1))) or not entry.is_file(follow_symlinks=False):
+            if m is None or not entry.is_file(follow_symlinks=False) or _pid_alive(int(m.group(1))):
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-                log.info("removed %s, left by a process that no longer runs", entry.path)
+            with contextlib.suppress(FileNotFoundError):  # another process may remove it first
+                if now - entry.stat(follow_symlinks=False).st_mtime >= min_age_s:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+                    log.info("removed %s, left by a process that no longer runs", entry.path)
     return removed
 
 

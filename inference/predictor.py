@@ -294,6 +294,9 @@ def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions
                 if not keep_going:
                     raise
                 log.error("%s failed; going on with the other cases (--keep-going):\n%s", path, exc)
+            except BaseException as exc:  # a crash or Ctrl-C: recorded, never passed over
+                result.failed.append({"case": name, "input": str(path), "error": f"{type(exc).__name__}: {exc}"})
+                raise
     finally:
         write_json(output / "report.json", {"model": str(model.folder), "cases": result.reports,
                                             "skipped": result.skipped, "failed": result.failed})

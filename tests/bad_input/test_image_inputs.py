@@ -257,10 +257,13 @@ def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: 
     stale = tmp_path / f".tmp-{dead_pid}-abc-case.nii.gz"
     live = tmp_path / f".tmp-{os.getppid()}-def-case.nii.gz"  # the parent (pytest's runner) is alive
     mine = tmp_path / f".tmp-{os.getpid()}-ghi-case.nii.gz"
+    recent = tmp_path / f".tmp-{dead_pid}-jkl-other.nii.gz"  # maybe another host's write in progress
     other = tmp_path / ".tmp-notapid-x"
-    for p in (stale, live, mine, other):
+    for p in (stale, live, mine, recent, other):
         p.write_bytes(b"partial")
+        if p != recent:
+            os.utime(p, (p.stat().st_atime - 3600, p.stat().st_mtime - 3600))
     with atomic_path(tmp_path / "report.json") as tmp:
         tmp.write_text(json.dumps({"ok": True}))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([live.name, mine.name, other.name, "report.json"])
+    assert names == sorted([live.name, mine.name, recent.name, other.name, "report.json"])
