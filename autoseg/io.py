@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -144,7 +145,7 @@ class Nifti1Header:
 
     @property
     def voxels(self) -> int:
-        return int(np.prod([max(d, 1) for d in self.dims], dtype=np.int64))
+        return math.prod(max(d, 1) for d in self.dims)  # Python ints: no overflow on a bad header
 
     @property
     def expected_bytes(self) -> int:
