@@ -88,9 +88,14 @@ class ArchiveModel:
     def open(cls, path: Path, folds: tuple[int, ...] | None = None) -> "ArchiveModel":
         from autoseg.inference.export import read_archive
 
-        manifest, members = read_archive(path)
-        plans = Plans.from_dict(json.loads(members["plans.json"]))
-        chosen = _select_folds([int(f) for f in manifest["folds"]], folds, path)
+        manifest, members = read_archive(path)  # checks the manifest: folds and plans.json are present
+        try:
+            plans_data = json.loads(members["plans.json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AutosegError(f"the archive's plans.json is not valid JSON ({exc})", path,
+                               "export the model again with `autoseg export`") from None
+        plans = Plans.from_dict(plans_data, path)
+        chosen = _select_folds(manifest["folds"], folds, path)
         return cls(path, plans, {f: f"fold_{f}.pt" for f in chosen}, members)
 
     def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
@@ -120,7 +125,8 @@ class OnnxNetwork(torch.nn.Module):
 
 @dataclass(frozen=True)
 class OnnxModel:
-    """A folder written by ``autoseg export --onnx``: plans.json and fold_K.onnx."""
+    """A folder written by ``autoseg export --onnx``: plans.json, fold_K.onnx and manifest.json, which
+    alone says which folds belong to the model (each checked against its SHA-256 on opening)."""
 
     folder: Path
     plans: Plans
@@ -130,9 +136,16 @@ class OnnxModel:
 
     @classmethod
     def open(cls, folder: Path, folds: tuple[int, ...] | None = None) -> "OnnxModel":
-        available = sorted(int(p.stem.split("_")[1]) for p in folder.glob("fold_*.onnx"))
-        chosen = _select_folds(available, folds, folder)
-        return cls(folder, Plans.load(folder / "plans.json"), {f: folder / f"fold_{f}.onnx" for f in chosen})
+        from autoseg.inference.export import read_onnx_manifest, verify_onnx_file
+
+        manifest = read_onnx_manifest(folder)
+        chosen = _select_folds(sorted(manifest["folds"]), folds, folder)
+        ignored = sorted(p.name for p in folder.glob("*.onnx") if p.name not in manifest["sha256"])
+        if ignored:
+            log.warning("%s: ignoring %s, not part of the exported model (manifest.json lists folds %s)",
+                        folder, ignored, sorted(manifest["folds"]))
+        files = {f: verify_onnx_file(folder, manifest, f"fold_{f}.onnx") for f in chosen}
+        return cls(folder, Plans.load(folder / "plans.json"), files)
 
     def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
         try:
@@ -151,8 +164,8 @@ def open_model(path: Path, folds: tuple[int, ...] | None = None, checkpoint: str
         return EnsembleModel.open(path, folds, checkpoint)
     if path.is_file():
         return ArchiveModel.open(path, folds)
-    if path.is_dir() and any(path.glob("fold_*.onnx")):
-        return OnnxModel.open(path, folds)
+    if path.is_dir() and (any(path.glob("*.onnx")) or (path / "manifest.json").is_file()):
+        return OnnxModel.open(path, folds)  # refuses a folder without a valid manifest
     return TrainedModel.open(path, folds, checkpoint)
 
 
