@@ -12,6 +12,8 @@ Two mechanisms, because neither covers every start method alone:
 * Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the kernel kills the worker when its *direct* parent
   exits. Immediate, but under the ``forkserver`` start method the direct parent is the fork server,
   which itself stays alive as long as any worker holds its liveness pipe, so it never fires there.
+  (Strictly it fires when the parent *thread* that started the worker ends: create pools from a
+  thread that outlives them, as a ``with`` block does.)
 * A daemon thread waiting on :func:`multiprocessing.parent_process`'s sentinel, which becomes ready
   when the process that *asked* for the worker is gone (for every start method and platform). The
   thread ends the worker with ``os._exit``. Outside multiprocessing (no sentinel) it polls
