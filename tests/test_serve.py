@@ -2,7 +2,6 @@
 queue, results that stay until deleted, and the page in a real headless Chromium with the real example CT."""
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import shutil
@@ -17,81 +16,23 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from autoseg.inference.model import open_model
 from autoseg.inference.predictor import PredictOptions
-from fastapi.testclient import TestClient
 
 from autoseg.cli import main
 from autoseg.errors import AutosegError
 from autoseg.io import read_label
-from autoseg.phantom import write_task
 from autoseg.serve.app import ServeConfig, create_app, prediction_runner
 from autoseg.serve.security import Limits
+from tests.serve_fixtures import PAGE, auth, client, files_under, gzip_declaring, mine, nifti_bytes, upload, wait
+
+pytest_plugins = ["tests.serve_fixtures"]  # the trained model, shared with tests/bad_input/test_serve_limits.py
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator_example"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-PAGE = {"X-Autoseg": "1"}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A Task03-like phantom model (liver, tumour), fold 0 trained for 30 steps: it predicts a liver."""
-    root = tmp_path_factory.mktemp("serve_ws")
-    write_task(root / "raw", task="Task03", num_training=4, num_test=1, seed=3,
-               spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
-    env = {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
-           "AUTOSEG_RESULTS": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mp.setattr("autoseg.training.loop.configure_threads", lambda device: None)  # keep the runner's threads
-        assert main(["plan_and_preprocess", "-d", "3", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]) == 0
-        assert main(["train", "-d", "3", "-f", "0", "--epochs", "1", "--iterations", "30", "-j", "0"]) == 0
-    test_image = next((root / "raw" / "Task03_Liver" / "imagesTs").iterdir())
-    return {"model": root / "res" / "Task03_Liver" / "arunet", "image": test_image, "root": root}
-
-
-@contextmanager
-def client(trained: dict[str, Path], workdir: Path, limits: Limits | None = None,
-           runner: Any = None) -> Iterator[TestClient]:
-    app = create_app(ServeConfig(trained["model"], workdir, limits=limits or Limits()), runner=runner)
-    with TestClient(app, base_url="http://127.0.0.1") as c:
-        yield c
-
-
-def upload(c: TestClient, name: str, data: bytes, headers: dict[str, str] = PAGE) -> Any:
-    return c.post("/api/jobs", files={"file": (name, data)}, headers=headers)
-
-
-def wait(c: TestClient, job_id: str, states: tuple[str, ...] = ("done", "failed"), timeout: float = 90) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = c.get(f"/api/jobs/{job_id}").json()
-        if status["state"] in states:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not reach {states}: {status}")
-
-
-def files_under(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
-
-
-def nifti_bytes(array: np.ndarray, compress: bool = True) -> bytes:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((3.0, 3.0, 3.0))
-    buffer = io.BytesIO()
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"autoseg-test-{os.getpid()}.nii"
-    sitk.WriteImage(image, str(tmp))
-    raw = tmp.read_bytes()
-    tmp.unlink()
-    buffer.write(gzip.compress(raw, 1) if compress else raw)
-    return buffer.getvalue()
 
 
 # --- the whole path through the API ----------------------------------------------------------------------
@@ -104,22 +45,23 @@ def test_upload_predict_browse_download(trained: dict[str, Path], tmp_path: Path
         assert response.status_code == 202, response.text
         job = response.json()
         assert job["name"] == "outside.nii.gz" and job["state"] == "queued"
-        status = wait(c, job["id"])
+        status = wait(c, job)
         assert status["state"] == "done", status["message"]
-        report = c.get(f"/api/jobs/{job['id']}/report").json()
+        report = c.get(f"/api/jobs/{job['id']}/report", headers=auth(job)).json()
         assert report["volumes_ml"]["liver"] > 0 and report["input"] == "outside.nii.gz"
         for plane, view in status["view"].items():
             png = c.get(f"/api/jobs/{job['id']}/slices/{plane}/{view['index']}.png",
-                        params={"window": "liver", "opacity": 0.4, "classes": "1,2"})
+                        params={"window": "liver", "opacity": 0.4, "classes": "1,2", "token": job["token"]})
             assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
             assert max(png_size(png.content)) == 512
-        labels = c.get(f"/api/jobs/{job['id']}/files/labels.nii.gz")
+        labels = c.get(f"/api/jobs/{job['id']}/files/labels.nii.gz", params={"token": job["token"]})
         assert labels.headers["content-disposition"].startswith("attachment")
         (tmp_path / "labels.nii.gz").write_bytes(labels.content)
         pred, geometry = read_label(tmp_path / "labels.nii.gz")
         _, input_geometry = read_label(trained["image"])
         assert geometry.same_grid(input_geometry) and set(np.unique(pred)) <= {0, 1, 2} and (pred == 1).any()
-        assert c.get(f"/api/jobs/{job['id']}/files/report.json").json()["volumes_ml"] == report["volumes_ml"]
+        assert c.get(f"/api/jobs/{job['id']}/files/report.json",
+                     headers=auth(job)).json()["volumes_ml"] == report["volumes_ml"]
     folder = tmp_path / "serve" / "jobs" / job["id"]
     assert files_under(folder) == {"input.nii.gz", "status.json", "labels.nii.gz", "report.json"}
     assert files_under(tmp_path) == {"serve", "serve/.lock", "serve/jobs", f"serve/jobs/{job['id']}",
@@ -144,9 +86,9 @@ def test_file_names_and_ids_are_never_paths(trained: dict[str, Path], tmp_path: 
             assert response.status_code == 202 and response.json()["name"] == shown, response.text
         for bad in ("..%2F..%2Fetc", "0123456789abcdef", "../status.json"):
             assert c.get(f"/api/jobs/{bad}").status_code == 404
-        some = response.json()["id"]
-        assert c.get(f"/api/jobs/{some}/files/..%2Fstatus.json").status_code == 404
-        assert c.get(f"/api/jobs/{some}/files/status.json").status_code == 404
+        some = response.json()
+        assert c.get(f"/api/jobs/{some['id']}/files/..%2Fstatus.json", headers=auth(some)).status_code == 404
+        assert c.get(f"/api/jobs/{some['id']}/files/status.json", headers=auth(some)).status_code in (404, 409)
         gate.set()
     jobs = tmp_path / "serve" / "jobs"
     assert {p.name for p in tmp_path.iterdir()} == {"serve"} and len(list(jobs.iterdir())) == len(names)
@@ -167,27 +109,13 @@ def test_oversize_uploads_are_refused(trained: dict[str, Path], tmp_path: Path) 
                           headers={**PAGE, "content-type": f"multipart/form-data; boundary={boundary}"})
         assert response.status_code == 413
         assert c.get("/api/info").status_code == 200
-        assert c.get("/api/jobs").json()["jobs"] == []
     assert list((tmp_path / "serve" / "jobs").iterdir()) == []
-
-
-def gzip_of_zeros(megabytes: int) -> bytes:
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as fh:
-        header = bytearray(348)
-        header[0:4] = struct.pack("<i", 348)
-        header[344:348] = b"n+1\x00"
-        fh.write(bytes(header))
-        zeros = bytes(1 << 20)
-        for _ in range(megabytes):
-            fh.write(zeros)
-    return out.getvalue()
 
 
 def test_decompression_bombs_are_refused(trained: dict[str, Path], tmp_path: Path) -> None:
     limits = Limits(max_decompressed=16 << 20, max_zip_members=10)
     with client(trained, tmp_path / "serve", limits) as c:
-        bomb = gzip_of_zeros(64)
+        bomb = gzip_declaring((8, 8, 8), zero_megabytes=64)  # 1 KiB of voxels declared, 64 MiB sent
         assert len(bomb) < 200_000
         response = upload(c, "ct.nii.gz", bomb)
         assert response.status_code == 413 and "decompression bomb" in response.json()["error"]
@@ -202,7 +130,6 @@ def test_decompression_bombs_are_refused(trained: dict[str, Path], tmp_path: Pat
                 zf.writestr(f"{i}.dcm", b"x")
         response = upload(c, "series.zip", many.getvalue())
         assert response.status_code == 413 and "20 files" in response.json()["error"]
-        assert c.get("/api/jobs").json()["jobs"] == []
     assert list((tmp_path / "serve" / "jobs").iterdir()) == []
 
 
@@ -225,7 +152,7 @@ def test_only_self_contained_images_are_accepted(trained: dict[str, Path], tmp_p
             assert response.status_code == 415, (name, response.text)
             assert response.json()["error"] and response.json()["fix"]
         assert upload(c, "empty.nii.gz", b"").json()["error"] == "the uploaded file is empty"
-        assert c.get("/api/jobs").json()["jobs"] == []
+    assert list((tmp_path / "serve" / "jobs").iterdir()) == []
 
 
 def zip_of(members: dict[str, bytes]) -> bytes:
@@ -251,11 +178,12 @@ def test_malformed_images_get_clear_messages_and_the_server_keeps_running(traine
             response = upload(c, name, data)
             assert response.status_code == 400 and expected in response.json()["error"], (name, response.text)
         picture = nifti_bytes(np.random.default_rng(0).integers(0, 255, (20, 32, 32)).astype(np.uint8))
-        failed = wait(c, upload(c, "photo.nii.gz", picture).json()["id"])
+        failed_job = upload(c, "photo.nii.gz", picture).json()
+        failed = wait(c, failed_job)
         assert failed["state"] == "failed" and "8-bit picture" in failed["message"]
         assert "photo.nii.gz" in failed["message"] and str(tmp_path) not in failed["message"]
-        assert c.get(f"/api/jobs/{failed['id']}/report").status_code == 409
-        assert wait(c, upload(c, "good.nii.gz", good).json()["id"])["state"] == "done"
+        assert c.get(f"/api/jobs/{failed['id']}/report", headers=auth(failed_job)).status_code == 409
+        assert wait(c, upload(c, "good.nii.gz", good).json())["state"] == "done"
 
 
 def test_requests_from_elsewhere_are_refused(trained: dict[str, Path], tmp_path: Path) -> None:
@@ -286,39 +214,42 @@ def test_jobs_run_one_at_a_time_in_upload_order(trained: dict[str, Path], tmp_pa
 
     image = trained["image"].read_bytes()
     with client(trained, tmp_path / "serve", runner=held) as c:
-        ids = [upload(c, f"{n}.nii.gz", image).json()["id"] for n in ("first", "second", "third")]
-        wait(c, ids[0], ("running",))
-        assert [c.get(f"/api/jobs/{i}").json()["position"] for i in ids] == [None, 1, 2]
-        assert c.delete(f"/api/jobs/{ids[0]}", headers=PAGE).status_code == 409  # being predicted
-        assert c.delete(f"/api/jobs/{ids[2]}", headers=PAGE).status_code == 200   # waiting: leaves the queue
+        jobs = [upload(c, f"{n}.nii.gz", image).json() for n in ("first", "second", "third")]
+        wait(c, jobs[0], ("running",))
+        assert [c.get(f"/api/jobs/{j['id']}", headers=auth(j)).json()["position"] for j in jobs] == [None, 1, 2]
+        assert c.delete(f"/api/jobs/{jobs[0]['id']}", headers=PAGE | auth(jobs[0])).status_code == 409  # predicted
+        assert c.delete(f"/api/jobs/{jobs[2]['id']}", headers=PAGE | auth(jobs[2])).status_code == 200  # leaves queue
         assert c.get("/api/info").status_code == 200  # answers while a job runs
         gate.set()
-        first, second = wait(c, ids[0]), wait(c, ids[1])
+        first, second = wait(c, jobs[0]), wait(c, jobs[1])
     assert first["state"] == second["state"] == "done"
     assert running == ["first.nii.gz", "second.nii.gz"] == finished
     assert second["started"] >= first["finished"]
 
 
 def test_results_are_listed_until_deleted_and_survive_a_restart(trained: dict[str, Path], tmp_path: Path) -> None:
+    """The page lists the jobs whose tokens it holds (there is no list of every job), also after a restart."""
     image = trained["image"].read_bytes()
     with client(trained, tmp_path / "serve") as c:
-        a = upload(c, "a.nii.gz", image).json()["id"]
-        b = upload(c, "b.nii.gz", image).json()["id"]
+        a = upload(c, "a.nii.gz", image).json()
+        b = upload(c, "b.nii.gz", image).json()
         wait(c, a), wait(c, b)
-        assert [j["id"] for j in c.get("/api/jobs").json()["jobs"]] == [b, a]  # newest first
-    status_file = tmp_path / "serve" / "jobs" / a / "status.json"
+        assert [j["id"] for j in mine(c, a, b)["jobs"]] == [b["id"], a["id"]]  # newest first
+        assert "token" not in mine(c, a)["jobs"][0] and "token_sha256" not in mine(c, a)["jobs"][0]
+    status_file = tmp_path / "serve" / "jobs" / a["id"] / "status.json"
     status_file.write_text(status_file.read_text().replace('"done"', '"running"'))  # as if stopped mid-job
     with client(trained, tmp_path / "serve") as c:
         with pytest.raises(AutosegError, match="another `autoseg serve`"):
             create_app(ServeConfig(trained["model"], tmp_path / "serve"))
-        assert {j["id"] for j in c.get("/api/jobs").json()["jobs"]} == {a, b}
+        assert {j["id"] for j in mine(c, a, b)["jobs"]} == {a["id"], b["id"]}
         assert wait(c, a)["state"] == "done"  # an interrupted job runs again
-        assert c.delete(f"/api/jobs/{b}").status_code == 403  # not from the page
-        assert c.delete(f"/api/jobs/{b}", headers=PAGE).json() == {"deleted": b}
-        assert c.delete(f"/api/jobs/{b}", headers=PAGE).status_code == 404
-        assert c.get(f"/api/jobs/{b}").status_code == 404
-        assert [j["id"] for j in c.get("/api/jobs").json()["jobs"]] == [a]
-    assert not (tmp_path / "serve" / "jobs" / b).exists()
+        assert c.delete(f"/api/jobs/{b['id']}", headers=auth(b)).status_code == 403  # not from the page
+        assert c.delete(f"/api/jobs/{b['id']}", headers=PAGE).status_code == 404  # no token
+        assert c.delete(f"/api/jobs/{b['id']}", headers=PAGE | auth(b)).json() == {"deleted": b["id"]}
+        assert c.delete(f"/api/jobs/{b['id']}", headers=PAGE | auth(b)).status_code == 404
+        assert c.get(f"/api/jobs/{b['id']}", headers=auth(b)).status_code == 404
+        assert mine(c, a, b) == {"jobs": [mine(c, a)["jobs"][0]], "gone": [b["id"]]}
+    assert not (tmp_path / "serve" / "jobs" / b["id"]).exists()
 
 
 def test_a_zipped_dicom_series_is_stored_under_numbered_names(trained: dict[str, Path], tmp_path: Path) -> None:
@@ -427,6 +358,13 @@ def test_page_in_chromium_segments_an_uploaded_ct(trained: dict[str, Path], tmp_
         page.wait_for_function("() => (img => new URL(img.src).searchParams.get('classes') === '' && img.dataset"
                                ".loaded === '1')(document.querySelector('figure[data-plane=axial] img'))")
         assert axial.evaluate(COUNT_COLOURED) == 0  # classes toggled off: CT only
+        job_id = page.evaluate("() => Object.keys(JSON.parse(localStorage.getItem('autoseg.tokens')))[0]")
+        page.reload()  # the page keeps its tokens: the result is still listed
+        page.wait_for_selector(f"#jobs li[data-id='{job_id}'] .name:has-text('{ct.name}')")
+        other = browser.new_page()  # another browser profile: no token, no result
+        other.goto(url)
+        assert other.evaluate("() => localStorage.getItem('autoseg.tokens')") is None
+        assert other.evaluate(f"() => fetch('/api/jobs/{job_id}').then(r => r.status)") == 404
         browser.close()
     assert errors == []
     assert (ARTIFACTS / "viewer.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import SimpleITK as sitk
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -25,11 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autoseg.errors import AutosegError
 from autoseg.inference.model import open_model
-from autoseg.inference.predictor import PredictOptions, predict_case
-from autoseg.io import read_json, write_json
-from autoseg.serve.jobs import JobStore, Runner, Worker, new_status
+from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case
+from autoseg.io import read_json, read_sitk, write_json
+from autoseg.serve.jobs import JobStore, Retention, Runner, Worker, new_status, new_token
 from autoseg.serve.security import (
     Limits,
+    MemoryModel,
     UploadError,
     copy_limited,
     display_name,
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 DOWNLOADS = ("labels.nii.gz", "report.json")
 PAGE_HEADER = "x-autoseg"
+TOKEN_HEADER = "x-autoseg-token"
+MAX_LISTED = 1000                     # job tokens one listing request may ask about
+PRIVATE = ("token_sha256",)           # status fields never sent to a client
 SECURITY_HEADERS = [
     (b"content-security-policy", (b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
                                   b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'")),
@@ -69,6 +74,7 @@ class ServeConfig:
     checkpoint: str = "final"
     device: str = "cpu"
     limits: Limits = field(default_factory=Limits)
+    retention: Retention = field(default_factory=Retention)
 
 
 @dataclass
@@ -80,42 +86,56 @@ class Context:
     store: JobStore
     worker: Worker
     cache: VolumeCache
+    memory: MemoryModel  # the model's memory needs, checked against every upload's header
 
-    def accept(self, upload: UploadFile) -> dict[str, Any]:
-        """Store a received upload as a new queued job; nothing is kept of a refused one."""
+    def accept(self, upload: UploadFile) -> tuple[dict[str, Any], str]:
+        """Store a received upload as a new queued job: its status and its token (returned once);
+        nothing is kept of a refused one."""
         job_id, folder = self.store.new_folder()
         try:
             part = folder / "upload.part"
             received = copy_limited(upload.file, part, self.config.limits.max_upload)
             if received == 0:
                 raise UploadError("the uploaded file is empty", 400, "choose the CT file again")
-            stored = store_upload(part, folder, self.config.limits)
+            stored = store_upload(part, folder, self.config.limits, self.memory)
         except BaseException:
             remove_quietly(folder)
             raise
-        status = new_status(job_id, display_name(upload.filename), stored, received)
+        token = new_token()
+        status = new_status(job_id, token, display_name(upload.filename), stored, received)
         self.store.write(job_id, status)
-        return status
+        return status, token
 
     def describe(self, status: dict[str, Any]) -> dict[str, Any]:
         """A job's status as the page sees it: with its place in the queue and a time estimate."""
-        out = dict(status)
+        out = {k: v for k, v in status.items() if k not in PRIVATE}
         if status["state"] in ("queued", "running"):
             out["position"] = self.worker.position(status["id"])
             out["estimate_s"] = self.worker.estimate(status)
         return out
 
-    def done_folder(self, job_id: str) -> Path:
-        status = self.store.status(job_id)
+    def done_folder(self, job_id: str, token: str) -> tuple[Path, dict[str, Any]]:
+        """The folder and status of a finished job the token opens (409 while it is not done)."""
+        status = self.store.authorised(job_id, token)
         if status["state"] != "done":
             raise UploadError(f"result is not ready (state: {status['state']})", 409,
                               "wait until the prediction has finished")
-        return self.store.folder(job_id)
+        return self.store.folder(job_id), status
+
+
+def check_intensities(image: Path) -> None:
+    """Refuse an image whose intensities cannot be CT in HU before preprocessing it: reading it costs
+    about its own size in memory, preprocessing several times that."""
+    volume = read_sitk(image)
+    voxels = sitk.GetArrayViewFromImage(volume)
+    check_looks_like_ct(float(voxels.min()), float(voxels.max()), image)
 
 
 def prediction_runner(model: Any, options: PredictOptions) -> Runner:
     """Predict with the folds' ensemble into ``labels.nii.gz`` and ``report.json`` of the job folder."""
     def run(folder: Path, image: Path, name: str) -> dict[str, Any]:
+        if model.plans.is_ct:
+            check_intensities(image)
         report = predict_case(model, "labels", image, folder, options)
         report["input"] = name
         write_json(folder / "report.json", report)
@@ -168,6 +188,12 @@ def context(request: Request) -> Context:
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
+def job_token(request: Request) -> str:
+    """The job token of a request: the header the page's scripts send, or ``?token=`` for images and
+    download links (which cannot send headers)."""
+    return request.headers.get(TOKEN_HEADER) or request.query_params.get("token", "")
+
+
 def from_page(request: Request) -> None:
     """Changes must come from the page (a custom header a cross-site form or link cannot send)."""
     if request.headers.get(PAGE_HEADER) != "1":
@@ -176,6 +202,7 @@ def from_page(request: Request) -> None:
 
 
 Ctx = Annotated[Context, Depends(context)]
+Token = Annotated[str, Depends(job_token)]
 router = APIRouter()
 
 
@@ -191,64 +218,85 @@ def info(ctx: Ctx) -> dict[str, Any]:
             "classes": [{"id": k, "name": n, "colour": colour(k)} for k, n in sorted(plans.labels.items()) if k],
             "windows": list(WINDOWS), "planes": list(PLANES), "accept": ".nii,.nii.gz,.nrrd,.mha,.zip",
             "limits": {"max_upload_bytes": limits.max_upload, "max_decompressed_bytes": limits.max_decompressed,
-                       "max_queue": limits.max_queue}}
+                       "max_queue": limits.max_queue, "max_memory_bytes": limits.max_memory,
+                       "keep_jobs": ctx.config.retention.keep, "job_ttl_s": ctx.config.retention.ttl_s}}
 
 
-@router.get("/api/jobs")
-def list_jobs(ctx: Ctx) -> dict[str, Any]:
-    return {"jobs": [ctx.describe(s) for s in ctx.store.all()]}
+@router.post("/api/jobs/mine", dependencies=[Depends(from_page)])
+def my_jobs(body: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    """The statuses of the jobs whose tokens the page holds (``{"tokens": {id: token}}``), newest
+    first, and the ids it should forget (deleted, or a wrong token). There is no list of all jobs."""
+    tokens = body.get("tokens")
+    if not isinstance(tokens, dict) or len(tokens) > MAX_LISTED:
+        raise UploadError(f"expected {{\"tokens\": {{id: token}}}} with at most {MAX_LISTED} jobs", 400,
+                          "send the job ids and tokens returned by the uploads")
+    found, gone = [], []
+    for job_id, token in tokens.items():
+        try:
+            found.append(ctx.describe(ctx.store.authorised(str(job_id), str(token))))
+        except UploadError:
+            gone.append(str(job_id)[:40])
+    return {"jobs": sorted(found, key=lambda s: -s["created"]), "gone": gone}
 
 
-@router.post("/api/jobs", status_code=202, dependencies=[Depends(from_page)])
-async def upload(request: Request, ctx: Ctx) -> dict[str, Any]:
-    if ctx.worker.queued() >= ctx.config.limits.max_queue:
-        raise UploadError(f"{ctx.config.limits.max_queue} uploads are already waiting", 429,
-                          "try again when some have finished")
+async def receive_upload(request: Request, ctx: Ctx) -> tuple[dict[str, Any], str]:
+    """Read the multipart body and store its file as a job (see :meth:`Context.accept`)."""
     try:
         async with request.form(max_files=1, max_fields=4, max_part_size=64 * 1024) as form:
             file = form.get("file")
             if not isinstance(file, UploadFile):
                 raise UploadError("the request holds no file", 400, "send the image as the form field 'file'")
-            status = await run_in_threadpool(ctx.accept, file)
+            return await run_in_threadpool(ctx.accept, file)
     except MultiPartException as exc:
         raise UploadError(f"malformed upload ({exc.message})", 400, "upload the file from the page") from None
+
+
+@router.post("/api/jobs", status_code=202, dependencies=[Depends(from_page)])
+async def upload(request: Request, ctx: Ctx) -> dict[str, Any]:
+    ctx.worker.reserve()  # a place in the queue before the body is read: concurrent uploads cannot overfill it
+    try:
+        status, token = await receive_upload(request, ctx)
+    except BaseException:
+        ctx.worker.release()
+        raise
     ctx.worker.submit(status["id"])
     log.info("job %s (%s): queued, %d bytes", status["id"], status["name"], status["input"]["bytes"])
-    return ctx.describe(status)
+    return {**ctx.describe(status), "token": token}
 
 
 @router.get("/api/jobs/{job_id}")
-def job(job_id: str, ctx: Ctx) -> dict[str, Any]:
-    return ctx.describe(ctx.store.status(job_id))
+def job(job_id: str, token: Token, ctx: Ctx) -> dict[str, Any]:
+    return ctx.describe(ctx.store.authorised(job_id, token))
 
 
 @router.delete("/api/jobs/{job_id}", dependencies=[Depends(from_page)])
-def delete(job_id: str, ctx: Ctx) -> dict[str, Any]:
+def delete(job_id: str, token: Token, ctx: Ctx) -> dict[str, Any]:
+    ctx.store.authorised(job_id, token)
     ctx.worker.delete(job_id)
     ctx.cache.drop(job_id)
     return {"deleted": job_id}
 
 
 @router.get("/api/jobs/{job_id}/report")
-def report(job_id: str, ctx: Ctx) -> dict[str, Any]:
-    return dict(read_json(ctx.done_folder(job_id) / "report.json"))
+def report(job_id: str, token: Token, ctx: Ctx) -> dict[str, Any]:
+    folder, _ = ctx.done_folder(job_id, token)
+    return dict(read_json(folder / "report.json"))
 
 
 @router.get("/api/jobs/{job_id}/files/{name}")
-def download(job_id: str, name: str, ctx: Ctx) -> FileResponse:
+def download(job_id: str, name: str, token: Token, ctx: Ctx) -> FileResponse:
+    folder, status = ctx.done_folder(job_id, token)
     if name not in DOWNLOADS:
         raise UploadError(f"no download named '{name[:40]}'", 404, f"use one of {', '.join(DOWNLOADS)}")
-    folder = ctx.done_folder(job_id)
-    stem = ctx.store.status(job_id)["name"].split(".")[0] or "autoseg"
+    stem = status["name"].split(".")[0] or "autoseg"
     return FileResponse(folder / name, filename=f"{stem}_{name}",
                         media_type="application/gzip" if name.endswith(".gz") else "application/json")
 
 
 @router.get("/api/jobs/{job_id}/slices/{plane}/{index}.png")
-def slice_png(job_id: str, plane: str, index: int, ctx: Ctx, window: str = "abdomen", opacity: float = 0.5,
-              classes: str = "") -> Response:
-    folder = ctx.done_folder(job_id)
-    status = ctx.store.status(job_id)
+def slice_png(job_id: str, plane: str, index: int, token: Token, ctx: Ctx, window: str = "abdomen",
+              opacity: float = 0.5, classes: str = "") -> Response:
+    folder, status = ctx.done_folder(job_id, token)
     try:
         chosen = tuple(int(c) for c in classes.split(",") if c.strip())
     except ValueError:
@@ -273,9 +321,13 @@ def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = N
     model = model or open_model(config.model_folder, config.folds, config.checkpoint)
     store = JobStore(config.workdir / "jobs")
     store.claim(config.workdir / ".lock")
+    cache = VolumeCache()
     worker = Worker(store, runner or prediction_runner(model, PredictOptions(device=config.device)),
-                    after=lambda folder: default_view(folder / "labels.nii.gz"))
-    ctx = Context(config, model, store, worker, VolumeCache())
+                    after=lambda folder: default_view(folder / "labels.nii.gz"),
+                    max_queue=config.limits.max_queue, retention=config.retention, forget=cache.drop)
+    plans = model.plans
+    ctx = Context(config, model, store, worker, cache,
+                  MemoryModel(tuple(float(s) for s in plans.target_spacing), plans.num_classes))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

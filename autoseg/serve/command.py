@@ -43,6 +43,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-decompressed-mb", type=float, default=2048,
                         help="largest .gz/.zip contents and voxel data (default: 2048)")
     limits.add_argument("--max-queue", type=int, default=16, help="uploads waiting at most (default: 16)")
+    limits.add_argument("--keep-jobs", type=int, default=100,
+                        help="finished results kept; the oldest beyond this are deleted (default: 100; 0: no limit)")
+    limits.add_argument("--job-ttl-hours", type=float, default=168,
+                        help="finished results older than this are deleted (default: 168, one week; 0: never)")
     p.set_defaults(func=run_serve)
 
 
@@ -50,6 +54,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.cli import _model_folder
     from autoseg.inference.model import open_model
     from autoseg.serve.app import ServeConfig, serve
+    from autoseg.serve.jobs import Retention
     from autoseg.serve.security import Limits
     from autoseg.training.loop import configure_threads
 
@@ -57,6 +62,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(f"--port {args.port} is not a port number", fix="use a port in 1..65535")
     if min(args.max_upload_mb, args.max_decompressed_mb, args.max_queue) <= 0:
         raise ConfigurationError("the limits must be positive", fix="pass sizes in MB above 0 and a queue of 1 or more")
+    if args.keep_jobs < 0 or args.job_ttl_hours < 0:
+        raise ConfigurationError("--keep-jobs and --job-ttl-hours cannot be negative",
+                                 fix="pass 0 to keep every result without that limit")
     configure_threads(args.device)
     folds = tuple(args.folds) if args.folds else None
     model = open_model(_model_folder(args, settings), folds, args.checkpoint)
@@ -65,6 +73,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     workdir = args.workdir or settings.results / model.plans.dataset_name / "serve"
     config = ServeConfig(model_folder=Path(model.folder), workdir=workdir.resolve(), host=args.host,
                          port=args.port, folds=folds, checkpoint=args.checkpoint, device=args.device,
-                         limits=limits)
+                         limits=limits, retention=Retention(keep=args.keep_jobs or None,
+                                                            ttl_s=args.job_ttl_hours * 3600 or None))
     serve(config, model)
     return 0

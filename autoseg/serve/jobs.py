@@ -2,10 +2,15 @@
 
 Each job is a folder ``<workdir>/jobs/<id>/`` with a random hexadecimal id: the checked input under a
 fixed name, ``status.json``, and when done ``labels.nii.gz`` and ``report.json``. The folders are the
-only state, so a restarted server lists earlier results and puts unfinished jobs back in the queue.
+only state, so a restarted server keeps earlier results and puts unfinished jobs back in the queue.
+
+The id only names a job; reading or deleting it takes its token, a secret returned once to the
+uploader. ``status.json`` keeps only the token's SHA-256, compared in constant time.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -25,6 +30,8 @@ from autoseg.serve.security import StoredInput, UploadError
 log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"[0-9a-f]{16}")
+TOKEN_BYTES = 32                       # 256 random bits per job token
+FINISHED = ("done", "failed")
 #: Predicts ``input`` into ``job_dir`` (``labels.nii.gz``, ``report.json``); returns the report.
 Runner = Callable[[Path, Path, str], dict[str, Any]]
 
@@ -73,6 +80,19 @@ class JobStore:
         folder.mkdir()
         return job_id, folder
 
+    def authorised(self, job_id: str, token: str) -> dict[str, Any]:
+        """A job's status when ``token`` is its token; otherwise the same 404 as for a missing job, so
+        that a guessed id tells nothing."""
+        try:
+            status = self.status(job_id)
+        except UploadError:
+            status = {}
+        expected = status.get("token_sha256", "")
+        if not (token and expected and hmac.compare_digest(token_digest(token), expected)):
+            raise UploadError("no result with this id and token", 404,
+                              "open the result from the page it was uploaded from; it may have been deleted")
+        return status
+
     def status(self, job_id: str) -> dict[str, Any]:
         with self.lock:
             return dict(read_json(self.folder(job_id) / "status.json"))
@@ -93,6 +113,17 @@ class JobStore:
             self.write(job_id, status)
             return status
 
+    def prune(self, keep: int | None, ttl_s: float | None, now: float) -> list[str]:
+        """Delete the folders of finished jobs beyond the newest ``keep`` or finished more than
+        ``ttl_s`` seconds ago (None: no such limit); waiting and running jobs are never deleted."""
+        with self.lock:
+            finished = sorted((s for s in self.all() if s["state"] in FINISHED), key=_finished_at, reverse=True)
+            kept = finished if keep is None else finished[:keep]
+            doomed = finished[len(kept):] + [s for s in kept if ttl_s is not None and _finished_at(s) < now - ttl_s]
+            for status in doomed:
+                shutil.rmtree(self.root / status["id"], ignore_errors=True)
+            return [s["id"] for s in doomed]
+
     def all(self) -> list[dict[str, Any]]:
         """Every job's status, newest first."""
         with self.lock:
@@ -109,18 +140,49 @@ class JobStore:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def new_status(job_id: str, name: str, stored: StoredInput, upload_bytes: int) -> dict[str, Any]:
-    return {"id": job_id, "name": name, "state": "queued", "message": "", "created": time.time(),
-            "started": None, "finished": None, "input": {"kind": stored.kind, "bytes": upload_bytes,
-                                                         "size_zyx": list(stored.size_zyx),
-                                                         "file": stored.path.name}}
+def _finished_at(status: dict[str, Any]) -> float:
+    return float(status.get("finished") or status["created"])
+
+
+def new_token() -> str:
+    """A job's secret: unguessable, URL-safe, handed only to the uploader."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_status(job_id: str, token: str, name: str, stored: StoredInput, upload_bytes: int) -> dict[str, Any]:
+    return {"id": job_id, "token_sha256": token_digest(token), "name": name, "state": "queued", "message": "",
+            "created": time.time(), "started": None, "finished": None,
+            "input": {"kind": stored.kind, "bytes": upload_bytes, "size_zyx": list(stored.size_zyx),
+                      "file": stored.path.name}}
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished jobs are kept: the newest ``keep`` of them, none older than ``ttl_s``."""
+
+    keep: int | None = 100
+    ttl_s: float | None = 7 * 24 * 3600.0
 
 
 class Worker:
-    """One background thread taking job ids from a FIFO queue; the server answers while it predicts."""
+    """One background thread taking job ids from a FIFO queue; the server answers while it predicts.
 
-    def __init__(self, store: JobStore, runner: Runner, after: Callable[[Path], dict[str, Any]] | None = None):
+    At most ``max_queue`` jobs wait: an upload reserves its place (:meth:`reserve`) before its body is
+    read, so concurrent uploads cannot all pass the check; the place is taken by :meth:`submit` or
+    given back by :meth:`release`. ``forget`` is told of every job folder deleted by retention.
+    """
+
+    def __init__(self, store: JobStore, runner: Runner, after: Callable[[Path], dict[str, Any]] | None = None,
+                 max_queue: int = 16, retention: Retention | None = None,
+                 forget: Callable[[str], None] | None = None):
         self.store, self.runner, self.after = store, runner, after
+        self.max_queue, self.retention = max_queue, retention or Retention()
+        self.forget = forget or (lambda job_id: None)
+        self.reserved = 0
         self.pending: deque[str] = deque()
         self.current: str | None = None
         self.cond = threading.Condition(store.lock)
@@ -137,6 +199,7 @@ class Worker:
                 self.pending.append(status["id"])
             elif status["state"] == "done" and status.get("seconds_per_voxel"):
                 self.seconds_per_voxel = status["seconds_per_voxel"]
+        self.prune()
         self.thread = threading.Thread(target=self._loop, name="autoseg-predict", daemon=True)
         self.thread.start()
 
@@ -147,10 +210,31 @@ class Worker:
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def submit(self, job_id: str) -> None:
+    def reserve(self) -> None:
+        """Take a place in the queue for an upload about to be read; refuse (429) when it is full."""
         with self.cond:
+            if len(self.pending) + self.reserved >= self.max_queue:
+                raise UploadError(f"{self.max_queue} uploads are already waiting", 429,
+                                  "try again when some have finished")
+            self.reserved += 1
+
+    def release(self) -> None:
+        """Give back the place of an upload that was refused."""
+        with self.cond:
+            self.reserved -= 1
+
+    def submit(self, job_id: str) -> None:
+        """Queue an accepted upload in the place it reserved."""
+        with self.cond:
+            self.reserved -= 1
             self.pending.append(job_id)
             self.cond.notify_all()
+
+    def prune(self) -> None:
+        """Apply the retention limits to the finished jobs."""
+        for job_id in self.store.prune(self.retention.keep, self.retention.ttl_s, time.time()):
+            log.info("job %s: deleted by the retention limits", job_id)
+            self.forget(job_id)
 
     def queued(self) -> int:
         with self.cond:
@@ -188,6 +272,7 @@ class Worker:
             finally:
                 with self.cond:
                     self.current = None
+            self.prune()
 
     def _run(self, job_id: str) -> None:
         status = self.store.update(job_id, state="running", started=time.time())

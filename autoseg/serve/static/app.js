@@ -1,9 +1,12 @@
 // autoseg viewer: upload, job list, and the three planes as PNG slices rendered by the server.
 // Text from the server is only ever set with textContent, never parsed as HTML.
+// Each result opens only with its token, which the server returns once, to the upload: this
+// browser keeps its own tokens in localStorage and there is no list of everybody's results.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const HEADERS = { "X-Autoseg": "1" };
+const TOKENS_KEY = "autoseg.tokens";
 const state = { info: null, jobs: [], selected: null, shown: null, view: {}, classes: new Set(), confirm: null };
 
 function el(tag, props = {}, ...children) {
@@ -18,6 +21,30 @@ async function api(path, options = {}) {
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(describeError(body, response.status));
   return body;
+}
+
+// --- job tokens ---------------------------------------------------------------------------------
+
+function tokens() {
+  try { return JSON.parse(localStorage.getItem(TOKENS_KEY)) || {}; } catch (err) { return {}; }
+}
+
+function saveTokens(map) { localStorage.setItem(TOKENS_KEY, JSON.stringify(map)); }
+
+function keepToken(id, token) { saveTokens({ ...tokens(), [id]: token }); }
+
+function forgetTokens(ids) {
+  const map = tokens();
+  for (const id of ids) delete map[id];
+  saveTokens(map);
+}
+
+function jobHeaders(id, extra = {}) { return { ...extra, "X-Autoseg-Token": tokens()[id] || "" }; }
+
+// for images and links, which cannot send headers
+function jobUrl(id, path, params = new URLSearchParams()) {
+  params.set("token", tokens()[id] || "");
+  return `/api/jobs/${id}${path}?${params}`;
 }
 
 function describeError(body, status) {
@@ -109,6 +136,7 @@ function upload(file) {
     let body = {};
     try { body = JSON.parse(xhr.responseText); } catch (err) { /* not JSON */ }
     if (xhr.status === 202) {
+      keepToken(body.id, body.token);
       uploadMessage(`Uploaded ${body.name}.`, false);
       state.jobs.unshift(body);
       select(body.id);
@@ -129,7 +157,10 @@ function upload(file) {
 // --- job list ----------------------------------------------------------------------------------
 
 async function refreshJobs() {
-  state.jobs = (await api("/api/jobs")).jobs;
+  const answer = await api("/api/jobs/mine", { method: "POST", body: JSON.stringify({ tokens: tokens() }),
+                                               headers: { ...HEADERS, "Content-Type": "application/json" } });
+  if (answer.gone.length) forgetTokens(answer.gone);  // deleted here, elsewhere or by the retention limits
+  state.jobs = answer.jobs;
   const list = $("jobs");
   list.replaceChildren(...state.jobs.map(jobItem));
   $("no-jobs").hidden = state.jobs.length > 0;
@@ -161,7 +192,8 @@ async function deleteJob(id) {
   }
   state.confirm = null;
   try {
-    await api(`/api/jobs/${id}`, { method: "DELETE", headers: HEADERS });
+    await api(`/api/jobs/${id}`, { method: "DELETE", headers: jobHeaders(id, HEADERS) });
+    forgetTokens([id]);
   } catch (err) {
     uploadMessage(`Not deleted: ${err.message}`, true);
   }
@@ -243,11 +275,11 @@ async function showResult(job) {
     img.addEventListener("error", () => settle(plane));
     planes.append(fig);
   }
-  $("dl-labels").href = `/api/jobs/${job.id}/files/labels.nii.gz`;
-  $("dl-report").href = `/api/jobs/${job.id}/files/report.json`;
+  $("dl-labels").href = jobUrl(job.id, "/files/labels.nii.gz");
+  $("dl-report").href = jobUrl(job.id, "/files/report.json");
   drawAll();
   try {
-    fillTables(await api(`/api/jobs/${job.id}/report`));
+    fillTables(await api(`/api/jobs/${job.id}/report`, { headers: jobHeaders(job.id) }));
   } catch (err) {
     $("failed-panel").hidden = false;
     $("failed-panel").textContent = `The report could not be read: ${err.message}`;
@@ -258,7 +290,7 @@ function sliceUrl(plane) {
   const v = state.view[plane];
   const params = new URLSearchParams({ window: $("window").value, opacity: $("opacity").value,
                                        classes: [...state.classes].sort().join(",") });
-  return `/api/jobs/${state.shown}/slices/${plane}/${v.slider.value}.png?${params}`;
+  return jobUrl(state.shown, `/slices/${plane}/${v.slider.value}.png`, params);
 }
 
 function draw(plane) {
