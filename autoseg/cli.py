@@ -113,7 +113,8 @@ def _cmd_phantom(args: argparse.Namespace, settings: Settings) -> int:
 EPILOG_TRAIN = """examples:
   autoseg train -d Task08                          # all five folds, one after another
   autoseg train -d Task08 -f 0 --time-budget 1h    # one fold; the LR schedule follows the budget
-  autoseg train -d Task08 -f 2 --continue          # resume fold 2 after an interruption
+  autoseg train -d Task08 -f 2 --continue          # resume fold 2 with its own budget and seed
+  autoseg train -d Task08 --compute-budget 20m     # the steps 20 idle minutes make; a busy machine takes longer
   autoseg train -d Task08 --network resenc_unet --recipe adam_plateau --loss weighted_dice_focal
 """
 
@@ -126,7 +127,20 @@ def parse_duration(text: str) -> float:
     if not m or not any(m.groups()):
         raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 90s, 45m, 2h or 1h30m")
     h, mi, se = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mi * 60 + se
+    seconds = h * 3600 + mi * 60 + se
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive duration")
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
 
 
 def _parse_folds(values: list[str] | None) -> tuple[int, ...]:
@@ -149,14 +163,28 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default=None, help="sgd_poly, adam_plateau or adam_poly (default: planned)")
     p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or weighted_dice_focal (default: the recipe's)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=None, help="number of epochs (default: planned)")
+    budget.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs (default: planned)")
     budget.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
-                        help="train each fold for this long, e.g. 20m or 2h")
-    p.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: planned)")
+                        help="train each fold for this long in wall time, e.g. 20m or 2h (a busy machine "
+                             "makes fewer steps in it)")
+    budget.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                        help="train each fold for N steps, however long the machine takes")
+    budget.add_argument("--compute-budget", type=parse_duration, default=None, metavar="DURATION",
+                        help="train each fold for the steps the plan's calibrated step time fits in DURATION "
+                             "on an idle machine: a busy machine takes longer, the model is the same")
+    p.add_argument("--iterations", type=_positive_int, default=None, help="iterations per epoch (default: planned)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of initialisation, sampling and augmentation (default: the plans' seed; a "
+                        "resumed fold keeps its own)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads, fixed (default: the cores other processes leave free, re-checked "
+                        "every few seconds); fix it for bit-identical reruns")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume unfinished folds from their last checkpoint")
-    p.add_argument("--force", action="store_true", help="retrain folds that already finished")
+    p.add_argument("--force", action="store_true",
+                   help="retrain the selected folds (-f) from scratch, discarding their checkpoints; "
+                        "retraining all folds also lets changed plans replace the model's")
     p.add_argument("-j", "--workers", type=int, default=1, help="augmentation worker processes (default: 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (long GPU runs)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -176,7 +204,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.training.distributed import DistContext, launch_torchrun
-    from autoseg.training.loop import TrainOptions, configure_threads
+    from autoseg.training.loop import TrainOptions
     from autoseg.training.run import TrainRequest, prepare, run_fold
 
     if args.gpus:
@@ -184,21 +212,21 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     req = TrainRequest(dataset=args.dataset, folds=_parse_folds(args.fold), network=args.network,
                        recipe=args.recipe, loss=args.loss, epochs=args.epochs,
                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
-                       precision=args.precision, force=args.force)
+                       steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
+                       force=args.force, seed=args.seed)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",
                                  fix="use torchrun (or --gpus) for one fold on several GPUs, or Ray for folds in parallel")
     dist.init(dist.device(args.device))
     options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training,
-                           dist=dist, compile=args.compile)
+                           dist=dist, compile=args.compile, threads=args.threads)
     jobs = prepare(req, settings, options)
     if args.executor == "ray":
         from autoseg.training.ray_executor import run_folds_on_ray
 
         records = run_folds_on_ray(jobs, options, args.ray_address, args.cpus_per_fold)
     else:
-        configure_threads(args.device)
         records = [run_fold(job, options) for job in jobs]
     if dist.is_main:
         for record in records:

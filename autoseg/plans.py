@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from autoseg.precision import PRECISIONS
 
 PLANS_VERSION = 1
 LABEL_VOLUME_MODES = ("keep", "argmax")
+SCHEDULES = ("poly", "plateau")
+OPTIMIZERS = ("sgd", "adam")
 
 
 #: The abdominal window of the published liver work, in Hounsfield units: CT windows are fitted
@@ -102,6 +105,10 @@ class Recipe:
     plateau_patience: int = 3
     early_stop_patience: int = 0  # 0: never stop early
     time_budget_s: float | None = None  # when set, the schedule follows wall time, not epochs
+    #: When set (and no time budget), the schedule is this many training steps whatever the
+    #: epochs: ``--steps`` and ``--compute-budget`` (a budget that a busy machine takes longer to
+    #: spend but that trains the same model).
+    steps: int | None = None
     #: Autocast of the network's arithmetic (autoseg.precision): the planner writes what it timed,
     #: fp16 for CUDA plans, bf16 on CPUs with native bf16 instructions, else fp32.
     precision: str = "auto"
@@ -181,8 +188,24 @@ class Plans:
                        f"{', '.join(LABEL_VOLUME_MODES)}")
         if 0 not in self.labels:
             out.append("labels must include 0 (background)")
+        out.extend(self.recipe_problems())
         if self.recipe.precision not in PRECISIONS:
             out.append(f"recipe.precision '{self.recipe.precision}' is not one of {', '.join(PRECISIONS)}")
+        return out
+
+    def recipe_problems(self) -> list[str]:
+        """What makes the recipe unusable: a schedule that never ends or a name nothing implements."""
+        r, out = self.recipe, []
+        if r.epochs < 1 or r.iterations_per_epoch < 1:
+            out.append(f"recipe.epochs ({r.epochs}) and recipe.iterations_per_epoch ({r.iterations_per_epoch}) "
+                       "must be at least 1")
+        if r.time_budget_s is not None and r.time_budget_s <= 0:
+            out.append(f"recipe.time_budget_s {r.time_budget_s} must be positive (or null: no time budget)")
+        if r.steps is not None and r.steps < 1:
+            out.append(f"recipe.steps {r.steps} must be at least 1 (or null: epochs x iterations)")
+        for name, value, known in (("schedule", r.schedule, SCHEDULES), ("optimizer", r.optimizer, OPTIMIZERS)):
+            if value not in known:
+                out.append(f"recipe.{name} '{value}' is not one of {', '.join(known)}")
         return out
 
     @property
@@ -286,8 +309,10 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             raise PlansError(f"'{where}' must be a number, got {value!r}")
         try:
             number = tp(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise PlansError(f"'{where}' must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise PlansError(f"'{where}' must be a finite number, got {value!r}")
         if tp is int and float(value) != number:
             raise PlansError(f"'{where}' must be a whole number, got {value!r}")
         return number

@@ -8,6 +8,7 @@ z, y, x), both read through memory maps so only the patch is touched, and ``<cas
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from batchgenerators.transforms.utility_transforms import NumpyToTensor
 
 from autoseg.errors import AutosegError
 from autoseg.io import read_json
+from autoseg.processes import die_with_parent
 from autoseg.preprocessing.storage import labels_file
 
 ROTATION_DEG = 30.0
@@ -138,8 +140,14 @@ class PatchLoader(SlimDataLoaderBase):
         self.rng = np.random.default_rng(seed)
 
     def set_thread_id(self, thread_id: int) -> None:
+        """Called by batchgenerators first thing in each background worker: the worker dies with the
+        training process, and its random sources are seeded from this loader's seed. Python's own
+        ``random`` needs it too (batchgenerators' Gaussian noise draws from it, and Python re-seeds
+        it from the OS in every forked child), or two runs with one seed augment differently."""
         super().set_thread_id(thread_id)
+        die_with_parent()
         self.rng = np.random.default_rng([int(self.rng.integers(2**31)), thread_id])
+        random.seed(int(self.rng.integers(2**63)))
 
     def centre(self, case: str, force_foreground: bool) -> np.ndarray:
         labels = self.store.labels(case)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg.cpu_share import configure_threads
 from autoseg.metrics import dice_from_counts, mean_foreground
 from autoseg.networks import build_network
 from autoseg.plans import Plans
@@ -42,6 +43,9 @@ class TrainOptions:
     compile: bool = False
     final_validation: bool = True
     dist: DistContext = DistContext()
+    #: CPU threads: None follows the cores other processes leave free (autoseg.cpu_share), a number
+    #: fixes the count (reproducible arithmetic: the same seed, threads and steps give the same weights).
+    threads: int | None = None
 
 
 class FoldTrainer:
@@ -56,8 +60,10 @@ class FoldTrainer:
         self.device = torch.device(self.dist.device(options.device))
         self.dist.init(str(self.device))
         self.class_names = {k: v for k, v in plans.labels.items() if k != 0}
+        self.cores = configure_threads(self.device.type, options.threads)
         torch.manual_seed(options.seed)
         np.random.seed(options.seed % 2**32)
+        random.seed(options.seed)
         kwargs = dict(plans.network.kwargs, deep_supervision=self.recipe.deep_supervision)
         self.network = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_classes)
         self.network.to(self.device)
@@ -77,7 +83,13 @@ class FoldTrainer:
     # --- schedule -------------------------------------------------------------------------------
     @property
     def total_steps(self) -> int:
-        return self.recipe.epochs * self.recipe.iterations_per_epoch
+        return self.recipe.steps or self.recipe.epochs * self.recipe.iterations_per_epoch
+
+    def remaining(self) -> str:
+        """What is left of the budget, for progress lines."""
+        if self.recipe.time_budget_s:
+            return f"{max(0.0, self.recipe.time_budget_s - self.train_seconds) / 60:.1f} min of training left"
+        return f"{max(0, self.total_steps - self.steps)} of {self.total_steps} steps left"
 
     def progress(self) -> float:
         if self.recipe.time_budget_s:
@@ -124,6 +136,8 @@ class FoldTrainer:
             self.train_seconds = self.dist.broadcast_float(self.train_seconds, str(self.device))
             if self.finished():
                 break
+            if self.cores is not None:
+                self.cores.adapt()
             t0 = time.perf_counter()
             batch = next(stream)
             t1 = time.perf_counter()
@@ -136,9 +150,11 @@ class FoldTrainer:
         self.train_seconds = self.dist.broadcast_float(self.train_seconds, str(self.device))
         elapsed = time.perf_counter() - start
         mean_loss = self.dist.mean_float(float(np.mean(losses)) if losses else math.nan, str(self.device))
+        shared = ({} if self.cores is None else
+                  {"threads": self.cores.threads, "others_busy_cores": round(self.cores.others, 2)})
         return {"train_loss": mean_loss, "steps": len(losses),
                 "train_time_s": elapsed, "step_time_s": elapsed / max(len(losses), 1),
-                "data_wait_share": wait / max(elapsed, 1e-9)}
+                "data_wait_share": wait / max(elapsed, 1e-9), "seed": self.options.seed, **shared}
 
     def train_step(self, batch: dict[str, Any]) -> float:
         data = batch["data"].to(self.device, non_blocking=True)
@@ -240,39 +256,29 @@ class FoldTrainer:
         save_checkpoint(self.fold_dir / "checkpoint_latest.pt", self._state())
         write_log(self.fold_dir / "log.jsonl", self.epochs_log)
         plot_progress(self.fold_dir / "progress.png", self.epochs_log, self.class_names)
-        log.info("%s epoch %d: loss %.4f, val Dice %s, %.1f s (data wait %.0f%%)", self.fold_dir.name,
+        log.info("%s epoch %d: loss %.4f, val Dice %s, %.1f s (data wait %.0f%%); %s", self.fold_dir.name,
                  record["epoch"], record["train_loss"],
                  {k: round(v, 3) for k, v in record["val_dice"].items()}, record["epoch_time_s"],
-                 100 * record["data_wait_share"])
+                 100 * record["data_wait_share"], self.remaining())
         return record
 
 
     def _warn_if_cpu_contended(self, record: dict[str, Any]) -> None:
-        """Say so when CPU steps take far longer than planned: usually another busy process.
-
-        PyTorch's OpenMP threads spin at every barrier; with another process busy on the same
-        cores a spinning thread holds a core the thread it waits for needs. Measured on the 2-core
-        machine (demo plan, 2 threads): 0.35 s per step idle, 12 s with one busy neighbour;
-        ``OMP_WAIT_POLICY=PASSIVE`` gave 0.9 s there (but 0.44 s instead of 0.37 s when idle, so it
-        is not the default).
-        """
+        """Say so when CPU steps take far longer than planned even after adapting the threads to
+        the cores other processes leave free (autoseg.cpu_share): usually more busy processes than
+        cores. A budget in steps (``--steps``, ``--compute-budget``) then still trains the planned
+        model, only later; a ``--time-budget`` trains it less."""
         estimate = self.plans.estimates.step_time_estimate_s
         if self.device.type != "cpu" or not estimate or self.epoch > 3 or record["steps"] < 5:
             return
         if record["step_time_s"] > 3 * estimate:
-            log.warning("%s: steps take %.2f s, %.0fx the planned %.2f s. Another process is probably "
-                        "using these cores; stop it, or set OMP_WAIT_POLICY=PASSIVE (avoids a 10x "
-                        "slowdown when sharing cores, costs ~20%% on an idle machine)",
-                        self.fold_dir.name, record["step_time_s"], record["step_time_s"] / estimate, estimate)
+            log.warning("%s: steps take %.2f s, %.0fx the planned %.2f s, with %s thread(s); other processes "
+                        "keep %.1f cores busy", self.fold_dir.name, record["step_time_s"],
+                        record["step_time_s"] / estimate, estimate, record.get("threads", "?"),
+                        record.get("others_busy_cores", float("nan")))
 
 
 def _as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]):
     if isinstance(out, (list, tuple)):
         return [o.float() for o in out]
     return out.float()
-
-
-def configure_threads(device: str) -> None:
-    """On CPU use every core for intra-op parallelism; leave CUDA runs alone."""
-    if device == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))

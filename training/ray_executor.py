@@ -10,6 +10,7 @@ started on this machine and stopped afterwards. Ray is an optional extra:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -34,12 +35,11 @@ def _import_ray():
 def _fold_task(job: FoldJob, options: TrainOptions) -> dict[str, Any]:
     """Body of one Ray task: threads from the assigned CPUs, then the fold."""
     import ray
-    import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
-    return run_fold(job, options)
+    # Ray's allocation is the share of this task: a fixed thread count, not adapted to the machine
+    return run_fold(job, dataclasses.replace(options, threads=max(1, int(cpus))))
 
 
 def run_folds_on_ray(jobs: list[FoldJob], options: TrainOptions, address: str | None,

@@ -5,8 +5,10 @@ trained with, so the model folder is self-contained) and ``fold_K/``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,13 @@ from typing import Any
 from autoseg.datasets import resolve_dataset_path
 from autoseg.errors import AutosegError, ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, network_names
-from autoseg.plans import Plans
+from autoseg.io import read_json, write_json
+from autoseg.locks import check_unlocked, folder_lock
+from autoseg.plans import Plans, Recipe
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing.storage import case_ids
 from autoseg.settings import Settings
-from autoseg.training.loop import FoldTrainer, TrainOptions, configure_threads
+from autoseg.training.loop import FoldTrainer, TrainOptions
 from autoseg.training.recipes import recipe_named
 from autoseg.training.splits import NUM_FOLDS, load_or_create_splits
 
@@ -37,8 +41,26 @@ class TrainRequest:
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     time_budget_s: float | None = None
+    #: A budget in training steps: ``steps`` directly, or ``compute_budget_s`` seconds of the plan's
+    #: calibrated step time (``plans.estimates.step_time_estimate_s``).
+    steps: int | None = None
+    compute_budget_s: float | None = None
     precision: str | None = None
     force: bool = False
+    #: Seed of initialisation, sampling and augmentation (None: the fold's recorded seed when
+    #: resuming, else the plans' seed).
+    seed: int | None = None
+
+    @property
+    def sets_schedule(self) -> bool:
+        """True when the request names a budget (epochs, time, steps or compute)."""
+        return any(v is not None for v in (self.epochs, self.time_budget_s, self.steps, self.compute_budget_s))
+
+
+#: Recipe fields that are a fold's budget, not a planning decision: folds of one model may differ
+#: in them, and a resumed fold keeps its own (recorded in ``fold_K/fold.json``).
+SCHEDULE_FIELDS = ("epochs", "iterations_per_epoch", "time_budget_s", "steps")
+FOLD_RECORD = "fold.json"
 
 
 def preprocessed_dir(spec: str, settings: Settings) -> Path:
@@ -58,11 +80,13 @@ def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
     """Plans with the user's network, recipe, loss and schedule choices applied."""
     recipe = recipe_named(req.recipe, plans.recipe) if req.recipe else plans.recipe
     changes: dict[str, Any] = {}
-    for field, value in (("loss", req.loss), ("epochs", req.epochs),
-                         ("iterations_per_epoch", req.iterations_per_epoch), ("time_budget_s", req.time_budget_s),
+    for field, value in (("loss", req.loss), ("iterations_per_epoch", req.iterations_per_epoch),
                          ("precision", req.precision)):
         if value is not None:
             changes[field] = value
+    if req.sets_schedule:  # one budget replaces any other the plans had
+        changes.update(epochs=req.epochs or recipe.epochs, time_budget_s=req.time_budget_s,
+                       steps=_requested_steps(req, plans))
     if req.loss is not None:
         from autoseg.training.losses import build_loss
 
@@ -82,6 +106,25 @@ def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
     return plans.replace(recipe=recipe, network=network)
 
 
+def _requested_steps(req: TrainRequest, plans: Plans) -> int | None:
+    """``--steps``, or ``--compute-budget`` over the plan's calibrated step time."""
+    if req.compute_budget_s is None:
+        return req.steps
+    estimate = plans.estimates.step_time_estimate_s
+    if not estimate:
+        raise ConfigurationError("--compute-budget needs the plan's calibrated step time, and this plan has "
+                                 "none (a GPU plan or a hand-written one)",
+                                 fix="give the budget in steps with --steps N, or in wall time with --time-budget")
+    return max(1, round(req.compute_budget_s / estimate))
+
+
+def without_schedule(plans: Plans) -> Plans:
+    """The plans with the fold-level budget fields at their defaults: what all folds of one model share."""
+    default = Recipe()
+    return plans.replace(recipe=dataclasses.replace(
+        plans.recipe, **{f: getattr(default, f) for f in SCHEDULE_FIELDS}))
+
+
 def model_dir(settings: Settings, plans: Plans) -> Path:
     return settings.results / plans.dataset_name / plans.network.name
 
@@ -97,6 +140,11 @@ class FoldJob:
     train_cases: tuple[str, ...]
     val_cases: tuple[str, ...]
     force: bool
+    seed: int = 12345
+
+
+FOLD_IN_USE_FIX = ("wait for that run to end or stop it; the lock of a process that has ended is released "
+                   "by itself")
 
 
 def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[FoldJob]:
@@ -109,46 +157,121 @@ def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> lis
     cases = case_ids(pre)
     splits = load_or_create_splits(pre / "splits.json", cases, plans.seed)
     out = model_dir(settings, plans)
+    for fold in req.folds:
+        check_unlocked(out / f"fold_{fold}", f"fold {fold}", FOLD_IN_USE_FIX)
     if options.dist.is_main:
-        _write_model_plans(out, plans, req.force)
+        _write_model_plans(out, plans, req.force and set(req.folds) == set(range(NUM_FOLDS)))
     jobs = []
     for fold in req.folds:
         fold_dir = out / f"fold_{fold}"
         if (fold_dir / "checkpoint_final.pt").is_file() and not req.force:
-            log.info("fold %d already finished (%s); use --force to retrain", fold, fold_dir)
+            log.info("fold %d already finished (%s); use --force to retrain it", fold, fold_dir)
             continue
-        if (fold_dir / "checkpoint_latest.pt").is_file() and not (options.continue_training or req.force):
+        resuming = (fold_dir / "checkpoint_latest.pt").is_file() and not req.force
+        if resuming and not options.continue_training:
             raise AutosegError(f"fold {fold} has an unfinished run", fold_dir,
-                               "resume it with --continue, or start over with --force")
-        jobs.append(FoldJob(fold, plans, pre / "data", fold_dir, tuple(splits[fold]["train"]),
-                            tuple(splits[fold]["val"]), req.force))
+                               f"resume it with --continue, or start this fold over with -f {fold} --force")
+        fold_plans, seed = (_resumed(fold_dir, plans, req) if resuming
+                            else (plans, req.seed if req.seed is not None else plans.seed))
+        jobs.append(FoldJob(fold, fold_plans, pre / "data", fold_dir, tuple(splits[fold]["train"]),
+                            tuple(splits[fold]["val"]), req.force, seed))
     return jobs
 
 
+def _resumed(fold_dir: Path, plans: Plans, req: TrainRequest) -> tuple[Plans, int]:
+    """The plans and seed an unfinished fold resumes with: its recorded budget and seed unless the
+    request names new ones (a longer budget is allowed; the seed of a started run is not changed)."""
+    record = read_fold_record(fold_dir)
+    seed = int(record.get("seed", plans.seed))
+    if req.seed is not None and req.seed != seed:
+        log.warning("fold %s started with seed %d; resuming with it, not --seed %d", fold_dir.name, seed, req.seed)
+    if req.sets_schedule or "schedule" not in record:
+        return plans, seed
+    recorded = {f: record["schedule"].get(f, getattr(plans.recipe, f)) for f in SCHEDULE_FIELDS}
+    if req.iterations_per_epoch is not None:
+        recorded["iterations_per_epoch"] = req.iterations_per_epoch
+    log.info("resuming %s with its recorded budget %s", fold_dir.name,
+             {k: v for k, v in recorded.items() if v is not None})
+    return plans.replace(recipe=dataclasses.replace(plans.recipe, **recorded)), seed
+
+
+def read_fold_record(fold_dir: Path) -> dict[str, Any]:
+    """``fold_K/fold.json`` (seed and budget of the fold's run); for a fold started by an older
+    autoseg, the budget from its latest checkpoint's plans."""
+    path = fold_dir / FOLD_RECORD
+    if path.is_file():
+        try:
+            return dict(read_json(path))
+        except ValueError:
+            raise AutosegError("the fold's record is not valid JSON", path,
+                               f"delete it; the fold then resumes with the budget of its checkpoint") from None
+    latest = fold_dir / "checkpoint_latest.pt"
+    if latest.is_file():
+        from autoseg.training.checkpoint import load_checkpoint
+
+        recipe = load_checkpoint(latest).get("plans", {}).get("recipe", {})
+        return {"schedule": {f: recipe[f] for f in SCHEDULE_FIELDS if f in recipe}}
+    return {}
+
+
+def write_fold_record(job: FoldJob, threads: int | None) -> None:
+    """Record a fold's seed and budget when its run starts, so that ``--continue`` needs no flags."""
+    write_json(job.fold_dir / FOLD_RECORD, {
+        "fold": job.fold, "seed": job.seed,
+        "schedule": {f: getattr(job.plans.recipe, f) for f in SCHEDULE_FIELDS},
+        "step_time_estimate_s": job.plans.estimates.step_time_estimate_s,
+        "threads_at_start": threads, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
 def run_fold(job: FoldJob, options: TrainOptions) -> dict[str, Any]:
-    """Train one fold (in this process); returns its final epoch record."""
-    if job.force and job.fold_dir.is_dir() and options.dist.is_main:
-        for name in ("checkpoint_final.pt", "checkpoint_latest.pt", "checkpoint_best.pt", "log.jsonl"):
-            (job.fold_dir / name).unlink(missing_ok=True)
-    options.dist.barrier()
-    trainer = FoldTrainer(job.plans, job.data_dir, job.fold_dir, list(job.train_cases), list(job.val_cases),
-                          options)
-    return {"fold": job.fold, **trainer.run()}
+    """Train one fold (in this process), holding the fold's lock; returns its final epoch record."""
+    lock = (folder_lock(job.fold_dir, f"fold {job.fold}", FOLD_IN_USE_FIX) if options.dist.is_main
+            else contextlib.nullcontext())
+    with lock:
+        fresh = job.force or not (job.fold_dir / "checkpoint_latest.pt").is_file()
+        if job.force and job.fold_dir.is_dir() and options.dist.is_main:
+            for name in ("checkpoint_final.pt", "checkpoint_latest.pt", "checkpoint_best.pt", "log.jsonl",
+                         FOLD_RECORD):
+                (job.fold_dir / name).unlink(missing_ok=True)
+        options.dist.barrier()
+        trainer = FoldTrainer(job.plans, job.data_dir, job.fold_dir, list(job.train_cases), list(job.val_cases),
+                              dataclasses.replace(options, seed=job.seed))
+        if fresh and options.dist.is_main:
+            write_fold_record(job, trainer.cores.threads if trainer.cores else None)
+        return {"fold": job.fold, **trainer.run()}
 
 
 def train(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[dict[str, Any]]:
     """Train the requested folds one after another; returns each fold's final epoch record."""
     jobs = prepare(req, settings, options)
-    configure_threads(options.device)
     return [run_fold(job, options) for job in jobs]
 
 
-def _write_model_plans(out: Path, plans: Plans, force: bool) -> None:
+def _write_model_plans(out: Path, plans: Plans, replace: bool) -> None:
+    """Write the model's plans (without the fold-level budget) or check them against the folder's.
+
+    ``replace``: every fold is being retrained, so new plans may replace the old ones."""
     path = out / "plans.json"
-    if path.is_file() and not force:
-        existing = Plans.load(path)
-        if existing != plans:
-            raise PlansError("this model folder was trained with different plans", path,
-                             "pass --force to retrain all folds with the new plans, or restore the old ones")
+    shared = without_schedule(plans)
+    if path.is_file() and not replace:
+        existing = without_schedule(Plans.load(path))
+        if existing != shared:
+            changed = _changed_fields(existing.to_dict(), shared.to_dict())
+            raise PlansError(f"this model folder was trained with different plans ({', '.join(changed)} "
+                             "differ); its folds must share one plan", path,
+                             "train with the plans the folds were trained with (restore them, or drop the "
+                             "overriding flags), or move this model folder aside to train a new model")
         return
-    plans.save(path)
+    shared.save(path)
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any], where: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two plans dictionaries."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{where}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_changed_fields(a, b, name + "."))
+        elif a != b:
+            out.append(name)
+    return out

@@ -1,0 +1,237 @@
+"""Training runs a user can reproduce and resume: seeds, budgets in steps, per-fold budgets,
+``--continue`` without repeated flags, schedules that end, one process per fold, and the thread
+count following the cores other processes leave free."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoseg.cli import main
+from autoseg.io import read_json, write_json
+from autoseg.phantom import write_task
+
+PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
+DATASET = "Task08_HepaticVessel"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    write_task(root / "raw", task="Task08", num_training=5, num_test=0, seed=5,
+               spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in _env(root).items():
+            mp.setenv(k, v)
+        assert main(PLAN) == 0
+    return root
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
+            "AUTOSEG_RESULTS": str(root / "res")}
+
+
+@pytest.fixture
+def env(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for k, v in _env(workspace).items():
+        monkeypatch.setenv(k, v)
+    return workspace
+
+
+def _fold(root: Path, fold: int) -> Path:
+    return root / "res" / DATASET / "arunet" / f"fold_{fold}"
+
+
+def _weights(root: Path, fold: int) -> dict[str, torch.Tensor]:
+    return torch.load(_fold(root, fold) / "checkpoint_final.pt", weights_only=True)["network"]
+
+
+def test_same_seed_threads_and_steps_give_identical_weights(env: Path) -> None:
+    """Initialisation, patch sampling and augmentation (in a background worker, -j 1) are seeded:
+    two runs agree bit for bit; another seed trains other weights."""
+    run = ["train", "-d", "8", "-f", "0", "--steps", "5", "--iterations", "3", "-j", "1", "--threads", "2",
+           "--force"]
+    assert main([*run, "--seed", "7"]) == 0
+    first = _weights(env, 0)
+    log = [json.loads(line) for line in (_fold(env, 0) / "log.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in log] == [7, 7] and sum(r["steps"] for r in log) == 5
+    assert read_json(_fold(env, 0) / "fold.json")["seed"] == 7
+    assert main([*run, "--seed", "7"]) == 0
+    second = _weights(env, 0)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert main([*run, "--seed", "8"]) == 0
+    other = _weights(env, 0)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_continue_resumes_with_the_folds_own_budget_and_seed(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted fold resumes with ``--continue`` alone: the budget (--steps 9, 3 iterations an
+    epoch) and the seed come from the fold's record, not from flags repeated by hand."""
+    from autoseg.settings import Settings
+    from autoseg.training.loop import FoldTrainer, TrainOptions
+    from autoseg.training.run import TrainRequest, prepare
+
+    calls = {"n": 0}
+    original = FoldTrainer.validate
+
+    def interrupt_in_second_epoch(self, patches):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as Ctrl-C after the first epoch's checkpoint
+        return original(self, patches)
+
+    monkeypatch.setattr(FoldTrainer, "validate", interrupt_in_second_epoch)
+    assert main(["train", "-d", "8", "-f", "1", "--steps", "9", "--iterations", "3", "-j", "0",
+                 "--seed", "11", "--force"]) == 130
+    monkeypatch.setattr(FoldTrainer, "validate", original)
+    assert not (_fold(env, 1) / "checkpoint_final.pt").exists()
+    [job] = prepare(TrainRequest("8", folds=(1,)), Settings.from_env(), TrainOptions(continue_training=True))
+    assert (job.plans.recipe.steps, job.plans.recipe.iterations_per_epoch, job.seed) == (9, 3, 11)
+    assert main(["train", "-d", "8", "-f", "1", "--continue", "-j", "0"]) == 0
+    state = torch.load(_fold(env, 1) / "checkpoint_final.pt", weights_only=True)
+    assert state["steps"] == 9 and state["epoch"] == 3
+
+
+def test_folds_of_one_model_have_their_own_budgets_but_share_the_plan(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "-d", "8", "-f", "2", "--steps", "3", "--iterations", "3", "-j", "0", "--force"]) == 0
+    model_plans = (env / "res" / DATASET / "arunet" / "plans.json").read_bytes()
+    assert main(["train", "-d", "8", "-f", "3", "--epochs", "1", "--iterations", "2", "-j", "0", "--force"]) == 0
+    assert (env / "res" / DATASET / "arunet" / "plans.json").read_bytes() == model_plans
+    assert read_json(_fold(env, 3) / "fold.json")["schedule"]["epochs"] == 1
+    capsys.readouterr()
+    # a planning decision (the loss) is not a per-fold choice: refused, naming the field, and the
+    # message proposes nothing that would discard finished folds
+    assert main(["train", "-d", "8", "-f", "4", "--loss", "dice", "--steps", "3", "-j", "0", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe.loss" in err and "--force" not in err
+    assert (env / "res" / DATASET / "arunet" / "plans.json").read_bytes() == model_plans
+    assert not (_fold(env, 4) / "checkpoint_latest.pt").exists()
+
+
+@pytest.mark.parametrize("flags", [["--iterations", "0"], ["--time-budget", "0"], ["--steps", "0"],
+                                   ["--epochs", "-1"], ["--compute-budget", "0s"]])
+def test_schedules_that_never_end_are_refused(env: Path, flags: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "-d", "8", "-f", "0", *flags])
+    assert exc.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field,value", [("iterations_per_epoch", 0), ("epochs", 0), ("time_budget_s", 0),
+                                         ("schedule", "cosine"), ("optimizer", "lion")])
+def test_hand_edited_recipe_that_cannot_train_names_the_field(tmp_path: Path, env: Path, field: str,
+                                                              value: object) -> None:
+    from autoseg.errors import PlansError
+    from autoseg.plans import Plans
+
+    data = read_json(env / "pre" / DATASET / "plans.json")
+    data["recipe"][field] = value
+    write_json(tmp_path / "plans.json", data)
+    with pytest.raises(PlansError, match=f"recipe.{field}"):
+        Plans.load(tmp_path / "plans.json")
+
+
+def test_non_finite_numbers_in_plans_are_refused(tmp_path: Path, env: Path) -> None:
+    from autoseg.errors import PlansError
+    from autoseg.plans import Plans
+
+    data = read_json(env / "pre" / DATASET / "plans.json")
+    data["target_spacing"][0] = "nan"
+    write_json(tmp_path / "plans.json", data)
+    with pytest.raises(PlansError, match=r"target_spacing\[0\]' must be a finite number"):
+        Plans.load(tmp_path / "plans.json")
+
+
+def test_compute_budget_is_steps_of_the_calibrated_step_time(env: Path) -> None:
+    from autoseg.plans import Plans
+    from autoseg.training.run import TrainRequest, apply_overrides
+
+    plans = Plans.load(env / "pre" / DATASET / "plans.json")
+    estimate = plans.estimates.step_time_estimate_s
+    assert estimate
+    recipe = apply_overrides(plans, TrainRequest("8", compute_budget_s=60 * estimate)).recipe
+    assert (recipe.steps, recipe.time_budget_s) == (60, None)
+    recipe = apply_overrides(plans.replace(recipe=recipe), TrainRequest("8", time_budget_s=30.0)).recipe
+    assert (recipe.steps, recipe.time_budget_s) == (None, 30.0)  # one budget replaces the other
+
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from autoseg.locks import folder_lock
+with folder_lock(Path(sys.argv[1]), "fold 0", "wait"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_fold_being_trained_elsewhere_is_refused_until_its_holder_ends(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fold_dir = _fold(env, 4)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(fold_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["train", "-d", "8", "-f", "4", "--steps", "2", "--iterations", "2", "-j", "0", "--force"]) == 2
+        err = capsys.readouterr().err
+        assert f"fold 4 is in use by process {holder.pid}" in err and "Fix:" in err
+        assert not (fold_dir / "checkpoint_final.pt").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the kernel released the dead holder's lock: the fold trains now
+    assert main(["train", "-d", "8", "-f", "4", "--steps", "2", "--iterations", "2", "-j", "0", "--force"]) == 0
+    assert (fold_dir / "checkpoint_final.pt").is_file()
+
+
+def test_threads_follow_the_cores_others_leave_free() -> None:
+    from autoseg.cpu_share import threads_for
+
+    assert [threads_for(2, o) for o in (0.0, 0.3, 0.6, 1.0, 1.9)] == [2, 2, 1, 1, 1]
+    assert [threads_for(4, o) for o in (0.0, 1.0, 2.2, 3.8)] == [4, 3, 2, 1]
+
+
+_BUSY = "import os, sys\nif os.fork(): sys.exit(0)\nprint(os.getpid(), flush=True)\nwhile True: pass\n"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (float(fields[11]) + float(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc")
+def test_busy_processes_outside_the_tree_count_as_others_and_our_children_do_not() -> None:
+    """Accounting, not timing: a busy process that is not ours shows up in ``others`` at least with
+    the CPU it used; our own busy child shows up in our tree's seconds instead."""
+    from autoseg.cpu_share import _sample, others_busy_cores, own_tree_seconds, usable_cores
+
+    # a busy loop re-parented away from us (double fork), as an unrelated program would be
+    with subprocess.Popen([sys.executable, "-c", _BUSY], stdout=subprocess.PIPE, text=True) as launcher:
+        stranger = int(launcher.stdout.readline())
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        before, s0, c0 = _sample(usable_cores()), _cpu_seconds(stranger), _cpu_seconds(child.pid)
+        own0 = own_tree_seconds()
+        time.sleep(1.5)
+        after, s1, c1 = _sample(usable_cores()), _cpu_seconds(stranger), _cpu_seconds(child.pid)
+        own1 = own_tree_seconds()
+        tick = 2 / os.sysconf("SC_CLK_TCK")
+        assert own1 - own0 >= (c1 - c0) - tick  # the child is ours
+        others = others_busy_cores(before, after)
+        assert others is not None
+        assert others * (after.wall - before.wall) >= (s1 - s0) - 3 * tick
+    finally:
+        os.kill(stranger, signal.SIGKILL)
+        child.kill()
+        child.wait()
