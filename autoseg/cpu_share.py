@@ -93,20 +93,20 @@ def own_tree_seconds(root: int | None = None) -> float:
 
 
 @dataclass
-class _Sample:
+class CpuSample:
     wall: float
     cores_busy: float
     own: float
 
 
-def _sample(cores: list[int]) -> _Sample | None:
+def sample_cpu(cores: list[int]) -> CpuSample | None:
     busy = _cores_busy_seconds(cores)
     if busy is None:
         return None
-    return _Sample(time.monotonic(), busy, own_tree_seconds())
+    return CpuSample(time.monotonic(), busy, own_tree_seconds())
 
 
-def others_busy_cores(before: _Sample | None, after: _Sample | None) -> float | None:
+def others_busy_cores(before: CpuSample | None, after: CpuSample | None) -> float | None:
     """Cores kept busy by processes outside this process tree between two samples."""
     if before is None or after is None or after.wall <= before.wall:
         return None
@@ -142,13 +142,13 @@ class CoreShare:
         self.threads = self.max_threads
         torch.set_num_threads(self.threads)
         self._start = time.monotonic()
-        self._last = _sample(self.cores) if self.enabled else None
+        self._last = sample_cpu(self.cores) if self.enabled else None
 
     def adapt(self) -> int:
         """Re-measure the machine if ``interval_s`` has passed, set the thread count; returns it."""
         if not self.enabled or self._last is None or time.monotonic() - self._last.wall < self.interval_s:
             return self.threads
-        now = _sample(self.cores)
+        now = sample_cpu(self.cores)
         others = others_busy_cores(self._last, now)
         self._last = now
         if others is None:

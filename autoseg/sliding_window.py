@@ -11,6 +11,7 @@ import math
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -57,7 +58,8 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
                            num_classes: int, overlap: float = 0.5, batch_size: int = 2,
                            mirror_axes: tuple[int, ...] = (), device: str = "cpu",
                            timings: dict[str, float] | None = None, precision: str = "auto",
-                           source: str | Path | None = None) -> np.ndarray:
+                           source: str | Path | None = None,
+                           between_batches: Callable[[], object] | None = None) -> np.ndarray:
     """Softmax probabilities (K, *spatial) float32 for ``data`` (C, *spatial).
 
     Raises :class:`AutosegError` (naming ``source``, the model or its weights file, when given) as
@@ -78,6 +80,8 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     tiles = [tuple(slice(s, s + p) for s, p in zip(start, patch))
              for start in itertools.product(*tile_starts(spatial, patch, overlap))]
     for i in range(0, len(tiles), batch_size):
+        if between_batches is not None:
+            between_batches()  # e.g. CoreShare.adapt: threads follow the cores other processes leave free
         chunk = tiles[i:i + batch_size]
         x = torch.from_numpy(np.stack([padded[(slice(None), *t)] for t in chunk])).to(device)
         t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from autoseg.inference.predictor import PredictOptions, find_inputs, predict_cas
 from autoseg.io import read_label
 from autoseg.metrics import dice_per_class
 from autoseg.phantom import write_task
-from autoseg.training.loop import configure_threads
+from autoseg.cpu_share import configure_threads
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from autoseg.plans import Plans
 from autoseg.preprocessing.storage import case_ids
-from autoseg.training.loop import FoldTrainer, TrainOptions, configure_threads
+from autoseg.cpu_share import configure_threads
+from autoseg.training.loop import FoldTrainer, TrainOptions
 from autoseg.training.splits import load_or_create_splits
 
 PLANS_FIELDS = ("patch_size", "batch_size")

@@ -38,7 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        mp.setattr("autoseg.training.loop.configure_threads", lambda *a, **k: None)  # keep the runner's threads
+        mp.setattr("autoseg.cpu_share.configure_threads", lambda *a, **k: None)  # keep the runner's threads
         assert main(["plan_and_preprocess", "-d", "3", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]) == 0
         assert main(["train", "-d", "3", "-f", "0", "--epochs", "1", "--iterations", "30", "-j", "0"]) == 0
     test_image = next((root / "raw" / "Task03_Liver" / "imagesTs").iterdir())

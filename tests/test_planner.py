@@ -9,7 +9,6 @@ import pytest
 from autoseg.errors import PlansError
 from autoseg.networks import NETWORKS
 from autoseg.planners import planner as planner_mod
-from autoseg.planners.cost import measure_step_seconds
 from autoseg.precision import resolve_precision
 from autoseg.planners.planner import PlannerOptions, plan, target_spacing
 
@@ -80,16 +79,36 @@ def test_verify_shrinks_to_a_measured_plan(monkeypatch: pytest.MonkeyPatch) -> N
     assert math.prod(p.patch_size) < math.prod(calls[0])
 
 
-def test_real_cpu_plan_trains_within_two_seconds_per_step(tmp_path: Path) -> None:
-    """On this machine, the calibrated CPU plan's real training step takes at most 2 s."""
+def test_real_calibration_is_cached_and_every_later_plan_reuses_it(tmp_path: Path) -> None:
+    """The real calibration on this machine (no timing is asserted: that is benchmarks/plan_repro.py's
+    job): a physical, cached model, and the same plan again from the cache."""
+    from autoseg.cpu_share import usable_cores
+    from autoseg.io import read_json
+
     p = plan(fingerprint(), PlannerOptions(device="cpu", calibration_cache=tmp_path / "cal.json"))
-    assert (tmp_path / "cal.json").is_file()
-    seconds = measure_step_seconds(p.network.name, p.network.kwargs, 1, 3, p.patch_size, p.batch_size,
-                                   precision=p.recipe.precision)
+    [entry] = read_json(tmp_path / "cal.json").values()
+    assert entry["speedup_source"] in ("measured", "assumed")
+    assert 1.0 <= entry["speedup"] <= entry["threads"] == len(usable_cores())
+    assert entry["flops_per_s"] > 0 and entry["seconds_per_voxel"] >= 0
+    assert [pt["cpu_seconds"] > 0 for pt in entry["points"]] == [True] * 3
     assert p.recipe.precision == resolve_precision("auto", "cpu")  # what was timed is what trains
-    assert seconds <= 2.0, (p.patch_size, seconds, p.estimates.notes)
+    assert 0 < p.estimates.step_time_estimate_s <= 1.05 * p.estimates.step_time_target_s
     again = plan(fingerprint(), PlannerOptions(device="cpu", calibration_cache=tmp_path / "cal.json"))
     assert again == p  # the cached calibration makes the plan reproducible on this machine
+
+
+def test_calibration_that_beats_any_cpu_or_misses_its_fit_is_not_trusted() -> None:
+    """Issue 19's calibration under load (a cold first step, then 23.48 GFLOP in 0.080 s: 293
+    GFLOP/s, possible with AMX but not beside the 2.65 s of a quarter of the work): no fit explains
+    it. A step beyond any core's arithmetic (29 TFLOP/s on one thread) is refused outright."""
+    from autoseg.planners.cost import check_calibration, fit_time_model
+
+    measured = [(5.93e9, 73_728, 2.653), (50.81e9, 589_824, 0.343), (23.48e9, 73_728, 0.080)]
+    assert any("the fit gives" in p for p in check_calibration(measured, *fit_time_model(measured)))
+    impossible = [(5.9e9, 73_728, 0.21), (50.5e9, 589_824, 1.55), (23.4e9, 73_728, 0.0008)]
+    assert any("beyond any CPU core" in p for p in check_calibration(impossible, 800e9, 0.0))
+    sane = [(5.9e9, 73_728, 0.21), (50.5e9, 589_824, 1.55), (23.4e9, 73_728, 0.38)]
+    assert check_calibration(sane, *fit_time_model(sane)) == []
 
 
 def test_time_model_fit_recovers_both_terms_and_stays_physical() -> None:

@@ -213,7 +213,7 @@ def _cpu_seconds(pid: int) -> float:
 def test_busy_processes_outside_the_tree_count_as_others_and_our_children_do_not() -> None:
     """Accounting, not timing: a busy process that is not ours shows up in ``others`` at least with
     the CPU it used; our own busy child shows up in our tree's seconds instead."""
-    from autoseg.cpu_share import _sample, others_busy_cores, own_tree_seconds, usable_cores
+    from autoseg.cpu_share import sample_cpu, others_busy_cores, own_tree_seconds, usable_cores
 
     # a busy loop re-parented away from us (double fork), as an unrelated program would be
     with subprocess.Popen([sys.executable, "-c", _BUSY], stdout=subprocess.PIPE, text=True) as launcher:
@@ -221,10 +221,10 @@ def test_busy_processes_outside_the_tree_count_as_others_and_our_children_do_not
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
-        before, s0, c0 = _sample(usable_cores()), _cpu_seconds(stranger), _cpu_seconds(child.pid)
+        before, s0, c0 = sample_cpu(usable_cores()), _cpu_seconds(stranger), _cpu_seconds(child.pid)
         own0 = own_tree_seconds()
         time.sleep(1.5)
-        after, s1, c1 = _sample(usable_cores()), _cpu_seconds(stranger), _cpu_seconds(child.pid)
+        after, s1, c1 = sample_cpu(usable_cores()), _cpu_seconds(stranger), _cpu_seconds(child.pid)
         own1 = own_tree_seconds()
         tick = 2 / os.sysconf("SC_CLK_TCK")
         assert own1 - own0 >= (c1 - c0) - tick  # the child is ours

@@ -56,7 +56,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.serve.app import ServeConfig, serve
     from autoseg.serve.jobs import Retention
     from autoseg.serve.security import Limits
-    from autoseg.training.loop import configure_threads
+    from autoseg.cpu_share import configure_threads
 
     if not 0 < args.port < 65536:
         raise ConfigurationError(f"--port {args.port} is not a port number", fix="use a port in 1..65535")
