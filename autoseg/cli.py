@@ -279,6 +279,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads, fixed (default: the cores other processes leave free, re-checked "
+                        "between sliding-window batches)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic of the forward passes (default auto: fp16 on CUDA, bf16 on CPUs with "
                         "native bf16 instructions, else fp32; docs/inference.md)")
@@ -311,10 +314,10 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.inference.model import open_model
     from autoseg.inference.postprocessing import load_postprocessing
     from autoseg.inference.predictor import PredictOptions, predict
+    from autoseg.cpu_share import configure_threads
     from autoseg.precision import resolve_precision
-    from autoseg.training.loop import configure_threads
 
-    configure_threads(args.device)
+    cores = configure_threads(args.device, args.threads)
     model = open_model(_model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
     roi = None
     if args.roi_model:
@@ -326,7 +329,8 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              roi_model=roi, roi_margin_mm=args.roi_margin_mm,
                              roi_postprocessing=None if args.no_postprocessing or roi is None else load_postprocessing(roi),
                              roi_largest_component=not args.roi_all_components,
-                             postprocessing=None if args.no_postprocessing else load_postprocessing(model))
+                             postprocessing=None if args.no_postprocessing else load_postprocessing(model),
+                             cores=cores)
     result = predict(args.input, args.output, model, options, overwrite=args.overwrite,
                      keep_going=args.keep_going)
     for report in result.reports:

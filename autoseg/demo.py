@@ -1,7 +1,9 @@
 """``make demo``: the whole workflow on the embedded synthetic task, in one folder.
 
 Writes a Task08-like phantom task, plans and preprocesses it (for 0.4 s training steps, so each
-fold gets a few hundred steps), trains the five folds for two minutes each, prints the
+fold gets a few hundred steps), trains the five folds for two minutes of calibrated compute each
+(``--compute-budget``: the steps the plan's step time fits in two idle minutes; a busy machine
+takes longer for them but trains the same model), prints the
 cross-validation table and decides the post-processing (``find_best``), predicts the two held-out
 phantoms with the five-fold ensemble (label maps, reports, overlays) and prints their Dice against
 the phantom's labels. Everything stays in ``--workdir`` to be opened afterwards.
@@ -31,7 +33,7 @@ def run(workdir: Path, num_training: int, fold_budget: str, train: bool) -> int:
              ["plan_and_preprocess", "-d", "Task08", "--step-time", "0.4"]]
     predictions = workdir / "predictions"
     if train:
-        steps.append(["train", "-d", "Task08", "--time-budget", fold_budget, "--iterations", "50"])
+        steps.append(["train", "-d", "Task08", "--compute-budget", fold_budget, "--iterations", "50"])
         steps.append(["find_best", "-d", "Task08"])  # cross-validation table and post-processing
         steps.append(["predict", "-i", str(env["AUTOSEG_RAW"] / "Task08_HepaticVessel" / "imagesTs"),
                       "-o", str(predictions), "-d", "Task08", "--overlays"])
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=Path("demo_work"))
     p.add_argument("-n", "--num-training", type=int, default=10)
-    p.add_argument("--fold-budget", default="2m", help="training time per fold (default: 2m)")
+    p.add_argument("--fold-budget", default="2m",
+                   help="calibrated compute per fold (default: 2m; autoseg train --compute-budget)")
     p.add_argument("--no-train", action="store_true", help="stop after preprocessing")
     args = p.parse_args(argv)
     return run(args.workdir, args.num_training, args.fold_budget, not args.no_train)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
 from autoseg.errors import AutosegError
@@ -79,7 +80,8 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     gauss_t = torch.from_numpy(gauss).to(device)
     tiles = [tuple(slice(s, s + p) for s, p in zip(start, patch))
              for start in itertools.product(*tile_starts(spatial, patch, overlap))]
-    for i in range(0, len(tiles), batch_size):
+    for i in tqdm(range(0, len(tiles), batch_size), desc="sliding window", unit="batch", leave=False,
+                  disable=None):
         if between_batches is not None:
             between_batches()  # e.g. CoreShare.adapt: threads follow the cores other processes leave free
         chunk = tiles[i:i + batch_size]

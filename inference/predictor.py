@@ -54,6 +54,9 @@ class PredictOptions:
     roi_largest_component: bool = True
     #: The model's ``postprocessing.json`` decision (None: none).
     postprocessing: dict[str, Any] | None = None
+    #: An ``autoseg.cpu_share.CoreShare``: CPU threads follow the cores other processes leave free,
+    #: re-checked between sliding-window batches (None: threads as they are).
+    cores: Any = None
 
 
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
@@ -152,7 +155,8 @@ def predict_probabilities(model: AnyModel, data: np.ndarray, options: PredictOpt
         net = model.network(fold, options.device)
         probs = predict_sliding_window(net, data, plans.patch_size, plans.num_classes, options.overlap,
                                        plans.batch_size, mirror, options.device, timings,
-                                       options.precision)
+                                       options.precision,
+                                       between_batches=options.cores.adapt if options.cores else None)
         del net
         if total is None:
             total = probs

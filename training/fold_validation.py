@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from autoseg.io import Geometry, atomic_path, write_image, write_json
 from autoseg.metrics import case_dice, mean_present
@@ -36,8 +37,10 @@ def quantise(probabilities: np.ndarray) -> np.ndarray:
 
 
 def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_dir: Path,
-                  device: str = "cpu", write_predictions: bool = True, precision: str = "auto") -> dict[str, Any]:
-    """Predict every case of ``store`` and write ``out_dir/summary.json``; returns the summary."""
+                  device: str = "cpu", write_predictions: bool = True, precision: str = "auto",
+                  between_batches: Callable[[], object] | None = None) -> dict[str, Any]:
+    """Predict every case of ``store`` and write ``out_dir/summary.json``; returns the summary.
+    ``between_batches``: called between sliding-window batches (the training's CoreShare.adapt)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = {int(k): v for k, v in plans.labels.items() if int(k) != 0}
     was_ds = getattr(network, "deep_supervision", False)
@@ -46,10 +49,10 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
     per_case: dict[str, dict[str, float | None]] = {}
     t0 = time.perf_counter()
     try:
-        for case in store.cases:
+        for case in tqdm(store.cases, desc="fold validation", unit="case", leave=False, disable=None):
             probs = predict_sliding_window(network, np.asarray(store.image(case)), plans.patch_size,
                                            plans.num_classes, 0.5, plans.batch_size, (), device,
-                                           precision=precision)
+                                           precision=precision, between_batches=between_batches)
             pred = probs.argmax(0).astype(np.uint8)
             ref = np.asarray(store.labels(case))
             per_case[case] = case_dice(pred, ref, names)

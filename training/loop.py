@@ -220,7 +220,8 @@ class FoldTrainer:
         if self.dist.is_main and (self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop"))):
             if self.options.final_validation:
                 summary = validate_fold(self.network, self.plans, val_store, self.fold_dir / "validation",
-                                        str(self.device), precision=self.precision)
+                                        str(self.device), precision=self.precision,
+                                        between_batches=self.cores.adapt if self.cores else None)
             save_checkpoint(self.fold_dir / "checkpoint_final.pt", self._state())
         self.dist.barrier()
         record = dict(self.epochs_log[-1]) if self.epochs_log else {}
