@@ -14,6 +14,7 @@ from typing import Any
 from autoseg.datasets import Dataset, find_dataset
 from autoseg.errors import PlansError
 from autoseg.io import read_json
+from autoseg.locks import folder_lock
 from autoseg.plans import Plans
 from autoseg.planners.fingerprint import compute_fingerprint, save_fingerprint
 from autoseg.planners.planner import PlannerOptions, plan
@@ -23,6 +24,8 @@ from autoseg.settings import Settings
 log = logging.getLogger(__name__)
 
 STAGES = ("fingerprint", "plan", "preprocess")
+PREPROCESSED_IN_USE_FIX = ("wait for that run to end or stop it (the lock of a process that has ended is "
+                           "released by itself), then run again; its current outputs are kept")
 
 
 def inputs_key(dataset: Dataset, max_slices: int | None, seed: int) -> str:
@@ -74,10 +77,21 @@ def ensure_plans(fingerprint: dict[str, Any], out_dir: Path, options: PlannerOpt
 def plan_and_preprocess(spec: str | Path, settings: Settings, options: PlannerOptions,
                         stages: tuple[str, ...] = STAGES, max_slices: int | None = None,
                         workers: int = 2, force: bool = False) -> Path:
-    """Run the requested stages for one dataset and return its preprocessed folder."""
+    """Run the requested stages for one dataset and return its preprocessed folder.
+
+    The folder is locked while the stages run: a second ``plan_and_preprocess`` of the same dataset
+    (here or on another machine sharing the folder) is refused, naming the process that holds it,
+    instead of both writing the same cases."""
     dataset = find_dataset(spec, settings.raw)
     out_dir = settings.preprocessed / dataset.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir, f"the preprocessed folder of {dataset.name}", PREPROCESSED_IN_USE_FIX):
+        _run_stages(dataset, out_dir, options, stages, max_slices, workers, force)
+    return out_dir
+
+
+def _run_stages(dataset: Dataset, out_dir: Path, options: PlannerOptions, stages: tuple[str, ...],
+                max_slices: int | None, workers: int, force: bool) -> None:
+    """The stages of :func:`plan_and_preprocess`, run while its lock is held."""
     fingerprint_path = out_dir / "fingerprint.json"
     recomputed = False
     if "fingerprint" in stages or ("plan" in stages and not fingerprint_path.is_file()):
@@ -97,4 +111,3 @@ def plan_and_preprocess(spec: str | Path, settings: Settings, options: PlannerOp
             included = [c["case"] for c in read_json(fingerprint_path)["cases"]]
         done = preprocess_dataset(dataset, plans, out_dir, num_workers=workers, cases=included)
         log.info("preprocess: %d cases in %s", len(done), out_dir / "data")
-    return out_dir
