@@ -484,16 +484,19 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=("final", "best"), default="final")
     p.add_argument("--onnx", action="store_true", help="write ONNX networks into the folder -o")
     p.add_argument("-o", "--output", type=Path, required=True, help="archive (.zip) or, with --onnx, a folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing archive, or write into a non-empty ONNX folder")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.errors import AutosegError
     from autoseg.inference.ensembles import MANIFEST, is_ensemble_folder
-    from autoseg.inference.export import export_archive, export_onnx
+    from autoseg.inference.export import check_export_target, export_archive, export_onnx
     from autoseg.inference.model import TrainedModel
     from autoseg.io import read_json
 
+    check_export_target(args.output, args.onnx, args.overwrite)
     folder = _model_folder(args, settings)
     if is_ensemble_folder(folder):
         members = read_json(folder / MANIFEST).get("members")
@@ -501,7 +504,8 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
                            f"export each member with --network NAME (e.g. --network {members[0]})")
     model = TrainedModel.open(folder, tuple(args.folds) if args.folds else None,
                               args.checkpoint)
-    out = export_onnx(model, args.output) if args.onnx else export_archive(model, args.output)
+    out = (export_onnx(model, args.output, args.overwrite) if args.onnx
+           else export_archive(model, args.output, args.overwrite))
     print(f"exported folds {sorted(model.checkpoints)} of {model.folder} to {out}")
     return 0
 

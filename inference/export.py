@@ -64,11 +64,33 @@ def _weights_bytes(checkpoint: Path) -> bytes:
     return buffer.getvalue()
 
 
-def export_archive(model, out: Path) -> Path:
-    """Write ``model`` (a :class:`~autoseg.inference.model.TrainedModel`) as one zip file."""
+def check_export_target(out: Path, onnx: bool, overwrite: bool) -> None:
+    """Refuse, before any work, an export that would replace an existing archive or write into a
+    non-empty folder (the files found there would be mixed with or replaced by this export's)."""
+    if onnx and out.exists() and not out.is_dir():
+        raise ConfigurationError("an ONNX export is a folder, but this is a file", out,
+                                 "give -o a new or empty folder")
+    if not onnx and out.is_dir():
+        raise ConfigurationError("an archive is one file, but this is a folder", out,
+                                 "give -o a file name ending in .zip")
+    if overwrite:
+        return
+    if not onnx and out.exists():
+        raise ConfigurationError("the archive already exists; nothing was written", out,
+                                 "give -o a new file name, or add --overwrite to replace it")
+    if onnx and out.is_dir() and any(out.iterdir()):
+        raise ConfigurationError("the ONNX export folder is not empty; nothing was written", out,
+                                 "give -o a new or empty folder, or add --overwrite to write into it "
+                                 "(its manifest then names the new model; other files are ignored)")
+
+
+def export_archive(model, out: Path, overwrite: bool = False) -> Path:
+    """Write ``model`` (a :class:`~autoseg.inference.model.TrainedModel`) as one zip file; an
+    existing ``out`` is replaced only with ``overwrite``."""
     if out.suffix != ".zip":
         raise ConfigurationError(f"the archive name must end in .zip, got {out.name}",
                                  fix=f"use -o {out.with_suffix('.zip')}")
+    check_export_target(out, onnx=False, overwrite=overwrite)
     members = {"plans.json": json.dumps(model.plans.to_dict(), indent=2).encode()}
     for fold, path in sorted(model.checkpoints.items()):
         members[f"fold_{fold}.pt"] = _weights_bytes(path)
@@ -202,10 +224,12 @@ def load_weights(data: bytes, source: str) -> dict[str, torch.Tensor]:
                            "export the model again") from None
 
 
-def export_onnx(model, out_dir: Path) -> Path:
-    """Write ``plans.json``, ``fold_K.onnx`` and, last, ``manifest.json`` into ``out_dir``; the
-    manifest (folds, SHA-256 and size of each ``.onnx``) is what defines the model, so ONNX files
-    left in the folder by an earlier export are ignored when predicting."""
+def export_onnx(model, out_dir: Path, overwrite: bool = False) -> Path:
+    """Write ``plans.json``, ``fold_K.onnx`` and, last, ``manifest.json`` into ``out_dir``, which
+    must be new or empty unless ``overwrite``; the manifest (folds, SHA-256 and size of each
+    ``.onnx``) is what defines the model, so ONNX files left in the folder by an earlier export are
+    ignored when predicting."""
+    check_export_target(out_dir, onnx=True, overwrite=overwrite)
     try:
         import onnxruntime as ort
     except ImportError:
