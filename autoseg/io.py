@@ -119,9 +119,7 @@ def read_sitk(path: str | Path) -> sitk.Image:
             if len(series) > 1:
                 raise ImageReadError(f"folder holds {len(series)} DICOM series ({', '.join(series)})",
                                      path, "put each series in a folder of its own")
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-            return reader.Execute()
+            return _read_dicom_series(path, series[0])
         _check_nifti_complete(path)
         _check_nifti_header(path)
         return sitk.ReadImage(str(path))
@@ -130,6 +128,64 @@ def read_sitk(path: str | Path) -> sitk.Image:
         raise ImageReadError(f"cannot be read as an image ({first})", path,
                              "check that the file is complete and a NIfTI, NRRD, MHA or DICOM image; "
                              "re-export or re-download it") from None
+
+
+#: a step between DICOM slices further than this from the series' median step is a gap or uneven
+#: spacing: ITK would still stack the slices on a uniform grid, misplacing every slice past it
+SLICE_STEP_TOLERANCE = 0.10
+
+
+def _read_dicom_series(folder: Path, series_id: str) -> sitk.Image:
+    """Read one DICOM series after checking that its slices are evenly spaced (see
+    :func:`check_slice_positions`)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "missing slices" warning: ours says more
+    try:
+        image = reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    tags = [(reader.GetMetaData(i, "0020|0032") if reader.HasMetaDataKey(i, "0020|0032") else None,
+             reader.GetMetaData(i, "0020|0037") if reader.HasMetaDataKey(i, "0020|0037") else None)
+            for i in range(len(reader.GetFileNames()))]
+    check_slice_positions(folder, tags)
+    return image
+
+
+def check_slice_positions(folder: Path, tags: Sequence[tuple[str | None, str | None]]) -> None:
+    """Refuse a DICOM series whose slices, by ImagePositionPatient (0020,0032) projected on the
+    slice normal from ImageOrientationPatient (0020,0037), are not evenly spaced: a missing slice or
+    uneven steps would be stacked on a uniform grid that no longer matches the patient. Series with
+    fewer than 3 slices or without these tags cannot be checked and pass."""
+    if len(tags) < 3 or any(pos is None or orient is None for pos, orient in tags):
+        return
+    try:
+        orient = np.array([float(v) for v in str(tags[0][1]).split("\\")])
+        normal = np.cross(orient[:3], orient[3:6])
+        depth = np.sort([np.dot(normal, [float(v) for v in str(pos).split("\\")]) for pos, _ in tags])
+    except (ValueError, IndexError):
+        return
+    steps = np.diff(depth)
+    median = float(np.median(steps))
+    if median <= 0:
+        raise ImageReadError(f"DICOM series has {len(tags)} slices at only {len(np.unique(depth))} "
+                             "distinct positions", folder, _SLICE_FIX)
+    bad = np.flatnonzero(np.abs(steps - median) > SLICE_STEP_TOLERANCE * median)
+    if not len(bad):
+        return
+    k = int(bad[0])
+    raise ImageReadError(
+        f"DICOM slices are not evenly spaced: {len(bad)} step(s) differ from the usual "
+        f"{median:.3g} mm by more than {SLICE_STEP_TOLERANCE:.0%}, the first {steps[k]:.3g} mm between "
+        f"slice positions {depth[k]:.2f} and {depth[k + 1]:.2f} mm along the slice normal "
+        f"(after slice {k + 1} of {len(depth)}): a slice is missing or the series is uneven", folder,
+        _SLICE_FIX)
+
+
+_SLICE_FIX = ("export the complete series (every slice, one position each) from the PACS or scanner, or "
+              "resample it to a uniform grid and pass the resulting NIfTI")
 
 
 @dataclass(frozen=True)
@@ -258,9 +314,25 @@ def _check_nifti_complete(path: Path) -> None:
     """Refuse truncated NIfTI files: ITK reads them silently and fills the missing voxels with 0."""
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         return
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_magic(path)
     if not nifti_is_complete(path, required=False):
         raise ImageReadError("file is truncated (fewer voxels stored than its header declares)", path,
                              "re-export or re-download the file; a partial copy cannot be used")
+
+
+def _check_gzip_magic(path: Path) -> None:
+    """Refuse a ``.nii.gz`` that is not gzip data (else it would be called truncated), saying
+    whether it is an uncompressed NIfTI misnamed or something else."""
+    with open(path, "rb") as fh:
+        head = fh.read(352)
+    if head[:2] == b"\x1f\x8b":
+        return
+    if _nifti1_expected_bytes(head) is not None:
+        raise ImageReadError("file is named .nii.gz but is not gzip-compressed: it is an uncompressed NIfTI",
+                             path, f"rename it to {path.name[:-3]} (or gzip it)")
+    raise ImageReadError("file is named .nii.gz but is not gzip-compressed NIfTI (no gzip signature)", path,
+                         "check what the file is (e.g. with `file`); re-export the image as NIfTI")
 
 
 def nifti_is_complete(path: Path, required: bool = True) -> bool:
