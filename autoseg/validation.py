@@ -43,9 +43,10 @@ def _check_channels(case: Case, image: np.ndarray, num_channels: int) -> None:
     if image.shape[0] != num_channels:
         files = ", ".join(p.name for p in case.images)
         raise DatasetError(
-            f"case '{case.identifier}' has {image.shape[0]} channel(s) ({files}), dataset.json declares "
-            f"{num_channels}", case.images[0],
-            "provide exactly the channels listed in dataset.json (one file per channel, or one 4D file)")
+            f"case '{case.identifier}' has {image.shape[0]} channel(s) ({files}), but {num_channels} are "
+            "expected (the dataset's channels: dataset.json's for a raw dataset, the model's plans.json "
+            "for predict)", case.images[0],
+            "provide exactly those channels, in their order (one file per channel, or one 4D file)")
 
 
 def _channel_file(case: Case, channel: int) -> Path:

@@ -128,13 +128,30 @@ def existing_outputs(output: Path, name: str) -> tuple[Path, ...]:
     return tuple(p for p in (output / f"{name}{LABEL_ENDING}", output / f"{name}{REPORT_ENDING}") if p.exists())
 
 
-def check_looks_like_ct(lo: float, hi: float, path: Path) -> None:
-    """Refuse images that cannot be CT in Hounsfield units (e.g. 8-bit exports)."""
-    if lo >= 0 and hi <= 255:
-        raise ImageReadError(f"intensities {lo:.0f}..{hi:.0f} look like an 8-bit picture, not CT in "
-                             "Hounsfield units", path, "use the original CT (NIfTI/DICOM), not a screenshot or PNG export")
-    if lo > -500:
-        log.warning("%s: no voxel below -500 HU (no air); is this CT in Hounsfield units?", path)
+def check_looks_like_ct(lo: float, hi: float, path: Path, voxels: np.ndarray | None = None) -> None:
+    """Refuse images that cannot be CT in Hounsfield units: a segmentation or label map given by
+    mistake (a DICOM-SEG object, a predicted ``.nii.gz``: a few distinct whole numbers) or an 8-bit
+    picture (PNG or screenshot export). ``voxels``: the image, when the caller has it; otherwise it
+    is read again, only for an image already being refused, to tell the two apart."""
+    if not (lo >= 0 and hi <= 255):
+        if lo > -500:
+            log.warning("%s: no voxel below -500 HU (no air); is this CT in Hounsfield units?", path)
+        return
+    if voxels is None:
+        try:
+            voxels = read_case_images([path])[0]
+        except AutosegError:
+            voxels = np.array([lo, hi])
+    values = np.unique(voxels)
+    if len(values) <= 32 and np.array_equal(values, np.round(values)):
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise ImageReadError(f"looks like a segmentation or label map, not CT: its voxels take only "
+                             f"{len(values)} distinct whole-number value(s) ({shown})", path,
+                             "pass the CT image itself (the scan that was segmented), not a label map, "
+                             "a prediction or a DICOM-SEG object")
+    raise ImageReadError(f"intensities {lo:.0f}..{hi:.0f} look like an 8-bit picture, not CT in "
+                         "Hounsfield units", path, "use the original CT (NIfTI/DICOM), not a screenshot "
+                         "or PNG export")
 
 
 def predict_probabilities(model: AnyModel, data: np.ndarray, options: PredictOptions,

@@ -194,7 +194,12 @@ def check_input_divisible(spatial: Sequence[int], total_stride: Sequence[int]) -
     if len(spatial) != len(total_stride) or any(s % t for s, t in zip(spatial, total_stride)):
         raise ConfigurationError(
             f"input of spatial size {list(spatial)} is not divisible by the network's total stride "
-            f"{list(total_stride)}", fix="pad or crop the input to a multiple of the total stride")
+            f"{list(total_stride)}",
+            fix="autoseg feeds the network patches of plans.json's patch_size: if that was edited, make "
+                "each axis a multiple of the total stride (e.g. "
+                f"{[max(t, s // t * t) for s, t in zip(spatial, total_stride)]}) or re-plan with "
+                "autoseg plan_and_preprocess --only plan --force; when calling the network yourself, pad "
+                "or crop its input to such a multiple")
 
 
 def check_input_size(input_size: Sequence[int], total_stride: Sequence[int]) -> None:
