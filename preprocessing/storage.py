@@ -14,9 +14,11 @@ the up-to-date check (their key differs) and are written again.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +135,28 @@ def write_case(out_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray | 
         raise ValueError(f"{case_id}: labels must be whole numbers 0-255 (stored maps are uint8)")
     props_path.unlink(missing_ok=True)  # an old JSON must not vouch for half-written new arrays
     try:
-        with atomic_path(npy) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(data, dtype=np.float32))
-        with atomic_path(seg_npy) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(labels, dtype=np.uint8))
+        _save_array(npy, np.ascontiguousarray(data, dtype=np.float32))
+        _save_array(seg_npy, np.ascontiguousarray(labels, dtype=np.uint8))
         with atomic_path(props_path) as tmp:
             tmp.write_text(dumps_compact(properties) + "\n")
     except BaseException:
         for path in (npy, seg_npy, props_path):
             path.unlink(missing_ok=True)
         raise
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` atomically. When the disk fills up mid-file numpy raises a bare
+    ``OSError("612480 requested and 539616 written")`` without an errno; it is raised again as ENOSPC
+    so that :func:`~autoseg.io.atomic_path` turns it into an error naming the folder."""
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({exc})") from exc
 
 
 def load_case(out_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

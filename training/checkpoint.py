@@ -74,10 +74,13 @@ def _digest_into(h: Any, value: Any) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` with its contents digest, atomically (see the module docstring)."""
+    """Write ``payload`` with its contents digest, atomically (see the module docstring); a full
+    disk is an :class:`AutosegError` naming the folder."""
     body = {k: v for k, v in payload.items() if k != DIGEST_KEY}
-    with atomic_path(path) as tmp:
-        torch.save({**body, DIGEST_KEY: contents_digest(body)}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # through a Python file: a full disk is then an OSError (ENOSPC) that atomic_path reports
+        # naming the folder; torch's own writer says only "basic_ios::clear" or "unexpected pos"
+        torch.save({**body, DIGEST_KEY: contents_digest(body)}, fh)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
