@@ -173,12 +173,38 @@ def full_predict(work: Path, plans: Plans, kind: str) -> dict:
     return {"neighbours": kind, "wall_s": round(seconds, 1)}
 
 
+def table(rows: list[dict], kinds: list[str], workloads: list[str]) -> str:
+    """Markdown: median seconds per step of each neighbourhood, workload and mode (the median over
+    rounds), and its ratio to the idle step of the same workload with fixed threads."""
+    idle = {w: statistics.median(r["median_s"] for r in rows if (r["neighbours"], r["workload"], r["mode"])
+                                 == ("idle", w, "fixed")) for w in workloads}
+    lines = ["| neighbours | others' busy cores | workload | fixed threads (before) | adaptive (now) |",
+             "|---|---|---|---|---|"]
+    for kind in dict.fromkeys(kinds):
+        for workload in workloads:
+            cells = []
+            for mode in ("fixed", "adaptive"):
+                rs = [r for r in rows if (r["neighbours"], r["workload"], r["mode"]) == (kind, workload, mode)]
+                med = statistics.median(r["median_s"] for r in rs)
+                cells.append(f"{med:.3f} s ({med / idle[workload]:.2f}x, {rs[-1]['threads_end']} thr)")
+            before = statistics.median(r["others_before"] for r in rows if r["neighbours"] == kind)
+            lines.append(f"| {kind} | {before:.1f} | {workload} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/tmp/autoseg_contention"))
     p.add_argument("--kinds", nargs="+", default=["idle", "busy1", "busy2", "train1", "idle"])
     p.add_argument("--full-predict", action="store_true")
+    p.add_argument("--report", action="store_true", help="print the table of the last results and stop")
     args = p.parse_args()
+    if args.report:
+        saved = json.loads(RESULTS.read_text())
+        print(f"CPU: {saved['cpu']}, {saved['cores']} cores, {saved['date']}")
+        print(table(saved["rows"], [r["neighbours"] for r in saved["rows"]], ["train", "predict"]))
+        print("\n".join(json.dumps(f) for f in saved["full_predict"]))
+        return 0
     plans = prepare(args.work)
     print(f"CPU: {cpu_model()}, {len(usable_cores())} usable cores, torch {torch.__version__}; "
           f"plan: {plans.network.name} patch {plans.patch_size} batch {plans.batch_size} "
@@ -199,18 +225,7 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         stop(pids)
-    idle = {(r["workload"]): r["median_s"] for r in rows if r["neighbours"] == "idle" and r["mode"] == "fixed"}
-    print(f"\n| neighbours | others busy before | workload | fixed threads (old) | adaptive (new) |")
-    print("|---|---|---|---|---|")
-    for kind in dict.fromkeys(args.kinds):
-        for workload in workloads:
-            cells = []
-            for mode in ("fixed", "adaptive"):
-                rs = [r for r in rows if (r["neighbours"], r["workload"], r["mode"]) == (kind, workload, mode)]
-                med = statistics.median(r["median_s"] for r in rs)
-                cells.append(f"{med:.3f} s ({med / idle[workload]:.2f}x, {rs[-1]['threads_end']} thr)")
-            before = statistics.median(r["others_before"] for r in rows if r["neighbours"] == kind)
-            print(f"| {kind} | {before:.1f} | {workload} | {cells[0]} | {cells[1]} |")
+    print("\n" + table(rows, args.kinds, list(workloads)))
     full = []
     if args.full_predict:
         for kind in ("idle", "busy1"):

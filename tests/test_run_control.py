@@ -194,6 +194,19 @@ def test_a_fold_being_trained_elsewhere_is_refused_until_its_holder_ends(
     assert (fold_dir / "checkpoint_final.pt").is_file()
 
 
+def test_training_waits_for_a_dataset_being_preprocessed(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pre = env / "pre" / DATASET
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(pre)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["train", "-d", "8", "-f", "3", "--steps", "2", "-j", "0", "--force"]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err and "plan_and_preprocess" in err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
 def test_threads_follow_the_cores_others_leave_free() -> None:
     from autoseg.cpu_share import threads_for
 

@@ -150,6 +150,8 @@ FOLD_IN_USE_FIX = ("wait for that run to end or stop it; the lock of a process t
 def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[FoldJob]:
     """Check the request, write splits and the model's plans once, and list the folds still to train."""
     pre = preprocessed_dir(req.dataset, settings)
+    check_unlocked(pre, f"the preprocessed folder of {pre.name}",
+                   "wait for its `autoseg plan_and_preprocess` to finish, then train")
     plans = apply_overrides(Plans.load(pre / "plans.json"), req)
     resolve_precision(plans.recipe.precision, options.device)  # refuse e.g. fp16 on a CPU before writing
     if any(f not in range(NUM_FOLDS) for f in req.folds):
