@@ -90,7 +90,8 @@ def neighbours(kind: str, work: Path) -> list[int]:
     if kind == "busy2":
         return [spawn_outside_tree(busy), spawn_outside_tree(busy)]
     if kind == "train1":
-        return [spawn_outside_tree([sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "0",
+        # all folds, --force: it trains whatever the current plans are (a re-plan may have changed them)
+        return [spawn_outside_tree([sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "all",
                                     "--steps", "100000", "--force"], env_for(work))]
     raise ValueError(kind)
 

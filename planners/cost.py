@@ -180,14 +180,19 @@ def machine_key(network: str, precision: str = "fp32") -> str:
 MAX_FLOPS_PER_CORE = 5e9 * 2048
 #: A calibration whose fit misses one of its own points by more than this is not trusted.
 MAX_FIT_ERROR = 0.35
+#: Timed steps per calibration point (the fastest counts), after a warm-up step. Three gave one-thread
+#: throughputs of 262-325 GFLOP/s and all-core speedups of 1.37-1.72 in five idle calibrations on the
+#: 2-core AMD EPYC VM (benchmarks/plan_repro.py); five cost about 6 s more.
+CALIBRATION_REPEATS = 5
 #: Longest wait for a quiet machine before the idle speedup is assumed instead of measured.
 QUIET_WAIT_S = 30.0
 #: Cores other processes may keep busy while the idle speedup is timed.
 QUIET_OTHERS = 0.25
 #: Share of a step that does not run in parallel, for the speedup assumed when the machine never
-#: got quiet (Amdahl): 0.18 is what 2 threads gained on the largest calibration step of the 2-core
-#: AMD EPYC development machine (1.70x). A machine with more cores gains less per core.
-SERIAL_SHARE = 0.18
+#: got quiet (Amdahl). On the 2-core AMD EPYC development VM, 2 threads gained 1.37-1.72x on the
+#: largest calibration step in eight quiet calibrations and 1.36-1.38x on planned steps (20x64x80
+#: and 24x64x96, 16 features): 1/3 gives 1.5x on 2 cores. More cores gain less each.
+SERIAL_SHARE = 1 / 3
 
 
 def assumed_speedup(threads: int) -> float:
@@ -196,7 +201,7 @@ def assumed_speedup(threads: int) -> float:
 
 def _measure_calibration(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], precision: str,
                          threads: int, log_level: int) -> dict:
-    """In a fresh process: each point's CPU seconds on one thread (fastest of 3 after a warm-up),
+    """In a fresh process: each point's CPU seconds on one thread (fastest of 5 after a warm-up),
     and the idle speedup of ``threads`` threads on the largest point, timed only while other
     processes leave the cores alone (:data:`QUIET_OTHERS`), waiting at most :data:`QUIET_WAIT_S`."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -204,46 +209,58 @@ def _measure_calibration(points: list[tuple[str, dict, int, int, tuple[int, ...]
     torch.set_num_threads(1)
     measured = []
     for p in points:
-        seconds = measure_step_seconds(*p, precision=precision, clock="cpu")
+        seconds = measure_step_seconds(*p, repeats=CALIBRATION_REPEATS, precision=precision, clock="cpu")
         measured.append((training_flops(*p), math.prod(p[4]) * p[5], seconds))
         log.info("calibration: %.2f GFLOP, %d voxels: %.3f CPU s on one thread", measured[-1][0] / 1e9,
                  measured[-1][1], seconds)
     largest = max(range(len(points)), key=lambda i: measured[i][0])
-    torch.set_num_threads(threads)
-    quiet = _quiet_wall_seconds(StepTimer(*points[largest], precision=precision), threads)
-    speedup, source = (measured[largest][2] / quiet, "measured") if quiet else (assumed_speedup(threads), "assumed")
+    measured_speedup = _quiet_speedup(StepTimer(*points[largest], precision=precision), threads)
+    speedup, source = ((measured_speedup, "measured") if measured_speedup
+                       else (assumed_speedup(threads), "assumed"))
     return {"points": measured, "speedup": min(max(speedup, 1.0), float(threads)), "speedup_source": source}
 
 
-def _quiet_wall_seconds(timer: StepTimer, threads: int, wanted: int = 3) -> float | None:
-    """Fastest of ``wanted`` wall-clock steps taken while the machine was otherwise quiet, or None
-    when it was not quiet for :data:`QUIET_WAIT_S` seconds (progress lines say so).
+def _quiet_speedup(timer: StepTimer, threads: int, wanted: int = CALIBRATION_REPEATS) -> float | None:
+    """Wall time of a one-thread step over that of a ``threads``-thread step, each the fastest of
+    ``wanted`` taken in turns while the machine was otherwise quiet, or None when it was not quiet
+    for :data:`QUIET_WAIT_S` seconds (progress lines say so).
 
-    The machine is looked at for half a second, idle, before each step: a step with every thread
-    beside a busy process takes 20x its time (OpenMP threads spin), so none is taken then."""
+    The machine is looked at for half a second, idle, before each pair of steps, and a pair during
+    which another process woke up is dropped: a step with every thread beside a busy process takes
+    many times its idle time (OpenMP threads spin). Taking the two in turns cancels slow drifts of the
+    machine's speed (other virtual machines on the host)."""
     from autoseg.cpu_share import others_busy_cores, sample_cpu, usable_cores
 
     if threads == 1:
         return None  # nothing to gain: the one-thread CPU time is the step
     cores = usable_cores()
-    quiet: list[float] = []
+    one: list[float] = []
+    many: list[float] = []
     warm, start, said = False, time.monotonic(), time.monotonic()
-    while len(quiet) < wanted and time.monotonic() - start < QUIET_WAIT_S:
+    while len(many) < wanted and time.monotonic() - start < QUIET_WAIT_S:
         before = sample_cpu(cores)
         time.sleep(0.5)
         others = others_busy_cores(before, sample_cpu(cores))
-        if others is not None and others > QUIET_OTHERS:
-            if time.monotonic() - said > 5:
-                said = time.monotonic()
-                log.info("calibration: waiting for a quiet machine to time %d threads (other processes keep "
-                         "%.1f cores busy; at most %.0f s more)", threads, others,
-                         max(0.0, QUIET_WAIT_S - (said - start)))
-            continue
-        if not warm:
-            timer.step()  # warm-up: first-call allocations and kernel selection at this thread count
-            warm = True
-        quiet.append(timer.step()[0])
-    return min(quiet) if quiet else None
+        if others is None or others <= QUIET_OTHERS:
+            if not warm:
+                timer.step()  # warm-up: first-call allocations and kernel selection
+                warm = True
+            during = sample_cpu(cores)
+            torch.set_num_threads(1)
+            t1 = timer.step()[0]
+            torch.set_num_threads(threads)
+            tn = timer.step()[0]
+            others = others_busy_cores(during, sample_cpu(cores))
+            if others is None or others <= QUIET_OTHERS:
+                one.append(t1)
+                many.append(tn)
+                continue
+        if time.monotonic() - said > 5:
+            said = time.monotonic()
+            log.info("calibration: waiting for a quiet machine to time %d threads (other processes keep "
+                     "%.1f cores busy; at most %.0f s more)", threads, others,
+                     max(0.0, QUIET_WAIT_S - (said - start)))
+    return min(one) / min(many) if many else None
 
 
 def check_calibration(measured: list[tuple[int, int, float]], rate: float, per_voxel: float) -> list[str]:
@@ -271,7 +288,7 @@ def calibrate(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], ca
                                 f"cached in {cache}", entry["speedup"], entry["threads"])
     threads = len(usable_cores())
     log.info("calibrating this CPU: %d training steps on one thread, then %d threads on an idle machine",
-             4 * len(points), threads)
+             (CALIBRATION_REPEATS + 1) * len(points), threads)
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:  # a fresh process: its memory goes back to the system when it ends
         result = pool.apply(_measure_calibration, (points, precision, threads, logging.getLogger().level))
