@@ -49,7 +49,8 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="CPU: also time the chosen plan for real and adjust it (depends on machine load)")
     p.add_argument("--recalibrate", action="store_true",
-                   help="CPU: measure this machine again instead of using its cached calibration")
+                   help="CPU: measure this machine again instead of using its cached calibration "
+                        "($AUTOSEG_CACHE, default ~/.cache/autoseg)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="autocast the plan is timed and trained in (default auto: fp16 on CUDA, bf16 on "
                         "CPUs with native bf16 instructions, else fp32)")
@@ -77,9 +78,7 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,
         network=args.network, base_features=args.features,
         hu_window=tuple(args.hu_window) if args.hu_window else None, cpu_gflops=args.cpu_gflops, verify=args.verify, seed=args.seed, precision=args.precision,
-        calibration_cache=settings.preprocessed / "cpu_calibration.json")
-    if args.recalibrate:
-        (settings.preprocessed / "cpu_calibration.json").unlink(missing_ok=True)
+        calibration_cache=settings.cache / "cpu_calibration.json", recalibrate=args.recalibrate)
     stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
     out = plan_and_preprocess(args.dataset, settings, options, stages=stages, max_slices=args.max_slices,
                               workers=args.workers, force=args.force)

@@ -76,41 +76,51 @@ def _process_table() -> dict[int, tuple[int, float]]:
     return table
 
 
-def own_tree_seconds(root: int | None = None) -> float:
-    """CPU seconds used so far by process ``root`` (default: this one), all its threads and every
-    living descendant."""
+def own_tree(root: int | None = None) -> dict[int, float]:
+    """CPU seconds used so far by process ``root`` (default: this one, all its threads) and by every
+    living descendant, by PID."""
     root = os.getpid() if root is None else root
     table = _process_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
+    out, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        total += table.get(pid, (0, 0.0))[1]
+        if pid in table:
+            out[pid] = table[pid][1]
         todo.extend(children.get(pid, []))
-    return total
+    return out
+
+
+def own_tree_seconds(root: int | None = None) -> float:
+    """CPU seconds used so far by process ``root`` (default: this one) and its living descendants."""
+    return sum(own_tree(root).values())
 
 
 @dataclass
 class CpuSample:
     wall: float
     cores_busy: float
-    own: float
+    #: CPU seconds so far of this process tree, by PID.
+    own: dict[int, float]
 
 
 def sample_cpu(cores: list[int]) -> CpuSample | None:
     busy = _cores_busy_seconds(cores)
     if busy is None:
         return None
-    return CpuSample(time.monotonic(), busy, own_tree_seconds())
+    return CpuSample(time.monotonic(), busy, own_tree())
 
 
 def others_busy_cores(before: CpuSample | None, after: CpuSample | None) -> float | None:
     """Cores kept busy by processes outside this process tree between two samples."""
     if before is None or after is None or after.wall <= before.wall:
         return None
-    others = (after.cores_busy - before.cores_busy) - (after.own - before.own)
+    # per process, so that a worker that ended in between (its seconds leave the tree) is not
+    # counted as a drop of our own use; one that started in between counts from zero
+    own = sum(seconds - before.own.get(pid, 0.0) for pid, seconds in after.own.items())
+    others = (after.cores_busy - before.cores_busy) - own
     return max(0.0, others / (after.wall - before.wall))
 
 

@@ -1,4 +1,5 @@
-"""The one place that reads the environment: folder locations for raw, preprocessed and results."""
+"""The one place that reads the environment: folder locations for raw, preprocessed and results, and
+the machine's cache (the CPU calibration)."""
 from __future__ import annotations
 
 import os
@@ -23,6 +24,9 @@ class Settings:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: What autoseg keeps per machine, whatever the dataset or working folder: the CPU calibration.
+    #: ``AUTOSEG_CACHE``, else ``$XDG_CACHE_HOME/autoseg``, else ``~/.cache/autoseg``.
+    cache: Path = Path.home() / ".cache" / "autoseg"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> "Settings":
@@ -40,4 +44,12 @@ class Settings:
             rank=int(env.get("RANK", 0)),
             world_size=int(env.get("WORLD_SIZE", 1)),
             local_rank=int(env.get("LOCAL_RANK", 0)),
+            cache=_cache_dir(env),
         )
+
+
+def _cache_dir(env: Mapping[str, str]) -> Path:
+    if env.get("AUTOSEG_CACHE"):
+        return Path(env["AUTOSEG_CACHE"]).expanduser().resolve()
+    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return (base / "autoseg").resolve()

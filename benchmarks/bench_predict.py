@@ -40,6 +40,7 @@ SPACING = (2.5, 0.8, 0.8)
 
 def prepare(work: Path, slices: int) -> tuple[Path, Path]:
     env = {**os.environ, "AUTOSEG_RAW": str(work / "raw"), "AUTOSEG_PREPROCESSED": str(work / "pre"),
+           "AUTOSEG_CACHE": str(work / "pre"),
            "AUTOSEG_RESULTS": str(work / "res")}
     write_task(work / "raw", task="Task08", num_training=4, num_test=0, seed=11,
                spacing_range=(SPACING, SPACING))

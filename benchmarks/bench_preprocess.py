@@ -421,6 +421,7 @@ def tool_runs(args: argparse.Namespace, work: Path, msd_root: Path) -> list[Run]
               "nnUNet_results": str(work / "nnUNet_results")}
     as_env = {**base, "AUTOSEG_RAW": str(msd_root),
               "AUTOSEG_PREPROCESSED": str(work / "autoseg_preprocessed"),
+              "AUTOSEG_CACHE": str(work / "autoseg_preprocessed"),
               "AUTOSEG_RESULTS": str(work / "autoseg_results")}
     nn_bin = args.nnunet_venv / "bin" / "nnUNetv2_plan_and_preprocess"
     w = str(args.workers)

@@ -58,6 +58,7 @@ def cpu_model() -> str:
 
 def env_for(work: Path) -> dict[str, str]:
     return {**os.environ, "AUTOSEG_RAW": str(work / "raw"), "AUTOSEG_PREPROCESSED": str(work / "pre"),
+            "AUTOSEG_CACHE": str(work / "pre"),
             "AUTOSEG_RESULTS": str(work / "res")}
 
 

@@ -38,7 +38,10 @@ resident memory, sampled at 10 Hz):
 race's test cases plus ``N`` more phantoms drawn with the same seed (``work/large``), and reports
 the paired per-case Dice difference of each autoseg row to nnU-Net's shrunk plan of the same budget
 with a 95 % bootstrap interval: six test cases cannot separate differences of a few hundredths.
-Training is not seeded, so a plan trained twice differs; ``--draw N`` trains the current plan of each
+Training is seeded with the draw number (``--seed N`` for autoseg; for nnU-Net the trainer seeds its
+initialisation and main-process sampling, its augmentation workers stay unseeded, and a wall-clock
+budget makes the step count vary, so draws are reproducible only up to the machine's speed; rows
+before 2026-12-04 were unseeded); ``--draw N`` trains the current plan of each
 named contestant again as row ``name[drawN]``, and where a budget has more than one draw of autoseg
 or of nnU-Net's shrunk plan the larger-test table adds the paired difference of their per-case means.
 
@@ -92,6 +95,11 @@ class nnUNetTrainer_Budget(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # nnU-Net records these by name
         super().__init__(plans, configuration, fold, dataset_json, device)
+        seed = int(os.environ.get("RACE_SEED", "1"))  # initialisation and the main process's sampling
+        import random
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
         self.budget_s = float(os.environ["RACE_BUDGET_S"])
         self.num_iterations_per_epoch = int(os.environ.get("RACE_ITERS", "50"))
         self.num_val_iterations_per_epoch = int(os.environ.get("RACE_VAL_ITERS", "4"))
@@ -185,7 +193,7 @@ AUTOSEG_PLAN = [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", "8
 def autoseg_env(work: Path, results: Path, pre: str = "autoseg_pre") -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "AUTOSEG_"))}
     return {**base, "AUTOSEG_RAW": str(work / "msd"), "AUTOSEG_PREPROCESSED": str(work / pre),
-            "AUTOSEG_RESULTS": str(results)}
+            "AUTOSEG_RESULTS": str(results), "AUTOSEG_CACHE": str(work / pre)}  # calibration beside the plans
 
 
 def plan_variant(work: Path, name: str, plan_args: str) -> str:
@@ -411,6 +419,13 @@ def nnunet_plans_name(contestant: str) -> str:
     return "nnUNetPlans" if draw_of(contestant) == "nnunet_default" else SMALL_PLANS
 
 
+def seed_of(contestant: str) -> int:
+    """The training seed of a row: its draw number (``autoseg[draw2]`` -> 2; a first draw or a
+    variant -> 1), so that every draw is reproducible and two draws never share a seed."""
+    base, _, rest = contestant.partition("[draw")
+    return int(rest[:-1]) if rest[:-1].isdigit() and rest.endswith("]") else 1
+
+
 def draw_of(contestant: str) -> str:
     """The contestant a ``--draw`` row repeats (``nnunet_small[draw2]`` -> ``nnunet_small``)."""
     base, _, rest = contestant.partition("[draw")
@@ -444,7 +459,8 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
         shutil.rmtree(results, ignore_errors=True)
         env = autoseg_env(work, results, autoseg_pre)
         train = run_measured(tag, [sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "0",
-                                   "--time-budget", budget, *autoseg_args], env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
+                                   "--time-budget", budget, "--seed", str(seed_of(contestant)), *autoseg_args],
+                             env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
         model = next(results.glob(f"{MSD_TASK}/*/plans.json")).parent
         steps, step_s = step_figures(fold_log(model))
         plans = json.loads((model / "plans.json").read_text())
@@ -462,7 +478,7 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
         results = work / "nnunet_results" / f"{contestant}_{budget}"
         shutil.rmtree(results, ignore_errors=True)
         env = {**nn.env(root), "nnUNet_results": str(results), "nnUNet_n_proc_DA": "1",
-               "RACE_BUDGET_S": str(budget_s), "RACE_ITERS": "50"}
+               "RACE_BUDGET_S": str(budget_s), "RACE_ITERS": "50", "RACE_SEED": str(seed_of(contestant))}
         train = run_measured(tag, [nn.command("nnUNetv2_train"), "8", nn.CONFIG, "0", "-tr", "nnUNetTrainer_Budget",
                                    "-p", plans_name, "-device", "cpu"], env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
         fold = next(results.glob(f"{nn.DATASET}/*/fold_0"))
@@ -474,7 +490,8 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
     for run in (train, predict):
         if run.returncode:
             raise SystemExit(f"{run.tool} failed: see {run.log}")
-    return {"contestant": contestant, "budget": budget, "budget_s": budget_s, "plan": plan, "steps": steps,
+    return {"contestant": contestant, "budget": budget, "budget_s": budget_s, "seed": seed_of(contestant),
+            "plan": plan, "steps": steps,
             "median_step_s": round(step_s, 3), "train_wall_s": train.wall_s,
             "train_peak_rss_gib": round(train.peak_rss_bytes / 2**30, 2), "predict_wall_s": predict.wall_s,
             "predict_peak_rss_gib": round(predict.peak_rss_bytes / 2**30, 2), "predictions": str(out_dir), **extra}

@@ -276,11 +276,12 @@ def check_calibration(measured: list[tuple[int, int, float]], rate: float, per_v
 
 
 def calibrate(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], cache: Path | None,
-              network: str, precision: str = "fp32") -> CpuTimeModel:
+              network: str, precision: str = "fp32", refresh: bool = False) -> CpuTimeModel:
     """Fit the time model to real steps of ``points`` in ``precision``, reusing a cached fit for
-    this machine (every later plan on it uses the same one, so plans do not depend on the load)."""
+    this machine (every later plan on it uses the same one, so plans do not depend on the load);
+    ``refresh`` measures again and replaces it."""
     key = machine_key(network, precision)
-    if cache is not None and cache.is_file():
+    if cache is not None and cache.is_file() and not refresh:
         entry = read_json(cache).get(key)
         if entry:
             return CpuTimeModel(entry["flops_per_s"], entry["seconds_per_voxel"],

@@ -59,6 +59,7 @@ class PlannerOptions:
     cpu_gflops: float | None = None  # CPU throughput; None: calibrated on this machine (cached)
     verify: bool = False  # CPU: also time the chosen plan for real and adjust it
     calibration_cache: Path | None = None
+    recalibrate: bool = False  # CPU: measure again and replace this machine's cached calibration
     max_stages: int = 6
     seed: int = 12345
     deep_supervision: bool = True
@@ -304,7 +305,8 @@ def _calibrate(pricer: Pricer) -> str:
         cand = pricer.candidate(plan_topology(patch, (1.0, 1.0, 1.0), opts.max_stages), base, MIN_BATCH)
         points.append((opts.network, cand.network_kwargs, pricer.in_channels, pricer.num_classes,
                        cand.topology.patch_size, MIN_BATCH))
-    pricer.time_model = calibrate(points, opts.calibration_cache, opts.network, pricer.precision)
+    pricer.time_model = calibrate(points, opts.calibration_cache, opts.network, pricer.precision,
+                                  refresh=opts.recalibrate)
     return pricer.time_model.describe()
 
 

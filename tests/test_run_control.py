@@ -16,7 +16,7 @@ import torch
 
 from autoseg.cli import main
 from autoseg.io import read_json, write_json
-from autoseg.phantom import write_task
+from tests.workspaces import lock_held_elsewhere, planned_workspace, use_workspace
 
 PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
 DATASET = "Task08_HepaticVessel"
@@ -24,26 +24,12 @@ DATASET = "Task08_HepaticVessel"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("runs")
-    write_task(root / "raw", task="Task08", num_training=5, num_test=0, seed=5,
-               spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in _env(root).items():
-            mp.setenv(k, v)
-        assert main(PLAN) == 0
-    return root
-
-
-def _env(root: Path) -> dict[str, str]:
-    return {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
-            "AUTOSEG_RESULTS": str(root / "res")}
+    return planned_workspace(tmp_path_factory.mktemp("runs"), PLAN, num_training=5, seed=5)
 
 
 @pytest.fixture
 def env(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for k, v in _env(workspace).items():
-        monkeypatch.setenv(k, v)
-    return workspace
+    return use_workspace(workspace, monkeypatch)
 
 
 def _fold(root: Path, fold: int) -> Path:
@@ -166,45 +152,24 @@ def test_compute_budget_is_steps_of_the_calibrated_step_time(env: Path) -> None:
     assert (recipe.steps, recipe.time_budget_s) == (None, 30.0)  # one budget replaces the other
 
 
-_HOLD_LOCK = """
-import sys, time
-from pathlib import Path
-from autoseg.locks import folder_lock
-with folder_lock(Path(sys.argv[1]), "fold 0", "wait"):
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
-
 def test_a_fold_being_trained_elsewhere_is_refused_until_its_holder_ends(
         env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fold_dir = _fold(env, 4)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(fold_dir)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(fold_dir) as holder:
         assert main(["train", "-d", "8", "-f", "4", "--steps", "2", "--iterations", "2", "-j", "0", "--force"]) == 2
         err = capsys.readouterr().err
         assert f"fold 4 is in use by process {holder.pid}" in err and "Fix:" in err
         assert not (fold_dir / "checkpoint_final.pt").exists()
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     # the kernel released the dead holder's lock: the fold trains now
     assert main(["train", "-d", "8", "-f", "4", "--steps", "2", "--iterations", "2", "-j", "0", "--force"]) == 0
     assert (fold_dir / "checkpoint_final.pt").is_file()
 
 
 def test_training_waits_for_a_dataset_being_preprocessed(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pre = env / "pre" / DATASET
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(pre)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(env / "pre" / DATASET) as holder:
         assert main(["train", "-d", "8", "-f", "3", "--steps", "2", "-j", "0", "--force"]) == 2
         err = capsys.readouterr().err
         assert f"in use by process {holder.pid}" in err and "plan_and_preprocess" in err
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
 
 
 def test_threads_follow_the_cores_others_leave_free() -> None:
@@ -248,3 +213,23 @@ def test_busy_processes_outside_the_tree_count_as_others_and_our_children_do_not
         os.kill(stranger, signal.SIGKILL)
         child.kill()
         child.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc")
+def test_a_worker_that_ends_is_not_counted_as_others_using_the_cores() -> None:
+    """An augmentation worker ending between two samples takes its CPU seconds out of our tree; that
+    drop must not read as other processes keeping more cores busy than the machine has."""
+    from autoseg.cpu_share import others_busy_cores, sample_cpu, usable_cores
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.monotonic() + 60
+        while _cpu_seconds(child.pid) < 1.5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        before = sample_cpu(usable_cores())
+    finally:
+        child.kill()
+        child.wait()
+    time.sleep(0.3)
+    others = others_busy_cores(before, sample_cpu(usable_cores()))
+    assert others is not None and others <= len(usable_cores()) + 0.5

@@ -16,8 +16,8 @@ import torch
 
 from autoseg.cli import main
 from autoseg.io import read_json, read_label
-from autoseg.phantom import write_task
 from autoseg.preprocessing.storage import load_labels
+from tests.workspaces import planned_workspace, use_workspace
 
 PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
 TINY = ["--epochs", "2", "--iterations", "3", "-j", "0"]
@@ -25,33 +25,12 @@ TINY = ["--epochs", "2", "--iterations", "3", "-j", "0"]
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ws")
-    write_task(root / "raw", task="Task08", num_training=5, num_test=1, seed=3,
-               spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
-    env = _env(root)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        assert main(PLAN) == 0
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return root
-
-
-def _env(root: Path) -> dict[str, str]:
-    return {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
-            "AUTOSEG_RESULTS": str(root / "res")}
+    return planned_workspace(tmp_path_factory.mktemp("ws"), PLAN, num_training=5, seed=3, num_test=1)
 
 
 @pytest.fixture
 def env(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for k, v in _env(workspace).items():
-        monkeypatch.setenv(k, v)
-    return workspace
+    return use_workspace(workspace, monkeypatch)
 
 
 def _fold_dir(root: Path, fold: int) -> Path:

@@ -206,7 +206,7 @@ def read_fold_record(fold_dir: Path) -> dict[str, Any]:
             return dict(read_json(path))
         except ValueError:
             raise AutosegError("the fold's record is not valid JSON", path,
-                               f"delete it; the fold then resumes with the budget of its checkpoint") from None
+                               "delete it; the fold then resumes with the budget of its checkpoint") from None
     latest = fold_dir / "checkpoint_latest.pt"
     if latest.is_file():
         from autoseg.training.checkpoint import load_checkpoint

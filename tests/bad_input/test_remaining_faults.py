@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,8 +20,8 @@ import torch
 from autoseg.cli import main
 from autoseg.errors import AutosegError, ImageReadError
 from autoseg.io import read_image, read_sitk
-from autoseg.phantom import write_task
 from tests.synthetic import SHARED_REAL
+from tests.workspaces import lock_held_elsewhere, planned_workspace, use_workspace
 
 DATASET = "Task08_HepaticVessel"
 PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "--step-time", "0.3", "--features", "8",
@@ -41,55 +40,26 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three phantom cases, planned and preprocessed (three cases: fewer than the five folds)."""
-    root = tmp_path_factory.mktemp("faults")
-    write_task(root / "raw", task="Task08", num_training=3, num_test=0, seed=11,
-               spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in _env(root).items():
-            mp.setenv(k, v)
-        assert main(PLAN) == 0
-    return root
-
-
-def _env(root: Path) -> dict[str, str]:
-    return {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
-            "AUTOSEG_RESULTS": str(root / "res")}
+    return planned_workspace(tmp_path_factory.mktemp("faults"), PLAN, num_training=3, seed=11)
 
 
 @pytest.fixture
 def env(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for k, v in _env(workspace).items():
-        monkeypatch.setenv(k, v)
-    return workspace
+    return use_workspace(workspace, monkeypatch)
 
 
 # --- 1. one plan_and_preprocess per dataset at a time ---------------------------------------------
 
-_HOLD_LOCK = """
-import sys, time
-from pathlib import Path
-from autoseg.locks import folder_lock
-with folder_lock(Path(sys.argv[1]), "preprocessed folder", "wait"):
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
-
 def test_a_dataset_being_preprocessed_elsewhere_is_refused_until_its_holder_ends(
         env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = env / "pre" / DATASET
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out) as holder:
         before = _snapshot(out)
         assert main([*PLAN, "--force"]) == 2
         err = capsys.readouterr().err
         assert f"{out}: the preprocessed folder of {DATASET} is in use by process {holder.pid}" in err
         assert "Fix: wait for that run to end" in err and "Traceback" not in err
         assert _snapshot(out) == before  # nothing re-planned or re-written
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     assert main(PLAN) == 0  # the kernel released the dead holder's lock
 
 
