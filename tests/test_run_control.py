@@ -233,3 +233,51 @@ def test_a_worker_that_ends_is_not_counted_as_others_using_the_cores() -> None:
     time.sleep(0.3)
     others = others_busy_cores(before, sample_cpu(usable_cores()))
     assert others is not None and others <= len(usable_cores()) + 0.5
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc")
+def test_augmentation_workers_die_with_a_killed_training(env: Path) -> None:
+    """SIGKILL of `autoseg train` (the OOM killer, kill -9) leaves no augmentation worker behind
+    holding its memory (issue 20: ~360 MB stayed)."""
+    (_fold(env, 2) / "checkpoint_latest.pt").unlink(missing_ok=True)  # wait for this run's own
+    trainer = subprocess.Popen([sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "2", "--steps", "100000",
+                                "--iterations", "5", "-j", "1", "--force"], env={**os.environ},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (_fold(env, 2) / "checkpoint_latest.pt").is_file() and time.monotonic() < deadline:
+            assert trainer.poll() is None, "training ended before it could be killed"
+            time.sleep(0.2)
+        workers = [p for p in _children(trainer.pid) if _alive(p)]
+        assert workers, "no augmentation worker process found"
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [p for p in workers if _alive(p)]
+    for p in survivors:
+        os.kill(p, signal.SIGKILL)
+    assert not survivors, "augmentation workers outlived their killed training process"
