@@ -404,7 +404,7 @@ def test_validate_case_accepts_a_good_case(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("problem, match", [
-    ("nan", "1 non-finite voxel.*1 NaN"), ("inf", "infinite"), ("channels", "2 channel.*declares 1"),
+    ("nan", "1 non-finite voxel.*1 NaN"), ("inf", "infinite"), ("channels", "2 channel.*but 1 are expected"),
     ("shape", "img_c1.*lab_c1.*shape"), ("spacing", "img_c1.*lab_c1.*spacing"),
     ("origin", "img_c1.*lab_c1.*origin"), ("values", r"value\(s\) 3, 7 not declared"),
 ])
