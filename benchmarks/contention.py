@@ -91,9 +91,10 @@ def neighbours(kind: str, work: Path) -> list[int]:
     if kind == "busy2":
         return [spawn_outside_tree(busy), spawn_outside_tree(busy)]
     if kind == "train1":
-        # all folds, --force: it trains whatever the current plans are (a re-plan may have changed them)
-        return [spawn_outside_tree([sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "all",
-                                    "--steps", "100000", "--force"], env_for(work))]
+        # a results folder of its own each time, so that a re-plan in between cannot make it refuse
+        env = {**env_for(work), "AUTOSEG_RESULTS": str(work / "res_neighbour" / str(time.time_ns()))}
+        return [spawn_outside_tree([sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "0",
+                                    "--steps", "100000"], env)]
     raise ValueError(kind)
 
 
