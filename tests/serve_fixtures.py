@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from autoseg.cli import main
 from autoseg.phantom import write_task
+from tests.workspaces import autoseg_env
 from autoseg.serve.app import ServeConfig, create_app
 from autoseg.serve.jobs import Retention
 from autoseg.serve.security import Limits
@@ -33,8 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve_ws")
     write_task(root / "raw", task="Task03", num_training=4, num_test=1, seed=3,
                spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
-    env = {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
-           "AUTOSEG_RESULTS": str(root / "res")}
+    env = autoseg_env(root)
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)

@@ -14,6 +14,7 @@ import torch
 from autoseg.cli import main
 from autoseg.io import read_json
 from autoseg.phantom import write_task
+from tests.workspaces import autoseg_env
 
 PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
 
@@ -23,8 +24,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("scale")
     write_task(root / "raw", task="Task08", num_training=5, num_test=0, seed=5,
                spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
-    env = {"AUTOSEG_RAW": str(root / "raw"), "AUTOSEG_PREPROCESSED": str(root / "pre"),
-           "AUTOSEG_RESULTS": str(root / "res")}
+    env = autoseg_env(root)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
