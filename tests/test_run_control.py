@@ -82,9 +82,12 @@ def test_continue_resumes_with_the_folds_own_budget_and_seed(env: Path, monkeypa
     assert not (_fold(env, 1) / "checkpoint_final.pt").exists()
     [job] = prepare(TrainRequest("8", folds=(1,)), Settings.from_env(), TrainOptions(continue_training=True))
     assert (job.plans.recipe.steps, job.plans.recipe.iterations_per_epoch, job.seed) == (9, 3, 11)
+    started = read_json(_fold(env, 1) / "fold.json")["started"]
     assert main(["train", "-d", "8", "-f", "1", "--continue", "-j", "0"]) == 0
     state = torch.load(_fold(env, 1) / "checkpoint_final.pt", weights_only=True)
     assert state["steps"] == 9 and state["epoch"] == 3
+    record = read_json(_fold(env, 1) / "fold.json")
+    assert (record["started"], record["seed"], record["schedule"]["steps"]) == (started, 11, 9) and record["resumed"]
 
 
 def test_folds_of_one_model_have_their_own_budgets_but_share_the_plan(

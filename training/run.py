@@ -216,13 +216,16 @@ def read_fold_record(fold_dir: Path) -> dict[str, Any]:
     return {}
 
 
-def write_fold_record(job: FoldJob, threads: int | None) -> None:
-    """Record a fold's seed and budget when its run starts, so that ``--continue`` needs no flags."""
+def write_fold_record(job: FoldJob, threads: int | None, fresh: bool) -> None:
+    """Record a fold's seed and budget when its run starts, so that ``--continue`` needs no flags; a
+    resumed run keeps the start time and records the budget it resumed with (a longer one, if given)."""
+    record = {} if fresh else {k: v for k, v in read_fold_record(job.fold_dir).items() if k == "started"}
     write_json(job.fold_dir / FOLD_RECORD, {
         "fold": job.fold, "seed": job.seed,
         "schedule": {f: getattr(job.plans.recipe, f) for f in SCHEDULE_FIELDS},
         "step_time_estimate_s": job.plans.estimates.step_time_estimate_s,
-        "threads_at_start": threads, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        "threads_at_start": threads, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **record,
+        **({} if fresh else {"resumed": time.strftime("%Y-%m-%d %H:%M:%S")})})
 
 
 def run_fold(job: FoldJob, options: TrainOptions) -> dict[str, Any]:
@@ -238,8 +241,8 @@ def run_fold(job: FoldJob, options: TrainOptions) -> dict[str, Any]:
         options.dist.barrier()
         trainer = FoldTrainer(job.plans, job.data_dir, job.fold_dir, list(job.train_cases), list(job.val_cases),
                               dataclasses.replace(options, seed=job.seed))
-        if fresh and options.dist.is_main:
-            write_fold_record(job, trainer.cores.threads if trainer.cores else None)
+        if options.dist.is_main:
+            write_fold_record(job, trainer.cores.threads if trainer.cores else None, fresh)
         return {"fold": job.fold, **trainer.run()}
 
 
