@@ -117,8 +117,10 @@ def others_busy_cores(before: CpuSample | None, after: CpuSample | None) -> floa
     """Cores kept busy by processes outside this process tree between two samples."""
     if before is None or after is None or after.wall <= before.wall:
         return None
-    # per process, so that a worker that ended in between (its seconds leave the tree) is not
-    # counted as a drop of our own use; one that started in between counts from zero
+    if any(pid not in after.own for pid in before.own):
+        # a process of ours ended in between: its last seconds left our tree (they would read as
+        # others' load, or as a drop of ours); this interval says nothing reliable
+        return None
     own = sum(seconds - before.own.get(pid, 0.0) for pid, seconds in after.own.items())
     others = (after.cores_busy - before.cores_busy) - own
     return max(0.0, others / (after.wall - before.wall))

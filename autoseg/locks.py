@@ -2,10 +2,11 @@
 
 A lock is an ``flock`` on a ``.lock`` file in the folder. The kernel drops it when the holding
 process ends, however it ends, so the lock of a process that was killed is taken over without
-anyone deleting a file. Linux carries ``flock`` over NFS as a byte-range lock, so it holds between
-machines that share ``AUTOSEG_RESULTS``, as the README suggests for running folds on several
-machines. Unlike ``lockf`` record locks it belongs to the open file, so reading the lock file
-elsewhere in the holding process does not release it. The file holds the holder's host, PID and start
+anyone deleting a file. Linux carries ``flock`` over NFS as a POSIX byte-range lock, so it holds
+between machines that share ``AUTOSEG_RESULTS``, as the README suggests for running folds on several
+machines. On a local disk the lock belongs to the open file; over NFS it belongs to the process, and
+closing any other handle of the lock file in the holding process would release it: the holder never
+opens its own lock file again (only processes that failed to take it read it). The file holds the holder's host, PID and start
 time so that a refused process can say who holds it.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Iterator
 from autoseg.errors import AutosegError
 
 LOCK_NAME = ".lock"
+LOCK_ATTEMPTS = 4
 
 
 def holder(folder: Path) -> dict | None:
@@ -63,10 +65,14 @@ def folder_lock(folder: Path, what: str, fix: str) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     fh = open(folder / LOCK_NAME, "a+")
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise AutosegError(f"{what} is in use by {_describe(holder(folder))}", folder, fix) from None
+        for attempt in range(LOCK_ATTEMPTS):  # a moment's shared lock of is_locked() elsewhere is no holder
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    raise AutosegError(f"{what} is in use by {_describe(holder(folder))}", folder, fix) from None
+                time.sleep(0.05)
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),

@@ -279,7 +279,21 @@ def calibrate(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], ca
               network: str, precision: str = "fp32", refresh: bool = False) -> CpuTimeModel:
     """Fit the time model to real steps of ``points`` in ``precision``, reusing a cached fit for
     this machine (every later plan on it uses the same one, so plans do not depend on the load);
-    ``refresh`` measures again and replaces it."""
+    ``refresh`` measures again and replaces it. Plans made at the same time take turns (a lock beside
+    the cache): the second reads what the first measured instead of timing steps beside it and
+    losing its entry when both write the file."""
+    if cache is None:
+        return _calibrate_locked(points, None, network, precision, refresh)
+    import fcntl
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_name(cache.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends
+        return _calibrate_locked(points, cache, network, precision, refresh)
+
+
+def _calibrate_locked(points: list[tuple[str, dict, int, int, tuple[int, ...], int]], cache: Path | None,
+                      network: str, precision: str, refresh: bool) -> CpuTimeModel:
     key = machine_key(network, precision)
     if cache is not None and cache.is_file() and not refresh:
         entry = read_json(cache).get(key)

@@ -221,7 +221,7 @@ def test_busy_processes_outside_the_tree_count_as_others_and_our_children_do_not
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc")
 def test_a_worker_that_ends_is_not_counted_as_others_using_the_cores() -> None:
     """An augmentation worker ending between two samples takes its CPU seconds out of our tree; that
-    drop must not read as other processes keeping more cores busy than the machine has."""
+    interval must not read as other processes keeping cores busy."""
     from autoseg.cpu_share import others_busy_cores, sample_cpu, usable_cores
 
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -234,8 +234,9 @@ def test_a_worker_that_ends_is_not_counted_as_others_using_the_cores() -> None:
         child.kill()
         child.wait()
     time.sleep(0.3)
-    others = others_busy_cores(before, sample_cpu(usable_cores()))
-    assert others is not None and others <= len(usable_cores()) + 0.5
+    # before the fix this read as others keeping more cores busy than the machine has (3.4 of 2);
+    # now the interval is skipped
+    assert others_busy_cores(before, sample_cpu(usable_cores())) is None
 
 
 def _alive(pid: int) -> bool:
