@@ -159,9 +159,9 @@ def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> lis
     cases = case_ids(pre)
     splits = load_or_create_splits(pre / "splits.json", cases, plans.seed)
     out = model_dir(settings, plans)
-    for fold in req.folds:
-        check_unlocked(out / f"fold_{fold}", f"fold {fold}", FOLD_IN_USE_FIX)
-    if options.dist.is_main:
+    if options.dist.is_main:  # under torchrun the main rank holds the fold's lock for all ranks
+        for fold in req.folds:
+            check_unlocked(out / f"fold_{fold}", f"fold {fold}", FOLD_IN_USE_FIX)
         _write_model_plans(out, plans, req.force and set(req.folds) == set(range(NUM_FOLDS)))
     jobs = []
     for fold in req.folds:
