@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -40,20 +39,12 @@ import torch
 from autoseg.cpu_share import CoreShare, others_busy_cores, sample_cpu, usable_cores
 from autoseg.phantom import generate_case, write_task
 from autoseg.plans import Plans
-from autoseg.planners.cost import StepTimer
+from autoseg.planners.cost import StepTimer, cpu_model
 from autoseg.precision import autocast
 
 SPACING = (2.5, 0.8, 0.8)
 RESULTS = Path(__file__).parent / "results" / "contention.json"
 WARMUP_S, CAP_S, MAX_STEPS = 3.0, 25.0, 15
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(l.split(":", 1)[1].strip() for l in fh if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def env_for(work: Path) -> dict[str, str]:

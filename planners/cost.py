@@ -162,16 +162,20 @@ def fit_time_model(measured: list[tuple[int, int, float]]) -> tuple[float, float
     return 1.0 / float(best[0]), float(best[1])
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    fallback = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), fallback)
+    except OSError:
+        return fallback
+
+
 def machine_key(network: str, precision: str = "fp32") -> str:
     """What a calibration depends on: processor, usable cores, torch version, network and the
     precision the steps run in."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    key = f"{cpu}|{len(usable_cores())}|{torch.__version__}|{network}|v{CALIBRATION_VERSION}"
+    key = f"{cpu_model()}|{len(usable_cores())}|{torch.__version__}|{network}|v{CALIBRATION_VERSION}"
     return key if precision == "fp32" else f"{key}|{precision}"
 
 
@@ -229,7 +233,7 @@ def _quiet_speedup(timer: StepTimer, threads: int, wanted: int = CALIBRATION_REP
     which another process woke up is dropped: a step with every thread beside a busy process takes
     many times its idle time (OpenMP threads spin). Taking the two in turns cancels slow drifts of the
     machine's speed (other virtual machines on the host)."""
-    from autoseg.cpu_share import others_busy_cores, sample_cpu, usable_cores
+    from autoseg.cpu_share import others_busy_cores, sample_cpu
 
     if threads == 1:
         return None  # nothing to gain: the one-thread CPU time is the step
