@@ -72,7 +72,7 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.planners.planner import PlannerOptions
-    from autoseg.preprocessing.workflow import plan_and_preprocess
+    from autoseg.pipeline import plan_and_preprocess
 
     options = PlannerOptions(
         device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,

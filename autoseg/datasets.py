@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from autoseg.errors import DatasetError
 from autoseg.io import IMAGE_SUFFIXES, strip_image_suffix
+from autoseg.layout import PreprocessedDataset, RawDataset
 
 _ID_RE = re.compile(r"^(?:task|dataset)?0*(\d+)$", re.IGNORECASE)
 _FOLDER_RE = re.compile(r"^(?:Task(\d{2,3})|Dataset(\d{3}))_(.+)$")
@@ -61,7 +62,7 @@ def resolve_dataset_path(spec: str | Path, raw_root: Path) -> Path:
     """Find a dataset folder from a path, a full folder name, a task name or a number."""
     text = str(spec)
     as_path = Path(text).expanduser()
-    if as_path.is_dir() and (as_path / "dataset.json").exists():
+    if as_path.is_dir() and RawDataset(as_path).metadata.exists():
         return as_path.resolve()
     if (raw_root / text).is_dir():
         return (raw_root / text).resolve()
@@ -85,24 +86,41 @@ def _folder_id(name: str) -> int | None:
     return int(m.group(1) or m.group(2)) if m else None
 
 
+def find_preprocessed(spec: str | Path, raw_root: Path, preprocessed_root: Path) -> PreprocessedDataset:
+    """The dataset's preprocessed folder, found by the same names as the raw one (the raw folder
+    need not exist any more once a dataset is preprocessed)."""
+    for root in (preprocessed_root, raw_root):
+        try:
+            name = resolve_dataset_path(spec, root).name
+        except DatasetError:
+            continue
+        found = PreprocessedDataset(preprocessed_root / name)
+        if found.plans.is_file():
+            return found
+    from autoseg.errors import PlansError
+
+    raise PlansError(f"no preprocessed dataset '{spec}'", preprocessed_root,
+                     f"run `autoseg plan_and_preprocess -d {spec}` first")
+
+
 def load_dataset(path: Path) -> Dataset:
     """Read ``dataset.json`` and pair images with labels; every inconsistency is a DatasetError."""
-    meta_path = path / "dataset.json"
+    meta_path = RawDataset(path).metadata
     if not meta_path.is_file():
-        raise DatasetError("no dataset.json in the dataset folder", path,
-                           "add an MSD or nnU-Net v2 dataset.json describing channels and labels")
+        raise DatasetError(f"no {meta_path.name} in the dataset folder", path,
+                           f"add an MSD or nnU-Net v2 {meta_path.name} describing channels and labels")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"dataset.json is not valid JSON ({exc})", meta_path,
+        raise DatasetError(f"{meta_path.name} is not valid JSON ({exc})", meta_path,
                            "repair the file (a JSON validator shows where)") from None
     if not isinstance(meta, dict):
-        raise DatasetError("dataset.json must hold a JSON object", meta_path, "see docs/datasets.md")
+        raise DatasetError(f"{meta_path.name} must hold a JSON object", meta_path, "see docs/datasets.md")
     if "modality" in meta:
         return _load_msd(path, meta, meta_path)
     if "channel_names" in meta:
         return _load_nnunet(path, meta, meta_path)
-    raise DatasetError("dataset.json has neither 'modality' (MSD) nor 'channel_names' (nnU-Net v2)",
+    raise DatasetError(f"{meta_path.name} has neither 'modality' (MSD) nor 'channel_names' (nnU-Net v2)",
                        meta_path, "add the channel description, e.g. \"modality\": {\"0\": \"CT\"}")
 
 
@@ -163,17 +181,17 @@ def _pair_check(path: Path, image_ids: set[str], label_ids: set[str]) -> None:
     orphan_labels = sorted(label_ids - image_ids)
     if orphan_images:
         raise DatasetError(f"image(s) without a label: {', '.join(orphan_images[:5])}",
-                           path / "labelsTr", "add the missing label files or remove those images")
+                           RawDataset(path).labels_tr, "add the missing label files or remove those images")
     if orphan_labels:
         raise DatasetError(f"label(s) without an image: {', '.join(orphan_labels[:5])}",
-                           path / "imagesTr", "add the missing images or remove those labels")
+                           RawDataset(path).images_tr, "add the missing images or remove those labels")
 
 
 def _load_msd(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
     channels = _channels(meta, "modality", meta_path)
     labels = _labels(meta.get("labels"), name_to_id=False, meta_path=meta_path)
-    images = _by_id(_visible_images(path / "imagesTr", series_folders=True), lambda p: strip_image_suffix(p.name))
-    segs = _by_id(_visible_images(path / "labelsTr"), lambda p: strip_image_suffix(p.name))
+    images = _by_id(_visible_images(RawDataset(path).images_tr, series_folders=True), lambda p: strip_image_suffix(p.name))
+    segs = _by_id(_visible_images(RawDataset(path).labels_tr), lambda p: strip_image_suffix(p.name))
     _pair_check(path, set(images), set(segs))
     cases = tuple(Case(k, (images[k],), segs[k]) for k in sorted(images))
     return _finish(path, "msd", channels, labels, cases)
@@ -184,20 +202,20 @@ def _load_nnunet(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
     labels = _labels(meta.get("labels"), name_to_id=True, meta_path=meta_path)
     ending = str(meta.get("file_ending", ".nii.gz"))
     by_case: dict[str, dict[int, Path]] = {}
-    for stem, p in _by_id(_visible_images(path / "imagesTr"), lambda p: _image_stem(p, ending)).items():
+    for stem, p in _by_id(_visible_images(RawDataset(path).images_tr), lambda p: _image_stem(p, ending)).items():
         m = re.match(r"^(.*)_(\d{4})$", stem)
         if not m:
             raise DatasetError("image name lacks the _0000 channel suffix", p,
                                "rename to CASE_0000" + ending + " (one file per channel)")
         by_case.setdefault(m.group(1), {})[int(m.group(2))] = p
-    segs = _by_id(_visible_images(path / "labelsTr"), lambda p: strip_image_suffix(p.name))
+    segs = _by_id(_visible_images(RawDataset(path).labels_tr), lambda p: strip_image_suffix(p.name))
     _pair_check(path, set(by_case), set(segs))
     cases = []
     for ident in sorted(by_case):
         found = by_case[ident]
         if sorted(found) != list(range(len(channels))):
-            raise DatasetError(f"case '{ident}' has channels {sorted(found)}, dataset.json declares "
-                               f"{len(channels)}", path / "imagesTr",
+            raise DatasetError(f"case '{ident}' has channels {sorted(found)}, {RawDataset.METADATA} declares "
+                               f"{len(channels)}", RawDataset(path).images_tr,
                                "provide one file per channel: CASE_0000, CASE_0001, ...")
         cases.append(Case(ident, tuple(found[c] for c in range(len(channels))), segs[ident]))
     return _finish(path, "nnunet", channels, labels, tuple(cases))

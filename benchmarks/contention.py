@@ -153,7 +153,7 @@ def full_predict(work: Path, plans: Plans, kind: str) -> dict:
         plans.save(model / "plans.json")
         torch.manual_seed(0)
         net = build_network(plans.network.name, dict(plans.network.kwargs), plans.num_channels, plans.num_classes)
-        from autoseg.training.checkpoint import save_checkpoint
+        from autoseg.checkpoint import save_checkpoint
 
         save_checkpoint(model / "fold_0" / "checkpoint_final.pt", {"network": net.state_dict()})
     pids = neighbours(kind, work)

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from autoseg.layout import ModelFolder
 from autoseg.plans import Plans
 from autoseg.preprocessing.storage import case_ids
 from autoseg.cpu_share import configure_threads
@@ -46,7 +47,7 @@ def run_variant(pre: Path, fold: int, variant: dict, steps: int, iterations: int
     cases = case_ids(pre)
     split = load_or_create_splits(pre / "splits.json", cases, plans.seed)[fold]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = FoldTrainer(plans, pre / "data", Path(tmp) / f"fold_{fold}", split["train"], split["val"],
+        trainer = FoldTrainer(plans, pre / "data", ModelFolder(Path(tmp)).fold(fold), split["train"], split["val"],
                               TrainOptions(workers=workers))
         t0 = time.perf_counter()
         record = trainer.run()

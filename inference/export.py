@@ -34,7 +34,7 @@ import torch
 
 from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.io import atomic_path, write_json
-from autoseg.training.checkpoint import load_checkpoint
+from autoseg.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from autoseg.errors import AutosegError
 from autoseg.networks import build_network
 from autoseg.plans import Plans
-from autoseg.training.checkpoint import load_checkpoint
+from autoseg.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 

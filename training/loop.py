@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from autoseg.cpu_share import configure_threads
+from autoseg.errors import ConfigurationError
+from autoseg.layout import PLANS, FoldFolder
 from autoseg.metrics import dice_from_counts, mean_foreground
 from autoseg.networks import build_network
 from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
-from autoseg.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from autoseg.training.data import CaseStore, make_train_stream, validation_patches
 from autoseg.training.distributed import DistContext
 from autoseg.training.fold_validation import validate_fold
@@ -51,7 +53,7 @@ class TrainOptions:
 class FoldTrainer:
     """Trains one fold; all state needed to resume lives in ``checkpoint_latest.pt``."""
 
-    def __init__(self, plans: Plans, data_dir: Path, fold_dir: Path, train_cases: list[str],
+    def __init__(self, plans: Plans, data_dir: Path, fold_dir: FoldFolder, train_cases: list[str],
                  val_cases: list[str], options: TrainOptions):
         self.plans, self.recipe, self.options = plans, plans.recipe, options
         self.fold_dir, self.data_dir = fold_dir, data_dir
@@ -77,8 +79,8 @@ class FoldTrainer:
         self.plateau = PlateauState(self.recipe.initial_lr)
         self.epochs_log: list[dict[str, Any]] = []
         self.epoch, self.steps, self.train_seconds, self.best = 0, 0, 0.0, -1.0
-        if options.continue_training and (fold_dir / "checkpoint_latest.pt").is_file():
-            self._resume(load_checkpoint(fold_dir / "checkpoint_latest.pt"))
+        if options.continue_training and fold_dir.latest.is_file():
+            self._resume(load_checkpoint(fold_dir.latest))
 
     # --- schedule -------------------------------------------------------------------------------
     @property
@@ -99,7 +101,10 @@ class FoldTrainer:
     def current_lr(self) -> float:
         if self.recipe.schedule == "plateau":
             return self.plateau.lr
-        return poly_lr(self.recipe.initial_lr, self.progress())
+        if self.recipe.schedule == "poly":
+            return poly_lr(self.recipe.initial_lr, self.progress())
+        raise ConfigurationError(f"unknown schedule '{self.recipe.schedule}' (known: plateau, poly)",
+                                 fix=f"set recipe.schedule in {PLANS} to one of them")
 
     def finished(self) -> bool:
         return self.progress() >= 1.0 - 1e-9
@@ -123,7 +128,7 @@ class FoldTrainer:
         self.plateau = PlateauState(*state["plateau"])
         self.epochs_log = list(state["log"])
         restore_rng(state["rng"])
-        log.info("resumed %s at epoch %d (%.0f%% of the schedule)", self.fold_dir.name, self.epoch,
+        log.info("resumed fold %d at epoch %d (%.0f%% of the schedule)", self.fold_dir.fold, self.epoch,
                  100 * self.progress())
 
     # --- one epoch ------------------------------------------------------------------------------
@@ -198,7 +203,7 @@ class FoldTrainer:
     # --- the fold -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train until the schedule (epochs or time budget) ends; returns the final epoch's record."""
-        self.fold_dir.mkdir(parents=True, exist_ok=True)
+        self.fold_dir.root.mkdir(parents=True, exist_ok=True)
         spacing = self.plans.target_spacing
         train_store = CaseStore(self.data_dir, self.train_cases)
         val_store = CaseStore(self.data_dir, self.val_cases)
@@ -219,10 +224,10 @@ class FoldTrainer:
                 stream._finish()
         if self.dist.is_main and (self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop"))):
             if self.options.final_validation:
-                summary = validate_fold(self.network, self.plans, val_store, self.fold_dir / "validation",
+                summary = validate_fold(self.network, self.plans, val_store, self.fold_dir.validation.root,
                                         str(self.device), precision=self.precision,
                                         between_batches=self.cores.adapt if self.cores else None)
-            save_checkpoint(self.fold_dir / "checkpoint_final.pt", self._state())
+            save_checkpoint(self.fold_dir.final, self._state())
         self.dist.barrier()
         record = dict(self.epochs_log[-1]) if self.epochs_log else {}
         if summary is not None:
@@ -253,11 +258,11 @@ class FoldTrainer:
         if not self.dist.is_main:
             return record
         if improved:
-            save_checkpoint(self.fold_dir / "checkpoint_best.pt", self._state())
-        save_checkpoint(self.fold_dir / "checkpoint_latest.pt", self._state())
-        write_log(self.fold_dir / "log.jsonl", self.epochs_log)
-        plot_progress(self.fold_dir / "progress.png", self.epochs_log, self.class_names)
-        log.info("%s epoch %d: loss %.4f, val Dice %s, %.1f s (data wait %.0f%%); %s", self.fold_dir.name,
+            save_checkpoint(self.fold_dir.best, self._state())
+        save_checkpoint(self.fold_dir.latest, self._state())
+        write_log(self.fold_dir.log, self.epochs_log)
+        plot_progress(self.fold_dir.progress_plot, self.epochs_log, self.class_names)
+        log.info("fold %d epoch %d: loss %.4f, val Dice %s, %.1f s (data wait %.0f%%); %s", self.fold_dir.fold,
                  record["epoch"], record["train_loss"],
                  {k: round(v, 3) for k, v in record["val_dice"].items()}, record["epoch_time_s"],
                  100 * record["data_wait_share"], self.remaining())
@@ -273,8 +278,8 @@ class FoldTrainer:
         if self.device.type != "cpu" or not estimate or self.epoch > 3 or record["steps"] < 5:
             return
         if record["step_time_s"] > 3 * estimate:
-            log.warning("%s: steps take %.2f s, %.0fx the planned %.2f s, with %s thread(s); other processes "
-                        "keep %.1f cores busy", self.fold_dir.name, record["step_time_s"],
+            log.warning("fold %d: steps take %.2f s, %.0fx the planned %.2f s, with %s thread(s); other processes "
+                        "keep %.1f cores busy", self.fold_dir.fold, record["step_time_s"],
                         record["step_time_s"] / estimate, estimate, record.get("threads", "?"),
                         record.get("others_busy_cores", float("nan")))
 

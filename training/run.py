@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.datasets import resolve_dataset_path
+from autoseg.datasets import find_preprocessed
 from autoseg.errors import AutosegError, ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, network_names
 from autoseg.io import read_json, write_json
+from autoseg.layout import NUM_FOLDS, FoldFolder, ModelFolder, PreprocessedDataset, ResultsDataset
 from autoseg.locks import check_unlocked, folder_lock
 from autoseg.plans import Plans, Recipe
 from autoseg.precision import resolve_precision
-from autoseg.preprocessing.storage import case_ids
 from autoseg.settings import Settings
 from autoseg.training.loop import FoldTrainer, TrainOptions
 from autoseg.training.recipes import recipe_named
-from autoseg.training.splits import NUM_FOLDS, load_or_create_splits
+from autoseg.training.splits import load_or_create_splits
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +60,11 @@ class TrainRequest:
 #: Recipe fields that are a fold's budget, not a planning decision: folds of one model may differ
 #: in them, and a resumed fold keeps its own (recorded in ``fold_K/fold.json``).
 SCHEDULE_FIELDS = ("epochs", "iterations_per_epoch", "time_budget_s", "steps")
-FOLD_RECORD = "fold.json"
 
 
-def preprocessed_dir(spec: str, settings: Settings) -> Path:
+def preprocessed_dataset(spec: str, settings: Settings) -> PreprocessedDataset:
     """The dataset's preprocessed folder, found by the same names as the raw one."""
-    for root in (settings.preprocessed, settings.raw):
-        try:
-            name = resolve_dataset_path(spec, root).name
-        except AutosegError:
-            continue
-        if (settings.preprocessed / name / "plans.json").is_file():
-            return settings.preprocessed / name
-    raise PlansError(f"no preprocessed dataset '{spec}'", settings.preprocessed,
-                     f"run `autoseg plan_and_preprocess -d {spec}` first")
+    return find_preprocessed(spec, settings.raw, settings.preprocessed)
 
 
 def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
@@ -125,8 +116,8 @@ def without_schedule(plans: Plans) -> Plans:
         plans.recipe, **{f: getattr(default, f) for f in SCHEDULE_FIELDS}))
 
 
-def model_dir(settings: Settings, plans: Plans) -> Path:
-    return settings.results / plans.dataset_name / plans.network.name
+def model_folder(settings: Settings, plans: Plans) -> ModelFolder:
+    return ResultsDataset(settings.results / plans.dataset_name).model(plans.network.name)
 
 
 @dataclass(frozen=True)
@@ -136,7 +127,7 @@ class FoldJob:
     fold: int
     plans: Plans
     data_dir: Path
-    fold_dir: Path
+    fold_dir: FoldFolder
     train_cases: tuple[str, ...]
     val_cases: tuple[str, ...]
     force: bool
@@ -149,67 +140,67 @@ FOLD_IN_USE_FIX = ("wait for that run to end or stop it; the lock of a process t
 
 def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[FoldJob]:
     """Check the request, write splits and the model's plans once, and list the folds still to train."""
-    pre = preprocessed_dir(req.dataset, settings)
-    check_unlocked(pre, f"the preprocessed folder of {pre.name}",
+    pre = preprocessed_dataset(req.dataset, settings)
+    check_unlocked(pre.root, f"the preprocessed folder of {pre.name}",
                    "wait for its `autoseg plan_and_preprocess` to finish, then train")
-    plans = apply_overrides(Plans.load(pre / "plans.json"), req)
+    plans = apply_overrides(Plans.load(pre.plans), req)
     resolve_precision(plans.recipe.precision, options.device)  # refuse e.g. fp16 on a CPU before writing
     if any(f not in range(NUM_FOLDS) for f in req.folds):
         raise ConfigurationError(f"folds must be 0-{NUM_FOLDS - 1} or 'all', got {list(req.folds)}")
-    cases = case_ids(pre)
-    splits = load_or_create_splits(pre / "splits.json", cases, plans.seed)
-    out = model_dir(settings, plans)
+    cases = pre.case_ids()
+    splits = load_or_create_splits(pre.splits, cases, plans.seed)
+    out = model_folder(settings, plans)
     if options.dist.is_main:  # under torchrun the main rank holds the fold's lock for all ranks
         for fold in req.folds:
-            check_unlocked(out / f"fold_{fold}", f"fold {fold}", FOLD_IN_USE_FIX)
+            check_unlocked(out.fold(fold).root, f"fold {fold}", FOLD_IN_USE_FIX)
         _write_model_plans(out, plans, req.force and set(req.folds) == set(range(NUM_FOLDS)))
     jobs = []
     for fold in req.folds:
-        fold_dir = out / f"fold_{fold}"
-        if (fold_dir / "checkpoint_final.pt").is_file() and not req.force:
-            log.info("fold %d already finished (%s); use --force to retrain it", fold, fold_dir)
+        fold_dir = out.fold(fold)
+        if fold_dir.final.is_file() and not req.force:
+            log.info("fold %d already finished (%s); use --force to retrain it", fold, fold_dir.root)
             continue
-        resuming = (fold_dir / "checkpoint_latest.pt").is_file() and not req.force
+        resuming = fold_dir.latest.is_file() and not req.force
         if resuming and not options.continue_training:
-            raise AutosegError(f"fold {fold} has an unfinished run", fold_dir,
+            raise AutosegError(f"fold {fold} has an unfinished run", fold_dir.root,
                                f"resume it with --continue, or start this fold over with -f {fold} --force")
         fold_plans, seed = (_resumed(fold_dir, plans, req) if resuming
                             else (plans, req.seed if req.seed is not None else plans.seed))
-        jobs.append(FoldJob(fold, fold_plans, pre / "data", fold_dir, tuple(splits[fold]["train"]),
+        jobs.append(FoldJob(fold, fold_plans, pre.data, fold_dir, tuple(splits[fold]["train"]),
                             tuple(splits[fold]["val"]), req.force, seed))
     return jobs
 
 
-def _resumed(fold_dir: Path, plans: Plans, req: TrainRequest) -> tuple[Plans, int]:
+def _resumed(fold_dir: FoldFolder, plans: Plans, req: TrainRequest) -> tuple[Plans, int]:
     """The plans and seed an unfinished fold resumes with: its recorded budget and seed unless the
     request names new ones (a longer budget is allowed; the seed of a started run is not changed)."""
     record = read_fold_record(fold_dir)
     seed = int(record.get("seed", plans.seed))
     if req.seed is not None and req.seed != seed:
-        log.warning("fold %s started with seed %d; resuming with it, not --seed %d", fold_dir.name, seed, req.seed)
+        log.warning("fold %d started with seed %d; resuming with it, not --seed %d", fold_dir.fold, seed, req.seed)
     if req.sets_schedule or "schedule" not in record:
         return plans, seed
     recorded = {f: record["schedule"].get(f, getattr(plans.recipe, f)) for f in SCHEDULE_FIELDS}
     if req.iterations_per_epoch is not None:
         recorded["iterations_per_epoch"] = req.iterations_per_epoch
-    log.info("resuming %s with its recorded budget %s", fold_dir.name,
+    log.info("resuming fold %d with its recorded budget %s", fold_dir.fold,
              {k: v for k, v in recorded.items() if v is not None})
     return plans.replace(recipe=dataclasses.replace(plans.recipe, **recorded)), seed
 
 
-def read_fold_record(fold_dir: Path) -> dict[str, Any]:
+def read_fold_record(fold_dir: FoldFolder) -> dict[str, Any]:
     """``fold_K/fold.json`` (seed and budget of the fold's run); for a fold started by an older
     autoseg, the budget from its latest checkpoint's plans."""
-    path = fold_dir / FOLD_RECORD
+    path = fold_dir.record
     if path.is_file():
         try:
             return dict(read_json(path))
         except ValueError:
             raise AutosegError("the fold's record is not valid JSON", path,
                                "delete it; the fold then resumes with the budget of its checkpoint") from None
-    latest = fold_dir / "checkpoint_latest.pt"
+    latest = fold_dir.latest
     if latest.is_file():
-        from autoseg.training.checkpoint import load_checkpoint
+        from autoseg.checkpoint import load_checkpoint
 
         recipe = load_checkpoint(latest).get("plans", {}).get("recipe", {})
         return {"schedule": {f: recipe[f] for f in SCHEDULE_FIELDS if f in recipe}}
@@ -220,7 +211,7 @@ def write_fold_record(job: FoldJob, threads: int | None, fresh: bool) -> None:
     """Record a fold's seed and budget when its run starts, so that ``--continue`` needs no flags; a
     resumed run keeps the start time and records the budget it resumed with (a longer one, if given)."""
     record = {} if fresh else {k: v for k, v in read_fold_record(job.fold_dir).items() if k == "started"}
-    write_json(job.fold_dir / FOLD_RECORD, {
+    write_json(job.fold_dir.record, {
         "fold": job.fold, "seed": job.seed,
         "schedule": {f: getattr(job.plans.recipe, f) for f in SCHEDULE_FIELDS},
         "step_time_estimate_s": job.plans.estimates.step_time_estimate_s,
@@ -230,14 +221,13 @@ def write_fold_record(job: FoldJob, threads: int | None, fresh: bool) -> None:
 
 def run_fold(job: FoldJob, options: TrainOptions) -> dict[str, Any]:
     """Train one fold (in this process), holding the fold's lock; returns its final epoch record."""
-    lock = (folder_lock(job.fold_dir, f"fold {job.fold}", FOLD_IN_USE_FIX) if options.dist.is_main
+    lock = (folder_lock(job.fold_dir.root, f"fold {job.fold}", FOLD_IN_USE_FIX) if options.dist.is_main
             else contextlib.nullcontext())
     with lock:
-        fresh = job.force or not (job.fold_dir / "checkpoint_latest.pt").is_file()
-        if job.force and job.fold_dir.is_dir() and options.dist.is_main:
-            for name in ("checkpoint_final.pt", "checkpoint_latest.pt", "checkpoint_best.pt", "log.jsonl",
-                         FOLD_RECORD):
-                (job.fold_dir / name).unlink(missing_ok=True)
+        fresh = job.force or not job.fold_dir.latest.is_file()
+        if job.force and job.fold_dir.root.is_dir() and options.dist.is_main:
+            for path in job.fold_dir.run_files():
+                path.unlink(missing_ok=True)
         options.dist.barrier()
         trainer = FoldTrainer(job.plans, job.data_dir, job.fold_dir, list(job.train_cases), list(job.val_cases),
                               dataclasses.replace(options, seed=job.seed))
@@ -252,11 +242,11 @@ def train(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[
     return [run_fold(job, options) for job in jobs]
 
 
-def _write_model_plans(out: Path, plans: Plans, replace: bool) -> None:
+def _write_model_plans(out: ModelFolder, plans: Plans, replace: bool) -> None:
     """Write the model's plans (without the fold-level budget) or check them against the folder's.
 
     ``replace``: every fold is being retrained, so new plans may replace the old ones."""
-    path = out / "plans.json"
+    path = out.plans
     shared = without_schedule(plans)
     if path.is_file() and not replace:
         existing = without_schedule(Plans.load(path))

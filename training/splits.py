@@ -15,9 +15,9 @@ import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.io import read_json, write_json
+from autoseg.layout import NUM_FOLDS
 
-NUM_FOLDS = 5
-REGENERATE_FIX = "delete splits.json to regenerate the default folds, or repair it by hand"
+REGENERATE_FIX = "delete this file to regenerate the default folds, or repair it by hand"
 
 
 class Splits(list):
@@ -36,16 +36,16 @@ class Splits(list):
         distinct = min(NUM_FOLDS, self.num_cases)
         if not 0 <= fold < len(self):
             if len(self) < distinct:
-                raise AutosegError(f"splits.json holds {len(self)} fold(s), so fold {fold} does not exist",
+                raise AutosegError(f"the splits file holds {len(self)} fold(s), so fold {fold} does not exist",
                                    self.path, REGENERATE_FIX)
             raise _too_few_cases(fold, self.num_cases, self.path)
         split = list.__getitem__(self, fold)
         if not split["val"]:
-            raise AutosegError(f"fold {fold} in splits.json has no validation cases", self.path,
+            raise AutosegError(f"fold {fold} in the splits file has no validation cases", self.path,
                                REGENERATE_FIX if len(self) < distinct else _more_cases(self.num_cases))
         earlier = [f for f in range(fold) if sorted(list.__getitem__(self, f)["val"]) == sorted(split["val"])]
         if earlier:
-            problem = f"fold {fold} in splits.json repeats fold {earlier[0]} (same validation cases)"
+            problem = f"fold {fold} in the splits file repeats fold {earlier[0]} (same validation cases)"
             if self.num_cases < NUM_FOLDS:
                 raise _too_few_cases(fold, self.num_cases, self.path, problem)
             raise AutosegError(problem, self.path, REGENERATE_FIX)
@@ -81,13 +81,13 @@ def _read_splits(path: Path) -> list[dict[str, list[str]]]:
     try:
         splits = read_json(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise AutosegError(f"splits.json cannot be read ({type(exc).__name__}: {str(exc)[:120]})", path,
+        raise AutosegError(f"the splits file cannot be read ({type(exc).__name__}: {str(exc)[:120]})", path,
                            REGENERATE_FIX) from None
     if not isinstance(splits, list) or not splits or not all(
             isinstance(s, dict) and {"train", "val"} <= set(s) and isinstance(s["train"], list)
             and isinstance(s["val"], list) and all(isinstance(c, str) for c in s["train"] + s["val"])
             for s in splits):
-        raise AutosegError("splits.json must be a non-empty list of {\"train\": [case, ...], \"val\": "
+        raise AutosegError("the splits file must be a non-empty list of {\"train\": [case, ...], \"val\": "
                            "[case, ...]}", path, REGENERATE_FIX)
     return splits
 
@@ -98,8 +98,8 @@ def load_or_create_splits(path: Path, cases: list[str], seed: int) -> Splits:
         splits = _read_splits(path)
         unknown = sorted({c for s in splits for c in s["train"] + s["val"]} - set(cases))
         if unknown:
-            raise AutosegError(f"splits.json names cases that are not preprocessed: {unknown[:5]}", path,
-                               "delete splits.json or re-run plan_and_preprocess")
+            raise AutosegError(f"the splits file names cases that are not preprocessed: {unknown[:5]}", path,
+                               "delete the file or re-run plan_and_preprocess")
         return Splits(splits, path, len(cases))
     splits = make_splits(cases, seed)
     write_json(path, splits)

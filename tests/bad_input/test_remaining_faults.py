@@ -90,7 +90,7 @@ def test_old_splits_with_repeated_folds_are_refused_for_the_repeats(tmp_path: Pa
     before = path.read_bytes()
     splits = load_or_create_splits(path, ["a", "b", "c"], 0)
     assert splits[2] == folds[2]
-    with pytest.raises(AutosegError, match="fold 4 in splits.json repeats fold 1") as err:
+    with pytest.raises(AutosegError, match="splits.json: fold 4 in the splits file repeats fold 1") as err:
         splits[4]
     assert err.value.path == path and "add training cases" in str(err.value)
     assert path.read_bytes() == before
@@ -116,7 +116,7 @@ def test_a_splits_file_with_too_few_folds_is_refused_for_the_missing_ones(tmp_pa
     path.write_text(json.dumps([{"train": cases[2:], "val": cases[:2]}, {"train": cases[:2], "val": cases[2:]}]))
     splits = load_or_create_splits(path, cases, 0)
     assert splits[1]["val"] == cases[2:]
-    with pytest.raises(AutosegError, match="splits.json holds 2 fold\\(s\\), so fold 3 does not exist") as err:
+    with pytest.raises(AutosegError, match="splits.json: the splits file holds 2 fold\\(s\\), so fold 3 does not exist") as err:
         splits[3]
     assert err.value.path == path and "delete splits.json to regenerate" in str(err.value)
 
@@ -335,7 +335,7 @@ def test_a_short_write_from_numpy_is_an_error_naming_the_folder(tmp_path: Path) 
 @needs_dev_full
 @pytest.mark.parametrize("numel", [10, 100_000])
 def test_no_space_while_saving_a_checkpoint(tmp_path: Path, temporaries_on_full_device: None, numel: int) -> None:
-    from autoseg.training.checkpoint import save_checkpoint
+    from autoseg.checkpoint import save_checkpoint
 
     target = tmp_path / "fold_0" / "checkpoint_latest.pt"
     with pytest.raises(AutosegError, match="No space left on device") as err:

@@ -30,10 +30,10 @@ from autoseg.planners.planner import PlannerOptions
 from autoseg.plans import NetworkPlan, Plans
 from autoseg.preprocessing.storage import (case_files, case_ids, is_up_to_date, load_case, load_labels, plans_key,
                                            write_case)
-from autoseg.preprocessing.workflow import plan_and_preprocess
+from autoseg.pipeline import plan_and_preprocess
 from autoseg.settings import Settings
 from autoseg.sliding_window import predict_sliding_window
-from autoseg.training.checkpoint import DIGEST_KEY, load_checkpoint, save_checkpoint
+from autoseg.checkpoint import DIGEST_KEY, load_checkpoint, save_checkpoint
 from tests.synthetic import make_msd_task
 from tests.test_plans import make_plans
 
@@ -98,7 +98,7 @@ def test_flipped_bits_in_a_weight_tensor_are_refused(tmp_path: Path) -> None:
 def test_checkpoint_without_digest_loads_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "checkpoint_final.pt"
     torch.save({"network": _net().state_dict()}, path)  # as autoseg wrote them before the digest
-    with caplog.at_level(logging.WARNING, logger="autoseg.training.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="autoseg.checkpoint"):
         loaded = load_checkpoint(path)
     assert set(loaded) == {"network"}
     assert any(str(path) in r.getMessage() and "no SHA-256" in r.getMessage() for r in caplog.records)

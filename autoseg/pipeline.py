@@ -1,7 +1,9 @@
 """``autoseg plan_and_preprocess``: fingerprint, plan and preprocess, each skipped when current.
 
-Outputs in ``$AUTOSEG_PREPROCESSED/<dataset>/``: ``fingerprint.json``, ``slices.png``,
-``plans.json`` and ``data/`` (per case an image array, a uint8 label array and a properties JSON).
+The orchestrator of the first three stages, beside the CLI (it runs the planner and the
+preprocessing, so it belongs to neither). Outputs in ``$AUTOSEG_PREPROCESSED/<dataset>/``
+(:class:`autoseg.layout.PreprocessedDataset`): the fingerprint and its slice plot, the plans and
+``data/`` (per case an image array, a uint8 label array and a properties JSON).
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from typing import Any
 from autoseg.datasets import Dataset, find_dataset
 from autoseg.errors import PlansError
 from autoseg.io import read_json
+from autoseg.layout import PreprocessedDataset
 from autoseg.locks import folder_lock
 from autoseg.plans import Plans
 from autoseg.planners.fingerprint import compute_fingerprint, save_fingerprint
 from autoseg.planners.planner import PlannerOptions, plan
-from autoseg.preprocessing.preprocess import preprocess_dataset
+from autoseg.preprocessing import preprocess_dataset
 from autoseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,10 +44,10 @@ def inputs_key(dataset: Dataset, max_slices: int | None, seed: int) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_fingerprint(dataset: Dataset, out_dir: Path, options: PlannerOptions, max_slices: int | None,
-                       workers: int, force: bool) -> tuple[dict[str, Any], bool]:
+def ensure_fingerprint(dataset: Dataset, out: PreprocessedDataset, options: PlannerOptions,
+                       max_slices: int | None, workers: int, force: bool) -> tuple[dict[str, Any], bool]:
     """Load a current fingerprint or compute one; returns it and whether it was recomputed."""
-    path = out_dir / "fingerprint.json"
+    path = out.fingerprint
     key = inputs_key(dataset, max_slices, options.seed)
     if path.is_file() and not force:
         existing = read_json(path)
@@ -53,17 +56,17 @@ def ensure_fingerprint(dataset: Dataset, out_dir: Path, options: PlannerOptions,
             return existing, False
     fingerprint = compute_fingerprint(dataset, num_workers=workers, seed=options.seed, max_slices=max_slices)
     fingerprint["inputs_key"] = key
-    save_fingerprint(fingerprint, out_dir)
+    save_fingerprint(fingerprint, out.root)
     for warning in fingerprint["warnings"]:
         log.warning("fingerprint: %s", warning)
     log.info("fingerprint: wrote %s", path)
     return fingerprint, True
 
 
-def ensure_plans(fingerprint: dict[str, Any], out_dir: Path, options: PlannerOptions,
+def ensure_plans(fingerprint: dict[str, Any], out: PreprocessedDataset, options: PlannerOptions,
                  replan: bool) -> Plans:
-    """Keep an existing plans.json (hand edits included) unless re-planning is needed or forced."""
-    path = out_dir / "plans.json"
+    """Keep existing plans (hand edits included) unless re-planning is needed or forced."""
+    path = out.plans
     if path.is_file() and not replan:
         log.info("plan: keeping existing %s (use --force to re-plan)", path)
         return Plans.load(path)
@@ -83,31 +86,30 @@ def plan_and_preprocess(spec: str | Path, settings: Settings, options: PlannerOp
     (here or on another machine sharing the folder) is refused, naming the process that holds it,
     instead of both writing the same cases."""
     dataset = find_dataset(spec, settings.raw)
-    out_dir = settings.preprocessed / dataset.name
-    with folder_lock(out_dir, f"the preprocessed folder of {dataset.name}", PREPROCESSED_IN_USE_FIX):
-        _run_stages(dataset, out_dir, options, stages, max_slices, workers, force)
-    return out_dir
+    out = PreprocessedDataset(settings.preprocessed / dataset.name)
+    with folder_lock(out.root, f"the preprocessed folder of {dataset.name}", PREPROCESSED_IN_USE_FIX):
+        _run_stages(dataset, out, options, stages, max_slices, workers, force)
+    return out.root
 
 
-def _run_stages(dataset: Dataset, out_dir: Path, options: PlannerOptions, stages: tuple[str, ...],
+def _run_stages(dataset: Dataset, out: PreprocessedDataset, options: PlannerOptions, stages: tuple[str, ...],
                 max_slices: int | None, workers: int, force: bool) -> None:
     """The stages of :func:`plan_and_preprocess`, run while its lock is held."""
-    fingerprint_path = out_dir / "fingerprint.json"
     recomputed = False
-    if "fingerprint" in stages or ("plan" in stages and not fingerprint_path.is_file()):
-        fingerprint, recomputed = ensure_fingerprint(dataset, out_dir, options, max_slices, workers,
+    if "fingerprint" in stages or ("plan" in stages and not out.fingerprint.is_file()):
+        fingerprint, recomputed = ensure_fingerprint(dataset, out, options, max_slices, workers,
                                                      force and "fingerprint" in stages)
-    elif fingerprint_path.is_file():
-        fingerprint = read_json(fingerprint_path)
+    elif out.fingerprint.is_file():
+        fingerprint = read_json(out.fingerprint)
     if "plan" in stages:
-        ensure_plans(fingerprint, out_dir, options, replan=force or recomputed)
+        ensure_plans(fingerprint, out, options, replan=force or recomputed)
     if "preprocess" in stages:
-        plans = Plans.load(out_dir / "plans.json")
+        plans = Plans.load(out.plans)
         if plans.dataset_name != dataset.name:
             raise PlansError(f"plans are for dataset '{plans.dataset_name}', not '{dataset.name}'",
-                             out_dir / "plans.json", "re-run with --only plan --force")
+                             out.plans, "re-run with --only plan --force")
         included = None
-        if fingerprint_path.is_file():
-            included = [c["case"] for c in read_json(fingerprint_path)["cases"]]
-        done = preprocess_dataset(dataset, plans, out_dir, num_workers=workers, cases=included)
-        log.info("preprocess: %d cases in %s", len(done), out_dir / "data")
+        if out.fingerprint.is_file():
+            included = [c["case"] for c in read_json(out.fingerprint)["cases"]]
+        done = preprocess_dataset(dataset, plans, out.root, num_workers=workers, cases=included)
+        log.info("preprocess: %d cases in %s", len(done), out.data)
