@@ -19,6 +19,7 @@ from typing import Any
 from autoseg.errors import PlansError
 from autoseg.io import write_json
 from autoseg.precision import PRECISIONS
+from autoseg.registry import Registry
 
 PLANS_VERSION = 1
 LABEL_VOLUME_MODES = ("keep", "argmax")
@@ -114,7 +115,8 @@ class Recipe:
     precision: str = "auto"
 
 
-RECIPES: dict[str, Recipe] = {
+#: Named training recipes (``recipe.name``, ``--recipe``); see ``training.recipes.recipe_named``.
+RECIPES: Registry[Recipe] = Registry("recipe", {
     # nnU-Net-style: SGD with Nesterov momentum, polynomial decay to zero.
     "sgd_poly": Recipe(name="sgd_poly", optimizer="sgd", initial_lr=1e-2, momentum=0.99,
                        weight_decay=3e-5, schedule="poly"),
@@ -124,7 +126,7 @@ RECIPES: dict[str, Recipe] = {
     # Adam (3e-3) with the poly schedule: learns within the few hundred steps of a CPU budget.
     "adam_poly": Recipe(name="adam_poly", optimizer="adam", initial_lr=3e-3, weight_decay=1e-5,
                         momentum=0.0, schedule="poly", loss="dice_wce_anneal"),
-}
+})
 # Measured on the demo phantom task, fold 0, same plan (32x48x64, batch 2), 300 steps each, whole
 # held-out cases (benchmarks/learning.py): Adam 3e-4 tumour Dice 0.00, 1e-3 0.29, 3e-3 0.34,
 # 1e-2 0.24, vessels 0.00 to 0.01 throughout; Adam 3e-3 with the rarity-weighted CE (dice_wce)
