@@ -331,6 +331,18 @@ class CaseOutputs:
         return self.labels, self.report
 
 
+@dataclass(frozen=True)
+class RunOutputs:
+    """What one ``autoseg predict`` run writes beside its cases' outputs."""
+
+    folder: Path
+
+    @property
+    def report(self) -> Path:
+        """``report.json``: the cases predicted, skipped and failed."""
+        return self.folder / "report.json"
+
+
 # --- evaluation, the viewer's jobs, the machine cache ------------------------------------------------
 @dataclass(frozen=True)
 class EvaluationFiles:

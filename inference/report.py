@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from autoseg.io import Geometry, atomic_path
+from autoseg.layout import CaseOutputs
 
 #: Lesions listed one by one in a report (largest first); all are counted. A poorly trained model
 #: can predict hundreds of thousands of specks, and listing each made report.json hundreds of MB.
@@ -56,8 +57,8 @@ def case_report(labels: np.ndarray, geometry: Geometry, class_names: dict[int, s
 COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [60, 120, 240], [240, 200, 40]], np.float32) / 255
 
 
-def write_overlays(path_stem: Path, image: np.ndarray, labels: np.ndarray, window: tuple[float, float] = (-160, 240),
-                   n_slices: int = 3) -> list[Path]:
+def write_overlays(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray,
+                   window: tuple[float, float] = (-160, 240), n_slices: int = 3) -> list[Path]:
     """PNG axial slices (through the largest foreground extent) with the labels over the CT."""
     import matplotlib
 
@@ -74,7 +75,7 @@ def write_overlays(path_stem: Path, image: np.ndarray, labels: np.ndarray, windo
         colour = COLOURS[np.minimum(lab, len(COLOURS) - 1)]
         alpha = (lab > 0)[..., None] * 0.5
         rgb = rgb * (1 - alpha) + colour * alpha
-        path = path_stem.parent / f"{path_stem.name}_z{z:03d}.png"
+        path = outputs.overlay(z)
         with atomic_path(path) as tmp:
             plt.imsave(tmp, rgb, format="png")
         paths.append(path)
