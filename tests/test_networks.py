@@ -20,6 +20,7 @@ from autoseg.networks import (
     measure_peak_activation_bytes,
     network_names,
 )
+from autoseg.networks.config import stage_sizes
 
 STRIDES_3D = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]  # total stride (2, 8, 8): z pooled late
 KERNELS_3D = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
@@ -230,6 +231,34 @@ def test_bad_arguments_raise_configuration_error(name, change, words):
     kw = _bad(kwargs_for(name, STRIDES_2D), **change)
     with pytest.raises(ConfigurationError, match=words):
         build_network(name, kw, 1, 2)
+
+
+@pytest.mark.parametrize("change", [{"strides": [[2, 2], [2, 2], [2, 2]]}, {"n_stages": 1},
+                                    {"kernel_sizes": [[3, 3], [2, 2], [3, 3]]}, {"deep_supervision": 1}])
+def test_every_network_reports_a_bad_topology_in_the_same_words(change):
+    """The shared preamble checks the topology before anything network-specific."""
+    messages = set()
+    for name in NETWORKS:
+        with pytest.raises(ConfigurationError) as err:
+            build_network(name, _bad(kwargs_for(name, STRIDES_2D), **change), 1, 2)
+        messages.add(str(err.value))
+    assert len(messages) == 1
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_missing_network_specific_kwargs_take_the_planned_defaults(name):
+    """A plans file with only the common keys builds the same network as the planner's full kwargs."""
+    kw = kwargs_for(name, STRIDES_3D, KERNELS_3D)
+    common = {k: kw[k] for k in ("n_stages", "features_per_stage", "strides", "kernel_sizes", "deep_supervision")}
+    assert len(common) < len(kw)
+    full, bare = build_network(name, kw, 1, 2), build_network(name, common, 1, 2)
+    assert {k: v.shape for k, v in full.state_dict().items()} == {k: v.shape for k, v in bare.state_dict().items()}
+    assert full.compute_conv_feature_map_size((4, 16, 16)) == bare.compute_conv_feature_map_size((4, 16, 16))
+
+
+def test_stage_sizes_follow_the_strides():
+    assert stage_sizes((8, 32, 32), STRIDES_3D) == [[8, 32, 32], [8, 16, 16], [4, 8, 8], [4, 4, 4]]
+    assert stage_sizes((32, 32), STRIDES_2D) == [[32, 32], [16, 16], [8, 8]]
 
 
 @pytest.mark.parametrize("name", NETWORKS)

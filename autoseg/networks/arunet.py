@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
@@ -37,22 +36,17 @@ from autoseg.networks.config import (
     COMMON_KEYS,
     DecoderDeepSupervision,
     Ops,
-    check_channels,
     check_input_divisible,
     check_input_size,
-    check_int_list,
-    check_keys,
     init_he,
-    ops_for_dim,
-    parse_topology,
+    network_preamble,
+    numel,
+    stage_counts,
+    stage_sizes,
 )
 from autoseg.networks.spec import NetworkSpec
 
 ARUNET_KEYS = COMMON_KEYS + ("n_blocks_per_stage", "n_blocks_per_stage_decoder")
-
-
-def _prod(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
 
 
 class AttentionGate(nn.Module):
@@ -76,7 +70,7 @@ class AttentionGate(nn.Module):
     def compute_conv_feature_map_size(self, skip_size: Sequence[int]) -> int:
         """theta, phi and psi maps on the coarse grid plus the upsampled coefficient map."""
         coarse = [s // t for s, t in zip(skip_size, self.stride)]
-        return 2 * _prod([self.inter_channels, *coarse]) + _prod(coarse) + _prod(skip_size)
+        return 2 * numel([self.inter_channels, *coarse]) + numel(coarse) + numel(skip_size)
 
 
 class FusionBlock(nn.Module):
@@ -101,7 +95,7 @@ class FusionBlock(nn.Module):
         return self.act(out)
 
     def compute_conv_feature_map_size(self, size: Sequence[int]) -> int:
-        return 2 * _prod([self.channels, *size])
+        return 2 * numel([self.channels, *size])
 
 
 def _residual_blocks(ops: Ops, n_blocks: int, channels: int, kernel: Sequence[int]) -> nn.Module:
@@ -156,20 +150,18 @@ class ARUNetDecoder(nn.Module):
         The gated skip and the concatenation re-use maps already counted (skip and upsample), as
         the library's decoder does not count its concatenation either.
         """
-        sizes = [list(input_size)]
-        for stride in self.strides[1:-1]:
-            sizes.append([i // j for i, j in zip(sizes[-1], stride)])
+        sizes = stage_sizes(input_size, self.strides)
         total = 0
         last = len(self.fuse) - 1
         for s in range(len(self.fuse)):
-            size, channels = sizes[-(s + 1)], self.skip_channels[s]
-            total += _prod([channels, *size])
+            size, channels = sizes[-(s + 2)], self.skip_channels[s]
+            total += numel([channels, *size])
             total += self.gates[s].compute_conv_feature_map_size(size)
             total += self.fuse[s].compute_conv_feature_map_size(size)
             if isinstance(self.refine[s], StackedResidualBlocks):
                 total += int(self.refine[s].compute_conv_feature_map_size(size))
             if self.deep_supervision or s == last:
-                total += _prod([self.num_classes, *size])
+                total += numel([self.num_classes, *size])
         return total
 
 
@@ -178,17 +170,11 @@ class ARUNet(DecoderDeepSupervision, nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
         super().__init__()
-        check_channels(in_channels, num_classes)
-        check_keys(kwargs, ARUNET_KEYS, "arunet")
-        topo = parse_topology(kwargs)
+        topo, ops = network_preamble(self, "arunet", ARUNET_KEYS, in_channels, num_classes, kwargs)
         n = topo.n_stages
-        blocks = check_int_list("n_blocks_per_stage", kwargs.get("n_blocks_per_stage", default_blocks(n)), n)
-        dec_blocks = check_int_list("n_blocks_per_stage_decoder",
-                                    kwargs.get("n_blocks_per_stage_decoder", [1] * (n - 1)), n - 1)
-        ops = ops_for_dim(topo.dim)
-        self.input_channels, self.num_classes = in_channels, num_classes
-        self.conv_op, self.norm_op, self.nonlin = ops.conv_op, ops.norm_op, ops.nonlin
-        self.total_stride = topo.total_stride
+        defaults = _defaults(n)
+        blocks = stage_counts(kwargs, defaults, "n_blocks_per_stage")
+        dec_blocks = stage_counts(kwargs, defaults, "n_blocks_per_stage_decoder")
         self.encoder = ResidualEncoder(
             in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
             [list(s) for s in topo.strides], list(blocks), True, ops.norm_op, ops.norm_op_kwargs, None,

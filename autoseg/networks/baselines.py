@@ -24,11 +24,11 @@ from autoseg.networks.config import (
     DecoderDeepSupervision,
     Ops,
     check_channels,
-    check_int_list,
     check_keys,
     init_he,
     ops_for_dim,
     parse_topology,
+    stage_counts,
 )
 from autoseg.networks.spec import NetworkSpec
 
@@ -62,9 +62,9 @@ class PlainUNet(DecoderDeepSupervision, PlainConvUNet):
         check_keys(kwargs, PLAIN_KEYS, "plain_unet")
         topo = parse_topology(kwargs)
         n = topo.n_stages
-        n_conv = check_int_list("n_conv_per_stage", kwargs.get("n_conv_per_stage", [2] * n), n)
-        n_dec = check_int_list("n_conv_per_stage_decoder",
-                               kwargs.get("n_conv_per_stage_decoder", [2] * (n - 1)), n - 1)
+        defaults = _plain_defaults(n)
+        n_conv = stage_counts(kwargs, defaults, "n_conv_per_stage")
+        n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
         ops = ops_for_dim(topo.dim)
         super().__init__(
             in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
@@ -87,9 +87,9 @@ class ResEncUNet(DecoderDeepSupervision, ResidualEncoderUNet):
         check_keys(kwargs, RESENC_KEYS, "resenc_unet")
         topo = parse_topology(kwargs)
         n = topo.n_stages
-        blocks = check_int_list("n_blocks_per_stage", kwargs.get("n_blocks_per_stage", resenc_blocks(n)), n)
-        n_dec = check_int_list("n_conv_per_stage_decoder",
-                               kwargs.get("n_conv_per_stage_decoder", [1] * (n - 1)), n - 1)
+        defaults = _resenc_defaults(n)
+        blocks = stage_counts(kwargs, defaults, "n_blocks_per_stage")
+        n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
         ops = ops_for_dim(topo.dim)
         super().__init__(
             in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],

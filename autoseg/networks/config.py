@@ -4,6 +4,8 @@ Network kwargs live in ``plans.json``, so they hold only plain JSON values; the 
 (``conv_op``, ``norm_op``, ``nonlin``) follow from the dimension, which is ``len(kernel_sizes[0])``.
 Everything a user could get wrong when editing a plans file by hand is checked here and raised as a
 :class:`~autoseg.errors.ConfigurationError` that names the argument, its value and the fix.
+:func:`network_preamble` is what every autoseg network's constructor does first; :func:`stage_sizes`
+is the size pyramid its ``compute_conv_feature_map_size`` walks.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
@@ -207,6 +210,42 @@ def check_input_size(input_size: Sequence[int], total_stride: Sequence[int]) -> 
     if len(input_size) != len(total_stride):
         raise ConfigurationError(
             f"input_size must be the {len(total_stride)} spatial sizes only, got {list(input_size)}")
+
+
+def stage_counts(kwargs: dict[str, Any], defaults: dict[str, Any], key: str) -> tuple[int, ...]:
+    """``kwargs[key]``, else ``defaults[key]``: integers >= 1, as many as the default has (one per
+    encoder or decoder stage)."""
+    default = defaults[key]
+    return check_int_list(key, kwargs.get(key, default), len(default))
+
+
+def network_preamble(net: nn.Module, network: str, accepted: Sequence[str], in_channels: Any,
+                     num_classes: Any, kwargs: Any) -> tuple[StageConfig, Ops]:
+    """What every autoseg network's constructor does first: check the channels, the keys and the
+    topology (in that order, so a bad plans file gets the same first error from every network), pick
+    the 2D or 3D operators, and set the protocol attributes and ``total_stride`` on ``net``."""
+    check_channels(in_channels, num_classes)
+    check_keys(kwargs, accepted, network)
+    topo = parse_topology(kwargs)
+    ops = ops_for_dim(topo.dim)
+    net.input_channels, net.num_classes = in_channels, num_classes
+    net.conv_op, net.norm_op, net.nonlin = ops.conv_op, ops.norm_op, ops.nonlin
+    net.total_stride = topo.total_stride
+    return topo, ops
+
+
+def numel(shape: Sequence[int]) -> int:
+    """Elements of a map of ``shape``, e.g. ``numel([channels, *spatial])``."""
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def stage_sizes(input_size: Sequence[int], strides: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Spatial size of every encoder stage's output for ``input_size``, finest first: ``sizes[i]`` is
+    the size of ``skips[i]``, so decoder stage ``s`` (coarse to fine) works at ``sizes[-(s + 2)]``."""
+    sizes = [list(input_size)]
+    for stride in strides[1:]:
+        sizes.append([i // j for i, j in zip(sizes[-1], stride)])
+    return sizes
 
 
 class DecoderDeepSupervision:

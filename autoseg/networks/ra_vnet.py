@@ -43,7 +43,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
@@ -58,24 +57,19 @@ from autoseg.networks.config import (
     DecoderDeepSupervision,
     Ops,
     StageConfig,
-    check_channels,
     check_input_divisible,
     check_input_size,
-    check_int_list,
-    check_keys,
     init_he,
-    ops_for_dim,
-    parse_topology,
+    network_preamble,
+    numel,
+    stage_counts,
+    stage_sizes,
 )
 from autoseg.networks.spec import NetworkSpec
 
 RA_KEYS = COMMON_KEYS + ("n_blocks_per_stage", "n_conv_per_stage_decoder")
 #: Branches of a CofRes block; each stage's features are split among them.
 COFRES_BRANCHES = 4
-
-
-def _prod(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
 
 
 def _conv_norm(ops: Ops, cin: int, cout: int, kernel: Sequence[int] | int, stride: Sequence[int] | int = 1,
@@ -112,7 +106,7 @@ class CofResBlock(nn.Module):
     def compute_conv_feature_map_size(self, size: Sequence[int]) -> int:
         """Branches (C in all), fusion (C) and the projection (C) when present."""
         maps = 2 if self.project is None else 3
-        return maps * _prod([self.out_channels, *size])
+        return maps * numel([self.out_channels, *size])
 
 
 class CofResEncoder(nn.Module):
@@ -220,7 +214,7 @@ class AttentionRecovery(nn.Module):
 
     def compute_conv_feature_map_size(self, size: Sequence[int]) -> int:
         """Upsampled and reduced maps, two steps of four gates, recovery convs."""
-        return 10 * _prod([self.hidden, *size]) + int(self.recover.compute_conv_feature_map_size(size))
+        return 10 * numel([self.hidden, *size]) + int(self.recover.compute_conv_feature_map_size(size))
 
 
 class RAVNetDecoder(nn.Module):
@@ -258,16 +252,14 @@ class RAVNetDecoder(nn.Module):
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Channel attention output, then per stage the AR block and the logits (when produced)."""
-        sizes = [list(input_size)]
-        for stride in self.strides[1:-1]:
-            sizes.append([i // j for i, j in zip(sizes[-1], stride)])
-        total = _prod([self.skip_channels[0], *sizes[-1]])
+        sizes = stage_sizes(input_size, self.strides)
+        total = numel([self.skip_channels[0], *sizes[-2]])
         last = len(self.stages) - 1
         for s in range(len(self.stages)):
-            size = sizes[-(s + 1)]
+            size = sizes[-(s + 2)]
             total += self.stages[s].compute_conv_feature_map_size(size)
             if self.deep_supervision or s == last:
-                total += _prod([self.num_classes, *size])
+                total += numel([self.num_classes, *size])
         return total
 
 
@@ -286,18 +278,11 @@ class RAVNet(DecoderDeepSupervision, nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
         super().__init__()
-        check_channels(in_channels, num_classes)
-        check_keys(kwargs, RA_KEYS, "ra_vnet")
-        topo = parse_topology(kwargs)
+        topo, ops = network_preamble(self, "ra_vnet", RA_KEYS, in_channels, num_classes, kwargs)
         _check_features(topo.features_per_stage)
-        n = topo.n_stages
-        blocks = check_int_list("n_blocks_per_stage", kwargs.get("n_blocks_per_stage", [1] * n), n)
-        n_dec = check_int_list("n_conv_per_stage_decoder", kwargs.get("n_conv_per_stage_decoder", [1] * (n - 1)),
-                               n - 1)
-        ops = ops_for_dim(topo.dim)
-        self.input_channels, self.num_classes = in_channels, num_classes
-        self.conv_op, self.norm_op, self.nonlin = ops.conv_op, ops.norm_op, ops.nonlin
-        self.total_stride = topo.total_stride
+        defaults = _defaults(topo.n_stages)
+        blocks = stage_counts(kwargs, defaults, "n_blocks_per_stage")
+        n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
         self.encoder = CofResEncoder(ops, in_channels, topo, blocks)
         self.decoder = RAVNetDecoder(self.encoder, ops, num_classes, n_dec, topo.deep_supervision)
         init_he(self)

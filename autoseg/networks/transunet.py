@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import (
     PlainConvEncoder,
@@ -50,15 +49,14 @@ from autoseg.networks.config import (
     COMMON_KEYS,
     DecoderDeepSupervision,
     Ops,
-    check_channels,
     check_input_divisible,
     check_input_size,
     check_int,
-    check_int_list,
-    check_keys,
     init_he,
-    ops_for_dim,
-    parse_topology,
+    network_preamble,
+    numel,
+    stage_counts,
+    stage_sizes,
 )
 from autoseg.networks.spec import PEAK_TRANSIENT, NetworkSpec
 
@@ -84,11 +82,6 @@ SE_REDUCTION = 4
 #: (this x 1.2) so the estimate charges them exactly once: the transient gradient buffers the 1.2
 #: stands for are finest-resolution maps, not tokens.
 SAVED_PER_COUNT = 4 / 3
-
-
-def _prod(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
-
 
 
 def check_transformer(embed_dim: Any, layers: Any, heads: Any) -> tuple[int, int, int]:
@@ -144,8 +137,8 @@ class TransformerBottleneck(nn.Module):
         attention's log-sum-exp (tokens x heads); the flash attention keeps no tokens x tokens map.
         """
         per_layer = KEPT_PER_LAYER * self.embed_dim + self.heads
-        kept = _prod(size) * (4 * self.embed_dim + len(self.layers) * per_layer)
-        return round(kept / (SAVED_PER_COUNT * (1 + PEAK_TRANSIENT))) + _prod([self.channels, *size])
+        kept = numel(size) * (4 * self.embed_dim + len(self.layers) * per_layer)
+        return round(kept / (SAVED_PER_COUNT * (1 + PEAK_TRANSIENT))) + numel([self.channels, *size])
 
 
 class ChannelAttention(nn.Module):
@@ -195,7 +188,7 @@ class AttentionDecoderStage(nn.Module):
 
     def compute_conv_feature_map_size(self, size: Sequence[int]) -> int:
         """Upsampled map, concatenation (2C), convs, the two attention-scaled maps, four 1-channel maps."""
-        return _prod([5 * self.channels + 4, *size]) + int(self.convs.compute_conv_feature_map_size(size))
+        return numel([5 * self.channels + 4, *size]) + int(self.convs.compute_conv_feature_map_size(size))
 
 
 class AttentionDecoder(nn.Module):
@@ -227,16 +220,14 @@ class AttentionDecoder(nn.Module):
         return outputs if self.deep_supervision else outputs[0]
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        sizes = [list(input_size)]
-        for stride in self.strides[1:-1]:
-            sizes.append([i // j for i, j in zip(sizes[-1], stride)])
+        sizes = stage_sizes(input_size, self.strides)
         total = 0
         last = len(self.stages) - 1
         for s, stage in enumerate(self.stages):
-            size = sizes[-(s + 1)]
+            size = sizes[-(s + 2)]
             total += stage.compute_conv_feature_map_size(size)
             if self.deep_supervision or s == last:
-                total += _prod([self.num_classes, *size])
+                total += numel([self.num_classes, *size])
         return total
 
 
@@ -245,20 +236,14 @@ class TransUNet(DecoderDeepSupervision, nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
         super().__init__()
-        check_channels(in_channels, num_classes)
-        check_keys(kwargs, TRANSUNET_KEYS, "transunet")
-        topo = parse_topology(kwargs)
+        topo, ops = network_preamble(self, "transunet", TRANSUNET_KEYS, in_channels, num_classes, kwargs)
         n = topo.n_stages
-        n_conv = check_int_list("n_conv_per_stage", kwargs.get("n_conv_per_stage", [2] * n), n)
-        n_dec = check_int_list("n_conv_per_stage_decoder",
-                               kwargs.get("n_conv_per_stage_decoder", [2] * (n - 1)), n - 1)
+        defaults = _defaults(n)
+        n_conv = stage_counts(kwargs, defaults, "n_conv_per_stage")
+        n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
         embed, layers, heads = check_transformer(kwargs.get("embed_dim", DEFAULT_EMBED_DIM),
                                                  kwargs.get("transformer_layers", DEFAULT_LAYERS),
                                                  kwargs.get("transformer_heads", DEFAULT_HEADS))
-        ops = ops_for_dim(topo.dim)
-        self.input_channels, self.num_classes = in_channels, num_classes
-        self.conv_op, self.norm_op, self.nonlin = ops.conv_op, ops.norm_op, ops.nonlin
-        self.total_stride = topo.total_stride
         self.encoder = PlainConvEncoder(
             in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
             [list(s) for s in topo.strides], list(n_conv), True, ops.norm_op, ops.norm_op_kwargs, None, None,

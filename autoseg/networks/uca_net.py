@@ -49,7 +49,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import (
@@ -64,14 +63,13 @@ from autoseg.networks.config import (
     COMMON_KEYS,
     DecoderDeepSupervision,
     Ops,
-    check_channels,
     check_input_divisible,
     check_input_size,
-    check_int_list,
-    check_keys,
     init_he,
-    ops_for_dim,
-    parse_topology,
+    network_preamble,
+    numel,
+    stage_counts,
+    stage_sizes,
 )
 from autoseg.networks.spec import NetworkSpec
 
@@ -80,10 +78,6 @@ UCA_KEYS = COMMON_KEYS + ("n_conv_per_stage", "n_conv_per_stage_decoder")
 POOL_CAP = {2: 16, 3: 8}
 #: Initial attention temperature (learned, in log space).
 INIT_TEMPERATURE = 10.0
-
-
-def _prod(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
 
 
 def _block(size: int, cap: int) -> int:
@@ -151,7 +145,7 @@ class CrossAttentionSkip(nn.Module):
         """The attended map; on the pooled grid the pooled inputs and the query/key maps (affinities
         are not counted)."""
         pooled = pooled_size(size, self.cap)
-        return _prod([self.channels, *size]) + 2 * _prod([2 * self.channels + 1, *pooled])
+        return numel([self.channels, *size]) + 2 * numel([2 * self.channels + 1, *pooled])
 
 
 class UCADecoder(nn.Module):
@@ -193,18 +187,16 @@ class UCADecoder(nn.Module):
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Per stage: upsampled map, attention maps, decoder convs, logits (when produced)."""
-        sizes = [list(input_size)]
-        for stride in self.strides[1:-1]:
-            sizes.append([i // j for i, j in zip(sizes[-1], stride)])
+        sizes = stage_sizes(input_size, self.strides)
         total = 0
         last = len(self.stages) - 1
         for s in range(len(self.stages)):
-            size = sizes[-(s + 1)]
-            total += _prod([self.skip_channels[s], *size])
+            size = sizes[-(s + 2)]
+            total += numel([self.skip_channels[s], *size])
             total += self.attention[s].compute_conv_feature_map_size(size)
             total += int(self.stages[s].compute_conv_feature_map_size(size))
             if self.deep_supervision or s == last:
-                total += _prod([self.num_classes, *size])
+                total += numel([self.num_classes, *size])
         return total
 
 
@@ -213,17 +205,11 @@ class UCANet(DecoderDeepSupervision, nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
         super().__init__()
-        check_channels(in_channels, num_classes)
-        check_keys(kwargs, UCA_KEYS, "uca_net")
-        topo = parse_topology(kwargs)
+        topo, ops = network_preamble(self, "uca_net", UCA_KEYS, in_channels, num_classes, kwargs)
         n = topo.n_stages
-        n_conv = check_int_list("n_conv_per_stage", kwargs.get("n_conv_per_stage", [2] * n), n)
-        n_dec = check_int_list("n_conv_per_stage_decoder", kwargs.get("n_conv_per_stage_decoder", [2] * (n - 1)),
-                               n - 1)
-        ops = ops_for_dim(topo.dim)
-        self.input_channels, self.num_classes = in_channels, num_classes
-        self.conv_op, self.norm_op, self.nonlin = ops.conv_op, ops.norm_op, ops.nonlin
-        self.total_stride = topo.total_stride
+        defaults = _defaults(n)
+        n_conv = stage_counts(kwargs, defaults, "n_conv_per_stage")
+        n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
         self.encoder = PlainConvEncoder(
             in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
             [list(s) for s in topo.strides], list(n_conv), True, ops.norm_op, ops.norm_op_kwargs, None, None,

@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import (
     PlainConvEncoder,
@@ -44,14 +43,14 @@ from autoseg.networks.config import (
     COMMON_KEYS,
     DecoderDeepSupervision,
     Ops,
-    check_channels,
     check_input_divisible,
     check_input_size,
     check_int_list,
-    check_keys,
     init_he,
-    ops_for_dim,
-    parse_topology,
+    network_preamble,
+    numel,
+    stage_counts,
+    stage_sizes,
 )
 from autoseg.networks.spec import NetworkSpec
 
@@ -59,11 +58,6 @@ UNETPP_KEYS = COMMON_KEYS + ("n_conv_per_stage", "n_conv_per_stage_decoder", "as
 #: Dilation rates for a bottleneck of a few voxels per axis: DeepLab's 6, 12, 18 at a 33-voxel map,
 #: scaled to the 4-8 voxels a planned bottleneck has (a rate at or beyond the map size sees only padding).
 DEFAULT_ASPP_RATES = (1, 2, 3)
-
-
-def _prod(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
-
 
 
 def check_rates(value: Any) -> tuple[int, ...]:
@@ -108,7 +102,7 @@ class ASPP(nn.Module):
         """Branch maps, their concatenation (pooled branch included) and the projection; the pooled
         vector itself (one voxel) is left out so the count stays proportional to the patch."""
         n_branches = len(self.branches)
-        return _prod([(2 * n_branches + 1) * self.branch_channels + self.channels, *size])
+        return numel([(2 * n_branches + 1) * self.branch_channels + self.channels, *size])
 
 
 class NestedNode(nn.Module):
@@ -129,7 +123,7 @@ class NestedNode(nn.Module):
     def compute_conv_feature_map_size(self, size: Sequence[int]) -> int:
         """Upsampled map, the (j + 1)-wide concatenation and every conv output."""
         convs = int(self.convs.compute_conv_feature_map_size(size))
-        return _prod([(self.j + 2) * self.channels, *size]) + convs
+        return numel([(self.j + 2) * self.channels, *size]) + convs
 
 
 class NestedDecoder(nn.Module):
@@ -162,13 +156,11 @@ class NestedDecoder(nn.Module):
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Every node's maps plus the logit maps of the heads that run."""
-        sizes = [list(input_size)]
-        for stride in self.strides[1:]:
-            sizes.append([i // j for i, j in zip(sizes[-1], stride)])
+        sizes = stage_sizes(input_size, self.strides)
         total = sum(node.compute_conv_feature_map_size(sizes[i])
                     for i, row in enumerate(self.nodes) for node in row)
         heads = range(self.n_stages - 1) if self.deep_supervision else range(1)
-        return total + sum(_prod([self.num_classes, *sizes[i]]) for i in heads)
+        return total + sum(numel([self.num_classes, *sizes[i]]) for i in heads)
 
 
 class UNetPlusPlusASPP(DecoderDeepSupervision, nn.Module):
@@ -176,18 +168,12 @@ class UNetPlusPlusASPP(DecoderDeepSupervision, nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
         super().__init__()
-        check_channels(in_channels, num_classes)
-        check_keys(kwargs, UNETPP_KEYS, "unetpp_aspp")
-        topo = parse_topology(kwargs)
+        topo, ops = network_preamble(self, "unetpp_aspp", UNETPP_KEYS, in_channels, num_classes, kwargs)
         n = topo.n_stages
-        n_conv = check_int_list("n_conv_per_stage", kwargs.get("n_conv_per_stage", [2] * n), n)
-        n_dec = check_int_list("n_conv_per_stage_decoder",
-                               kwargs.get("n_conv_per_stage_decoder", [2] * (n - 1)), n - 1)
+        defaults = _defaults(n)
+        n_conv = stage_counts(kwargs, defaults, "n_conv_per_stage")
+        n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
         rates = check_rates(kwargs.get("aspp_rates", list(DEFAULT_ASPP_RATES)))
-        ops = ops_for_dim(topo.dim)
-        self.input_channels, self.num_classes = in_channels, num_classes
-        self.conv_op, self.norm_op, self.nonlin = ops.conv_op, ops.norm_op, ops.nonlin
-        self.total_stride = topo.total_stride
         self.encoder = PlainConvEncoder(
             in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
             [list(s) for s in topo.strides], list(n_conv), True, ops.norm_op, ops.norm_op_kwargs, None, None,
