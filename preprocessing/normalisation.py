@@ -7,14 +7,12 @@ An unknown scheme raises, listing the known ones.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from autoseg.errors import unknown_name
 from autoseg.plans import Normalisation
-
-SCHEMES = ("ct", "zscore")
+from autoseg.registry import Registry
 
 
 def normalise_ct(channel: np.ndarray, norm: Normalisation, out: np.ndarray) -> None:
@@ -38,6 +36,16 @@ def normalise_zscore(channel: np.ndarray, mask: np.ndarray | None, out: np.ndarr
         out[~mask] = 0.0
 
 
+#: One channel's normalisation step: (channel, its plans entry, body mask or None, output array).
+Step = Callable[[np.ndarray, Normalisation, np.ndarray | None, np.ndarray], None]
+
+#: Normalisation schemes by name (``Normalisation.scheme`` in plans.json).
+SCHEMES: Registry[Step] = Registry("normalisation", {
+    "ct": lambda channel, norm, _mask, out: normalise_ct(channel, norm, out),
+    "zscore": lambda channel, _norm, mask, out: normalise_zscore(channel, mask, out),
+})
+
+
 def needs_mask(schemes: Sequence[Normalisation]) -> bool:
     """Whether any channel needs the body mask."""
     return any(n.scheme == "zscore" for n in schemes)
@@ -56,12 +64,6 @@ def normalise(data: np.ndarray, schemes: Sequence[Normalisation], mask: np.ndarr
         out = data
     else:
         out = np.empty(data.shape, dtype=np.float32)
-    steps: dict[str, Callable[[np.ndarray, Normalisation, np.ndarray], None]] = {
-        "ct": normalise_ct,
-        "zscore": lambda ch, _n, o: normalise_zscore(ch, mask, o),
-    }
     for c, norm in enumerate(schemes):
-        if norm.scheme not in steps:
-            raise unknown_name("normalisation", norm.scheme, SCHEMES)
-        steps[norm.scheme](data[c], norm, out[c])
+        SCHEMES[norm.scheme](data[c], norm, mask, out[c])
     return out

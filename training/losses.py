@@ -6,13 +6,13 @@ small class does not produce a 0/0 term, and never include the background.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.errors import unknown_name
+from autoseg.registry import Registry
 
 
 def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
@@ -102,19 +102,19 @@ class WeightedDiceFocal(nn.Module):
         return (weights * (1 - dice)).mean() + focal
 
 
-LOSSES: dict[str, Callable[[], nn.Module]] = {
+#: Loss builders by name (``recipe.loss``, ``--loss``).
+LOSSES: Registry[Callable[[], nn.Module]] = Registry("loss", {
     "dice_ce": lambda: DiceCE(1.0, 1.0),
     "dice_wce": DiceWeightedCE,
     "dice_wce_anneal": lambda: DiceWeightedCE(anneal=True),
     "dice": lambda: DiceCE(1.0, 0.0),
     "dice03_ce07": lambda: DiceCE(0.3, 0.7),
     "weighted_dice_focal": WeightedDiceFocal,
-}
+})
 
 
 def build_loss(name: str) -> nn.Module:
-    if name not in LOSSES:
-        raise unknown_name("loss", name, list(LOSSES))
+    """A new loss module by name; an unknown name raises with the known ones and a suggestion."""
     return LOSSES[name]()
 
 

@@ -1,4 +1,5 @@
-"""Training recipes by name, and the learning-rate schedule as a function of training progress.
+"""Training recipes by name, the optimizers and schedules they name, and the learning-rate schedule as
+a function of training progress.
 
 The schedule is a pure function of progress in [0, 1] (steps done over steps planned, or training
 seconds over the time budget), so a resumed run continues exactly where the interrupted one was.
@@ -6,31 +7,67 @@ seconds over the time budget), so a resumed run continues exactly where the inte
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 
 import torch
 
-from autoseg.errors import ConfigurationError, unknown_name
 from autoseg.plans import RECIPES, Recipe
+from autoseg.registry import Registry
+from autoseg.training.losses import LOSSES
+
+#: What a named recipe defines: the optimizer and its schedule. Every other ``Recipe`` field (budget,
+#: loss, sampling, deep supervision, precision, and any field added later) belongs to the plan or the
+#: user and is kept when another recipe is chosen.
+PRESET_FIELDS = ("name", "optimizer", "initial_lr", "weight_decay", "momentum", "schedule",
+                 "plateau_patience", "early_stop_patience")
+
+
+def kept_fields() -> tuple[str, ...]:
+    """The ``Recipe`` fields that :func:`recipe_named` keeps from the base recipe."""
+    return tuple(f.name for f in dataclasses.fields(Recipe) if f.name not in PRESET_FIELDS)
+
 
 def recipe_named(name: str, base: Recipe | None = None) -> Recipe:
-    """The named recipe, keeping ``base``'s epochs, iterations, loss and sampling."""
-    if name not in RECIPES:
-        raise unknown_name("recipe", name, list(RECIPES))
+    """The named recipe; with ``base``, only its optimizer and schedule (:data:`PRESET_FIELDS`)
+    replace ``base``'s, so the planned budget, loss, sampling and precision stay."""
     preset = RECIPES[name]
     if base is None:
         return preset
-    keep = {f: getattr(base, f) for f in ("epochs", "iterations_per_epoch", "loss", "oversample_foreground",
-                                          "deep_supervision", "time_budget_s", "precision")}
-    return dataclasses.replace(preset, **keep)
+    return dataclasses.replace(preset, **{f: getattr(base, f) for f in kept_fields()})
+
+
+def _sgd(recipe: Recipe, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=recipe.initial_lr, momentum=recipe.momentum, nesterov=True,
+                           weight_decay=recipe.weight_decay)
+
+
+def _adam(recipe: Recipe, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=recipe.initial_lr, weight_decay=recipe.weight_decay)
+
+
+#: Optimizers by name (``recipe.optimizer``): SGD with Nesterov momentum, or AdamW.
+OPTIMIZERS: Registry[Callable[[Recipe, Iterable[torch.nn.Parameter]], torch.optim.Optimizer]] = Registry(
+    "optimizer", {"sgd": _sgd, "adam": _adam})
+
+#: Learning-rate schedules by name (``recipe.schedule``), with what each does.
+SCHEDULES: Registry[str] = Registry("schedule", {
+    "poly": "initial_lr * (1 - progress) ** 0.9 (poly_lr)",
+    "plateau": "halve the rate after plateau_patience epochs without improvement, stop after "
+               "early_stop_patience (PlateauState)",
+})
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Raise, naming the field's known values, unless every name in ``recipe`` is implemented (its
+    optimizer, schedule and loss): call it before anything is written."""
+    OPTIMIZERS.check(recipe.optimizer)
+    SCHEDULES.check(recipe.schedule)
+    LOSSES.check(recipe.loss)
 
 
 def build_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.initial_lr, momentum=recipe.momentum, nesterov=True,
-                               weight_decay=recipe.weight_decay)
-    if recipe.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=recipe.initial_lr, weight_decay=recipe.weight_decay)
-    raise ConfigurationError(f"unknown optimizer '{recipe.optimizer}' (known: adam, sgd)")
+    """The recipe's optimizer over ``params``; an unknown name raises with the known ones."""
+    return OPTIMIZERS[recipe.optimizer](recipe, params)
 
 
 def poly_lr(initial: float, progress: float, exponent: float = 0.9) -> float:

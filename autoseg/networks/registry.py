@@ -1,7 +1,7 @@
 """Network registry: name -> :class:`NetworkSpec`, plus building and memory estimation.
 
 Each network lives in its own module that defines a ``NetworkSpec``; registering one is one line in
-``_REGISTRY`` (module, attribute). Modules are imported on first use, so a network with heavy
+``REGISTRY`` (module, attribute). Modules are imported on first use, so a network with heavy
 optional dependencies costs nothing until it is asked for.
 """
 from __future__ import annotations
@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoseg.errors import ConfigurationError, unknown_name
+from autoseg.errors import ConfigurationError
 from autoseg.networks.config import check_int, check_patch_size
 from autoseg.networks.spec import NetworkSpec
+from autoseg.registry import Registry
 
-_REGISTRY: dict[str, tuple[str, str]] = {
+#: Where each network's spec lives: (module, attribute), imported by :func:`get_spec` on first use.
+REGISTRY: Registry[tuple[str, str]] = Registry("network", {
     "arunet": ("autoseg.networks.arunet", "SPEC"),
     "plain_unet": ("autoseg.networks.baselines", "PLAIN_UNET"),
     "resenc_unet": ("autoseg.networks.baselines", "RESENC_UNET"),
@@ -25,10 +27,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "ra_vnet": ("autoseg.networks.ra_vnet", "SPEC"),
     "unetpp_aspp": ("autoseg.networks.unetpp_aspp", "SPEC"),
     "transunet": ("autoseg.networks.transunet", "SPEC"),
-}
+})
 
 #: Registered network names; ``arunet`` is the default.
-NETWORKS: tuple[str, ...] = tuple(_REGISTRY)
+NETWORKS: tuple[str, ...] = REGISTRY.names()
 DEFAULT_NETWORK = "arunet"
 #: fp32 activations.
 BYTES_PER_ELEMENT = 4
@@ -41,9 +43,7 @@ def network_names() -> list[str]:
 
 def get_spec(name: str) -> NetworkSpec:
     """The spec of network ``name``; unknown names raise with the known ones and a suggestion."""
-    if name not in _REGISTRY:
-        raise unknown_name("network", str(name), NETWORKS)
-    module, attr = _REGISTRY[name]
+    module, attr = REGISTRY[name]
     return getattr(importlib.import_module(module), attr)
 
 
