@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from autoseg.errors import AutosegError, ConfigurationError
+from autoseg.layout import ModelFolder, PreprocessedDataset, calibration_cache
 from autoseg.precision import PRECISIONS
 from autoseg.serve.command import add_serve_parser
 from autoseg.settings import Settings
@@ -78,7 +79,7 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,
         network=args.network, base_features=args.features,
         hu_window=tuple(args.hu_window) if args.hu_window else None, cpu_gflops=args.cpu_gflops, verify=args.verify, seed=args.seed, precision=args.precision,
-        calibration_cache=settings.cache / "cpu_calibration.json", recalibrate=args.recalibrate)
+        calibration_cache=calibration_cache(settings.cache), recalibrate=args.recalibrate)
     stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
     out = plan_and_preprocess(args.dataset, settings, options, stages=stages, max_slices=args.max_slices,
                               workers=args.workers, force=args.force)
@@ -294,34 +295,27 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
-def _model_folder(args: argparse.Namespace, settings: Settings) -> Path:
-    return args.model if args.model else _trained_model_folder(args.dataset, args.network, settings)
+def model_folder(args: argparse.Namespace, settings: Settings) -> Path:
+    """The model ``-m`` names, or the trained model of ``-d`` (``--network``, else the one
+    ``find_best`` chose, else the planned one); ``predict``, ``export`` and ``serve`` take it."""
+    from autoseg.inference.model import trained_model_folder
 
-
-def _trained_model_folder(dataset: str, network: str | None, settings: Settings) -> Path:
-    """The model folder of a trained dataset: ``network``, else best.json's, else the planned one."""
-    from autoseg.inference.crossval import choose_network
-    from autoseg.plans import Plans
-    from autoseg.training.run import preprocessed_dir
-
-    plans = Plans.load(preprocessed_dir(dataset, settings) / "plans.json")
-    dataset_dir = settings.results / plans.dataset_name
-    return dataset_dir / choose_network(dataset_dir, plans.network.name, network)
+    return args.model if args.model else trained_model_folder(args.dataset, args.network, settings)
 
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from autoseg.inference.model import open_model
+    from autoseg.inference.model import open_model, trained_model_folder
     from autoseg.inference.postprocessing import load_postprocessing
     from autoseg.inference.predictor import PredictOptions, predict
     from autoseg.cpu_share import configure_threads
     from autoseg.precision import resolve_precision
 
     cores = configure_threads(args.device, args.threads)
-    model = open_model(_model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
+    model = open_model(model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
     roi = None
     if args.roi_model:
         roi_path = Path(args.roi_model)
-        roi = open_model(roi_path if roi_path.exists() else _trained_model_folder(args.roi_model, None, settings))
+        roi = open_model(roi_path if roi_path.exists() else trained_model_folder(args.roi_model, None, settings))
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap,
                              precision=resolve_precision(args.precision, args.device),
                              save_probabilities=args.save_probabilities, overlays=args.overlays,
@@ -462,14 +456,14 @@ def _decide_postprocessing(model_dir: Path, settings: Settings) -> None:
     from autoseg.inference.postprocessing import describe, determine_postprocessing
 
     plans = plans_of(model_dir)
-    data = settings.preprocessed / plans.dataset_name / "data"
+    data = PreprocessedDataset(settings.preprocessed / plans.dataset_name).data
     decision = determine_postprocessing(model_dir, data, {int(k): v for k, v in plans.labels.items()},
                                         plans.target_spacing)
     if decision is None:
         print("post-processing: no validation predictions to decide from")
         return
     print(f"post-processing (from {decision['cases']} CV cases): {describe(decision, plans.labels)}; "
-          f"wrote {model_dir / 'postprocessing.json'}")
+          f"wrote {ModelFolder(model_dir).postprocessing}")
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -490,15 +484,14 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.errors import AutosegError
-    from autoseg.inference.ensembles import MANIFEST, is_ensemble_folder
     from autoseg.inference.export import check_export_target, export_archive, export_onnx
     from autoseg.inference.model import TrainedModel
     from autoseg.io import read_json
 
     check_export_target(args.output, args.onnx, args.overwrite)
-    folder = _model_folder(args, settings)
-    if is_ensemble_folder(folder):
-        members = read_json(folder / MANIFEST).get("members")
+    folder = model_folder(args, settings)
+    if ModelFolder(folder).is_ensemble:
+        members = read_json(ModelFolder(folder).ensemble_manifest).get("members")
         raise AutosegError(f"this is an ensemble of {members}; export writes one network", folder,
                            f"export each member with --network NAME (e.g. --network {members[0]})")
     model = TrainedModel.open(folder, tuple(args.folds) if args.folds else None,

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from autoseg.cli import main as cli_main
+from autoseg.layout import RawDataset
 
 log = logging.getLogger("autoseg.demo")
 
@@ -35,7 +36,7 @@ def run(workdir: Path, num_training: int, fold_budget: str, train: bool) -> int:
     if train:
         steps.append(["train", "-d", "Task08", "--compute-budget", fold_budget, "--iterations", "50"])
         steps.append(["find_best", "-d", "Task08"])  # cross-validation table and post-processing
-        steps.append(["predict", "-i", str(env["AUTOSEG_RAW"] / "Task08_HepaticVessel" / "imagesTs"),
+        steps.append(["predict", "-i", str(RawDataset(env["AUTOSEG_RAW"] / "Task08_HepaticVessel").images_ts),
                       "-o", str(predictions), "-d", "Task08", "--overlays"])
     for argv in steps:
         print(f"\n$ autoseg {' '.join(argv)}", flush=True)
@@ -43,7 +44,7 @@ def run(workdir: Path, num_training: int, fold_budget: str, train: bool) -> int:
         if code:
             return code
     if train:
-        print_test_dice(env["AUTOSEG_RAW"] / "Task08_HepaticVessel" / "labelsTs", predictions)
+        print_test_dice(RawDataset(env["AUTOSEG_RAW"] / "Task08_HepaticVessel").labels_ts, predictions)
     print(f"\nDemo outputs are in {workdir}: raw/ (phantom task), preprocessed/ (fingerprint.json, "
           "plans.json, slices.png, data/)" + (", results/ (folds, log.jsonl, progress.png)" if train else ""))
     return 0

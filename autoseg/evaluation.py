@@ -46,6 +46,7 @@ from scipy import ndimage
 
 from autoseg.errors import EvaluationError
 from autoseg.io import Geometry, atomic_path, is_image_file, read_label, strip_image_suffix, write_json
+from autoseg.layout import EvaluationFiles, RawDataset
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ def metadata_labels(ref_dir: Path) -> tuple[dict[int, str], Path] | None:
     """
     import json
 
-    for meta_path in (ref_dir / "dataset.json", ref_dir.parent / "dataset.json"):
+    for meta_path in (RawDataset(ref_dir).metadata, RawDataset(ref_dir.parent).metadata):
         if not meta_path.is_file():
             continue
         try:
@@ -472,7 +473,8 @@ def write_metrics_csv(path: Path, result: EvaluationResult) -> None:
 
 def write_outputs(result: EvaluationResult, out_dir: Path) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir`` (atomically)."""
-    json_path, csv_path = out_dir / "metrics.json", out_dir / "metrics.csv"
+    files = EvaluationFiles(out_dir)
+    json_path, csv_path = files.json, files.csv
     write_json(json_path, result_to_dict(result))
     write_metrics_csv(csv_path, result)
     return json_path, csv_path

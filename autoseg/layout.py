@@ -368,12 +368,22 @@ class JobFolder:
     INPUT_STEM = "input"
     OUTPUT_CASE = "labels"
 
+    STATUS = "status.json"
+    #: Endings of the stored upload by the kind of image (DICOM series are converted to NIfTI).
+    INPUT_ENDINGS = {"nifti-gz": ".nii.gz", "nifti": ".nii", "nrrd": ".nrrd", "mha": ".mha"}
+
     @property
     def status(self) -> Path:
-        return self.root / "status.json"
+        return self.root / self.STATUS
 
-    def input(self, ending: str) -> Path:
-        return self.root / f"{self.INPUT_STEM}{ending}"
+    @property
+    def upload_part(self) -> Path:
+        """The upload while it streams in."""
+        return self.root / "upload.part"
+
+    def input(self, kind: str) -> Path:
+        """The stored upload of an image of ``kind`` (a key of :attr:`INPUT_ENDINGS`)."""
+        return self.root / f"{self.INPUT_STEM}{self.INPUT_ENDINGS[kind]}"
 
     @property
     def outputs(self) -> CaseOutputs:
@@ -385,8 +395,16 @@ class JobFolder:
         """The report the viewer serves (the prediction's report, with the viewer's fields)."""
         return self.root / "report.json"
 
-    def downloads(self) -> tuple[str, ...]:
-        return self.outputs.labels.name, self.report.name
+    @classmethod
+    def downloads(cls) -> tuple[str, ...]:
+        """The names of a job's files a user may download: its label map and its report."""
+        job = cls(Path())
+        return job.outputs.labels.name, job.report.name
+
+
+def server_lock(workdir: Path) -> Path:
+    """The file an ``autoseg serve`` holds locked while it uses ``workdir``."""
+    return workdir / LOCK
 
 
 def calibration_cache(cache: Path) -> Path:

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Iterator
 
 from autoseg.errors import AutosegError
+from autoseg.layout import LOCK
 
-LOCK_NAME = ".lock"
+LOCK_NAME = LOCK
 LOCK_ATTEMPTS = 4
 
 

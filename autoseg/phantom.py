@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from autoseg.errors import AutosegError, ConfigurationError, DatasetError, unknown_name
 from autoseg.io import Geometry, read_json, write_image, write_json
+from autoseg.layout import RawDataset
 from autoseg.phantom_anatomy import TISSUES, Layer, draw_anatomy
 from autoseg.phantom_shapes import Grid, Slices, occupancy, rasterise
 
@@ -270,20 +271,21 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
               "num_test": num_test, "seed": seed, "shape": list(shape) if shape else None,
               "spacing_range": [list(v) for v in spacing_range] if spacing_range else None}
     names = [f"{spec.prefix}_{i:03d}.nii.gz" for i in range(num_training + num_test)]
-    files = [root / d / n for n in names[:num_training] for d in ("imagesTr", "labelsTr")]
-    files += [root / d / n for n in names[num_training:] for d in ("imagesTs", "labelsTs")]
-    marker = root / "phantom.json"
-    if _is_complete(marker, params, files + [root / "dataset.json"]):
+    raw = RawDataset(root)
+    files = [d / n for n in names[:num_training] for d in (raw.images_tr, raw.labels_tr)]
+    files += [d / n for n in names[num_training:] for d in (raw.images_ts, raw.labels_ts)]
+    marker = raw.phantom_marker
+    if _is_complete(marker, params, files + [raw.metadata]):
         logger.info("%s is complete and up to date (%s): not regenerated", root, marker.name)
         return root
     if root.exists() and any(root.iterdir()) and not marker.is_file():
-        raise DatasetError("folder exists and was not written by the phantom generator (no phantom.json)",
+        raise DatasetError(f"folder exists and was not written by the phantom generator (no {marker.name})",
                            root, "choose another output folder, or move this one away")
     root.mkdir(parents=True, exist_ok=True)
     write_json(marker, {**params, "complete": False})
     _remove_stale(root, spec.prefix, set(files))
     _write_cases(root, task, seed, names, num_training, shape, spacing_range)
-    write_json(root / "dataset.json", _dataset_json(spec, names, num_training))
+    write_json(raw.metadata, _dataset_json(spec, names, num_training))
     write_json(marker, {**params, "complete": True})
     logger.info("wrote %d training and %d test phantoms to %s", num_training, num_test, root)
     return root
@@ -301,7 +303,7 @@ def _is_complete(marker: Path, params: dict, files: list[Path]) -> bool:
 
 def _remove_stale(root: Path, prefix: str, keep: set[Path]) -> None:
     """Delete our own case files that the new parameters no longer produce (fewer cases, moved split)."""
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+    for sub in RawDataset.SUBFOLDERS:
         folder = root / sub
         for path in sorted(folder.glob(f"{prefix}_*.nii.gz")) if folder.is_dir() else []:
             ours = path.name[len(prefix) + 1: -len(".nii.gz")].isdigit()
@@ -316,9 +318,10 @@ def _write_cases(root: Path, task: str, seed: int, names: list[str], num_trainin
 
     for index, name in enumerate(tqdm(names, desc=f"phantoms {root.name}", unit="case", disable=None)):
         case = generate_case(case_seed(seed, index), task, shape=shape, spacing_range=spacing_range)
-        images, labels = ("imagesTr", "labelsTr") if index < num_training else ("imagesTs", "labelsTs")
-        write_image(root / images / name, case.image, case.geometry)
-        write_image(root / labels / name, case.labels, case.geometry)
+        raw = RawDataset(root)
+        images, labels = (raw.images_tr, raw.labels_tr) if index < num_training else (raw.images_ts, raw.labels_ts)
+        write_image(images / name, case.image, case.geometry)
+        write_image(labels / name, case.labels, case.geometry)
 
 
 def _dataset_json(spec: TaskSpec, names: list[str], num_training: int) -> dict:

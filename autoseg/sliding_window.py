@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,31 @@ from tqdm import tqdm
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
 from autoseg.errors import AutosegError
+from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """How a network slides over a case, apart from what its plans fix (patch, classes, batch)."""
+
+    overlap: float = 0.5
+    #: Average the softmax over every flip of the spatial axes (test-time augmentation).
+    mirror: bool = False
+    device: str = "cpu"
+    #: Autocast of the forward passes (:mod:`autoseg.precision`): auto, fp32, bf16 or fp16.
+    precision: str = "auto"
+    #: Called between batches (e.g. ``CoreShare.adapt``: threads follow the cores others leave free).
+    between_batches: Callable[[], object] | None = None
+
+
+def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: WindowOptions,
+          timings: dict[str, float] | None = None, source: str | Path | None = None) -> np.ndarray:
+    """:func:`predict_sliding_window` with the patch, classes and batch of ``plans``."""
+    mirror = tuple(range(len(plans.patch_size))) if options.mirror else ()
+    return predict_sliding_window(network, data, plans.patch_size, plans.num_classes, options.overlap,
+                                  plans.batch_size, mirror, options.device, timings, options.precision,
+                                  source=source, between_batches=options.between_batches)
 
 
 @lru_cache(maxsize=8)

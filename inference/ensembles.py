@@ -25,28 +25,23 @@ from typing import Any
 import numpy as np
 
 from autoseg.errors import AutosegError
+from autoseg.inference.model import TrainedModel
 from autoseg.io import atomic_path, read_json, write_json
+from autoseg.layout import NUM_FOLDS, CheckpointKind, ModelFolder, PreprocessedDataset, ResultsDataset
 from autoseg.metrics import case_dice
 from autoseg.plans import Plans
-from autoseg.preprocessing.storage import load_labels
+from autoseg.preprocessing import load_labels
+from autoseg.sliding_window import WindowOptions
 from autoseg.training.fold_validation import write_summary
-from autoseg.training.splits import NUM_FOLDS
 
 log = logging.getLogger(__name__)
 
-PREFIX = "ensemble__"
-MANIFEST = "ensemble.json"
-PREDICTION_SUFFIX = ".pred.npz"
 #: Networks beyond this many are not combined (2^n - n - 1 candidate ensembles).
 MAX_NETWORKS = 5
 
 
-def ensemble_name(members: list[str]) -> str:
-    return PREFIX + "__".join(members)
-
-
 def is_ensemble_folder(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file()
+    return ModelFolder(folder).is_ensemble
 
 
 def _preprocessing_key(plans: Plans) -> str:
@@ -59,12 +54,12 @@ def _eligible_networks(dataset_dir: Path, summary: dict[str, Any]) -> dict[str, 
     """Networks (not ensembles) with every fold validated and probabilities kept for every case."""
     found = {}
     for name, entry in summary["networks"].items():
-        folder = dataset_dir / name
-        if name.startswith(PREFIX) or len(entry["folds"]) < NUM_FOLDS:
+        folder = ResultsDataset(dataset_dir).model(name)
+        if name.startswith(ModelFolder.ENSEMBLE_PREFIX) or len(entry["folds"]) < NUM_FOLDS:
             continue
-        preds = sorted(folder.glob(f"fold_*/validation/*{PREDICTION_SUFFIX}"))
+        preds = folder.validation_predictions()
         if preds and all("probabilities" in np.load(p).files for p in preds):
-            found[name] = folder
+            found[name] = folder.root
         else:
             log.info("%s: validation probabilities not kept (trained before they were); not ensembled", name)
     return dict(sorted(found.items(), key=lambda kv: -(summary["networks"][kv[0]]["mean_foreground_dice"] or 0))
@@ -74,20 +69,21 @@ def _eligible_networks(dataset_dir: Path, summary: dict[str, Any]) -> dict[str, 
 def _groups_by_preprocessing(networks: dict[str, Path]) -> list[list[str]]:
     groups: dict[str, list[str]] = {}
     for name, folder in networks.items():
-        groups.setdefault(_preprocessing_key(Plans.load(folder / "plans.json")), []).append(name)
+        groups.setdefault(_preprocessing_key(Plans.load(ModelFolder(folder).plans)), []).append(name)
     return [sorted(g) for g in groups.values() if len(g) >= 2]
 
 
 def _load_probabilities(folder: Path, fold: int, case: str) -> np.ndarray:
-    return np.load(folder / f"fold_{fold}" / "validation" / f"{case}{PREDICTION_SUFFIX}")["probabilities"]
+    return np.load(ModelFolder(folder).fold(fold).validation.prediction(case))["probabilities"]
 
 
 def plans_of(folder: Path) -> Plans:
     """The plans of a network folder, or of the first member of an ensemble folder (the members
     share their preprocessing, which is what callers read)."""
-    if is_ensemble_folder(folder):
-        folder = folder.parent / read_json(folder / MANIFEST)["members"][0]
-    return Plans.load(folder / "plans.json")
+    model = ModelFolder(folder)
+    if model.is_ensemble:
+        model = ModelFolder(folder.parent / read_json(model.ensemble_manifest)["members"][0])
+    return Plans.load(model.plans)
 
 
 def build_ensembles(dataset_dir: Path, preprocessed: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -97,31 +93,30 @@ def build_ensembles(dataset_dir: Path, preprocessed: Path, summary: dict[str, An
     Ensemble folders of earlier runs that are not rebuilt (a member was removed) are deleted.
     """
     networks = _eligible_networks(dataset_dir, summary)
-    data_dir = (preprocessed / plans_of(next(iter(networks.values()))).dataset_name / "data"
+    data_dir = (PreprocessedDataset(preprocessed / plans_of(next(iter(networks.values()))).dataset_name).data
                 if networks else preprocessed)
     combos = [list(c) for group in _groups_by_preprocessing(networks)
               for r in range(2, len(group) + 1) for c in itertools.combinations(group, r)]
     built: dict[str, dict[str, Any]] = {}
     for members in combos:
-        built[ensemble_name(members)] = _build_one(dataset_dir, data_dir, members, networks)
-    for stale in dataset_dir.glob(f"{PREFIX}*"):
-        if stale.is_dir() and stale.name not in built and is_ensemble_folder(stale):
+        built[ResultsDataset(dataset_dir).ensemble(members).name] = _build_one(dataset_dir, data_dir, members, networks)
+    for stale in ResultsDataset(dataset_dir).ensembles():
+        if stale.name not in built and stale.is_ensemble:
             log.info("removing ensemble %s (its networks are no longer all validated)", stale.name)
-            shutil.rmtree(stale)
+            shutil.rmtree(stale.root)
     return built
 
 
 def _build_one(dataset_dir: Path, data_dir: Path, members: list[str], networks: dict[str, Path]) -> dict[str, Any]:
-    out = dataset_dir / ensemble_name(members)
-    first = networks[members[0]]
-    plans = Plans.load(first / "plans.json")
+    out = ResultsDataset(dataset_dir).ensemble(members)
+    first = ModelFolder(networks[members[0]])
+    plans = Plans.load(first.plans)
     names = {int(k): v for k, v in plans.labels.items() if int(k) != 0}
     for fold in range(NUM_FOLDS):
-        cases = [p.name[: -len(PREDICTION_SUFFIX)]
-                 for p in sorted((first / f"fold_{fold}" / "validation").glob(f"*{PREDICTION_SUFFIX}"))]
+        cases = first.fold(fold).validation.predicted_cases()
         per_case: dict[str, dict[str, float | None]] = {}
-        fold_dir = out / f"fold_{fold}" / "validation"
-        fold_dir.mkdir(parents=True, exist_ok=True)
+        validation = out.fold(fold).validation
+        validation.root.mkdir(parents=True, exist_ok=True)
         for case in cases:
             probs = [_load_probabilities(networks[m], fold, case) for m in members]
             if len({p.shape for p in probs}) != 1:
@@ -131,12 +126,12 @@ def _build_one(dataset_dir: Path, data_dir: Path, members: list[str], networks: 
             pred = np.mean([p.astype(np.float32) for p in probs], axis=0).argmax(0).astype(np.uint8)
             ref = load_labels(data_dir, case)
             per_case[case] = case_dice(pred, ref, names)
-            with atomic_path(fold_dir / f"{case}{PREDICTION_SUFFIX}") as tmp:
+            with atomic_path(validation.prediction(case)) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez_compressed(f, labels=pred)
-        write_summary(fold_dir, per_case, names, ensemble=members)
-    write_json(out / MANIFEST, {"members": members, "rule": "mean of the members' fold-averaged softmax"})
-    return {"members": members, "folder": str(out)}
+        write_summary(validation.root, per_case, names, ensemble=members)
+    write_json(out.ensemble_manifest, {"members": members, "rule": "mean of the members' fold-averaged softmax"})
+    return {"members": members, "folder": str(out.root)}
 
 
 @dataclass(frozen=True)
@@ -144,28 +139,37 @@ class EnsembleModel:
     """Several trained networks whose fold-averaged probabilities are averaged (same preprocessing)."""
 
     folder: Path
-    parts: tuple[Any, ...]
+    parts: tuple[TrainedModel, ...]
+    fixed_precision: str | None = None
 
     @property
     def plans(self) -> Plans:
         return self.parts[0].plans
 
     @property
-    def checkpoints(self) -> dict[int, Path]:
+    def folds(self) -> tuple[int, ...]:
         """Folds every member has (for reports); each member predicts with its own folds."""
-        common = set.intersection(*(set(p.checkpoints) for p in self.parts))
-        return {f: self.parts[0].checkpoints[f] for f in sorted(common)}
+        return tuple(sorted(set.intersection(*(set(p.folds) for p in self.parts))))
+
+    def probabilities(self, data: np.ndarray, options: WindowOptions,
+                      timings: dict[str, float] | None = None) -> np.ndarray:
+        """The mean of the members' fold-averaged softmax (the members share their grid)."""
+        mean = self.parts[0].probabilities(data, options, timings)
+        for part in self.parts[1:]:
+            mean += part.probabilities(data, options, timings)
+        mean /= len(self.parts)
+        return mean
 
     @classmethod
-    def open(cls, folder: Path, folds: tuple[int, ...] | None = None, checkpoint: str = "final") -> EnsembleModel:
-        from autoseg.inference.model import TrainedModel
-
-        manifest = read_json(folder / MANIFEST)
+    def open(cls, folder: Path, folds: tuple[int, ...] | None = None,
+             checkpoint: CheckpointKind = "final") -> EnsembleModel:
+        manifest_path = ModelFolder(folder).ensemble_manifest
+        manifest = read_json(manifest_path)
         members = manifest.get("members") if isinstance(manifest, dict) else None
         if not isinstance(members, list) or len(members) < 2:
-            raise AutosegError("ensemble.json does not list two or more member networks", folder / MANIFEST,
+            raise AutosegError("the ensemble's manifest does not list two or more member networks", manifest_path,
                                "run `autoseg find_best` again")
-        missing = [m for m in members if not (folder.parent / m / "plans.json").is_file()]
+        missing = [m for m in members if not ModelFolder(folder.parent / m).plans.is_file()]
         if missing:
             raise AutosegError(f"ensemble members {missing} are not in {folder.parent}", folder,
                                "retrain them, or run `autoseg find_best` again to choose without them")

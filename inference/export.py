@@ -34,6 +34,7 @@ import torch
 
 from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.io import atomic_path, write_json
+from autoseg.layout import ExportNames, ModelFolder
 from autoseg.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # archives; a manifest's "size" table is optional, so v1 readers still read them
 ONNX_FORMAT_VERSION = 2  # v2 added the SHA-256 of every fold_K.onnx; v1 folders are refused (re-export)
 ONNX_OPSET = 17
-MANIFEST = "manifest.json"
+MANIFEST = ExportNames.MANIFEST
 #: The largest member (weights, ONNX graph) autoseg reads: 1 GiB is 268 M float32 parameters, several
 #: times any network autoseg plans; a larger declared size is a damaged or foreign file, refused
 #: before its bytes are read into memory.
@@ -87,15 +88,16 @@ def check_export_target(out: Path, onnx: bool, overwrite: bool) -> None:
 def export_archive(model, out: Path, overwrite: bool = False) -> Path:
     """Write ``model`` (a :class:`~autoseg.inference.model.TrainedModel`) as one zip file; an
     existing ``out`` is replaced only with ``overwrite``."""
-    if out.suffix != ".zip":
+    if out.suffix != ExportNames.ARCHIVE_ENDING:
         raise ConfigurationError(f"the archive name must end in .zip, got {out.name}",
-                                 fix=f"use -o {out.with_suffix('.zip')}")
+                                 fix=f"use -o {out.with_suffix(ExportNames.ARCHIVE_ENDING)}")
     check_export_target(out, onnx=False, overwrite=overwrite)
-    members = {"plans.json": json.dumps(model.plans.to_dict(), indent=2).encode()}
+    members = {ExportNames.PLANS: json.dumps(model.plans.to_dict(), indent=2).encode()}
     for fold, path in sorted(model.checkpoints.items()):
-        members[f"fold_{fold}.pt"] = _weights_bytes(path)
-    if (model.folder / "postprocessing.json").is_file():
-        members["postprocessing.json"] = (model.folder / "postprocessing.json").read_bytes()
+        members[ExportNames.weights(fold)] = _weights_bytes(path)
+    decision = ModelFolder(model.folder).postprocessing
+    if decision.is_file():
+        members[ExportNames.POSTPROCESSING] = decision.read_bytes()
     manifest = {"format": "autoseg-model", "format_version": FORMAT_VERSION, "folds": sorted(model.checkpoints),
                 "network": model.plans.network.name, "dataset": model.plans.dataset_name,
                 "sha256": {name: _sha256(data) for name, data in members.items()},
@@ -116,7 +118,8 @@ def read_archive(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         with zipfile.ZipFile(path) as zf:
             raw = _read_member(zf, MANIFEST, MAX_MANIFEST_BYTES, None, path)
             manifest = _parse_manifest(raw, path)
-            check_manifest(manifest, path, "autoseg-model", FORMAT_VERSION, ".pt", ("plans.json",))
+            check_manifest(manifest, path, "autoseg-model", FORMAT_VERSION, ExportNames.WEIGHTS_ENDING,
+                           (ExportNames.PLANS,))
             sizes = manifest.get("size", {})
             members = {name: _read_member(zf, name, MAX_MEMBER_BYTES, sizes.get(name), path)
                        for name in manifest["sha256"]}
@@ -182,7 +185,7 @@ def check_manifest(manifest: dict[str, Any], source: Path, kind: str, version: i
             isinstance(k, str) and isinstance(v, str) and len(v) == 64 and set(v) <= set("0123456789abcdef")
             for k, v in digests.items()):
         raise bad("'sha256' must map each member name to its 64-digit hex SHA-256")
-    missing = [n for n in (*required, *(f"fold_{f}{suffix}" for f in folds)) if n not in digests]
+    missing = [n for n in (*required, *(ExportNames.fold_file(f, suffix) for f in folds)) if n not in digests]
     if missing:
         raise bad(f"no SHA-256 for {missing}")
     sizes = manifest.get("size", {})
@@ -194,12 +197,12 @@ def read_onnx_manifest(folder: Path) -> dict[str, Any]:
     """The checked manifest of a folder written by :func:`export_onnx`; its folds are the model's."""
     path = folder / MANIFEST
     if not path.is_file():
-        raise AutosegError(f"ONNX model folder has no {MANIFEST}, so which fold_K.onnx files belong to the "
+        raise AutosegError(f"ONNX model folder has no {MANIFEST}, so which ONNX files belong to the "
                            "model is unknown", folder, "re-export it with `autoseg export --onnx`")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise AutosegError(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES:,} bytes", path, _EXPORT_AGAIN)
     manifest = _parse_manifest(path.read_bytes(), path)
-    check_manifest(manifest, path, "autoseg-onnx", ONNX_FORMAT_VERSION, ".onnx")
+    check_manifest(manifest, path, "autoseg-onnx", ONNX_FORMAT_VERSION, ExportNames.ONNX_ENDING)
     return manifest
 
 
@@ -234,14 +237,15 @@ def export_onnx(model, out_dir: Path, overwrite: bool = False) -> Path:
         import onnxruntime as ort
     except ImportError:
         raise ConfigurationError("ONNX export needs the onnx and onnxruntime packages",
-                                 fix="pip install onnx onnxruntime") from None
+                                 fix="install the export extra: pip install -e '.[export]' in the autoseg "
+                                     "checkout (or pip install onnx onnxruntime)") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = model.plans
     x = torch.randn(1, plans.num_channels, *plans.patch_size, generator=torch.Generator().manual_seed(0))
     checks = {}
     for fold in sorted(model.checkpoints):
         net = model.network(fold, "cpu")
-        target = out_dir / f"fold_{fold}.onnx"
+        target = out_dir / ExportNames.onnx(fold)
         with atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant per patch
             torch.onnx.export(net, (x,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
@@ -251,10 +255,12 @@ def export_onnx(model, out_dir: Path, overwrite: bool = False) -> Path:
             expected = net(x).numpy()
         session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": x.numpy()})[0]
-        checks[f"fold_{fold}.onnx"] = float(np.abs(got - expected).max())
-    plans.save(out_dir / "plans.json")
-    if (model.folder / "postprocessing.json").is_file():
-        (out_dir / "postprocessing.json").write_bytes((model.folder / "postprocessing.json").read_bytes())
+        checks[target.name] = float(np.abs(got - expected).max())
+    plans.save(out_dir / ExportNames.PLANS)
+    decision = ModelFolder(model.folder).postprocessing
+    if decision.is_file():
+        with atomic_path(out_dir / ExportNames.POSTPROCESSING) as tmp:
+            tmp.write_bytes(decision.read_bytes())
     names = sorted(checks)
     write_json(out_dir / MANIFEST, {"format": "autoseg-onnx", "format_version": ONNX_FORMAT_VERSION,
                                     "folds": sorted(model.checkpoints), "opset": ONNX_OPSET,

@@ -1,26 +1,81 @@
-"""Trained models to predict with: a training folder (``plans.json`` and ``fold_K/checkpoint_final.pt``),
-an exported archive, or an ONNX export; :func:`open_model` tells them apart."""
+"""Trained models to predict with: a training folder (its plans and every fold's final checkpoint),
+an exported archive, an ONNX export or an ensemble of networks; :func:`open_model` tells them apart.
+
+All of them are a :class:`Model`: plans, folds, a fixed precision (ONNX computes in fp32) and
+``probabilities(data, options)``, the fold-averaged softmax on the preprocessed grid.
+"""
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 
+from autoseg.checkpoint import load_checkpoint
 from autoseg.errors import AutosegError
+from autoseg.layout import NUM_FOLDS, CheckpointKind, ExportNames, ModelFolder, ResultsDataset
 from autoseg.networks import build_network
 from autoseg.plans import Plans
-from autoseg.checkpoint import load_checkpoint
+from autoseg.settings import Settings
+from autoseg.sliding_window import WindowOptions, slide
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAMES = ("checkpoint_final.pt", "checkpoint_best.pt")
+
+class Model(Protocol):
+    """What prediction needs of a model, whatever it is stored as."""
+
+    @property
+    def folder(self) -> Path: ...
+
+    @property
+    def plans(self) -> Plans: ...
+
+    @property
+    def folds(self) -> tuple[int, ...]: ...
+
+    @property
+    def fixed_precision(self) -> str | None:
+        """The precision the model computes in whatever autocast is asked for (None: as asked)."""
+
+    def probabilities(self, data: np.ndarray, options: WindowOptions,
+                      timings: dict[str, float] | None = None) -> np.ndarray:
+        """Softmax ``(K, *spatial)`` float32 for preprocessed ``data``, averaged over the folds."""
+
+
+class _FoldNetworks:
+    """The part the single-network models share: one fold's network at a time, averaged."""
+
+    plans: Plans
+    checkpoints: dict[int, Path] | dict[int, str]
+    fixed_precision: str | None = None
+
+    def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
+        raise NotImplementedError
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        return tuple(sorted(self.checkpoints))
+
+    def probabilities(self, data: np.ndarray, options: WindowOptions,
+                      timings: dict[str, float] | None = None) -> np.ndarray:
+        total: np.ndarray | None = None
+        for fold in self.folds:
+            net = self.network(fold, options.device)
+            probs = slide(net, data, self.plans, options, timings, source=str(self.checkpoints[fold]))
+            del net
+            total = probs if total is None else np.add(total, probs, out=total)
+        assert total is not None  # every model has at least one fold (checked on opening)
+        total /= len(self.folds)
+        return total
 
 
 @dataclass(frozen=True)
-class TrainedModel:
+class TrainedModel(_FoldNetworks):
     """The plans of a model folder and the checkpoint file of each usable fold."""
 
     folder: Path
@@ -28,14 +83,17 @@ class TrainedModel:
     checkpoints: dict[int, Path]
 
     @classmethod
-    def open(cls, folder: Path, folds: tuple[int, ...] | None = None, checkpoint: str = "final") -> "TrainedModel":
-        if not (folder / "plans.json").is_file():
-            raise AutosegError("no plans.json in the model folder", folder,
+    def open(cls, folder: Path, folds: tuple[int, ...] | None = None,
+             checkpoint: CheckpointKind = "final") -> "TrainedModel":
+        layout = ModelFolder(folder)
+        if not layout.plans.is_file():
+            raise AutosegError(f"no {layout.plans.name} in the model folder", folder,
                                "pass a folder written by `autoseg train` (results/<dataset>/<network>)")
-        plans = Plans.load(folder / "plans.json")
-        wanted = folds if folds is not None else tuple(range(5))
-        name = f"checkpoint_{checkpoint}.pt"
-        found = {f: folder / f"fold_{f}" / name for f in wanted if (folder / f"fold_{f}" / name).is_file()}
+        plans = Plans.load(layout.plans)
+        wanted = folds if folds is not None else tuple(range(NUM_FOLDS))
+        found = {f: layout.fold(f).checkpoint(checkpoint) for f in wanted
+                 if layout.fold(f).checkpoint(checkpoint).is_file()}
+        name = layout.fold(0).checkpoint(checkpoint).name
         missing = [f for f in wanted if f not in found]
         if not found:
             raise AutosegError(f"none of the folds {list(wanted)} has a {name}", folder,
@@ -76,7 +134,7 @@ def _select_folds(available: list[int], folds: tuple[int, ...] | None, source: P
 
 
 @dataclass(frozen=True)
-class ArchiveModel:
+class ArchiveModel(_FoldNetworks):
     """A model exported with ``autoseg export`` as one zip file (weights only, verified by checksums)."""
 
     folder: Path
@@ -90,13 +148,13 @@ class ArchiveModel:
 
         manifest, members = read_archive(path)  # checks the manifest: folds and plans.json are present
         try:
-            plans_data = json.loads(members["plans.json"])
+            plans_data = json.loads(members[ExportNames.PLANS])
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AutosegError(f"the archive's plans.json is not valid JSON ({exc})", path,
+            raise AutosegError(f"the archive's {ExportNames.PLANS} is not valid JSON ({exc})", path,
                                "export the model again with `autoseg export`") from None
         plans = Plans.from_dict(plans_data, path)
         chosen = _select_folds(manifest["folds"], folds, path)
-        return cls(path, plans, {f: f"fold_{f}.pt" for f in chosen}, members)
+        return cls(path, plans, {f: ExportNames.weights(f) for f in chosen}, members)
 
     def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
         from autoseg.inference.export import load_weights
@@ -124,15 +182,16 @@ class OnnxNetwork(torch.nn.Module):
 
 
 @dataclass(frozen=True)
-class OnnxModel:
-    """A folder written by ``autoseg export --onnx``: plans.json, fold_K.onnx and manifest.json, which
-    alone says which folds belong to the model (each checked against its SHA-256 on opening)."""
+class OnnxModel(_FoldNetworks):
+    """A folder written by ``autoseg export --onnx``: the plans, one ONNX graph per fold and the
+    manifest, which alone says which folds belong to the model (each checked against its SHA-256 on
+    opening)."""
 
     folder: Path
     plans: Plans
     checkpoints: dict[int, Path]
     #: ONNX Runtime computes in the exported graph's fp32 whatever autocast is asked for.
-    fixed_precision = "fp32"
+    fixed_precision: str | None = "fp32"
 
     @classmethod
     def open(cls, folder: Path, folds: tuple[int, ...] | None = None) -> "OnnxModel":
@@ -140,12 +199,12 @@ class OnnxModel:
 
         manifest = read_onnx_manifest(folder)
         chosen = _select_folds(sorted(manifest["folds"]), folds, folder)
-        ignored = sorted(p.name for p in folder.glob("*.onnx") if p.name not in manifest["sha256"])
+        ignored = sorted(p.name for p in folder.glob(f"*{ExportNames.ONNX_ENDING}") if p.name not in manifest["sha256"])
         if ignored:
-            log.warning("%s: ignoring %s, not part of the exported model (manifest.json lists folds %s)",
-                        folder, ignored, sorted(manifest["folds"]))
-        files = {f: verify_onnx_file(folder, manifest, f"fold_{f}.onnx") for f in chosen}
-        return cls(folder, Plans.load(folder / "plans.json"), files)
+            log.warning("%s: ignoring %s, not part of the exported model (its %s lists folds %s)",
+                        folder, ignored, ExportNames.MANIFEST, sorted(manifest["folds"]))
+        files = {f: verify_onnx_file(folder, manifest, ExportNames.onnx(f)) for f in chosen}
+        return cls(folder, Plans.load(folder / ExportNames.PLANS), files)
 
     def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
         try:
@@ -155,19 +214,26 @@ class OnnxModel:
                                "pip install onnxruntime, or predict with the PyTorch model folder") from None
 
 
-def open_model(path: Path, folds: tuple[int, ...] | None = None, checkpoint: str = "final"):
+def open_model(path: Path, folds: tuple[int, ...] | None = None, checkpoint: CheckpointKind = "final") -> Model:
     """A training folder, an exported archive (``.zip``), an ONNX export folder or an ensemble folder
     written by ``find_best``, by what ``path`` holds."""
-    from autoseg.inference.ensembles import EnsembleModel, is_ensemble_folder
+    from autoseg.inference.ensembles import EnsembleModel
 
-    if path.is_dir() and is_ensemble_folder(path):
+    if path.is_dir() and ModelFolder(path).is_ensemble:
         return EnsembleModel.open(path, folds, checkpoint)
     if path.is_file():
         return ArchiveModel.open(path, folds)
-    if path.is_dir() and (any(path.glob("*.onnx")) or (path / "manifest.json").is_file()):
+    if path.is_dir() and (any(path.glob(f"*{ExportNames.ONNX_ENDING}")) or (path / ExportNames.MANIFEST).is_file()):
         return OnnxModel.open(path, folds)  # refuses a folder without a valid manifest
     return TrainedModel.open(path, folds, checkpoint)
 
 
-#: Anything :func:`open_model` returns: each has ``folder``, ``plans``, ``checkpoints`` and ``network()``.
-AnyModel = TrainedModel | ArchiveModel | OnnxModel
+def trained_model_folder(dataset: str, network: str | None, settings: Settings) -> Path:
+    """The model folder of a trained dataset (``predict -d``): ``network``, else the one
+    ``find_best`` chose, else the planned one."""
+    from autoseg.datasets import find_preprocessed
+    from autoseg.inference.crossval import choose_network
+
+    plans = Plans.load(find_preprocessed(dataset, settings.raw, settings.preprocessed).plans)
+    results = ResultsDataset(settings.results / plans.dataset_name)
+    return results.model(choose_network(results.root, plans.network.name, network)).root

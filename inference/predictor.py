@@ -15,23 +15,23 @@ from typing import Any
 import numpy as np
 
 from autoseg.errors import AutosegError, ImageReadError
+from autoseg.cpu_share import CoreShare
 from autoseg.cropping import BBox, mask_bbox
-from autoseg.io import (Geometry, is_dicom_folder, read_case_images, strip_image_suffix, write_image,
-                        write_json)
+from autoseg.io import (Geometry, atomic_path, is_dicom_folder, read_case_images, strip_image_suffix,
+                        write_image, write_json)
+from autoseg.layout import CaseOutputs, RunOutputs
 from autoseg.plans import HU_BOUNDS
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
-from autoseg.inference.model import AnyModel
+from autoseg.inference.model import Model
 from autoseg.inference.postprocessing import apply_postprocessing, keep_largest_component
 from autoseg.inference.report import case_report, write_overlays
-from autoseg.sliding_window import predict_sliding_window
+from autoseg.sliding_window import WindowOptions
 
 log = logging.getLogger(__name__)
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 CHANNEL_SUFFIX = "_0000"
-LABEL_ENDING = ".nii.gz"
-REPORT_ENDING = ".report.json"
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class PredictOptions:
     overlays: bool = False
     #: A model (e.g. a liver model) whose foreground, grown by ``roi_margin_mm``, is the only region
     #: the main model predicts in (the linked models of the seed papers).
-    roi_model: Any = None
+    roi_model: Model | None = None
     roi_margin_mm: float = 10.0
     #: The ROI model's own ``postprocessing.json`` decision, applied before its box is taken.
     roi_postprocessing: dict[str, Any] | None = None
@@ -56,7 +56,7 @@ class PredictOptions:
     postprocessing: dict[str, Any] | None = None
     #: An ``autoseg.cpu_share.CoreShare``: CPU threads follow the cores other processes leave free,
     #: re-checked between sliding-window batches (None: threads as they are).
-    cores: Any = None
+    cores: CoreShare | None = None
 
 
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
@@ -100,7 +100,7 @@ def _check_unique(found: list[tuple[str, Path]], where: Path) -> None:
         other = seen.setdefault(name.casefold(), path)
         if other != path:
             raise AutosegError(f"inputs {other.name} and {path.name} would both be written as "
-                               f"{name}{LABEL_ENDING}; nothing was predicted", where,
+                               f"{CaseOutputs(where, name).labels.name}; nothing was predicted", where,
                                "rename one of them, or predict them into separate output folders")
 
 
@@ -117,7 +117,7 @@ def check_output_location(inputs: Path, output: Path, cases: list[tuple[str, Pat
         raise AutosegError("output folder is inside the input folder", output,
                            "write the segmentations to a folder outside the input folder")
     for name, path in cases or []:
-        target = out / f"{name}{LABEL_ENDING}"
+        target = CaseOutputs(out, name).labels
         if path.resolve() == target or (target.exists() and path.exists() and target.samefile(path)):
             raise AutosegError(f"the label map {target.name} would overwrite the input image {path}", output,
                                "write the segmentations to another folder than the input's")
@@ -125,7 +125,7 @@ def check_output_location(inputs: Path, output: Path, cases: list[tuple[str, Pat
 
 def existing_outputs(output: Path, name: str) -> tuple[Path, ...]:
     """Which of a case's two outputs (label map, report) already exist."""
-    return tuple(p for p in (output / f"{name}{LABEL_ENDING}", output / f"{name}{REPORT_ENDING}") if p.exists())
+    return tuple(p for p in CaseOutputs(output, name).required() if p.exists())
 
 
 def check_looks_like_ct(lo: float, hi: float, path: Path, voxels: np.ndarray | None = None) -> None:
@@ -154,39 +154,33 @@ def check_looks_like_ct(lo: float, hi: float, path: Path, voxels: np.ndarray | N
                          "or PNG export")
 
 
-def predict_probabilities(model: AnyModel, data: np.ndarray, options: PredictOptions,
-                          timings: dict[str, float] | None = None) -> np.ndarray:
-    """Fold-averaged softmax on the preprocessed grid, one fold in memory at a time; for an ensemble
-    of networks, the mean of its members' fold averages."""
-    parts = getattr(model, "parts", None)
-    if parts is not None:
-        mean = predict_probabilities(parts[0], data, options, timings)
-        for part in parts[1:]:
-            mean += predict_probabilities(part, data, options, timings)
-        mean /= len(parts)
-        return mean
-    plans = model.plans
-    total: np.ndarray | None = None
-    mirror = tuple(range(len(plans.patch_size))) if options.tta else ()
-    for fold in sorted(model.checkpoints):
-        net = model.network(fold, options.device)
-        probs = predict_sliding_window(net, data, plans.patch_size, plans.num_classes, options.overlap,
-                                       plans.batch_size, mirror, options.device, timings,
-                                       options.precision,
-                                       between_batches=options.cores.adapt if options.cores else None)
-        del net
-        if total is None:
-            total = probs
-        else:
-            total += probs
-    assert total is not None
-    total /= len(model.checkpoints)
-    return total
+def window_options(options: PredictOptions) -> WindowOptions:
+    """How the models slide over a case, from the prediction options."""
+    return WindowOptions(overlap=options.overlap, mirror=options.tta, device=options.device,
+                         precision=options.precision,
+                         between_batches=options.cores.adapt if options.cores else None)
 
 
-def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
-                 options: PredictOptions) -> dict[str, Any]:
-    """Predict one case and write ``<name>.nii.gz`` and ``<name>.report.json`` (and extras)."""
+@dataclass
+class CasePrediction:
+    """One case predicted, nothing written yet: what :func:`write_prediction` writes."""
+
+    name: str
+    input: Path
+    #: uint8 labels on the input's grid, post-processed.
+    labels: np.ndarray
+    geometry: Geometry
+    report: dict[str, Any]
+    #: The softmax on the preprocessed grid and that grid's properties (``--save-probabilities``).
+    probabilities: np.ndarray | None = None
+    properties: dict[str, Any] | None = None
+    #: The CT on the input's grid, for the overlays (``--overlays``).
+    image: np.ndarray | None = None
+
+
+def predict_case(model: Model, name: str, image_path: Path, options: PredictOptions) -> CasePrediction:
+    """Predict one case: preprocess as in training, the model's fold-averaged softmax, labels back on
+    the input's exact grid, post-processing, the report. Writes nothing."""
     t0 = time.perf_counter()
     plans = model.plans
     region, roi_report = (None, None)
@@ -198,41 +192,59 @@ def predict_case(model: AnyModel, name: str, image_path: Path, output: Path,
     geometry = Geometry.from_dict(pre.properties["original_geometry"])
     t_pre = time.perf_counter()
     timings: dict[str, float] = {}
-    probs = predict_probabilities(model, pre.data, options, timings)
+    probs = model.probabilities(pre.data, window_options(options), timings)
     t_net = time.perf_counter()
     labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, plans),
                                   options.postprocessing, geometry.spacing_zyx)
-    write_image(output / f"{name}{LABEL_ENDING}", labels, geometry)
     stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,
-              "network_forward": timings.get("forward", 0.0), "restore_and_write": time.perf_counter() - t_net}
-    if options.save_probabilities:
-        np.savez_compressed(output / f"{name}.probabilities.npz", probabilities=probs.astype(np.float16),
-                            properties=np.array(str(pre.properties)))
+              "network_forward": timings.get("forward", 0.0), "restore": time.perf_counter() - t_net}
     report = case_report(labels, geometry, {k: v for k, v in plans.labels.items() if k != 0},
-                         time.perf_counter() - t0, sorted(model.checkpoints))
+                         time.perf_counter() - t0, list(model.folds))
     report["input"] = str(image_path)
-    report["precision"] = getattr(model, "fixed_precision", None) or resolve_precision(options.precision, options.device)
+    report["precision"] = model.fixed_precision or resolve_precision(options.precision, options.device)
     report["stage_seconds"] = {k: round(v, 2) for k, v in stages.items()}  # networks' share: sliding_window
     report["region_shape"] = pre.properties["shape_after_resampling"]  # the grid the window slides over
     report["postprocessing"] = {k: (options.postprocessing or {}).get(k, default)
                                 for k, default in (("keep_largest_component", []), ("min_component_ml", {}))}
     if roi_report is not None:
         report["roi"] = roi_report
+    result = CasePrediction(name, image_path, labels, geometry, report)
+    if options.save_probabilities:
+        result.probabilities, result.properties = probs.astype(np.float16), pre.properties
     if options.overlays:
-        ct, _ = read_case_images([image_path])
+        result.image = read_case_images([image_path])[0][0]
+    return result
+
+
+def write_prediction(result: CasePrediction, outputs: CaseOutputs, report_path: Path | None = None) -> dict[str, Any]:
+    """Write a case's outputs, each atomically: the label map, the probabilities and overlays when
+    the prediction holds them, and last the report (at ``report_path``, default the case's), so a
+    case whose report exists is complete. Returns the report as written."""
+    t0 = time.perf_counter()
+    report = dict(result.report)
+    write_image(outputs.labels, result.labels, result.geometry)
+    if result.probabilities is not None:
+        with atomic_path(outputs.probabilities) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, probabilities=result.probabilities,
+                                    properties=np.array(str(result.properties)))
+    if result.image is not None:
         # the abdominal display window, not the (possibly narrower) window the network was fed
-        report["overlays"] = [p.name for p in write_overlays(output / name, ct[0], labels, HU_BOUNDS)]
-    write_json(output / f"{name}{REPORT_ENDING}", report)
+        report["overlays"] = [p.name for p in write_overlays(outputs, result.image, result.labels, HU_BOUNDS)]
+    stages = dict(report.get("stage_seconds", {}))
+    stages["restore_and_write"] = round(stages.pop("restore", 0.0) + time.perf_counter() - t0, 2)
+    report["stage_seconds"] = stages
+    write_json(report_path or outputs.report, report)
     return report
 
 
-def region_of_interest(roi_model: Any, name: str, image_path: Path,
+def region_of_interest(roi_model: Model, name: str, image_path: Path,
                        options: PredictOptions) -> tuple[BBox | None, dict[str, Any]]:
     """The ROI model's box on the input grid (:func:`roi_box`) and what it found."""
     t0 = time.perf_counter()
     pre = preprocess_case([image_path], None, roi_model.plans, case_id=name)
     geometry = Geometry.from_dict(pre.properties["original_geometry"])
-    labels = _labels_on_input_grid(predict_probabilities(roi_model, pre.data, options), pre.properties,
+    labels = _labels_on_input_grid(roi_model.probabilities(pre.data, window_options(options)), pre.properties,
                                    roi_model.plans)
     box, info = roi_box(labels, geometry.spacing_zyx, options)
     if box is None:
@@ -281,7 +293,7 @@ class BatchResult:
     failed: list[dict[str, str]] = field(default_factory=list)
 
 
-def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions,
+def predict(inputs: Path, output: Path, model: Model, options: PredictOptions,
             overwrite: bool = False, keep_going: bool = False) -> BatchResult:
     """Predict every image under ``inputs`` into ``output`` and write the run's ``report.json``.
 
@@ -303,13 +315,14 @@ def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions
     try:
         for name, path in cases:
             if name in done and not overwrite:
-                log.info("%s: %s%s and its report exist; skipped (--overwrite predicts it again)",
-                         path, name, LABEL_ENDING)
+                log.info("%s: %s and its report exist; skipped (--overwrite predicts it again)",
+                         path, CaseOutputs(output, name).labels.name)
                 result.skipped.append({"case": name, "input": str(path), "reason": "outputs exist"})
                 continue
-            log.info("predicting %s with folds %s", name, sorted(model.checkpoints))
+            log.info("predicting %s with folds %s", name, list(model.folds))
             try:
-                result.reports.append(predict_case(model, name, path, output, options))
+                result.reports.append(write_prediction(predict_case(model, name, path, options),
+                                                       CaseOutputs(output, name)))
             except AutosegError as exc:
                 result.failed.append({"case": name, "input": str(path), "error": str(exc)})
                 if not keep_going:
@@ -319,6 +332,6 @@ def predict(inputs: Path, output: Path, model: AnyModel, options: PredictOptions
                 result.failed.append({"case": name, "input": str(path), "error": f"{type(exc).__name__}: {exc}"})
                 raise
     finally:
-        write_json(output / "report.json", {"model": str(model.folder), "cases": result.reports,
+        write_json(RunOutputs(output).report, {"model": str(model.folder), "cases": result.reports,
                                             "skipped": result.skipped, "failed": result.failed})
     return result

@@ -17,6 +17,7 @@ import torch
 from autoseg.cli import main
 from autoseg.io import read_json, read_label
 from autoseg.preprocessing.storage import load_labels
+from tests.optional import requires_extra
 from tests.workspaces import planned_workspace, use_workspace
 
 PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
@@ -164,6 +165,7 @@ def _probabilities(folder: Path) -> np.ndarray:
     return np.load(files[0])["probabilities"].astype(np.float32)
 
 
+@requires_extra("export")
 def test_export_archive_and_onnx_predict_like_the_training_folder(env: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     if not (_fold_dir(env, 0) / "checkpoint_final.pt").is_file():
@@ -218,7 +220,7 @@ def test_find_best_decides_post_processing_that_predict_applies(env: Path, tmp_p
 
 def test_find_best_scores_ensembles_of_networks_and_predict_runs_them(env: Path, tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from autoseg.inference.ensembles import ensemble_name
+    from autoseg.layout import ResultsDataset
 
     for network in ("arunet", "plain_unet"):
         for f in range(5):
@@ -227,7 +229,7 @@ def test_find_best_scores_ensembles_of_networks_and_predict_runs_them(env: Path,
                 assert main(["train", "-d", "8", "-f", str(f), "--network", network, *TINY, "--force"]) == 0
     assert main(["find_best", "-d", "8"]) == 0
     dataset = env / "res" / "Task08_HepaticVessel"
-    ens = dataset / ensemble_name(["arunet", "plain_unet"])
+    ens = ResultsDataset(dataset).ensemble(["arunet", "plain_unet"]).root
     assert read_json(ens / "ensemble.json")["members"] == ["arunet", "plain_unet"]
     cv = read_json(dataset / "cv_summary.json")["networks"]
     assert cv[ens.name]["folds"] == [0, 1, 2, 3, 4] and cv[ens.name]["recipe"] == "ensemble"

@@ -26,8 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autoseg.errors import AutosegError
 from autoseg.inference.model import open_model
-from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case
-from autoseg.io import read_json, read_sitk, write_json
+from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case, write_prediction
+from autoseg.layout import JobFolder, server_lock
+from autoseg.io import read_json, read_sitk
 from autoseg.serve.jobs import JobStore, Retention, Runner, Worker, new_status, new_token
 from autoseg.serve.security import (
     Limits,
@@ -51,7 +52,7 @@ from autoseg.serve.slices import (
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-DOWNLOADS = ("labels.nii.gz", "report.json")
+DOWNLOADS = JobFolder.downloads()
 PAGE_HEADER = "x-autoseg"
 TOKEN_HEADER = "x-autoseg-token"
 MAX_LISTED = 1000                     # job tokens one listing request may ask about
@@ -93,7 +94,7 @@ class Context:
         nothing is kept of a refused one."""
         job_id, folder = self.store.new_folder()
         try:
-            part = folder / "upload.part"
+            part = JobFolder(folder).upload_part
             received = copy_limited(upload.file, part, self.config.limits.max_upload)
             if received == 0:
                 raise UploadError("the uploaded file is empty", 400, "choose the CT file again")
@@ -132,15 +133,14 @@ def check_intensities(image: Path) -> None:
 
 
 def prediction_runner(model: Any, options: PredictOptions) -> Runner:
-    """Predict with the folds' ensemble into ``labels.nii.gz`` and ``report.json`` of the job folder."""
+    """Predict with the folds' ensemble into the job folder's label map and report."""
     def run(folder: Path, image: Path, name: str) -> dict[str, Any]:
         if model.plans.is_ct:
             check_intensities(image)
-        report = predict_case(model, "labels", image, folder, options)
-        report["input"] = name
-        write_json(folder / "report.json", report)
-        (folder / "labels.report.json").unlink(missing_ok=True)
-        return report
+        job = JobFolder(folder)
+        result = predict_case(model, job.OUTPUT_CASE, image, options)
+        result.report["input"] = name
+        return write_prediction(result, job.outputs, report_path=job.report)
     return run
 
 
@@ -280,7 +280,7 @@ def delete(job_id: str, token: Token, ctx: Ctx) -> dict[str, Any]:
 @router.get("/api/jobs/{job_id}/report")
 def report(job_id: str, token: Token, ctx: Ctx) -> dict[str, Any]:
     folder, _ = ctx.done_folder(job_id, token)
-    return dict(read_json(folder / "report.json"))
+    return dict(read_json(JobFolder(folder).report))
 
 
 @router.get("/api/jobs/{job_id}/files/{name}")
@@ -301,7 +301,7 @@ def slice_png(job_id: str, plane: str, index: int, token: Token, ctx: Ctx, windo
         chosen = tuple(int(c) for c in classes.split(",") if c.strip())
     except ValueError:
         raise UploadError("classes must be label numbers separated by commas", 400, "e.g. classes=1,2") from None
-    volume = ctx.cache.get(job_id, folder / status["input"]["file"], folder / "labels.nii.gz")
+    volume = ctx.cache.get(job_id, folder / status["input"]["file"], JobFolder(folder).outputs.labels)
     png = render_slice(volume, plane, index, window, opacity, chosen)
     return Response(png, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
 
@@ -320,10 +320,10 @@ def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = N
     ensemble prediction (tests use it to hold a job)."""
     model = model or open_model(config.model_folder, config.folds, config.checkpoint)
     store = JobStore(config.workdir / "jobs")
-    store.claim(config.workdir / ".lock")
+    store.claim(server_lock(config.workdir))
     cache = VolumeCache()
     worker = Worker(store, runner or prediction_runner(model, PredictOptions(device=config.device)),
-                    after=lambda folder: default_view(folder / "labels.nii.gz"),
+                    after=lambda folder: default_view(JobFolder(folder).outputs.labels),
                     max_queue=config.limits.max_queue, retention=config.retention, forget=cache.drop)
     plans = model.plans
     ctx = Context(config, model, store, worker, cache,

@@ -51,8 +51,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from autoseg.cli import _model_folder
-    from autoseg.inference.model import open_model
+    from autoseg.inference.model import open_model, trained_model_folder
     from autoseg.serve.app import ServeConfig, serve
     from autoseg.serve.jobs import Retention
     from autoseg.serve.security import Limits
@@ -67,7 +66,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                                  fix="pass 0 to keep every result without that limit")
     configure_threads(args.device)
     folds = tuple(args.folds) if args.folds else None
-    model = open_model(_model_folder(args, settings), folds, args.checkpoint)
+    model = open_model(args.model or trained_model_folder(args.dataset, args.network, settings), folds, args.checkpoint)
     limits = Limits(max_upload=int(args.max_upload_mb * 2**20),
                     max_decompressed=int(args.max_decompressed_mb * 2**20), max_queue=args.max_queue)
     workdir = args.workdir or settings.results / model.plans.dataset_name / "serve"

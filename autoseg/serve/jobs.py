@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from autoseg.errors import AutosegError
 from autoseg.io import read_json, write_json
+from autoseg.layout import JobFolder
 from autoseg.serve.security import StoredInput, UploadError
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class JobStore:
 
     def folder(self, job_id: str) -> Path:
         """The folder of an existing job; ids are checked against a pattern before any path is made."""
-        if not JOB_ID.fullmatch(job_id) or not (self.root / job_id / "status.json").is_file():
+        if not JOB_ID.fullmatch(job_id) or not JobFolder(self.root / job_id).status.is_file():
             raise UploadError(f"no result with id '{job_id[:40]}'", 404, "it may have been deleted; "
                               "reload the page for the current list")
         return self.root / job_id
@@ -95,12 +96,12 @@ class JobStore:
 
     def status(self, job_id: str) -> dict[str, Any]:
         with self.lock:
-            return dict(read_json(self.folder(job_id) / "status.json"))
+            return dict(read_json(JobFolder(self.folder(job_id)).status))
 
     def write(self, job_id: str, status: dict[str, Any]) -> None:
         with self.lock:
             if (self.root / job_id).is_dir():
-                write_json(self.root / job_id / "status.json", status)
+                write_json(JobFolder(self.root / job_id).status, status)
 
     def update(self, job_id: str, **changes: Any) -> dict[str, Any] | None:
         """Change fields of a job's status; None when the job was deleted meanwhile."""
@@ -128,7 +129,7 @@ class JobStore:
         """Every job's status, newest first."""
         with self.lock:
             found = []
-            for path in self.root.glob("*/status.json"):
+            for path in self.root.glob(f"*/{JobFolder.STATUS}"):
                 if JOB_ID.fullmatch(path.parent.name):
                     found.append(read_json(path))
             return sorted(found, key=lambda s: -s["created"])
@@ -136,7 +137,7 @@ class JobStore:
     def remove_incomplete_uploads(self) -> None:
         """Folders left without a status by an upload that was cut off (server stopped mid-upload)."""
         for folder in self.root.iterdir():
-            if folder.is_dir() and not (folder / "status.json").is_file():
+            if folder.is_dir() and not JobFolder(folder).status.is_file():
                 shutil.rmtree(folder, ignore_errors=True)
 
 

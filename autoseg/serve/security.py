@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
+from autoseg.layout import JobFolder
 
 CHUNK = 1 << 20
 ACCEPTED = "NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha) or a .zip of one DICOM series"
@@ -234,8 +235,7 @@ def store_upload(upload: Path, job_dir: Path, limits: Limits, memory: MemoryMode
     else:
         raw_size = upload.stat().st_size
         _check_header_is_self_contained(_read_text_header(upload), kind)
-    name = {"nifti-gz": "input.nii.gz", "nifti": "input.nii", "nrrd": "input.nrrd", "mha": "input.mha"}[kind]
-    dest = job_dir / name
+    dest = JobFolder(job_dir).input(kind)
     upload.replace(dest)
     size = check_header(dest, limits, memory, raw_size if kind.startswith("nifti") else None)
     return StoredInput(dest, kind, size)
