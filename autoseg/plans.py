@@ -1,30 +1,35 @@
 """The plans contract: everything preprocessing, training and inference need to know.
 
 ``plans.json`` is the only hand-over from planning to the later stages. It is a frozen dataclass
-that round-trips to JSON, carries a ``plans_version`` and is validated on load, so a hand-edited
-file either works or fails with a message that says which field is wrong.
+that round-trips to JSON, carries a ``plans_version`` and is validated on load (:mod:`autoseg.schema`),
+so a hand-edited file either works or fails with a message that says which field is wrong. Closed
+sets (normalisation scheme, label volume, optimizer, schedule, precision) are ``Literal`` types: a
+name outside one is refused on load, never taken for a default.
 Spatial tuples are in numpy order ``(z, y, x)``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Sequence, get_args
 
 from autoseg.errors import PlansError
-from autoseg.io import write_json
-from autoseg.precision import PRECISIONS
 from autoseg.registry import Registry
+from autoseg.schema import Artefact, literal_problems
 
 PLANS_VERSION = 1
-LABEL_VOLUME_MODES = ("keep", "argmax")
-SCHEDULES = ("poly", "plateau")
-OPTIMIZERS = ("sgd", "adam")
+NormalisationScheme = Literal["ct", "zscore"]
+LabelVolume = Literal["keep", "argmax"]
+Schedule = Literal["poly", "plateau"]
+Optimizer = Literal["sgd", "adam"]
+#: :data:`autoseg.precision.PRECISIONS` (a test keeps the two equal).
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+LABEL_VOLUME_MODES: tuple[str, ...] = get_args(LabelVolume)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+#: Slices more than this many times thicker than the pixels: augmentation rotates within the slice
+#: plane only (a tilt would mix distant slices). The decision is the planner's, stored in the plans.
+IN_PLANE_ROTATION_RATIO = 2.5
 
 
 #: The abdominal window of the published liver work, in Hounsfield units: CT windows are fitted
@@ -40,7 +45,7 @@ class Normalisation:
     (dataset-wide foreground statistics). ``zscore``: per-image mean and std (non-CT data).
     """
 
-    scheme: str
+    scheme: NormalisationScheme
     window: tuple[float, float] | None = None
     mean: float = 0.0
     std: float = 1.0
@@ -59,7 +64,7 @@ class Resampling:
     anisotropy_threshold: float = 3.0
     #: "keep": label maps (and predictions brought back to the input grid) keep each class's volume,
     #: so structures about a voxel wide survive resampling; "argmax": plain linear + arg-max.
-    label_volume: str = "keep"
+    label_volume: LabelVolume = "keep"
 
     @property
     def keeps_label_volume(self) -> bool:
@@ -93,11 +98,11 @@ class Recipe:
     """The training recipe: optimiser, schedule, loss and sampling, chosen by name."""
 
     name: str = "sgd_poly"
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     initial_lr: float = 1e-2
     weight_decay: float = 3e-5
     momentum: float = 0.99
-    schedule: str = "poly"
+    schedule: Schedule = "poly"
     epochs: int = 100
     iterations_per_epoch: int = 50
     loss: str = "dice_ce"
@@ -112,7 +117,21 @@ class Recipe:
     steps: int | None = None
     #: Autocast of the network's arithmetic (autoseg.precision): the planner writes what it timed,
     #: fp16 for CUDA plans, bf16 on CPUs with native bf16 instructions, else fp32.
-    precision: str = "auto"
+    precision: Precision = "auto"
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Spatial augmentation geometry, decided once by the planner from the target spacing."""
+
+    #: Rotate only within the slice plane and leave z out of the simulated low resolution.
+    in_plane_only: bool
+
+    @classmethod
+    def for_spacing(cls, spacing: Sequence[float]) -> "Augmentation":
+        """In-plane only when the first axis' spacing is over ``IN_PLANE_ROTATION_RATIO`` times the
+        finest other (the rule training applied before plans carried the decision)."""
+        return cls(in_plane_only=bool(float(spacing[0]) > IN_PLANE_ROTATION_RATIO * min(spacing[1:])))
 
 
 #: Named training recipes (``recipe.name``, ``--recipe``); see ``training.recipes.recipe_named``.
@@ -140,8 +159,16 @@ GPU_DEFAULT_RECIPE = "sgd_poly"
 
 
 @dataclass(frozen=True)
-class Plans:
+class Plans(Artefact):
     """The versioned plan for one dataset. See docs/planning.md ("plans.json") for every field."""
+
+    KIND = "plans"
+    VERSION_KEY = "plans_version"
+    VERSION = PLANS_VERSION
+    UNVERSIONED = None
+    ERROR = PlansError
+    FIX = "re-run `autoseg plan_and_preprocess`"
+    MISSING_FIX = "run `autoseg plan_and_preprocess -d DATASET` first"
 
     dataset_name: str
     channel_names: tuple[str, ...]
@@ -159,8 +186,13 @@ class Plans:
     crop_to_body: bool = True
     seed: int = 12345
     plans_version: int = PLANS_VERSION
+    #: None in a constructor call (and in plans.json files written before the field): decided from
+    #: ``target_spacing`` by :meth:`Augmentation.for_spacing`, so it is never None afterwards.
+    augmentation: Augmentation | None = None
 
     def __post_init__(self) -> None:
+        if self.augmentation is None:
+            object.__setattr__(self, "augmentation", Augmentation.for_spacing(self.target_spacing))
         problems = self.problems()
         if problems:
             raise PlansError("invalid plans: " + "; ".join(problems),
@@ -181,22 +213,16 @@ class Plans:
         if len(self.normalisation) != len(self.channel_names):
             out.append(f"{len(self.normalisation)} normalisation entries for {len(self.channel_names)} channels")
         for n in self.normalisation:
-            if n.scheme not in ("ct", "zscore"):
-                out.append(f"unknown normalisation scheme '{n.scheme}' (known: ct, zscore)")
             if n.scheme == "ct" and (n.window is None or n.window[0] >= n.window[1] or n.std <= 0):
                 out.append(f"ct normalisation needs window low < high and std > 0, got {n}")
-        if self.resampling.label_volume not in LABEL_VOLUME_MODES:
-            out.append(f"resampling.label_volume '{self.resampling.label_volume}' is not one of "
-                       f"{', '.join(LABEL_VOLUME_MODES)}")
         if 0 not in self.labels:
             out.append("labels must include 0 (background)")
+        out.extend(literal_problems(self))  # names outside their closed set (checked on load too)
         out.extend(self.recipe_problems())
-        if self.recipe.precision not in PRECISIONS:
-            out.append(f"recipe.precision '{self.recipe.precision}' is not one of {', '.join(PRECISIONS)}")
         return out
 
     def recipe_problems(self) -> list[str]:
-        """What makes the recipe unusable: a schedule that never ends or a name nothing implements."""
+        """What makes the recipe unusable: a schedule that never ends (its names are Literals)."""
         r, out = self.recipe, []
         if r.epochs < 1 or r.iterations_per_epoch < 1:
             out.append(f"recipe.epochs ({r.epochs}) and recipe.iterations_per_epoch ({r.iterations_per_epoch}) "
@@ -205,9 +231,6 @@ class Plans:
             out.append(f"recipe.time_budget_s {r.time_budget_s} must be positive (or null: no time budget)")
         if r.steps is not None and r.steps < 1:
             out.append(f"recipe.steps {r.steps} must be at least 1 (or null: epochs x iterations)")
-        for name, value, known in (("schedule", r.schedule, SCHEDULES), ("optimizer", r.optimizer, OPTIMIZERS)):
-            if value not in known:
-                out.append(f"recipe.{name} '{value}' is not one of {', '.join(known)}")
         return out
 
     @property
@@ -218,108 +241,5 @@ class Plans:
     def num_channels(self) -> int:
         return len(self.channel_names)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["labels"] = {str(k): v for k, v in sorted(self.labels.items())}
-        return d
-
-    def save(self, path: str | Path) -> None:
-        write_json(path, self.to_dict())
-
     def replace(self, **changes: Any) -> "Plans":
         return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | Path = "plans.json") -> "Plans":
-        if not isinstance(data, dict):
-            raise PlansError("plans must be a JSON object", source, "re-run `autoseg plan_and_preprocess`")
-        version = data.get("plans_version")
-        if version != PLANS_VERSION:
-            raise PlansError(f"plans_version is {version!r}, this autoseg reads version {PLANS_VERSION}",
-                             source, "re-run `autoseg plan_and_preprocess` to write current plans")
-        try:
-            return _build(cls, data, "")
-        except PlansError as exc:
-            raise PlansError(str(exc).split("\nFix:")[0], source,
-                             "correct the field or re-run `autoseg plan_and_preprocess`") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Plans":
-        path = Path(path)
-        if not path.is_file():
-            raise PlansError("plans file not found", path,
-                             "run `autoseg plan_and_preprocess -d DATASET` first")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PlansError(f"not valid JSON ({exc})", path, "repair the file or re-plan") from None
-        return cls.from_dict(data, path)
-
-
-def _build(tp: Any, value: Any, where: str) -> Any:
-    """Convert JSON data to ``tp`` (dataclasses, tuples, dicts, optionals), naming bad fields."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise PlansError(f"'{where or 'plans'}' must be an object")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise PlansError(f"unknown field(s) {unknown} in '{where or 'plans'}'")
-        kwargs = {}
-        for f in dataclasses.fields(tp):
-            if f.name in value:
-                kwargs[f.name] = _build(hints[f.name], value[f.name], f"{where}.{f.name}".lstrip("."))
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise PlansError(f"missing field '{where}.{f.name}'".replace("'.", "'"))
-        try:
-            return tp(**kwargs)
-        except TypeError as exc:
-            raise PlansError(f"'{where or 'plans'}': {exc}") from None
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise PlansError(f"'{where}' must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise PlansError(f"'{where}' must have {len(args)} entries, got {len(value)}")
-        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise PlansError(f"'{where}' must be an object")
-        kt, vt = args
-        try:
-            return {_build(kt, k, where): (v if vt is Any else _build(vt, v, f"{where}.{k}"))
-                    for k, v in value.items()}
-        except ValueError:
-            raise PlansError(f"'{where}' has a key of the wrong type") from None
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise PlansError(f"'{where}' must be true or false, got {value!r}")
-        return value
-    if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise PlansError(f"'{where}' must be a number, got {value!r}")
-        try:
-            number = tp(value)
-        except (ValueError, OverflowError):
-            raise PlansError(f"'{where}' must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise PlansError(f"'{where}' must be a finite number, got {value!r}")
-        if tp is int and float(value) != number:
-            raise PlansError(f"'{where}' must be a whole number, got {value!r}")
-        return number
-    if tp is str:
-        if not isinstance(value, str):
-            raise PlansError(f"'{where}' must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported type {tp} at {where}")

@@ -78,5 +78,5 @@ def test_unknown_label_volume_mode_fails_loudly(tmp_path: Path) -> None:
 
 
 def test_unknown_normalisation_scheme_fails_loudly() -> None:
-    with pytest.raises(PlansError, match="unknown normalisation scheme 'minmax'"):
+    with pytest.raises(PlansError, match=r"normalisation\[0\]\.scheme 'minmax' is not one of ct, zscore"):
         make_plans(normalisation=(Normalisation("minmax"),))

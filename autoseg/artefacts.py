@@ -1,0 +1,357 @@
+"""The JSON artefacts the stages hand on, other than the plans: typed and versioned (:mod:`autoseg.schema`).
+
+====================== ================================ ==================================== ===================
+artefact               file (:mod:`autoseg.layout`)     written by                           read by
+====================== ================================ ==================================== ===================
+Fingerprint            PreprocessedDataset.fingerprint  planners/fingerprint.py              the planner, pipeline
+CaseProperties         CaseFiles.properties             preprocessing (storage.write_case)   training, validation
+FoldSummary            ValidationFolder.summary         fold validation, ensembles           inference/crossval
+CvSummary              ResultsDataset.cv_summary        inference/crossval.py                people
+BestChoice             ResultsDataset.best              inference/crossval.py                ``predict -d``
+PostprocessingDecision ModelFolder.postprocessing       inference/postprocessing.py          predict, export
+CaseReport             CaseOutputs.report               predict (inference/report.py)        people, the viewer
+====================== ================================ ==================================== ===================
+
+Each type's JSON keys are the ones autoseg wrote before the types existed, plus a version key; a
+file without that key loads as version 1 (except the fingerprint, which always had its version).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from autoseg.errors import EvaluationError, PlansError
+from autoseg.io import Geometry
+from autoseg.layout import CheckpointKind
+from autoseg.metrics import mean_present
+from autoseg.schema import Artefact, MaybeNan, optional, rest
+
+REDO_PREPROCESSING = "run `autoseg plan_and_preprocess` for this dataset again (it redoes only what is stale)"
+
+
+# --- fingerprint ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Distribution:
+    """Per-axis (z, y, x) statistics over the cases."""
+
+    median: tuple[float, ...]
+    min: tuple[float, ...]
+    max: tuple[float, ...]
+    percentile_10: tuple[float, ...]
+    percentile_90: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Histogram:
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SliceCounts:
+    min: int
+    median: float
+    max: int
+    histogram: Histogram
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Statistics of sampled voxel intensities; only ``n`` (0) when there were none."""
+
+    n: int
+    mean: float | None = optional()
+    std: float | None = optional()
+    min: float | None = optional()
+    max: float | None = optional()
+    percentile_00_5: float | None = optional()
+    median: float | None = optional()
+    percentile_99_5: float | None = optional()
+    quantiles: tuple[float, ...] | None = optional()  # percentiles 0, 1, ..., 100
+
+
+@dataclass(frozen=True)
+class ChannelIntensity:
+    """One input channel: its name, and statistics of the ``foreground`` and of each label."""
+
+    name: str
+    classes: dict[str, IntensityStats] = rest()
+
+
+@dataclass(frozen=True)
+class ClassFraction:
+    name: str
+    voxels: int
+    fraction_of_volume: float
+    fraction_of_body: float
+    cases_present: int
+
+
+@dataclass(frozen=True)
+class ExcludedCase:
+    case: str
+    slices: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    case: str
+    spacing: tuple[float, ...]
+    shape: tuple[int, ...]
+    shape_after_crop: tuple[int, ...]
+    class_voxels: dict[int, int]
+    intensity_range: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Fingerprint(Artefact):
+    """What the planner knows about a dataset (``fingerprint.json``)."""
+
+    KIND = "fingerprint"
+    VERSION_KEY = "fingerprint_version"
+    UNVERSIONED = None
+    ERROR = PlansError
+    FIX = "run `autoseg plan_and_preprocess -d DATASET --force` to fingerprint the dataset again"
+
+    dataset_name: str
+    format: Literal["msd", "nnunet"]
+    channel_names: tuple[str, ...]
+    labels: dict[int, str]
+    is_ct: bool
+    num_cases: int
+    excluded: tuple[ExcludedCase, ...]
+    axis_order: str
+    spacing: Distribution
+    shape: Distribution
+    shape_after_crop: Distribution
+    slices: SliceCounts
+    intensity: dict[int, ChannelIntensity]
+    class_fractions: dict[int, ClassFraction]
+    warnings: tuple[str, ...]
+    cases: tuple[CaseSummary, ...]
+    #: Hash of the raw files and options it was made from (set by the pipeline; None: unknown).
+    inputs_key: str | None = optional()
+
+
+# --- preprocessed cases --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaseProperties(Artefact):
+    """A preprocessed case's properties: where its crop sits on the input grid (to put a prediction
+    back there) and, with labels, voxel counts and sampled ``class_locations`` for oversampling.
+
+    ``properties[key]`` is the value as the JSON file holds it (lists, string keys), for callers
+    written against the dict it used to be."""
+
+    KIND = "case properties"
+    VERSION_KEY = "properties_version"
+    FIX = REDO_PREPROCESSING
+
+    case_id: str
+    image_files: tuple[str, ...]
+    label_file: str | None
+    original_geometry: Geometry
+    original_shape: tuple[int, ...]
+    original_spacing: tuple[float, ...]
+    crop_bbox: tuple[tuple[int, int], ...]
+    shape_after_crop: tuple[int, ...]
+    intensity_min: tuple[float, ...]
+    intensity_max: tuple[float, ...]
+    shape_after_resampling: tuple[int, ...]
+    target_spacing: tuple[float, ...]
+    num_channels: int
+    has_label: bool
+    class_voxels: dict[int, int] | None = optional()
+    #: Up to 10,000 sampled (z, y, x) voxels of each foreground label.
+    class_locations: dict[int, tuple[tuple[int, int, int], ...]] | None = optional()
+    #: :func:`autoseg.preprocessing.storage.plans_key` of the plans it was made with (set when stored).
+    plans_key: str | None = optional()
+
+
+# --- cross-validation ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FoldSummary(Artefact):
+    """A fold's validation: per-case Dice of each foreground class (null: absent from reference and
+    prediction), each class's mean over the cases and the mean of those (background never counted)."""
+
+    KIND = "fold validation summary"
+    VERSION_KEY = "summary_version"
+    ERROR = EvaluationError
+    FIX = "delete it and retrain the fold with --force"
+
+    checkpoint: CheckpointKind
+    cases: dict[str, dict[str, float | None]]
+    mean_dice: dict[str, float | None]
+    mean_foreground_dice: float | None
+    space: str = "preprocessed grid (target spacing, body crop)"
+    seconds: float | None = optional()
+    #: The member networks, for an ensemble of networks.
+    ensemble: tuple[str, ...] | None = optional()
+
+    @classmethod
+    def from_cases(cls, per_case: dict[str, dict[str, float | None]], names: dict[int, str],
+                   checkpoint: CheckpointKind = "final", **extra: object) -> FoldSummary:
+        """The summary of ``per_case`` scores (:func:`autoseg.metrics.case_dice`) of the classes ``names``."""
+        mean = {name: mean_present([per_case[c][name] for c in per_case]) for name in names.values()}
+        if isinstance(extra.get("ensemble"), list):
+            extra["ensemble"] = tuple(extra["ensemble"])  # type: ignore[arg-type]
+        return cls(checkpoint=checkpoint, cases=per_case, mean_dice=mean,
+                   mean_foreground_dice=mean_present(list(mean.values())), **extra)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class NetworkResult:
+    """One network's (or ensemble's) pooled cross-validation Dice."""
+
+    recipe: str | None
+    folds: tuple[int, ...]
+    num_cases: int
+    mean_dice: dict[str, float | None]
+    mean_foreground_dice: float | None
+    fold_mean_foreground_dice: dict[int, float | None]
+
+
+@dataclass(frozen=True)
+class CvSummary(Artefact):
+    """``autoseg summarize``: the cross-validation table of a dataset's networks."""
+
+    KIND = "cross-validation summary"
+    VERSION_KEY = "cv_summary_version"
+    ERROR = EvaluationError
+    FIX = "run `autoseg summarize` again"
+
+    dataset: str
+    num_folds: int
+    networks: dict[str, NetworkResult]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mean_foreground_dice: float | None
+    folds: tuple[int, ...]
+    recipe: str | None
+    eligible: bool
+
+
+@dataclass(frozen=True)
+class BestChoice(Artefact):
+    """``autoseg find_best``'s choice, which ``autoseg predict -d`` uses."""
+
+    KIND = "best-model choice"
+    VERSION_KEY = "best_version"
+    ERROR = EvaluationError
+    FIX = "run `autoseg find_best` again, or delete the file"
+
+    network: str
+    mean_foreground_dice: float
+    folds: tuple[int, ...]
+    recipe: str | None
+    all_folds_validated: bool
+    candidates: dict[str, Candidate]
+
+    def __post_init__(self) -> None:
+        if not self.network:
+            raise EvaluationError("'network' is empty: it must name a network folder")
+
+
+# --- post-processing -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PostprocessingRules:
+    """What prediction applies: keep only the largest component of these labels; drop the components
+    of a label under a volume (mL)."""
+
+    keep_largest_component: tuple[int, ...] = ()
+    min_component_ml: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClassEvidence:
+    """Mean cross-validation Dice of one class before and with each candidate (NaN: no case has it)."""
+
+    label: int
+    dice_before: MaybeNan
+    candidates: dict[str, MaybeNan]
+    choice: str
+    dice_after: MaybeNan
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class PostprocessingDecision(Artefact):
+    """The post-processing decided from cross-validation, stored with the model."""
+
+    KIND = "post-processing decision"
+    VERSION_KEY = "postprocessing_version"
+    FIX = "run `autoseg find_best` again (it decides the post-processing), or delete the file"
+
+    keep_largest_component: tuple[int, ...]
+    min_component_ml: dict[int, float]
+    evidence: dict[str, ClassEvidence]
+    cases: int
+    grid_spacing_zyx: tuple[float, ...]
+    rule: str
+
+    @property
+    def rules(self) -> PostprocessingRules:
+        return PostprocessingRules(self.keep_largest_component, self.min_component_ml)
+
+
+# --- case report ---------------------------------------------------------------------------------------
+ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class Lesion:
+    volume_ml: float
+    voxels: int
+    extent_mm: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TumourTable:
+    """Every lesion counted; the largest listed (``listed`` says which)."""
+
+    count: int
+    lesions: tuple[Lesion, ...]
+    listed: str
+
+
+@dataclass(frozen=True)
+class RoiReport:
+    """What a cascade's region-of-interest model found (:func:`autoseg.inference.predictor.roi_box`)."""
+
+    model: str
+    margin_mm: float
+    foreground_ml: float
+    dropped_ml: float
+    bbox: tuple[tuple[int, int], ...] | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CaseReport(Artefact):
+    """``<case>.report.json``: volumes per class, tumour count and sizes, and how the case was predicted.
+
+    :func:`autoseg.inference.report.measure_case` fills the measurements; prediction adds the rest."""
+
+    KIND = "case report"
+    VERSION_KEY = "report_version"
+    FIX = "predict the case again (`autoseg predict ... --overwrite`)"
+
+    volumes_ml: dict[str, float]
+    voxel_volume_ml: float
+    shape_zyx: tuple[int, ...]
+    spacing_zyx: tuple[float, ...]
+    folds: tuple[int, ...]
+    seconds: float
+    tumours: TumourTable | None = optional()
+    vessel_volume_ml: float | None = optional()
+    input: str | None = optional()
+    precision: ResolvedPrecision | None = optional()
+    #: Seconds of each stage (preprocess, sliding_window, network_forward, restore_and_write).
+    stage_seconds: dict[str, float] | None = optional()
+    #: The preprocessed grid the sliding window ran over.
+    region_shape: tuple[int, ...] | None = optional()
+    postprocessing: PostprocessingRules | None = optional()
+    roi: RoiReport | None = optional()
+    overlays: tuple[str, ...] | None = optional()
