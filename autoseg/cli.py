@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from autoseg.errors import AutosegError, ConfigurationError
-from autoseg.layout import ModelFolder, PreprocessedDataset, calibration_cache
+from autoseg.layout import ModelFolder, PreprocessedDataset, RunOutputs, calibration_cache
 from autoseg.precision import PRECISIONS
 from autoseg.serve.command import add_serve_parser
 from autoseg.settings import Settings
@@ -333,7 +333,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     if result.failed:
         names = ", ".join(Path(f["input"]).name for f in result.failed[:5])
         print(f"autoseg: error: {len(result.failed)} case(s) failed ({names}); see "
-              f"{args.output / 'report.json'}", file=sys.stderr)
+              f"{RunOutputs(args.output).report}", file=sys.stderr)
         return 2
     return 0
 
