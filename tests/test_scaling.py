@@ -14,6 +14,7 @@ import torch
 from autoseg.cli import main
 from autoseg.io import read_json
 from autoseg.phantom import write_task
+from tests.optional import requires_extra
 from tests.workspaces import autoseg_env
 
 PLAN = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
@@ -98,8 +99,8 @@ def test_replica_check_detects_diverged_parameters() -> None:
     assert all("replicas diverged" in results[r] for r in (0, 1)), results
 
 
+@requires_extra("distributed")
 def test_ray_executor_trains_two_folds_as_tasks(workspace: dict[str, str]) -> None:
-    pytest.importorskip("ray")
     env = {**workspace, "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "1", "2", "--executor", "ray",
            "--cpus-per-fold", "1", "--epochs", "2", "--iterations", "3", "-j", "0"]

@@ -27,6 +27,7 @@ from autoseg.errors import AutosegError
 from autoseg.io import read_label
 from autoseg.serve.app import ServeConfig, create_app, prediction_runner
 from autoseg.serve.security import Limits
+from tests.optional import requires_extra
 from tests.serve_fixtures import PAGE, auth, client, files_under, gzip_declaring, mine, nifti_bytes, upload, wait
 
 pytest_plugins = ["tests.serve_fixtures"]  # the trained model, shared with tests/bad_input/test_serve_limits.py
@@ -326,6 +327,7 @@ COUNT_COLOURED = """img => {
 }"""
 
 
+@requires_extra("viewer-test")
 @pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
 def test_page_in_chromium_segments_an_uploaded_ct(trained: dict[str, Path], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright

@@ -34,6 +34,7 @@ from autoseg.pipeline import plan_and_preprocess
 from autoseg.settings import Settings
 from autoseg.sliding_window import predict_sliding_window
 from autoseg.checkpoint import DIGEST_KEY, load_checkpoint, save_checkpoint
+from tests.optional import require_extra
 from tests.synthetic import make_msd_task
 from tests.test_plans import make_plans
 
@@ -172,7 +173,7 @@ def archive(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def onnx_folder(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("onnxruntime")
+    require_extra("export")
     return export_onnx(TrainedModel.open(model_folder, folds=(0,)), tmp_path_factory.mktemp("onnx") / "export")
 
 
