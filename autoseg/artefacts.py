@@ -243,11 +243,12 @@ class BestChoice(Artefact):
     FIX = "run `autoseg find_best` again, or delete the file"
 
     network: str
-    mean_foreground_dice: float
-    folds: tuple[int, ...]
-    recipe: str | None
-    all_folds_validated: bool
-    candidates: dict[str, Candidate]
+    #: find_best's evidence; a hand-written file naming only the network is honoured.
+    mean_foreground_dice: float | None = None
+    folds: tuple[int, ...] = ()
+    recipe: str | None = None
+    all_folds_validated: bool = False
+    candidates: dict[str, Candidate] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.network:

@@ -152,6 +152,9 @@ class Artefact:
     def __getitem__(self, key: str) -> Any:
         return self._json_view[key]
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._json_view
+
     def get(self, key: str, default: Any = None) -> Any:
         return self._json_view.get(key, default)
 

@@ -11,28 +11,29 @@ The candidates, per foreground class (26-connected components):
 For each class the candidate with the highest mean Dice over all cross-validation cases (the
 folds' validation predictions on the preprocessed grid against the preprocessed labels) is
 chosen, and only where it beats doing nothing. Sizes are volumes, so a decision taken on the
-preprocessed grid applies on any input grid. The decision and its evidence go to
-``postprocessing.json`` in the model folder; ``autoseg predict`` applies it and ``autoseg export``
-ships it.
+preprocessed grid applies on any input grid. The decision and its evidence
+(:class:`~autoseg.artefacts.PostprocessingDecision`) are stored with the model
+(``ModelFolder.postprocessing``); ``autoseg predict`` applies it and ``autoseg export`` ships it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import cc3d
 import numpy as np
 
-from autoseg.io import read_json, write_json
+from autoseg.artefacts import ClassEvidence, PostprocessingDecision, PostprocessingRules
+from autoseg.layout import ExportNames, ModelFolder, case_files_in
 from autoseg.metrics import dice_per_class
 from autoseg.preprocessing.storage import load_labels
+from autoseg.schema import FieldError, build
 
 log = logging.getLogger(__name__)
 
-FILE = "postprocessing.json"
-PREDICTION_SUFFIX = ".pred.npz"  # fold validation's prediction on the preprocessed grid
 #: Component volumes tried as a minimum, in mL (log-spaced; a 5 mm sphere is 0.065 mL).
 MIN_COMPONENT_LADDER_ML = (0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -65,34 +66,56 @@ def remove_small_components(labels: np.ndarray, label: int, min_ml: float,
     return out
 
 
-def apply_postprocessing(labels: np.ndarray, decision: dict[str, Any] | None,
+Decision = PostprocessingDecision | PostprocessingRules | Mapping[str, Any] | None
+
+
+def rules_of(decision: Decision) -> PostprocessingRules:
+    """The rules of a decision (None: none; a mapping: its two rule keys, checked)."""
+    if decision is None:
+        return PostprocessingRules()
+    if isinstance(decision, PostprocessingDecision):
+        return decision.rules
+    if isinstance(decision, PostprocessingRules):
+        return decision
+    keys = ("keep_largest_component", "min_component_ml")
+    try:
+        return build(PostprocessingRules, {k: decision[k] for k in keys if k in decision}, "postprocessing")
+    except FieldError as exc:
+        raise PostprocessingDecision.ERROR(str(exc), fix=PostprocessingDecision.FIX) from None
+
+
+def apply_postprocessing(labels: np.ndarray, decision: Decision,
                          spacing_zyx: tuple[float, ...] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Apply a decision read from ``postprocessing.json`` (None: unchanged) to labels on a grid of
-    ``spacing_zyx`` mm."""
-    for label in (decision or {}).get("keep_largest_component", []):
-        labels = keep_largest_component(labels, int(label))
-    for label, min_ml in (decision or {}).get("min_component_ml", {}).items():
-        labels = remove_small_components(labels, int(label), float(min_ml), spacing_zyx)
+    """Apply a decision (None: unchanged) to labels on a grid of ``spacing_zyx`` mm."""
+    rules = rules_of(decision)
+    for label in rules.keep_largest_component:
+        labels = keep_largest_component(labels, label)
+    for label, min_ml in rules.min_component_ml.items():
+        labels = remove_small_components(labels, label, min_ml, spacing_zyx)
     return labels
 
 
-def describe(decision: dict[str, Any] | None, names: dict[int, str]) -> str:
+def describe(decision: Decision, names: dict[int, str]) -> str:
     """One line for people: what the decision does to which class."""
-    parts = [f"keep the largest component of {names[int(k)]}" for k in (decision or {}).get("keep_largest_component", [])]
-    parts += [f"drop {names[int(k)]} components under {v} mL" for k, v in (decision or {}).get("min_component_ml", {}).items()]
+    rules = rules_of(decision)
+    parts = [f"keep the largest component of {names[k]}" for k in rules.keep_largest_component]
+    parts += [f"drop {names[k]} components under {v} mL" for k, v in rules.min_component_ml.items()]
     return "; ".join(parts) or "nothing"
 
 
 def _cv_pairs(model_dir: Path, data_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     pairs = []
-    for pred_file in sorted(model_dir.glob(f"fold_*/validation/*{PREDICTION_SUFFIX}")):
-        case = pred_file.name[: -len(PREDICTION_SUFFIX)]
-        if not (data_dir / f"{case}.npy").is_file():
-            log.warning("no preprocessed case for %s; left out of the post-processing decision", pred_file)
+    for fold in ModelFolder(model_dir).folds():
+        if not fold.validation.root.is_dir():
             continue
-        pred = np.load(pred_file)["labels"]
-        ref = load_labels(data_dir, case)  # a clear error for a folder from before preprocessing version 3
-        pairs.append((case, pred, ref))
+        for case in fold.validation.predicted_cases():
+            pred_file = fold.validation.prediction(case)
+            if not case_files_in(data_dir, case).image.is_file():
+                log.warning("no preprocessed case for %s; left out of the post-processing decision", pred_file)
+                continue
+            pred = np.load(pred_file)["labels"]
+            ref = load_labels(data_dir, case)  # a clear error for a folder from before preprocessing version 3
+            pairs.append((case, pred, ref))
     return pairs
 
 
@@ -110,7 +133,7 @@ def _candidates(label: int, spacing_zyx: tuple[float, ...]):
 
 
 def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, str],
-                             spacing_zyx: tuple[float, ...]) -> dict[str, Any] | None:
+                             spacing_zyx: tuple[float, ...]) -> PostprocessingDecision | None:
     """Decide per class from the folds' validation predictions (on a grid of ``spacing_zyx`` mm,
     the plans' target spacing); write and return the decision.
 
@@ -120,7 +143,9 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     if not cases:
         return None
     pairs = [(p, r) for _, p, r in cases]
-    largest, min_sizes, evidence = [], {}, {}
+    largest: list[int] = []
+    min_sizes: dict[int, float] = {}
+    evidence: dict[str, ClassEvidence] = {}
     for label, name in sorted(labels.items()):
         if label == 0:
             continue
@@ -128,27 +153,34 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
         tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label) for cand, f in _candidates(label, spacing_zyx)}
         best = max(tried, key=lambda c: (tried[c], c == "keep_largest_component"))  # ties: the simpler rule
         enabled = not math.isnan(before) and tried[best] > before
-        evidence[name] = {"label": label, "dice_before": before, "candidates": tried,
-                          "choice": best if enabled else "none",
-                          "dice_after": tried[best] if enabled else before, "enabled": enabled}
+        evidence[name] = ClassEvidence(label=label, dice_before=before, candidates=tried,
+                                       choice=best if enabled else "none",
+                                       dice_after=tried[best] if enabled else before, enabled=enabled)
         if enabled and best == "keep_largest_component":
             largest.append(label)
         elif enabled:
-            min_sizes[str(label)] = float(best.split("=")[1])
-    decision = {"keep_largest_component": largest, "min_component_ml": min_sizes, "evidence": evidence,
-                "cases": len(cases), "grid_spacing_zyx": list(spacing_zyx),
-                "rule": "per class, the candidate with the highest mean CV Dice, where it beats none"}
-    write_json(model_dir / FILE, decision)
+            min_sizes[label] = float(best.split("=")[1])
+    decision = PostprocessingDecision(
+        keep_largest_component=tuple(largest), min_component_ml=min_sizes, evidence=evidence, cases=len(cases),
+        grid_spacing_zyx=tuple(float(s) for s in spacing_zyx),
+        rule="per class, the candidate with the highest mean CV Dice, where it beats none")
+    decision.save(ModelFolder(model_dir).postprocessing)
     log.info("post-processing from %d CV cases: %s", len(cases), describe(decision, labels))
     return decision
 
 
-def load_postprocessing(model: Any) -> dict[str, Any] | None:
-    """The decision stored with a model folder, an ONNX export or an archive (None if absent)."""
+def load_postprocessing(model: Any) -> PostprocessingDecision | None:
+    """The decision stored with a model folder, an ONNX export or an archive (None if absent),
+    checked: a damaged or hand-broken one is an error naming the file and the field."""
     members = getattr(model, "members", None)
     if members is not None:
-        import json
-
-        return json.loads(members[FILE]) if FILE in members else None
-    path = Path(model.folder) / FILE
-    return read_json(path) if path.is_file() else None
+        if ExportNames.POSTPROCESSING not in members:
+            return None
+        source = f"{model.folder}:{ExportNames.POSTPROCESSING}"
+        try:
+            data = json.loads(members[ExportNames.POSTPROCESSING])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PostprocessingDecision.ERROR(f"not valid JSON ({exc})", source, PostprocessingDecision.FIX) from None
+        return PostprocessingDecision.from_dict(data, source)
+    path = ModelFolder(Path(model.folder)).postprocessing
+    return PostprocessingDecision.load(path) if path.is_file() else None

@@ -1,4 +1,8 @@
-"""Clinical read-outs of a label map: volumes per class, tumour count and sizes, overlays."""
+"""Clinical read-outs of a label map: volumes per class, tumour count and sizes, overlays.
+
+:func:`measure_case` makes the measurements of a case report (:class:`autoseg.artefacts.CaseReport`);
+prediction adds how the case was predicted.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.artefacts import CaseReport, Lesion, TumourTable
 from autoseg.io import Geometry, atomic_path
 from autoseg.layout import CaseOutputs
 
@@ -15,7 +20,7 @@ MAX_LISTED_LESIONS = 100
 
 
 def lesion_table(mask: np.ndarray, spacing_zyx: tuple[float, ...],
-                 limit: int | None = MAX_LISTED_LESIONS) -> tuple[int, list[dict[str, Any]]]:
+                 limit: int | None = MAX_LISTED_LESIONS) -> tuple[int, list[Lesion]]:
     """Number of 26-connected components of ``mask`` and the ``limit`` largest, each with its volume
     (mL), voxel count and bounding-box extent (mm)."""
     import cc3d
@@ -29,29 +34,36 @@ def lesion_table(mask: np.ndarray, spacing_zyx: tuple[float, ...],
     table = []
     for idx in order:
         extent = [(s.stop - s.start) * sp for s, sp in zip(boxes[idx], spacing_zyx)]
-        table.append({"volume_ml": round(int(counts[idx]) * voxel_ml, 4), "voxels": int(counts[idx]),
-                      "extent_mm": [round(e, 1) for e in extent]})
+        table.append(Lesion(volume_ml=round(int(counts[idx]) * voxel_ml, 4), voxels=int(counts[idx]),
+                            extent_mm=tuple(round(float(e), 1) for e in extent)))
     return int(np.count_nonzero(counts)), table
 
 
-def case_report(labels: np.ndarray, geometry: Geometry, class_names: dict[int, str],
-                seconds: float, folds: list[int]) -> dict[str, Any]:
+def measure_case(labels: np.ndarray, geometry: Geometry, class_names: dict[int, str],
+                 seconds: float, folds: list[int] | tuple[int, ...]) -> CaseReport:
     """Volumes in mL per class, tumour count and sizes, vessel volume, time taken."""
     spacing = geometry.spacing_zyx
     voxel_ml = float(np.prod(spacing)) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=max(class_names) + 1)
-    report: dict[str, Any] = {
-        "volumes_ml": {name: round(float(counts[k]) * voxel_ml, 3) for k, name in sorted(class_names.items())},
-        "voxel_volume_ml": voxel_ml, "shape_zyx": list(labels.shape), "spacing_zyx": list(spacing),
-        "folds": folds, "seconds": round(seconds, 2)}
+    volumes = {name: round(float(counts[k]) * voxel_ml, 3) for k, name in sorted(class_names.items())}
+    tumours, vessel_ml = None, None
     for k, name in class_names.items():
         if "tumo" in name.lower() or "lesion" in name.lower() or "cancer" in name.lower():
             count, lesions = lesion_table(labels == k, spacing)
-            report["tumours"] = {"count": count, "lesions": lesions,
-                                 "listed": f"the {len(lesions)} largest" if count > len(lesions) else "all"}
+            tumours = TumourTable(count=count, lesions=tuple(lesions),
+                                  listed=f"the {len(lesions)} largest" if count > len(lesions) else "all")
         if "vessel" in name.lower():
-            report["vessel_volume_ml"] = report["volumes_ml"][name]
-    return report
+            vessel_ml = volumes[name]
+    return CaseReport(volumes_ml=volumes, voxel_volume_ml=voxel_ml, shape_zyx=tuple(int(n) for n in labels.shape),
+                      spacing_zyx=tuple(float(s) for s in spacing), folds=tuple(int(f) for f in folds),
+                      seconds=round(seconds, 2), tumours=tumours, vessel_volume_ml=vessel_ml)
+
+
+def case_report(labels: np.ndarray, geometry: Geometry, class_names: dict[int, str],
+                seconds: float, folds: list[int]) -> dict[str, Any]:
+    """The JSON form of :func:`measure_case`, for callers that still add fields to a dict
+    (construct the :class:`~autoseg.artefacts.CaseReport` with them instead)."""
+    return measure_case(labels, geometry, class_names, seconds, folds).to_dict()
 
 
 COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [60, 120, 240], [240, 200, 40]], np.float32) / 255

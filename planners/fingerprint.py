@@ -1,8 +1,8 @@
 """Dataset fingerprint: spacings, shapes, slice counts, intensities and class fractions.
 
 The fingerprint is everything the planner needs to know about a dataset, written as
-``fingerprint.json`` so a person can read it and the planner can be re-run without touching the
-images again.
+``fingerprint.json`` (:class:`autoseg.artefacts.Fingerprint`, version checked on read) so a person can
+read it and the planner can be re-run without touching the images again.
 """
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from autoseg.artefacts import Fingerprint
 from autoseg.cropping import crop_bbox
 from autoseg.datasets import Case, Dataset
 from autoseg.errors import DatasetError
-from autoseg.io import read_case_images, read_label_on, write_json
+from autoseg.io import read_case_images, read_label_on
+from autoseg.layout import PreprocessedDataset
 from autoseg.processes import die_with_parent
 from autoseg.validation import validate_case
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_PER_CLASS = 10_000
 TINY_CLASS_FRACTION = 0.01  # below 1 % of the body voxels a class is called tiny
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = Fingerprint.VERSION
 SPACING_OUTLIER_FACTOR = 4.0  # a case this many times off the median spacing along an axis is warned about
 
 
@@ -109,20 +111,31 @@ def _worker(args: tuple[Case, Dataset, int]) -> CaseFingerprint:
     return fingerprint_case(*args)
 
 
-def compute_fingerprint(dataset: Dataset, num_workers: int = 2, seed: int = 12345,
-                        max_slices: int | None = None) -> dict[str, Any]:
-    """Fingerprint every case (in parallel) and aggregate the dataset statistics."""
+def fingerprint_dataset(dataset: Dataset, num_workers: int = 2, seed: int = 12345,
+                        max_slices: int | None = None, inputs_key: str | None = None) -> Fingerprint:
+    """Fingerprint every case (in parallel) and aggregate the dataset statistics. ``inputs_key``:
+    what the fingerprint was made from (recorded, so that a re-run can tell it is current)."""
     jobs = [(case, dataset, seed) for case in dataset.cases]
     if num_workers > 1 and len(jobs) > 1:
         with mp.get_context("spawn").Pool(min(num_workers, len(jobs)), initializer=die_with_parent) as pool:
             cases = list(tqdm(pool.imap(_worker, jobs), total=len(jobs), desc="fingerprint"))
     else:
         cases = [_worker(j) for j in tqdm(jobs, desc="fingerprint")]
-    return aggregate(dataset, cases, max_slices)
+    data = aggregate(dataset, cases, max_slices)
+    if inputs_key is not None:
+        data["inputs_key"] = inputs_key
+    return Fingerprint.from_dict(data)
+
+
+def compute_fingerprint(dataset: Dataset, num_workers: int = 2, seed: int = 12345,
+                        max_slices: int | None = None) -> dict[str, Any]:
+    """The JSON form of :func:`fingerprint_dataset`, for callers not yet using the typed object."""
+    return fingerprint_dataset(dataset, num_workers, seed, max_slices).to_dict()
 
 
 def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | None) -> dict[str, Any]:
-    """Dataset-level statistics from per-case fingerprints, applying the slice-count filter."""
+    """Dataset-level statistics from per-case fingerprints, applying the slice-count filter, in the
+    JSON form of :class:`~autoseg.artefacts.Fingerprint`."""
     excluded = []
     if max_slices is not None:
         excluded = [{"case": c.identifier, "slices": c.shape[0],
@@ -231,15 +244,24 @@ def _ct_warnings(dataset: Dataset, cases: list[CaseFingerprint], intensity: dict
     return []
 
 
-def save_fingerprint(fingerprint: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``fingerprint.json`` and the slice-count histogram ``slices.png``."""
-    path = out_dir / "fingerprint.json"
-    write_json(path, fingerprint)
-    plot_slice_histogram(fingerprint, out_dir / "slices.png")
-    return path
+def save_fingerprint(fingerprint: Fingerprint | dict[str, Any], out_dir: Path) -> Path:
+    """Write the fingerprint and the slice-count histogram into the preprocessed folder ``out_dir``
+    (a dict is checked as a :class:`~autoseg.artefacts.Fingerprint` first)."""
+    if not isinstance(fingerprint, Fingerprint):
+        fingerprint = Fingerprint.from_dict(fingerprint)
+    out = PreprocessedDataset(Path(out_dir))
+    fingerprint.save(out.fingerprint)
+    plot_slice_histogram(fingerprint, out.slices_plot)
+    return out.fingerprint
 
 
-def plot_slice_histogram(fingerprint: dict[str, Any], path: Path) -> None:
+def load_fingerprint(path: Path) -> Fingerprint:
+    """The fingerprint at ``path``, checked: a missing, damaged, hand-broken, older or newer file is a
+    PlansError naming it, with the fix (fingerprint again with ``plan_and_preprocess --force``)."""
+    return Fingerprint.load(path)
+
+
+def plot_slice_histogram(fingerprint: Fingerprint, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,12 +269,12 @@ def plot_slice_histogram(fingerprint: dict[str, Any], path: Path) -> None:
 
     from autoseg.io import atomic_path
 
-    slices = [c["shape"][0] for c in fingerprint["cases"]]
+    slices = [c.shape[0] for c in fingerprint.cases]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.hist(slices, bins=fingerprint["slices"]["histogram"]["edges"], color="#4c72b0", edgecolor="white")
+    ax.hist(slices, bins=list(fingerprint.slices.histogram.edges), color="#4c72b0", edgecolor="white")
     ax.set_xlabel("slices per case")
     ax.set_ylabel("cases")
-    ax.set_title(f"{fingerprint['dataset_name']}: slice counts (n={len(slices)})")
+    ax.set_title(f"{fingerprint.dataset_name}: slice counts (n={len(slices)})")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

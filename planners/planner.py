@@ -4,7 +4,11 @@ Decisions, in order: target spacing; median case shape at that spacing; then, fo
 16 and 8, the largest patch (starting from the median shape, shrinking the axis that is largest
 relative to the median shape) whose training step fits the budget — GPU memory on CUDA, a
 step-time target (and RAM) on CPU; the batch size (at least 2; on a GPU, grown until the memory
-budget is used). Every estimate and the reason for each choice are written into the plans.
+budget is used); whether augmentation rotates in-plane only. Every estimate and the reason for each
+choice are written into the plans.
+
+The planner reads the fingerprint's JSON form (a :class:`~autoseg.artefacts.Fingerprint` is turned
+into it), so a test or benchmark can hand it only the keys a function reads.
 """
 from __future__ import annotations
 
@@ -14,14 +18,15 @@ import math
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from autoseg.artefacts import Fingerprint
 from autoseg.errors import ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, estimate_training_memory, network_names
-from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, HU_BOUNDS, RECIPES, Estimates, NetworkPlan,
-                           Normalisation, Plans, Resampling)
+from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, HU_BOUNDS, RECIPES, Augmentation, Estimates,
+                           NetworkPlan, Normalisation, Plans, Resampling)
 from autoseg.planners.topology import Topology, plan_topology
 from autoseg.precision import resolve_precision
 
@@ -81,7 +86,7 @@ class PlannerOptions:
             raise ConfigurationError(f"HU window low {self.hu_window[0]} must be below high {self.hu_window[1]}")
 
 
-def target_spacing(fingerprint: dict[str, Any]) -> tuple[float, ...]:
+def target_spacing(fingerprint: Mapping[str, Any]) -> tuple[float, ...]:
     """Median spacing; for strongly anisotropic data the coarse axis takes its 10th percentile.
 
     Resampling thick-slice cases to the median slice thickness would blur the thin-slice ones; the
@@ -97,7 +102,7 @@ def target_spacing(fingerprint: dict[str, Any]) -> tuple[float, ...]:
     return tuple(float(round(s, 4)) for s in median)
 
 
-def median_shape_at(fingerprint: dict[str, Any], spacing: tuple[float, ...]) -> tuple[int, ...]:
+def median_shape_at(fingerprint: Mapping[str, Any], spacing: tuple[float, ...]) -> tuple[int, ...]:
     """Median cropped case shape after resampling to ``spacing``."""
     shapes = [np.array(c["shape_after_crop"]) * np.array(c["spacing"]) / np.array(spacing)
               for c in fingerprint["cases"]]
@@ -117,7 +122,7 @@ def hu_window_for(stats: dict[str, Any], window: tuple[float, float] | None) -> 
     return (lo, hi) if hi - lo >= MIN_HU_WIDTH else HU_BOUNDS
 
 
-def normalisation_for(fingerprint: dict[str, Any],
+def normalisation_for(fingerprint: Mapping[str, Any],
                       window: tuple[float, float] | None = None) -> tuple[Normalisation, ...]:
     """CT channels: clip to the HU window (:func:`hu_window_for`), z-score with the clipped
     foreground statistics."""
@@ -157,7 +162,7 @@ class Candidate:
 class Pricer:
     """Prices candidates against the budget of one device."""
 
-    def __init__(self, fingerprint: dict[str, Any], options: PlannerOptions):
+    def __init__(self, fingerprint: Mapping[str, Any], options: PlannerOptions):
         self.options = options
         self.in_channels = len(fingerprint["channel_names"])
         self.num_classes = max(int(k) for k in fingerprint["labels"]) + 1
@@ -342,8 +347,10 @@ def _verify_cpu(pricer: Pricer, cand: Candidate, median_shape: tuple[int, ...],
     return best
 
 
-def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
+def plan(fingerprint: Fingerprint | Mapping[str, Any], options: PlannerOptions) -> Plans:
     """Derive the complete plans for a fingerprinted dataset under ``options``' budget."""
+    if isinstance(fingerprint, Fingerprint):
+        fingerprint = fingerprint.to_dict()
     spacing = target_spacing(fingerprint)
     median_shape = median_shape_at(fingerprint, spacing)
     pricer = Pricer(fingerprint, options)
@@ -388,6 +395,7 @@ def plan(fingerprint: dict[str, Any], options: PlannerOptions) -> Plans:
         network=NetworkPlan(options.network, cand.network_kwargs),
         estimates=estimates,
         resampling=Resampling(),
+        augmentation=Augmentation.for_spacing(spacing),
         recipe=dataclasses.replace(
             RECIPES[CPU_DEFAULT_RECIPE if options.device == "cpu" else GPU_DEFAULT_RECIPE],
             deep_supervision=options.deep_supervision, precision=pricer.precision),

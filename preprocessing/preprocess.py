@@ -7,6 +7,7 @@ runs every training case in worker processes and skips the ones already done wit
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import logging
 import multiprocessing as mp
@@ -14,12 +15,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg.artefacts import CaseProperties
 from autoseg.datasets import Case, Dataset
 from autoseg.errors import ConfigurationError, DatasetError, ImageReadError
 from autoseg.io import Geometry, read_case_images, read_label_on, strip_image_suffix
@@ -43,7 +45,8 @@ class PreprocessedCase:
 
     data: np.ndarray  # float32 (C, z, y, x)
     seg: np.ndarray | None  # uint8 (z, y, x)
-    properties: dict[str, Any]
+    #: ``properties[key]`` reads a value as the JSON file holds it (see CaseProperties).
+    properties: CaseProperties
 
 
 def case_id_from_path(path: Path) -> str:
@@ -145,15 +148,8 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
         bbox = inter if all(a < b for a, b in inter) else region  # type: ignore[assignment]
     src, dst = geom.spacing_zyx, target_spacing_for(plans, geom.spacing_zyx)
     check_resampled_size([b - a for a, b in bbox], image.shape[0], src, dst, paths[0])
-    properties: dict[str, Any] = {
-        "case_id": case_id, "image_files": [p.name for p in paths],
-        "label_file": label_file.name if label_file else None,
-        "original_geometry": geom.to_dict(), "original_shape": list(geom.shape_zyx),
-        "original_spacing": list(geom.spacing_zyx),
-        "crop_bbox": [list(b) for b in bbox], "shape_after_crop": [b - a for a, b in bbox],
-        "intensity_min": [float(image[c].min()) for c in range(image.shape[0])],
-        "intensity_max": [float(image[c].max()) for c in range(image.shape[0])],
-    }
+    lows = tuple(float(image[c].min()) for c in range(image.shape[0]))
+    highs = tuple(float(image[c].max()) for c in range(image.shape[0]))
     cropped = image[(slice(None), *bbox_slices(bbox))]
     del image
     mask = body_mask(cropped, ct_channel) if needs_mask(plans.normalisation) else None
@@ -166,16 +162,24 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
         if label is not None:
             seg = resample_labels(label[bbox_slices(bbox)], src, dst, plans.num_classes,
                                   keep_volume=plans.resampling.keeps_label_volume)
-    properties.update({"shape_after_resampling": list(data.shape[1:]), "target_spacing": list(dst),
-                       "num_channels": int(data.shape[0]), "has_label": seg is not None})
+    voxels, locations = None, None
     if seg is not None:
         foreground = sorted(k for k in plans.labels if k != 0)
-        properties["class_voxels"] = {str(k): int(np.count_nonzero(seg == k)) for k in foreground}
-        properties["class_locations"] = class_locations(seg, foreground, case_seed(plans.seed, case_id))
+        voxels = {k: int(np.count_nonzero(seg == k)) for k in foreground}
+        locations = {int(k): tuple((p[0], p[1], p[2]) for p in v)
+                     for k, v in class_locations(seg, foreground, case_seed(plans.seed, case_id)).items()}
+    properties = CaseProperties(
+        case_id=case_id, image_files=tuple(p.name for p in paths), label_file=label_file.name if label_file else None,
+        original_geometry=geom, original_shape=tuple(int(n) for n in geom.shape_zyx),
+        original_spacing=tuple(float(s) for s in geom.spacing_zyx),
+        crop_bbox=tuple((int(a), int(b)) for a, b in bbox), shape_after_crop=tuple(int(b - a) for a, b in bbox),
+        intensity_min=lows, intensity_max=highs, shape_after_resampling=tuple(int(n) for n in data.shape[1:]),
+        target_spacing=tuple(float(s) for s in dst), num_channels=int(data.shape[0]), has_label=seg is not None,
+        class_voxels=voxels, class_locations=locations)
     return PreprocessedCase(data, seg, properties)
 
 
-def restore_to_original(array: np.ndarray | torch.Tensor, properties: dict[str, Any],
+def restore_to_original(array: np.ndarray | torch.Tensor, properties: CaseProperties,
                         num_threads: int | None = None) -> np.ndarray:
     """Bring a prediction on the preprocessed grid back to the input grid (z, y, x).
 
@@ -197,7 +201,7 @@ def restore_to_original(array: np.ndarray | torch.Tensor, properties: dict[str, 
     return out
 
 
-def labels_on_original_grid(probs: np.ndarray | torch.Tensor, properties: dict[str, Any],
+def labels_on_original_grid(probs: np.ndarray | torch.Tensor, properties: CaseProperties,
                             keep_volume: bool = True, num_threads: int | None = None) -> np.ndarray:
     """Labels on the input grid (z, y, x) from probabilities ``(K, z, y, x)`` on the preprocessed
     grid: resampled to the crop and arg-maxed there (keeping each class's volume, see
@@ -208,23 +212,22 @@ def labels_on_original_grid(probs: np.ndarray | torch.Tensor, properties: dict[s
     return labels
 
 
-def _crop_placement(shape: Sequence[int], properties: dict[str, Any],
+def _crop_placement(shape: Sequence[int], properties: CaseProperties,
                     ndims: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[slice, ...], tuple[int, ...]]:
     """For a prediction of ``shape`` on the preprocessed grid: the crop's shape on the input grid,
     the crop's region there and the input grid's shape (a clear error when the shape is wrong)."""
-    expected = tuple(properties["shape_after_resampling"])
+    expected = properties.shape_after_resampling
     if len(shape) not in ndims or tuple(shape[-3:]) != expected:
         raise ValueError(f"the axes of prediction shape {tuple(shape)} do not match the preprocessed "
                          f"shape {expected}")
-    region = bbox_slices(tuple(tuple(b) for b in properties["crop_bbox"]))  # type: ignore[arg-type]
-    return tuple(properties["shape_after_crop"]), region, tuple(properties["original_shape"])
+    region = bbox_slices(properties.crop_bbox)  # type: ignore[arg-type]
+    return properties.shape_after_crop, region, properties.original_shape
 
 
 def _process_one(case: Case, plans: Plans, out_dir: Path, key: str) -> str:
     """Preprocess and store one case (runs in a worker process)."""
     pre = preprocess_case(case.images, case.label, plans, case_id=case.identifier)
-    pre.properties["plans_key"] = key
-    write_case(out_dir, case.identifier, pre.data, pre.seg, pre.properties)
+    write_case(out_dir, case.identifier, pre.data, pre.seg, dataclasses.replace(pre.properties, plans_key=key))
     return case.identifier
 
 

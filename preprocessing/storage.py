@@ -1,11 +1,12 @@
-"""On-disk layout of preprocessed cases and the check that decides whether a case is up to date.
+"""Preprocessed cases on disk and the check that decides whether a case is up to date.
 
-``<out>/data/<case>.npy``: float32 ``(C, z, y, x)``, the C normalised channels.
-``<out>/data/<case>_seg.npy``: uint8 ``(z, y, x)``, the label map (background 0; all zeros for a case
+The files of a case are :class:`autoseg.layout.CaseFiles`: the image, float32 ``(C, z, y, x)``, the
+C normalised channels; the label map, uint8 ``(z, y, x)`` (background 0; all zeros for a case
 without labels). Both are plain ``.npy`` files, so training can ``np.load(path, mmap_mode="r")`` and
-read a random patch without loading the case. ``<out>/data/<case>.json``: the properties (see
-:func:`autoseg.preprocessing.preprocess.preprocess_case`), written last, so a case whose JSON exists and
-whose ``plans_key`` matches is complete.
+read a random patch without loading the case. The properties
+(:class:`autoseg.artefacts.CaseProperties`, from
+:func:`autoseg.preprocessing.preprocess.preprocess_case`) are written last, so a case whose properties
+load and whose ``plans_key`` matches is complete.
 
 Until preprocessing version 3 the label map was a float32 last channel of ``<case>.npy``: a single
 CT channel then took 8 bytes a voxel on disk and in the page cache instead of 5. Version 2 cases fail
@@ -20,40 +21,41 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from autoseg.artefacts import CaseProperties
 from autoseg.errors import AutosegError
-from autoseg.io import atomic_path, read_json
+from autoseg.io import atomic_path
+from autoseg.layout import PreprocessedDataset, case_files_in
 from autoseg.plans import Plans
 
 log = logging.getLogger(__name__)
 
 PREPROCESSING_VERSION = 3  # bump when a code change alters the output, so old cases are redone
-LABELS_SUFFIX = "_seg"
+#: Ends the label array's name (a case id ending in it would collide; preprocessing refuses those).
+LABELS_SUFFIX = PreprocessedDataset.LABELS_SUFFIX
 
 
 def labels_file(data_folder: Path, case_id: str) -> Path:
-    """A case's label array in a preprocessed ``data`` folder: ``<case>_seg.npy`` (a case id
-    ending in the suffix would collide; preprocessing refuses such datasets)."""
-    return Path(data_folder) / f"{case_id}{LABELS_SUFFIX}.npy"
+    """A case's label array in a preprocessed ``data`` folder."""
+    return case_files_in(data_folder, case_id).labels
 
 
 def data_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "data"
+    return PreprocessedDataset(Path(out_dir)).data
 
 
 def case_files(out_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
     """The image array, the label array and the properties JSON of one case."""
-    folder = data_dir(out_dir)
-    return folder / f"{case_id}.npy", labels_file(folder, case_id), folder / f"{case_id}.json"
+    return PreprocessedDataset(Path(out_dir)).case(case_id).all()
 
 
 def case_ids(out_dir: Path) -> list[str]:
     """The identifiers of the cases in a preprocessed folder (those whose properties JSON, written
     last, exists), sorted."""
-    return sorted(p.stem for p in data_dir(out_dir).glob("*.json") if not p.name.startswith("."))
+    return PreprocessedDataset(Path(out_dir)).case_ids()
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
@@ -108,25 +110,28 @@ def plans_key(plans: Plans) -> str:
 
 
 def is_up_to_date(out_dir: Path, case_id: str, key: str) -> bool:
-    """True when the case's files are complete and were made with plans whose key is ``key``."""
+    """True when the case's files are complete and were made with plans whose key is ``key``
+    (properties that do not load, from an older or newer autoseg or hand-broken, are stale)."""
     npy, seg_npy, props_path = case_files(out_dir, case_id)
     if not (npy.is_file() and seg_npy.is_file() and props_path.is_file()):
         return False
     try:
-        props = read_json(props_path)
+        props = CaseProperties.load(props_path)
         image, labels = _npy_header(npy), _npy_header(seg_npy)
-    except (OSError, ValueError, json.JSONDecodeError):
+    except (OSError, ValueError, AutosegError):
         return False
-    shape = tuple(props.get("shape_after_resampling", []))
-    return (props.get("plans_key") == key and image == ((props.get("num_channels", -1), *shape), np.float32)
+    shape = props.shape_after_resampling
+    return (props.plans_key == key and image == ((props.num_channels, *shape), np.float32)
             and labels == (shape, np.uint8))
 
 
 def write_case(out_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray | None,
-               properties: dict[str, Any]) -> None:
+               properties: CaseProperties | Mapping[str, Any]) -> None:
     """Write one case: the image and label arrays (each atomically), then the properties JSON, which
-    marks the case complete; if anything fails, none of the case's files is left behind."""
+    marks the case complete; if anything fails, none of the case's files is left behind. A mapping
+    is written as given (tests and tools storing a partial case); training reads only complete ones."""
     npy, seg_npy, props_path = case_files(out_dir, case_id)
+    payload = properties.to_dict() if isinstance(properties, CaseProperties) else dict(properties)
     labels = np.zeros(data.shape[1:], np.uint8) if seg is None else np.asarray(seg)
     if labels.shape != data.shape[1:]:
         raise ValueError(f"{case_id}: label map shape {labels.shape} differs from the image's {data.shape[1:]}")
@@ -138,7 +143,7 @@ def write_case(out_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray | 
         _save_array(npy, np.ascontiguousarray(data, dtype=np.float32))
         _save_array(seg_npy, np.ascontiguousarray(labels, dtype=np.uint8))
         with atomic_path(props_path) as tmp:
-            tmp.write_text(dumps_compact(properties) + "\n")
+            tmp.write_text(dumps_compact(payload) + "\n")
     except BaseException:
         for path in (npy, seg_npy, props_path):
             path.unlink(missing_ok=True)
@@ -159,11 +164,16 @@ def _save_array(path: Path, array: np.ndarray) -> None:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({exc})") from exc
 
 
-def load_case(out_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def load_case(out_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
     """The ``(C, z, y, x)`` image, the ``(z, y, x)`` uint8 labels (both memory-mapped by default) and
     the properties of a case."""
     npy, seg_npy, props_path = case_files(out_dir, case_id)
-    return load_array(npy, mmap), load_array(seg_npy, mmap), read_json(props_path)
+    return load_array(npy, mmap), load_array(seg_npy, mmap), load_properties(props_path)
+
+
+def load_properties(path: Path) -> CaseProperties:
+    """A case's properties, checked (an error names the file, the field and the fix)."""
+    return CaseProperties.load(path)
 
 
 def load_labels(data_folder: Path, case_id: str) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoseg.artefacts import PostprocessingDecision
 from autoseg.inference.postprocessing import (apply_postprocessing, determine_postprocessing,
                                               keep_largest_component, remove_small_components)
 from autoseg.errors import AutosegError
@@ -54,7 +55,8 @@ def test_decision_enables_it_only_where_cv_dice_improves(tmp_path: Path) -> None
     assert ev["liver"]["dice_after"] > ev["liver"]["dice_before"]
     assert ev["tumour"]["candidates"]["keep_largest_component"] < ev["tumour"]["dice_before"]  # a true lesion lost
     assert ev["tumour"]["choice"] == "none" and ev["tumour"]["dice_after"] == ev["tumour"]["dice_before"]
-    assert read_json(tmp_path / "model" / "postprocessing.json") == decision
+    assert read_json(tmp_path / "model" / "postprocessing.json") == decision.to_dict()
+    assert PostprocessingDecision.load(tmp_path / "model" / "postprocessing.json") == decision
     pred, ref = _case()
     assert np.array_equal(apply_postprocessing(pred, decision) == 1, ref == 1)
     assert np.array_equal(apply_postprocessing(pred, None), pred)
@@ -109,6 +111,6 @@ def test_lesion_table_counts_all_and_lists_the_largest() -> None:
     for i in range(0, 20, 4):  # 5 single-voxel specks, apart from each other and the blobs
         mask[7, 18, i] = True
     count, table = lesion_table(mask, (2.0, 1.0, 0.5), limit=3)
-    assert count == 7 and [r["voxels"] for r in table] == [20, 18, 1]
-    assert table[0]["extent_mm"] == [4.0, 5.0, 1.0] and table[1]["volume_ml"] == round(18 * 1e-3, 4)
+    assert count == 7 and [r.voxels for r in table] == [20, 18, 1]
+    assert table[0].extent_mm == (4.0, 5.0, 1.0) and table[1].volume_ml == round(18 * 1e-3, 4)
     assert lesion_table(np.zeros((3, 3, 3), bool), (1.0, 1.0, 1.0)) == (0, [])

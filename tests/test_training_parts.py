@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from autoseg.errors import AutosegError, ConfigurationError
-from autoseg.plans import Recipe
+from autoseg.plans import Augmentation, Recipe
 from autoseg.preprocessing.storage import write_case
 from autoseg.training.data import CaseStore, PatchLoader, crop_with_padding, make_train_stream
 from autoseg.training.losses import DeepSupervision, build_loss, soft_dice_per_class
 from autoseg.training.recipes import PlateauState, poly_lr, recipe_named
 from autoseg.training.splits import load_or_create_splits, make_splits
+from tests.test_schema import make_properties
 
 
 def write_preprocessed(out: Path, n: int = 3, shape=(16, 40, 40)) -> list[str]:
@@ -27,8 +28,8 @@ def write_preprocessed(out: Path, n: int = 3, shape=(16, 40, 40)) -> list[str]:
         seg = np.zeros(shape, np.uint8)
         seg[5:7, 30:32, 30:32] = 1  # a tiny class in a corner
         seg[10:14, 5:12, 5:12] = 2
-        locs = {str(k): np.argwhere(seg == k).tolist() for k in (1, 2)}
-        write_case(out, f"case_{i}", image, seg, {"class_locations": locs})
+        locs = {k: np.argwhere(seg == k).tolist() for k in (1, 2)}
+        write_case(out, f"case_{i}", image, seg, make_properties(f"case_{i}", shape, locs))
         names.append(f"case_{i}")
     return names
 
@@ -183,7 +184,8 @@ def test_missing_preprocessed_case_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_augmented_stream_in_background_process(tmp_path: Path) -> None:
     cases = write_preprocessed(tmp_path)
-    stream = make_train_stream(CaseStore(tmp_path / "data", cases), (8, 16, 16), (2.5, 0.8, 0.8), 2, 0.5, 0, 1)
+    stream = make_train_stream(CaseStore(tmp_path / "data", cases), (8, 16, 16), Augmentation(in_plane_only=True),
+                               2, 0.5, 0, 1)
     try:
         batch = next(stream)
     finally:

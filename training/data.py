@@ -1,9 +1,10 @@
 """Training data: random patches with class-aware oversampling, augmented by batchgenerators in
 background processes so the network does not wait for data.
 
-A preprocessed case is ``<case>.npy`` (float32, C, z, y, x) and ``<case>_seg.npy`` (uint8 labels,
-z, y, x), both read through memory maps so only the patch is touched, and ``<case>.json`` with
-``class_locations``. A patch is handed on as one float32 (C + 1, ...) array, the label map last.
+A preprocessed case (:class:`autoseg.layout.CaseFiles`) is a float32 (C, z, y, x) image and a uint8
+(z, y, x) label map, both read through memory maps so only the patch is touched, and its properties
+with ``class_locations``. A patch is handed on as one float32 (C + 1, ...) array, the label map last.
+Whether rotations stay in-plane is the plans' decision (:class:`autoseg.plans.Augmentation`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
@@ -25,10 +26,11 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 from batchgenerators.transforms.utility_transforms import NumpyToTensor
 
+from autoseg.artefacts import CaseProperties
 from autoseg.errors import AutosegError
-from autoseg.io import read_json
+from autoseg.layout import CaseFiles, case_files_in
+from autoseg.plans import Augmentation
 from autoseg.processes import die_with_parent
-from autoseg.preprocessing.storage import labels_file
 
 ROTATION_DEG = 30.0
 SCALE_RANGE = (0.85, 1.25)
@@ -59,23 +61,25 @@ class CaseStore:
         self._images: dict[str, np.ndarray] = {}
         self._labels: dict[str, np.ndarray] = {}
         self._locations: dict[str, dict[int, np.ndarray]] = {}
-        missing = [c for c in self.cases
-                   if not ((self.data_dir / f"{c}.npy").is_file() and labels_file(self.data_dir, c).is_file())]
+        missing = [c for c in self.cases if not (self.files(c).image.is_file() and self.files(c).labels.is_file())]
         if missing:
             raise AutosegError(f"preprocessed cases missing or from an older autoseg: {missing[:5]}", self.data_dir,
                                "run `autoseg plan_and_preprocess` for this dataset (it redoes only what is stale)")
         _allow_open_files(2 * len(self.cases) + 256)  # two memory maps a case stay open
 
+    def files(self, case: str) -> CaseFiles:
+        return case_files_in(self.data_dir, case)
+
     def image(self, case: str) -> np.ndarray:
         """The case's (C, z, y, x) float32 image, memory-mapped."""
         if case not in self._images:
-            self._images[case] = np.load(self.data_dir / f"{case}.npy", mmap_mode="r")
+            self._images[case] = np.load(self.files(case).image, mmap_mode="r")
         return self._images[case]
 
     def labels(self, case: str) -> np.ndarray:
         """The case's (z, y, x) uint8 label map, memory-mapped."""
         if case not in self._labels:
-            path = labels_file(self.data_dir, case)
+            path = self.files(case).labels
             labels = np.load(path, mmap_mode="r")
             if labels.shape != self.image(case).shape[1:]:
                 raise AutosegError(f"label map of shape {labels.shape} does not match the image "
@@ -92,27 +96,26 @@ class CaseStore:
         out[-1] = crop_with_padding(self.labels(case)[None], centre, size)[0]
         return out
 
-    def properties(self, case: str) -> dict[str, Any]:
-        """The case's properties JSON (geometry, crop, class locations)."""
-        return read_json(self.data_dir / f"{case}.json")
+    def properties(self, case: str) -> CaseProperties:
+        """The case's properties (geometry, crop, class locations), checked."""
+        return CaseProperties.load(self.files(case).properties)
 
     def locations(self, case: str) -> dict[int, np.ndarray]:
         if case not in self._locations:
-            props = self.properties(case)
-            self._locations[case] = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3)
-                                     for k, v in props.get("class_locations", {}).items() if len(v)}
+            found = self.properties(case).class_locations or {}
+            self._locations[case] = {k: np.asarray(v, dtype=np.int64).reshape(-1, 3)
+                                     for k, v in found.items() if len(v)}
         return self._locations[case]
 
 
-def initial_patch_size(patch: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
+def initial_patch_size(patch: tuple[int, ...], in_plane_only: bool) -> tuple[int, ...]:
     """Patch read before rotation and scaling so the final crop has no empty corners.
 
-    Rotation is in-plane only when the slices are much thicker than the pixels (as nnU-Net does),
-    so the z extent only grows for scaling.
+    When rotation is in-plane only (slices much thicker than the pixels, as nnU-Net does), the z
+    extent only grows for scaling.
     """
     rad = math.radians(ROTATION_DEG)
     grow = math.cos(rad) + math.sin(rad)
-    in_plane_only = spacing[0] > 2.5 * min(spacing[1:])
     factors = [1.0 if (a == 0 and in_plane_only) else grow for a in range(len(patch))]
     return tuple(int(math.ceil(p * f / SCALE_RANGE[0])) for p, f in zip(patch, factors))
 
@@ -174,10 +177,9 @@ class PatchLoader(SlimDataLoaderBase):
         return {"data": stacked[:, :-1], "seg": stacked[:, -1:], "keys": picks}
 
 
-def train_transforms(patch: tuple[int, ...], spacing: tuple[float, ...]) -> Compose:
+def train_transforms(patch: tuple[int, ...], in_plane_only: bool) -> Compose:
     """The augmentation pipeline (elastic deformation off, as nnU-Net's default)."""
     rad = math.radians(ROTATION_DEG)
-    in_plane_only = spacing[0] > 2.5 * min(spacing[1:])
     angle_x = (-rad, rad)  # batchgenerators' angle_x rotates within the last two (in-plane) axes
     other = (0.0, 0.0) if in_plane_only else (-rad, rad)
     ignore_z = (0,) if in_plane_only else None
@@ -200,11 +202,15 @@ def train_transforms(patch: tuple[int, ...], spacing: tuple[float, ...]) -> Comp
     ])
 
 
-def make_train_stream(store: CaseStore, patch: tuple[int, ...], spacing: tuple[float, ...], batch_size: int,
-                      oversample: float, seed: int, workers: int):
-    """An endless stream of augmented batches; ``workers`` > 0 runs it in background processes."""
-    loader = PatchLoader(store, initial_patch_size(patch, spacing), batch_size, oversample, seed)
-    transforms = train_transforms(patch, spacing)
+def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Augmentation | Sequence[float],
+                      batch_size: int, oversample: float, seed: int, workers: int):
+    """An endless stream of augmented batches; ``workers`` > 0 runs it in background processes.
+    ``augmentation``: the plans' decision (``plans.augmentation``); a target spacing is decided by
+    the same rule (for callers that still pass one)."""
+    if not isinstance(augmentation, Augmentation):
+        augmentation = Augmentation.for_spacing(augmentation)
+    loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed)
+    transforms = train_transforms(patch, augmentation.in_plane_only)
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)
     return MultiThreadedAugmenter(loader, transforms, workers, num_cached_per_queue=4,

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoseg.io import Geometry, atomic_path, write_image, write_json
-from autoseg.metrics import case_dice, mean_present
+from autoseg.artefacts import CaseProperties, FoldSummary
+from autoseg.io import atomic_path, write_image
+from autoseg.layout import ValidationFolder
+from autoseg.metrics import case_dice
 from autoseg.plans import Plans
 from autoseg.preprocessing.preprocess import labels_on_original_grid
 from autoseg.sliding_window import predict_sliding_window
@@ -38,10 +40,12 @@ def quantise(probabilities: np.ndarray) -> np.ndarray:
 
 def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_dir: Path,
                   device: str = "cpu", write_predictions: bool = True, precision: str = "auto",
-                  between_batches: Callable[[], object] | None = None) -> dict[str, Any]:
-    """Predict every case of ``store`` and write ``out_dir/summary.json``; returns the summary.
-    ``between_batches``: called between sliding-window batches (the training's CoreShare.adapt)."""
+                  between_batches: Callable[[], object] | None = None) -> FoldSummary:
+    """Predict every case of ``store`` into the validation folder ``out_dir`` and write its summary;
+    returns the summary. ``between_batches``: called between sliding-window batches (the training's
+    CoreShare.adapt)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    folder = ValidationFolder(out_dir)
     names = {int(k): v for k, v in plans.labels.items() if int(k) != 0}
     was_ds = getattr(network, "deep_supervision", False)
     network.deep_supervision = False
@@ -57,31 +61,28 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
             ref = np.asarray(store.labels(case))
             per_case[case] = case_dice(pred, ref, names)
             if write_predictions:
-                _write_on_original_grid(probs, store.properties(case), out_dir / f"{case}.nii.gz",
+                _write_on_original_grid(probs, store.properties(case), folder.label_map(case),
                                         plans.resampling.keeps_label_volume)
-                with atomic_path(out_dir / f"{case}.pred.npz") as tmp:  # for post-processing decisions
+                with atomic_path(folder.prediction(case)) as tmp:  # for post-processing decisions
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, labels=pred, probabilities=quantise(probs))
     finally:
         network.deep_supervision = was_ds
     summary = write_summary(out_dir, per_case, names, seconds=round(time.perf_counter() - t0, 2))
     log.info("validation of %d cases: %s", len(per_case),
-             {k: v and round(v, 3) for k, v in summary["mean_dice"].items()})
+             {k: v and round(v, 3) for k, v in summary.mean_dice.items()})
     return summary
 
 
 def write_summary(out_dir: Path, per_case: dict[str, dict[str, float | None]], names: dict[int, str],
-                  **extra: Any) -> dict[str, Any]:
-    """``out_dir/summary.json``: per-case Dice, the mean of each class over cases and their mean."""
-    mean = {name: mean_present([per_case[c][name] for c in per_case]) for name in names.values()}
-    summary = {"checkpoint": "final", "cases": per_case, "mean_dice": mean,
-               "mean_foreground_dice": mean_present(list(mean.values())),
-               "space": "preprocessed grid (target spacing, body crop)", **extra}
-    write_json(out_dir / "summary.json", summary)
+                  **extra: Any) -> FoldSummary:
+    """The validation folder ``out_dir``'s summary (:meth:`FoldSummary.from_cases`), written."""
+    summary = FoldSummary.from_cases(per_case, names, **extra)
+    summary.save(ValidationFolder(out_dir).summary)
     return summary
 
 
-def _write_on_original_grid(probs: np.ndarray, properties: dict[str, Any], path: Path, keep_volume: bool) -> None:
+def _write_on_original_grid(probs: np.ndarray, properties: CaseProperties, path: Path, keep_volume: bool) -> None:
     """The validation prediction on the case's input grid, made as ``autoseg predict`` makes it."""
     labels = labels_on_original_grid(probs, properties, keep_volume)
-    write_image(path, labels, Geometry.from_dict(properties["original_geometry"]))
+    write_image(path, labels, properties.original_geometry)

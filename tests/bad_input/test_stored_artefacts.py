@@ -37,6 +37,7 @@ from autoseg.checkpoint import DIGEST_KEY, load_checkpoint, save_checkpoint
 from tests.optional import require_extra
 from tests.synthetic import make_msd_task
 from tests.test_plans import make_plans
+from tests.test_schema import make_properties
 
 PATCH = (16, 32, 32)
 KWARGS = default_network_kwargs("arunet", n_stages=3, features_per_stage=[4, 8, 16],
@@ -129,8 +130,7 @@ def test_truncated_preprocessed_array_is_not_up_to_date_and_refused(tmp_path: Pa
     data = np.random.default_rng(0).normal(size=(1, 6, 8, 10)).astype(np.float32)
     seg = np.zeros((6, 8, 10), np.uint8)
     seg[2:4, 3:5, 4:6] = 2
-    write_case(tmp_path, "case_0", data, seg, {"plans_key": "k", "num_channels": 1,
-                                                "shape_after_resampling": [6, 8, 10]})
+    write_case(tmp_path, "case_0", data, seg, make_properties("case_0", (6, 8, 10)))
     assert is_up_to_date(tmp_path, "case_0", "k")
     image, labels, _ = case_files(tmp_path, "case_0")
     damaged = labels if which == "labels" else image
