@@ -13,6 +13,7 @@ object keys become ``int`` where ``K`` is ``int``) and nested dataclasses. Field
 :func:`optional` (written only when set) and :func:`rest` (an object's remaining keys, for objects
 keyed by data such as a class name). Where a file is (its name) is :mod:`autoseg.layout`'s business.
 
+    >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)
     ... class Note(Artefact):
     ...     KIND, VERSION_KEY, VERSION, FIX = "note", "note_version", 1, "write the note again"
@@ -36,7 +37,7 @@ import math
 import numbers
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -89,7 +90,7 @@ class Artefact:
     # --- writing -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: the version key first (unless it is a field), then the fields in order."""
-        data = to_json(self)
+        data: dict[str, Any] = to_json(self)
         if self.VERSION_KEY in data:
             return data
         return {self.VERSION_KEY: self.VERSION, **data}
@@ -111,7 +112,8 @@ class Artefact:
         own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         body = data if cls.VERSION_KEY in own else {k: v for k, v in data.items() if k != cls.VERSION_KEY}
         try:
-            return build(cls, body, "")
+            built: A = build(cls, body, "")
+            return built
         except FieldError as exc:
             raise cls.ERROR(str(exc), source, f"correct the field or {cls.FIX}") from None
         except AutosegError as exc:  # a check of the type itself (__post_init__)
@@ -253,7 +255,7 @@ def build(tp: Any, value: Any, where: str) -> Any:
     return _build_scalar(tp, value, where)
 
 
-def _fast_tuples(item: Any, value: list[Any]) -> tuple[Any, ...] | None:
+def _fast_tuples(item: Any, value: list[Any] | tuple[Any, ...]) -> tuple[Any, ...] | None:
     """``value`` as a tuple when it plainly fits ``item`` (exact ints, or lists of exact ints for
     ``tuple[int, int, int]``): a case's 30,000 sampled voxel coordinates load in milliseconds."""
     if item is int and all(type(v) is int for v in value):
@@ -304,7 +306,7 @@ def _build_dataclass(tp: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise FieldError(f"{_name(where)} must be an object, got {value!r}")
     hints = _hints(tp)
-    fields = dataclasses.fields(tp)  # type: ignore[arg-type]
+    fields = dataclasses.fields(tp)
     spill = next((f for f in fields if f.metadata.get("rest")), None)
     named = {f.name for f in fields if f is not spill}
     unknown = [k for k in value if k not in named]

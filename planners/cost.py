@@ -167,7 +167,7 @@ def cpu_model() -> str:
     fallback = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
-            return next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), fallback)
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), fallback)
     except OSError:
         return fallback
 

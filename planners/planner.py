@@ -18,7 +18,7 @@ import math
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from autoseg.artefacts import Fingerprint
 from autoseg.errors import ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, estimate_training_memory, network_names
 from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, HU_BOUNDS, RECIPES, Augmentation, Estimates,
-                           NetworkPlan, Normalisation, Plans, Resampling)
+                           NetworkPlan, Normalisation, Plans, Precision, Resampling)
 from autoseg.planners.topology import Topology, plan_topology
 from autoseg.precision import resolve_precision
 
@@ -398,6 +398,6 @@ def plan(fingerprint: Fingerprint | Mapping[str, Any], options: PlannerOptions) 
         augmentation=Augmentation.for_spacing(spacing),
         recipe=dataclasses.replace(
             RECIPES[CPU_DEFAULT_RECIPE if options.device == "cpu" else GPU_DEFAULT_RECIPE],
-            deep_supervision=options.deep_supervision, precision=pricer.precision),
+            deep_supervision=options.deep_supervision, precision=cast(Precision, pricer.precision)),
         seed=options.seed,
     )

@@ -1,6 +1,7 @@
 """Post-processing decided from cross-validation: per class keep the largest component or drop
-components under a volume, only where that raises the class's CV Dice. The CV predictions here are hand-made files in the layout fold
-validation writes (fold_K/validation/<case>.pred.npz and the preprocessed data/<case>_seg.npy)."""
+components under a volume, only where that raises the class's CV Dice. The CV predictions here are
+hand-made files in the layout fold validation writes (fold_K/validation/<case>.pred.npz and the
+preprocessed data/<case>_seg.npy)."""
 from __future__ import annotations
 
 from pathlib import Path

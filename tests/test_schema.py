@@ -29,7 +29,8 @@ from tests.test_plans import make_plans
 def make_fingerprint() -> Fingerprint:
     from autoseg.planners.fingerprint import CaseFingerprint, aggregate
 
-    dataset = Dataset("Task08_HepaticVessel", Path("raw"), "msd", ("CT",), {0: "background", 1: "vessel", 2: "tumour"}, ())
+    labels = {0: "background", 1: "vessel", 2: "tumour"}
+    dataset = Dataset("Task08_HepaticVessel", Path("raw"), "msd", ("CT",), labels, ())
     rng = np.random.default_rng(0)
     cases = [CaseFingerprint(f"hv_{i}", (2.5, 0.8, 0.8), (40 + i, 64, 64), (30, 50, 50), 30 * 50 * 50,
                              {1: 100 + i, 2: 20}, {k: rng.normal(100, 30, (1, 50)) for k in (0, 1, 2)}, -1000.0, 400.0)
@@ -64,7 +65,8 @@ def make_cv_summary() -> CvSummary:
 
 def make_best() -> BestChoice:
     return BestChoice("arunet", 0.6, (0, 1), "adam_poly", False,
-                      {"arunet": Candidate(0.6, (0, 1), "adam_poly", True), "plain_unet": Candidate(None, (0,), None, False)})
+                      {"arunet": Candidate(0.6, (0, 1), "adam_poly", True),
+                       "plain_unet": Candidate(None, (0,), None, False)})
 
 
 def make_decision() -> PostprocessingDecision:
@@ -218,9 +220,10 @@ def test_json_view_reads_like_the_file() -> None:
     assert "input" in minimal and "roi" in minimal  # optional fields are written when set, absent otherwise
     from autoseg.inference.report import measure_case
 
-    bare = measure_case(np.zeros((2, 2, 2), np.uint8), Geometry((2, 2, 2), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
-                        {1: "liver"}, 0.5, [0]).to_dict()
-    assert set(bare) == {"report_version", "volumes_ml", "voxel_volume_ml", "shape_zyx", "spacing_zyx", "folds", "seconds"}
+    grid = Geometry((2, 2, 2), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    bare = measure_case(np.zeros((2, 2, 2), np.uint8), grid, {1: "liver"}, 0.5, [0]).to_dict()
+    assert set(bare) == {"report_version", "volumes_ml", "voxel_volume_ml", "shape_zyx", "spacing_zyx", "folds",
+                         "seconds"}
 
 
 # --- the plans' closed sets and the augmentation decision ----------------------------------------------
@@ -257,7 +260,8 @@ def test_planner_stores_the_augmentation_decision() -> None:
 
     thick = plan(fingerprint(spacing=(5.0, 0.8, 0.8)), PlannerOptions(cpu_gflops=40.0))
     assert thick.augmentation == Augmentation(in_plane_only=True)
-    assert plan(fingerprint(spacing=(1.0, 0.8, 0.8)), PlannerOptions(cpu_gflops=40.0)).augmentation == Augmentation(False)
+    thin = plan(fingerprint(spacing=(1.0, 0.8, 0.8)), PlannerOptions(cpu_gflops=40.0))
+    assert thin.augmentation == Augmentation(False)
     typed = plan(make_fingerprint(), PlannerOptions(cpu_gflops=40.0))  # the typed fingerprint plans as its JSON
     assert typed == plan(make_fingerprint().to_dict(), PlannerOptions(cpu_gflops=40.0))
 

@@ -126,9 +126,9 @@ def crop_with_padding(array: np.ndarray, centre: np.ndarray, size: tuple[int, ..
     ``pad_value``."""
     spatial = array.shape[1:]
     lo = [int(c) - s // 2 for c, s in zip(centre, size)]
-    src = tuple(slice(max(l, 0), min(l + s, d)) for l, s, d in zip(lo, size, spatial))
+    src = tuple(slice(max(a, 0), min(a + s, d)) for a, s, d in zip(lo, size, spatial))
     out = np.full((array.shape[0], *size), pad_value, dtype=array.dtype)
-    dst = tuple(slice(sl.start - l, sl.stop - l) for sl, l in zip(src, lo))
+    dst = tuple(slice(sl.start - a, sl.stop - a) for sl, a in zip(src, lo))
     out[(slice(None), *dst)] = array[(slice(None), *src)]
     return out
 
@@ -163,7 +163,7 @@ class PatchLoader(SlimDataLoaderBase):
         shape = np.array(labels.shape)
         half = np.array(self.patch_size) // 2
         lo, hi = np.minimum(half, shape // 2), np.maximum(shape - half, shape // 2 + 1)
-        return np.array([self.rng.integers(l, h) for l, h in zip(lo, hi)])
+        return np.array([self.rng.integers(a, b) for a, b in zip(lo, hi)])
 
     def generate_train_batch(self) -> dict[str, Any]:
         cases = self.store.cases
