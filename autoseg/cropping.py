@@ -22,7 +22,7 @@ BBox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # half-open (st
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 6-connected component of a 3D boolean mask (all False when the mask is empty)."""
-    return cc3d.largest_k(mask, k=1, connectivity=6, binary_image=True) != 0
+    return np.asarray(cc3d.largest_k(mask, k=1, connectivity=6, binary_image=True) != 0)
 
 
 def mask_bbox(mask: np.ndarray) -> BBox | None:

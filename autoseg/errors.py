@@ -19,7 +19,8 @@ class AutosegError(Exception):
         super().__init__("\n".join(parts))
         self._message = message
 
-    def __reduce__(self):  # keep path and fix when raised in a worker process
+    def __reduce__(self) -> tuple[type[AutosegError], tuple[str, Path | None, str | None]]:
+        # keep path and fix when raised in a worker process
         return (self.__class__, (self._message, self.path, self.fix))
 
 

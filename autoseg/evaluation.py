@@ -256,7 +256,7 @@ def class_summary(rows: list[dict[str, float]]) -> dict[str, Any]:
         if len(values) < len(rows):
             undefined[name] = len(rows) - len(values)
     out["undefined"] = undefined
-    totals = {name: int(sum(row[name] for row in rows)) for name in COUNT_METRICS}
+    totals: dict[str, float] = {name: int(sum(row[name] for row in rows)) for name in COUNT_METRICS}
     empty = totals["ref_lesions"] == 0 and totals["pred_lesions"] == 0
     totals["lesion_recall"] = _ratio(totals["detected_lesions"], totals["ref_lesions"], empty)
     totals["lesion_precision"] = _ratio(totals["matched_pred_lesions"], totals["pred_lesions"], empty)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -151,7 +151,7 @@ def _read_dicom_series(folder: Path, series_id: str) -> sitk.Image:
              reader.GetMetaData(i, "0020|0037") if reader.HasMetaDataKey(i, "0020|0037") else None)
             for i in range(len(reader.GetFileNames()))]
     check_slice_positions(folder, tags)
-    return image
+    return cast(sitk.Image, image)
 
 
 def check_slice_positions(folder: Path, tags: Sequence[tuple[str | None, str | None]]) -> None:

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from autoseg.errors import AutosegError
 from autoseg.layout import LOCK
@@ -26,15 +26,16 @@ LOCK_NAME = LOCK
 LOCK_ATTEMPTS = 4
 
 
-def holder(folder: Path) -> dict | None:
+def holder(folder: Path) -> dict[str, Any] | None:
     """Who holds (or last held) the lock of ``folder``, as written in its lock file."""
     try:
-        return json.loads((folder / LOCK_NAME).read_text() or "null")
+        info = json.loads((folder / LOCK_NAME).read_text() or "null")
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
 
 
-def _describe(info: dict | None) -> str:
+def _describe(info: dict[str, Any] | None) -> str:
     if not info:
         return "another process"
     return f"process {info.get('pid')} on {info.get('host')} (since {info.get('since')})"

@@ -115,24 +115,27 @@ def choose_grid(seed: int, shape: tuple[int, int, int] | None = None,
                 spacing: tuple[float, float, float] | None = None,
                 spacing_range: SpacingRange | None = None) -> Grid:
     """The voxel grid of a case, by the rules of :func:`generate_case`."""
+    sizes: tuple[int, ...] | None = None
     if shape is not None:
-        shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-        if len(shape) != 3 or min(shape) < 1:
+        sizes = tuple(int(n) for n in shape)
+        if len(sizes) != 3 or min(sizes) < 1:
             raise ConfigurationError(f"phantom shape must be three positive sizes (z, y, x), got {shape}",
                                      fix="pass e.g. shape=(48, 128, 128)")
     if spacing is None:
-        if spacing_range is None and shape is not None:
-            spacing = tuple(f / n for f, n in zip(FOV_MM, shape))  # type: ignore[assignment]
+        if spacing_range is None and sizes is not None:
+            spacing_mm: tuple[float, ...] = tuple(f / n for f, n in zip(FOV_MM, sizes))
         else:
-            spacing = _draw_spacing(seed, spacing_range or CLINICAL_SPACING_RANGE)
-    spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ConfigurationError(f"phantom spacing must be three positive mm values (z, y, x), got {spacing}",
+            spacing_mm = _draw_spacing(seed, spacing_range or CLINICAL_SPACING_RANGE)
+    else:
+        spacing_mm = tuple(float(s) for s in spacing)
+    if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
+        raise ConfigurationError(f"phantom spacing must be three positive mm values (z, y, x), got {spacing_mm}",
                                  fix="pass e.g. spacing=(2.5, 0.8, 0.8)")
-    if shape is None:
-        shape = tuple(max(1, round(f / s)) for f, s in zip(FOV_MM, spacing))  # type: ignore[assignment]
-    origin = tuple(-(n - 1) / 2 * s for n, s in zip(shape, spacing))
-    return Grid(shape, spacing, origin)  # type: ignore[arg-type]
+    if sizes is None:
+        sizes = tuple(max(1, round(f / s)) for f, s in zip(FOV_MM, spacing_mm))
+    origin = [-(n - 1) / 2 * s for n, s in zip(sizes, spacing_mm)]
+    return Grid((sizes[0], sizes[1], sizes[2]), (spacing_mm[0], spacing_mm[1], spacing_mm[2]),
+                (origin[0], origin[1], origin[2]))
 
 
 def _draw_spacing(seed: int, spacing_range: SpacingRange) -> tuple[float, float, float]:
@@ -219,7 +222,7 @@ def _rasterise_in(layer: Layer, grid: Grid, width: float) -> tuple[Slices, np.nd
 def _paint(image: np.ndarray, tissues: np.ndarray, sl: Slices, occ: np.ndarray,
            hu: np.ndarray | float, tissue: int) -> None:
     region = image[sl]
-    region += occ * ((np.float32(hu) if np.isscalar(hu) else hu) - region)
+    region += occ * ((np.float32(hu) if isinstance(hu, (int, float)) else hu) - region)
     tissues[sl][occ >= 0.5] = tissue
 
 

@@ -56,7 +56,7 @@ class Grid:
         """The grid of the box ``sl``; its index 0 is ``sl``'s first voxel."""
         shape = tuple(q.stop - q.start for q in sl)
         origin = tuple(o + s * q.start for o, s, q in zip(self.origin, self.spacing, sl))
-        return Grid(shape, self.spacing, origin)  # type: ignore[arg-type]
+        return Grid(shape, self.spacing, origin)
 
 
 def occupancy(sd: np.ndarray, width: float) -> np.ndarray:

@@ -58,7 +58,7 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[object]:
     """Autocast for a concrete ``precision`` on ``device`` (a no-op for fp32)."""
     import torch  # here, so that the CLI can list PRECISIONS without loading torch
 

@@ -34,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def die_with_parent() -> None:
     _set_pdeathsig()
     parent = mp.parent_process()
     sentinel = getattr(parent, "sentinel", None) if parent is not None else None
+    target: Callable[[int], None]
     if sentinel is not None:
         target, args = _wait_for_sentinel, (sentinel,)
     else:

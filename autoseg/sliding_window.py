@@ -55,7 +55,7 @@ def gaussian_importance(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> n
     weight = np.exp(-0.5 * sq).astype(np.float32)
     weight /= weight.max()
     weight[weight == 0] = weight[weight > 0].min()
-    return np.maximum(weight, 1e-3)
+    return np.asarray(np.maximum(weight, 1e-3))
 
 
 def tile_starts(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> list[list[int]]:
@@ -115,10 +115,10 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
         with autocast(device, precision):
             out = _mirrored_softmax(network, x, mirror_axes)
         _check_finite(out, source)
-        out = (out * gauss_t).float().cpu().numpy()
+        weighted = (out * gauss_t).float().cpu().numpy()
         if timings is not None:
             timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t0
-        for t, o in zip(chunk, out):
+        for t, o in zip(chunk, weighted):
             probs[(slice(None), *t)] += o
             weights[t] += gauss
     probs /= weights

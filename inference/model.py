@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch
 from autoseg.checkpoint import load_checkpoint
 from autoseg.errors import AutosegError
 from autoseg.layout import NUM_FOLDS, CheckpointKind, ExportNames, ModelFolder, ResultsDataset
-from autoseg.networks import build_network
+from autoseg.networks import SegmentationNetwork, build_network
 from autoseg.plans import Plans
 from autoseg.settings import Settings
 from autoseg.sliding_window import WindowOptions, slide
@@ -117,7 +117,7 @@ def _build(plans: Plans, device: str, weights: dict[str, torch.Tensor], source: 
     except RuntimeError as exc:
         raise AutosegError(f"weights do not match the planned network ({str(exc)[:200]})", source,
                            "the plans.json beside the weights was changed after training; restore it") from None
-    net.deep_supervision = False
+    cast(SegmentationNetwork, net).deep_supervision = False  # every registered network has the switch
     return net.to(device).eval()
 
 

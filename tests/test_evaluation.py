@@ -14,7 +14,7 @@ import pytest
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-from autoseg.cli import _model_folder, main
+from autoseg.cli import main, model_folder
 from autoseg.errors import EvaluationError
 from autoseg.evaluation import (class_summary, hausdorff95, lesion_scores, normalised_surface_dice,
                                 score_masks)
@@ -342,13 +342,13 @@ def test_predict_uses_the_network_of_best_json(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     make_plans().save(settings.preprocessed / DATASET / "plans.json")  # planned network: arunet
     args = argparse.Namespace(model=None, dataset="Task08", network=None)
-    assert _model_folder(args, settings) == settings.results / DATASET / "arunet"
+    assert model_folder(args, settings) == settings.results / DATASET / "arunet"
     (settings.results / DATASET).mkdir(parents=True)
     (settings.results / DATASET / "best.json").write_text(json.dumps({"network": "resenc_unet"}))
-    assert _model_folder(args, settings) == settings.results / DATASET / "resenc_unet"
+    assert model_folder(args, settings) == settings.results / DATASET / "resenc_unet"
     args.network = "plain_unet"  # --network still overrides
-    assert _model_folder(args, settings) == settings.results / DATASET / "plain_unet"
+    assert model_folder(args, settings) == settings.results / DATASET / "plain_unet"
     (settings.results / DATASET / "best.json").write_text("{}")
     args.network = None
     with pytest.raises(EvaluationError, match="find_best"):
-        _model_folder(args, settings)
+        model_folder(args, settings)

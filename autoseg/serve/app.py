@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from autoseg.errors import AutosegError
 from autoseg.inference.model import open_model
 from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case, write_prediction
-from autoseg.layout import JobFolder, server_lock
+from autoseg.layout import CheckpointKind, JobFolder, server_lock
 from autoseg.io import read_json, read_sitk
 from autoseg.serve.jobs import JobStore, Retention, Runner, Worker, new_status, new_token
 from autoseg.serve.security import (
@@ -72,7 +72,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     folds: tuple[int, ...] | None = None
-    checkpoint: str = "final"
+    checkpoint: CheckpointKind = "final"
     device: str = "cpu"
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
@@ -185,7 +185,8 @@ def error_response(exc: AutosegError) -> JSONResponse:
 
 
 def context(request: Request) -> Context:
-    return request.app.state.ctx  # type: ignore[no-any-return]
+    ctx: Context = request.app.state.ctx
+    return ctx
 
 
 def job_token(request: Request) -> str:
