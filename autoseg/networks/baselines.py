@@ -38,7 +38,7 @@ RESENC_KEYS = COMMON_KEYS + ("n_blocks_per_stage", "n_conv_per_stage_decoder")
 RESENC_BLOCKS = (1, 3, 4, 6, 6, 6)
 
 
-def _protocol_attrs(net: nn.Module, ops: Ops, in_channels: int, num_classes: int) -> None:
+def _protocol_attrs(net: DecoderDeepSupervision, ops: Ops, in_channels: int, num_classes: int) -> None:
     net.input_channels = in_channels
     net.num_classes = num_classes
     net.conv_op = ops.conv_op

@@ -219,7 +219,7 @@ def stage_counts(kwargs: dict[str, Any], defaults: dict[str, Any], key: str) -> 
     return check_int_list(key, kwargs.get(key, default), len(default))
 
 
-def network_preamble(net: nn.Module, network: str, accepted: Sequence[str], in_channels: Any,
+def network_preamble(net: DecoderDeepSupervision, network: str, accepted: Sequence[str], in_channels: Any,
                      num_classes: Any, kwargs: Any) -> tuple[StageConfig, Ops]:
     """What every autoseg network's constructor does first: check the channels, the keys and the
     topology (in that order, so a bad plans file gets the same first error from every network), pick
@@ -249,9 +249,17 @@ def stage_sizes(input_size: Sequence[int], strides: Sequence[Sequence[int]]) -> 
 
 
 class DecoderDeepSupervision:
-    """``deep_supervision`` read from and written to ``self.decoder``, so that inference can switch
-    the extra outputs off on a trained network (the heads stay, so checkpoints load either way)."""
+    """Base of every registered network: the contract's attributes (set by :func:`network_preamble`,
+    declared here for type checkers), and ``deep_supervision`` read from and written to
+    ``self.decoder``, so that inference can switch the extra outputs off on a trained network (the
+    heads stay, so checkpoints load either way)."""
 
+    input_channels: int
+    num_classes: int
+    conv_op: type[nn.Module]
+    norm_op: type[nn.Module]
+    nonlin: type[nn.Module]
+    total_stride: tuple[int, ...]
     decoder: Any
 
     @property
