@@ -134,6 +134,10 @@ class Augmentation:
         return cls(in_plane_only=bool(float(spacing[0]) > IN_PLANE_ROTATION_RATIO * min(spacing[1:])))
 
 
+#: The default of ``Plans.augmentation`` (this very object): "decide from the target spacing".
+_FROM_SPACING = Augmentation(in_plane_only=False)
+
+
 #: Named training recipes (``recipe.name``, ``--recipe``); see ``training.recipes.recipe_named``.
 RECIPES: Registry[Recipe] = Registry("recipe", {
     # nnU-Net-style: SGD with Nesterov momentum, polynomial decay to zero.
@@ -186,12 +190,12 @@ class Plans(Artefact):
     crop_to_body: bool = True
     seed: int = 12345
     plans_version: int = PLANS_VERSION
-    #: None in a constructor call (and in plans.json files written before the field): decided from
-    #: ``target_spacing`` by :meth:`Augmentation.for_spacing`, so it is never None afterwards.
-    augmentation: Augmentation | None = None
+    #: Left out (in a constructor call, and in plans.json files written before the field): decided
+    #: from ``target_spacing`` by :meth:`Augmentation.for_spacing`.
+    augmentation: Augmentation = _FROM_SPACING
 
     def __post_init__(self) -> None:
-        if self.augmentation is None:
+        if self.augmentation is _FROM_SPACING:
             object.__setattr__(self, "augmentation", Augmentation.for_spacing(self.target_spacing))
         problems = self.problems()
         if problems:
