@@ -15,7 +15,8 @@ from typing import Any
 
 from autoseg.datasets import find_preprocessed
 from autoseg.errors import AutosegError, ConfigurationError, PlansError
-from autoseg.networks import default_network_kwargs, network_names
+from autoseg.networks import default_network_kwargs
+from autoseg.networks.registry import REGISTRY as NETWORKS
 from autoseg.io import read_json, write_json
 from autoseg.layout import NUM_FOLDS, FoldFolder, ModelFolder, PreprocessedDataset, ResultsDataset
 from autoseg.locks import check_unlocked, folder_lock
@@ -23,7 +24,8 @@ from autoseg.plans import Plans, Recipe
 from autoseg.precision import resolve_precision
 from autoseg.settings import Settings
 from autoseg.training.loop import FoldTrainer, TrainOptions
-from autoseg.training.recipes import recipe_named
+from autoseg.training.losses import LOSSES
+from autoseg.training.recipes import check_recipe, recipe_named
 from autoseg.training.splits import load_or_create_splits
 
 log = logging.getLogger(__name__)
@@ -79,16 +81,12 @@ def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
         changes.update(epochs=req.epochs or recipe.epochs, time_budget_s=req.time_budget_s,
                        steps=_requested_steps(req, plans))
     if req.loss is not None:
-        from autoseg.training.losses import build_loss
-
-        build_loss(req.loss)  # fails loudly on an unknown name
+        LOSSES.check(req.loss)  # before the recipe is built: the error names the flag's value
     recipe = dataclasses.replace(recipe, **changes)
+    check_recipe(recipe)  # every name implemented, before any plans are written
     network = plans.network
     if req.network and req.network != network.name:
-        if req.network not in network_names():
-            from autoseg.errors import unknown_name
-
-            raise unknown_name("network", req.network, network_names())
+        NETWORKS.check(req.network)
         k = network.kwargs
         kwargs = default_network_kwargs(req.network, n_stages=k["n_stages"],
                                         features_per_stage=k["features_per_stage"], strides=k["strides"],
