@@ -327,7 +327,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     result = predict(args.input, args.output, model, options, overwrite=args.overwrite,
                      keep_going=args.keep_going)
     for report in result.reports:
-        print(f"{Path(report['input']).name}: {report['volumes_ml']} mL, {report['seconds']} s")
+        print(f"{Path(report.input or '').name}: {report.volumes_ml} mL, {report.seconds} s")
     if result.skipped:
         print(f"{len(result.skipped)} case(s) skipped: their outputs exist (--overwrite predicts them again)")
     if result.failed:
@@ -437,9 +437,9 @@ def _cmd_find_best(args: argparse.Namespace, settings: Settings) -> int:
     best = choose_best(summary)
     path = write_best(dataset_dir, best)
     print(format_cv_table(summary))
-    _decide_postprocessing(dataset_dir / best["network"], settings)
-    folds = ",".join(str(f) for f in best["folds"])
-    print(f"best: {best['network']} (mean foreground Dice {best['mean_foreground_dice']:.3f}, folds {folds})")
+    _decide_postprocessing(dataset_dir / best.network, settings)
+    folds = ",".join(str(f) for f in best.folds)
+    print(f"best: {best.network} (mean foreground Dice {best.mean_foreground_dice:.3f}, folds {folds})")
     print(f"wrote {path}")
     return 0
 
@@ -462,7 +462,7 @@ def _decide_postprocessing(model_dir: Path, settings: Settings) -> None:
     if decision is None:
         print("post-processing: no validation predictions to decide from")
         return
-    print(f"post-processing (from {decision['cases']} CV cases): {describe(decision, plans.labels)}; "
+    print(f"post-processing (from {decision.cases} CV cases): {describe(decision, plans.labels)}; "
           f"wrote {ModelFolder(model_dir).postprocessing}")
 
 

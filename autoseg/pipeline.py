@@ -11,15 +11,14 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from autoseg.datasets import Dataset, find_dataset
-from autoseg.errors import PlansError
-from autoseg.io import read_json
+from autoseg.artefacts import Fingerprint
+from autoseg.errors import AutosegError, PlansError
 from autoseg.layout import PreprocessedDataset
 from autoseg.locks import folder_lock
 from autoseg.plans import Plans
-from autoseg.planners.fingerprint import compute_fingerprint, save_fingerprint
+from autoseg.planners.fingerprint import fingerprint_dataset, load_fingerprint, save_fingerprint
 from autoseg.planners.planner import PlannerOptions, plan
 from autoseg.preprocessing import preprocess_dataset
 from autoseg.settings import Settings
@@ -45,25 +44,30 @@ def inputs_key(dataset: Dataset, max_slices: int | None, seed: int) -> str:
 
 
 def ensure_fingerprint(dataset: Dataset, out: PreprocessedDataset, options: PlannerOptions,
-                       max_slices: int | None, workers: int, force: bool) -> tuple[dict[str, Any], bool]:
-    """Load a current fingerprint or compute one; returns it and whether it was recomputed."""
+                       max_slices: int | None, workers: int, force: bool) -> tuple[Fingerprint, bool]:
+    """Load a current fingerprint or compute one; returns it and whether it was recomputed. A
+    fingerprint that does not load (another autoseg version's, damaged) is recomputed."""
     path = out.fingerprint
     key = inputs_key(dataset, max_slices, options.seed)
     if path.is_file() and not force:
-        existing = read_json(path)
-        if existing.get("inputs_key") == key:
-            log.info("fingerprint: %s is current, skipping", path)
-            return existing, False
-    fingerprint = compute_fingerprint(dataset, num_workers=workers, seed=options.seed, max_slices=max_slices)
-    fingerprint["inputs_key"] = key
+        try:
+            existing = load_fingerprint(path)
+        except AutosegError as exc:
+            log.info("fingerprint: %s is not current (%s); fingerprinting again", path, str(exc).splitlines()[0])
+        else:
+            if existing.inputs_key == key:
+                log.info("fingerprint: %s is current, skipping", path)
+                return existing, False
+    fingerprint = fingerprint_dataset(dataset, num_workers=workers, seed=options.seed, max_slices=max_slices,
+                                      inputs_key=key)
     save_fingerprint(fingerprint, out.root)
-    for warning in fingerprint["warnings"]:
+    for warning in fingerprint.warnings:
         log.warning("fingerprint: %s", warning)
     log.info("fingerprint: wrote %s", path)
     return fingerprint, True
 
 
-def ensure_plans(fingerprint: dict[str, Any], out: PreprocessedDataset, options: PlannerOptions,
+def ensure_plans(fingerprint: Fingerprint, out: PreprocessedDataset, options: PlannerOptions,
                  replan: bool) -> Plans:
     """Keep existing plans (hand edits included) unless re-planning is needed or forced."""
     path = out.plans
@@ -100,7 +104,7 @@ def _run_stages(dataset: Dataset, out: PreprocessedDataset, options: PlannerOpti
         fingerprint, recomputed = ensure_fingerprint(dataset, out, options, max_slices, workers,
                                                      force and "fingerprint" in stages)
     elif out.fingerprint.is_file():
-        fingerprint = read_json(out.fingerprint)
+        fingerprint = load_fingerprint(out.fingerprint)
     if "plan" in stages:
         ensure_plans(fingerprint, out, options, replan=force or recomputed)
     if "preprocess" in stages:
@@ -110,6 +114,6 @@ def _run_stages(dataset: Dataset, out: PreprocessedDataset, options: PlannerOpti
                              out.plans, "re-run with --only plan --force")
         included = None
         if out.fingerprint.is_file():
-            included = [c["case"] for c in read_json(out.fingerprint)["cases"]]
+            included = [c.case for c in load_fingerprint(out.fingerprint).cases]
         done = preprocess_dataset(dataset, plans, out.root, num_workers=workers, cases=included)
         log.info("preprocess: %d cases in %s", len(done), out.data)

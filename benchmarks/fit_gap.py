@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from autoseg.sliding_window import WindowOptions
 from autoseg.inference.model import TrainedModel  # noqa: E402
 from autoseg.preprocessing.storage import case_ids  # noqa: E402
 from autoseg.training.data import CaseStore  # noqa: E402
@@ -38,8 +39,8 @@ def fit_gap(model_folder: Path, preprocessed: Path, fold: int = 0, checkpoint: s
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("train", "val"):
             store = CaseStore(preprocessed / "data", list(split[name]))
-            summary = validate_fold(network, model.plans, store, Path(tmp) / name, write_predictions=False,
-                                    precision=model.plans.recipe.precision)
+            summary = validate_fold(network, model.plans, store, Path(tmp) / name,
+                                    WindowOptions(precision=model.plans.recipe.precision), write_predictions=False)
             out[name] = summary
     return out
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.artefacts import CvSummary, FoldSummary
 from autoseg.errors import AutosegError
 from autoseg.inference.model import TrainedModel
 from autoseg.io import atomic_path, read_json, write_json
@@ -32,7 +33,6 @@ from autoseg.metrics import case_dice
 from autoseg.plans import Plans
 from autoseg.preprocessing import load_labels
 from autoseg.sliding_window import WindowOptions
-from autoseg.training.fold_validation import write_summary
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,19 @@ def _preprocessing_key(plans: Plans) -> str:
                                           "channel_names", "labels")})
 
 
-def _eligible_networks(dataset_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
+def _eligible_networks(dataset_dir: Path, summary: CvSummary) -> dict[str, Path]:
     """Networks (not ensembles) with every fold validated and probabilities kept for every case."""
     found = {}
-    for name, entry in summary["networks"].items():
+    for name, entry in summary.networks.items():
         folder = ResultsDataset(dataset_dir).model(name)
-        if name.startswith(ModelFolder.ENSEMBLE_PREFIX) or len(entry["folds"]) < NUM_FOLDS:
+        if name.startswith(ModelFolder.ENSEMBLE_PREFIX) or len(entry.folds) < NUM_FOLDS:
             continue
         preds = folder.validation_predictions()
         if preds and all("probabilities" in np.load(p).files for p in preds):
             found[name] = folder.root
         else:
             log.info("%s: validation probabilities not kept (trained before they were); not ensembled", name)
-    return dict(sorted(found.items(), key=lambda kv: -(summary["networks"][kv[0]]["mean_foreground_dice"] or 0))
+    return dict(sorted(found.items(), key=lambda kv: -(summary.networks[kv[0]].mean_foreground_dice or 0))
                 [:MAX_NETWORKS])
 
 
@@ -86,7 +86,7 @@ def plans_of(folder: Path) -> Plans:
     return Plans.load(model.plans)
 
 
-def build_ensembles(dataset_dir: Path, preprocessed: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def build_ensembles(dataset_dir: Path, preprocessed: Path, summary: CvSummary) -> dict[str, dict[str, Any]]:
     """Score every ensemble of eligible networks; write their folders; return what was built.
 
     ``preprocessed`` is ``$AUTOSEG_PREPROCESSED`` (the validation cases' labels are read there).
@@ -129,7 +129,7 @@ def _build_one(dataset_dir: Path, data_dir: Path, members: list[str], networks: 
             with atomic_path(validation.prediction(case)) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez_compressed(f, labels=pred)
-        write_summary(validation.root, per_case, names, ensemble=members)
+        FoldSummary.from_cases(per_case, names, ensemble=tuple(members)).save(validation.summary)
     write_json(out.ensemble_manifest, {"members": members, "rule": "mean of the members' fold-averaged softmax"})
     return {"members": members, "folder": str(out.root)}
 

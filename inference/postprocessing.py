@@ -29,7 +29,7 @@ import numpy as np
 from autoseg.artefacts import ClassEvidence, PostprocessingDecision, PostprocessingRules
 from autoseg.layout import ExportNames, ModelFolder, case_files_in
 from autoseg.metrics import dice_per_class
-from autoseg.preprocessing.storage import load_labels
+from autoseg.preprocessing import load_labels
 from autoseg.schema import FieldError, build
 
 log = logging.getLogger(__name__)

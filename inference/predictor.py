@@ -6,6 +6,8 @@ array on the preprocessed grid, uint8 labels on the input grid at the end.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,18 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from autoseg.errors import AutosegError, ImageReadError
+from autoseg.artefacts import CaseProperties, CaseReport, RoiReport
 from autoseg.cpu_share import CoreShare
+from autoseg.errors import AutosegError, ImageReadError
 from autoseg.cropping import BBox, mask_bbox
 from autoseg.io import (Geometry, atomic_path, is_dicom_folder, read_case_images, strip_image_suffix,
                         write_image, write_json)
 from autoseg.layout import CaseOutputs, RunOutputs
-from autoseg.plans import HU_BOUNDS
+from autoseg.plans import HU_BOUNDS, Plans
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.model import Model
-from autoseg.inference.postprocessing import apply_postprocessing, keep_largest_component
-from autoseg.inference.report import case_report, write_overlays
+from autoseg.inference.postprocessing import Decision, apply_postprocessing, keep_largest_component, rules_of
+from autoseg.inference.report import measure_case, write_overlays
 from autoseg.sliding_window import WindowOptions
 
 log = logging.getLogger(__name__)
@@ -48,12 +51,12 @@ class PredictOptions:
     roi_model: Model | None = None
     roi_margin_mm: float = 10.0
     #: The ROI model's own ``postprocessing.json`` decision, applied before its box is taken.
-    roi_postprocessing: dict[str, Any] | None = None
+    roi_postprocessing: Decision = None
     #: Box only the largest connected component of the ROI model's foreground (one organ: stray
     #: false positives elsewhere in the body do not widen the box); False: every component.
     roi_largest_component: bool = True
     #: The model's ``postprocessing.json`` decision (None: none).
-    postprocessing: dict[str, Any] | None = None
+    postprocessing: Decision = None
     #: An ``autoseg.cpu_share.CoreShare``: CPU threads follow the cores other processes leave free,
     #: re-checked between sliding-window batches (None: threads as they are).
     cores: CoreShare | None = None
@@ -170,10 +173,10 @@ class CasePrediction:
     #: uint8 labels on the input's grid, post-processed.
     labels: np.ndarray
     geometry: Geometry
-    report: dict[str, Any]
+    report: CaseReport
     #: The softmax on the preprocessed grid and that grid's properties (``--save-probabilities``).
     probabilities: np.ndarray | None = None
-    properties: dict[str, Any] | None = None
+    properties: CaseProperties | None = None
     #: The CT on the input's grid, for the overlays (``--overlays``).
     image: np.ndarray | None = None
 
@@ -188,26 +191,24 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         region, roi_report = region_of_interest(options.roi_model, name, image_path, options)
     pre = preprocess_case([image_path], None, plans, case_id=name, region=region)  # validates channels
     if plans.is_ct:
-        check_looks_like_ct(pre.properties["intensity_min"][0], pre.properties["intensity_max"][0], image_path)
-    geometry = Geometry.from_dict(pre.properties["original_geometry"])
+        check_looks_like_ct(pre.properties.intensity_min[0], pre.properties.intensity_max[0], image_path)
+    geometry = pre.properties.original_geometry
     t_pre = time.perf_counter()
     timings: dict[str, float] = {}
     probs = model.probabilities(pre.data, window_options(options), timings)
     t_net = time.perf_counter()
     labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, plans),
                                   options.postprocessing, geometry.spacing_zyx)
-    stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,
+    stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,  # networks' share: sliding_window
               "network_forward": timings.get("forward", 0.0), "restore": time.perf_counter() - t_net}
-    report = case_report(labels, geometry, {k: v for k, v in plans.labels.items() if k != 0},
-                         time.perf_counter() - t0, list(model.folds))
-    report["input"] = str(image_path)
-    report["precision"] = model.fixed_precision or resolve_precision(options.precision, options.device)
-    report["stage_seconds"] = {k: round(v, 2) for k, v in stages.items()}  # networks' share: sliding_window
-    report["region_shape"] = pre.properties["shape_after_resampling"]  # the grid the window slides over
-    report["postprocessing"] = {k: (options.postprocessing or {}).get(k, default)
-                                for k, default in (("keep_largest_component", []), ("min_component_ml", {}))}
-    if roi_report is not None:
-        report["roi"] = roi_report
+    measured = measure_case(labels, geometry, {k: v for k, v in plans.labels.items() if k != 0},
+                            time.perf_counter() - t0, model.folds)
+    report = dataclasses.replace(
+        measured, input=str(image_path),
+        precision=model.fixed_precision or resolve_precision(options.precision, options.device),
+        stage_seconds={k: round(v, 2) for k, v in stages.items()},
+        region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
+        postprocessing=rules_of(options.postprocessing), roi=roi_report)
     result = CasePrediction(name, image_path, labels, geometry, report)
     if options.save_probabilities:
         result.probabilities, result.properties = probs.astype(np.float16), pre.properties
@@ -216,40 +217,41 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     return result
 
 
-def write_prediction(result: CasePrediction, outputs: CaseOutputs, report_path: Path | None = None) -> dict[str, Any]:
+def write_prediction(result: CasePrediction, outputs: CaseOutputs, report_path: Path | None = None) -> CaseReport:
     """Write a case's outputs, each atomically: the label map, the probabilities and overlays when
     the prediction holds them, and last the report (at ``report_path``, default the case's), so a
     case whose report exists is complete. Returns the report as written."""
     t0 = time.perf_counter()
-    report = dict(result.report)
     write_image(outputs.labels, result.labels, result.geometry)
     if result.probabilities is not None:
+        properties = json.dumps(result.properties.to_dict() if result.properties is not None else None)
         with atomic_path(outputs.probabilities) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, probabilities=result.probabilities,
-                                    properties=np.array(str(result.properties)))
+                np.savez_compressed(fh, probabilities=result.probabilities, properties=np.array(properties))
+    overlays = None
     if result.image is not None:
         # the abdominal display window, not the (possibly narrower) window the network was fed
-        report["overlays"] = [p.name for p in write_overlays(outputs, result.image, result.labels, HU_BOUNDS)]
-    stages = dict(report.get("stage_seconds", {}))
+        overlays = tuple(p.name for p in write_overlays(outputs, result.image, result.labels, HU_BOUNDS))
+    stages = dict(result.report.stage_seconds or {})
     stages["restore_and_write"] = round(stages.pop("restore", 0.0) + time.perf_counter() - t0, 2)
-    report["stage_seconds"] = stages
-    write_json(report_path or outputs.report, report)
+    report = dataclasses.replace(result.report, stage_seconds=stages, overlays=overlays)
+    report.save(report_path or outputs.report)
     return report
 
 
 def region_of_interest(roi_model: Model, name: str, image_path: Path,
-                       options: PredictOptions) -> tuple[BBox | None, dict[str, Any]]:
+                       options: PredictOptions) -> tuple[BBox | None, RoiReport]:
     """The ROI model's box on the input grid (:func:`roi_box`) and what it found."""
     t0 = time.perf_counter()
     pre = preprocess_case([image_path], None, roi_model.plans, case_id=name)
-    geometry = Geometry.from_dict(pre.properties["original_geometry"])
     labels = _labels_on_input_grid(roi_model.probabilities(pre.data, window_options(options)), pre.properties,
                                    roi_model.plans)
-    box, info = roi_box(labels, geometry.spacing_zyx, options)
+    box, info = roi_box(labels, pre.properties.original_geometry.spacing_zyx, options)
     if box is None:
         log.warning("%s: the ROI model found no foreground; predicting the whole image", image_path)
-    return box, {"model": str(roi_model.folder), **info, "seconds": round(time.perf_counter() - t0, 2)}
+    return box, RoiReport(model=str(roi_model.folder), margin_mm=info["margin_mm"],
+                          foreground_ml=info["foreground_ml"], dropped_ml=info["dropped_ml"],
+                          bbox=box, seconds=round(time.perf_counter() - t0, 2))
 
 
 def roi_box(labels: np.ndarray, spacing_zyx: tuple[float, ...],
@@ -278,7 +280,7 @@ def roi_box(labels: np.ndarray, spacing_zyx: tuple[float, ...],
     return grown, {**info, "bbox": [list(b) for b in grown]}  # type: ignore[return-value]
 
 
-def _labels_on_input_grid(probs: np.ndarray, properties: dict[str, Any], plans: Any) -> np.ndarray:
+def _labels_on_input_grid(probs: np.ndarray, properties: CaseProperties, plans: Plans) -> np.ndarray:
     """The model's labels on the input grid, class volumes kept as its plans say."""
     return labels_on_original_grid(probs, properties, keep_volume=plans.resampling.keeps_label_volume)
 
@@ -288,7 +290,7 @@ class BatchResult:
     """What a ``predict`` run did: the reports of the cases predicted, and the cases skipped
     (outputs already there) or failed (with their error)."""
 
-    reports: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[CaseReport] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
 
@@ -332,6 +334,7 @@ def predict(inputs: Path, output: Path, model: Model, options: PredictOptions,
                 result.failed.append({"case": name, "input": str(path), "error": f"{type(exc).__name__}: {exc}"})
                 raise
     finally:
-        write_json(RunOutputs(output).report, {"model": str(model.folder), "cases": result.reports,
+        write_json(RunOutputs(output).report, {"model": str(model.folder),
+                                               "cases": [r.to_dict() for r in result.reports],
                                             "skipped": result.skipped, "failed": result.failed})
     return result

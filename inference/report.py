@@ -6,7 +6,6 @@ prediction adds how the case was predicted.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -57,13 +56,6 @@ def measure_case(labels: np.ndarray, geometry: Geometry, class_names: dict[int, 
     return CaseReport(volumes_ml=volumes, voxel_volume_ml=voxel_ml, shape_zyx=tuple(int(n) for n in labels.shape),
                       spacing_zyx=tuple(float(s) for s in spacing), folds=tuple(int(f) for f in folds),
                       seconds=round(seconds, 2), tumours=tumours, vessel_volume_ml=vessel_ml)
-
-
-def case_report(labels: np.ndarray, geometry: Geometry, class_names: dict[int, str],
-                seconds: float, folds: list[int]) -> dict[str, Any]:
-    """The JSON form of :func:`measure_case`, for callers that still add fields to a dict
-    (construct the :class:`~autoseg.artefacts.CaseReport` with them instead)."""
-    return measure_case(labels, geometry, class_names, seconds, folds).to_dict()
 
 
 COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [60, 120, 240], [240, 200, 40]], np.float32) / 255

@@ -127,12 +127,6 @@ def fingerprint_dataset(dataset: Dataset, num_workers: int = 2, seed: int = 1234
     return Fingerprint.from_dict(data)
 
 
-def compute_fingerprint(dataset: Dataset, num_workers: int = 2, seed: int = 12345,
-                        max_slices: int | None = None) -> dict[str, Any]:
-    """The JSON form of :func:`fingerprint_dataset`, for callers not yet using the typed object."""
-    return fingerprint_dataset(dataset, num_workers, seed, max_slices).to_dict()
-
-
 def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | None) -> dict[str, Any]:
     """Dataset-level statistics from per-case fingerprints, applying the slice-count filter, in the
     JSON form of :class:`~autoseg.artefacts.Fingerprint`."""

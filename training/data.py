@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
@@ -202,13 +202,10 @@ def train_transforms(patch: tuple[int, ...], in_plane_only: bool) -> Compose:
     ])
 
 
-def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Augmentation | Sequence[float],
+def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Augmentation,
                       batch_size: int, oversample: float, seed: int, workers: int):
     """An endless stream of augmented batches; ``workers`` > 0 runs it in background processes.
-    ``augmentation``: the plans' decision (``plans.augmentation``); a target spacing is decided by
-    the same rule (for callers that still pass one)."""
-    if not isinstance(augmentation, Augmentation):
-        augmentation = Augmentation.for_spacing(augmentation)
+    ``augmentation``: the plans' decision (``plans.augmentation``)."""
     loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed)
     transforms = train_transforms(patch, augmentation.in_plane_only)
     if workers <= 0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ from autoseg.io import atomic_path, write_image
 from autoseg.layout import ValidationFolder
 from autoseg.metrics import case_dice
 from autoseg.plans import Plans
-from autoseg.preprocessing.preprocess import labels_on_original_grid
-from autoseg.sliding_window import predict_sliding_window
+from autoseg.networks import SegmentationNetwork
+from autoseg.preprocessing import labels_on_original_grid
+from autoseg.sliding_window import WindowOptions, slide
 from autoseg.training.data import CaseStore
 
 log = logging.getLogger(__name__)
@@ -39,24 +40,23 @@ def quantise(probabilities: np.ndarray) -> np.ndarray:
 
 
 def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_dir: Path,
-                  device: str = "cpu", write_predictions: bool = True, precision: str = "auto",
-                  between_batches: Callable[[], object] | None = None) -> FoldSummary:
+                  window: WindowOptions | None = None, write_predictions: bool = True) -> FoldSummary:
     """Predict every case of ``store`` into the validation folder ``out_dir`` and write its summary;
-    returns the summary. ``between_batches``: called between sliding-window batches (the training's
-    CoreShare.adapt)."""
+    returns the summary. ``window``: as ``autoseg predict`` slides (device, precision, and the
+    training's CoreShare.adapt between batches), without mirroring."""
+    window = window or WindowOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = ValidationFolder(out_dir)
     names = {int(k): v for k, v in plans.labels.items() if int(k) != 0}
-    was_ds = getattr(network, "deep_supervision", False)
-    network.deep_supervision = False
+    switch = cast(SegmentationNetwork, network)
+    was_ds = switch.deep_supervision
+    switch.deep_supervision = False
     network.eval()
     per_case: dict[str, dict[str, float | None]] = {}
     t0 = time.perf_counter()
     try:
         for case in tqdm(store.cases, desc="fold validation", unit="case", leave=False, disable=None):
-            probs = predict_sliding_window(network, np.asarray(store.image(case)), plans.patch_size,
-                                           plans.num_classes, 0.5, plans.batch_size, (), device,
-                                           precision=precision, between_batches=between_batches)
+            probs = slide(network, np.asarray(store.image(case)), plans, window)
             pred = probs.argmax(0).astype(np.uint8)
             ref = np.asarray(store.labels(case))
             per_case[case] = case_dice(pred, ref, names)
@@ -67,7 +67,7 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, labels=pred, probabilities=quantise(probs))
     finally:
-        network.deep_supervision = was_ds
+        switch.deep_supervision = was_ds
     summary = write_summary(out_dir, per_case, names, seconds=round(time.perf_counter() - t0, 2))
     log.info("validation of %d cases: %s", len(per_case),
              {k: v and round(v, 3) for k, v in summary.mean_dice.items()})

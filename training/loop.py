@@ -23,6 +23,7 @@ from autoseg.metrics import dice_from_counts, mean_foreground
 from autoseg.networks import build_network
 from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
+from autoseg.sliding_window import WindowOptions
 from autoseg.training.data import CaseStore, make_train_stream, validation_patches
 from autoseg.training.distributed import DistContext
 from autoseg.training.fold_validation import validate_fold
@@ -204,13 +205,12 @@ class FoldTrainer:
     def run(self) -> dict[str, Any]:
         """Train until the schedule (epochs or time budget) ends; returns the final epoch's record."""
         self.fold_dir.root.mkdir(parents=True, exist_ok=True)
-        spacing = self.plans.target_spacing
         train_store = CaseStore(self.data_dir, self.train_cases)
         val_store = CaseStore(self.data_dir, self.val_cases)
         val = validation_patches(val_store, self.plans.patch_size, self.options.val_patches_per_case,
                                  self.options.seed)
-        stream = make_train_stream(train_store, self.plans.patch_size, spacing, self.plans.batch_size,
-                                   self.recipe.oversample_foreground,
+        stream = make_train_stream(train_store, self.plans.patch_size, self.plans.augmentation,
+                                   self.plans.batch_size, self.recipe.oversample_foreground,
                                    self.options.seed + 1000 * self.epoch + 7919 * self.dist.rank,
                                    self.options.workers)
         summary = None
@@ -224,15 +224,15 @@ class FoldTrainer:
                 stream._finish()
         if self.dist.is_main and (self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop"))):
             if self.options.final_validation:
-                summary = validate_fold(self.network, self.plans, val_store, self.fold_dir.validation.root,
-                                        str(self.device), precision=self.precision,
-                                        between_batches=self.cores.adapt if self.cores else None)
+                window = WindowOptions(device=str(self.device), precision=self.precision,
+                                       between_batches=self.cores.adapt if self.cores else None)
+                summary = validate_fold(self.network, self.plans, val_store, self.fold_dir.validation.root, window)
             save_checkpoint(self.fold_dir.final, self._state())
         self.dist.barrier()
         record = dict(self.epochs_log[-1]) if self.epochs_log else {}
         if summary is not None:
-            record["final_validation"] = {"mean_dice": summary["mean_dice"],
-                                          "mean_foreground_dice": summary["mean_foreground_dice"]}
+            record["final_validation"] = {"mean_dice": dict(summary.mean_dice),
+                                          "mean_foreground_dice": summary.mean_foreground_dice}
         return record
 
     def _one_epoch(self, stream, val: list[np.ndarray]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Uploads are checked by :mod:`autoseg.serve.security` before anything reads them 
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -139,8 +140,8 @@ def prediction_runner(model: Any, options: PredictOptions) -> Runner:
             check_intensities(image)
         job = JobFolder(folder)
         result = predict_case(model, job.OUTPUT_CASE, image, options)
-        result.report["input"] = name
-        return write_prediction(result, job.outputs, report_path=job.report)
+        result.report = dataclasses.replace(result.report, input=name)  # the upload's name, not the stored file's
+        return write_prediction(result, job.outputs, report_path=job.report).to_dict()
     return run
 
 

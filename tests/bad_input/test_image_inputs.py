@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from autoseg.datasets import load_dataset
 from autoseg.errors import AutosegError, DatasetError, ImageReadError
 from autoseg.io import Geometry, atomic_path, read_image, read_label, save_npy, write_image
-from autoseg.planners.fingerprint import compute_fingerprint
+from autoseg.planners.fingerprint import fingerprint_dataset
 from autoseg.preprocessing import preprocess_case
 from tests.synthetic import make_msd_task, tiny_ct
 from tests.test_preprocessing import make_plans
@@ -120,11 +120,11 @@ def test_fingerprint_warns_about_a_case_far_from_the_median_spacing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     task = make_msd_task(tmp_path / "raw", n=3, spacings=[(2.5, 0.8, 0.8), (2.5, 0.8, 0.8), (450.0, 0.8, 0.8)])
     with caplog.at_level(logging.WARNING):
-        fingerprint = compute_fingerprint(load_dataset(task), num_workers=1)
-    wanted = [w for w in fingerprint["warnings"] if "hepaticvessel_002" in w and "along z is 450 mm" in w]
+        fingerprint = fingerprint_dataset(load_dataset(task), num_workers=1)
+    wanted = [w for w in fingerprint.warnings if "hepaticvessel_002" in w and "along z is 450 mm" in w]
     assert len(wanted) == 1 and "180x the dataset median 2.5 mm" in wanted[0]
     assert wanted[0] in caplog.text
-    assert not any("hepaticvessel_000" in w or "hepaticvessel_001" in w for w in fingerprint["warnings"])
+    assert not any("hepaticvessel_000" in w or "hepaticvessel_001" in w for w in fingerprint.warnings)
 
 
 def test_two_raw_images_with_one_case_id_are_refused_naming_both(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_a_damaged_splits_file_is_refused_naming_it(tmp_path: Path, content: str
     path.write_text(content)
     with pytest.raises(AutosegError) as err:
         load_or_create_splits(path, ["a", "b", "c", "d", "e", "f"], 0)
-    assert err.value.path == path and "delete splits.json to regenerate" in str(err.value)
+    assert err.value.path == path and "delete this file to regenerate" in str(err.value)
     assert path.read_text() == content
 
 
@@ -118,7 +118,7 @@ def test_a_splits_file_with_too_few_folds_is_refused_for_the_missing_ones(tmp_pa
     assert splits[1]["val"] == cases[2:]
     with pytest.raises(AutosegError, match="splits.json: the splits file holds 2 fold\\(s\\), so fold 3 does not exist") as err:
         splits[3]
-    assert err.value.path == path and "delete splits.json to regenerate" in str(err.value)
+    assert err.value.path == path and "delete this file to regenerate" in str(err.value)
 
 
 # --- 3. export never replaces a file unasked -------------------------------------------------------
