@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from autoseg.precision import Resolved
 from autoseg.errors import EvaluationError, PlansError
 from autoseg.io import Geometry
 from autoseg.layout import CheckpointKind
@@ -298,7 +299,7 @@ class PostprocessingDecision(Artefact):
 
 
 # --- case report ---------------------------------------------------------------------------------------
-ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
+ResolvedPrecision = Resolved
 
 
 @dataclass(frozen=True)

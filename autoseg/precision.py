@@ -15,12 +15,15 @@ import contextlib
 import logging
 import platform
 from functools import lru_cache
+from typing import Literal
 
 from autoseg.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: What ``auto`` resolves to, and what a model computes in.
+Resolved = Literal["fp32", "bf16", "fp16"]
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -40,7 +43,7 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str) -> Resolved:
     """The concrete precision (``fp32``, ``bf16`` or ``fp16``) for ``precision`` on ``device``."""
     if precision not in PRECISIONS:
         raise ConfigurationError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
@@ -55,7 +58,8 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "bf16" and not is_cuda and not cpu_has_native_bf16():
         log.warning("this CPU has no native bf16 instructions (avx512_bf16/amx_bf16): bf16 is emulated "
                     "and likely slower than fp32")
-    return precision
+        return "bf16"
+    return "fp16" if precision == "fp16" else "bf16" if precision == "bf16" else "fp32"
 
 
 def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[object]:

@@ -31,6 +31,7 @@ from autoseg.io import atomic_path, read_json, write_json
 from autoseg.layout import NUM_FOLDS, CheckpointKind, ModelFolder, PreprocessedDataset, ResultsDataset
 from autoseg.metrics import case_dice
 from autoseg.plans import Plans
+from autoseg.precision import Resolved
 from autoseg.preprocessing import load_labels
 from autoseg.sliding_window import WindowOptions
 
@@ -140,7 +141,7 @@ class EnsembleModel:
 
     folder: Path
     parts: tuple[TrainedModel, ...]
-    fixed_precision: str | None = None
+    fixed_precision: Resolved | None = None
 
     @property
     def plans(self) -> Plans:

@@ -20,6 +20,7 @@ from autoseg.errors import AutosegError
 from autoseg.layout import NUM_FOLDS, CheckpointKind, ExportNames, ModelFolder, ResultsDataset
 from autoseg.networks import SegmentationNetwork, build_network
 from autoseg.plans import Plans
+from autoseg.precision import Resolved
 from autoseg.settings import Settings
 from autoseg.sliding_window import WindowOptions, slide
 
@@ -39,7 +40,7 @@ class Model(Protocol):
     def folds(self) -> tuple[int, ...]: ...
 
     @property
-    def fixed_precision(self) -> str | None:
+    def fixed_precision(self) -> Resolved | None:
         """The precision the model computes in whatever autocast is asked for (None: as asked)."""
 
     def probabilities(self, data: np.ndarray, options: WindowOptions,
@@ -52,7 +53,7 @@ class _FoldNetworks:
 
     plans: Plans
     checkpoints: dict[int, Path] | dict[int, str]
-    fixed_precision: str | None = None
+    fixed_precision: Resolved | None = None
 
     def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
         raise NotImplementedError
@@ -191,7 +192,7 @@ class OnnxModel(_FoldNetworks):
     plans: Plans
     checkpoints: dict[int, Path]
     #: ONNX Runtime computes in the exported graph's fp32 whatever autocast is asked for.
-    fixed_precision: str | None = "fp32"
+    fixed_precision: Resolved | None = "fp32"
 
     @classmethod
     def open(cls, folder: Path, folds: tuple[int, ...] | None = None) -> "OnnxModel":
