@@ -94,6 +94,7 @@ class StepTimer:
         outs = [o.float() for o in out] if isinstance(out, (list, tuple)) else [out.float()]
         loss = sum(torch.nn.functional.cross_entropy(o, torch.nn.functional.interpolate(
             self.y[:, None].float(), size=o.shape[2:]).squeeze(1).long()) for o in outs)
+        assert isinstance(loss, torch.Tensor)  # a network has at least one output, so not sum()'s 0
         loss.backward()
         self.opt.step()
         if self.device == "cuda":

@@ -160,6 +160,7 @@ def _apply(volume: np.ndarray, plan: _Plan, out: np.ndarray, chunk_bytes: int,
             w = torch.from_numpy(weights[k0:k1, t]).view(1, -1, 1, 1)
             term = slab[:, torch.from_numpy(idx[k0:k1, t] - lo)] * w
             acc = term if acc is None else acc.add_(term)
+        assert acc is not None  # axis_weights gives every output slice at least one tap
         finish(dst, k0, k1, acc)
 
 
@@ -359,7 +360,7 @@ MAX_REFILL_ROUNDS = 3
 
 
 def _argmax_keeping_volume(volume: np.ndarray, plan: _Plan, out: np.ndarray, chunk_bytes: int,
-                           prepare: _Prepare, num_classes: int, source_counts: np.ndarray,
+                           prepare: _Prepare, num_classes: int, source_counts: np.ndarray | None,
                            keep_volume: bool) -> None:
     """Arg-max of the interpolated class values into ``out``; with ``keep_volume``, classes that
     lost voxels (their counts scaled by the change of voxel size) take them back from their donors
@@ -367,6 +368,8 @@ def _argmax_keeping_volume(volume: np.ndarray, plan: _Plan, out: np.ndarray, chu
     if not keep_volume:
         _apply(volume, plan, out, chunk_bytes, prepare, _ArgMax())
         return
+    if source_counts is None:
+        raise ValueError("keep_volume needs the class counts of the source (source_counts)")
     targets = source_counts * (out.size / float(np.prod(volume.shape[1:])))
     donors = donor_table(targets)
     candidates: _Candidates = _ArgMaxCandidates(donors)
@@ -398,14 +401,18 @@ def _resolve(shape: Sequence[int], src_spacing: Sequence[float] | None,
         if len(out) != 3 or min(out) < 1:
             raise ValueError(f"dst_shape must be 3 positive sizes, got {tuple(dst_shape)}")
         if src_spacing is None:
-            return out, None, None  # type: ignore[return-value]
+            return out, None, None
         dst = tuple(float(s) * n / m for s, n, m in zip(src_spacing, shape, out))
-        return out, tuple(float(s) for s in src_spacing), dst  # type: ignore[return-value]
+        return out, tuple(float(s) for s in src_spacing), dst
     if src_spacing is None:
         raise ValueError("dst_spacing needs src_spacing")
+    assert dst_spacing is not None  # exactly one of dst_spacing and dst_shape (checked above)
     src = tuple(float(s) for s in src_spacing)
-    dst = tuple(float(s) for s in dst_spacing)  # type: ignore[union-attr]
-    return target_shape(shape, src, dst), src, dst  # type: ignore[return-value]
+    dst = tuple(float(s) for s in dst_spacing)
+    out_shape = target_shape(shape, src, dst)
+    if len(out_shape) != 3:
+        raise ValueError(f"src_spacing and dst_spacing need 3 values each, got {src} and {dst}")
+    return out_shape, src, dst
 
 
 def resample_image(data: np.ndarray, src_spacing: Sequence[float],
@@ -524,7 +531,7 @@ def probabilities_to_labels(probs: np.ndarray | torch.Tensor, dst_shape: Sequenc
             return out
         counts = None
         if keep_volume:
-            source = np.empty(probs.shape[1:], dtype=np.uint8)
+            source: np.ndarray = np.empty(probs.shape[1:], dtype=np.uint8)
             _ArgMax()(source, 0, source.shape[0], torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)))
             counts = np.bincount(source.ravel(), minlength=num_classes)[:num_classes]
             del source

@@ -136,6 +136,8 @@ def crop_with_padding(array: np.ndarray, centre: np.ndarray, size: tuple[int, ..
 class PatchLoader(SlimDataLoaderBase):
     """Batches of patches; a share ``oversample`` is centred on a voxel of a random present class."""
 
+    batch_size: int  # set by SlimDataLoaderBase.__init__ (batchgenerators is untyped)
+
     def __init__(self, store: CaseStore, patch_size: tuple[int, ...], batch_size: int, oversample: float,
                  seed: int):
         super().__init__(store, batch_size, None)

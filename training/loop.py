@@ -72,7 +72,9 @@ class FoldTrainer:
         self.network.to(self.device)
         self.model = self.dist.wrap(self.network, str(self.device))  # what training steps call
         if options.compile:  # optional: worth its compile time on long GPU runs
-            self.model = torch.compile(self.model)
+            compiled = torch.compile(self.model)
+            assert isinstance(compiled, torch.nn.Module)  # a compiled module is an OptimizedModule
+            self.model = compiled
         self.loss = DeepSupervision(build_loss(self.recipe.loss))
         self.optimizer = build_optimizer(self.recipe, self.network.parameters())
         self.precision = resolve_precision(self.recipe.precision, self.device.type)

@@ -7,6 +7,7 @@ small class does not produce a 0/0 term, and never include the background.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,13 @@ class WeightedDiceFocal(nn.Module):
         return (weights * (1 - dice)).mean() + focal
 
 
+@runtime_checkable
+class ScheduledLoss(Protocol):
+    """A loss that changes over the schedule: the training loop sets ``progress`` (fraction done)."""
+
+    progress: float
+
+
 #: Loss builders by name (``recipe.loss``, ``--loss``).
 LOSSES: Registry[Callable[[], nn.Module]] = Registry("loss", {
     "dice_ce": lambda: DiceCE(1.0, 1.0),
@@ -127,7 +135,7 @@ class DeepSupervision(nn.Module):
 
     def set_progress(self, progress: float) -> None:
         """Tell a loss that changes over the schedule (``progress`` attribute) where training is."""
-        if hasattr(self.loss, "progress"):
+        if isinstance(self.loss, ScheduledLoss):  # has a ``progress`` attribute
             self.loss.progress = float(progress)
 
     def forward(self, outputs: list[torch.Tensor] | torch.Tensor, target: torch.Tensor) -> torch.Tensor:

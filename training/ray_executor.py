@@ -67,8 +67,8 @@ def run_folds_on_ray(jobs: list[FoldJob], options: TrainOptions, address: str | 
             except ray.exceptions.RayTaskError as exc:
                 errors.append((fold, exc))
         if errors:
-            fold, exc = errors[0]
-            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+            fold, error = errors[0]
+            cause = error.as_instanceof_cause() if hasattr(error, "as_instanceof_cause") else error
             raise cause
         return results
     finally:

@@ -39,6 +39,7 @@ from autoseg.networks.config import (
     check_input_divisible,
     check_input_size,
     init_he,
+    members,
     network_preamble,
     numel,
     stage_counts,
@@ -152,14 +153,16 @@ class ARUNetDecoder(nn.Module):
         """
         sizes = stage_sizes(input_size, self.strides)
         total = 0
-        last = len(self.fuse) - 1
-        for s in range(len(self.fuse)):
+        gates, fuse = members(self.gates, AttentionGate), members(self.fuse, FusionBlock)
+        last = len(fuse) - 1
+        for s in range(len(fuse)):
+            refine = self.refine[s]
             size, channels = sizes[-(s + 2)], self.skip_channels[s]
             total += numel([channels, *size])
-            total += self.gates[s].compute_conv_feature_map_size(size)
-            total += self.fuse[s].compute_conv_feature_map_size(size)
-            if isinstance(self.refine[s], StackedResidualBlocks):
-                total += int(self.refine[s].compute_conv_feature_map_size(size))
+            total += gates[s].compute_conv_feature_map_size(size)
+            total += fuse[s].compute_conv_feature_map_size(size)
+            if isinstance(refine, StackedResidualBlocks):
+                total += int(refine.compute_conv_feature_map_size(size))
             if self.deep_supervision or s == last:
                 total += numel([self.num_classes, *size])
         return total

@@ -10,9 +10,9 @@ is the size pyramid its ``compute_conv_feature_map_size`` walks.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from autoseg.errors import ConfigurationError
 
 #: Keys every network accepts; a network adds its own (blocks per stage and so on).
 COMMON_KEYS = ("n_stages", "features_per_stage", "strides", "kernel_sizes", "deep_supervision")
+
+_M = TypeVar("_M", bound=nn.Module)
 
 NORM_OP_KWARGS: dict[str, Any] = {"eps": 1e-5, "affine": True}
 NONLIN_KWARGS: dict[str, Any] = {"negative_slope": 1e-2, "inplace": True}
@@ -62,6 +64,19 @@ class Ops:
     def interp_mode(self) -> str:
         """Linear interpolation mode matching the dimension."""
         return "bilinear" if self.dim == 2 else "trilinear"
+
+
+def members(container: Iterable[nn.Module], kind: type[_M]) -> list[_M]:
+    """The modules of ``container`` (an ``nn.ModuleList`` or ``nn.Sequential``) in order, typed as
+    ``kind``. Indexing or iterating a container gives plain ``nn.Module``s to a type checker, which
+    hides the members' own methods (``compute_conv_feature_map_size``); a member that is not a
+    ``kind`` raises ``TypeError``."""
+    found: list[_M] = []
+    for module in container:
+        if not isinstance(module, kind):
+            raise TypeError(f"expected {kind.__name__} modules, got a {type(module).__name__}")
+        found.append(module)
+    return found
 
 
 def ops_for_dim(dim: int) -> Ops:

@@ -36,7 +36,10 @@ def _peak_from_profile(prof: profile) -> int:
     """Peak of the allocator's running total above its value when profiling started."""
     from torch._C._profiler import _EventType
 
-    allocs = [e for e in _walk(prof.profiler.kineto_results.experimental_event_tree())
+    results = prof.profiler.kineto_results if prof.profiler is not None else None
+    if results is None:
+        raise RuntimeError("the profiler holds no results: profile one step inside `with profile(...)` first")
+    allocs = [e for e in _walk(results.experimental_event_tree())
               if e.tag == _EventType.Allocation and str(e.extra_fields.device) == "cpu"]
     if not allocs:
         return 0
@@ -52,7 +55,9 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _backward(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
-    sum(F.cross_entropy(o, t) for o, t in zip(outputs, targets)).backward()
+    loss = sum(F.cross_entropy(o, t) for o, t in zip(outputs, targets))
+    assert isinstance(loss, torch.Tensor)  # a network has at least one output, so not sum()'s 0
+    loss.backward()
 
 
 def measure_peak_activation_bytes(model: nn.Module, input_shape: Sequence[int], num_classes: int) -> int:

@@ -60,6 +60,7 @@ from autoseg.networks.config import (
     check_input_divisible,
     check_input_size,
     init_he,
+    members,
     network_preamble,
     numel,
     stage_counts,
@@ -138,11 +139,15 @@ class CofResEncoder(nn.Module):
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         total, size = 0, list(input_size)
-        for stage in self.stages:
+        for stage in members(self.stages, nn.Sequential):
             for layer in stage:
-                total += int(layer.compute_conv_feature_map_size(size))
                 if isinstance(layer, ConvDropoutNormReLU):  # the down-convolution
+                    total += int(layer.compute_conv_feature_map_size(size))
                     size = [i // j for i, j in zip(size, layer.stride)]
+                elif isinstance(layer, CofResBlock):
+                    total += layer.compute_conv_feature_map_size(size)
+                else:
+                    raise TypeError(f"a CofRes encoder stage holds a {type(layer).__name__}")
         return total
 
 
@@ -170,14 +175,18 @@ class ConvLSTMCell(nn.Module):
     def __init__(self, ops: Ops, in_channels: int, hidden: int, kernel_size: Sequence[int]):
         super().__init__()
         self.in_channels, self.hidden = in_channels, hidden
-        self.gates = ops.conv_op(in_channels + hidden, 4 * hidden, tuple(kernel_size), 1,
-                                 [(k - 1) // 2 for k in kernel_size], bias=True)
+        gates = ops.conv_op(in_channels + hidden, 4 * hidden, tuple(kernel_size), 1,
+                            [(k - 1) // 2 for k in kernel_size], bias=True)
+        assert isinstance(gates, (nn.Conv2d, nn.Conv3d))  # ops.conv_op is Conv2d or Conv3d
+        self.gates: nn.Conv2d | nn.Conv3d = gates
         self._conv = F.conv3d if ops.dim == 3 else F.conv2d
 
     def reset_forget_bias(self, value: float = 1.0) -> None:
         """Start the forget gate open (a common LSTM initialisation)."""
+        bias = self.gates.bias
+        assert bias is not None  # the gates' conv is built with bias=True
         with torch.no_grad():
-            self.gates.bias[self.hidden:2 * self.hidden].fill_(value)
+            bias[self.hidden:2 * self.hidden].fill_(value)
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,9 +264,9 @@ class RAVNetDecoder(nn.Module):
         sizes = stage_sizes(input_size, self.strides)
         total = numel([self.skip_channels[0], *sizes[-2]])
         last = len(self.stages) - 1
-        for s in range(len(self.stages)):
+        for s, stage in enumerate(members(self.stages, AttentionRecovery)):
             size = sizes[-(s + 2)]
-            total += self.stages[s].compute_conv_feature_map_size(size)
+            total += stage.compute_conv_feature_map_size(size)
             if self.deep_supervision or s == last:
                 total += numel([self.num_classes, *size])
         return total

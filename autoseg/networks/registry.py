@@ -15,6 +15,7 @@ from torch import nn
 
 from autoseg.errors import ConfigurationError
 from autoseg.networks.config import check_int, check_patch_size
+from autoseg.networks.protocol import SegmentationNetwork
 from autoseg.networks.spec import NetworkSpec
 from autoseg.registry import Registry
 
@@ -94,6 +95,8 @@ def feature_map_elements(name: str, kwargs: dict[str, Any], in_channels: int, nu
     check_patch_size(kwargs, patch_size)
     with torch.device("meta"):
         net = build_network(name, kwargs, in_channels, num_classes)
+    if not isinstance(net, SegmentationNetwork):
+        raise TypeError(f"network {name!r} ({type(net).__name__}) does not satisfy SegmentationNetwork")
     return int(net.compute_conv_feature_map_size(tuple(patch_size)))
 
 

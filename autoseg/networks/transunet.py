@@ -53,6 +53,7 @@ from autoseg.networks.config import (
     check_input_size,
     check_int,
     init_he,
+    members,
     network_preamble,
     numel,
     stage_counts,
@@ -223,7 +224,7 @@ class AttentionDecoder(nn.Module):
         sizes = stage_sizes(input_size, self.strides)
         total = 0
         last = len(self.stages) - 1
-        for s, stage in enumerate(self.stages):
+        for s, stage in enumerate(members(self.stages, AttentionDecoderStage)):
             size = sizes[-(s + 2)]
             total += stage.compute_conv_feature_map_size(size)
             if self.deep_supervision or s == last:

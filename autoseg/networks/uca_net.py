@@ -66,6 +66,7 @@ from autoseg.networks.config import (
     check_input_divisible,
     check_input_size,
     init_he,
+    members,
     network_preamble,
     numel,
     stage_counts,
@@ -189,12 +190,13 @@ class UCADecoder(nn.Module):
         """Per stage: upsampled map, attention maps, decoder convs, logits (when produced)."""
         sizes = stage_sizes(input_size, self.strides)
         total = 0
-        last = len(self.stages) - 1
-        for s in range(len(self.stages)):
+        attention, stages = members(self.attention, CrossAttentionSkip), members(self.stages, StackedConvBlocks)
+        last = len(stages) - 1
+        for s, stage in enumerate(stages):
             size = sizes[-(s + 2)]
             total += numel([self.skip_channels[s], *size])
-            total += self.attention[s].compute_conv_feature_map_size(size)
-            total += int(self.stages[s].compute_conv_feature_map_size(size))
+            total += attention[s].compute_conv_feature_map_size(size)
+            total += int(stage.compute_conv_feature_map_size(size))
             if self.deep_supervision or s == last:
                 total += numel([self.num_classes, *size])
         return total

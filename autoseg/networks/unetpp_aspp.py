@@ -47,6 +47,7 @@ from autoseg.networks.config import (
     check_input_size,
     check_int_list,
     init_he,
+    members,
     network_preamble,
     numel,
     stage_counts,
@@ -147,9 +148,10 @@ class NestedDecoder(nn.Module):
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         n = self.n_stages
         grid = [[s] for s in skips]  # grid[i][j] = X^{i,j}
+        rows = members(self.nodes, nn.ModuleList)
         for j in range(1, n):
             for i in range(n - j):
-                grid[i].append(self.nodes[i][j - 1](grid[i][:j], grid[i + 1][j - 1]))
+                grid[i].append(rows[i][j - 1](grid[i][:j], grid[i + 1][j - 1]))
         depths = range(n - 1) if self.deep_supervision else range(1)
         outputs = [self.seg_layers[i](grid[i][n - 1 - i]) for i in depths]
         return outputs if self.deep_supervision else outputs[0]
@@ -158,7 +160,8 @@ class NestedDecoder(nn.Module):
         """Every node's maps plus the logit maps of the heads that run."""
         sizes = stage_sizes(input_size, self.strides)
         total = sum(node.compute_conv_feature_map_size(sizes[i])
-                    for i, row in enumerate(self.nodes) for node in row)
+                    for i, row in enumerate(members(self.nodes, nn.ModuleList))
+                    for node in members(row, NestedNode))
         heads = range(self.n_stages - 1) if self.deep_supervision else range(1)
         return total + sum(numel([self.num_classes, *sizes[i]]) for i in heads)
 
