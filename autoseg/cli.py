@@ -78,7 +78,8 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     options = PlannerOptions(
         device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,
         network=args.network, base_features=args.features,
-        hu_window=tuple(args.hu_window) if args.hu_window else None, cpu_gflops=args.cpu_gflops, verify=args.verify, seed=args.seed, precision=args.precision,
+        hu_window=tuple(args.hu_window) if args.hu_window else None, cpu_gflops=args.cpu_gflops,
+        verify=args.verify, seed=args.seed, precision=args.precision,
         calibration_cache=calibration_cache(settings.cache), recalibrate=args.recalibrate)
     stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
     out = plan_and_preprocess(args.dataset, settings, options, stages=stages, max_slices=args.max_slices,
@@ -161,7 +162,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--fold", nargs="+", default=None, help="folds 0-4, or 'all' (default: all)")
     p.add_argument("--network", default=None, help="override the planned network")
     p.add_argument("--recipe", default=None, help="sgd_poly, adam_plateau or adam_poly (default: planned)")
-    p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or weighted_dice_focal (default: the recipe's)")
+    p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or "
+                                                "weighted_dice_focal (default: the recipe's)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs (default: planned)")
     budget.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
@@ -217,7 +219,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",
-                                 fix="use torchrun (or --gpus) for one fold on several GPUs, or Ray for folds in parallel")
+                                 fix="use torchrun (or --gpus) for one fold on several GPUs, or Ray for folds "
+                                     "in parallel")
     dist.init(dist.device(args.device))
     options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training,
                            dist=dist, compile=args.compile, threads=args.threads)
@@ -320,7 +323,8 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              precision=resolve_precision(args.precision, args.device),
                              save_probabilities=args.save_probabilities, overlays=args.overlays,
                              roi_model=roi, roi_margin_mm=args.roi_margin_mm,
-                             roi_postprocessing=None if args.no_postprocessing or roi is None else load_postprocessing(roi),
+                             roi_postprocessing=(None if args.no_postprocessing or roi is None
+                                                 else load_postprocessing(roi)),
                              roi_largest_component=not args.roi_all_components,
                              postprocessing=None if args.no_postprocessing else load_postprocessing(model),
                              cores=cores)

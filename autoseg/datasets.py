@@ -190,7 +190,8 @@ def _pair_check(path: Path, image_ids: set[str], label_ids: set[str]) -> None:
 def _load_msd(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
     channels = _channels(meta, "modality", meta_path)
     labels = _labels(meta.get("labels"), name_to_id=False, meta_path=meta_path)
-    images = _by_id(_visible_images(RawDataset(path).images_tr, series_folders=True), lambda p: strip_image_suffix(p.name))
+    images = _by_id(_visible_images(RawDataset(path).images_tr, series_folders=True),
+                    lambda p: strip_image_suffix(p.name))
     segs = _by_id(_visible_images(RawDataset(path).labels_tr), lambda p: strip_image_suffix(p.name))
     _pair_check(path, set(images), set(segs))
     cases = tuple(Case(k, (images[k],), segs[k]) for k in sorted(images))

@@ -6,8 +6,8 @@ anyone deleting a file. Linux carries ``flock`` over NFS as a POSIX byte-range l
 between machines that share ``AUTOSEG_RESULTS``, as the README suggests for running folds on several
 machines. On a local disk the lock belongs to the open file; over NFS it belongs to the process, and
 closing any other handle of the lock file in the holding process would release it: the holder never
-opens its own lock file again (only processes that failed to take it read it). The file holds the holder's host, PID and start
-time so that a refused process can say who holds it.
+opens its own lock file again (only processes that failed to take it read it). The file holds the
+holder's host, PID and start time so that a refused process can say who holds it.
 """
 from __future__ import annotations
 

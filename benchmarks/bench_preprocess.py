@@ -369,8 +369,8 @@ def machine_info(nnunet_python: Path) -> dict[str, Any]:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    mem = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
-                   if l.startswith("MemTotal")).split()[1]) * 1024
+    mem = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")).split()[1]) * 1024
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,

@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from autoseg.sliding_window import WindowOptions
 from autoseg.inference.model import TrainedModel  # noqa: E402
 from autoseg.preprocessing.storage import case_ids  # noqa: E402
+from autoseg.sliding_window import WindowOptions  # noqa: E402
 from autoseg.training.data import CaseStore  # noqa: E402
 from autoseg.training.fold_validation import validate_fold  # noqa: E402
 from autoseg.training.splits import load_or_create_splits  # noqa: E402

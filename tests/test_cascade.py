@@ -102,7 +102,8 @@ def test_roi_box_keeps_the_organ_and_not_a_stray_false_positive() -> None:
     assert box == ((4, 13), (6, 20), (8, 26))  # 1 voxel of 2 mm in z, 2 voxels of 1 mm in y and x
     assert info["bbox"] == [list(b) for b in box]
     assert info["dropped_ml"] == pytest.approx(2 * 3 * 3 * 2.0 / 1000)
-    assert info["foreground_ml"] == pytest.approx((7 * 10 * 12 + 2 * 2 * 2) * 2.0 / 1000)  # with the tumour's part outside the organ
+    # with the tumour's part outside the organ
+    assert info["foreground_ml"] == pytest.approx((7 * 10 * 12 + 2 * 2 * 2) * 2.0 / 1000)
     every, every_info = roi_box(labels, spacing, PredictOptions(roi_margin_mm=2.0, roi_largest_component=False))
     assert every == ((4, 18), (6, 30), (8, 40)) and every_info["dropped_ml"] == 0  # clipped to the image
 

@@ -14,7 +14,8 @@ STAGES = ("planners", "preprocessing", "training", "inference")
 
 def modules_with_examples() -> list[str]:
     found = []
-    for path in sorted((ROOT / "autoseg").rglob("*.py")) + [p for s in STAGES for p in sorted((ROOT / s).rglob("*.py"))]:
+    paths = sorted((ROOT / "autoseg").rglob("*.py")) + [p for s in STAGES for p in sorted((ROOT / s).rglob("*.py"))]
+    for path in paths:
         if ">>> " not in path.read_text():
             continue
         rel = path.relative_to(ROOT).with_suffix("")

@@ -41,7 +41,8 @@ def test_cpuinfo_flags_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path) -> No
                            ("flags : fpu avx512f avx512_bf16\n", True), ("flags : fpu amx_bf16 amx_tile\n", True)):
         path = tmp_path / "cpuinfo"
         path.write_text(text)
-        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(path if f == "/proc/cpuinfo" else f, *a, **k))
+        monkeypatch.setattr(builtins, "open", lambda f, *a, path=path, **k: real_open(
+            path if f == "/proc/cpuinfo" else f, *a, **k))
         monkeypatch.setattr(prec.platform, "system", lambda: "Linux")
         prec.cpu_has_native_bf16.cache_clear()
         assert prec.cpu_has_native_bf16() is expected

@@ -197,7 +197,8 @@ def test_label_resampling_keeps_thin_structures_volume(dst) -> None:
     labels = vessel_tree()
     plain = resample_labels(labels, src, dst, 3, keep_volume=False)
     kept = resample_labels(labels, src, dst, 3)
-    ml = lambda seg, sp, k: (seg == k).sum() * np.prod(sp)
+    def ml(seg, sp, k):
+        return (seg == k).sum() * np.prod(sp)
     # plain linear + arg-max loses a large part of a one-voxel-wide vessel (20-50% here) ...
     assert ml(plain, dst, 1) < 0.85 * ml(labels, src, 1)
     # ... keeping the volume brings it back (within 10%: on these axis-aligned lines many voxels
@@ -232,7 +233,8 @@ def test_a_class_inside_a_larger_one_takes_its_volume_back_from_it() -> None:
     plain = resample_labels(labels, src, dst, 3, keep_volume=False)
     kept = resample_labels(labels, src, dst, 3)
     scale = labels.size / kept.size  # source voxels per output voxel (the grid keeps its extent)
-    ratio = lambda seg, k: (seg == k).sum() * scale / (labels == k).sum()
+    def ratio(seg, k):
+        return (seg == k).sum() * scale / (labels == k).sum()
     # the tumours lie wholly inside the liver: the arg-max gives a third of them to it ...
     assert ratio(plain, 2) < 0.7
     # ... and they take it back from the liver, which keeps its own volume (from the background)

@@ -54,8 +54,8 @@ def test_torchrun_two_processes_keep_replicas_identical(workspace: dict[str, str
     _run(cmd, workspace)
     fold = _fold(workspace, 0)
     lines = [json.loads(line) for line in (fold / "log.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [0, 1]
-    assert all(l["world_size"] == 2 and l["replica_max_abs_diff"] == 0.0 for l in lines)
+    assert [e["epoch"] for e in lines] == [0, 1]
+    assert all(e["world_size"] == 2 and e["replica_max_abs_diff"] == 0.0 for e in lines)
     state = torch.load(fold / "checkpoint_final.pt", weights_only=True)
     assert state["steps"] == 6  # same schedule as one process: 2 epochs x 3 steps
     assert (fold / "validation" / "summary.json").is_file()

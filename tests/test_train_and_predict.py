@@ -43,8 +43,8 @@ def test_train_one_fold_writes_checkpoints_log_and_curves(env: Path) -> None:
     fold = _fold_dir(env, 0)
     for name in ("checkpoint_final.pt", "checkpoint_latest.pt", "progress.png", "log.jsonl"):
         assert (fold / name).is_file(), name
-    lines = [json.loads(l) for l in (fold / "log.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [0, 1]
+    lines = [json.loads(line) for line in (fold / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in lines] == [0, 1]
     assert set(lines[0]["val_dice"]) == {"vessel", "tumour"}  # never a background Dice
     assert lines[1]["lr"] < lines[0]["lr"]  # poly schedule decays
     assert 0 <= lines[0]["data_wait_share"] <= 1
@@ -114,9 +114,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(env: Path) -> None:
     proc.wait()
     assert not (_fold_dir(env, 3) / "checkpoint_final.pt").exists()
     assert main(args[:-1] + ["--continue"]) == 0
-    resumed = [json.loads(l) for l in (_fold_dir(env, 3) / "log.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (_fold_dir(env, 3) / "log.jsonl").read_text().splitlines()]
     assert main(["train", "-d", "8", "-f", "4", "--epochs", "6", "--iterations", "4", "-j", "0", "--force"]) == 0
-    straight = [json.loads(l) for l in (_fold_dir(env, 4) / "log.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (_fold_dir(env, 4) / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in resumed] == list(range(6)) == [r["epoch"] for r in straight]
     assert [round(r["lr"], 12) for r in resumed] == [round(r["lr"], 12) for r in straight]
     assert [r["steps"] for r in resumed] == [r["steps"] for r in straight]
@@ -268,7 +268,8 @@ def test_train_precision_override_is_recorded_and_checked(env: Path, capsys: pyt
                  *TINY, "--force"]) == 0
     folder = env / "res" / "Task08_HepaticVessel" / "resenc_unet"
     assert read_json(folder / "plans.json")["recipe"]["precision"] == "fp32"
-    assert np.isfinite([r["train_loss"] for r in map(json.loads, (folder / "fold_0" / "log.jsonl").read_text().splitlines())]).all()
+    log_lines = (folder / "fold_0" / "log.jsonl").read_text().splitlines()
+    assert np.isfinite([r["train_loss"] for r in map(json.loads, log_lines)]).all()
     capsys.readouterr()
     assert main(["train", "-d", "8", "-f", "1", "--network", "resenc_unet", "--precision", "fp16", *TINY]) == 2
     assert "fp16 autocast is for CUDA" in capsys.readouterr().err

@@ -51,8 +51,9 @@ def run(command: list[str], cwd: Path, staged: Path | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checks", nargs="*", choices=CHECKS, default=list(CHECKS))
+    parser.add_argument("checks", nargs="*", choices=[*CHECKS, []], help=f"default: all of {', '.join(CHECKS)}")
     args = parser.parse_args(argv)
+    args.checks = args.checks or list(CHECKS)
     bin_dir = Path(sys.executable).parent
     failed = []
     with tempfile.TemporaryDirectory(prefix="autoseg-lint-") as tmp:

@@ -27,7 +27,7 @@ def plot_progress(path: Path, epochs: list[dict[str, Any]], class_names: dict[in
     ax1.plot(x, [e["val_loss"] for e in epochs], label="validation loss", color="#d62728")
     ax1.set_ylabel("loss")
     ax1.legend(loc="upper right")
-    for lab, name in sorted(class_names.items()):
+    for _, name in sorted(class_names.items()):
         ax2.plot(x, [e["val_dice"].get(name) for e in epochs], marker=".", label=f"{name} Dice")
     ax2.plot(x, [e["val_mean_dice"] for e in epochs], color="black", linestyle="--", label="mean foreground")
     ax2.set_ylabel("validation Dice")

@@ -116,7 +116,8 @@ def test_a_splits_file_with_too_few_folds_is_refused_for_the_missing_ones(tmp_pa
     path.write_text(json.dumps([{"train": cases[2:], "val": cases[:2]}, {"train": cases[:2], "val": cases[2:]}]))
     splits = load_or_create_splits(path, cases, 0)
     assert splits[1]["val"] == cases[2:]
-    with pytest.raises(AutosegError, match="splits.json: the splits file holds 2 fold\\(s\\), so fold 3 does not exist") as err:
+    wanted = "splits.json: the splits file holds 2 fold\\(s\\), so fold 3 does not exist"
+    with pytest.raises(AutosegError, match=wanted) as err:
         splits[3]
     assert err.value.path == path and "delete this file to regenerate" in str(err.value)
 
