@@ -58,6 +58,10 @@ class _FoldNetworks:
     def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
         raise NotImplementedError
 
+    def weights_source(self, fold: int) -> str:
+        """Where a fold's weights are, for errors (a damaged network names its file)."""
+        return str(self.checkpoints[fold])
+
     @property
     def folds(self) -> tuple[int, ...]:
         return tuple(sorted(self.checkpoints))
@@ -67,7 +71,7 @@ class _FoldNetworks:
         total: np.ndarray | None = None
         for fold in self.folds:
             net = self.network(fold, options.device)
-            probs = slide(net, data, self.plans, options, timings, source=str(self.checkpoints[fold]))
+            probs = slide(net, data, self.plans, options, timings, source=self.weights_source(fold))
             del net
             total = probs if total is None else np.add(total, probs, out=total)
         assert total is not None  # every model has at least one fold (checked on opening)
@@ -156,6 +160,9 @@ class ArchiveModel(_FoldNetworks):
         plans = Plans.from_dict(plans_data, path)
         chosen = _select_folds(manifest["folds"], folds, path)
         return cls(path, plans, {f: ExportNames.weights(f) for f in chosen}, members)
+
+    def weights_source(self, fold: int) -> str:
+        return f"{self.folder}:{self.checkpoints[fold]}"
 
     def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
         from autoseg.inference.export import load_weights
