@@ -219,7 +219,8 @@ class OnnxModel(_FoldNetworks):
             return OnnxNetwork(self.checkpoints[fold], torch.get_num_threads())
         except ImportError:
             raise AutosegError("this is an ONNX model and onnxruntime is not installed", self.folder,
-                               "pip install onnxruntime, or predict with the PyTorch model folder") from None
+                               "pip install -e '.[export]' in the autoseg checkout (or pip install onnxruntime), or "
+                               "predict with the PyTorch model folder") from None
 
 
 def open_model(path: Path, folds: tuple[int, ...] | None = None, checkpoint: CheckpointKind = "final") -> Model:

@@ -7,6 +7,8 @@ import ast
 import configparser
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("planners", "preprocessing", "training", "inference")
 LAYOUT = ROOT / "autoseg" / "layout.py"
@@ -105,3 +107,18 @@ def test_the_layers_contract_places_every_module_of_autoseg() -> None:
     assert sorted(modules - placed) == []
     assert sorted(placed - modules) == []
 
+
+
+def test_every_package_folder_is_installed() -> None:
+    """pyproject.toml lists the packages (the stage folders are mapped into autoseg); one missing
+    from the list would be left out of a wheel and fail only on a user's machine."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = config["package-dir"]
+    listed = set(config["packages"])
+    found = {"autoseg." + ".".join(p.parent.relative_to(ROOT / "autoseg").parts) if p.parent != ROOT / "autoseg"
+             else "autoseg" for p in (ROOT / "autoseg").rglob("__init__.py")}
+    for stage in STAGES:
+        assert folders[f"autoseg.{stage}"] == stage
+        found |= {".".join(["autoseg", *p.parent.relative_to(ROOT).parts]) for p in (ROOT / stage).rglob("__init__.py")}
+    assert sorted(found - listed) == [] and sorted(listed - found) == []

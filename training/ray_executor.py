@@ -6,7 +6,7 @@ GPU on CUDA and ``cpus_per_fold`` CPUs otherwise, and sets PyTorch's thread coun
 gave it. The preprocessed data and the results folder must be on storage every node sees (the
 same paths), as for nnU-Net on a cluster. Without ``--ray-address`` a local Ray instance is
 started on this machine and stopped afterwards. Ray is an optional extra:
-``pip install 'autoseg[distributed]'``.
+``pip install -e '.[distributed]'`` in the autoseg checkout.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _import_ray():
         import ray
     except ImportError:
         raise ConfigurationError("--executor ray needs the Ray package, which is not installed",
-                                 fix="pip install 'autoseg[distributed]' (or pip install ray), "
+                                 fix="pip install -e '.[distributed]' in the autoseg checkout (or pip install ray), "
                                      "or train with the default local executor") from None
     return ray
 
