@@ -9,6 +9,8 @@ FoldSummary            ValidationFolder.summary         fold validation, ensembl
 CvSummary              ResultsDataset.cv_summary        inference/crossval.py                people
 BestChoice             ResultsDataset.best              inference/crossval.py                ``predict -d``
 PostprocessingDecision ModelFolder.postprocessing       inference/postprocessing.py          predict, export
+FoldRecord             FoldFolder.record                training/run.py                      ``train --continue``
+EnsembleManifest       ModelFolder.ensemble_manifest    inference/ensembles.py               EnsembleModel
 CaseReport             CaseOutputs.report               predict (inference/report.py)        people, the viewer
 ====================== ================================ ==================================== ===================
 
@@ -254,6 +256,52 @@ class BestChoice(Artefact):
     def __post_init__(self) -> None:
         if not self.network:
             raise EvaluationError("'network' is empty: it must name a network folder")
+
+
+# --- a fold's run and an ensemble's members ----------------------------------------------------------
+@dataclass(frozen=True)
+class FoldSchedule:
+    """A fold's budget: epochs of iterations, or training steps, or seconds of training."""
+
+    epochs: int
+    iterations_per_epoch: int
+    time_budget_s: float | None = None
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class FoldRecord(Artefact):
+    """``fold_K/fold.json``: the seed and budget a fold's run started (or last resumed) with, so that
+    ``train --continue`` needs no flags."""
+
+    KIND = "fold record"
+    VERSION_KEY = "record_version"
+    FIX = "delete it; the fold then resumes with the budget of its checkpoint"
+
+    fold: int
+    seed: int
+    schedule: FoldSchedule
+    step_time_estimate_s: float | None = None
+    threads_at_start: int | None = None
+    started: str | None = None
+    resumed: str | None = optional()
+
+
+@dataclass(frozen=True)
+class EnsembleManifest(Artefact):
+    """``ensemble.json``: the networks of an ensemble folder (``autoseg find_best``)."""
+
+    KIND = "ensemble manifest"
+    VERSION_KEY = "ensemble_version"
+    ERROR = EvaluationError
+    FIX = "run `autoseg find_best` again"
+
+    members: tuple[str, ...]
+    rule: str = "mean of the members' fold-averaged softmax"
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2 or len(set(self.members)) != len(self.members):
+            raise EvaluationError(f"'members' must name two or more different networks, got {list(self.members)}")
 
 
 # --- post-processing -----------------------------------------------------------------------------------

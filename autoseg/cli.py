@@ -487,16 +487,16 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.artefacts import EnsembleManifest
     from autoseg.errors import AutosegError
     from autoseg.inference.export import check_export_target, export_archive, export_onnx
     from autoseg.inference.model import TrainedModel
-    from autoseg.io import read_json
 
     check_export_target(args.output, args.onnx, args.overwrite)
     folder = model_folder(args, settings)
     if ModelFolder(folder).is_ensemble:
-        members = read_json(ModelFolder(folder).ensemble_manifest).get("members")
-        raise AutosegError(f"this is an ensemble of {members}; export writes one network", folder,
+        members = EnsembleManifest.load(ModelFolder(folder).ensemble_manifest).members
+        raise AutosegError(f"this is an ensemble of {list(members)}; export writes one network", folder,
                            f"export each member with --network NAME (e.g. --network {members[0]})")
     model = TrainedModel.open(folder, tuple(args.folds) if args.folds else None,
                               args.checkpoint)

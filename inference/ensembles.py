@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from autoseg.artefacts import CvSummary, FoldSummary
+from autoseg.artefacts import CvSummary, EnsembleManifest, FoldSummary
 from autoseg.errors import AutosegError
 from autoseg.inference.model import TrainedModel
-from autoseg.io import atomic_path, read_json, write_json
+from autoseg.io import atomic_path
 from autoseg.layout import NUM_FOLDS, CheckpointKind, ModelFolder, PreprocessedDataset, ResultsDataset
 from autoseg.metrics import case_dice
 from autoseg.plans import Plans
@@ -83,7 +83,7 @@ def plans_of(folder: Path) -> Plans:
     share their preprocessing, which is what callers read)."""
     model = ModelFolder(folder)
     if model.is_ensemble:
-        model = ModelFolder(folder.parent / read_json(model.ensemble_manifest)["members"][0])
+        model = ModelFolder(folder.parent / EnsembleManifest.load(model.ensemble_manifest).members[0])
     return Plans.load(model.plans)
 
 
@@ -131,7 +131,7 @@ def _build_one(dataset_dir: Path, data_dir: Path, members: list[str], networks: 
                 with open(tmp, "wb") as f:
                     np.savez_compressed(f, labels=pred)
         FoldSummary.from_cases(per_case, names, ensemble=tuple(members)).save(validation.summary)
-    write_json(out.ensemble_manifest, {"members": members, "rule": "mean of the members' fold-averaged softmax"})
+    EnsembleManifest(members=tuple(members)).save(out.ensemble_manifest)
     return {"members": members, "folder": str(out.root)}
 
 
@@ -164,12 +164,7 @@ class EnsembleModel:
     @classmethod
     def open(cls, folder: Path, folds: tuple[int, ...] | None = None,
              checkpoint: CheckpointKind = "final") -> EnsembleModel:
-        manifest_path = ModelFolder(folder).ensemble_manifest
-        manifest = read_json(manifest_path)
-        members = manifest.get("members") if isinstance(manifest, dict) else None
-        if not isinstance(members, list) or len(members) < 2:
-            raise AutosegError("the ensemble's manifest does not list two or more member networks", manifest_path,
-                               "run `autoseg find_best` again")
+        members = EnsembleManifest.load(ModelFolder(folder).ensemble_manifest).members
         missing = [m for m in members if not ModelFolder(folder.parent / m).plans.is_file()]
         if missing:
             raise AutosegError(f"ensemble members {missing} are not in {folder.parent}", folder,

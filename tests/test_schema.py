@@ -320,3 +320,28 @@ def test_model_folder_and_results_names_come_from_layout(tmp_path: Path) -> None
     summary = write_summary(folder.root, {"a": {"vessel": 0.5}}, {1: "vessel"}, ensemble=["x", "y"])
     assert FoldSummary.load(tmp_path / "arunet" / "fold_0" / "validation" / "summary.json") == summary
     assert summary.ensemble == ("x", "y") and summary["ensemble"] == ["x", "y"]
+
+
+def test_fold_record_and_ensemble_manifest_name_a_bad_field(tmp_path: Path) -> None:
+    """fold.json (what `train --continue` resumes with) and ensemble.json load through the schema too:
+    an old file without a version loads, a hand-edited bad value names its field."""
+    from autoseg.artefacts import EnsembleManifest, FoldRecord
+
+    record = tmp_path / "fold.json"
+    old = {"fold": 1, "seed": 7, "schedule": {"epochs": 3, "iterations_per_epoch": 50, "time_budget_s": None,
+                                             "steps": None},
+           "step_time_estimate_s": 0.4, "threads_at_start": 2, "started": "2026-12-04 10:00:00"}
+    record.write_text(json.dumps(old))
+    loaded = FoldRecord.load(record)
+    assert loaded.seed == 7 and loaded.schedule.epochs == 3
+    loaded.save(record)
+    assert FoldRecord.load(record) == loaded and json.loads(record.read_text())["record_version"] == 1
+    record.write_text(json.dumps({**old, "schedule": {**old["schedule"], "epochs": "three"}}))
+    with pytest.raises(AutosegError, match="schedule.epochs") as err:
+        FoldRecord.load(record)
+    assert err.value.path == record
+    manifest = tmp_path / "ensemble.json"
+    manifest.write_text(json.dumps({"members": ["arunet"], "rule": "mean"}))
+    with pytest.raises(AutosegError, match="members") as err:
+        EnsembleManifest.load(manifest)
+    assert err.value.path == manifest

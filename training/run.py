@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoseg.artefacts import FoldRecord, FoldSchedule
 from autoseg.datasets import find_preprocessed
 from autoseg.errors import AutosegError, ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs
 from autoseg.networks.registry import REGISTRY as NETWORKS
-from autoseg.io import read_json, write_json
 from autoseg.layout import NUM_FOLDS, FoldFolder, ModelFolder, PreprocessedDataset, ResultsDataset
 from autoseg.locks import check_unlocked, folder_lock
 from autoseg.plans import Plans, Recipe
@@ -173,12 +173,13 @@ def _resumed(fold_dir: FoldFolder, plans: Plans, req: TrainRequest) -> tuple[Pla
     """The plans and seed an unfinished fold resumes with: its recorded budget and seed unless the
     request names new ones (a longer budget is allowed; the seed of a started run is not changed)."""
     record = read_fold_record(fold_dir)
-    seed = int(record.get("seed", plans.seed))
+    seed = record.seed if isinstance(record, FoldRecord) else plans.seed
     if req.seed is not None and req.seed != seed:
         log.warning("fold %d started with seed %d; resuming with it, not --seed %d", fold_dir.fold, seed, req.seed)
-    if req.sets_schedule or "schedule" not in record:
+    if req.sets_schedule or record is None:
         return plans, seed
-    recorded = {f: record["schedule"].get(f, getattr(plans.recipe, f)) for f in SCHEDULE_FIELDS}
+    schedule = record.schedule if isinstance(record, FoldRecord) else record
+    recorded = {f: getattr(schedule, f) for f in SCHEDULE_FIELDS}
     if req.iterations_per_epoch is not None:
         recorded["iterations_per_epoch"] = req.iterations_per_epoch
     log.info("resuming fold %d with its recorded budget %s", fold_dir.fold,
@@ -186,35 +187,29 @@ def _resumed(fold_dir: FoldFolder, plans: Plans, req: TrainRequest) -> tuple[Pla
     return plans.replace(recipe=dataclasses.replace(plans.recipe, **recorded)), seed
 
 
-def read_fold_record(fold_dir: FoldFolder) -> dict[str, Any]:
+def read_fold_record(fold_dir: FoldFolder) -> FoldRecord | FoldSchedule | None:
     """``fold_K/fold.json`` (seed and budget of the fold's run); for a fold started by an older
-    autoseg, the budget from its latest checkpoint's plans."""
-    path = fold_dir.record
-    if path.is_file():
-        try:
-            return dict(read_json(path))
-        except ValueError:
-            raise AutosegError("the fold's record is not valid JSON", path,
-                               "delete it; the fold then resumes with the budget of its checkpoint") from None
-    latest = fold_dir.latest
-    if latest.is_file():
+    autoseg, only the budget, from its latest checkpoint's plans; None for a fold not started."""
+    if fold_dir.record.is_file():
+        return FoldRecord.load(fold_dir.record)
+    if fold_dir.latest.is_file():
         from autoseg.checkpoint import load_checkpoint
 
-        recipe = load_checkpoint(latest).get("plans", {}).get("recipe", {})
-        return {"schedule": {f: recipe[f] for f in SCHEDULE_FIELDS if f in recipe}}
-    return {}
+        recipe = Plans.from_dict(load_checkpoint(fold_dir.latest)["plans"], fold_dir.latest).recipe
+        return FoldSchedule(**{f: getattr(recipe, f) for f in SCHEDULE_FIELDS})
+    return None
 
 
 def write_fold_record(job: FoldJob, threads: int | None, fresh: bool) -> None:
     """Record a fold's seed and budget when its run starts, so that ``--continue`` needs no flags; a
     resumed run keeps the start time and records the budget it resumed with (a longer one, if given)."""
-    record = {} if fresh else {k: v for k, v in read_fold_record(job.fold_dir).items() if k == "started"}
-    write_json(job.fold_dir.record, {
-        "fold": job.fold, "seed": job.seed,
-        "schedule": {f: getattr(job.plans.recipe, f) for f in SCHEDULE_FIELDS},
-        "step_time_estimate_s": job.plans.estimates.step_time_estimate_s,
-        "threads_at_start": threads, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **record,
-        **({} if fresh else {"resumed": time.strftime("%Y-%m-%d %H:%M:%S")})})
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    before = None if fresh else read_fold_record(job.fold_dir)
+    started = before.started if isinstance(before, FoldRecord) and before.started else now
+    FoldRecord(fold=job.fold, seed=job.seed,
+               schedule=FoldSchedule(**{f: getattr(job.plans.recipe, f) for f in SCHEDULE_FIELDS}),
+               step_time_estimate_s=job.plans.estimates.step_time_estimate_s, threads_at_start=threads,
+               started=started, resumed=None if fresh else now).save(job.fold_dir.record)
 
 
 def run_fold(job: FoldJob, options: TrainOptions) -> dict[str, Any]:
