@@ -321,7 +321,8 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         roi = open_model(roi_path if roi_path.exists() else trained_model_folder(args.roi_model, None, settings))
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap,
                              precision=resolve_precision(args.precision, args.device),
-                             save_probabilities=args.save_probabilities, overlays=args.overlays,
+                             outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
+                                                           ("overlays", args.overlays)) if on),
                              roi_model=roi, roi_margin_mm=args.roi_margin_mm,
                              roi_postprocessing=(None if args.no_postprocessing or roi is None
                                                  else load_postprocessing(roi)),

@@ -7,7 +7,6 @@ array on the preprocessed grid, uint8 labels on the input grid at the end.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,15 +19,16 @@ from autoseg.artefacts import CaseProperties, CaseReport, RoiReport
 from autoseg.cpu_share import CoreShare
 from autoseg.errors import AutosegError, ImageReadError
 from autoseg.cropping import BBox, mask_bbox
-from autoseg.io import (Geometry, atomic_path, is_dicom_folder, read_case_images, strip_image_suffix,
-                        write_image, write_json)
+from autoseg.io import (is_dicom_folder, read_case_images, strip_image_suffix,
+                        write_json)
 from autoseg.layout import CaseOutputs, RunOutputs
-from autoseg.plans import HU_BOUNDS, Plans
+from autoseg.plans import Plans
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.model import Model
 from autoseg.inference.postprocessing import Decision, apply_postprocessing, keep_largest_component, rules_of
-from autoseg.inference.report import measure_case, write_overlays
+from autoseg.inference.outputs import OUTPUT_FORMATS, CasePrediction, write_prediction
+from autoseg.inference.report import measure_case
 from autoseg.sliding_window import WindowOptions
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ class PredictOptions:
     overlap: float = 0.5
     #: Autocast of the forward passes (autoseg.precision): auto, fp32, bf16 or fp16.
     precision: str = "auto"
-    save_probabilities: bool = False
-    overlays: bool = False
+    #: Extra outputs besides the label map and report (names in ``inference.outputs.OUTPUT_FORMATS``).
+    outputs: tuple[str, ...] = ()
     #: A model (e.g. a liver model) whose foreground, grown by ``roi_margin_mm``, is the only region
     #: the main model predicts in (the linked models of the seed papers).
     roi_model: Model | None = None
@@ -164,23 +164,6 @@ def window_options(options: PredictOptions) -> WindowOptions:
                          between_batches=options.cores.adapt if options.cores else None)
 
 
-@dataclass
-class CasePrediction:
-    """One case predicted, nothing written yet: what :func:`write_prediction` writes."""
-
-    name: str
-    input: Path
-    #: uint8 labels on the input's grid, post-processed.
-    labels: np.ndarray
-    geometry: Geometry
-    report: CaseReport
-    #: The softmax on the preprocessed grid and that grid's properties (``--save-probabilities``).
-    probabilities: np.ndarray | None = None
-    properties: CaseProperties | None = None
-    #: The CT on the input's grid, for the overlays (``--overlays``).
-    image: np.ndarray | None = None
-
-
 def predict_case(model: Model, name: str, image_path: Path, options: PredictOptions) -> CasePrediction:
     """Predict one case: preprocess as in training, the model's fold-averaged softmax, labels back on
     the input's exact grid, post-processing, the report. Writes nothing."""
@@ -209,34 +192,13 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         stage_seconds={k: round(v, 2) for k, v in stages.items()},
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
         postprocessing=rules_of(options.postprocessing), roi=roi_report)
-    result = CasePrediction(name, image_path, labels, geometry, report)
-    if options.save_probabilities:
-        result.probabilities, result.properties = probs.astype(np.float16), pre.properties
-    if options.overlays:
+    formats = [OUTPUT_FORMATS[o] for o in options.outputs]  # an unknown name fails before any work is kept
+    result = CasePrediction(name, image_path, labels, geometry, report, plans, tuple(options.outputs))
+    if any(f.needs_probabilities for f in formats):
+        result.probabilities, result.properties = probs, pre.properties
+    if any(f.needs_image for f in formats):
         result.image = read_case_images([image_path])[0][0]
     return result
-
-
-def write_prediction(result: CasePrediction, outputs: CaseOutputs, report_path: Path | None = None) -> CaseReport:
-    """Write a case's outputs, each atomically: the label map, the probabilities and overlays when
-    the prediction holds them, and last the report (at ``report_path``, default the case's), so a
-    case whose report exists is complete. Returns the report as written."""
-    t0 = time.perf_counter()
-    write_image(outputs.labels, result.labels, result.geometry)
-    if result.probabilities is not None:
-        properties = json.dumps(result.properties.to_dict() if result.properties is not None else None)
-        with atomic_path(outputs.probabilities) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, probabilities=result.probabilities, properties=np.array(properties))
-    overlays = None
-    if result.image is not None:
-        # the abdominal display window, not the (possibly narrower) window the network was fed
-        overlays = tuple(p.name for p in write_overlays(outputs, result.image, result.labels, HU_BOUNDS))
-    stages = dict(result.report.stage_seconds or {})
-    stages["restore_and_write"] = round(stages.pop("restore", 0.0) + time.perf_counter() - t0, 2)
-    report = dataclasses.replace(result.report, stage_seconds=stages, overlays=overlays)
-    report.save(report_path or outputs.report)
-    return report
 
 
 def region_of_interest(roi_model: Model, name: str, image_path: Path,

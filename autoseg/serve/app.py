@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autoseg.errors import AutosegError
 from autoseg.inference.model import open_model
-from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case, write_prediction
+from autoseg.inference.outputs import write_prediction
+from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case
 from autoseg.layout import CheckpointKind, JobFolder, server_lock
 from autoseg.io import read_json, read_sitk
 from autoseg.serve.jobs import JobStore, Retention, Runner, Worker, new_status, new_token
