@@ -38,6 +38,10 @@ class CasePrediction:
     geometry: Geometry
     report: CaseReport
     plans: Plans
+    #: What each label of ``labels`` means (background 0 included): the model's labels, or for a
+    #: linked run (``--roi-model``) the combined table (e.g. 1 liver, 2 vessel, 3 tumour). Every
+    #: output names its classes from this table, never from ``plans.labels``.
+    label_table: dict[int, str] = field(default_factory=dict)
     #: The extra outputs to write (names in :data:`OUTPUT_FORMATS`).
     outputs: tuple[str, ...] = ()
     #: The softmax on the preprocessed grid and that grid's properties, when an output needs them.
