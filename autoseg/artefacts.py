@@ -404,4 +404,7 @@ class CaseReport(Artefact):
     region_shape: tuple[int, ...] | None = optional()
     postprocessing: PostprocessingRules | None = optional()
     roi: RoiReport | None = optional()
+    #: What each label of the case's label map means (background included): the model's labels, or
+    #: a linked run's combined table (1 liver, 2 vessel, 3 tumour).
+    label_table: dict[int, str] | None = optional()
     overlays: tuple[str, ...] | None = optional()
