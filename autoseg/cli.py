@@ -272,7 +272,11 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=("final", "best"), default="final")
     p.add_argument("--roi-model", default=None, metavar="DATASET_OR_PATH",
                    help="predict only inside the foreground of this model (e.g. Task03, a liver model) "
-                        "plus a margin: a trained dataset name, a model folder or an exported model")
+                        "plus a margin, and write one map of both: 1 the organ (liver), then the main "
+                        "model's classes (2 vessel, 3 tumour); a trained dataset name, a model folder "
+                        "or an exported model")
+    p.add_argument("--roi-crop-only", action="store_true",
+                   help="with --roi-model: use it only to crop; the map holds the main model's classes")
     p.add_argument("--no-postprocessing", action="store_true",
                    help="skip the post-processing that find_best decided from cross-validation")
     p.add_argument("--roi-margin-mm", type=float, default=10.0, help="margin around the ROI (default: 10 mm)")
@@ -327,6 +331,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              roi_postprocessing=(None if args.no_postprocessing or roi is None
                                                  else load_postprocessing(roi)),
                              roi_largest_component=not args.roi_all_components,
+                             combine_roi=not args.roi_crop_only,
                              postprocessing=None if args.no_postprocessing else load_postprocessing(model),
                              cores=cores)
     result = predict(args.input, args.output, model, options, overwrite=args.overwrite,

@@ -55,6 +55,9 @@ class PredictOptions:
     #: Box only the largest connected component of the ROI model's foreground (one organ: stray
     #: false positives elsewhere in the body do not widen the box); False: every component.
     roi_largest_component: bool = True
+    #: A linked run writes one map of the organ and the main model's classes (:func:`combine_labels`);
+    #: False: the main model's classes only, the ROI model used only to crop.
+    combine_roi: bool = True
     #: The model's ``postprocessing.json`` decision (None: none).
     postprocessing: Decision = None
     #: An ``autoseg.cpu_share.CoreShare``: CPU threads follow the cores other processes leave free,
@@ -169,9 +172,9 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     the input's exact grid, post-processing, the report. Writes nothing."""
     t0 = time.perf_counter()
     plans = model.plans
-    region, roi_report = (None, None)
+    region, roi_report, organ = None, None, None
     if options.roi_model is not None:
-        region, roi_report = region_of_interest(options.roi_model, name, image_path, options)
+        region, roi_report, organ = region_of_interest(options.roi_model, name, image_path, options)
     pre = preprocess_case([image_path], None, plans, case_id=name, region=region)  # validates channels
     if plans.is_ct:
         check_looks_like_ct(pre.properties.intensity_min[0], pre.properties.intensity_max[0], image_path)
@@ -182,18 +185,23 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     t_net = time.perf_counter()
     labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, plans),
                                   options.postprocessing, geometry.spacing_zyx)
+    table = dict(plans.labels)
+    if organ is not None and options.roi_model is not None and options.combine_roi:
+        table = linked_label_table(options.roi_model.plans.labels, plans.labels)
+        labels = combine_labels(organ, labels)
     stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,  # networks' share: sliding_window
               "network_forward": timings.get("forward", 0.0), "restore": time.perf_counter() - t_net}
-    measured = measure_case(labels, geometry, {k: v for k, v in plans.labels.items() if k != 0},
+    measured = measure_case(labels, geometry, {k: v for k, v in table.items() if k != 0},
                             time.perf_counter() - t0, model.folds)
     report = dataclasses.replace(
         measured, input=str(image_path),
         precision=model.fixed_precision or resolve_precision(options.precision, options.device),
         stage_seconds={k: round(v, 2) for k, v in stages.items()},
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
-        postprocessing=rules_of(options.postprocessing), roi=roi_report)
+        postprocessing=rules_of(options.postprocessing), roi=roi_report, label_table=table)
     formats = [OUTPUT_FORMATS[o] for o in options.outputs]  # an unknown name fails before any work is kept
-    result = CasePrediction(name, image_path, labels, geometry, report, plans, tuple(options.outputs))
+    result = CasePrediction(name, image_path, labels, geometry, report, plans, label_table=table,
+                            outputs=tuple(options.outputs))
     if any(f.needs_probabilities for f in formats):
         result.probabilities, result.properties = probs, pre.properties
     if any(f.needs_image for f in formats):
@@ -202,18 +210,21 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
 
 
 def region_of_interest(roi_model: Model, name: str, image_path: Path,
-                       options: PredictOptions) -> tuple[BBox | None, RoiReport]:
-    """The ROI model's box on the input grid (:func:`roi_box`) and what it found."""
+                       options: PredictOptions) -> tuple[BBox | None, RoiReport, np.ndarray]:
+    """The ROI model's box on the input grid (:func:`roi_box`), what it found, and the organ: its
+    foreground after its own post-processing (and only the largest component, as boxed)."""
     t0 = time.perf_counter()
     pre = preprocess_case([image_path], None, roi_model.plans, case_id=name)
     labels = _labels_on_input_grid(roi_model.probabilities(pre.data, window_options(options)), pre.properties,
                                    roi_model.plans)
-    box, info = roi_box(labels, pre.properties.original_geometry.spacing_zyx, options)
+    spacing = pre.properties.original_geometry.spacing_zyx
+    box, info = roi_box(labels, spacing, options)
     if box is None:
         log.warning("%s: the ROI model found no foreground; predicting the whole image", image_path)
-    return box, RoiReport(model=str(roi_model.folder), margin_mm=info["margin_mm"],
-                          foreground_ml=info["foreground_ml"], dropped_ml=info["dropped_ml"],
-                          bbox=box, seconds=round(time.perf_counter() - t0, 2))
+    report = RoiReport(model=str(roi_model.folder), margin_mm=info["margin_mm"],
+                       foreground_ml=info["foreground_ml"], dropped_ml=info["dropped_ml"],
+                       bbox=box, seconds=round(time.perf_counter() - t0, 2))
+    return box, report, roi_foreground(labels, spacing, options)
 
 
 def roi_box(labels: np.ndarray, spacing_zyx: tuple[float, ...],
@@ -227,9 +238,7 @@ def roi_box(labels: np.ndarray, spacing_zyx: tuple[float, ...],
     empty box that would hide a failure of the ROI model.
     """
     found = np.count_nonzero(labels)
-    foreground = apply_postprocessing(labels, options.roi_postprocessing, spacing_zyx) > 0
-    if options.roi_largest_component:
-        foreground = keep_largest_component(foreground.astype(np.uint8), 1) > 0
+    foreground = roi_foreground(labels, spacing_zyx, options)
     kept = np.count_nonzero(foreground)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000
     info: dict[str, Any] = {"margin_mm": options.roi_margin_mm, "foreground_ml": kept * voxel_ml,
@@ -240,6 +249,38 @@ def roi_box(labels: np.ndarray, spacing_zyx: tuple[float, ...],
     margin = [int(np.ceil(options.roi_margin_mm / s)) for s in spacing_zyx]
     grown = tuple((max(0, a - m), min(n, b + m)) for (a, b), m, n in zip(box, margin, labels.shape))
     return grown, {**info, "bbox": [list(b) for b in grown]}  # type: ignore[return-value]
+
+
+def roi_foreground(labels: np.ndarray, spacing_zyx: tuple[float, ...], options: PredictOptions) -> np.ndarray:
+    """The ROI model's organ: every foreground class (a liver model's tumours are part of the liver),
+    after the model's own post-processing, and only its largest 26-connected component unless
+    ``roi_largest_component`` is off."""
+    foreground = apply_postprocessing(labels, options.roi_postprocessing, spacing_zyx) > 0
+    if options.roi_largest_component:
+        foreground = keep_largest_component(foreground.astype(np.uint8), 1) > 0
+    return foreground
+
+
+def linked_label_table(roi_labels: dict[int, str], main_labels: dict[int, str]) -> dict[int, str]:
+    """The classes of a linked run's one map: 1 the ROI model's organ (its label 1, e.g. liver),
+    then the main model's foreground classes in their order (e.g. 2 vessel, 3 tumour)."""
+    organ = roi_labels.get(1, "organ")
+    return {0: "background", 1: organ, **{k + 1: v for k, v in sorted(main_labels.items()) if k != 0}}
+
+
+def combine_labels(organ: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One map of the organ and the main model's classes (:func:`linked_label_table`'s ids).
+
+    Overlaps are resolved by the later class: the main model's classes over the organ, and among
+    them its arg-max already chose one (a tumour voxel is never also a vessel voxel), so for the
+    liver -> vessel/tumour models the rule is tumour over vessel over liver. The main model's
+    classes are kept outside the organ too (a hepatic vessel leaving the liver is still a vessel)."""
+    if labels.max(initial=0) > 253:
+        raise ValueError("a linked map holds at most 253 classes of the main model")
+    out = np.where(organ, np.uint8(1), np.uint8(0))
+    found = labels > 0
+    out[found] = labels[found].astype(np.uint8) + 1
+    return out
 
 
 def _labels_on_input_grid(probs: np.ndarray, properties: CaseProperties, plans: Plans) -> np.ndarray:

@@ -57,8 +57,8 @@ def _predict(root: Path, out: Path, extra: list[str], monkeypatch: pytest.Monkey
 def test_roi_model_limits_prediction_to_the_liver_region(cascade: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     plain, plain_report = _predict(cascade, tmp_path / "plain", [], monkeypatch)
-    linked, report = _predict(cascade, tmp_path / "linked", ["--roi-model", "Task03", "--roi-margin-mm", "8"],
-                              monkeypatch)
+    linked, report = _predict(cascade, tmp_path / "linked",
+                              ["--roi-model", "Task03", "--roi-margin-mm", "8", "--roi-crop-only"], monkeypatch)
     liver_ref, _ = read_label(next((cascade / "raw" / "Task03_Liver" / "labelsTs").iterdir()))
     liver = liver_ref > 0
     box = report["roi"]["bbox"]
@@ -75,6 +75,40 @@ def test_roi_model_limits_prediction_to_the_liver_region(cascade: Path, tmp_path
     assert np.count_nonzero(linked[outside_liver]) < np.count_nonzero(plain[outside_liver])
     # faster: the vessel/tumour model sees a smaller region (fewer sliding-window tiles)
     assert np.prod(report["region_shape"]) < np.prod(plain_report["region_shape"])
+
+
+def test_linked_run_writes_one_map_of_liver_vessels_and_tumours(cascade: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default linked run: 1 the liver model's organ, 2 vessel, 3 tumour from the vessel/tumour
+    model, which win over the liver where they overlap; the table is in the report."""
+    crop, _ = _predict(cascade, tmp_path / "crop",
+                       ["--roi-model", "Task03", "--roi-margin-mm", "8", "--roi-crop-only"], monkeypatch)
+    one, report = _predict(cascade, tmp_path / "one", ["--roi-model", "Task03", "--roi-margin-mm", "8"], monkeypatch)
+    assert report["label_table"] == {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}
+    assert set(report["volumes_ml"]) == {"liver", "vessel", "tumour"}
+    assert set(np.unique(one)) <= {0, 1, 2, 3}
+    found = crop > 0
+    assert np.array_equal(one[found], crop[found] + 1)  # vessel and tumour as the main model found them
+    assert np.count_nonzero(one == 1) > 0 and set(np.unique(one[~found])) <= {0, 1}
+    liver_ref, _ = read_label(next((cascade / "raw" / "Task03_Liver" / "labelsTs").iterdir()))
+    organ = (one > 0)
+    # the organ label comes from the liver model: it covers most of the reference liver
+    assert organ[liver_ref > 0].mean() > 0.9
+    box = report["roi"]["bbox"]
+    inside = np.zeros(one.shape, bool)
+    inside[tuple(slice(a, b) for a, b in box)] = True
+    assert not np.any(one[~inside])
+
+
+def test_combine_labels_resolves_overlaps_tumour_over_vessel_over_liver() -> None:
+    from autoseg.inference.predictor import combine_labels, linked_label_table
+
+    assert linked_label_table({0: "background", 1: "liver", 2: "tumour"}, {0: "background", 1: "vessel", 2: "tumour"}) \
+        == {0: "background", 1: "liver", 2: "vessel", 3: "tumour"}
+    organ = np.zeros((1, 2, 4), bool)
+    organ[0, :, :3] = True
+    main_labels = np.array([[[0, 1, 2, 1], [0, 0, 2, 0]]], np.uint8)
+    assert combine_labels(organ, main_labels).tolist() == [[[1, 2, 3, 2], [1, 1, 3, 0]]]
 
 
 def test_roi_model_must_exist(cascade: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
