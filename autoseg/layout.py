@@ -326,6 +326,12 @@ class CaseOutputs:
     def overlay(self, z: int) -> Path:
         return self.folder / f"{self.case}_z{z:03d}.png"
 
+    MESH_ENDING = ".stl"
+
+    def mesh(self, structure: str) -> Path:
+        """The surface mesh of one structure (``structure`` already safe as part of a file name)."""
+        return self.folder / f"{self.case}_{structure}{self.MESH_ENDING}"
+
     def required(self) -> tuple[Path, Path]:
         """The outputs every prediction writes (label map and report): a case with both is done."""
         return self.labels, self.report
