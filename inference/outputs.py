@@ -79,10 +79,17 @@ def _write_overlays(result: CasePrediction, outputs: CaseOutputs) -> dict[str, A
     return {"overlays": tuple(p.name for p in write_overlays(outputs, result.image, result.labels, HU_BOUNDS))}
 
 
+def _write_meshes(result: CasePrediction, outputs: CaseOutputs) -> dict[str, Any]:
+    from autoseg.inference.meshes import write_meshes
+
+    return {"meshes": write_meshes(result.labels, result.geometry, result.label_table or result.plans.labels, outputs)}
+
+
 OUTPUT_FORMATS: Registry[OutputFormat] = Registry("output", {
     "probabilities": OutputFormat(_write_probabilities, needs_probabilities=True,
                                   help="the softmax and the case's properties (.probabilities.npz)"),
     "overlays": OutputFormat(_write_overlays, needs_image=True, help="PNG slices with the labels over the CT"),
+    "meshes": OutputFormat(_write_meshes, help="an STL surface per structure present, in patient mm (LPS)"),
 })
 
 
