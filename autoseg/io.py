@@ -119,7 +119,10 @@ def read_sitk(path: str | Path) -> sitk.Image:
             if len(series) > 1:
                 raise ImageReadError(f"folder holds {len(series)} DICOM series ({', '.join(series)})",
                                      path, "put each series in a folder of its own")
+            check_dicom_is_image(Path(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])[0]), path)
             return _read_dicom_series(path, series[0])
+        if not path.name.lower().endswith(IMAGE_SUFFIXES):
+            check_dicom_is_image(path, path)
         _check_nifti_complete(path)
         _check_nifti_header(path)
         return sitk.ReadImage(str(path))
@@ -128,6 +131,36 @@ def read_sitk(path: str | Path) -> sitk.Image:
         raise ImageReadError(f"cannot be read as an image ({first})", path,
                              "check that the file is complete and a NIfTI, NRRD, MHA or DICOM image; "
                              "re-export or re-download it") from None
+
+
+#: DICOM objects that hold no image to segment, by SOP Class UID
+NOT_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a DICOM Segmentation object (SEG)",
+    "1.2.840.10008.5.1.4.1.1.66.7": "a DICOM Label Map Segmentation object",
+    "1.2.840.10008.5.1.4.1.1.481.3": "a DICOM RT Structure Set (RTSTRUCT)",
+}
+
+
+def check_dicom_is_image(file: Path, given: Path) -> None:
+    """Refuse a DICOM file whose SOP Class (0008,0016, else the file meta's 0002,0002) is a
+    segmentation or structure set, not an image: it would otherwise be read as an 8-bit picture.
+    A file that is not DICOM, or has no SOP Class, passes (its reader decides)."""
+    try:
+        with open(file, "rb") as fh:
+            if fh.read(132)[128:] != b"DICM":
+                return
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(file))
+        reader.ReadImageInformation()
+    except (OSError, RuntimeError):
+        return
+    sop = next((reader.GetMetaData(k).strip(" \x00") for k in ("0008|0016", "0002|0002")
+                if reader.HasMetaDataKey(k) and reader.GetMetaData(k).strip(" \x00")), "")
+    if sop in NOT_IMAGE_SOP_CLASSES:
+        where = "" if file == given else f" ({file.name})"
+        raise ImageReadError(f"is {NOT_IMAGE_SOP_CLASSES[sop]}{where}, a segmentation rather than an image to "
+                             "segment", given, "pass the CT series it was made on (the folder of its image "
+                             "slices), not the segmentation")
 
 
 #: a step between DICOM slices further than this from the series' median step is a gap or uneven
