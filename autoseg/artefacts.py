@@ -408,7 +408,59 @@ class CaseReport(Artefact):
     #: a linked run's combined table (1 liver, 2 vessel, 3 tumour).
     label_table: dict[int, str] | None = optional()
     overlays: tuple[str, ...] | None = optional()
-    #: The DICOM Segmentation object's file name (``--output-format dicom-seg``).
-    dicom_seg: str | None = optional()
+    #: The uncertainty map and per-lesion confidence (``predict --uncertainty``).
+    uncertainty: UncertaintyReport | None = optional()
     #: The surface mesh file of each structure present (``predict --meshes``), by class name.
     meshes: dict[str, str] | None = optional()
+
+
+# --- calibration and uncertainty -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Calibration(Artefact):
+    """``calibration.json``: the temperature fitted on the model's cross-validation predictions
+    (:mod:`autoseg.inference.uncertainty`), with the calibration error before and after."""
+
+    KIND = "calibration"
+    VERSION_KEY = "calibration_version"
+    UNVERSIONED = None
+    ERROR = EvaluationError
+    FIX = "run `autoseg find_best` again (it fits the calibration), or delete the file (temperature 1)"
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    cases: int
+    voxels: int
+    bins: int
+    seed: int
+    rule: str
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise EvaluationError(f"temperature must be > 0, got {self.temperature}")
+        if self.bins < 1:
+            raise EvaluationError(f"bins must be >= 1, got {self.bins}")
+
+
+@dataclass(frozen=True)
+class LesionConfidence:
+    """One lesion (largest first, as the tumour table): its size and mean calibrated max-probability."""
+
+    label: int
+    voxels: int
+    volume_ml: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class UncertaintyReport:
+    """The report's ``uncertainty``: the map's file, the temperature used and the lesions' confidence."""
+
+    file: str
+    temperature: float
+    calibrated: bool
+    measure: str
+    mean_foreground_entropy: float | None
+    lesions: tuple[LesionConfidence, ...]

@@ -294,12 +294,12 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "native bf16 instructions, else fp32; docs/inference.md)")
     p.add_argument("--save-probabilities", action="store_true", help="also write softmax probabilities")
     p.add_argument("--overlays", action="store_true", help="write PNG slices with the labels over the CT")
-    p.add_argument("--output-format", choices=("nifti", "dicom-seg"), default="nifti",
-                   help="nifti (default): the NIfTI label map; dicom-seg: also <case>.seg.dcm, a DICOM "
-                        "Segmentation object referencing the input DICOM series (needs a DICOM series input)")
     p.add_argument("--meshes", action="store_true",
                    help="write an STL surface mesh per structure present, in patient mm (LPS), for 3D Slicer "
                         "and other surgical planning viewers")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="write <case>_uncertainty.nii.gz (normalised predictive entropy of the probabilities "
+                        "calibrated by find_best, 0..1) and each lesion's confidence in the report")
     p.add_argument("--overwrite", action="store_true",
                    help="predict cases again whose label map and report exist (default: skip them)")
     p.add_argument("--keep-going", action="store_true",
@@ -320,6 +320,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.inference.model import open_model, trained_model_folder
     from autoseg.inference.postprocessing import load_postprocessing
     from autoseg.inference.predictor import PredictOptions, predict
+    from autoseg.inference.uncertainty import load_calibration
     from autoseg.cpu_share import configure_threads
     from autoseg.precision import resolve_precision
 
@@ -333,14 +334,15 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
                                                            ("overlays", args.overlays),
-                                                           ("dicom_seg", args.output_format == "dicom-seg"),
-                                                           ("meshes", args.meshes)) if on),
+                                                           ("meshes", args.meshes),
+                                                           ("uncertainty", args.uncertainty)) if on),
                              roi_model=roi, roi_margin_mm=args.roi_margin_mm,
                              roi_postprocessing=(None if args.no_postprocessing or roi is None
                                                  else load_postprocessing(roi)),
                              roi_largest_component=not args.roi_all_components,
                              combine_roi=not args.roi_crop_only,
                              postprocessing=None if args.no_postprocessing else load_postprocessing(model),
+                             calibration=load_calibration(model) if args.uncertainty else None,
                              cores=cores)
     result = predict(args.input, args.output, model, options, overwrite=args.overwrite,
                      keep_going=args.keep_going)
@@ -456,6 +458,7 @@ def _cmd_find_best(args: argparse.Namespace, settings: Settings) -> int:
     path = write_best(dataset_dir, best)
     print(format_cv_table(summary))
     _decide_postprocessing(dataset_dir / best.network, settings)
+    _fit_calibration(dataset_dir / best.network, settings)
     folds = ",".join(str(f) for f in best.folds)
     print(f"best: {best.network} (mean foreground Dice {best.mean_foreground_dice:.3f}, folds {folds})")
     print(f"wrote {path}")
@@ -482,6 +485,20 @@ def _decide_postprocessing(model_dir: Path, settings: Settings) -> None:
         return
     print(f"post-processing (from {decision.cases} CV cases): {describe(decision, plans.labels)}; "
           f"wrote {ModelFolder(model_dir).postprocessing}")
+
+
+def _fit_calibration(model_dir: Path, settings: Settings) -> None:
+    from autoseg.inference.ensembles import plans_of
+    from autoseg.inference.uncertainty import fit_calibration
+
+    data = PreprocessedDataset(settings.preprocessed / plans_of(model_dir).dataset_name).data
+    calibration = fit_calibration(model_dir, data)
+    if calibration is None:
+        print("calibration: no validation probabilities to fit on (predict --uncertainty uses T = 1)")
+        return
+    c = calibration
+    print(f"calibration (from {c.cases} CV cases, {c.voxels} voxels): temperature {c.temperature:.3f}, "
+          f"ECE {c.ece_before:.4f} -> {c.ece_after:.4f}; wrote {ModelFolder(model_dir).calibration}")
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:

@@ -35,6 +35,7 @@ NUM_FOLDS = 5
 # --- names shared by several folders ---------------------------------------------------------------
 PLANS = "plans.json"
 POSTPROCESSING = "postprocessing.json"
+CALIBRATION = "calibration.json"
 #: The lock file :mod:`autoseg.locks` keeps inside a folder while a process works in it.
 LOCK = ".lock"
 #: Label maps autoseg writes (predictions, fold validation, the viewer's jobs).
@@ -233,6 +234,11 @@ class ModelFolder:
         return self.root / POSTPROCESSING
 
     @property
+    def calibration(self) -> Path:
+        """The temperature ``find_best`` fitted on cross-validation (``inference.uncertainty``)."""
+        return self.root / CALIBRATION
+
+    @property
     def ensemble_manifest(self) -> Path:
         return self.root / self.ENSEMBLE_MANIFEST
 
@@ -283,6 +289,7 @@ class ExportNames:
 
     PLANS = PLANS
     POSTPROCESSING = POSTPROCESSING
+    CALIBRATION = CALIBRATION
     MANIFEST = "manifest.json"
     WEIGHTS_ENDING = ".pt"
     ONNX_ENDING = ".onnx"
@@ -323,13 +330,13 @@ class CaseOutputs:
     def probabilities(self) -> Path:
         return self.folder / f"{self.case}{self.PROBABILITIES_ENDING}"
 
+    @property
+    def uncertainty(self) -> Path:
+        """The per-voxel normalised predictive entropy on the input grid (``--uncertainty``)."""
+        return self.folder / f"{self.case}_uncertainty{LABEL_MAP_ENDING}"
+
     def overlay(self, z: int) -> Path:
         return self.folder / f"{self.case}_z{z:03d}.png"
-
-    @property
-    def dicom_seg(self) -> Path:
-        """``<case>.seg.dcm``: the label map as a DICOM Segmentation object (``--output-format dicom-seg``)."""
-        return self.folder / f"{self.case}.seg.dcm"
 
     MESH_ENDING = ".stl"
 

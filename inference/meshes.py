@@ -42,7 +42,8 @@ class MeshOptions:
     #: Meshes with fewer faces than this are not smoothed: a structure of a few voxels has no staircase
     #: to take off, and smoothing would only shrink it further.
     min_faces_to_smooth: int = 200
-    #: Fraction of the faces decimation removes (0 keeps them all).
+    #: Fraction of the faces decimation removes (0 keeps them all); where that would leave the surface
+    #: not closed, a half and then a quarter of it.
     decimation: float = 0.75
     #: Meshes with fewer faces than this are not decimated (a small lesion keeps its shape).
     min_faces_to_decimate: int = 2000
@@ -76,10 +77,13 @@ def structure_mesh(mask: np.ndarray, geometry: Geometry, options: MeshOptions = 
         trimesh.smoothing.filter_taubin(mesh, lamb=options.smoothing_lambda, nu=options.smoothing_nu,
                                         iterations=options.smoothing_iterations)
     if options.decimation > 0 and len(mesh.faces) >= options.min_faces_to_decimate:
-        decimated = mesh.simplify_quadric_decimation(percent=options.decimation)
-        # quadric decimation can open a hole where the surface is thin; keep the closed surface then
-        if decimated.is_watertight or not mesh.is_watertight:
-            mesh = decimated
+        # quadric decimation can pinch a thin part (a vessel, a handle of the liver) into an edge that
+        # more than two faces share; then a smaller reduction is tried, and else the full surface kept
+        for fraction in (options.decimation, options.decimation / 2, options.decimation / 4):
+            decimated = mesh.simplify_quadric_decimation(percent=fraction)
+            if decimated.is_watertight or not mesh.is_watertight:
+                mesh = decimated
+                break
     return mesh
 
 

@@ -24,7 +24,6 @@ from autoseg.io import Geometry, atomic_path, write_image
 from autoseg.layout import CaseOutputs
 from autoseg.plans import HU_BOUNDS, Plans
 from autoseg.registry import Registry
-from autoseg.inference.dicom_seg import write_dicom_seg
 from autoseg.inference.report import write_overlays
 
 
@@ -86,12 +85,20 @@ def _write_meshes(result: CasePrediction, outputs: CaseOutputs) -> dict[str, Any
     return {"meshes": write_meshes(result.labels, result.geometry, result.label_table or result.plans.labels, outputs)}
 
 
+def _write_uncertainty(result: CasePrediction, outputs: CaseOutputs) -> dict[str, Any]:
+    from autoseg.inference.uncertainty import write_uncertainty
+
+    return write_uncertainty(result, outputs)
+
+
 OUTPUT_FORMATS: Registry[OutputFormat] = Registry("output", {
     "probabilities": OutputFormat(_write_probabilities, needs_probabilities=True,
                                   help="the softmax and the case's properties (.probabilities.npz)"),
     "overlays": OutputFormat(_write_overlays, needs_image=True, help="PNG slices with the labels over the CT"),
-    "dicom_seg": OutputFormat(write_dicom_seg, help="the labels as a DICOM-SEG referencing the input series (.seg.dcm)"),
     "meshes": OutputFormat(_write_meshes, help="an STL surface per structure present, in patient mm (LPS)"),
+    "uncertainty": OutputFormat(_write_uncertainty, needs_probabilities=True,
+                                help="the normalised predictive entropy of the calibrated probabilities "
+                                     "(_uncertainty.nii.gz) and each lesion's confidence"),
 })
 
 

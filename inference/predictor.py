@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autoseg.artefacts import CaseProperties, CaseReport, RoiReport
+from autoseg.artefacts import Calibration, CaseProperties, CaseReport, RoiReport
 from autoseg.cpu_share import CoreShare
 from autoseg.errors import AutosegError, ImageReadError
 from autoseg.cropping import BBox, mask_bbox
@@ -27,7 +27,6 @@ from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.model import Model
 from autoseg.inference.postprocessing import Decision, apply_postprocessing, keep_largest_component, rules_of
-from autoseg.inference.dicom_seg import check_dicom_seg_input
 from autoseg.inference.outputs import OUTPUT_FORMATS, CasePrediction, write_prediction
 from autoseg.inference.report import measure_case
 from autoseg.sliding_window import WindowOptions
@@ -61,6 +60,8 @@ class PredictOptions:
     combine_roi: bool = True
     #: The model's ``postprocessing.json`` decision (None: none).
     postprocessing: Decision = None
+    #: The model's ``calibration.json`` temperature, for ``--uncertainty`` (None: T = 1, uncalibrated).
+    calibration: Calibration | None = None
     #: An ``autoseg.cpu_share.CoreShare``: CPU threads follow the cores other processes leave free,
     #: re-checked between sliding-window batches (None: threads as they are).
     cores: CoreShare | None = None
@@ -205,6 +206,7 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
                             outputs=tuple(options.outputs))
     if any(f.needs_probabilities for f in formats):
         result.probabilities, result.properties = probs, pre.properties
+        result.extras["uncertainty"] = options.calibration
     if any(f.needs_image for f in formats):
         result.image = read_case_images([image_path])[0][0]
     return result
@@ -310,9 +312,6 @@ def predict(inputs: Path, output: Path, model: Model, options: PredictOptions,
     """
     cases = find_inputs(inputs)
     check_output_location(inputs, output, cases)
-    if "dicom_seg" in options.outputs:  # before any prediction: a DICOM-SEG needs a DICOM series input
-        for _, path in cases:
-            check_dicom_seg_input(path)
     done = {name for name, _ in cases if len(existing_outputs(output, name)) == 2}
     partial = [p for name, _ in cases for p in existing_outputs(output, name) if name not in done]
     if partial and not overwrite:
