@@ -352,9 +352,19 @@ ResolvedPrecision = Resolved
 
 @dataclass(frozen=True)
 class Lesion:
+    """One connected tumour component (:func:`autoseg.inference.report.lesion_table`)."""
+
     volume_ml: float
     voxels: int
+    #: Bounding-box extent (z, y, x) in mm.
     extent_mm: tuple[float, ...]
+    #: Centre of mass as a voxel index (z, y, x) of the label map.
+    centroid_zyx: tuple[float, ...] | None = optional()
+    #: Centre of mass in patient coordinates (x, y, z) in mm: SimpleITK's physical space, DICOM's LPS
+    #: (x to the patient's left, y to posterior, z to head).
+    centroid_mm: tuple[float, ...] | None = optional()
+    #: Longest in-plane distance within the lesion on any axial slice, in mm (RECIST-like).
+    axial_diameter_mm: float | None = optional()
 
 
 @dataclass(frozen=True)
@@ -364,6 +374,24 @@ class TumourTable:
     count: int
     lesions: tuple[Lesion, ...]
     listed: str
+    #: Lesions smaller than ``min_listed_ml`` are counted in ``count`` but not listed.
+    min_listed_ml: float | None = optional()
+    below_minimum: int | None = optional()
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a report: autoseg, the model (SHA-256 of its plans and weights), the input, when."""
+
+    autoseg_version: str
+    #: SHA-256 of the plans as canonical JSON (sorted keys, no spaces).
+    plans_sha256: str
+    #: SHA-256 over the SHA-256 of each fold's weights file (``fold:digest`` lines, sorted).
+    weights_sha256: str | None = optional()
+    series_instance_uid: str | None = optional()
+    command_line: tuple[str, ...] | None = optional()
+    #: ISO 8601, UTC.
+    date: str | None = optional()
 
 
 @dataclass(frozen=True)
@@ -414,6 +442,11 @@ class CaseReport(Artefact):
     uncertainty: UncertaintyReport | None = optional()
     #: The surface mesh file of each structure present (``predict --meshes``), by class name.
     meshes: dict[str, str] | None = optional()
+    #: Liver volume in mL (the liver class and the tumour classes inside it) and tumour volume / liver
+    #: volume, when the model's labels include a liver.
+    liver_volume_ml: float | None = optional()
+    tumour_burden: float | None = optional()
+    provenance: Provenance | None = optional()
 
 
 # --- calibration and uncertainty -----------------------------------------------------------------------

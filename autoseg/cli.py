@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import autoseg
 from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.layout import ModelFolder, PreprocessedDataset, RunOutputs, calibration_cache
 from autoseg.precision import PRECISIONS
@@ -347,7 +348,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              combine_roi=not args.roi_crop_only,
                              postprocessing=None if args.no_postprocessing else load_postprocessing(model),
                              calibration=load_calibration(model) if args.uncertainty else None,
-                             cores=cores)
+                             cores=cores, command_line=("autoseg", *args.argv))
     result = predict(args.input, args.output, model, options, overwrite=args.overwrite,
                      keep_going=args.keep_going)
     for report in result.reports:
@@ -553,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Folders: $AUTOSEG_RAW, $AUTOSEG_PREPROCESSED, $AUTOSEG_RESULTS (default: "
                     "./autoseg_raw, ./autoseg_preprocessed, ./autoseg_results).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"autoseg {autoseg.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)

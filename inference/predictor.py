@@ -29,6 +29,7 @@ from autoseg.inference.model import Model
 from autoseg.inference.postprocessing import Decision, apply_postprocessing, keep_largest_component, rules_of
 from autoseg.inference.dicom_seg import check_dicom_seg_input
 from autoseg.inference.outputs import OUTPUT_FORMATS, CasePrediction, write_prediction
+from autoseg.inference.provenance import provenance
 from autoseg.inference.report import measure_case
 from autoseg.sliding_window import WindowOptions
 
@@ -66,6 +67,8 @@ class PredictOptions:
     #: An ``autoseg.cpu_share.CoreShare``: CPU threads follow the cores other processes leave free,
     #: re-checked between sliding-window batches (None: threads as they are).
     cores: CoreShare | None = None
+    #: The command line that asked for the prediction, for the report's provenance (None: not recorded).
+    command_line: tuple[str, ...] | None = None
 
 
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
@@ -201,7 +204,8 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         precision=model.fixed_precision or resolve_precision(options.precision, options.device),
         stage_seconds={k: round(v, 2) for k, v in stages.items()},
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
-        postprocessing=rules_of(options.postprocessing), roi=roi_report, label_table=table)
+        postprocessing=rules_of(options.postprocessing), roi=roi_report, label_table=table,
+        provenance=provenance(model, image_path, options.command_line))
     formats = [OUTPUT_FORMATS[o] for o in options.outputs]  # an unknown name fails before any work is kept
     result = CasePrediction(name, image_path, labels, geometry, report, plans, label_table=table,
                             outputs=tuple(options.outputs))

@@ -1,0 +1,131 @@
+"""Clinical read-outs: lesion centroids, diameters and order, provenance, overlays in radiological
+orientation, probabilities on the input grid, ``autoseg --version``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from autoseg.artefacts import CaseReport
+from autoseg.io import Geometry, image_from_array
+from autoseg.inference.report import MIN_LESION_ML, index_to_mm, lesion_table, measure_case
+
+ORIGIN = (-120.5, 35.25, -400.0)
+SPACING = (0.7, 0.9, 2.0)  # x, y, z: anisotropic in plane
+
+
+def _grid(shape_zyx: tuple[int, int, int], direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1)) -> Geometry:
+    return Geometry((shape_zyx[2], shape_zyx[1], shape_zyx[0]), SPACING, ORIGIN, direction)
+
+
+def _lesions() -> tuple[np.ndarray, dict[str, tuple[float, float, float]]]:
+    """A sphere (r 12 mm), an elongated in-plane ellipse at 30° (semi-axes 25 and 6 mm, 3 slices) and
+    two tiny specks, on an anisotropic grid; returns the labels (2 = tumour, 1 = liver) and centres (zyx mm)."""
+    shape = (40, 120, 150)
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, SPACING[::-1])), indexing="ij")
+    labels = np.zeros(shape, np.uint8)
+    labels[5:35, 5:115, 5:145] = 1
+    sphere = (30.0, 30.0, 30.0)
+    labels[((z - sphere[0]) ** 2 + (y - sphere[1]) ** 2 + (x - sphere[2]) ** 2) <= 12.0 ** 2] = 2
+    ellipse = (50.0, 70.0, 65.0)
+    t = np.deg2rad(30)
+    u = (x - ellipse[2]) * np.cos(t) + (y - ellipse[1]) * np.sin(t)
+    v = -(x - ellipse[2]) * np.sin(t) + (y - ellipse[1]) * np.cos(t)
+    labels[(np.abs(z - ellipse[0]) <= 2.0) & ((u / 25.0) ** 2 + (v / 6.0) ** 2 <= 1)] = 2
+    labels[10, 100, 20] = 2  # specks: 1.26 µL each, far under the minimum
+    labels[20, 100, 130] = 2
+    return labels, {"sphere": sphere, "ellipse": ellipse}
+
+
+def test_index_to_mm_matches_simpleitk_with_a_direction() -> None:
+    direction = (0, -1, 0, 1, 0, 0, 0, 0, -1)  # rotated in plane, z flipped
+    geometry = _grid((4, 5, 6), direction)
+    image = image_from_array(np.zeros((4, 5, 6), np.uint8), geometry)
+    index_zyx = np.array([1.5, 2.25, 3.0])
+    expected = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in index_zyx[::-1]))
+    assert np.allclose(index_to_mm(geometry, index_zyx), expected)
+
+
+def test_lesions_have_centroid_diameter_order_and_tiny_ones_are_counted_not_listed() -> None:
+    labels, centres = _lesions()
+    geometry = _grid(labels.shape)
+    report = measure_case(labels, geometry, {1: "liver", 2: "tumour"}, 1.0, [0])
+    tumours = report.tumours
+    assert tumours is not None and tumours.count == 4 and tumours.below_minimum == 2
+    assert tumours.min_listed_ml == MIN_LESION_ML and len(tumours.lesions) == 2
+    sphere, ellipse = tumours.lesions  # largest first
+    assert sphere.volume_ml > ellipse.volume_ml
+    voxel = max(SPACING[:2])
+    assert abs(sphere.axial_diameter_mm - 24.0) <= voxel  # type: ignore[operator]
+    assert abs(ellipse.axial_diameter_mm - 50.0) <= voxel  # type: ignore[operator]
+    for lesion, name in ((sphere, "sphere"), (ellipse, "ellipse")):
+        zyx_mm = centres[name]
+        expected = np.array(ORIGIN) + np.array(zyx_mm[::-1])  # identity direction: origin + (x, y, z)
+        assert np.allclose(lesion.centroid_mm, expected, atol=0.5 * voxel)  # type: ignore[arg-type]
+        assert np.allclose(np.array(lesion.centroid_zyx) * SPACING[::-1], zyx_mm, atol=0.5 * voxel)
+    tumour_ml = labels[labels == 2].size * np.prod(SPACING) / 1000
+    assert report.liver_volume_ml == pytest.approx(np.count_nonzero(labels) * np.prod(SPACING) / 1000, abs=1e-3)
+    assert report.tumour_burden == pytest.approx(tumour_ml / report.liver_volume_ml, abs=1e-4)
+    again = CaseReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again == report
+
+
+def test_diameter_is_the_longest_axial_one_not_a_diagonal_through_slices() -> None:
+    mask = np.zeros((10, 5, 5), bool)
+    mask[:, 2, 2] = True  # a rod along z: 10 slices of one pixel
+    _, (rod,) = lesion_table(mask, (5.0, 1.0, 1.0))
+    assert rod.axial_diameter_mm == 1.0 and rod.extent_mm == (50.0, 1.0, 1.0)
+
+
+def test_old_reports_without_the_new_fields_load() -> None:
+    old = {"volumes_ml": {"tumour": 1.0}, "voxel_volume_ml": 0.001, "shape_zyx": [2, 2, 2],
+           "spacing_zyx": [1.0, 1.0, 1.0], "folds": [0], "seconds": 1.0,
+           "tumours": {"count": 1, "listed": "all", "lesions": [{"volume_ml": 1.0, "voxels": 1000,
+                                                                  "extent_mm": [10.0, 10.0, 10.0]}]}}
+    report = CaseReport.from_dict(old)
+    assert report.provenance is None and report.tumours.lesions[0].centroid_mm is None  # type: ignore[union-attr]
+
+
+def test_provenance_names_version_plans_weights_and_series(tmp_path: Path) -> None:
+    import autoseg
+    from autoseg.inference.provenance import plans_sha256, provenance, series_instance_uid
+    from tests.test_schema import make_plans
+
+    plans = make_plans()
+    weights = tmp_path / "checkpoint_final.pt"
+    weights.write_bytes(b"weights")
+
+    class Fake:
+        def __init__(self) -> None:
+            self.plans, self.checkpoints, self.folder = plans, {0: weights}, tmp_path
+
+    found = provenance(Fake(), tmp_path / "ct.nii.gz", ("autoseg", "predict"))
+    assert found.autoseg_version == autoseg.__version__ and found.plans_sha256 == plans_sha256(plans)
+    assert len(found.weights_sha256 or "") == 64 and found.command_line == ("autoseg", "predict")
+    assert found.series_instance_uid is None and found.date and found.date.endswith("+00:00")
+    weights.write_bytes(b"other weights!")
+    assert provenance(Fake(), tmp_path, None).weights_sha256 != found.weights_sha256
+    series = tmp_path / "series"
+    series.mkdir()
+    image = sitk.Image(4, 4, sitk.sitkInt16)
+    for i in range(2):
+        image.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.42")
+        image.SetMetaData("0020|0013", str(i + 1))
+        image.SetMetaData("0020|0032", f"0\\0\\{i}")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(series / f"{i}.dcm"))
+        writer.Execute(image)
+    assert series_instance_uid(series) == "1.2.826.0.1.3680043.2.1125.42"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import autoseg
+    from autoseg.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"autoseg {autoseg.__version__}"
