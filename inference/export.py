@@ -95,9 +95,10 @@ def export_archive(model, out: Path, overwrite: bool = False) -> Path:
     members = {ExportNames.PLANS: json.dumps(model.plans.to_dict(), indent=2).encode()}
     for fold, path in sorted(model.checkpoints.items()):
         members[ExportNames.weights(fold)] = _weights_bytes(path)
-    decision = ModelFolder(model.folder).postprocessing
-    if decision.is_file():
-        members[ExportNames.POSTPROCESSING] = decision.read_bytes()
+    for name, extra in ((ExportNames.POSTPROCESSING, ModelFolder(model.folder).postprocessing),
+                        (ExportNames.CALIBRATION, ModelFolder(model.folder).calibration)):
+        if extra.is_file():
+            members[name] = extra.read_bytes()
     manifest = {"format": "autoseg-model", "format_version": FORMAT_VERSION, "folds": sorted(model.checkpoints),
                 "network": model.plans.network.name, "dataset": model.plans.dataset_name,
                 "sha256": {name: _sha256(data) for name, data in members.items()},
@@ -257,10 +258,11 @@ def export_onnx(model, out_dir: Path, overwrite: bool = False) -> Path:
         got = session.run(None, {"image": x.numpy()})[0]
         checks[target.name] = float(np.abs(got - expected).max())
     plans.save(out_dir / ExportNames.PLANS)
-    decision = ModelFolder(model.folder).postprocessing
-    if decision.is_file():
-        with atomic_path(out_dir / ExportNames.POSTPROCESSING) as tmp:
-            tmp.write_bytes(decision.read_bytes())
+    for name, extra in ((ExportNames.POSTPROCESSING, ModelFolder(model.folder).postprocessing),
+                        (ExportNames.CALIBRATION, ModelFolder(model.folder).calibration)):
+        if extra.is_file():
+            with atomic_path(out_dir / name) as tmp:
+                tmp.write_bytes(extra.read_bytes())
     names = sorted(checks)
     write_json(out_dir / MANIFEST, {"format": "autoseg-onnx", "format_version": ONNX_FORMAT_VERSION,
                                     "folds": sorted(model.checkpoints), "opset": ONNX_OPSET,

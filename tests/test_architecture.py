@@ -19,7 +19,7 @@ ARTEFACT_NAMES = (
     "plans.json", "fingerprint.json", "slices.png", "splits.json", "fold.json", "log.jsonl", "progress.png",
     "summary.json", "cv_summary.json", "best.json", "postprocessing.json", "ensemble.json", "manifest.json",
     "checkpoint_", "dataset.json", "phantom.json", "metrics.json", "metrics.csv", "status.json", "report.json",
-    "cpu_calibration.json", "upload.part", ".pred.npz", ".probabilities.npz", "fold_{", "_seg",
+    "cpu_calibration.json", "calibration.json", "upload.part", ".pred.npz", ".probabilities.npz", "fold_{", "_seg",
 )
 
 

@@ -57,6 +57,31 @@ def test_entropy_is_0_for_a_certain_class_and_1_for_equal_classes() -> None:
     assert normalised_entropy(temperature_scale(mixed, 2.0))[0] > normalised_entropy(mixed)[0]
 
 
+def test_find_best_fits_the_calibration_on_the_folds_validation_predictions(tmp_path: Path) -> None:
+    from autoseg.layout import case_files_in
+    from autoseg.inference.uncertainty import fit_calibration
+
+    model, data = tmp_path / "model", tmp_path / "data"
+    data.mkdir()
+    for fold in range(2):
+        for case in range(2):
+            name = f"case_{fold}{case}"
+            q, labels, p = overconfident(6000, 3, power=2.5, seed=10 * fold + case)
+            shape = (10, 20, 30)
+            files = case_files_in(data, name)
+            np.save(files.image, np.zeros((1, *shape), np.float32))
+            np.save(files.labels, labels.reshape(shape).astype(np.uint8))
+            pred = ModelFolder(model).fold(fold).validation.prediction(name)
+            pred.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(pred, labels=p.argmax(0).reshape(shape).astype(np.uint8),
+                                probabilities=np.round(p * 255).reshape(3, *shape).astype(np.uint8))
+    found = fit_calibration(model, data)
+    assert found is not None and Calibration.load(ModelFolder(model).calibration) == found
+    assert found.cases == 4 and found.temperature == pytest.approx(2.5, rel=0.15)
+    assert found.ece_after < found.ece_before / 2 and found.nll_after < found.nll_before
+    assert fit_calibration(tmp_path / "untrained", data) is None
+
+
 def make_plans() -> Plans:
     return Plans(dataset_name="Task08_Tiny", channel_names=("CT",), labels={0: "background", 1: "vessel", 2: "tumour"},
                  is_ct=True, target_spacing=(3.0, 1.3, 1.3), median_shape=(12, 24, 24), patch_size=(8, 16, 16),
