@@ -77,7 +77,9 @@ def _write_probabilities(result: CasePrediction, outputs: CaseOutputs) -> dict[s
 def _write_overlays(result: CasePrediction, outputs: CaseOutputs) -> dict[str, Any]:
     assert result.image is not None  # needs_image
     # the abdominal display window, not the (possibly narrower) window the network was fed
-    return {"overlays": tuple(p.name for p in write_overlays(outputs, result.image, result.labels, HU_BOUNDS))}
+    names = result.label_table or result.plans.labels
+    return {"overlays": tuple(p.name for p in write_overlays(outputs, result.image, result.labels, result.geometry,
+                                                             names, HU_BOUNDS))}
 
 
 def _write_meshes(result: CasePrediction, outputs: CaseOutputs) -> dict[str, Any]:

@@ -6,6 +6,7 @@ prediction adds how the case was predicted.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,8 +120,9 @@ def measure_case(labels: np.ndarray, geometry: Geometry, class_names: dict[int, 
     for k, name in class_names.items():
         if is_tumour(name):
             count, small, lesions = lesion_census(labels == k, spacing, geometry=geometry, min_ml=MIN_LESION_ML)
-            listed = ("all" if len(lesions) == count else f"the {len(lesions)} of at least {MIN_LESION_ML} mL"
-                      if len(lesions) == count - small else f"the {len(lesions)} largest of at least {MIN_LESION_ML} mL")
+            at_least = f"of at least {MIN_LESION_ML} mL"
+            listed = ("all" if len(lesions) == count else f"the {len(lesions)} {at_least}"
+                      if len(lesions) == count - small else f"the {len(lesions)} largest {at_least}")
             tumours = TumourTable(count=count, lesions=tuple(lesions), listed=listed,
                                   min_listed_ml=MIN_LESION_ML, below_minimum=small)
         if "vessel" in name.lower():
@@ -137,29 +139,71 @@ def measure_case(labels: np.ndarray, geometry: Geometry, class_names: dict[int, 
                       liver_volume_ml=liver_ml, tumour_burden=burden)
 
 
-COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [60, 120, 240], [240, 200, 40]], np.float32) / 255
+#: The long side of an overlay PNG in pixels, at least (slices are drawn in square millimetres).
+OVERLAY_SIDE = 512
 
 
-def write_overlays(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray,
-                   window: tuple[float, float] = (-160, 240), n_slices: int = 3) -> list[Path]:
-    """PNG axial slices (through the largest foreground extent) with the labels over the CT."""
-    import matplotlib
+def write_overlays(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray, geometry: Geometry,
+                   class_names: dict[int, str], window: tuple[float, float] = (-160, 240),
+                   n_slices: int = 3) -> list[Path]:
+    """PNG axial slices (the ``n_slices`` with the most foreground) with the labels over the CT, in
+    radiological orientation (:mod:`autoseg.inference.display`, as the web viewer: anterior at the
+    top, the patient's right on the image's left), pixels square in mm, at least
+    :data:`OVERLAY_SIDE` pixels on the long side (labels scaled nearest-neighbour), the orientation
+    letters at the edges and a legend naming each class in its colour. A file's ``zNNN`` is the
+    slice's index counted from the patient's feet (the radiological volume's axial index)."""
+    from autoseg.inference.display import radiological
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_slice = (labels > 0).reshape(labels.shape[0], -1).sum(1)
-    order = np.argsort(per_slice)[::-1][:n_slices] if per_slice.any() else [labels.shape[0] // 2]
+    ct, spacing = radiological(image.astype(np.float32, copy=False), geometry)
+    lab, _ = radiological(labels, geometry)
+    per_slice = (lab > 0).reshape(lab.shape[0], -1).sum(1)
+    order = np.argsort(per_slice)[::-1][:n_slices] if per_slice.any() else [lab.shape[0] // 2]
+    names = {int(k): str(v) for k, v in class_names.items() if int(k) != 0}
     paths = []
     for z in sorted(int(i) for i in order):
-        ct = np.clip((image[z] - window[0]) / (window[1] - window[0]), 0, 1)
-        rgb = np.repeat(ct[..., None], 3, axis=-1)
-        lab = labels[z]
-        colour = COLOURS[np.minimum(lab, len(COLOURS) - 1)]
-        alpha = (lab > 0)[..., None] * 0.5
-        rgb = rgb * (1 - alpha) + colour * alpha
         path = outputs.overlay(z)
         with atomic_path(path) as tmp:
-            plt.imsave(tmp, rgb, format="png")
+            render_overlay(ct[z], lab[z], (spacing[1], spacing[2]), names, window).save(tmp, format="PNG")
         paths.append(path)
     return paths
+
+
+def render_overlay(ct: np.ndarray, labels: np.ndarray, spacing_yx: tuple[float, float], names: dict[int, str],
+                   window: tuple[float, float]) -> Any:
+    """One radiological axial slice as a PIL image: CT in ``window``, labels blended and outlined,
+    orientation letters, legend below."""
+    from PIL import Image, ImageDraw, ImageFont
+    from scipy import ndimage
+
+    from autoseg.inference.display import colour_of
+
+    rows_mm, cols_mm = ct.shape[0] * spacing_yx[0], ct.shape[1] * spacing_yx[1]
+    scale = max(OVERLAY_SIDE, *ct.shape) / max(rows_mm, cols_mm)
+    size = (max(1, round(cols_mm * scale)), max(1, round(rows_mm * scale)))
+    grey = np.clip((ct.astype(np.float32) - window[0]) / (window[1] - window[0]), 0, 1)
+    grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR))
+    big = np.asarray(Image.fromarray(np.ascontiguousarray(labels)).resize(size, Image.Resampling.NEAREST))
+    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+    for k in (int(v) for v in np.unique(big) if v):
+        mask = big == k
+        tint = np.array(colour_of(k), np.float32)
+        rgb[mask] = rgb[mask] * 0.5 + tint * 0.5
+        rgb[mask & ~ndimage.binary_erosion(mask)] = tint
+    font = ImageFont.load_default(size=18)
+    line = 26
+    legend_rows = max(1, len(names))
+    canvas = Image.new("RGB", (size[0], size[1] + 12 + line * legend_rows), (0, 0, 0))
+    canvas.paste(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    w, h = size
+    for text, (x, y), anchor in (("A", (w // 2, 4), "mt"), ("P", (w // 2, h - 4), "mb"),
+                                 ("R", (4, h // 2), "lm"), ("L", (w - 4, h // 2), "rm")):
+        draw.text((x, y), text, fill=(255, 255, 255), font=font, anchor=anchor, stroke_width=2, stroke_fill=(0, 0, 0))
+    y0 = h + 8
+    for i, (k, name) in enumerate(sorted(names.items())):
+        top = y0 + i * line
+        draw.rectangle((8, top + 3, 26, top + 21), fill=colour_of(k))
+        draw.text((34, top + 12), f"{k} {name}", fill=(255, 255, 255), font=font, anchor="lm")
+    if not names:
+        draw.text((8, y0 + 12), "no classes", fill=(255, 255, 255), font=font, anchor="lm")
+    return canvas

@@ -129,3 +129,47 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"autoseg {autoseg.__version__}"
+
+
+# --- overlays ------------------------------------------------------------------------------------------
+
+def _stored(orientation: str) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """One anatomy (a body, a marker on the patient's left-anterior) stored LPS or RAS."""
+    lps = sitk.Image(40, 40, 6, sitk.sitkFloat32)
+    lps.SetSpacing((1.0, 1.0, 3.0))
+    lps.SetOrigin((-20.0, -20.0, 0.0))  # LPS: x to the left, y to posterior
+    ct = np.full((6, 40, 40), -1000, np.float32)
+    ct[:, 5:35, 5:35] = 40
+    labels = np.zeros((6, 40, 40), np.uint8)
+    labels[3, 8:12, 28:32] = 1  # large x = patient's left, small y = anterior
+    images = []
+    for array in (ct, labels):
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(lps)
+        images.append(sitk.DICOMOrient(image, orientation))
+    geometry = Geometry.of(images[0])
+    return sitk.GetArrayFromImage(images[0]), sitk.GetArrayFromImage(images[1]), geometry
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "RAI"])
+def test_overlay_is_radiological_whatever_the_storage(tmp_path: Path, orientation: str) -> None:
+    from PIL import Image
+
+    from autoseg.inference.display import colour_of
+    from autoseg.inference.report import OVERLAY_SIDE, write_overlays
+    from autoseg.layout import CaseOutputs
+
+    ct, labels, geometry = _stored(orientation)
+    if orientation == "RAS":
+        assert geometry.direction[0] == -1 and geometry.direction[4] == -1  # really stored the other way
+    paths = write_overlays(CaseOutputs(tmp_path, "ct"), ct, labels, geometry, {0: "background", 1: "tumour"},
+                           n_slices=1)
+    picture = np.asarray(Image.open(paths[0]).convert("RGB"))
+    assert picture.shape[1] == OVERLAY_SIDE and picture.shape[0] > OVERLAY_SIDE  # the legend is below
+    image_part = picture[:OVERLAY_SIDE]
+    ys, xs = np.nonzero(np.all(image_part == colour_of(1), axis=-1))
+    assert len(ys)
+    # radiological: anterior at the top, the patient's left on the image's right
+    assert ys.max() < OVERLAY_SIDE / 2 and xs.min() > OVERLAY_SIDE / 2
+    legend = picture[OVERLAY_SIDE:]
+    assert np.all(legend == colour_of(1), axis=-1).sum() > 100  # the class's swatch

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from PIL import Image
 from scipy import ndimage
 
+from autoseg.inference.display import PALETTE as DISPLAY_PALETTE, radiological_array
 from autoseg.io import read_sitk
 from autoseg.serve.security import UploadError
 
@@ -25,8 +26,8 @@ PLANES = ("axial", "coronal", "sagittal")
 #: HU windows (low, high): abdomen W400/L40, liver W150/L30, lung W1500/L-600, bone W1800/L400.
 WINDOWS: dict[str, tuple[float, float]] = {"abdomen": (-160.0, 240.0), "liver": (-45.0, 105.0),
                                            "lung": (-1350.0, 150.0), "bone": (-500.0, 1300.0)}
-#: Class colours (RGB), class k takes entry (k - 1) modulo the length.
-PALETTE = ((230, 60, 60), (60, 200, 80), (60, 120, 240), (240, 200, 40), (200, 80, 220), (40, 210, 210))
+#: Class colours (RGB), class k takes entry (k - 1) modulo the length (shared with the overlays).
+PALETTE = DISPLAY_PALETTE
 IMAGE_SIDE = 512
 
 
@@ -48,9 +49,7 @@ class Volume:
 
 
 def _lps_array(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float]]:
-    image = sitk.DICOMOrient(image, "LPS")
-    sx, sy, sz = image.GetSpacing()
-    return sitk.GetArrayFromImage(image), (sz, sy, sx)
+    return radiological_array(image)  # the one reorientation, shared with the --overlays PNGs
 
 
 def load_volume(image_path: Path, labels_path: Path) -> Volume:
