@@ -90,7 +90,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     confidence = probs.max(axis=0).astype(np.float64)
     correct = probs.argmax(axis=0) == labels
     index = np.clip((confidence * bins).astype(np.int64), 0, bins - 1)
-    count = np.bincount(index, minlength=bins)
     conf_sum = np.bincount(index, weights=confidence, minlength=bins)
     acc_sum = np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
     return float(np.abs(acc_sum - conf_sum).sum() / max(1, labels.size))
