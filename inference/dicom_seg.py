@@ -104,6 +104,8 @@ def read_headers(folder: Path) -> list["Dataset"]:
     datasets = []
     for path in _dicom_files(folder):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # empty (as in dcmqi's example): the default repertoire
         for keyword, meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
                               ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
             value = _uid(ds, keyword, meta)
