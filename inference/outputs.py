@@ -65,12 +65,19 @@ class OutputFormat:
 
 
 def _write_probabilities(result: CasePrediction, outputs: CaseOutputs) -> dict[str, Any]:
+    """``<case>.probabilities.npz``: the model's softmax ``(K, z, y, x)`` on the input grid (as the label
+    map: cropped region resampled linearly, background 1 outside it; float16), its class names, the
+    input grid's geometry and the preprocessing properties, each JSON (docs/inference.md)."""
+    from autoseg.preprocessing import restore_to_original
+
     assert result.probabilities is not None and result.properties is not None  # needs_probabilities
-    properties = json.dumps(result.properties.to_dict())
+    restored = restore_to_original(result.probabilities, result.properties).astype(np.float16)
     with atomic_path(outputs.probabilities) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, probabilities=result.probabilities.astype(np.float16),
-                                properties=np.array(properties))
+            np.savez_compressed(fh, probabilities=restored,
+                                classes=np.array(json.dumps({str(k): v for k, v in result.plans.labels.items()})),
+                                geometry=np.array(json.dumps(result.geometry.to_dict())),
+                                properties=np.array(json.dumps(result.properties.to_dict())))
     return {}
 
 
@@ -96,7 +103,8 @@ def _write_uncertainty(result: CasePrediction, outputs: CaseOutputs) -> dict[str
 
 OUTPUT_FORMATS: Registry[OutputFormat] = Registry("output", {
     "probabilities": OutputFormat(_write_probabilities, needs_probabilities=True,
-                                  help="the softmax and the case's properties (.probabilities.npz)"),
+                                  help="the softmax on the input grid, float16, with its classes, geometry "
+                                       "and properties (.probabilities.npz)"),
     "overlays": OutputFormat(_write_overlays, needs_image=True, help="PNG slices with the labels over the CT"),
     "dicom_seg": OutputFormat(write_dicom_seg, help="the labels as a DICOM-SEG referencing the input series (.seg.dcm)"),
     "meshes": OutputFormat(_write_meshes, help="an STL surface per structure present, in patient mm (LPS)"),

@@ -173,3 +173,44 @@ def test_overlay_is_radiological_whatever_the_storage(tmp_path: Path, orientatio
     assert ys.max() < OVERLAY_SIDE / 2 and xs.min() > OVERLAY_SIDE / 2
     legend = picture[OVERLAY_SIDE:]
     assert np.all(legend == colour_of(1), axis=-1).sum() > 100  # the class's swatch
+
+
+# --- probabilities on the input grid ---------------------------------------------------------------------
+
+def test_saved_probabilities_are_on_the_input_grid_and_argmax_to_the_labels(tmp_path: Path) -> None:
+    from scipy import ndimage
+
+    from autoseg.inference.outputs import CasePrediction, write_prediction
+    from autoseg.io import write_image
+    from autoseg.layout import CaseOutputs
+    from autoseg.preprocessing import labels_on_original_grid, preprocess_case
+    from tests.test_preprocessing import make_plans
+
+    ct = np.full((10, 40, 36), -1000, np.float32)
+    ct[2:9, 6:34, 5:30] = 40  # a body: the crop is smaller than the image
+    geometry = Geometry((36, 40, 10), (0.9, 0.8, 3.0), ORIGIN, (0, 1, 0, -1, 0, 0, 0, 0, 1))
+    path = tmp_path / "ct.nii.gz"
+    write_image(path, ct, geometry)
+    plans = make_plans()
+    pre = preprocess_case([path], None, plans, case_id="ct")
+    rng = np.random.default_rng(0)
+    logits = ndimage.gaussian_filter(rng.normal(size=(3, *pre.data.shape[1:])), (0, 1.5, 1.5, 1.5)) * 20
+    probs = np.exp(logits - logits.max(0))
+    probs = (probs / probs.sum(0)).astype(np.float32)
+    labels = labels_on_original_grid(probs, pre.properties, keep_volume=False)  # not post-processed
+    report = measure_case(labels, geometry, {1: "liver", 2: "tumour"}, 1.0, [0])
+    result = CasePrediction("ct", path, labels, geometry, report, plans, label_table=dict(plans.labels),
+                            outputs=("probabilities",), probabilities=probs, properties=pre.properties)
+    outputs = CaseOutputs(tmp_path / "out", "ct")
+    write_prediction(result, outputs)
+    with np.load(outputs.probabilities) as saved:
+        stored = saved["probabilities"]
+        assert stored.dtype == np.float16 and stored.shape == (3, *labels.shape)
+        assert Geometry.from_dict(json.loads(str(saved["geometry"]))) == geometry
+        assert json.loads(str(saved["classes"])) == {"0": "background", "1": "liver", "2": "tumour"}
+        assert json.loads(str(saved["properties"]))["original_shape"] == list(labels.shape)
+    assert pre.properties.shape_after_crop != labels.shape  # really cropped and put back
+    top2 = np.sort(stored.astype(np.float32), axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 2e-3  # float16 storage can only swap near-ties
+    assert np.array_equal(stored.argmax(0)[clear], labels[clear]) and clear.mean() > 0.95
+    assert np.allclose(stored.astype(np.float32).sum(0), 1.0, atol=5e-3)
