@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh
 from autoseg.inference.model import open_model
 from autoseg.inference.predictor import PredictOptions
 
@@ -63,8 +64,20 @@ def test_upload_predict_browse_download(trained: dict[str, Path], tmp_path: Path
         assert geometry.same_grid(input_geometry) and set(np.unique(pred)) <= {0, 1, 2} and (pred == 1).any()
         assert c.get(f"/api/jobs/{job['id']}/files/report.json",
                      headers=auth(job)).json()["volumes_ml"] == report["volumes_ml"]
+        # a surface mesh per structure present, in patient mm: the liver's lies on the label map's liver
+        assert report["meshes"]["liver"] == "labels_liver.stl" and set(report["meshes"]) <= {"liver", "tumour"}
+        stl = c.get(f"/api/jobs/{job['id']}/files/labels_liver.stl", headers=auth(job))
+        assert stl.status_code == 200 and stl.headers["content-type"] == "model/stl"
+        assert "outside_labels_liver.stl" in stl.headers["content-disposition"]
+        mesh = trimesh.load(io.BytesIO(stl.content), file_type="stl")
+        zyx = np.argwhere(pred == 1)[:, ::-1] @ (np.reshape(geometry.direction, (3, 3)) @ np.diag(geometry.spacing)).T
+        lo, hi = zyx.min(0) + geometry.origin, zyx.max(0) + geometry.origin
+        assert np.allclose(mesh.bounds, [lo, hi], atol=max(geometry.spacing))  # within a voxel
+        for absent in ("labels_vessel.stl", "..%2Flabels_liver.stl", "labels.stl"):
+            assert c.get(f"/api/jobs/{job['id']}/files/{absent}", headers=auth(job)).status_code == 404
     folder = tmp_path / "serve" / "jobs" / job["id"]
-    assert files_under(folder) == {"input.nii.gz", "status.json", "labels.nii.gz", "report.json"}
+    assert files_under(folder) == {"input.nii.gz", "status.json", "labels.nii.gz", "report.json",
+                                   *report["meshes"].values()}
     assert files_under(tmp_path) == {"serve", "serve/.lock", "serve/jobs", f"serve/jobs/{job['id']}",
                                      "labels.nii.gz"} | {
         f"serve/jobs/{job['id']}/{n}" for n in files_under(folder)}

@@ -29,7 +29,7 @@ from autoseg.errors import AutosegError
 from autoseg.inference.model import open_model
 from autoseg.inference.outputs import write_prediction
 from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case
-from autoseg.layout import CheckpointKind, JobFolder, server_lock
+from autoseg.layout import CaseOutputs, CheckpointKind, JobFolder, server_lock
 from autoseg.io import read_json, read_sitk
 from autoseg.serve.jobs import JobStore, Retention, Runner, Worker, new_status, new_token
 from autoseg.serve.security import (
@@ -289,11 +289,16 @@ def report(job_id: str, token: Token, ctx: Ctx) -> dict[str, Any]:
 @router.get("/api/jobs/{job_id}/files/{name}")
 def download(job_id: str, name: str, token: Token, ctx: Ctx) -> FileResponse:
     folder, status = ctx.done_folder(job_id, token)
-    if name not in DOWNLOADS:
-        raise UploadError(f"no download named '{name[:40]}'", 404, f"use one of {', '.join(DOWNLOADS)}")
+    # only known names: the label map, the report and the surface meshes the job's own report lists
+    # (names the server wrote, from the model's class names made safe for a file name)
+    meshes = dict(read_json(JobFolder(folder).report)).get("meshes") or {}
+    known = DOWNLOADS + tuple(m for m in meshes.values() if isinstance(m, str) and Path(m).name == m
+                              and m.endswith(CaseOutputs.MESH_ENDING))
+    if name not in known:
+        raise UploadError(f"no download named '{name[:40]}'", 404, f"use one of {', '.join(known)}")
     stem = status["name"].split(".")[0] or "autoseg"
-    return FileResponse(folder / name, filename=f"{stem}_{name}",
-                        media_type="application/gzip" if name.endswith(".gz") else "application/json")
+    media = {".gz": "application/gzip", ".stl": "model/stl"}.get(Path(name).suffix, "application/json")
+    return FileResponse(folder / name, filename=f"{stem}_{name}", media_type=media)
 
 
 @router.get("/api/jobs/{job_id}/slices/{plane}/{index}.png")
@@ -325,7 +330,7 @@ def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = N
     store = JobStore(config.workdir / "jobs")
     store.claim(server_lock(config.workdir))
     cache = VolumeCache()
-    worker = Worker(store, runner or prediction_runner(model, PredictOptions(device=config.device)),
+    worker = Worker(store, runner or prediction_runner(model, PredictOptions(device=config.device, outputs=("meshes",))),
                     after=lambda folder: default_view(JobFolder(folder).outputs.labels),
                     max_queue=config.limits.max_queue, retention=config.retention, forget=cache.drop)
     plans = model.plans

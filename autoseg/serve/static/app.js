@@ -278,8 +278,15 @@ async function showResult(job) {
   $("dl-labels").href = jobUrl(job.id, "/files/labels.nii.gz");
   $("dl-report").href = jobUrl(job.id, "/files/report.json");
   drawAll();
+  $("dl-meshes").replaceChildren();
   try {
-    fillTables(await api(`/api/jobs/${job.id}/report`, { headers: jobHeaders(job.id) }));
+    const report = await api(`/api/jobs/${job.id}/report`, { headers: jobHeaders(job.id) });
+    fillTables(report);
+    // one STL surface per structure present (patient mm, LPS), for 3D Slicer and other planning viewers
+    for (const [structure, file] of Object.entries(report.meshes || {})) {
+      $("dl-meshes").append(el("a", { href: jobUrl(job.id, `/files/${encodeURIComponent(file)}`),
+                                      textContent: `${structure} mesh (.stl)`, className: "dl-mesh" }));
+    }
   } catch (err) {
     $("failed-panel").hidden = false;
     $("failed-panel").textContent = `The report could not be read: ${err.message}`;
