@@ -202,16 +202,16 @@ def tumour_labels(names: dict[int, str]) -> list[int]:
     return [k for k, n in names.items() if k != 0 and any(w in n.lower() for w in ("tumo", "lesion", "cancer"))]
 
 
-def lesion_confidences(labels: np.ndarray, confidence: np.ndarray, label: int,
-                       spacing_zyx: tuple[float, ...]) -> list[LesionConfidence]:
-    """Per 26-connected component of ``label`` (largest first, at most the tumour table's number), its
-    size and the mean of ``confidence`` inside it."""
+def lesion_confidences(labels: np.ndarray, confidence: np.ndarray, label: int, spacing_zyx: tuple[float, ...],
+                       limit: int = MAX_LISTED_LESIONS) -> list[LesionConfidence]:
+    """Per 26-connected component of ``label`` (the ``limit`` largest, largest first), its size and the
+    mean of ``confidence`` inside it."""
     import cc3d
 
     components = cc3d.connected_components((labels == label).astype(np.uint8), connectivity=26)
     counts = np.bincount(components.ravel())
     sums = np.bincount(components.ravel(), weights=confidence.ravel().astype(np.float64))
-    order = [i + 1 for i in np.argsort(-counts[1:], kind="stable")[:MAX_LISTED_LESIONS] if counts[i + 1] > 0]
+    order = [i + 1 for i in np.argsort(-counts[1:], kind="stable") if counts[i + 1] > 0][:limit]
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     return [LesionConfidence(label=label, voxels=int(counts[i]), volume_ml=round(int(counts[i]) * voxel_ml, 4),
                              confidence=round(float(sums[i] / counts[i]), 4)) for i in order]
@@ -230,8 +230,10 @@ def write_uncertainty(result: CasePrediction, outputs: CaseOutputs) -> dict[str,
     entropy = np.clip(restored[1], 0.0, 1.0).astype(np.float32)
     write_image(outputs.uncertainty, entropy, result.geometry)
     names = {int(k): v for k, v in (result.label_table or result.plans.labels).items()}
+    # the lesions the tumour table lists: its largest, so a prefix of the components by size
+    listed = len(result.report.tumours.lesions) if result.report.tumours is not None else MAX_LISTED_LESIONS
     lesions = [c for k in tumour_labels(names)
-               for c in lesion_confidences(result.labels, restored[0], k, result.geometry.spacing_zyx)]
+               for c in lesion_confidences(result.labels, restored[0], k, result.geometry.spacing_zyx, listed)]
     foreground = result.labels > 0
     return {"uncertainty": UncertaintyReport(
         file=outputs.uncertainty.name, temperature=float(temperature), calibrated=calibration is not None,

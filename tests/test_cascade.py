@@ -151,3 +151,28 @@ def test_roi_box_applies_the_roi_models_postprocessing_and_reports_an_empty_fore
     box, info = roi_box(labels, (1.0, 1.0, 1.0), PredictOptions(roi_postprocessing=drop_specks))
     assert box is None and info["bbox"] is None and info["foreground_ml"] == 0
     assert roi_box(labels, (1.0, 1.0, 1.0), PredictOptions(roi_margin_mm=0.0))[0] == ((2, 4), (2, 4), (2, 4))
+
+
+def test_linked_run_writes_its_uncertainty_map_on_the_input_grid(cascade: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--uncertainty`` on a linked run: the entropy map on the label map's grid, 0 outside the region the
+    main model predicted in, and a confidence per lesion of the combined map's tumour label (3)."""
+    import SimpleITK as sitk
+
+    out = tmp_path / "unc"
+    one, report = _predict(cascade, out, ["--roi-model", "Task03", "--roi-margin-mm", "8", "--uncertainty"],
+                           monkeypatch)
+    unc = report["uncertainty"]
+    labels_file = out / unc["file"].replace("_uncertainty", "")
+    label_map, entropy = sitk.ReadImage(str(labels_file)), sitk.ReadImage(str(out / unc["file"]))
+    assert entropy.GetSize() == label_map.GetSize() and entropy.GetOrigin() == label_map.GetOrigin()
+    assert entropy.GetSpacing() == label_map.GetSpacing() and entropy.GetDirection() == label_map.GetDirection()
+    values = sitk.GetArrayFromImage(entropy)
+    assert values.dtype == np.float32 and 0 <= values.min() and values.max() <= 1
+    inside = np.zeros(one.shape, bool)
+    inside[tuple(slice(a, b) for a, b in report["roi"]["bbox"])] = True
+    assert not np.any(values[~inside]) and np.any(values[inside] > 0)
+    assert unc["calibrated"] is False and unc["temperature"] == 1.0  # no find_best: no calibration.json
+    lesions = report["tumours"]["lesions"]
+    assert [c["voxels"] for c in unc["lesions"]] == [lesion["voxels"] for lesion in lesions]
+    assert all(c["label"] == 3 and 0 < c["confidence"] <= 1 for c in unc["lesions"])
