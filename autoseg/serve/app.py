@@ -330,7 +330,8 @@ def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = N
     store = JobStore(config.workdir / "jobs")
     store.claim(server_lock(config.workdir))
     cache = VolumeCache()
-    worker = Worker(store, runner or prediction_runner(model, PredictOptions(device=config.device, outputs=("meshes",))),
+    options = PredictOptions(device=config.device, outputs=("meshes",))  # surface meshes to download
+    worker = Worker(store, runner or prediction_runner(model, options),
                     after=lambda folder: default_view(JobFolder(folder).outputs.labels),
                     max_queue=config.limits.max_queue, retention=config.retention, forget=cache.drop)
     plans = model.plans
