@@ -157,3 +157,24 @@ def test_meshes_is_a_registered_output_and_a_predict_flag() -> None:
     assert not OUTPUT_FORMATS["meshes"].needs_probabilities and not OUTPUT_FORMATS["meshes"].needs_image
     args = build_parser().parse_args(["predict", "-i", "ct.nii.gz", "-o", "out", "-m", "model", "--meshes"])
     assert args.meshes
+
+
+def test_predict_flag_asks_for_the_meshes_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``predict --meshes`` puts "meshes" into the options' outputs (model and prediction stubbed)."""
+    import types
+
+    from autoseg.cli import main
+
+    seen = {}
+
+    def fake_predict(input, output, model, options, **kwargs):  # noqa: A002
+        seen["outputs"] = options.outputs
+        return types.SimpleNamespace(reports=[], skipped=[], failed=[])
+
+    monkeypatch.setattr("autoseg.inference.model.open_model", lambda *a, **k: object())
+    monkeypatch.setattr("autoseg.inference.postprocessing.load_postprocessing", lambda *a, **k: None)
+    monkeypatch.setattr("autoseg.cpu_share.configure_threads", lambda *a, **k: None)
+    monkeypatch.setattr("autoseg.inference.predictor.predict", fake_predict)
+    args = ["predict", "-i", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "out"), "-m", str(tmp_path)]
+    assert main([*args, "--meshes"]) == 0 and "meshes" in seen["outputs"]
+    assert main(args) == 0 and "meshes" not in seen["outputs"]
