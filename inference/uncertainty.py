@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autoseg.artefacts import Calibration, LesionConfidence, UncertaintyReport
+from autoseg.artefacts import Calibration, EnsembleManifest, LesionConfidence, UncertaintyReport
 from autoseg.io import write_image
-from autoseg.layout import CaseOutputs, ExportNames, ModelFolder, case_files_in
+from autoseg.layout import CaseOutputs, ExportNames, ModelFolder, ResultsDataset, case_files_in
 from autoseg.preprocessing import load_labels, restore_to_original
 from autoseg.inference.report import MAX_LISTED_LESIONS
 
@@ -123,6 +123,24 @@ def voxel_sample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # --- find_best: fit on the cross-validation predictions -------------------------------------------------
+def validation_probabilities(model_dir: Path, fold: int, case: str) -> np.ndarray | None:
+    """A fold's validation probabilities of a case as float32 on the uint8 scale (0..255); an ensemble
+    folder keeps labels only, so its members' are averaged, as ``find_best`` scored it. None: not kept."""
+    folder = ModelFolder(model_dir)
+    pred_file = folder.fold(fold).validation.prediction(case)
+    if pred_file.is_file():
+        with np.load(pred_file) as pred:
+            if "probabilities" in pred.files:
+                return pred["probabilities"].astype(np.float32)
+    if not folder.is_ensemble:
+        return None
+    members = [validation_probabilities(ResultsDataset(model_dir.parent).model(m).root, fold, case)
+               for m in EnsembleManifest.load(folder.ensemble_manifest).members]
+    if any(p is None for p in members) or len({p.shape for p in members if p is not None}) != 1:
+        return None
+    return np.mean(np.stack(members), axis=0)  # type: ignore[arg-type]
+
+
 def calibration_sample(model_dir: Path, data_dir: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
     """(probabilities (K, N) float32, labels (N,), cases) of the seeded sample of every fold's validation
     predictions (uint8 probabilities on the preprocessed grid) against the preprocessed labels."""
@@ -136,18 +154,17 @@ def calibration_sample(model_dir: Path, data_dir: Path, seed: int = 0) -> tuple[
             if not case_files_in(data_dir, case).image.is_file():
                 log.warning("no preprocessed case for %s; left out of the calibration", pred_file)
                 continue
-            with np.load(pred_file) as pred:
-                if "probabilities" not in pred.files:
-                    log.warning("%s holds no probabilities; left out of the calibration", pred_file)
-                    continue
-                p = pred["probabilities"]
+            p = validation_probabilities(Path(model_dir), fold.fold, case)
+            if p is None:
+                log.warning("%s holds no probabilities; left out of the calibration", pred_file)
+                continue
             ref = load_labels(data_dir, case)
             if p.shape[1:] != ref.shape:
                 log.warning("%s: shape %s does not match the preprocessed labels %s; left out of the calibration",
                             pred_file, p.shape[1:], ref.shape)
                 continue
             idx = voxel_sample(ref, rng)
-            probs.append(p.reshape(p.shape[0], -1)[:, idx].astype(np.float32) / 255.0)
+            probs.append(p.reshape(p.shape[0], -1)[:, idx] / np.float32(255))
             labels.append(ref.ravel()[idx])
             cases += 1
     if not cases:

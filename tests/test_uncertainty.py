@@ -61,7 +61,11 @@ def test_find_best_fits_the_calibration_on_the_folds_validation_predictions(tmp_
     from autoseg.layout import case_files_in
     from autoseg.inference.uncertainty import fit_calibration
 
-    model, data = tmp_path / "model", tmp_path / "data"
+    from autoseg.artefacts import EnsembleManifest
+    from autoseg.layout import ResultsDataset
+
+    results, data = ResultsDataset(tmp_path / "results"), tmp_path / "data"
+    model, ensemble = results.model("a").root, results.ensemble(["a", "b"])
     data.mkdir()
     for fold in range(2):
         for case in range(2):
@@ -71,14 +75,20 @@ def test_find_best_fits_the_calibration_on_the_folds_validation_predictions(tmp_
             files = case_files_in(data, name)
             np.save(files.image, np.zeros((1, *shape), np.float32))
             np.save(files.labels, labels.reshape(shape).astype(np.uint8))
-            pred = ModelFolder(model).fold(fold).validation.prediction(name)
+            for member in ("a", "b"):  # two members with the same probabilities: their mean is the same
+                pred = results.model(member).fold(fold).validation.prediction(name)
+                pred.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(pred, labels=p.argmax(0).reshape(shape).astype(np.uint8),
+                                    probabilities=np.round(p * 255).reshape(3, *shape).astype(np.uint8))
+            pred = ensemble.fold(fold).validation.prediction(name)  # an ensemble keeps labels only
             pred.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(pred, labels=p.argmax(0).reshape(shape).astype(np.uint8),
-                                probabilities=np.round(p * 255).reshape(3, *shape).astype(np.uint8))
+            np.savez_compressed(pred, labels=p.argmax(0).reshape(shape).astype(np.uint8))
+    EnsembleManifest(members=("a", "b")).save(ensemble.ensemble_manifest)
     found = fit_calibration(model, data)
     assert found is not None and Calibration.load(ModelFolder(model).calibration) == found
     assert found.cases == 4 and found.temperature == pytest.approx(2.5, rel=0.15)
     assert found.ece_after < found.ece_before / 2 and found.nll_after < found.nll_before
+    assert fit_calibration(ensemble.root, data) == found  # from the members' averaged probabilities
     assert fit_calibration(tmp_path / "untrained", data) is None
 
 
