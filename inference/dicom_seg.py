@@ -10,7 +10,7 @@ The SEG is built with highdicom from the label map on the input grid and the sou
   class listed even when the prediction does not contain it (such a segment has no frames: "no
   tumour found" is an answer too); an empty label map gets empty frames rather than no SEG;
 - BINARY segmentation type, algorithm identification: autoseg's version, the model (the plans'
-  dataset name) and the SHA-256 of the model's plans.
+  dataset name) and the SHA-256 of the model's plans and weights (those of the report's provenance).
 
 Geometry is checked, not assumed: every slice of the label map (as :mod:`autoseg.io` read the
 series) must lie at a source slice's ImagePositionPatient with its ImageOrientationPatient, rows,
@@ -20,8 +20,6 @@ stack) is refused with the fix (:func:`check_dicom_seg_input`), before any predi
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from autoseg.errors import AutosegError
 from autoseg.io import Geometry, atomic_path, is_dicom_folder
 from autoseg.layout import CaseOutputs
 from autoseg.plans import Plans
+from autoseg.inference.provenance import plans_sha256
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -101,7 +100,7 @@ def read_headers(folder: Path) -> list["Dataset"]:
     import pydicom
     from pydicom.uid import generate_uid
 
-    datasets = []
+    datasets: list["Dataset"] = []
     for path in _dicom_files(folder):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
@@ -122,8 +121,8 @@ def read_headers(folder: Path) -> list["Dataset"]:
         if values == {""}:
             derived = generate_uid(entropy_srcs=[keyword, *instances])
             log.warning("%s: the DICOM series has no %s; the SEG references it as %s", folder, keyword, derived)
-            for ds in datasets:
-                setattr(ds, keyword, derived)
+            for item in datasets:
+                setattr(item, keyword, derived)
         elif len(values) > 1:
             raise AutosegError(f"DICOM slices disagree on {keyword} ({len(values)} values)", folder,
                                "put each series in a folder of its own")
@@ -220,11 +219,6 @@ def source_series(folder: Path, geometry: Geometry) -> SourceSeries:
     return SourceSeries(folder, ordered)
 
 
-def plans_digest(plans: Plans) -> str:
-    """SHA-256 of the model's plans (canonical JSON): which model made the SEG."""
-    return hashlib.sha256(json.dumps(plans.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _codes(name: str) -> tuple[tuple[str, str], tuple[str, str], tuple[str, str] | None]:
     lower = name.lower()
     for words, category, kind, region in SEGMENT_CODES:
@@ -238,9 +232,12 @@ def _label(text: str) -> str:
     return re.sub(r"[\\\x00-\x1f]", " ", text)[:64]
 
 
-def build_dicom_seg(labels: np.ndarray, geometry: Geometry, folder: Path, plans: Plans) -> Any:
+def build_dicom_seg(labels: np.ndarray, geometry: Geometry, folder: Path, plans: Plans,
+                    weights_sha256: str | None = None) -> Any:
     """The ``highdicom.seg.Segmentation`` of ``labels`` (``(z, y, x)`` on ``geometry``, the grid the
-    series in ``folder`` was read on) with one segment per foreground class of ``plans``."""
+    series in ``folder`` was read on) with one segment per foreground class of ``plans``; the model is
+    identified by the SHA-256 of its plans and (when given) of its weights, as in the report's
+    provenance (:mod:`autoseg.inference.provenance`)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -255,10 +252,11 @@ def build_dicom_seg(labels: np.ndarray, geometry: Geometry, folder: Path, plans:
     top = int(labels.max(initial=0))
     if top > len(classes):
         raise ValueError(f"label {top} is not a class of the model ({classes})")
-    digest = plans_digest(plans)
+    digest = plans_sha256(plans)
+    parameters = {"plans_sha256": digest, **({"weights_sha256": weights_sha256} if weights_sha256 else {})}
     algorithm = hd.AlgorithmIdentificationSequence(
         name=_label(f"autoseg {plans.dataset_name}"), family=codes.cid7162.ArtificialIntelligence,
-        version=__version__, source="autoseg", parameters={"plans_sha256": digest})
+        version=__version__, source="autoseg", parameters=parameters)
     descriptions = []
     for number in classes:
         category, kind, region = _codes(plans.labels[number])
@@ -284,7 +282,9 @@ def build_dicom_seg(labels: np.ndarray, geometry: Geometry, folder: Path, plans:
 
 def write_dicom_seg(result: "CasePrediction", outputs: CaseOutputs) -> dict[str, Any]:
     """The ``OUTPUT_FORMATS`` writer: ``<case>.seg.dcm`` beside the label map, written atomically."""
-    seg = build_dicom_seg(result.labels, result.geometry, Path(result.input), result.plans)
+    provenance = result.report.provenance
+    seg = build_dicom_seg(result.labels, result.geometry, Path(result.input), result.plans,
+                          provenance.weights_sha256 if provenance is not None else None)
     with atomic_path(outputs.dicom_seg) as tmp:
         seg.save_as(tmp)
     return {"dicom_seg": outputs.dicom_seg.name}

@@ -160,7 +160,8 @@ def write_series(folder: Path, iop: list[float], positions: list[np.ndarray], re
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.Modality, ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "CT", "P1", "Test^P", "", ""
-        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "20260101", "", "", "", ""
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "", "", ""
+        ds.ReferringPhysicianName = ""
         ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = 3, k + 1, "test"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
@@ -331,3 +332,9 @@ def test_predict_writes_nifti_and_dicom_seg(tmp_path: Path) -> None:
     check_references(out / "golden_series.seg.dcm", folder)
     report = json.loads((out / "golden_series.report.json").read_text())
     assert report["dicom_seg"] == "golden_series.seg.dcm"
+    parameters = hd.seg.segread(out / "golden_series.seg.dcm").SegmentSequence[0] \
+        .SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    provenance = report.get("provenance") or {}
+    for key in ("plans_sha256", "weights_sha256"):
+        if provenance.get(key):
+            assert provenance[key] in parameters, key
