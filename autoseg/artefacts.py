@@ -436,6 +436,8 @@ class CaseReport(Artefact):
     #: a linked run's combined table (1 liver, 2 vessel, 3 tumour).
     label_table: dict[int, str] | None = optional()
     overlays: tuple[str, ...] | None = optional()
+    #: The DICOM Segmentation object's file name (``--output-format dicom-seg``).
+    dicom_seg: str | None = optional()
     #: The uncertainty map and per-lesion confidence (``predict --uncertainty``).
     uncertainty: UncertaintyReport | None = optional()
     #: The surface mesh file of each structure present (``predict --meshes``), by class name.

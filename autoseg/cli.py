@@ -295,6 +295,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "native bf16 instructions, else fp32; docs/inference.md)")
     p.add_argument("--save-probabilities", action="store_true", help="also write softmax probabilities")
     p.add_argument("--overlays", action="store_true", help="write PNG slices with the labels over the CT")
+    p.add_argument("--output-format", choices=("nifti", "dicom-seg"), default="nifti",
+                   help="nifti (default): the NIfTI label map; dicom-seg: also <case>.seg.dcm, a DICOM "
+                        "Segmentation object referencing the input DICOM series (needs a DICOM series input)")
     p.add_argument("--meshes", action="store_true",
                    help="write an STL surface mesh per structure present, in patient mm (LPS), for 3D Slicer "
                         "and other surgical planning viewers")
@@ -335,6 +338,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
                                                            ("overlays", args.overlays),
+                                                           ("dicom_seg", args.output_format == "dicom-seg"),
                                                            ("meshes", args.meshes),
                                                            ("uncertainty", args.uncertainty)) if on),
                              roi_model=roi, roi_margin_mm=args.roi_margin_mm,

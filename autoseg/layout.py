@@ -338,6 +338,11 @@ class CaseOutputs:
     def overlay(self, z: int) -> Path:
         return self.folder / f"{self.case}_z{z:03d}.png"
 
+    @property
+    def dicom_seg(self) -> Path:
+        """``<case>.seg.dcm``: the label map as a DICOM Segmentation object (``--output-format dicom-seg``)."""
+        return self.folder / f"{self.case}.seg.dcm"
+
     MESH_ENDING = ".stl"
 
     def mesh(self, structure: str) -> Path:

@@ -27,6 +27,7 @@ from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.model import Model
 from autoseg.inference.postprocessing import Decision, apply_postprocessing, keep_largest_component, rules_of
+from autoseg.inference.dicom_seg import check_dicom_seg_input
 from autoseg.inference.outputs import OUTPUT_FORMATS, CasePrediction, write_prediction
 from autoseg.inference.provenance import provenance
 from autoseg.inference.report import measure_case
@@ -316,6 +317,9 @@ def predict(inputs: Path, output: Path, model: Model, options: PredictOptions,
     """
     cases = find_inputs(inputs)
     check_output_location(inputs, output, cases)
+    if "dicom_seg" in options.outputs:  # before any prediction: a DICOM-SEG needs a DICOM series input
+        for _, path in cases:
+            check_dicom_seg_input(path)
     done = {name for name, _ in cases if len(existing_outputs(output, name)) == 2}
     partial = [p for name, _ in cases for p in existing_outputs(output, name) if name not in done]
     if partial and not overwrite:
