@@ -214,3 +214,39 @@ def test_saved_probabilities_are_on_the_input_grid_and_argmax_to_the_labels(tmp_
     clear = (top2[1] - top2[0]) > 2e-3  # float16 storage can only swap near-ties
     assert np.array_equal(stored.argmax(0)[clear], labels[clear]) and clear.mean() > 0.95
     assert np.allclose(stored.astype(np.float32).sum(0), 1.0, atol=5e-3)
+
+
+# --- end to end: autoseg predict on a real DICOM series ----------------------------------------------------
+
+from tests.test_predict_geometry import model  # noqa: E402,F401  (the fixture: a plan and two random folds)
+from tests.synthetic import SHARED_REAL  # noqa: E402
+
+UID_3SLICE = "1.2.392.200103.20080913.113635.1.2009.6.22.21.43.10.23430.1"
+
+
+@pytest.mark.skipif(not (SHARED_REAL / "dcmqi_ct3slice" / "ct-3slice").is_dir(),
+                    reason="needs ../shared/data/real")
+def test_predict_records_provenance_and_writes_readable_outputs(model: Path, tmp_path: Path) -> None:  # noqa: F811
+    from PIL import Image
+
+    import autoseg
+    from autoseg.cli import main
+    from autoseg.inference.provenance import plans_sha256
+    from autoseg.io import read_label
+    from autoseg.plans import Plans
+
+    series = SHARED_REAL / "dcmqi_ct3slice" / "ct-3slice"  # (TotalSegmentator's series has an empty UID)
+    out = tmp_path / "out"
+    argv = ["predict", "-i", str(series), "-o", str(out), "-m", str(model), "--overlays", "--save-probabilities",
+            "--threads", "1"]
+    assert main(argv) == 0
+    report = CaseReport.load(out / "ct-3slice.report.json")
+    found = report.provenance
+    assert found is not None and found.autoseg_version == autoseg.__version__
+    assert found.command_line == ("autoseg", *argv)
+    assert found.plans_sha256 == plans_sha256(Plans.load(model / "plans.json"))
+    assert found.weights_sha256 and found.series_instance_uid and found.series_instance_uid == UID_3SLICE
+    labels, _ = read_label(out / "ct-3slice.nii.gz")
+    with np.load(out / "ct-3slice.probabilities.npz") as saved:
+        assert saved["probabilities"].shape[1:] == labels.shape
+    assert report.overlays and max(Image.open(out / report.overlays[0]).size) >= 512
