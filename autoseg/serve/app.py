@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from autoseg.errors import AutosegError
 from autoseg.inference.model import open_model
 from autoseg.inference.outputs import write_prediction
+from autoseg.inference.postprocessing import load_postprocessing
 from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case
 from autoseg.layout import CaseOutputs, CheckpointKind, JobFolder, server_lock
 from autoseg.io import read_json, read_sitk
@@ -330,7 +331,9 @@ def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = N
     store = JobStore(config.workdir / "jobs")
     store.claim(server_lock(config.workdir))
     cache = VolumeCache()
-    options = PredictOptions(device=config.device, outputs=("meshes",))  # surface meshes to download
+    # as `autoseg predict` does: the model's post-processing decided from cross-validation, and the
+    # surface meshes to download
+    options = PredictOptions(device=config.device, outputs=("meshes",), postprocessing=load_postprocessing(model))
     worker = Worker(store, runner or prediction_runner(model, options),
                     after=lambda folder: default_view(JobFolder(folder).outputs.labels),
                     max_queue=config.limits.max_queue, retention=config.retention, forget=cache.drop)
