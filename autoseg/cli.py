@@ -338,7 +338,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
                                                            ("overlays", args.overlays),
-                                                           ("dicom_seg", args.output_format == "dicom-seg"),
+                                                           ("dicom-seg", args.output_format == "dicom-seg"),
                                                            ("meshes", args.meshes),
                                                            ("uncertainty", args.uncertainty)) if on),
                              roi_model=roi, roi_margin_mm=args.roi_margin_mm,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
-from autoseg import __version__
+import autoseg
 from autoseg.errors import AutosegError
 from autoseg.io import Geometry, atomic_path, is_dicom_folder
 from autoseg.layout import CaseOutputs
@@ -256,7 +256,7 @@ def build_dicom_seg(labels: np.ndarray, geometry: Geometry, folder: Path, plans:
     parameters = {"plans_sha256": digest, **({"weights_sha256": weights_sha256} if weights_sha256 else {})}
     algorithm = hd.AlgorithmIdentificationSequence(
         name=_label(f"autoseg {plans.dataset_name}"), family=codes.cid7162.ArtificialIntelligence,
-        version=__version__, source="autoseg", parameters=parameters)
+        version=autoseg.__version__, source="autoseg", parameters=parameters)
     descriptions = []
     for number in classes:
         category, kind, region = _codes(plans.labels[number])
@@ -273,9 +273,9 @@ def build_dicom_seg(labels: np.ndarray, geometry: Geometry, folder: Path, plans:
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
         series_instance_uid=hd.UID(), series_number=int(source.get("SeriesNumber") or 0) + 1000,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="autoseg",
-        manufacturer_model_name=_label(plans.dataset_name), software_versions=__version__,
+        manufacturer_model_name=_label(plans.dataset_name), software_versions=autoseg.__version__,
         device_serial_number=digest[:16], content_label="AUTOSEG",
-        content_description=_label(f"autoseg {__version__} {plans.dataset_name}"),
+        content_description=_label(f"autoseg {autoseg.__version__} {plans.dataset_name}"),
         series_description=_label(f"autoseg {plans.dataset_name}"),
         omit_empty_frames=bool(top > 0))  # an empty map keeps its (empty) frames: a SEG needs one
 
@@ -287,4 +287,4 @@ def write_dicom_seg(result: "CasePrediction", outputs: CaseOutputs) -> dict[str,
                           provenance.weights_sha256 if provenance is not None else None)
     with atomic_path(outputs.dicom_seg) as tmp:
         seg.save_as(tmp)
-    return {"dicom_seg": outputs.dicom_seg.name}
+    return dict(dicom_seg=outputs.dicom_seg.name)  # CaseReport.dicom_seg

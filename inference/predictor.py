@@ -317,7 +317,7 @@ def predict(inputs: Path, output: Path, model: Model, options: PredictOptions,
     """
     cases = find_inputs(inputs)
     check_output_location(inputs, output, cases)
-    if "dicom_seg" in options.outputs:  # before any prediction: a DICOM-SEG needs a DICOM series input
+    if "dicom-seg" in options.outputs:  # before any prediction: a DICOM-SEG needs a DICOM series input
         for _, path in cases:
             check_dicom_seg_input(path)
     done = {name for name, _ in cases if len(existing_outputs(output, name)) == 2}

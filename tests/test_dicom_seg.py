@@ -255,7 +255,7 @@ def test_segments_absent_from_the_prediction_are_listed_without_frames(tmp_path:
 
 def test_non_dicom_input_is_refused_before_prediction(tmp_path: Path) -> None:
     nifti = REPO / "tests" / "golden" / "input" / "golden_ct.nii.gz"
-    options = PredictOptions(outputs=("dicom_seg",))
+    options = PredictOptions(outputs=("dicom-seg",))
     with pytest.raises(AutosegError, match="needs a DICOM series as input.*golden_ct.nii.gz is an image file") as err:
         predict(nifti, tmp_path / "out", None, options)  # type: ignore[arg-type]  # never reached
     assert "--output-format dicom-seg" in str(err.value)
