@@ -106,7 +106,8 @@ OUTPUT_FORMATS: Registry[OutputFormat] = Registry("output", {
                                   help="the softmax on the input grid, float16, with its classes, geometry "
                                        "and properties (.probabilities.npz)"),
     "overlays": OutputFormat(_write_overlays, needs_image=True, help="PNG slices with the labels over the CT"),
-    "dicom-seg": OutputFormat(write_dicom_seg, help="the labels as a DICOM-SEG referencing the input series (.seg.dcm)"),
+    "dicom-seg": OutputFormat(write_dicom_seg,
+                              help="the labels as a DICOM-SEG referencing the input series (.seg.dcm)"),
     "meshes": OutputFormat(_write_meshes, help="an STL surface per structure present, in patient mm (LPS)"),
     "uncertainty": OutputFormat(_write_uncertainty, needs_probabilities=True,
                                 help="the normalised predictive entropy of the calibrated probabilities "
