@@ -231,14 +231,14 @@ def test_a_label_map_given_to_predict_is_called_a_label_map(tmp_path: Path,
 
 
 @pytest.mark.skipif(not DICOM_SEG.is_file(), reason=f"real DICOM-SEG not available ({DICOM_SEG} is absent)")
-def test_a_dicom_seg_given_to_predict_is_called_a_label_map(tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_dicom_seg_given_to_predict_is_named_a_segmentation(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "seg"
     folder.mkdir()
     shutil.copyfile(DICOM_SEG, folder / DICOM_SEG.name)
     assert _predict(folder, tmp_path / "out") == 2
     err = capsys.readouterr().err
-    assert f"{folder}: looks like a segmentation or label map" in err and "8-bit picture" not in err
+    assert f"{folder}: is a DICOM Segmentation object (SEG)" in err and "8-bit picture" not in err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.nii.gz"))
 
 
