@@ -83,8 +83,13 @@ def test_linked_run_writes_one_map_of_liver_vessels_and_tumours(cascade: Path, t
     model, which win over the liver where they overlap; the table is in the report."""
     crop, _ = _predict(cascade, tmp_path / "crop",
                        ["--roi-model", "Task03", "--roi-margin-mm", "8", "--roi-crop-only"], monkeypatch)
-    one, report = _predict(cascade, tmp_path / "one", ["--roi-model", "Task03", "--roi-margin-mm", "8"], monkeypatch)
+    one, report = _predict(cascade, tmp_path / "one", ["--roi-model", "Task03", "--roi-margin-mm", "8", "--meshes"],
+                           monkeypatch)
     assert report["label_table"] == {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}
+    # a mesh per structure present, named from the combined table
+    present = {name for label, name in report["label_table"].items() if label != "0" and np.any(one == int(label))}
+    assert set(report["meshes"]) == present and "liver" in present
+    assert all((tmp_path / "one" / f).read_bytes()[:80].strip() for f in report["meshes"].values())
     assert set(report["volumes_ml"]) == {"liver", "vessel", "tumour"}
     assert set(np.unique(one)) <= {0, 1, 2, 3}
     found = crop > 0
