@@ -404,6 +404,9 @@ class RoiReport:
     dropped_ml: float
     bbox: tuple[tuple[int, int], ...] | None
     seconds: float
+    #: The ROI model's plans and weights (as :class:`Provenance` names the main model's).
+    plans_sha256: str | None = optional()
+    weights_sha256: str | None = optional()
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from autoseg.inference.model import Model
 from autoseg.inference.postprocessing import Decision, apply_postprocessing, keep_largest_component, rules_of
 from autoseg.inference.dicom_seg import check_dicom_seg_input
 from autoseg.inference.outputs import OUTPUT_FORMATS, CasePrediction, write_prediction
-from autoseg.inference.provenance import provenance
+from autoseg.inference.provenance import plans_sha256, provenance, weights_sha256
 from autoseg.inference.report import measure_case
 from autoseg.sliding_window import WindowOptions
 
@@ -231,7 +231,8 @@ def region_of_interest(roi_model: Model, name: str, image_path: Path,
         log.warning("%s: the ROI model found no foreground; predicting the whole image", image_path)
     report = RoiReport(model=str(roi_model.folder), margin_mm=info["margin_mm"],
                        foreground_ml=info["foreground_ml"], dropped_ml=info["dropped_ml"],
-                       bbox=box, seconds=round(time.perf_counter() - t0, 2))
+                       bbox=box, seconds=round(time.perf_counter() - t0, 2),
+                       plans_sha256=plans_sha256(roi_model.plans), weights_sha256=weights_sha256(roi_model))
     return box, report, roi_foreground(labels, spacing, options)
 
 

@@ -86,6 +86,9 @@ def test_linked_run_writes_one_map_of_liver_vessels_and_tumours(cascade: Path, t
     one, report = _predict(cascade, tmp_path / "one", ["--roi-model", "Task03", "--roi-margin-mm", "8", "--meshes"],
                            monkeypatch)
     assert report["label_table"] == {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}
+    # both models are named by their digests: the liver model's in the roi entry
+    assert len(report["roi"]["plans_sha256"]) == 64 and len(report["roi"]["weights_sha256"]) == 64
+    assert report["roi"]["plans_sha256"] != report["provenance"]["plans_sha256"]
     # a mesh per structure present, named from the combined table
     present = {name for label, name in report["label_table"].items() if label != "0" and np.any(one == int(label))}
     assert set(report["meshes"]) == present and "liver" in present
