@@ -3,6 +3,7 @@ queue, results that stay until deleted, and the page in a real headless Chromium
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -16,9 +17,11 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import trimesh
 from autoseg.inference.model import open_model
 from autoseg.inference.predictor import PredictOptions
@@ -28,6 +31,7 @@ from autoseg.errors import AutosegError
 from autoseg.io import read_label
 from autoseg.serve.app import ServeConfig, create_app, prediction_runner
 from autoseg.serve.security import Limits
+from fastapi.testclient import TestClient
 from tests.optional import requires_extra
 from tests.serve_fixtures import PAGE, auth, client, files_under, gzip_declaring, mine, nifti_bytes, upload, wait
 
@@ -56,6 +60,15 @@ def test_upload_predict_browse_download(trained: dict[str, Path], tmp_path: Path
                         params={"window": "liver", "opacity": 0.4, "classes": "1,2", "token": job["token"]})
             assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
             assert max(png_size(png.content)) == 512
+            # the uncertainty layer: the entropy heat map on the same reoriented slice, same size
+            heat = c.get(f"/api/jobs/{job['id']}/slices/{plane}/{view['index']}.png",
+                         params={"window": "liver", "opacity": 0.4, "classes": "1,2", "layer": "uncertainty",
+                                 "token": job["token"]})
+            assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
+            assert png_size(heat.content) == png_size(png.content) and heat.content != png.content
+        for layer in ("probabilities", "", "../labels", "LABELS"):
+            refused = c.get(f"/api/jobs/{job['id']}/slices/axial/0.png", params={"layer": layer}, headers=auth(job))
+            assert refused.status_code == 400 and "unknown layer" in refused.json()["error"], layer
         labels = c.get(f"/api/jobs/{job['id']}/files/labels.nii.gz", params={"token": job["token"]})
         assert labels.headers["content-disposition"].startswith("attachment")
         (tmp_path / "labels.nii.gz").write_bytes(labels.content)
@@ -73,18 +86,81 @@ def test_upload_predict_browse_download(trained: dict[str, Path], tmp_path: Path
         zyx = np.argwhere(pred == 1)[:, ::-1] @ (np.reshape(geometry.direction, (3, 3)) @ np.diag(geometry.spacing)).T
         lo, hi = zyx.min(0) + geometry.origin, zyx.max(0) + geometry.origin
         assert np.allclose(mesh.bounds, [lo, hi], atol=max(geometry.spacing))  # within a voxel
-        for absent in ("labels_vessel.stl", "..%2Flabels_liver.stl", "labels.stl"):
-            assert c.get(f"/api/jobs/{job['id']}/files/{absent}", headers=auth(job)).status_code == 404
+        # the uncertainty map (normalised predictive entropy, T = 1: this model has no calibration.json)
+        assert report["uncertainty"]["file"] == "labels_uncertainty.nii.gz"
+        assert report["uncertainty"]["calibrated"] is False
+        nii = c.get(f"/api/jobs/{job['id']}/files/labels_uncertainty.nii.gz", params={"token": job["token"]})
+        assert nii.status_code == 200 and nii.headers["content-type"] == "application/gzip"
+        assert "outside_labels_uncertainty.nii.gz" in nii.headers["content-disposition"]
+        (tmp_path / "uncertainty.nii.gz").write_bytes(nii.content)
+        entropy = sitk.ReadImage(str(tmp_path / "uncertainty.nii.gz"))
+        assert entropy.GetSize() == sitk.ReadImage(str(trained["image"])).GetSize()
+        values = sitk.GetArrayViewFromImage(entropy)
+        assert 0.0 <= values.min() and values.max() <= 1.0 and values.max() > 0
+        for absent in ("labels_vessel.stl", "..%2Flabels_liver.stl", "labels.stl", "labels_uncertainty.nii",
+                       "labels_probabilities.npz", "input.nii.gz", "status.json", "..%2Flabels_uncertainty.nii.gz"):
+            assert c.get(f"/api/jobs/{job['id']}/files/{absent}", headers=auth(job)).status_code == 404, absent
     folder = tmp_path / "serve" / "jobs" / job["id"]
     assert files_under(folder) == {"input.nii.gz", "status.json", "labels.nii.gz", "report.json",
-                                   *report["meshes"].values()}
+                                   "labels_uncertainty.nii.gz", *report["meshes"].values()}
     assert files_under(tmp_path) == {"serve", "serve/.lock", "serve/jobs", f"serve/jobs/{job['id']}",
-                                     "labels.nii.gz"} | {
+                                     "labels.nii.gz", "uncertainty.nii.gz"} | {
         f"serve/jobs/{job['id']}/{n}" for n in files_under(folder)}
 
 
 def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
+
+
+def test_linked_models_show_one_liver_vessel_tumour_map(trained: dict[str, Path], tmp_path: Path) -> None:
+    """`serve --roi-model`: the viewer predicts a linked run's one map and lists its combined table.
+
+    The ROI model is the trained liver phantom model; the main model is a copy of it whose plans name
+    its classes "vessel" and "tumour" (same network and weights, Task08's class names). That is enough
+    for what this tests at the API level (the class table, the linked prediction path, the report's
+    table); that a liver model and a vessel/tumour model link well is tests/test_cascade.py's business."""
+    main_model = tmp_path / "task08_like"
+    shutil.copytree(trained["model"], main_model)
+    plans = json.loads((main_model / "plans.json").read_text())
+    plans["labels"] = {"0": "background", "1": "vessel", "2": "tumour"}
+    (main_model / "plans.json").write_text(json.dumps(plans))
+    config = ServeConfig(main_model, tmp_path / "serve", roi_model_folder=trained["model"])
+    with TestClient(create_app(config), base_url="http://127.0.0.1") as c:
+        info = c.get("/api/info").json()
+        assert [(k["id"], k["name"]) for k in info["classes"]] == [(1, "liver"), (2, "vessel"), (3, "tumour")]
+        assert info["roi_model"] == "Task03_Liver" and info["layers"] == ["labels", "uncertainty"]
+        job = upload(c, "ct.nii.gz", trained["image"].read_bytes()).json()
+        status = wait(c, job)
+        assert status["state"] == "done", status["message"]
+        report = c.get(f"/api/jobs/{job['id']}/report", headers=auth(job)).json()
+        assert report["label_table"] == {str(k["id"]): k["name"] for k in info["classes"]} | {"0": "background"}
+        # the copy finds the same liver as the ROI model, named "vessel" (2 in the one map), and its
+        # classes are drawn over the organ (tumour over vessel over liver): here the liver is all "vessel"
+        assert report["roi"] is not None and set(report["volumes_ml"]) == {"liver", "vessel", "tumour"}
+        assert report["volumes_ml"]["vessel"] > 0
+        labels = c.get(f"/api/jobs/{job['id']}/files/labels.nii.gz", headers=auth(job))
+        (tmp_path / "linked.nii.gz").write_bytes(labels.content)
+        pred, _ = read_label(tmp_path / "linked.nii.gz")
+        assert set(np.unique(pred)) <= {0, 1, 2, 3} and (pred == 2).any()
+        view = status["view"]["axial"]
+        png = c.get(f"/api/jobs/{job['id']}/slices/axial/{view['index']}.png", params={"classes": "1,2,3"},
+                    headers=auth(job))
+        heat = c.get(f"/api/jobs/{job['id']}/slices/axial/{view['index']}.png",
+                     params={"classes": "1,2,3", "layer": "uncertainty"}, headers=auth(job))
+        assert png.status_code == heat.status_code == 200 and png_size(png.content) == png_size(heat.content)
+
+
+def test_cli_serve_takes_a_roi_model(trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`autoseg serve --roi-model PATH` opens the ROI model and hands it to the server (not started here)."""
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr("autoseg.cpu_share.configure_threads", lambda *a, **k: None)  # keep the runner's threads
+    monkeypatch.setattr("autoseg.serve.app.serve", lambda config, model, roi: seen.update(config=config, roi=roi))
+    assert main(["serve", "-m", str(trained["model"]), "--roi-model", str(trained["model"]),
+                 "--workdir", str(trained["root"] / "unused")]) == 0
+    assert seen["roi"] is not None and seen["config"].roi_model_folder == trained["model"]
+    assert main(["serve", "-m", str(trained["model"]), "--roi-model", "Task99"]) == 2
+    assert "Task99" in capsys.readouterr().err
 
 
 # --- security --------------------------------------------------------------------------------------------
@@ -373,6 +449,15 @@ def test_page_in_chromium_segments_an_uploaded_ct(trained: dict[str, Path], tmp_
         page.wait_for_function("() => (img => new URL(img.src).searchParams.get('classes') === '' && img.dataset"
                                ".loaded === '1')(document.querySelector('figure[data-plane=axial] img'))")
         assert axial.evaluate(COUNT_COLOURED) == 0  # classes toggled off: CT only
+        assert page.is_hidden("#uncertainty-legend")
+        page.check("#uncertainty")  # the uncertainty layer: the entropy heat map, with its legend
+        page.wait_for_function("() => [...document.querySelectorAll('#planes img')].every(img => "
+                               "new URL(img.src).searchParams.get('layer') === 'uncertainty' && "
+                               "img.dataset.loaded === '1')")
+        assert "entropy 0 = certain" in page.inner_text("#uncertainty-legend")
+        assert page.is_visible("#dl-uncertainty")
+        page.screenshot(path=str(ARTIFACTS / "viewer_uncertainty.png"), full_page=True)
+        page.uncheck("#uncertainty")
         job_id = page.evaluate("() => Object.keys(JSON.parse(localStorage.getItem('autoseg.tokens')))[0]")
         page.reload()  # the page keeps its tokens: the result is still listed
         page.wait_for_selector(f"#jobs li[data-id='{job_id}'] .name:has-text('{ct.name}')")

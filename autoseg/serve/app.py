@@ -29,7 +29,8 @@ from autoseg.errors import AutosegError
 from autoseg.inference.model import open_model
 from autoseg.inference.outputs import write_prediction
 from autoseg.inference.postprocessing import load_postprocessing
-from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, predict_case
+from autoseg.inference.predictor import PredictOptions, check_looks_like_ct, linked_label_table, predict_case
+from autoseg.inference.uncertainty import load_calibration
 from autoseg.layout import CaseOutputs, CheckpointKind, JobFolder, server_lock
 from autoseg.io import read_json, read_sitk
 from autoseg.serve.jobs import JobStore, Retention, Runner, Worker, new_status, new_token
@@ -44,9 +45,14 @@ from autoseg.serve.security import (
     too_large,
 )
 from autoseg.serve.slices import (
+    HEAT_STOPS,
+    LAYERS,
     PLANES,
+    UNCERTAINTY_FULL,
+    UNCERTAINTY_LEGEND,
     WINDOWS,
     VolumeCache,
+    check_layer,
     colour,
     default_view,
     render_slice,
@@ -79,6 +85,9 @@ class ServeConfig:
     device: str = "cpu"
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
+    #: A linked run's ROI model (e.g. the liver model for Task08): its folder, archive or ONNX export.
+    #: The viewer then predicts the one liver/vessel/tumour map, as ``predict --roi-model`` does.
+    roi_model_folder: Path | None = None
 
 
 @dataclass
@@ -91,6 +100,8 @@ class Context:
     worker: Worker
     cache: VolumeCache
     memory: MemoryModel  # the model's memory needs, checked against every upload's header
+    labels: dict[int, str]  # the classes of the maps the jobs write (a linked run's combined table)
+    roi_model: Any = None  # a linked run's ROI model (what open_model returns), or None
 
     def accept(self, upload: UploadFile) -> tuple[dict[str, Any], str]:
         """Store a received upload as a new queued job: its status and its token (returned once);
@@ -218,9 +229,14 @@ def page() -> FileResponse:
 @router.get("/api/info")
 def info(ctx: Ctx) -> dict[str, Any]:
     plans, limits = ctx.model.plans, ctx.config.limits
+    roi = ctx.roi_model.plans.dataset_name if ctx.roi_model is not None else None
     return {"dataset": plans.dataset_name, "network": plans.network.name, "folds": sorted(ctx.model.checkpoints),
-            "classes": [{"id": k, "name": n, "colour": colour(k)} for k, n in sorted(plans.labels.items()) if k],
-            "windows": list(WINDOWS), "planes": list(PLANES), "accept": ".nii,.nii.gz,.nrrd,.mha,.zip",
+            "roi_model": roi,
+            "classes": [{"id": k, "name": n, "colour": colour(k)} for k, n in sorted(ctx.labels.items()) if k],
+            "windows": list(WINDOWS), "planes": list(PLANES), "layers": list(LAYERS),
+            "uncertainty": {"legend": UNCERTAINTY_LEGEND, "full_at": UNCERTAINTY_FULL,
+                            "stops": [{"at": x, "colour": "#{:02x}{:02x}{:02x}".format(*c)} for x, c in HEAT_STOPS]},
+            "accept": ".nii,.nii.gz,.nrrd,.mha,.zip",
             "limits": {"max_upload_bytes": limits.max_upload, "max_decompressed_bytes": limits.max_decompressed,
                        "max_queue": limits.max_queue, "max_memory_bytes": limits.max_memory,
                        "keep_jobs": ctx.config.retention.keep, "job_ttl_s": ctx.config.retention.ttl_s}}
@@ -290,11 +306,14 @@ def report(job_id: str, token: Token, ctx: Ctx) -> dict[str, Any]:
 @router.get("/api/jobs/{job_id}/files/{name}")
 def download(job_id: str, name: str, token: Token, ctx: Ctx) -> FileResponse:
     folder, status = ctx.done_folder(job_id, token)
-    # only known names: the label map, the report and the surface meshes the job's own report lists
-    # (names the server wrote, from the model's class names made safe for a file name)
-    meshes = dict(read_json(JobFolder(folder).report)).get("meshes") or {}
-    known = DOWNLOADS + tuple(m for m in meshes.values() if isinstance(m, str) and Path(m).name == m
-                              and m.endswith(CaseOutputs.MESH_ENDING))
+    # only known names: the label map, the report, the uncertainty map and the surface meshes the
+    # job's own report lists (names the server wrote, from the model's class names made safe for a file name)
+    job_report = dict(read_json(JobFolder(folder).report))
+    meshes = job_report.get("meshes") or {}
+    uncertainty = JobFolder(folder).outputs.uncertainty.name
+    listed = (job_report.get("uncertainty") or {}).get("file") == uncertainty
+    known = DOWNLOADS + ((uncertainty,) if listed else ()) + tuple(
+        m for m in meshes.values() if isinstance(m, str) and Path(m).name == m and m.endswith(CaseOutputs.MESH_ENDING))
     if name not in known:
         raise UploadError(f"no download named '{name[:40]}'", 404, f"use one of {', '.join(known)}")
     stem = status["name"].split(".")[0] or "autoseg"
@@ -304,14 +323,17 @@ def download(job_id: str, name: str, token: Token, ctx: Ctx) -> FileResponse:
 
 @router.get("/api/jobs/{job_id}/slices/{plane}/{index}.png")
 def slice_png(job_id: str, plane: str, index: int, token: Token, ctx: Ctx, window: str = "abdomen",
-              opacity: float = 0.5, classes: str = "") -> Response:
+              opacity: float = 0.5, classes: str = "", layer: str = "labels") -> Response:
     folder, status = ctx.done_folder(job_id, token)
+    check_layer(layer)
     try:
         chosen = tuple(int(c) for c in classes.split(",") if c.strip())
     except ValueError:
         raise UploadError("classes must be label numbers separated by commas", 400, "e.g. classes=1,2") from None
-    volume = ctx.cache.get(job_id, folder / status["input"]["file"], JobFolder(folder).outputs.labels)
-    png = render_slice(volume, plane, index, window, opacity, chosen)
+    outputs = JobFolder(folder).outputs
+    volume = ctx.cache.get(job_id, folder / status["input"]["file"], outputs.labels,
+                           outputs.uncertainty if layer == "uncertainty" else None)
+    png = render_slice(volume, plane, index, window, opacity, chosen, layer)
     return Response(png, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
 
 
@@ -324,22 +346,29 @@ def allowed_hosts(host: str) -> list[str]:
     return ["127.0.0.1", "localhost", "::1", "[::1]", host] if loopback else ["*"]
 
 
-def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = None) -> FastAPI:
-    """The application; ``model`` is opened from the config unless given, ``runner`` replaces the
-    ensemble prediction (tests use it to hold a job)."""
+def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = None, roi_model: Any = None) -> FastAPI:
+    """The application; ``model`` (and a linked run's ``roi_model``) are opened from the config unless
+    given, ``runner`` replaces the ensemble prediction (tests use it to hold a job)."""
     model = model or open_model(config.model_folder, config.folds, config.checkpoint)
+    if roi_model is None and config.roi_model_folder is not None:
+        roi_model = open_model(config.roi_model_folder)
     store = JobStore(config.workdir / "jobs")
     store.claim(server_lock(config.workdir))
     cache = VolumeCache()
-    # as `autoseg predict` does: the model's post-processing decided from cross-validation, and the
-    # surface meshes to download
-    options = PredictOptions(device=config.device, outputs=("meshes",), postprocessing=load_postprocessing(model))
+    # as `autoseg predict --meshes --uncertainty [--roi-model]` does: the model's post-processing decided
+    # from cross-validation, the surface meshes to download, the uncertainty map with the model's
+    # calibration (T = 1 without one) and, with a ROI model, the one map of its organ and the model's classes
+    options = PredictOptions(device=config.device, outputs=("meshes", "uncertainty"),
+                             postprocessing=load_postprocessing(model), calibration=load_calibration(model),
+                             roi_model=roi_model,
+                             roi_postprocessing=load_postprocessing(roi_model) if roi_model is not None else None)
     worker = Worker(store, runner or prediction_runner(model, options),
                     after=lambda folder: default_view(JobFolder(folder).outputs.labels),
                     max_queue=config.limits.max_queue, retention=config.retention, forget=cache.drop)
     plans = model.plans
+    labels = linked_label_table(roi_model.plans.labels, plans.labels) if roi_model is not None else dict(plans.labels)
     ctx = Context(config, model, store, worker, cache,
-                  MemoryModel(tuple(float(s) for s in plans.target_spacing), plans.num_classes))
+                  MemoryModel(tuple(float(s) for s in plans.target_spacing), plans.num_classes), labels, roi_model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -358,11 +387,11 @@ def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = N
     return app
 
 
-def serve(config: ServeConfig, model: Any = None) -> None:
+def serve(config: ServeConfig, model: Any = None, roi_model: Any = None) -> None:
     """Run the server in this process until interrupted (one process: the queue lives in memory)."""
     import uvicorn
 
-    app = create_app(config, model=model)
+    app = create_app(config, model=model, roi_model=roi_model)
     if "*" in allowed_hosts(config.host):
         log.warning("listening on %s: anyone who can reach this machine can upload and see results "
                     "(there is no login)", config.host)

@@ -14,6 +14,7 @@ EPILOG_SERVE = """examples:
   autoseg serve -d Task08                        # http://127.0.0.1:8000/, this machine only
   autoseg serve -d Task03 --port 8080 -f 0 1     # two folds of the Task03 model
   autoseg serve -m task08_arunet.zip --workdir /data/autoseg_serve
+  autoseg serve -d Task08 --roi-model Task03     # the one liver/vessel/tumour map of a linked run
   autoseg serve -d Task08 --host 0.0.0.0         # reachable from the network: there is no login
 """
 
@@ -32,6 +33,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--roi-model", default=None, metavar="DATASET_OR_PATH",
+                   help="a linked run, as predict --roi-model: this model (e.g. Task03, the liver) finds the "
+                        "organ, the served model predicts inside it, and the viewer shows one map of the organ "
+                        "and the served model's classes (liver, vessel, tumour)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every "
                         "network interface, without any login)")
@@ -67,12 +72,17 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     configure_threads(args.device)
     folds = tuple(args.folds) if args.folds else None
     model = open_model(args.model or trained_model_folder(args.dataset, args.network, settings), folds, args.checkpoint)
+    roi = None
+    if args.roi_model:  # as predict: a path that exists, else a dataset's trained model
+        roi_path = Path(args.roi_model)
+        roi = open_model(roi_path if roi_path.exists() else trained_model_folder(args.roi_model, None, settings))
     limits = Limits(max_upload=int(args.max_upload_mb * 2**20),
                     max_decompressed=int(args.max_decompressed_mb * 2**20), max_queue=args.max_queue)
     workdir = args.workdir or settings.results / model.plans.dataset_name / "serve"
     config = ServeConfig(model_folder=Path(model.folder), workdir=workdir.resolve(), host=args.host,
                          port=args.port, folds=folds, checkpoint=args.checkpoint, device=args.device,
+                         roi_model_folder=Path(roi.folder) if roi is not None else None,
                          limits=limits, retention=Retention(keep=args.keep_jobs or None,
                                                             ttl_s=args.job_ttl_hours * 3600 or None))
-    serve(config, model)
+    serve(config, model, roi)
     return 0

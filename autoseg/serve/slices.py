@@ -1,4 +1,5 @@
-"""Server-rendered PNG slices: a CT slice in an HU window with the label map blended over it.
+"""Server-rendered PNG slices: a CT slice in an HU window with the label map blended over it, or the
+uncertainty map (normalised predictive entropy, 0..1) as a heat map.
 
 Volumes are turned to the LPS orientation once when loaded, so every image is shown the radiological
 way whatever the file's direction matrix: axial with the patient's left on the right and anterior at
@@ -7,6 +8,7 @@ the top, coronal and sagittal with the head at the top. Pixels are resampled to 
 from __future__ import annotations
 
 import io
+import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +25,15 @@ from autoseg.io import read_sitk
 from autoseg.serve.security import UploadError
 
 PLANES = ("axial", "coronal", "sagittal")
+#: What is drawn over the CT: the label map, or the uncertainty map as a heat map.
+LAYERS = ("labels", "uncertainty")
+#: The uncertainty heat map: (entropy, RGB) stops, linearly interpolated (dark violet, red, orange, pale
+#: yellow). A pixel is tinted at ``opacity * min(1, entropy / UNCERTAINTY_FULL)``, so certain voxels
+#: (entropy 0) leave the CT as it is and every entropy from UNCERTAINTY_FULL up is drawn at full opacity.
+HEAT_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
+    (0.0, (60, 0, 140)), (0.33, (210, 40, 80)), (0.66, (250, 150, 20)), (1.0, (255, 255, 170)))
+UNCERTAINTY_FULL = 0.25
+UNCERTAINTY_LEGEND = "entropy 0 = certain, 1 = all classes equally likely"
 #: HU windows (low, high): abdomen W400/L40, liver W150/L30, lung W1500/L-600, bone W1800/L400.
 WINDOWS: dict[str, tuple[float, float]] = {"abdomen": (-160.0, 240.0), "liver": (-45.0, 105.0),
                                            "lung": (-1350.0, 150.0), "bone": (-500.0, 1300.0)}
@@ -38,11 +49,14 @@ def colour(label: int) -> str:
 
 @dataclass(frozen=True)
 class Volume:
-    """A CT (int16 HU) and its labels (uint8), both ``(z, y, x)`` in LPS, and the spacing in mm."""
+    """A CT (int16 HU), its labels (uint8) and, once asked for, its uncertainty map (entropy 0..1
+    quantised to uint8 0..255, one byte a voxel like the labels), all ``(z, y, x)`` in LPS, and the
+    spacing in mm."""
 
     ct: np.ndarray
     labels: np.ndarray
     spacing_zyx: tuple[float, float, float]
+    uncertainty: np.ndarray | None = None
 
     def count(self, plane: str) -> int:
         return int(self.ct.shape[PLANES.index(plane)])
@@ -59,6 +73,22 @@ def load_volume(image_path: Path, labels_path: Path) -> Volume:
     return Volume(ct16, labels.astype(np.uint8), spacing)
 
 
+def load_uncertainty(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The uncertainty map in LPS, quantised to uint8 (0..255 for entropy 0..1)."""
+    entropy, _ = _lps_array(sitk.ReadImage(str(path), sitk.sitkFloat32))
+    if entropy.shape != shape:
+        raise UploadError("the uncertainty map is not on the grid of the label map", 500,
+                          "predict the image again")
+    return np.round(np.clip(np.nan_to_num(entropy), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def heat_colours(entropy: np.ndarray) -> np.ndarray:
+    """RGB (float32, ``entropy.shape + (3,)``) of entropies 0..1 on the :data:`HEAT_STOPS` ramp."""
+    xs = [x for x, _ in HEAT_STOPS]
+    return np.stack([np.interp(entropy, xs, [c[i] for _, c in HEAT_STOPS]) for i in range(3)],
+                    axis=-1).astype(np.float32)
+
+
 def default_view(labels_path: Path) -> dict[str, Any]:
     """Slice count per plane and the slice through the centre of the foreground (or the middle)."""
     labels, _ = _lps_array(sitk.ReadImage(str(labels_path)))
@@ -68,19 +98,32 @@ def default_view(labels_path: Path) -> dict[str, Any]:
                      for axis, plane in enumerate(PLANES)}}
 
 
+def _plane(array: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """One slice of a ``(z, y, x)`` LPS array, head up for coronal and sagittal."""
+    if plane == "axial":
+        return array[index]
+    if plane == "coronal":
+        return array[::-1, index, :]
+    return array[::-1, :, index]
+
+
 def _plane_arrays(volume: Volume, plane: str, index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """(CT, labels, (row, column) spacing) of one slice, head up for coronal and sagittal."""
     z, y, x = volume.spacing_zyx
-    if plane == "axial":
-        return volume.ct[index], volume.labels[index], (y, x)
-    if plane == "coronal":
-        return volume.ct[::-1, index, :], volume.labels[::-1, index, :], (z, x)
-    return volume.ct[::-1, :, index], volume.labels[::-1, :, index], (z, y)
+    spacing = {"axial": (y, x), "coronal": (z, x), "sagittal": (z, y)}[plane]
+    return _plane(volume.ct, plane, index), _plane(volume.labels, plane, index), spacing
+
+
+def check_layer(layer: str) -> None:
+    if layer not in LAYERS:
+        raise UploadError(f"unknown layer '{layer[:20]}'", 400, f"use one of {', '.join(LAYERS)}")
 
 
 def render_slice(volume: Volume, plane: str, index: int, window: str, opacity: float,
-                 classes: tuple[int, ...]) -> bytes:
-    """PNG bytes of one slice with the chosen classes blended at ``opacity`` and outlined."""
+                 classes: tuple[int, ...], layer: str = "labels") -> bytes:
+    """PNG bytes of one slice with the chosen classes blended at ``opacity`` and outlined; with
+    ``layer="uncertainty"`` the entropy heat map is blended instead (the classes' outlines stay)."""
+    check_layer(layer)
     if plane not in PLANES:
         raise UploadError(f"unknown plane '{plane[:20]}'", 400, f"use one of {', '.join(PLANES)}")
     if window not in WINDOWS:
@@ -97,12 +140,21 @@ def render_slice(volume: Volume, plane: str, index: int, window: str, opacity: f
     grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR))
     labels = np.asarray(Image.fromarray(np.ascontiguousarray(labels)).resize(size, Image.Resampling.NEAREST))
     rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+    if layer == "uncertainty":
+        if volume.uncertainty is None:
+            raise UploadError("this result has no uncertainty map", 404,
+                              "predict the image again (results made before the viewer wrote one have none)")
+        entropy = np.ascontiguousarray(_plane(volume.uncertainty, plane, index)).astype(np.float32) / 255.0
+        entropy = np.asarray(Image.fromarray(entropy).resize(size, Image.Resampling.BILINEAR))
+        alpha = (opacity * np.clip(entropy / UNCERTAINTY_FULL, 0.0, 1.0))[..., None]
+        rgb = rgb * (1 - alpha) + heat_colours(entropy) * alpha
     for k in classes:
         mask = labels == k
         if not mask.any():
             continue
         tint = np.array(PALETTE[(k - 1) % len(PALETTE)], np.float32)
-        rgb[mask] = rgb[mask] * (1 - opacity) + tint * opacity
+        if layer == "labels":
+            rgb[mask] = rgb[mask] * (1 - opacity) + tint * opacity
         edge = mask & ~ndimage.binary_erosion(mask)
         rgb[edge] = tint
     out = io.BytesIO()
@@ -111,19 +163,27 @@ def render_slice(volume: Volume, plane: str, index: int, window: str, opacity: f
 
 
 class VolumeCache:
-    """The last few volumes opened, so moving a slider does not read the files again."""
+    """The last few volumes opened, so moving a slider does not read the files again. A volume's
+    uncertainty map is read the first time it is asked for, and kept with the volume (one byte a
+    voxel), so the cache holds at most ``size`` volumes of CT, labels and uncertainty."""
 
     def __init__(self, size: int = 2):
         self.size = size
         self.items: OrderedDict[str, Volume] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, key: str, image_path: Path, labels_path: Path) -> Volume:
+    def get(self, key: str, image_path: Path, labels_path: Path, uncertainty_path: Path | None = None) -> Volume:
+        """The volume of ``key``; with ``uncertainty_path`` (a file that may be missing) also its
+        uncertainty map where the file exists."""
         with self.lock:
-            if key in self.items:
+            volume = self.items.get(key)
+            if volume is None:
+                volume = load_volume(image_path, labels_path)
+            else:
                 self.items.move_to_end(key)
-                return self.items[key]
-            volume = load_volume(image_path, labels_path)
+            if uncertainty_path is not None and volume.uncertainty is None and uncertainty_path.is_file():
+                volume = dataclasses.replace(volume, uncertainty=load_uncertainty(uncertainty_path,
+                                                                                  volume.labels.shape))
             self.items[key] = volume
             while len(self.items) > self.size:
                 self.items.popitem(last=False)

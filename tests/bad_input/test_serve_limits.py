@@ -41,7 +41,9 @@ def test_results_open_only_with_their_own_token(trained: dict[str, Path], tmp_pa
         wait(c, a), wait(c, b)
         assert c.get("/api/jobs").status_code == 405  # no list of everybody's jobs
         urls = [f"/api/jobs/{a['id']}", f"/api/jobs/{a['id']}/report", f"/api/jobs/{a['id']}/files/labels.nii.gz",
-                f"/api/jobs/{a['id']}/files/report.json", f"/api/jobs/{a['id']}/slices/axial/0.png"]
+                f"/api/jobs/{a['id']}/files/report.json", f"/api/jobs/{a['id']}/slices/axial/0.png",
+                f"/api/jobs/{a['id']}/slices/axial/0.png?layer=uncertainty",
+                f"/api/jobs/{a['id']}/files/labels_uncertainty.nii.gz"]
         for url in urls:
             for headers in ({}, auth(b), {"X-Autoseg-Token": a["token"][:-1] + "x"}):
                 response = c.get(url, headers=headers)

@@ -79,6 +79,14 @@ async function start() {
     swatch.style.background = c.colour;
     $("classes").append(el("label", {}, box, swatch, c.name));
   }
+  // the uncertainty layer: the entropy heat map instead of the labels, with its legend
+  const stops = info.uncertainty.stops.map((s) => `${s.colour} ${Math.round(s.at * 100)}%`).join(", ");
+  $("uncertainty-ramp").style.background = `linear-gradient(to right, ${stops})`;
+  $("uncertainty-text").textContent = info.uncertainty.legend;
+  $("uncertainty").addEventListener("change", () => {
+    $("uncertainty-legend").hidden = !$("uncertainty").checked;
+    drawAll();
+  });
   $("window").addEventListener("change", drawAll);
   $("opacity").addEventListener("input", () => {
     $("opacity-value").textContent = Number($("opacity").value).toFixed(2);
@@ -277,11 +285,24 @@ async function showResult(job) {
   }
   $("dl-labels").href = jobUrl(job.id, "/files/labels.nii.gz");
   $("dl-report").href = jobUrl(job.id, "/files/report.json");
+  $("dl-uncertainty").hidden = true;
+  $("uncertainty").disabled = false;
   drawAll();
   $("dl-meshes").replaceChildren();
   try {
     const report = await api(`/api/jobs/${job.id}/report`, { headers: jobHeaders(job.id) });
     fillTables(report);
+    // the uncertainty map (normalised predictive entropy, 0..1); a result made without one has none
+    const uncertainty = report.uncertainty && report.uncertainty.file;
+    if (uncertainty) {
+      $("dl-uncertainty").href = jobUrl(job.id, `/files/${encodeURIComponent(uncertainty)}`);
+      $("dl-uncertainty").hidden = false;
+    } else if ($("uncertainty").checked) {
+      $("uncertainty").checked = false;
+      $("uncertainty-legend").hidden = true;
+      drawAll();
+    }
+    $("uncertainty").disabled = !uncertainty;
     // one STL surface per structure present (patient mm, LPS), for 3D Slicer and other planning viewers
     for (const [structure, file] of Object.entries(report.meshes || {})) {
       $("dl-meshes").append(el("a", { href: jobUrl(job.id, `/files/${encodeURIComponent(file)}`),
@@ -296,7 +317,8 @@ async function showResult(job) {
 function sliceUrl(plane) {
   const v = state.view[plane];
   const params = new URLSearchParams({ window: $("window").value, opacity: $("opacity").value,
-                                       classes: [...state.classes].sort().join(",") });
+                                       classes: [...state.classes].sort().join(","),
+                                       layer: $("uncertainty").checked ? "uncertainty" : "labels" });
   return jobUrl(state.shown, `/slices/${plane}/${v.slider.value}.png`, params);
 }
 
