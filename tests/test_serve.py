@@ -112,6 +112,27 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+def test_uncertainty_layer_heat_map_and_a_result_without_one() -> None:
+    """Entropy 0 leaves the CT as it is; a high entropy is tinted; no map (an older result): 404."""
+    from autoseg.serve.slices import Volume, render_slice
+    from autoseg.serve.security import UploadError
+    from PIL import Image
+
+    ct = np.zeros((4, 8, 8), np.int16)
+    labels = np.zeros((4, 8, 8), np.uint8)
+    entropy = np.zeros((4, 8, 8), np.uint8)
+    entropy[:, :, 4:] = 255  # right half: all classes equally likely
+    volume = Volume(ct, labels, (2.0, 1.0, 1.0), entropy)
+    rgb = np.asarray(Image.open(io.BytesIO(render_slice(volume, "axial", 1, "abdomen", 1.0, (), "uncertainty"))))
+    grey = np.asarray(Image.open(io.BytesIO(render_slice(volume, "axial", 1, "abdomen", 1.0, (), "labels"))))
+    assert rgb.shape == grey.shape
+    assert np.array_equal(rgb[:, :100], grey[:, :100])  # certain: the CT unchanged
+    assert np.abs(rgb[:, -100:].astype(int) - grey[:, -100:]).max() > 100  # uncertain: the heat map
+    with pytest.raises(UploadError) as refused:
+        render_slice(Volume(ct, labels, (2.0, 1.0, 1.0)), "axial", 1, "abdomen", 0.5, (), "uncertainty")
+    assert refused.value.status == 404 and "no uncertainty map" in refused.value._message
+
+
 def test_linked_models_show_one_liver_vessel_tumour_map(trained: dict[str, Path], tmp_path: Path) -> None:
     """`serve --roi-model`: the viewer predicts a linked run's one map and lists its combined table.
 
@@ -438,6 +459,7 @@ def test_page_in_chromium_segments_an_uploaded_ct(trained: dict[str, Path], tmp_
         page.wait_for_selector("#progress-panel", state="visible", timeout=30_000)  # the progress indicator
         liver = page.wait_for_selector("#volumes tbody tr:has-text('liver')", timeout=120_000)
         assert float(liver.query_selector("td.num").inner_text()) > 0
+        assert page.is_hidden("#table-warning")  # the result's class table is the served one
         page.wait_for_function("() => [...document.querySelectorAll('#planes img')].length === 3 && "
                                "[...document.querySelectorAll('#planes img')].every(i => i.dataset.loaded === '1')")
         axial = page.query_selector("figure[data-plane=axial] img")

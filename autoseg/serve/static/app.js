@@ -286,12 +286,23 @@ async function showResult(job) {
   $("dl-labels").href = jobUrl(job.id, "/files/labels.nii.gz");
   $("dl-report").href = jobUrl(job.id, "/files/report.json");
   $("dl-uncertainty").hidden = true;
+  $("table-warning").hidden = true;
   $("uncertainty").disabled = false;
   drawAll();
   $("dl-meshes").replaceChildren();
   try {
     const report = await api(`/api/jobs/${job.id}/report`, { headers: jobHeaders(job.id) });
     fillTables(report);
+    // a result kept from a server started with another model or --roi-model has another class table
+    const table = report.label_table || {};
+    const served = Object.fromEntries(state.info.classes.map((c) => [String(c.id), c.name]));
+    const differs = Object.entries(table).some(([id, name]) => id !== "0" && served[id] !== name);
+    $("table-warning").hidden = !differs;
+    if (differs) {
+      $("table-warning").textContent = "This result was made with another class table " +
+        `(${Object.entries(table).filter(([id]) => id !== "0").map(([id, n]) => `${id} ${n}`).join(", ")}) ` +
+        "than the served model's: the class names and colours shown do not match it.";
+    }
     // the uncertainty map (normalised predictive entropy, 0..1); a result made without one has none
     const uncertainty = report.uncertainty && report.uncertainty.file;
     if (uncertainty) {
