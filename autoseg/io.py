@@ -197,9 +197,11 @@ def check_slice_positions(folder: Path, tags: Sequence[tuple[str | None, str | N
     try:
         orient = np.array([float(v) for v in str(tags[0][1]).split("\\")])
         normal = np.cross(orient[:3], orient[3:6])
-        depth = np.sort([np.dot(normal, [float(v) for v in str(pos).split("\\")]) for pos, _ in tags])
+        positions = np.array([[float(v) for v in str(pos).split("\\")] for pos, _ in tags])
+        depth = np.sort(positions @ normal)
     except (ValueError, IndexError):
         return
+    _check_not_tilted(folder, positions, normal)
     steps = np.diff(depth)
     median = float(np.median(steps))
     if median <= 0:
@@ -215,6 +217,30 @@ def check_slice_positions(folder: Path, tags: Sequence[tuple[str | None, str | N
         f"slice positions {depth[k]:.2f} and {depth[k + 1]:.2f} mm along the slice normal "
         f"(after slice {k + 1} of {len(depth)}): a slice is missing or the series is uneven", folder,
         _SLICE_FIX)
+
+
+#: How far (mm) the last slice of a series may sit beside the first one's normal: positions are
+#: written to 0.01 mm or better, and an untilted stack has none at all.
+TILT_TOLERANCE_MM = 0.1
+
+
+def _check_not_tilted(folder: Path, positions: np.ndarray, normal: np.ndarray) -> None:
+    """Refuse slices that are not stacked along their own normal (a gantry tilt): ITK stacks them on
+    an orthogonal grid, which would put the anatomy of the far slices millimetres off in patient
+    space, a plausible-looking image on a wrong grid."""
+    order = np.argsort(positions @ normal)
+    span = positions[order[-1]] - positions[order[0]]
+    along = float(span @ normal)
+    lateral = float(np.linalg.norm(span - along * normal))
+    if lateral <= TILT_TOLERANCE_MM or along <= 0:
+        return
+    angle = float(np.degrees(np.arctan2(lateral, along)))
+    raise ImageReadError(
+        f"DICOM slices are not stacked along their normal (a gantry tilt of about {angle:.1f} degrees): "
+        f"the last slice sits {lateral:.1f} mm beside the first one's normal, so an orthogonal voxel grid "
+        "would misplace the anatomy", folder,
+        "resample the series to an untilted grid first (e.g. dcm2niix, which corrects gantry tilt) and pass "
+        "the resulting NIfTI")
 
 
 _SLICE_FIX = ("export the complete series (every slice, one position each) from the PACS or scanner, or "

@@ -226,9 +226,10 @@ def test_gantry_tilt_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AutosegError, match="not stacked along their normal.*GantryDetectorTilt 15") as err:
         check_dicom_seg_input(folder)
     assert "untilted grid" in str(err.value)
-    labels, geometry = labels_from_series(folder)  # the NIfTI path still reads it (its own matter)
-    with pytest.raises(AutosegError, match="not stacked along their normal"):
-        build_dicom_seg(labels, geometry, folder, golden_plans())
+    # the NIfTI path refuses it too: read on an orthogonal grid, the anatomy would be misplaced
+    with pytest.raises(ImageReadError, match="gantry tilt of about 15.0 degrees") as err:
+        labels_from_series(folder)
+    assert err.value.path == folder and "dcm2niix" in str(err.value)
 
 
 def test_segments_absent_from_the_prediction_are_listed_without_frames(tmp_path: Path) -> None:
