@@ -11,6 +11,7 @@ BestChoice             ResultsDataset.best              inference/crossval.py   
 PostprocessingDecision ModelFolder.postprocessing       inference/postprocessing.py          predict, export
 FoldRecord             FoldFolder.record                training/run.py                      ``train --continue``
 EnsembleManifest       ModelFolder.ensemble_manifest    inference/ensembles.py               EnsembleModel
+Calibration            ModelFolder.calibration          inference/uncertainty.py (find_best) predict --uncertainty
 CaseReport             CaseOutputs.report               predict (inference/report.py)        people, the viewer
 ====================== ================================ ==================================== ===================
 
