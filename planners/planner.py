@@ -41,6 +41,10 @@ MIN_HU_WIDTH = 50.0
 FEATURE_CAP = 320
 MIN_BATCH = 2
 MAX_GPU_BATCH = 64
+#: On a GPU one batch holds at most this share of the dataset's voxels (its cases at the target
+#: spacing), so a small dataset is not seen several times over in one step: nnU-Net's rule of thumb.
+#: Without it an 8 GB plan of an 8-case phantom took batch 23 (benchmarks/gpu_check.py --dry-run).
+MAX_BATCH_DATASET_SHARE = 0.05
 GPU_RESERVED_BYTES = 1.5e9  # CUDA context, cuDNN workspaces, parameters and optimiser state
 GPU_AMP_ACTIVATION_FACTOR = 0.6  # fp16 activations under autocast; norms and losses stay fp32
 ANISOTROPY_RATIO = 3.0
@@ -260,12 +264,21 @@ def fit_patch(pricer: Pricer, median_shape: tuple[int, ...], spacing: tuple[floa
     return best
 
 
-def grow_batch(pricer: Pricer, cand: Candidate) -> Candidate:
-    """On a GPU, grow the batch while the memory estimate stays within the budget."""
+def dataset_batch_cap(dataset_voxels: int, patch_size: tuple[int, ...]) -> int:
+    """The largest batch holding at most :data:`MAX_BATCH_DATASET_SHARE` of the dataset's voxels
+    (never below the minimum batch)."""
+    return max(MIN_BATCH, int(MAX_BATCH_DATASET_SHARE * dataset_voxels / max(math.prod(patch_size), 1)))
+
+
+def grow_batch(pricer: Pricer, cand: Candidate, dataset_voxels: int | None = None) -> Candidate:
+    """On a GPU, grow the batch while the memory estimate stays within the budget and the batch
+    within its share of the dataset (``dataset_voxels``: every case at the target spacing)."""
     if pricer.options.device != "cuda":
         return cand
     per_sample = cand.memory_bytes / cand.batch_size
     batch = int(min(MAX_GPU_BATCH, max(MIN_BATCH, pricer.memory_budget // max(per_sample, 1))))
+    if dataset_voxels is not None:
+        batch = min(batch, dataset_batch_cap(dataset_voxels, cand.topology.patch_size))
     cand.batch_size = batch
     cand.memory_bytes = pricer.memory_of(cand.network_kwargs, cand.topology.patch_size, batch)
     return cand
@@ -361,7 +374,8 @@ def plan(fingerprint: Fingerprint | Mapping[str, Any], options: PlannerOptions) 
     notes.append(why)
     if options.device == "cpu" and options.verify:
         cand = _verify_cpu(pricer, cand, median_shape, spacing, notes)
-    cand = grow_batch(pricer, cand)
+    dataset_voxels = math.prod(median_shape) * len(fingerprint["cases"])
+    cand = grow_batch(pricer, cand, dataset_voxels)
     normalisation = normalisation_for(fingerprint, options.hu_window)
     for name, norm in zip(fingerprint["channel_names"], normalisation):
         if norm.window is None:
@@ -370,7 +384,8 @@ def plan(fingerprint: Fingerprint | Mapping[str, Any], options: PlannerOptions) 
                "the bounds: no fitted window" if norm.window == HU_BOUNDS else
                f"the labelled voxels' 0.5-99.5 percentiles inside {list(HU_BOUNDS)}")
         notes.append(f"HU window of {name} {list(norm.window)}: {how}")
-    notes.append(f"batch {cand.batch_size}: " + ("as large as the GPU memory budget allows"
+    notes.append(f"batch {cand.batch_size}: " + (("as large as the GPU memory budget allows, at most "
+                                                  f"{MAX_BATCH_DATASET_SHARE:.0%} of the dataset's voxels")
                                                  if options.device == "cuda" else
                                                  "the minimum, so the CPU step time stays on target"))
     estimates = Estimates(

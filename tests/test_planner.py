@@ -46,10 +46,23 @@ def test_gpu_plans_use_their_memory_budget() -> None:
         assert p.estimates.memory_estimate_bytes <= p.estimates.memory_budget_bytes
         assert p.batch_size >= 2
     assert (math.prod(large.patch_size) * large.batch_size > math.prod(small.patch_size) * small.batch_size)
-    # the budget is used: one more sample would not fit, or the patch already covers the case
+    # the budget is used: one more sample would not fit, or the batch is at one of its caps
     per_sample = large.estimates.memory_estimate_bytes / large.batch_size
+    dataset_voxels = math.prod(large.median_shape) * 6
     assert large.estimates.memory_estimate_bytes + per_sample > large.estimates.memory_budget_bytes \
-        or large.batch_size == planner_mod.MAX_GPU_BATCH
+        or large.batch_size in (planner_mod.MAX_GPU_BATCH,
+                                planner_mod.dataset_batch_cap(dataset_voxels, large.patch_size))
+
+
+def test_a_gpu_batch_holds_at_most_its_share_of_a_small_dataset() -> None:
+    """An 8-case dataset of small images must not get a batch of 23 (as it did): one batch holds at
+    most 5% of the dataset's voxels, never fewer than 2 samples; a large dataset still gets more."""
+    small_images = fingerprint(shape=(50, 110, 110), n=8)
+    few = plan(small_images, PlannerOptions(device="cuda", gpu_memory_gb=8))
+    assert few.batch_size == 2
+    many = plan(fingerprint(shape=(50, 110, 110), n=3000), PlannerOptions(device="cuda", gpu_memory_gb=8))
+    assert many.batch_size > 2
+    assert many.batch_size * math.prod(many.patch_size) <= 0.05 * math.prod(many.median_shape) * 3000
 
 
 def test_anisotropic_target_spacing_rule() -> None:
