@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import autoseg
 from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.layout import ModelFolder, PreprocessedDataset, RunOutputs, calibration_cache
-from autoseg.precision import PRECISIONS
+from autoseg.precision import DEVICES, PRECISIONS, resolve_device
 from autoseg.serve.command import add_serve_parser
 from autoseg.settings import Settings
 
@@ -40,8 +40,8 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_PLAN, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", required=True,
                    help="Task08, 8, Dataset008_HepaticVessel, Task08_HepaticVessel or a folder path")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="plan for training on this device (default: cpu)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="plan for training on this device (default: auto, CUDA when there is one, else the CPU)")
     p.add_argument("--gpu-memory", type=float, default=8.0, metavar="GB",
                    help="GPU memory budget in GB for --device cuda (default: 8)")
     p.add_argument("--step-time", type=float, default=0.5, metavar="S",
@@ -182,7 +182,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads, fixed (default: the cores other processes leave free, re-checked "
                         "every few seconds); fix it for bit-identical reruns")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto (default: CUDA when there is one, else the CPU), cpu or cuda")
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume unfinished folds from their last checkpoint")
     p.add_argument("--force", action="store_true",
@@ -286,7 +287,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "organ, so stray false positives do not widen the region)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto (default: CUDA when there is one, else the CPU), cpu or cuda")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads, fixed (default: the cores other processes leave free, re-checked "
                         "between sliding-window batches)")
@@ -567,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        if getattr(args, "device", None) is not None:  # one resolution of auto for the whole command
+            args.device = resolve_device(args.device)
         return int(args.func(args, Settings.from_env()))
     except AutosegError as exc:
         print(f"autoseg: error: {exc}", file=sys.stderr)

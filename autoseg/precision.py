@@ -22,6 +22,8 @@ from autoseg.errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``--device`` values; ``auto``: CUDA when a CUDA device is there, else the CPU.
+DEVICES = ("auto", "cpu", "cuda")
 #: What ``auto`` resolves to, and what a model computes in.
 Resolved = Literal["fp32", "bf16", "fp16"]
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -41,6 +43,25 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def resolve_device(device: str) -> Literal["cpu", "cuda"]:
+    """The device ``--device`` names: ``auto`` is CUDA when one is available, else the CPU (as
+    nnU-Net defaults to the GPU, a user with one need not remember the flag); ``cuda`` without a
+    CUDA device is refused with the fix rather than failing inside torch."""
+    if device not in DEVICES:
+        raise ConfigurationError(f"unknown device '{device}' (known: {', '.join(DEVICES)})")
+    if device == "cpu":
+        return "cpu"
+    import torch  # here, so that the CLI can list DEVICES without loading torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ConfigurationError("--device cuda, but torch finds no CUDA device on this machine",
+                                 fix="use --device cpu (or auto), or install a CUDA build of torch on a machine "
+                                     "with an NVIDIA GPU")
+    return "cpu"
 
 
 def resolve_precision(precision: str, device: str) -> Resolved:

@@ -81,3 +81,35 @@ def test_planner_writes_the_precision_it_timed(monkeypatch: pytest.MonkeyPatch) 
     assert plan(fingerprint(), PlannerOptions(device="cuda")).recipe.precision == "fp16"
     with pytest.raises(ConfigurationError, match="fp16 autocast is for CUDA"):
         plan(fingerprint(), PlannerOptions(cpu_gflops=40.0, precision="fp16"))
+
+
+def test_device_auto_is_cuda_only_where_there_is_one() -> None:
+    import torch
+
+    assert prec.resolve_device("cpu") == "cpu"
+    assert prec.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigurationError, match="no CUDA device") as err:
+            prec.resolve_device("cuda")
+        assert "--device cpu" in str(err.value)
+    with pytest.raises(ConfigurationError, match="unknown device"):
+        prec.resolve_device("tpu")
+
+
+def test_a_gpu_plan_on_the_cpu_is_refused_naming_the_flags(caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+    import logging
+
+    from autoseg.training.run import check_plan_device
+    from tests.test_plans import make_plans
+
+    plans = make_plans()
+    gpu = plans.replace(estimates=dataclasses.replace(plans.estimates, device="cuda", memory_budget_bytes=8 * 2**30))
+    with pytest.raises(ConfigurationError, match="made for a GPU") as err:
+        check_plan_device(gpu, "cpu", "Task08")
+    assert "--device cuda" in str(err.value) and "plan_and_preprocess -d Task08 --device cpu" in str(err.value)
+    check_plan_device(gpu, "cuda", "Task08")
+    cpu = plans.replace(estimates=dataclasses.replace(plans.estimates, device="cpu"))
+    with caplog.at_level(logging.WARNING):
+        check_plan_device(cpu, "cuda", "Task08")
+    assert "--device cuda --force" in caplog.text

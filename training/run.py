@@ -95,6 +95,24 @@ def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
     return plans.replace(recipe=recipe, network=network)
 
 
+def check_plan_device(plans: Plans, device: str, dataset: str) -> None:
+    """Refuse to train a GPU plan on the CPU (its patch and batch are sized for GPU memory: days per
+    fold), naming the flags; warn when a CPU plan trains on a GPU (it leaves the GPU's memory unused)."""
+    planned = plans.estimates.device
+    on_gpu = device.startswith("cuda")
+    if planned == "cuda" and not on_gpu:
+        budget = plans.estimates.memory_budget_bytes / 2**30
+        raise ConfigurationError(
+            f"these plans were made for a GPU (--device cuda, a {budget:.0f} GB budget: patch "
+            f"{'x'.join(map(str, plans.patch_size))}, batch {plans.batch_size}) and this run trains on the CPU",
+            fix=f"train on the GPU with --device cuda (or auto), or plan for this machine with "
+                f"`autoseg plan_and_preprocess -d {dataset} --device cpu --force`")
+    if planned == "cpu" and on_gpu:
+        log.warning("these plans were made for the CPU (a small patch and batch 2); on the GPU they leave its "
+                    "memory unused: plan for it with `autoseg plan_and_preprocess -d %s --device cuda --force`",
+                    dataset)
+
+
 def _requested_steps(req: TrainRequest, plans: Plans) -> int | None:
     """``--steps``, or ``--compute-budget`` over the plan's calibrated step time."""
     if req.compute_budget_s is None:
@@ -142,6 +160,7 @@ def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> lis
     check_unlocked(pre.root, f"the preprocessed folder of {pre.name}",
                    "wait for its `autoseg plan_and_preprocess` to finish, then train")
     plans = apply_overrides(Plans.load(pre.plans), req)
+    check_plan_device(plans, options.device, req.dataset)
     resolve_precision(plans.recipe.precision, options.device)  # refuse e.g. fp16 on a CPU before writing
     if any(f not in range(NUM_FOLDS) for f in req.folds):
         raise ConfigurationError(f"folds must be 0-{NUM_FOLDS - 1} or 'all', got {list(req.folds)}")

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from autoseg.errors import ConfigurationError
+from autoseg.precision import DEVICES
 from autoseg.settings import Settings
 
 EPILOG_SERVE = """examples:
@@ -32,7 +33,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--network", default=None, help="with -d: which trained network (default: as predict)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto (default: CUDA when there is one, else the CPU), cpu or cuda")
     p.add_argument("--roi-model", default=None, metavar="DATASET_OR_PATH",
                    help="a linked run, as predict --roi-model: this model (e.g. Task03, the liver) finds the "
                         "organ, the served model predicts inside it, and the viewer shows one map of the organ "
