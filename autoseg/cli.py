@@ -570,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         if getattr(args, "device", None) is not None:  # one resolution of auto for the whole command
-            args.device = resolve_device(args.device)
+            args.device = resolve_device(args.device, computes=args.command != "plan_and_preprocess")
         return int(args.func(args, Settings.from_env()))
     except AutosegError as exc:
         print(f"autoseg: error: {exc}", file=sys.stderr)

@@ -45,17 +45,18 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_device(device: str) -> Literal["cpu", "cuda"]:
+def resolve_device(device: str, computes: bool = True) -> Literal["cpu", "cuda"]:
     """The device ``--device`` names: ``auto`` is CUDA when one is available, else the CPU (as
-    nnU-Net defaults to the GPU, a user with one need not remember the flag); ``cuda`` without a
-    CUDA device is refused with the fix rather than failing inside torch."""
+    nnU-Net defaults to the GPU, a user with one need not remember the flag). ``cuda`` without a
+    CUDA device is refused with the fix rather than failing inside torch, unless nothing ``computes``
+    on it here (planning for a GPU needs none: plan on a workstation, train on a GPU machine)."""
     if device not in DEVICES:
         raise ConfigurationError(f"unknown device '{device}' (known: {', '.join(DEVICES)})")
     if device == "cpu":
         return "cpu"
     import torch  # here, so that the CLI can list DEVICES without loading torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or (device == "cuda" and not computes):
         return "cuda"
     if device == "cuda":
         raise ConfigurationError("--device cuda, but torch finds no CUDA device on this machine",

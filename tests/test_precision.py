@@ -92,6 +92,7 @@ def test_device_auto_is_cuda_only_where_there_is_one() -> None:
         with pytest.raises(ConfigurationError, match="no CUDA device") as err:
             prec.resolve_device("cuda")
         assert "--device cpu" in str(err.value)
+        assert prec.resolve_device("cuda", computes=False) == "cuda"  # planning for a GPU needs none
     with pytest.raises(ConfigurationError, match="unknown device"):
         prec.resolve_device("tpu")
 
