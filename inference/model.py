@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -20,11 +20,14 @@ from autoseg.errors import AutosegError
 from autoseg.layout import NUM_FOLDS, CheckpointKind, ExportNames, ModelFolder, ResultsDataset
 from autoseg.networks import SegmentationNetwork, build_network
 from autoseg.plans import Plans
+from autoseg.schema import Artefact
 from autoseg.precision import Resolved
 from autoseg.settings import Settings
 from autoseg.sliding_window import WindowOptions, slide
 
 log = logging.getLogger(__name__)
+
+A = TypeVar("A", bound=Artefact)
 
 
 class Model(Protocol):
@@ -235,6 +238,23 @@ def open_model(path: Path, folds: tuple[int, ...] | None = None, checkpoint: Che
     if path.is_dir() and (any(path.glob(f"*{ExportNames.ONNX_ENDING}")) or (path / ExportNames.MANIFEST).is_file()):
         return OnnxModel.open(path, folds)  # refuses a folder without a valid manifest
     return TrainedModel.open(path, folds, checkpoint)
+
+
+def stored_artefact(model: Any, kind: type[A], name: str) -> A | None:
+    """An artefact stored with a model (``name``: its file in a model folder or an ONNX export, its
+    member in an exported archive), checked; None when the model has none."""
+    members = getattr(model, "members", None)
+    if members is not None:
+        if name not in members:
+            return None
+        source = f"{model.folder}:{name}"
+        try:
+            data = json.loads(members[name])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise kind.ERROR(f"not valid JSON ({exc})", source, kind.FIX) from None
+        return kind.from_dict(data, source)
+    path = Path(model.folder) / name  # a model folder and an ONNX export use the same name
+    return kind.load(path) if path.is_file() else None
 
 
 def trained_model_folder(dataset: str, network: str | None, settings: Settings) -> Path:

@@ -17,11 +17,10 @@ preprocessed grid applies on any input grid. The decision and its evidence
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import cc3d
 import numpy as np
@@ -29,6 +28,7 @@ import numpy as np
 from autoseg.artefacts import ClassEvidence, PostprocessingDecision, PostprocessingRules
 from autoseg.layout import ExportNames, ModelFolder, case_files_in
 from autoseg.metrics import dice_per_class
+from autoseg.inference.model import stored_artefact
 from autoseg.preprocessing import load_labels
 from autoseg.schema import FieldError, build
 
@@ -103,19 +103,26 @@ def describe(decision: Decision, names: dict[int, str]) -> str:
     return "; ".join(parts) or "nothing"
 
 
-def _cv_pairs(model_dir: Path, data_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    pairs = []
+def cv_predictions(model_dir: Path, data_dir: Path, use: str) -> Iterator[tuple[int, str, Path]]:
+    """(fold, case, prediction file) of every fold's validation predictions on the preprocessed grid
+    whose preprocessed case exists in ``data_dir``; the others are logged as left out of ``use``."""
     for fold in ModelFolder(model_dir).folds():
         if not fold.validation.root.is_dir():
             continue
         for case in fold.validation.predicted_cases():
             pred_file = fold.validation.prediction(case)
             if not case_files_in(data_dir, case).image.is_file():
-                log.warning("no preprocessed case for %s; left out of the post-processing decision", pred_file)
+                log.warning("no preprocessed case for %s; left out of the %s", pred_file, use)
                 continue
-            pred = np.load(pred_file)["labels"]
-            ref = load_labels(data_dir, case)  # a clear error for a folder from before preprocessing version 3
-            pairs.append((case, pred, ref))
+            yield fold.fold, case, pred_file
+
+
+def _cv_pairs(model_dir: Path, data_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    pairs = []
+    for _, case, pred_file in cv_predictions(model_dir, data_dir, "post-processing decision"):
+        pred = np.load(pred_file)["labels"]
+        ref = load_labels(data_dir, case)  # a clear error for a folder from before preprocessing version 3
+        pairs.append((case, pred, ref))
     return pairs
 
 
@@ -172,15 +179,4 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
 def load_postprocessing(model: Any) -> PostprocessingDecision | None:
     """The decision stored with a model folder, an ONNX export or an archive (None if absent),
     checked: a damaged or hand-broken one is an error naming the file and the field."""
-    members = getattr(model, "members", None)
-    if members is not None:
-        if ExportNames.POSTPROCESSING not in members:
-            return None
-        source = f"{model.folder}:{ExportNames.POSTPROCESSING}"
-        try:
-            data = json.loads(members[ExportNames.POSTPROCESSING])
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PostprocessingDecision.ERROR(f"not valid JSON ({exc})", source, PostprocessingDecision.FIX) from None
-        return PostprocessingDecision.from_dict(data, source)
-    path = ModelFolder(Path(model.folder)).postprocessing
-    return PostprocessingDecision.load(path) if path.is_file() else None
+    return stored_artefact(model, PostprocessingDecision, ExportNames.POSTPROCESSING)

@@ -30,8 +30,10 @@ import numpy as np
 
 from autoseg.artefacts import Calibration, EnsembleManifest, LesionConfidence, UncertaintyReport
 from autoseg.io import write_image
-from autoseg.layout import CaseOutputs, ExportNames, ModelFolder, ResultsDataset, case_files_in
+from autoseg.layout import CaseOutputs, ExportNames, ModelFolder, ResultsDataset
 from autoseg.preprocessing import load_labels, restore_to_original
+from autoseg.inference.model import stored_artefact
+from autoseg.inference.postprocessing import cv_predictions
 from autoseg.inference.report import MAX_LISTED_LESIONS
 
 if TYPE_CHECKING:  # outputs.py registers this module's writer
@@ -146,27 +148,20 @@ def calibration_sample(model_dir: Path, data_dir: Path, seed: int = 0) -> tuple[
     predictions (uint8 probabilities on the preprocessed grid) against the preprocessed labels."""
     rng = np.random.default_rng(seed)
     probs, labels, cases = [], [], 0
-    for fold in ModelFolder(model_dir).folds():
-        if not fold.validation.root.is_dir():
+    for fold, case, pred_file in cv_predictions(model_dir, data_dir, "calibration"):
+        p = validation_probabilities(Path(model_dir), fold, case)
+        if p is None:
+            log.warning("%s holds no probabilities; left out of the calibration", pred_file)
             continue
-        for case in fold.validation.predicted_cases():
-            pred_file = fold.validation.prediction(case)
-            if not case_files_in(data_dir, case).image.is_file():
-                log.warning("no preprocessed case for %s; left out of the calibration", pred_file)
-                continue
-            p = validation_probabilities(Path(model_dir), fold.fold, case)
-            if p is None:
-                log.warning("%s holds no probabilities; left out of the calibration", pred_file)
-                continue
-            ref = load_labels(data_dir, case)
-            if p.shape[1:] != ref.shape:
-                log.warning("%s: shape %s does not match the preprocessed labels %s; left out of the calibration",
-                            pred_file, p.shape[1:], ref.shape)
-                continue
-            idx = voxel_sample(ref, rng)
-            probs.append(p.reshape(p.shape[0], -1)[:, idx] / np.float32(255))
-            labels.append(ref.ravel()[idx])
-            cases += 1
+        ref = load_labels(data_dir, case)
+        if p.shape[1:] != ref.shape:
+            log.warning("%s: shape %s does not match the preprocessed labels %s; left out of the calibration",
+                        pred_file, p.shape[1:], ref.shape)
+            continue
+        idx = voxel_sample(ref, rng)
+        probs.append(p.reshape(p.shape[0], -1)[:, idx] / np.float32(255))
+        labels.append(ref.ravel()[idx])
+        cases += 1
     if not cases:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.uint8), 0
     all_probs, all_labels = np.concatenate(probs, axis=1), np.concatenate(labels)
@@ -197,20 +192,7 @@ def fit_calibration(model_dir: Path, data_dir: Path, seed: int = 0) -> Calibrati
 
 def load_calibration(model: Any) -> Calibration | None:
     """The calibration stored with a model folder, an ONNX export or an archive (None if absent), checked."""
-    import json
-
-    members = getattr(model, "members", None)
-    if members is not None:
-        if ExportNames.CALIBRATION not in members:
-            return None
-        source = f"{model.folder}:{ExportNames.CALIBRATION}"
-        try:
-            data = json.loads(members[ExportNames.CALIBRATION])
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise Calibration.ERROR(f"not valid JSON ({exc})", source, Calibration.FIX) from None
-        return Calibration.from_dict(data, source)
-    path = ModelFolder(Path(model.folder)).calibration  # an ONNX export folder keeps the same name
-    return Calibration.load(path) if path.is_file() else None
+    return stored_artefact(model, Calibration, ExportNames.CALIBRATION)
 
 
 # --- predict: the output format --------------------------------------------------------------------
