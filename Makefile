@@ -1,7 +1,8 @@
 # Two set-up commands for a new user: `make demo` and `make test`. Both create and fill .venv/.
 #
 #   make demo   autoseg's runtime dependencies only (pyproject.toml [project] dependencies)
-#   make test   those, plus the extras test, export, distributed and viewer-test, then the test suite
+#   make test   those, plus the extras test, export, distributed, viewer-test and metrics-reference,
+#               then the test suite
 #   make lint   those of make demo, plus the lint extra, then tools/lint.py (import-linter, mypy, ruff)
 #
 # Each step leaves a stamp in .venv/ (.installed-runtime, .installed-test, .installed-lint) and is
@@ -33,7 +34,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --no-warn-conflicts -c constraints.txt
 TORCH_SPEC ?= torch==2.13.0
 DNA := dynamic-network-architectures
-TEST_EXTRAS ?= test export distributed viewer-test
+TEST_EXTRAS ?= test export distributed viewer-test metrics-reference
 DEMO_DIR ?= demo_work
 LINT_CHECKS ?= layers mypy ruff
 

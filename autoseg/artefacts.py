@@ -205,7 +205,10 @@ class FoldSummary(Artefact):
 
 @dataclass(frozen=True)
 class NetworkResult:
-    """One network's (or ensemble's) pooled cross-validation Dice."""
+    """One network's (or ensemble's) pooled cross-validation Dice: per class over the validation
+    cases in which the class is scored (``dice_cases``; a case where it is absent from reference and
+    prediction is left out), the mean, median and 95 % bootstrap interval of the mean
+    (:func:`autoseg.metrics.bootstrap_interval`). Files written before the medians load without them."""
 
     recipe: str | None
     folds: tuple[int, ...]
@@ -213,6 +216,9 @@ class NetworkResult:
     mean_dice: dict[str, float | None]
     mean_foreground_dice: float | None
     fold_mean_foreground_dice: dict[int, float | None]
+    median_dice: dict[str, float | None] | None = optional()
+    dice_ci95: dict[str, tuple[float, float] | None] | None = optional()
+    dice_cases: dict[str, int] | None = optional()
 
 
 @dataclass(frozen=True)

@@ -377,7 +377,9 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score predicted label maps against reference label maps",
                        description="Per case and foreground class: Dice, IoU, precision, recall, accuracy, "
                                    "HD95 and normalised surface Dice in mm, volume differences, lesion "
-                                   "detection. Files are matched by name. Writes metrics.json and "
+                                   "detection; per class their mean, median and 95% bootstrap interval over "
+                                   "the cases (a class absent from reference and prediction of a case is "
+                                   "left out there). Files are matched by name. Writes metrics.json and "
                                    "metrics.csv (see docs/evaluation.md).",
                        epilog=EPILOG_EVALUATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-p", "--pred", type=Path, required=True, help="folder of predicted label maps")
@@ -389,6 +391,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, help="folder for metrics.json/.csv (default: -p)")
     p.add_argument("--allow-unmatched", action="store_true",
                    help="score only the cases present in both folders instead of failing")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the bootstrap intervals of the means (default: 0; recorded in metrics.json)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -397,7 +401,7 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     labels, names, source = _evaluation_labels(args, settings)
     result = evaluate_folders(args.pred, args.ref, labels, names, args.tolerance_mm, args.allow_unmatched,
-                              source)
+                              source, args.seed)
     json_path, csv_path = write_outputs(result, args.output or args.pred)
     print(format_table(result))
     print(f"wrote {json_path} and {csv_path}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def print_test_dice(references: Path, predictions: Path) -> None:
         ref, _ = read_label(ref_path)
         pred, _ = read_label(predictions / ref_path.name)
         scores = dice_per_class(pred, ref, sorted(names))
-        print(f"  {ref_path.name}: " + ", ".join(f"{names[k]} {v:.3f}" for k, v in scores.items()))
+        print(f"  {ref_path.name}: " + ", ".join(f"{names[k]} {'absent' if math.isnan(v) else f'{v:.3f}'}"
+                                                 for k, v in scores.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,39 +1,20 @@
 """Segmentation metrics per case and foreground class, and ``autoseg evaluate`` over two folders.
 
-Every metric compares one foreground class of a prediction with the same class of a reference
-label map, in physical units from the image spacing (anisotropic spacings are honoured). The
-background (label 0) is never scored and never averaged in.
-
-Metrics (keys of ``metrics.json`` and columns of ``metrics.csv``):
-
-- ``dice``, ``iou`` (Jaccard), ``precision``, ``recall``: voxel overlap; ``accuracy``: voxels of the
-  whole image that agree on "this class or not".
-- ``hd95_mm``: 95th percentile of the distances from every surface voxel of each mask to the other
-  mask's surface, both directions pooled (as MedPy's ``hd95``). A surface voxel is a mask voxel with
-  a face neighbour outside the mask (or on the image edge); distances are between voxel centres.
-- ``nsd``: normalised surface Dice at a tolerance ``tau`` mm (Nikolov et al. 2021, counting surface
-  voxels): surface voxels of both masks lying within ``tau`` (inclusive) of the other surface, over
-  all surface voxels of both masks.
-- ``volume_ref_ml``, ``volume_pred_ml``, ``abs_volume_diff_ml`` = ``|Vp - Vr|`` and
-  ``rel_volume_diff`` = ``(Vp - Vr) / Vr`` (signed: positive when the prediction is too large).
-- Lesion detection: 26-connected components of each class mask. A reference lesion is detected when
-  any predicted voxel of the class overlaps it; ``lesion_recall`` = detected / reference lesions,
-  ``lesion_precision`` = predicted components overlapping any reference voxel / predicted components.
-
-Conventions for empty masks (per case and class):
-
-- A ratio whose denominator is zero (Dice, IoU, precision, recall, NSD, lesion recall and precision)
-  is **1 when reference and prediction are both empty** (nothing to find, nothing found) and **0 when
-  only one is** (a miss or a false alarm scores zero, as in MedPy).
-- ``hd95_mm`` is 0 when both are empty and **undefined when exactly one is** (there is no surface to
-  measure to); ``rel_volume_diff`` is 0 when both are empty and undefined when only the reference
-  is. Undefined values are ``NaN`` here, ``null`` in ``metrics.json``, an empty cell in
-  ``metrics.csv``, and are left out of the means; each class's ``undefined`` entry counts them.
-- A class absent from every reference and prediction of a case scores as "both empty".
+Every metric (:data:`METRICS`) compares one foreground class of a prediction with the same class of
+a reference label map, in physical units from the image spacing (anisotropic spacings honoured);
+the background is never scored. Dice is :func:`autoseg.metrics.dice_from_counts`, the one Dice of
+autoseg; NSD and HD95 come from surface elements weighted by their area (:mod:`autoseg.surface`,
+as DeepMind's ``surface-distance`` and MONAI's subvoxel surface Dice). The conventions
+(:data:`CONVENTIONS`; docs/evaluation.md states them once): a class absent from both reference and
+prediction of a case is not scored there (its scores are NaN here, null in ``metrics.json``) and
+is left out of the class's mean, median and interval; where only one mask is empty a ratio is 0 and
+HD95 is undefined. Per class, :func:`class_summary` gives the mean, median and a seeded 95 %
+bootstrap interval of the mean over the cases in which it is scored.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -42,11 +23,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from autoseg import surface
 from autoseg.errors import EvaluationError
 from autoseg.io import Geometry, atomic_path, is_image_file, read_label, strip_image_suffix, write_json
 from autoseg.layout import EvaluationFiles, RawDataset
+from autoseg.metrics import (BOOTSTRAP_RESAMPLES, DEFAULT_SEED, INTERVAL_LEVEL, INTERVAL_METHOD,
+                             bootstrap_interval, dice_from_counts, ratio, scored)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +41,8 @@ METRICS: dict[str, str] = {
     "precision": "|P&R| / |P|",
     "recall": "|P&R| / |R| (sensitivity)",
     "accuracy": "voxels agreeing on this class / all voxels of the image",
-    "hd95_mm": "95th percentile of surface-to-surface distances, both directions pooled (mm)",
-    "nsd": "surface voxels within the tolerance of the other surface / all surface voxels",
+    "hd95_mm": "max of the two directed 95th percentiles of the area-weighted surface distances (mm)",
+    "nsd": "surface area within the tolerance of the other surface / all surface area (Nikolov et al. 2021)",
     "volume_ref_ml": "reference volume (ml)",
     "volume_pred_ml": "predicted volume (ml)",
     "abs_volume_diff_ml": "|Vp - Vr| (ml)",
@@ -72,25 +55,25 @@ METRICS: dict[str, str] = {
     "lesion_precision": "matched_pred_lesions / pred_lesions",
 }
 COUNT_METRICS = ("ref_lesions", "pred_lesions", "detected_lesions", "matched_pred_lesions")
+#: Measurements that stay defined (0) for a class absent from both masks; every other metric is a score.
+MEASUREMENTS = ("volume_ref_ml", "volume_pred_ml", "abs_volume_diff_ml", *COUNT_METRICS)
 CONVENTIONS: dict[str, str] = {
     "background": "label 0 is never scored or averaged in",
-    "ratios": "a zero denominator gives 1 when reference and prediction are both empty, 0 when only one is",
-    "hd95_mm": "0 when both are empty; undefined (null, left out of means, counted) when exactly one is",
-    "rel_volume_diff": "0 when both are empty; undefined (null, left out of means, counted) when only the "
-                       "reference is",
-    "surface": "mask voxels with a face neighbour outside the mask; distances between voxel centres in mm",
+    "absent": "a class absent from both reference and prediction of a case is not scored there (every score "
+              "null; volumes and lesion counts 0) and that case is left out of the class's mean, median and "
+              "interval (n_absent counts them), as nnU-Net and MONAI do",
+    "ratios": "where only one mask is empty, a zero denominator gives 0 (a miss or a false alarm scores zero)",
+    "hd95_mm": "undefined (null, left out of means, counted) when exactly one mask is empty",
+    "rel_volume_diff": "undefined (null, left out of means, counted) when only the reference is empty",
+    "surface": "surface elements on the corners of the voxel grid weighted by their marching-cubes area in mm2 "
+               "(Nikolov et al. 2021; DeepMind surface-distance, MONAI use_subvoxels); distances in mm",
     "lesions": "26-connected components per class; a reference lesion is detected if any predicted voxel "
                "overlaps it",
+    "intervals": INTERVAL_METHOD,
 }
 
 
 # --- metrics of two binary masks ------------------------------------------------------------------
-
-def _ratio(num: float, den: float, both_empty: bool) -> float:
-    if den == 0:
-        return 1.0 if both_empty else 0.0
-    return float(num) / float(den)
-
 
 def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     """Slices around the non-zero voxels of ``mask`` grown by ``margin``; None when it is empty."""
@@ -103,49 +86,23 @@ def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def surface(mask: np.ndarray) -> np.ndarray:
-    """Mask voxels with a face neighbour outside the mask; voxels on the array edge count as surface."""
-    structure = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask ^ ndimage.binary_erosion(mask, structure=structure, border_value=0)
-
-
-def surface_distances(pred: np.ndarray, ref: np.ndarray,
-                      spacing: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (mm) from each surface voxel of ``pred`` to the surface of ``ref``, and back.
-
-    Both masks must be non-empty. The distance transforms run on the bounding box of both masks
-    (plus one voxel, so that the erosion sees the background around them): every surface voxel lies
-    inside it, so the distances are exact and large volumes stay fast.
-    """
-    box = bounding_box(pred | ref, margin=1)
-    if box is None or not pred.any() or not ref.any():
-        raise ValueError("surface distances need two non-empty masks")
-    sampling = tuple(float(s) for s in spacing)
-    surf_pred, surf_ref = surface(pred[box]), surface(ref[box])
-    to_ref = ndimage.distance_transform_edt(~surf_ref, sampling=sampling)[surf_pred]
-    to_pred = ndimage.distance_transform_edt(~surf_pred, sampling=sampling)[surf_ref]
-    return to_ref, to_pred
-
-
 def distance_scores(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float],
                     tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict[str, float]:
     """``hd95_mm`` and ``nsd`` of two binary masks, with the empty-mask conventions of this module."""
     has_pred, has_ref = bool(pred.any()), bool(ref.any())
     if not (has_pred or has_ref):
-        return {"hd95_mm": 0.0, "nsd": 1.0}
+        return {"hd95_mm": math.nan, "nsd": math.nan}
     if not (has_pred and has_ref):
         return {"hd95_mm": math.nan, "nsd": 0.0}
-    to_ref, to_pred = surface_distances(pred, ref, spacing)
-    pooled = np.concatenate([to_ref, to_pred])
-    within = int(np.count_nonzero(to_ref <= tolerance_mm) + np.count_nonzero(to_pred <= tolerance_mm))
-    return {"hd95_mm": float(np.percentile(pooled, 95)), "nsd": within / pooled.size}
+    distances = surface.surface_distances(pred, ref, spacing)
+    return {"hd95_mm": surface.hd95(distances), "nsd": surface.nsd(distances, tolerance_mm)}
 
 
 def hausdorff95(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float]) -> float:
-    """95th-percentile Hausdorff distance in mm (0 if both masks are empty, NaN if one is).
+    """95th-percentile Hausdorff distance in mm, area-weighted (NaN if either mask is empty).
 
-    >>> a = np.zeros((5, 5, 5), bool); a[1:4, 1:4, 1:4] = True
-    >>> hausdorff95(a, np.roll(a, 1, axis=0), (2.0, 1.0, 1.0))
+    >>> a = np.zeros((7, 7, 7), bool); a[2:5, 2:5, 2:5] = True
+    >>> hausdorff95(a, np.roll(a, 1, axis=0), (2.0, 3.0, 3.0))
     2.0
     """
     return distance_scores(pred.astype(bool), ref.astype(bool), spacing)["hd95_mm"]
@@ -153,7 +110,7 @@ def hausdorff95(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float]) -> 
 
 def normalised_surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float],
                             tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> float:
-    """Normalised surface Dice at ``tolerance_mm`` (1 if both masks are empty, 0 if one is)."""
+    """Normalised surface Dice at ``tolerance_mm`` (NaN if both masks are empty, 0 if one is)."""
     return distance_scores(pred.astype(bool), ref.astype(bool), spacing, tolerance_mm)["nsd"]
 
 
@@ -163,21 +120,17 @@ def overlap_scores(pred: np.ndarray, ref: np.ndarray, total_voxels: int | None =
     tp = int(np.count_nonzero(pred & ref))
     fp = int(np.count_nonzero(pred)) - tp
     fn = int(np.count_nonzero(ref)) - tp
-    empty = tp + fp + fn == 0
-    return {"dice": _ratio(2 * tp, 2 * tp + fp + fn, empty), "iou": _ratio(tp, tp + fp + fn, empty),
-            "precision": _ratio(tp, tp + fp, empty), "recall": _ratio(tp, tp + fn, empty),
-            "accuracy": (total - fp - fn) / total if total else 1.0}
+    absent = tp + fp + fn == 0
+    return {"dice": dice_from_counts(tp, fp, fn), "iou": ratio(tp, tp + fp + fn, absent),
+            "precision": ratio(tp, tp + fp, absent), "recall": ratio(tp, tp + fn, absent),
+            "accuracy": ratio(total - fp - fn, total, absent)}
 
 
 def volume_scores(pred: np.ndarray, ref: np.ndarray, voxel_ml: float) -> dict[str, float]:
     v_pred = int(np.count_nonzero(pred)) * voxel_ml
     v_ref = int(np.count_nonzero(ref)) * voxel_ml
-    if v_ref > 0:
-        relative = (v_pred - v_ref) / v_ref
-    else:
-        relative = 0.0 if v_pred == 0 else math.nan
     return {"volume_ref_ml": v_ref, "volume_pred_ml": v_pred, "abs_volume_diff_ml": abs(v_pred - v_ref),
-            "rel_volume_diff": relative}
+            "rel_volume_diff": (v_pred - v_ref) / v_ref if v_ref > 0 else math.nan}
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -195,10 +148,10 @@ def lesion_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     pred_cc, n_pred = _components(pred)
     detected = int(np.count_nonzero(np.unique(ref_cc[pred]))) if n_ref else 0
     matched = int(np.count_nonzero(np.unique(pred_cc[ref]))) if n_pred else 0
-    empty = n_ref == 0 and n_pred == 0
+    absent = n_ref == 0 and n_pred == 0
     return {"ref_lesions": n_ref, "pred_lesions": n_pred, "detected_lesions": detected,
-            "matched_pred_lesions": matched, "lesion_recall": _ratio(detected, n_ref, empty),
-            "lesion_precision": _ratio(matched, n_pred, empty)}
+            "matched_pred_lesions": matched, "lesion_recall": ratio(detected, n_ref, absent),
+            "lesion_precision": ratio(matched, n_pred, absent)}
 
 
 def score_masks(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float],
@@ -220,10 +173,16 @@ def score_masks(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float],
     return {name: scores[name] for name in METRICS}
 
 
-def both_empty_scores() -> dict[str, float]:
-    """The scores of a class absent from both reference and prediction."""
+def absent_scores() -> dict[str, float]:
+    """The row of a class absent from both reference and prediction: every score undefined, the
+    volumes and lesion counts 0."""
     none = np.zeros((1, 1, 1), bool)
     return score_masks(none, none, (1.0, 1.0, 1.0))
+
+
+def is_absent(row: dict[str, float]) -> bool:
+    """Whether a case's row of a class is one of a class absent from reference and prediction."""
+    return row["volume_ref_ml"] == 0 and row["volume_pred_ml"] == 0
 
 
 def labels_present(labels: np.ndarray) -> set[int]:
@@ -244,24 +203,42 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float], l
 
 # --- aggregation -----------------------------------------------------------------------------------
 
-def class_summary(rows: list[dict[str, float]]) -> dict[str, Any]:
-    """Means over cases (undefined values left out and counted) and pooled lesion counts."""
-    out: dict[str, Any] = {"n_cases": len(rows)}
+@dataclass(frozen=True)
+class ClassSummary:
+    """One class over the cases in which it is scored: ``mean`` (with ``n_cases``, ``n_absent``, the
+    ``undefined`` counts and the pooled lesion counts), ``median`` and ``ci95`` of each metric."""
+
+    mean: dict[str, Any]
+    median: dict[str, float]
+    ci95: dict[str, tuple[float, float] | None]
+
+
+def class_summary(rows: list[dict[str, float]], seed: int = DEFAULT_SEED) -> ClassSummary:
+    """Mean, median and bootstrap interval (:func:`autoseg.metrics.bootstrap_interval`, ``seed``)
+    of each metric over the cases in which the class is scored: cases where it is absent from both
+    masks are left out (``n_absent``), undefined values too (counted in ``undefined``). Lesion
+    counts are summed over the cases, with the recall and precision of the sums."""
+    present = [row for row in rows if not is_absent(row)]
+    mean: dict[str, Any] = {"n_cases": len(present), "n_absent": len(rows) - len(present)}
+    median: dict[str, float] = {}
+    ci95: dict[str, tuple[float, float] | None] = {}
     undefined: dict[str, int] = {}
     for name in METRICS:
         if name in COUNT_METRICS:
             continue
-        values = [row[name] for row in rows if not math.isnan(row[name])]
-        out[name] = float(np.mean(values)) if values else math.nan
-        if len(values) < len(rows):
-            undefined[name] = len(rows) - len(values)
-    out["undefined"] = undefined
+        values = scored([row[name] for row in present])
+        mean[name] = float(np.mean(values)) if values else math.nan
+        median[name] = float(np.median(values)) if values else math.nan
+        ci95[name] = bootstrap_interval(values, seed)
+        if len(values) < len(present):
+            undefined[name] = len(present) - len(values)
+    mean["undefined"] = undefined
     totals: dict[str, float] = {name: int(sum(row[name] for row in rows)) for name in COUNT_METRICS}
-    empty = totals["ref_lesions"] == 0 and totals["pred_lesions"] == 0
-    totals["lesion_recall"] = _ratio(totals["detected_lesions"], totals["ref_lesions"], empty)
-    totals["lesion_precision"] = _ratio(totals["matched_pred_lesions"], totals["pred_lesions"], empty)
-    out["lesions_pooled"] = totals
-    return out
+    absent = totals["ref_lesions"] == 0 and totals["pred_lesions"] == 0
+    totals["lesion_recall"] = ratio(totals["detected_lesions"], totals["ref_lesions"], absent)
+    totals["lesion_precision"] = ratio(totals["matched_pred_lesions"], totals["pred_lesions"], absent)
+    mean["lesions_pooled"] = totals
+    return ClassSummary(mean, median, ci95)
 
 
 # --- folders of label maps -------------------------------------------------------------------------
@@ -284,11 +261,19 @@ class EvaluationResult:
     spacings: dict[str, tuple[float, ...]] = field(default_factory=dict)
     unmatched: dict[str, list[str]] = field(default_factory=dict)
     label_source: str = ""
+    #: The seed of the bootstrap intervals.
+    seed: int = DEFAULT_SEED
+
+    @functools.cached_property
+    def summaries(self) -> dict[int, ClassSummary]:
+        """Each class's :class:`ClassSummary` over the cases (computed once)."""
+        return {lab: class_summary([self.scores[c][lab] for c in self.scores], self.seed) for lab in self.names}
 
     def means(self) -> dict[int, dict[str, Any]]:
-        return {lab: class_summary([self.scores[c][lab] for c in self.scores]) for lab in self.names}
+        return {lab: summary.mean for lab, summary in self.summaries.items()}
 
     def mean_foreground_dice(self) -> float:
+        """The mean of the classes' mean Dice (a class scored in no case left out)."""
         values = [m["dice"] for m in self.means().values() if not math.isnan(m["dice"])]
         return float(np.mean(values)) if values else math.nan
 
@@ -382,7 +367,7 @@ def evaluate_pairs(pairs: list[CasePair], labels: list[int] | None = None,
     final = sorted(labels if labels is not None else found)
     for case_scores in scores.values():  # a label scored nowhere in a case was absent from both
         for lab in final:
-            case_scores.setdefault(lab, both_empty_scores())
+            case_scores.setdefault(lab, absent_scores())
         for lab in set(case_scores) - set(final):
             del case_scores[lab]
     return scores, spacings, final
@@ -420,8 +405,10 @@ def class_keys(labels: list[int], names: dict[int, str] | None) -> dict[int, str
 
 def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: list[int] | None = None,
                      names: dict[int, str] | None = None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
-                     allow_unmatched: bool = False, label_source: str = "") -> EvaluationResult:
-    """Score the label maps of ``pred_dir`` against those of ``ref_dir`` with the same names."""
+                     allow_unmatched: bool = False, label_source: str = "",
+                     seed: int = DEFAULT_SEED) -> EvaluationResult:
+    """Score the label maps of ``pred_dir`` against those of ``ref_dir`` with the same names;
+    ``seed``: of the bootstrap intervals."""
     if tolerance_mm < 0:
         raise EvaluationError(f"--tolerance-mm must be >= 0, got {tolerance_mm}", fix="pass a distance in mm")
     pairs, unmatched = match_cases(pred_dir, ref_dir, allow_unmatched)
@@ -430,7 +417,7 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: list[int] | None = N
         raise EvaluationError("the references hold no foreground label", ref_dir,
                               "pass the labels to score with --labels, e.g. --labels 1 2")
     return EvaluationResult(class_keys(final, names), tolerance_mm, pairs, scores, spacings, unmatched,
-                            label_source or "labels found in the references")
+                            label_source or "labels found in the references", seed)
 
 
 # --- output files ----------------------------------------------------------------------------------
@@ -438,6 +425,8 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: list[int] | None = N
 def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
@@ -447,16 +436,23 @@ def result_to_dict(result: EvaluationResult) -> dict[str, Any]:
     """The content of ``metrics.json``."""
     cases = {}
     for pair in result.pairs:
+        rows = result.scores[pair.case]
         cases[pair.case] = {"prediction": pair.prediction.name, "reference": pair.reference.name,
                             "spacing_zyx_mm": list(result.spacings.get(pair.case, ())),
-                            "classes": {result.names[lab]: result.scores[pair.case][lab] for lab in result.names}}
-    means = {result.names[lab]: summary for lab, summary in result.means().items()}
+                            "classes": {result.names[lab]: rows[lab] for lab in result.names},
+                            "absent": [result.names[lab] for lab in result.names if is_absent(rows[lab])]}
+    summaries = {result.names[lab]: summary for lab, summary in result.summaries.items()}
     return _clean({
         "prediction_folder": str(result.pairs[0].prediction.parent),
         "reference_folder": str(result.pairs[0].reference.parent),
         "tolerance_mm": result.tolerance_mm, "labels": {str(k): v for k, v in result.names.items()},
         "label_source": result.label_source, "conventions": CONVENTIONS, "metric_definitions": METRICS,
-        "mean": means, "mean_foreground_dice": result.mean_foreground_dice(), "cases": cases,
+        "mean": {name: s.mean for name, s in summaries.items()},
+        "median": {name: s.median for name, s in summaries.items()},
+        "ci95": {name: s.ci95 for name, s in summaries.items()},
+        "bootstrap": {"method": INTERVAL_METHOD, "level": INTERVAL_LEVEL, "resamples": BOOTSTRAP_RESAMPLES,
+                      "seed": result.seed},
+        "mean_foreground_dice": result.mean_foreground_dice(), "cases": cases,
         "unmatched": result.unmatched})
 
 
@@ -480,17 +476,32 @@ def write_outputs(result: EvaluationResult, out_dir: Path) -> tuple[Path, Path]:
     return json_path, csv_path
 
 
+def _cell(value: float | None, width: int) -> str:
+    return f"{'-' if value is None or math.isnan(value) else f'{value:.3f}':>{width}}"
+
+
 def format_table(result: EvaluationResult) -> str:
-    """A short text table of the per-class means."""
-    tol = f"NSD@{result.tolerance_mm:g}mm"
-    head = f"{'class':<16}{'cases':>6}{'Dice':>8}{'IoU':>8}{'HD95 mm':>9}{tol:>11}{'les.R':>7}{'les.P':>7}"
+    """A text table: per class and main metric, the cases scored, mean, median and 95 % interval."""
+    shown = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 mm", "nsd": f"NSD@{result.tolerance_mm:g}mm"}
+    head = f"{'class':<16}{'metric':<12}{'cases':>6}{'mean':>8}{'median':>8}   95% CI of the mean"
     lines = [head, "-" * len(head)]
-    for lab, m in result.means().items():
-        cells = [m["dice"], m["iou"], m["hd95_mm"], m["nsd"], m["lesion_recall"], m["lesion_precision"]]
-        widths = (8, 8, 9, 11, 7, 7)
-        text = "".join(f"{'-' if math.isnan(v) else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths))
-        lines.append(f"{result.names[lab]:<16}{m['n_cases']:>6}{text}")
+    for lab, summary in result.summaries.items():
+        m = summary.mean
+        for i, (key, label) in enumerate(shown.items()):
+            ci = summary.ci95[key]
+            interval = "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+            cases = m["n_cases"] - m["undefined"].get(key, 0)
+            lines.append(f"{result.names[lab] if i == 0 else '':<16}{label:<12}{cases:>6}{_cell(m[key], 8)}"
+                         f"{_cell(summary.median[key], 8)}   {interval}")
+        pooled = m["lesions_pooled"]
+        notes = [f"lesions found {pooled['detected_lesions']}/{pooled['ref_lesions']}, predicted lesions "
+                 f"matched {pooled['matched_pred_lesions']}/{pooled['pred_lesions']}"]
+        if m["n_absent"]:
+            notes.append(f"absent from reference and prediction in {m['n_absent']} case(s), left out")
         if m["undefined"].get("hd95_mm"):
-            lines.append(f"{'':<16}  HD95 undefined in {m['undefined']['hd95_mm']} case(s) (one mask empty)")
-    lines.append(f"mean foreground Dice: {result.mean_foreground_dice():.3f}")
+            notes.append(f"HD95 undefined in {m['undefined']['hd95_mm']} case(s) (one mask empty)")
+        lines.append(f"{'':<16}" + "; ".join(notes))
+    lines.append(f"mean foreground Dice: {_cell(result.mean_foreground_dice(), 0).strip()} (the mean of the "
+                 f"classes' means; intervals: {BOOTSTRAP_RESAMPLES} bootstrap resamples of the cases, seed "
+                 f"{result.seed})")
     return "\n".join(lines)

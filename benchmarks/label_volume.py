@@ -26,6 +26,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     from autoseg.io import read_label
+    from autoseg.metrics import dice_per_class
     from autoseg.plans import Plans
     from autoseg.preprocessing.resampling import probabilities_to_labels, resample_labels
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 tp = float(np.logical_and(ref, pred).sum())
                 stats[k]["volume"].append(moved.sum() * voxel_ratio / ref.sum())
-                stats[k]["dice"].append(2 * tp / (ref.sum() + pred.sum()))
+                stats[k]["dice"].append(dice_per_class(back, labels, [k])[k])  # autoseg's one Dice
                 stats[k]["p"].append(tp / max(pred.sum(), 1))
                 stats[k]["r"].append(tp / ref.sum())
         seconds = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from autoseg.artefacts import BestChoice, Candidate, CvSummary, FoldSummary, Net
 from autoseg.datasets import resolve_dataset_path
 from autoseg.errors import AutosegError, EvaluationError
 from autoseg.layout import NUM_FOLDS, ModelFolder, ResultsDataset
-from autoseg.metrics import mean_present
+from autoseg.metrics import BOOTSTRAP_RESAMPLES, DEFAULT_SEED, bootstrap_interval, mean_present, median_present, scored
 from autoseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def summarize_network(network_dir: Path) -> NetworkResult | None:
     """Pooled cross-validation Dice of one network folder; None when no fold has been validated.
 
     Every validation case of every fold counts once per fold it appears in; a class absent from
-    both reference and prediction of a case (null in the fold's summary) is left out of that class's mean.
+    both reference and prediction of a case (null in the fold's summary) is left out of that class's
+    mean, median and bootstrap interval (seeded: the same summaries give the same interval).
     """
     model = ModelFolder(network_dir)
     folds = {f.fold: FoldSummary.load(f.validation.summary) for f in model.folds() if f.validation.summary.is_file()}
@@ -63,10 +64,14 @@ def summarize_network(network_dir: Path) -> NetworkResult | None:
         return None
     classes = list(dict.fromkeys(name for s in folds.values() for name in s.mean_dice))
     cases = [scores for s in folds.values() for scores in s.cases.values()]
-    mean_dice = {name: mean_present([c.get(name) for c in cases]) for name in classes}
+    values = {name: [c.get(name) for c in cases] for name in classes}
+    mean_dice = {name: mean_present(v) for name, v in values.items()}
     return NetworkResult(recipe=_recipe_name(model), folds=tuple(sorted(folds)), num_cases=len(cases),
                          mean_dice=mean_dice, mean_foreground_dice=mean_present(list(mean_dice.values())),
-                         fold_mean_foreground_dice={f: s.mean_foreground_dice for f, s in folds.items()})
+                         fold_mean_foreground_dice={f: s.mean_foreground_dice for f, s in folds.items()},
+                         median_dice={name: median_present(v) for name, v in values.items()},
+                         dice_ci95={name: bootstrap_interval(v) for name, v in values.items()},
+                         dice_cases={name: len(scored(v)) for name, v in values.items()})
 
 
 def summarize(dataset_dir: Path) -> CvSummary:
@@ -149,4 +154,21 @@ def format_cv_table(summary: CvSummary) -> str:
         text = "".join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths))
         folds = ",".join(str(f) for f in n.folds)
         lines.append(f"{name:<{width}}{str(n.recipe or '-'):<14}{folds:<11}{n.num_cases:>6}{text}")
+    return "\n".join(lines + ["", _spread_table(summary, width)])
+
+
+def _spread_table(summary: CvSummary, width: int) -> str:
+    """Per network and class: the cases in which the class is scored, its mean, median and interval."""
+    head = f"{'network':<{width}}{'class':<14}{'cases':>6}{'mean':>8}{'median':>8}   95% CI of the mean"
+    lines = [f"Dice per class over the validation cases in which it is scored (absent from reference and "
+             f"prediction: left out); 95% CI: bootstrap of the mean, {BOOTSTRAP_RESAMPLES} resamples of the cases, "
+             f"seed {DEFAULT_SEED}", head, "-" * len(head)]
+    for name, n in summary.networks.items():
+        for i, cls in enumerate(n.mean_dice):
+            ci = (n.dice_ci95 or {}).get(cls)
+            cells = [n.mean_dice.get(cls), (n.median_dice or {}).get(cls)]
+            text = "".join(f"{'-' if v is None else f'{v:.3f}':>8}" for v in cells)
+            interval = "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+            cases = (n.dice_cases or {}).get(cls, "-")
+            lines.append(f"{name if i == 0 else '':<{width}}{cls[:13]:<14}{cases:>6}{text}   {interval}")
     return "\n".join(lines)

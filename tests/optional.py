@@ -18,6 +18,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "export": ("onnx", "onnxruntime"),
     "distributed": ("ray",),
     "viewer-test": ("playwright",),
+    "metrics-reference": ("surface_distance", "monai"),
 }
 
 

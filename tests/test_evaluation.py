@@ -1,5 +1,7 @@
-"""Evaluation metrics against MedPy, hand-derived surface Dice, the empty-mask conventions, lesion
-detection, `autoseg evaluate` end to end, and `summarize` / `find_best` on a fake results tree."""
+"""Evaluation metrics against MedPy, the empty-mask conventions (a class absent from reference and
+prediction is left out, in evaluate and summarize alike), medians and seeded bootstrap intervals,
+lesion detection, `autoseg evaluate` end to end, and `summarize` / `find_best` on a fake results
+tree. The surface metrics (NSD, HD95) are checked in tests/test_surface.py."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +18,9 @@ from scipy import ndimage
 
 from autoseg.cli import main, model_folder
 from autoseg.errors import EvaluationError
-from autoseg.evaluation import (class_summary, hausdorff95, lesion_scores, normalised_surface_dice,
-                                score_masks)
+from autoseg.artefacts import FoldSummary
+from autoseg.evaluation import class_summary, lesion_scores, score_masks
+from autoseg.metrics import bootstrap_interval, case_dice
 from autoseg.io import Geometry, write_image
 from autoseg.plans import RECIPES, NetworkPlan
 from autoseg.settings import Settings
@@ -48,7 +51,7 @@ def _shape_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @pytest.mark.parametrize("index", range(5))
-def test_overlap_and_hd95_agree_with_medpy(index: int) -> None:
+def test_overlap_agrees_with_medpy(index: int) -> None:
     pred, ref = _shape_pairs()[index]
     assert pred.any() and ref.any() and not np.array_equal(pred, ref)
     scores = score_masks(pred, ref, SPACING_ZYX)
@@ -56,49 +59,20 @@ def test_overlap_and_hd95_agree_with_medpy(index: int) -> None:
     assert scores["iou"] == pytest.approx(medpy_binary.jc(pred, ref), abs=1e-6)
     assert scores["precision"] == pytest.approx(medpy_binary.precision(pred, ref), abs=1e-6)
     assert scores["recall"] == pytest.approx(medpy_binary.recall(pred, ref), abs=1e-6)
-    diagonal = math.sqrt(sum(s * s for s in SPACING_ZYX))
-    expected_hd95 = medpy_binary.hd95(pred, ref, voxelspacing=SPACING_ZYX)
-    assert abs(scores["hd95_mm"] - expected_hd95) <= diagonal
     assert scores["accuracy"] == pytest.approx(np.mean(pred == ref))
-
-
-def test_nsd_and_hd95_of_a_cube_shifted_by_one_voxel() -> None:
-    # A cube of n^3 voxels shifted by one voxel along z, the axis with the smallest spacing (1 mm).
-    # Each cube has n^3 - (n-2)^3 surface voxels. Surface voxels of the prediction on the side walls of
-    # the n-1 slices the cubes share are also surface voxels of the reference (distance 0): (n-1)(4n-4)
-    # of them, and the same number the other way round. Every other surface voxel is exactly 1 mm
-    # (one z step) from the other surface, and no non-zero distance is below the smallest spacing. So:
-    # NSD = (n-1)(4n-4) / (n^3 - (n-2)^3) for a tolerance below 1 mm, NSD = 1 from 1 mm; HD95 = 1 mm.
-    n, spacing = 4, (1.0, 2.0, 1.5)
-    ref = np.zeros((9, 8, 8), bool)
-    ref[2:2 + n, 2:2 + n, 2:2 + n] = True
-    pred = np.roll(ref, 1, axis=0)
-    partial = (n - 1) * (4 * n - 4) / (n ** 3 - (n - 2) ** 3)  # 36/56
-    assert normalised_surface_dice(pred, ref, spacing, 0.5) == pytest.approx(partial)
-    assert normalised_surface_dice(pred, ref, spacing, 0.99) == pytest.approx(partial)
-    assert normalised_surface_dice(pred, ref, spacing, 1.0) == pytest.approx(1.0)
-    assert normalised_surface_dice(pred, ref, spacing, 2.0) == pytest.approx(1.0)
-    assert hausdorff95(pred, ref, spacing) == pytest.approx(1.0)
-    assert normalised_surface_dice(ref, ref, spacing, 0.0) == pytest.approx(1.0)
-
-
-def test_distances_use_the_spacing_of_each_axis() -> None:
-    ref = np.zeros((12, 12, 12), bool)
-    ref[3:8, 3:8, 3:8] = True
-    for axis, spacing in ((0, (3.0, 0.5, 0.5)), (2, (3.0, 0.5, 0.5))):
-        pred = np.roll(ref, 2, axis=axis)
-        assert hausdorff95(pred, ref, spacing) == pytest.approx(2 * spacing[axis])
+    assert scores["hd95_mm"] > 0 and 0 < scores["nsd"] < 1
 
 
 def test_empty_mask_conventions() -> None:
     empty = np.zeros((6, 8, 8), bool)
     blob = empty.copy()
     blob[2:4, 2:6, 3:6] = True
-    both = score_masks(empty, empty, SPACING_ZYX)
-    assert {k: both[k] for k in ("dice", "iou", "precision", "recall", "nsd", "lesion_recall",
-                                 "lesion_precision", "accuracy")} == dict.fromkeys(
-        ("dice", "iou", "precision", "recall", "nsd", "lesion_recall", "lesion_precision", "accuracy"), 1.0)
-    assert both["hd95_mm"] == 0.0 and both["rel_volume_diff"] == 0.0 and both["abs_volume_diff_ml"] == 0.0
+    scores = ("dice", "iou", "precision", "recall", "accuracy", "nsd", "hd95_mm", "rel_volume_diff",
+              "lesion_recall", "lesion_precision")
+    absent = score_masks(empty, empty, SPACING_ZYX)  # not scored: every score undefined
+    assert all(math.isnan(absent[k]) for k in scores)
+    assert absent["volume_ref_ml"] == absent["volume_pred_ml"] == absent["abs_volume_diff_ml"] == 0.0
+    assert absent["ref_lesions"] == absent["pred_lesions"] == 0
 
     false_alarm = score_masks(blob, empty, SPACING_ZYX)  # reference empty, prediction not
     assert false_alarm["dice"] == 0.0 and false_alarm["precision"] == 0.0 and false_alarm["recall"] == 0.0
@@ -113,11 +87,30 @@ def test_empty_mask_conventions() -> None:
     assert miss["lesion_recall"] == 0.0 and miss["lesion_precision"] == 0.0
 
     hit = score_masks(blob, blob, SPACING_ZYX)
-    summary = class_summary([hit, false_alarm, miss, both])
-    assert summary["n_cases"] == 4
+    summary = class_summary([hit, false_alarm, miss, absent]).mean
+    assert summary["n_cases"] == 3 and summary["n_absent"] == 1  # the absent case is left out
     assert summary["undefined"] == {"hd95_mm": 2, "rel_volume_diff": 1}
-    assert summary["hd95_mm"] == 0.0  # mean of the defined ones: the hit and the both-empty case
-    assert summary["dice"] == pytest.approx(0.5)
+    assert summary["hd95_mm"] == 0.0  # mean of the defined ones: the hit only
+    assert summary["dice"] == pytest.approx(1 / 3)
+    only_absent = class_summary([absent, absent])
+    assert only_absent.mean["n_cases"] == 0 and math.isnan(only_absent.mean["dice"])
+    assert math.isnan(only_absent.median["dice"]) and only_absent.ci95["dice"] is None
+
+
+def test_medians_and_bootstrap_intervals_are_seeded() -> None:
+    values = [0.91, 0.35, None, 0.78, 0.66, float("nan"), 0.88, 0.12, 0.95, 0.7]
+    low, high = bootstrap_interval(values, seed=3) or (0.0, 0.0)
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    assert low < np.mean(defined) < high and 0.12 <= low and high <= 0.95
+    assert bootstrap_interval(values, seed=3) == (low, high)  # the same seed, the same interval
+    assert bootstrap_interval(values, seed=4) != (low, high)
+    assert bootstrap_interval([0.5, None]) == (0.5, 0.5) and bootstrap_interval([None]) is None
+    rows = [score_masks(*pair, SPACING_ZYX) for pair in _shape_pairs()]
+    first, again = class_summary(rows, seed=7), class_summary(rows, seed=7)
+    assert first == again
+    assert first.median["dice"] == pytest.approx(np.median([r["dice"] for r in rows]))
+    lo, hi = first.ci95["dice"] or (0.0, 0.0)
+    assert lo <= first.mean["dice"] <= hi and lo < hi
 
 
 def test_lesion_detection_on_hand_made_components() -> None:
@@ -177,18 +170,27 @@ def test_evaluate_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "--tolerance-mm", "1.5"]) == 0
     printed = capsys.readouterr().out
     assert "label_1" in printed and "label_2" in printed and "mean foreground Dice" in printed
+    assert "median" in printed and "95% CI" in printed
     metrics = json.loads((pred_dir / "metrics.json").read_text())
     assert metrics["tolerance_mm"] == 1.5 and set(metrics["cases"]) == set(arrays)
-    assert metrics["labels"] == {"1": "label_1", "2": "label_2"} and "ratios" in metrics["conventions"]
-    spacing_zyx = GEOMETRY.spacing_zyx
+    assert metrics["labels"] == {"1": "label_1", "2": "label_2"} and "absent" in metrics["conventions"]
     for case, (pred, ref) in arrays.items():
         scored = metrics["cases"][case]["classes"]
         assert set(scored) == {"label_1", "label_2"}  # never the background
         for lab in (1, 2):
             if (ref == lab).any():
                 assert scored[f"label_{lab}"]["dice"] == pytest.approx(medpy_binary.dc(pred == lab, ref == lab))
-                expected = medpy_binary.hd95(pred == lab, ref == lab, voxelspacing=spacing_zyx)
-                assert abs(scored[f"label_{lab}"]["hd95_mm"] - expected) <= math.dist(spacing_zyx, (0, 0, 0))
+    dice_1 = [metrics["cases"][c]["classes"]["label_1"]["dice"] for c in arrays]
+    assert metrics["median"]["label_1"]["dice"] == pytest.approx(np.median(dice_1))
+    low, high = metrics["ci95"]["label_1"]["dice"]
+    assert low <= metrics["mean"]["label_1"]["dice"] <= high and metrics["bootstrap"]["seed"] == 0
+    for seed in (0, 11):  # the same seed gives the same intervals; the seed is recorded
+        out = tmp_path / str(seed)
+        assert main(["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "--tolerance-mm", "1.5", "-o", str(out),
+                     "--seed", str(seed)]) == 0
+        again = json.loads((out / "metrics.json").read_text())
+        assert again["bootstrap"]["seed"] == seed and again["mean"] == metrics["mean"]
+        assert seed != 0 or again["ci95"] == metrics["ci95"]
     false_alarm = metrics["cases"]["case_001"]["classes"]["label_2"]
     assert false_alarm["dice"] == 0.0 and false_alarm["hd95_mm"] is None
     tumour = metrics["mean"]["label_2"]
@@ -210,8 +212,13 @@ def test_evaluate_takes_labels_and_names_from_dataset_json(tmp_path: Path) -> No
     assert main(["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-o", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"] == {"1": "vessel", "2": "tumour", "3": "cyst"}
-    cyst = metrics["mean"]["cyst"]  # in no reference and no prediction: both-empty scores
-    assert cyst["dice"] == 1.0 and cyst["hd95_mm"] == 0.0 and cyst["n_cases"] == 2
+    cyst = metrics["mean"]["cyst"]  # in no reference and no prediction: not scored anywhere
+    assert cyst["dice"] is None and cyst["hd95_mm"] is None and cyst["n_cases"] == 0 and cyst["n_absent"] == 2
+    assert metrics["ci95"]["cyst"]["dice"] is None
+    assert all(metrics["cases"][c]["absent"] == ["cyst"] for c in metrics["cases"])
+    assert metrics["cases"]["case_000"]["classes"]["cyst"]["dice"] is None
+    assert metrics["mean_foreground_dice"] == pytest.approx(np.mean([metrics["mean"][k]["dice"]
+                                                                     for k in ("vessel", "tumour")]))
     assert main(["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-o", str(out), "--labels", "2"]) == 0
     assert json.loads((out / "metrics.json").read_text())["labels"] == {"2": "tumour"}
 
@@ -352,3 +359,45 @@ def test_predict_uses_the_network_of_best_json(tmp_path: Path) -> None:
     args.network = None
     with pytest.raises(EvaluationError, match="find_best"):
         model_folder(args, settings)
+
+
+def test_evaluate_and_summarize_leave_an_absent_class_out_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    # One case whose vessel Dice is 8/9 and whose tumour is in neither reference nor prediction: it
+    # used to read 0.944 in `evaluate` (the absent tumour scored 1) and 0.889 in `summarize`.
+    ref = np.zeros(GEOMETRY.shape_zyx, np.uint8)
+    ref[3, 4, 2:7] = 1  # 5 voxels
+    pred = ref.copy()
+    pred[3, 4, 6] = 0   # 4 of them: Dice 2*4 / (4 + 5)
+    cases = {"hv_solo": (pred, ref)}
+    _, _, more = _write_case_folders(tmp_path / "more", n=3)
+    cases.update(more)
+    for case, (p, r) in cases.items():
+        write_image(tmp_path / "pred" / f"{case}.nii.gz", p, GEOMETRY)
+        write_image(tmp_path / "ref" / f"{case}.nii.gz", r, GEOMETRY)
+    names = {1: "vessel", 2: "tumour"}
+    (tmp_path / "ref" / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "vessel",
+                                                                          "2": "tumour"}}))
+    assert main(["evaluate", "-p", str(tmp_path / "pred"), "-r", str(tmp_path / "ref")]) == 0
+    metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
+    solo = metrics["cases"]["hv_solo"]
+    assert solo["classes"]["vessel"]["dice"] == pytest.approx(8 / 9) and solo["classes"]["tumour"]["dice"] is None
+    assert solo["absent"] == ["tumour"]
+
+    _env(tmp_path, monkeypatch)  # the same cases as one fold's validation, scored as fold validation does
+    model = tmp_path / "res" / DATASET / "arunet"
+    make_plans(network=NetworkPlan("arunet", {}), recipe=RECIPES["adam_poly"]).save(model / "plans.json")
+    per_case = {case: case_dice(p, r, names) for case, (p, r) in cases.items()}
+    FoldSummary.from_cases(per_case, names).save(model / "fold_0" / "validation" / "summary.json")
+    assert per_case["hv_solo"]["mean_foreground"] == pytest.approx(8 / 9)
+    assert main(["summarize", "-d", "Task08"]) == 0
+    assert "median" in capsys.readouterr().out
+    cv = json.loads((tmp_path / "res" / DATASET / "cv_summary.json").read_text())["networks"]["arunet"]
+    for cls in names.values():
+        assert cv["mean_dice"][cls] == pytest.approx(metrics["mean"][cls]["dice"], abs=1e-12)
+        assert cv["median_dice"][cls] == pytest.approx(metrics["median"][cls]["dice"], abs=1e-12)
+        assert cv["dice_ci95"][cls] == pytest.approx(metrics["ci95"][cls]["dice"], abs=1e-12)  # one seed
+        assert cv["dice_cases"][cls] == metrics["mean"][cls]["n_cases"]
+    # only the solo case has the tumour in neither (case_001's predicted tumour is a false alarm: 0)
+    assert cv["dice_cases"]["tumour"] == len(cases) - 1 and metrics["mean"]["tumour"]["n_absent"] == 1
+    assert cv["mean_foreground_dice"] == pytest.approx(metrics["mean_foreground_dice"], abs=1e-12)
