@@ -536,7 +536,9 @@ _WRITE_FIXES = {errno.ENOSPC: "free space on that disk or write elsewhere",
                 errno.EDQUOT: "free space within your quota or write elsewhere",
                 errno.EACCES: "make the folder writable for this user or write elsewhere",
                 errno.EPERM: "make the folder writable for this user or write elsewhere",
-                errno.EROFS: "the file system is read-only: write elsewhere"}
+                errno.EROFS: "the file system is read-only: write elsewhere",
+                errno.EFBIG: ("the file is larger than this file system (FAT32 holds at most 4 GiB a file) or "
+                              "your file-size limit (`ulimit -f`) allows: write to another disk or raise the limit")}
 _TMP_RE = re.compile(r"^\.tmp-(\d+)-")
 STALE_TEMP_AGE_S = 600.0  # a dead process's temporary is removed once it is this old
 

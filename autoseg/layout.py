@@ -10,7 +10,7 @@ where it is.
     $AUTOSEG_RAW/<dataset>/                     RawDataset: dataset.json, imagesTr/, labelsTr/, ...
     $AUTOSEG_PREPROCESSED/<dataset>/            PreprocessedDataset
         fingerprint.json  slices.png  plans.json  splits.json
-        data/<case>.npy  data/<case>_seg.npy  data/<case>.json       CaseFiles
+        data/<case>.b2nd  data/<case>_seg.b2nd  data/<case>.json     CaseFiles
     $AUTOSEG_RESULTS/<dataset>/                 ResultsDataset: cv_summary.json, best.json
         <network>/  or  ensemble__<a>__<b>/     ModelFolder: plans.json, postprocessing.json,
                                                 ensemble.json (an ensemble's members)
@@ -101,6 +101,8 @@ class PreprocessedDataset:
 
     root: Path
     LABELS_SUFFIX = "_seg"
+    #: blosc2 NDArray files (a compressed, chunked array; see autoseg.preprocessing.storage).
+    ARRAY_ENDING = ".b2nd"
     PROPERTIES_ENDING = ".json"
 
     @property
@@ -140,8 +142,16 @@ def case_files_in(data_folder: Path, case_id: str) -> CaseFiles:
     """The files of ``case_id`` in a preprocessed ``data`` folder (the training loop is handed the
     folder alone, so it needs this without the dataset)."""
     folder = Path(data_folder)
-    return CaseFiles(folder / f"{case_id}.npy", folder / f"{case_id}{PreprocessedDataset.LABELS_SUFFIX}.npy",
+    ending = PreprocessedDataset.ARRAY_ENDING
+    return CaseFiles(folder / f"{case_id}{ending}", folder / f"{case_id}{PreprocessedDataset.LABELS_SUFFIX}{ending}",
                      folder / f"{case_id}{PreprocessedDataset.PROPERTIES_ENDING}")
+
+
+def legacy_case_arrays(data_folder: Path, case_id: str) -> tuple[Path, Path]:
+    """The uncompressed ``.npy`` image and label arrays autoseg wrote before preprocessing version 4
+    (removed when the case is written again, and recognised to name the fix)."""
+    folder = Path(data_folder)
+    return folder / f"{case_id}.npy", folder / f"{case_id}{PreprocessedDataset.LABELS_SUFFIX}.npy"
 
 
 # --- results ---------------------------------------------------------------------------------------

@@ -227,7 +227,8 @@ def _crop_placement(shape: Sequence[int], properties: CaseProperties,
 def _process_one(case: Case, plans: Plans, out_dir: Path, key: str) -> str:
     """Preprocess and store one case (runs in a worker process)."""
     pre = preprocess_case(case.images, case.label, plans, case_id=case.identifier)
-    write_case(out_dir, case.identifier, pre.data, pre.seg, dataclasses.replace(pre.properties, plans_key=key))
+    write_case(out_dir, case.identifier, pre.data, pre.seg, dataclasses.replace(pre.properties, plans_key=key),
+               patch_size=tuple(plans.patch_size))
     return case.identifier
 
 

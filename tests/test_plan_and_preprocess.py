@@ -11,6 +11,7 @@ import pytest
 from autoseg.cli import main
 from autoseg.io import Geometry, read_json, read_label, write_image
 from autoseg.plans import Plans
+from autoseg.preprocessing import load_case
 from tests.synthetic import SHARED_REAL, make_msd_task, make_nnunet_dataset
 
 FAST = ["--cpu-gflops", "20", "-j", "1"]
@@ -42,8 +43,8 @@ def test_plan_and_preprocess_writes_everything(env: Path) -> None:
     assert plans.normalisation[0].window != (-160.0, 240.0)
     assert any("HU window" in n for n in plans.estimates.notes)
     assert plans.estimates.memory_estimate_bytes > 0 and plans.estimates.notes
-    assert sorted(p.name for p in (out / "data").glob("*.npy")) == [
-        f"hepaticvessel_{i:03d}{s}.npy" for i in range(3) for s in ("", "_seg")]
+    assert sorted(p.name for p in (out / "data").glob("*.b2nd")) == [
+        f"hepaticvessel_{i:03d}{s}.b2nd" for i in range(3) for s in ("", "_seg")]
 
 
 def test_rerun_skips_current_outputs(env: Path) -> None:
@@ -65,7 +66,7 @@ def test_hand_edited_plans_survive_and_drive_preprocessing(env: Path) -> None:
     (out / "plans.json").write_text(json.dumps(data))
     assert main(["plan_and_preprocess", "-d", "8", *FAST]) == 0
     assert Plans.load(out / "plans.json").target_spacing == (5.0, 1.6, 1.6)
-    arr = np.load(out / "data" / "hepaticvessel_000.npy", mmap_mode="r")
+    arr = load_case(out, "hepaticvessel_000")[0]
     props = read_json(out / "data" / "hepaticvessel_000.json")
     crop = props["shape_after_crop"] if "shape_after_crop" in props else props["cropped_shape"]
     assert arr.shape[1:] == tuple(int(round(c * s / t)) for c, s, t in zip(crop, (2.5, 0.8, 0.8), (5.0, 1.6, 1.6)))
@@ -84,13 +85,13 @@ def test_max_slices_filter_is_reported(env: Path) -> None:
     out = env / "pre" / "Task08_HepaticVessel"
     fp = read_json(out / "fingerprint.json")
     assert fp["num_cases"] == 2 and fp["excluded"][0]["case"] == "hepaticvessel_002"
-    assert not (out / "data" / "hepaticvessel_002.npy").exists()
+    assert not (out / "data" / "hepaticvessel_002.b2nd").exists()
 
 
 def test_nnunet_format_dataset(env: Path) -> None:
     make_nnunet_dataset(env / "raw", n=2)
     assert main(["plan_and_preprocess", "-d", "Dataset008_HepaticVessel", *FAST]) == 0
-    assert (env / "pre" / "Dataset008_HepaticVessel" / "data" / "hv_001.npy").is_file()
+    assert (env / "pre" / "Dataset008_HepaticVessel" / "data" / "hv_001.b2nd").is_file()
 
 
 def test_non_ct_dataset_warns_and_skips_hu_window(env: Path) -> None:

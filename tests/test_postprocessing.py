@@ -1,7 +1,7 @@
 """Post-processing decided from cross-validation: per class keep the largest component or drop
 components under a volume, only where that raises the class's CV Dice. The CV predictions here are
 hand-made files in the layout fold validation writes (fold_K/validation/<case>.pred.npz and the
-preprocessed data/<case>_seg.npy)."""
+preprocessed data/<case>_seg.b2nd)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -91,7 +91,7 @@ def test_preprocessed_folder_without_label_maps_is_a_clear_error(tmp_path: Path)
     preprocessing version 3) stop the decision with the fix, rather than deciding from nothing."""
     for fold, case in ((0, "a"), (1, "b")):
         _write(tmp_path, fold, case, *_case())
-    (tmp_path / "data" / "b_seg.npy").unlink()
+    (tmp_path / "data" / "b_seg.b2nd").unlink()
     with pytest.raises(AutosegError, match="plan_and_preprocess"):
         determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver", 2: "tumour"}, (1.0, 1.0, 1.0))
     assert not (tmp_path / "model" / "postprocessing.json").exists()

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import blosc2
 import numpy as np
 import pytest
 import torch
@@ -327,14 +328,17 @@ def test_storage_layout_skip_and_stale_rerun(tmp_path: Path) -> None:
     plans = make_plans()
     assert preprocess_dataset(dataset, plans, out, num_workers=1) == ["tiny_0", "tiny_1"]
     files = sorted((out / "data").iterdir())
-    assert [f.name for f in files] == ["tiny_0.json", "tiny_0.npy", "tiny_0_seg.npy",
-                                       "tiny_1.json", "tiny_1.npy", "tiny_1_seg.npy"]
+    assert [f.name for f in files] == ["tiny_0.b2nd", "tiny_0.json", "tiny_0_seg.b2nd",
+                                       "tiny_1.b2nd", "tiny_1.json", "tiny_1_seg.b2nd"]
     assert case_ids(out) == ["tiny_0", "tiny_1"]
     arr, seg, props = load_case(out, "tiny_0")
     assert arr.dtype == np.float32 and arr.shape == (1, *props["shape_after_resampling"])
     assert seg.dtype == np.uint8 and seg.shape == tuple(props["shape_after_resampling"])
-    assert isinstance(arr, np.memmap) and isinstance(seg, np.memmap) and set(np.unique(seg)) == {0, 1, 2}
-    assert np.array_equal(load_labels(out / "data", "tiny_0"), seg)
+    assert set(np.unique(seg[...])) == {0, 1, 2}
+    whole = preprocess_case(dataset.cases[0].images, dataset.cases[0].label, plans)
+    assert np.array_equal(arr[...], whole.data) and np.array_equal(seg[...], whole.seg)  # stored without loss
+    assert np.array_equal(arr[:, 1:4, 2:9, 3:5], whole.data[:, 1:4, 2:9, 3:5])  # a patch read from its chunks
+    assert np.array_equal(load_labels(out / "data", "tiny_0"), whole.seg)
     assert props["plans_key"] and props["target_spacing"] == [2.5, 1.6, 1.6]
     before = [f.stat().st_mtime_ns for f in files]
     assert preprocess_dataset(dataset, plans, out, num_workers=2) == ["tiny_0", "tiny_1"]
@@ -354,17 +358,55 @@ def test_label_file_missing_or_wrong_dtype_means_stale(tmp_path: Path) -> None:
     preprocess_dataset(dataset, plans, out, num_workers=1)
     key = plans_key(plans)
     assert is_up_to_date(out, "tiny_0", key)
-    seg_file = out / "data" / "tiny_0_seg.npy"
-    np.save(seg_file, np.load(seg_file).astype(np.float32))
+    seg_file = out / "data" / "tiny_0_seg.b2nd"
+    float_labels = load_labels(out / "data", "tiny_0").astype(np.float32)
+    blosc2.asarray(float_labels, urlpath=str(seg_file), mode="w")
     assert not is_up_to_date(out, "tiny_0", key)
+    seg_file.write_bytes(seg_file.read_bytes()[:-40])  # truncated: blosc2 cannot open it
+    assert not is_up_to_date(out, "tiny_0", key)
+    with pytest.raises(AutosegError, match="damaged or incomplete"):
+        load_labels(out / "data", "tiny_0")
     seg_file.unlink()
     assert not is_up_to_date(out, "tiny_0", key)
     with pytest.raises(AutosegError, match="plan_and_preprocess"):
         CaseStore(out / "data", ["tiny_0"])
-    with pytest.raises(AutosegError, match="tiny_0_seg.npy"):
+    with pytest.raises(AutosegError, match="tiny_0_seg.b2nd"):
         load_labels(out / "data", "tiny_0")
     preprocess_dataset(dataset, plans, out, num_workers=1)
     assert is_up_to_date(out, "tiny_0", key) and seg_file.is_file()
+
+
+def test_a_folder_of_uncompressed_npy_cases_is_refused_then_rewritten(tmp_path: Path) -> None:
+    """A case as autoseg before preprocessing version 4 stored it (plain .npy arrays): training and
+    loading name it and the fix; preprocessing again writes .b2nd arrays and removes the .npy files."""
+    dataset = load_dataset(make_task(tmp_path / "raw", n=1))
+    out, plans = tmp_path / "pre", make_plans()
+    preprocess_dataset(dataset, plans, out, num_workers=1)
+    data = out / "data"
+    image, labels, _ = load_case(out, "tiny_0", lazy=False)
+    for name, array in (("tiny_0", image), ("tiny_0_seg", labels)):
+        np.save(data / f"{name}.npy", array)
+        (data / f"{name}.b2nd").unlink()
+    assert not is_up_to_date(out, "tiny_0", plans_key(plans))
+    with pytest.raises(AutosegError, match="before preprocessing version 4") as err:
+        load_case(out, "tiny_0")
+    assert "plan_and_preprocess" in str(err.value) and err.value.path == data
+    with pytest.raises(AutosegError, match="uncompressed .npy"):
+        CaseStore(data, ["tiny_0"])
+    preprocess_dataset(dataset, plans, out, num_workers=1)
+    assert sorted(p.name for p in data.iterdir()) == ["tiny_0.b2nd", "tiny_0.json", "tiny_0_seg.b2nd"]
+
+
+@pytest.mark.parametrize("shape, patch, chunks, blocks", [
+    ((1, 60, 300, 400), (24, 80, 96), (1, 24, 80, 96), (1, 12, 20, 24)),
+    ((60, 300, 400), (24, 80, 96), (24, 80, 96), (12, 20, 24)),
+    ((2, 10, 50, 40), (24, 80, 96), (1, 10, 50, 40), (1, 10, 25, 20)),  # a patch larger than the case
+    ((1, 60, 300, 400), None, (1, 32, 96, 96), (1, 16, 12, 24)),
+])
+def test_chunks_follow_the_patch_and_blocks_fit_the_cache(shape, patch, chunks, blocks) -> None:
+    from autoseg.preprocessing.storage import BLOCK_ELEMENTS, chunk_shapes
+    assert chunk_shapes(shape, patch) == (chunks, blocks)
+    assert int(np.prod(blocks)) <= BLOCK_ELEMENTS
 
 
 def test_case_named_like_another_cases_label_file_is_refused(tmp_path: Path) -> None:
@@ -387,7 +429,7 @@ def test_corrupt_image_names_the_file_and_leaves_nothing(tmp_path: Path) -> None
     assert not (out / "data").exists() or not any((out / "data").iterdir())
     with pytest.raises(ImageReadError, match="tiny_1.nii.gz"):  # raised in a worker process
         preprocess_dataset(load_dataset(task), make_plans(), out, num_workers=2)
-    assert sorted(p.name for p in (out / "data").iterdir()) in ([], ["tiny_0.json", "tiny_0.npy", "tiny_0_seg.npy"])
+    assert sorted(p.name for p in (out / "data").iterdir()) in ([], ["tiny_0.b2nd", "tiny_0.json", "tiny_0_seg.b2nd"])
 
 
 # --- validation ----------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ def test_entropy_is_0_for_a_certain_class_and_1_for_equal_classes() -> None:
 
 
 def test_find_best_fits_the_calibration_on_the_folds_validation_predictions(tmp_path: Path) -> None:
-    from autoseg.layout import case_files_in
     from autoseg.inference.uncertainty import fit_calibration
+    from autoseg.preprocessing.storage import write_case
 
     from autoseg.artefacts import EnsembleManifest
     from autoseg.layout import ResultsDataset
@@ -72,9 +72,7 @@ def test_find_best_fits_the_calibration_on_the_folds_validation_predictions(tmp_
             name = f"case_{fold}{case}"
             q, labels, p = overconfident(6000, 3, power=2.5, seed=10 * fold + case)
             shape = (10, 20, 30)
-            files = case_files_in(data, name)
-            np.save(files.image, np.zeros((1, *shape), np.float32))
-            np.save(files.labels, labels.reshape(shape).astype(np.uint8))
+            write_case(tmp_path, name, np.zeros((1, *shape), np.float32), labels.reshape(shape).astype(np.uint8), {})
             for member in ("a", "b"):  # two members with the same probabilities: their mean is the same
                 pred = results.model(member).fold(fold).validation.prediction(name)
                 pred.parent.mkdir(parents=True, exist_ok=True)

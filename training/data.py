@@ -2,7 +2,8 @@
 background processes so the network does not wait for data.
 
 A preprocessed case (:class:`autoseg.layout.CaseFiles`) is a float32 (C, z, y, x) image and a uint8
-(z, y, x) label map, both read through memory maps so only the patch is touched, and its properties
+(z, y, x) label map, both compressed in chunks and opened memory-mapped, so a patch read
+decompresses only the chunks it touches, and its properties
 with ``class_locations``. A patch is handed on as one float32 (C + 1, ...) array, the label map last.
 Whether rotations stay in-plane is the plans' decision (:class:`autoseg.plans.Augmentation`).
 """
@@ -30,6 +31,7 @@ from autoseg.artefacts import CaseProperties
 from autoseg.errors import AutosegError
 from autoseg.layout import CaseFiles, case_files_in
 from autoseg.plans import Augmentation
+from autoseg.preprocessing import open_array
 from autoseg.processes import die_with_parent
 
 ROTATION_DEG = 30.0
@@ -52,35 +54,37 @@ def _allow_open_files(needed: int) -> None:
 
 @dataclass
 class CaseStore:
-    """Lazily opened memory maps and properties of preprocessed cases."""
+    """Lazily opened arrays and properties of preprocessed cases."""
 
     data_dir: Path
     cases: list[str]
 
     def __post_init__(self) -> None:
-        self._images: dict[str, np.ndarray] = {}
-        self._labels: dict[str, np.ndarray] = {}
+        self._images: dict[str, Any] = {}
+        self._labels: dict[str, Any] = {}
         self._locations: dict[str, dict[int, np.ndarray]] = {}
         missing = [c for c in self.cases if not (self.files(c).image.is_file() and self.files(c).labels.is_file())]
         if missing:
-            raise AutosegError(f"preprocessed cases missing or from an older autoseg: {missing[:5]}", self.data_dir,
+            raise AutosegError(f"preprocessed cases missing or from an older autoseg (before version 4 the arrays "
+                               f"were uncompressed .npy files): {missing[:5]}", self.data_dir,
                                "run `autoseg plan_and_preprocess` for this dataset (it redoes only what is stale)")
         _allow_open_files(2 * len(self.cases) + 256)  # two memory maps a case stay open
 
     def files(self, case: str) -> CaseFiles:
         return case_files_in(self.data_dir, case)
 
-    def image(self, case: str) -> np.ndarray:
-        """The case's (C, z, y, x) float32 image, memory-mapped."""
+    def image(self, case: str) -> Any:
+        """The case's (C, z, y, x) float32 image, opened (a slice decompresses only what it touches;
+        ``[...]`` reads it whole)."""
         if case not in self._images:
-            self._images[case] = np.load(self.files(case).image, mmap_mode="r")
+            self._images[case] = open_array(self.files(case).image)
         return self._images[case]
 
-    def labels(self, case: str) -> np.ndarray:
-        """The case's (z, y, x) uint8 label map, memory-mapped."""
+    def labels(self, case: str) -> Any:
+        """The case's (z, y, x) uint8 label map, opened like the image."""
         if case not in self._labels:
             path = self.files(case).labels
-            labels = np.load(path, mmap_mode="r")
+            labels = open_array(path)
             if labels.shape != self.image(case).shape[1:]:
                 raise AutosegError(f"label map of shape {labels.shape} does not match the image "
                                    f"{self.image(case).shape[1:]}", path,
@@ -93,7 +97,7 @@ class CaseStore:
         the image pads with 0 and the labels with background."""
         out = np.empty((self.image(case).shape[0] + 1, *size), np.float32)
         out[:-1] = crop_with_padding(self.image(case), centre, size)
-        out[-1] = crop_with_padding(self.labels(case)[None], centre, size)[0]
+        out[-1] = crop_with_padding(self.labels(case), centre, size)
         return out
 
     def properties(self, case: str) -> CaseProperties:
@@ -120,16 +124,21 @@ def initial_patch_size(patch: tuple[int, ...], in_plane_only: bool) -> tuple[int
     return tuple(int(math.ceil(p * f / SCALE_RANGE[0])) for p, f in zip(patch, factors))
 
 
-def crop_with_padding(array: np.ndarray, centre: np.ndarray, size: tuple[int, ...],
+def crop_with_padding(array: Any, centre: np.ndarray, size: tuple[int, ...],
                       pad_value: float = 0) -> np.ndarray:
-    """Crop ``array`` (C, *spatial) around ``centre`` in its own dtype; out-of-volume parts are
-    ``pad_value``."""
-    spatial = array.shape[1:]
+    """Crop ``array`` (any leading axes, then the spatial ones, a numpy array or an opened stored
+    array) around ``centre`` in its own dtype; out-of-volume parts are ``pad_value``. Only the part
+    inside the volume is read."""
+    lead = tuple(array.shape[: array.ndim - len(size)])
+    spatial = array.shape[len(lead):]
     lo = [int(c) - s // 2 for c, s in zip(centre, size)]
     src = tuple(slice(max(a, 0), min(a + s, d)) for a, s, d in zip(lo, size, spatial))
-    out = np.full((array.shape[0], *size), pad_value, dtype=array.dtype)
+    out = np.full((*lead, *size), pad_value, dtype=array.dtype)
+    if any(sl.start >= sl.stop for sl in src):
+        return out  # the patch lies wholly outside the volume
     dst = tuple(slice(sl.start - a, sl.stop - a) for sl, a in zip(src, lo))
-    out[(slice(None), *dst)] = array[(slice(None), *src)]
+    everything = (slice(None),) * len(lead)
+    out[(*everything, *dst)] = array[(*everything, *src)]
     return out
 
 

@@ -56,9 +56,9 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
     t0 = time.perf_counter()
     try:
         for case in tqdm(store.cases, desc="fold validation", unit="case", leave=False, disable=None):
-            probs = slide(network, np.asarray(store.image(case)), plans, window)
+            probs = slide(network, store.image(case)[...], plans, window)
             pred = probs.argmax(0).astype(np.uint8)
-            ref = np.asarray(store.labels(case))
+            ref = store.labels(case)[...]
             per_case[case] = case_dice(pred, ref, names)
             if write_predictions:
                 _write_on_original_grid(probs, store.properties(case), folder.label_map(case),

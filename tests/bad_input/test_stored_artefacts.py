@@ -139,7 +139,7 @@ def test_truncated_preprocessed_array_is_not_up_to_date_and_refused(tmp_path: Pa
     assert not is_up_to_date(tmp_path, "case_0", "k")
     before = _snapshot(tmp_path)
     loaders: list[Callable[[], Any]] = [lambda: load_case(tmp_path, "case_0"),
-                                        lambda: load_case(tmp_path, "case_0", mmap=False)]
+                                        lambda: load_case(tmp_path, "case_0", lazy=False)]
     if which == "labels":
         loaders.append(lambda: load_labels(tmp_path / "data", "case_0"))
     for load in loaders:
