@@ -228,7 +228,8 @@ def run_measured(tool: str, cmd: list[str], env: dict[str, str], log_path: Path,
                    for i, (name, t) in enumerate(ordered)})
     result = RunResult(tool, cmd, proc.returncode, round(wall, 2), peak.rss, peak.pss, peak.max_procs,
                        peak.samples, stages, dict(peak.stage_rss), peak.at_peak, load_before,
-                       [round(x, 2) for x in os.getloadavg()], str(log_path.relative_to(REPO)))
+                       [round(x, 2) for x in os.getloadavg()],
+                       str(log_path.relative_to(REPO) if log_path.is_relative_to(REPO) else log_path))
     status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}), see {log_path}"
     print(f"{tool}: {status}; wall {wall:.1f} s, peak RSS {peak.rss / 2**30:.2f} GiB "
           f"(PSS {peak.pss / 2**30:.2f} GiB, {peak.max_procs} processes), stages {stages}", flush=True)

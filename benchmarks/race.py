@@ -1,5 +1,5 @@
-"""The race: autoseg and nnU-Net v2 on the same synthetic task, the same machine and the same
-training budget, stage by stage.
+"""The race: autoseg and nnU-Net v2 on the same task (synthetic, or any MSD task with ``--task``), the
+same machine and the same training budget, stage by stage.
 
 Run from the repository root (after ``bash benchmarks/setup_nnunet.sh``)::
 
@@ -48,6 +48,19 @@ or of nnU-Net's shrunk plan the larger-test table adds the paired difference of 
 Results accumulate in ``benchmarks/results/race.json`` (one entry per contestant and budget, kept
 across runs); ``--report`` prints the table and rewrites the block of ``docs/benchmarks.md`` between
 ``<!-- race:begin -->`` and ``<!-- race:end -->``.
+
+``--task PATH`` races on any MSD task folder instead of the phantoms: training on its
+imagesTr/labelsTr, testing on its held-out imagesTs/labelsTs, its classes named by its dataset.json;
+``--seeds S1 S2 ...`` trains one draw per seed and contestant (row ``name`` for seed 1,
+``name[drawS]`` for seed S); a budget is a duration (``20m``) or a step count (``500steps``). Results
+go to ``benchmarks/results/race_<task>.json`` and a report beside it (``.md``: each draw's Dice and
+lesion-wise figures, the spread over draws, paired differences between contestants, every test
+case; ``race_task.py``); nnU-Net is set up only when an nnU-Net contestant races::
+
+    .venv/bin/python benchmarks/race.py --task /data/Task03_Liver --budgets 20m --seeds 1 2 3
+    .venv/bin/python benchmarks/race.py --task /data/Task03_Liver --contestants autoseg --budgets 500steps \
+        --seeds 1 2 --autoseg-plan-args '--step-time 1'   # autoseg only; the task's plan arguments
+    .venv/bin/python benchmarks/race.py --task /data/Task03_Liver --report
 """
 from __future__ import annotations
 
@@ -55,6 +68,8 @@ import argparse
 import json
 import math
 import os
+import re
+import shlex
 import shutil
 import statistics
 import sys
@@ -66,6 +81,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nnunet_tool as nn  # noqa: E402
+import race_task as rt  # noqa: E402
 from bench_preprocess import machine_info, run_measured, to_nnunet_raw  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,8 +105,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainer_Budget(nnUNetTrainer):
-    """The default trainer; RACE_BUDGET_S seconds of training steps, the poly learning rate as a
-    function of the budget spent instead of the epoch, RACE_ITERS steps per epoch."""
+    """The default trainer; RACE_BUDGET_S seconds of training steps (or RACE_BUDGET_STEPS steps), the
+    poly learning rate as a function of the budget spent instead of the epoch, RACE_ITERS steps per epoch."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # nnU-Net records these by name
@@ -100,7 +116,8 @@ class nnUNetTrainer_Budget(nnUNetTrainer):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.budget_s = float(os.environ["RACE_BUDGET_S"])
+        self.budget_s = float(os.environ.get("RACE_BUDGET_S", "inf"))
+        self.budget_steps = int(os.environ.get("RACE_BUDGET_STEPS", "0"))  # 0: the budget is RACE_BUDGET_S
         self.num_iterations_per_epoch = int(os.environ.get("RACE_ITERS", "50"))
         self.num_val_iterations_per_epoch = int(os.environ.get("RACE_VAL_ITERS", "4"))
         self.num_epochs = 100000  # ended by the budget
@@ -115,13 +132,14 @@ class nnUNetTrainer_Budget(nnUNetTrainer):
             outputs = []
             for _ in range(self.num_iterations_per_epoch):
                 t0 = time.perf_counter()
-                lr = self.initial_lr * (1 - min(spent / self.budget_s, 1.0)) ** 0.9
+                progress = len(times) / self.budget_steps if self.budget_steps else spent / self.budget_s
+                lr = self.initial_lr * (1 - min(progress, 1.0)) ** 0.9
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 outputs.append(self.train_step(next(self.dataloader_train)))
                 times.append(time.perf_counter() - t0)
                 spent += times[-1]
-                if spent >= self.budget_s:
+                if spent >= self.budget_s or (self.budget_steps and len(times) >= self.budget_steps):
                     done = True
                     break
             self.on_train_epoch_end(outputs)
@@ -150,10 +168,16 @@ def _positive_int(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budgets", nargs="+", default=["20m"], help="training budgets per fold (e.g. 20m 60m)")
-    p.add_argument("-n", "--num-training", type=int, default=10)
-    p.add_argument("--test", type=int, default=6, help="held-out test cases (default 6)")
-    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--budgets", nargs="+", default=["20m"], type=_budget,
+                   help="training budgets per fold: durations (20m 60m) or step counts (500steps)")
+    p.add_argument("--task", type=Path, default=None, metavar="PATH",
+                   help="race on this MSD task folder (imagesTr/labelsTr to train, imagesTs/labelsTs to test) "
+                        "instead of the phantoms; results in benchmarks/results/race_<task>.json and .md")
+    p.add_argument("--seeds", nargs="+", type=_positive_int, default=None, metavar="S",
+                   help="one training draw per seed and contestant: row NAME for seed 1, NAME[drawS] for seed S")
+    p.add_argument("-n", "--num-training", type=int, default=None, help="phantom training cases (default 10)")
+    p.add_argument("--test", type=int, default=None, help="held-out phantom test cases (default 6)")
+    p.add_argument("--seed", type=int, default=None, help="the phantoms' seed (default 2026)")
     p.add_argument("--contestants", nargs="+", default=["autoseg", "nnunet_default", "nnunet_small"],
                    choices=["autoseg", "nnunet_default", "nnunet_small"])
     p.add_argument("--autoseg-args", nargs=argparse.REMAINDER, default=[],
@@ -165,9 +189,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "a further independent draw of the same plan, pooled with the others in the "
                         "larger-test table")
     p.add_argument("--autoseg-plan-args", default="",
-                   help="with --variant: plan again with these plan_and_preprocess arguments (e.g. '--step-time 3')")
-    p.add_argument("--work", type=Path, default=BENCH / "work" / "race")
-    p.add_argument("--results", type=Path, default=RESULTS, help="results file (default benchmarks/results/race.json)")
+                   help="with --variant: plan again with these plan_and_preprocess arguments (e.g. '--step-time 3'); "
+                        "with --task: the arguments of the task's plan (a change plans again)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="working folder (default benchmarks/work/race, with --task benchmarks/work/race_<task>)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="results file (default benchmarks/results/race.json, with --task race_<task>.json)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--replan-autoseg", action="store_true",
                    help="plan and preprocess autoseg again (after a planner change) before racing")
@@ -182,7 +209,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--large-test-rows", nargs="+", default=list(LARGE_TEST_ROWS), metavar="ROW",
                    help=f"rows for --large-test (default {' '.join(LARGE_TEST_ROWS)})")
     p.add_argument("--report", action="store_true", help="only print the table and update the docs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.task is None:
+        for name, default in (("num_training", 10), ("test", 6), ("seed", 2026)):
+            setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+        args.work = args.work or BENCH / "work" / "race"
+        args.results = args.results or RESULTS
+    return args
+
+
+def _budget(text: str) -> str:
+    """A training budget: a duration (``20m``, ``1h30m``) or a step count (``500steps``)."""
+    from autoseg.cli import parse_duration
+
+    if budget_steps(text) is None:
+        try:
+            parse_duration(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"'{text}' is neither a duration (90s, 20m, 1h30m) nor a step count "
+                                             "(500steps)") from None
+    return text.strip()
+
+
+def budget_steps(budget: str) -> int | None:
+    """The step count of a step budget (``500steps`` -> 500); None for a duration."""
+    m = re.fullmatch(r"\s*(\d+)\s*steps?\s*", budget)
+    if m and int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"'{budget}': a step budget needs at least 1 step")
+    return int(m.group(1)) if m else None
+
+
+def budget_seconds(budget: str) -> float | None:
+    """The seconds of a duration budget; None for a step budget."""
+    from autoseg.cli import parse_duration
+
+    return None if budget_steps(budget) is not None else parse_duration(budget)
+
+
+def budget_order(row: dict[str, Any]) -> tuple:
+    """Sort key of a results row: duration budgets by seconds, then step budgets by steps."""
+    seconds = row.get("budget_s")
+    return (0, seconds) if seconds is not None else (1, budget_steps(row["budget"]) or 0)
 
 
 # --- set-up -----------------------------------------------------------------------------------------
@@ -199,7 +266,6 @@ def autoseg_env(work: Path, results: Path, pre: str = "autoseg_pre") -> dict[str
 def plan_variant(work: Path, name: str, plan_args: str) -> str:
     """A second autoseg preprocessed folder planned with ``plan_args``, sharing the race's split and CPU
     calibration (so only what ``plan_args`` change differs)."""
-    import shlex
     import subprocess
 
     pre = f"autoseg_pre_{name}"
@@ -224,19 +290,21 @@ def test_inputs(task: Path, folder: Path) -> Path:
     """The held-out images with nnU-Net's ``_0000`` channel suffix (hard links); autoseg reads them too."""
     folder.mkdir(parents=True, exist_ok=True)
     for image in sorted((task / "imagesTs").glob("*.nii.gz")):
+        if image.name.startswith("."):  # macOS's ._ copies
+            continue
         dst = folder / image.name.replace(".nii.gz", "_0000.nii.gz")
         if not dst.exists():
             os.link(image, dst)
     return folder
 
 
-def write_nnunet_splits(work: Path) -> None:
+def write_nnunet_splits(work: Path, dataset_name: str = MSD_TASK) -> None:
     """nnU-Net's splits_final.json with autoseg's folds, so both train fold 0 on the same cases."""
     from autoseg.plans import Plans
     from autoseg.training.splits import load_or_create_splits
     from autoseg.preprocessing.storage import case_ids
 
-    pre = work / "autoseg_pre" / MSD_TASK
+    pre = work / "autoseg_pre" / dataset_name
     cases = case_ids(pre)
     splits = load_or_create_splits(pre / "splits.json", cases, Plans.load(pre / "plans.json").seed)
     out = work / "nnunet" / "preprocessed" / nn.DATASET / "splits_final.json"
@@ -254,14 +322,15 @@ def install_budget_trainer() -> None:
     (folder / "nnUNetTrainer_Budget.py").write_text(BUDGET_TRAINER)
 
 
-def shrink_nnunet_plan(work: Path, targets_gb: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> dict:
+def shrink_nnunet_plan(work: Path, targets_gb: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
+                       dataset_name: str = MSD_TASK) -> dict:
     """nnU-Net's own planner run with small GPU-memory targets; the one whose patch volume is
     closest to autoseg's planned patch is kept, with autoseg's base features and batch 2 set by
     hand: nnU-Net's topology and recipe at autoseg's per-step size."""
     import subprocess
 
     root = work / "nnunet"
-    ours = json.loads((work / "autoseg_pre" / MSD_TASK / "plans.json").read_text())
+    ours = json.loads((work / "autoseg_pre" / dataset_name / "plans.json").read_text())
     want, base = math.prod(ours["patch_size"]), ours["network"]["kwargs"]["features_per_stage"][0]
     folder = root / "preprocessed" / nn.DATASET
     default = json.loads((folder / "nnUNetPlans.json").read_text())["configurations"][nn.CONFIG]
@@ -433,13 +502,13 @@ def draw_of(contestant: str) -> str:
 
 
 def predict_command(contestant: str, budget: str, work: Path, inputs: Path, out_dir: Path,
-                    autoseg_pre: str = "autoseg_pre") -> tuple[list[str], dict[str, str]]:
+                    autoseg_pre: str = "autoseg_pre", dataset_name: str = MSD_TASK) -> tuple[list[str], dict[str, str]]:
     """The command and environment with which a trained contestant predicts ``inputs`` into
     ``out_dir``: fold 0's final weights, no mirroring, for both tools."""
     tag = f"{contestant}_{budget}"
     if contestant.startswith("autoseg"):
         results = work / "autoseg_results" / tag
-        model = next(results.glob(f"{MSD_TASK}/*/plans.json")).parent
+        model = next(results.glob(f"{dataset_name}/*/plans.json")).parent
         return ([sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out_dir),
                  "-m", str(model), "-f", "0"], autoseg_env(work, results, autoseg_pre))
     env = {**nn.env(work / "nnunet"), "nnUNet_results": str(work / "nnunet_results" / tag)}
@@ -448,39 +517,50 @@ def predict_command(contestant: str, budget: str, work: Path, inputs: Path, out_
              "-npp", "1", "-nps", "1", "--disable_tta", "--disable_progress_bar"], env)
 
 
-def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path, inputs: Path,
-                      autoseg_args: list[str], autoseg_pre: str = "autoseg_pre") -> dict[str, Any]:
+def train_and_predict(contestant: str, budget: str, budget_s: float | None, work: Path, inputs: Path,
+                      autoseg_args: list[str], autoseg_pre: str = "autoseg_pre", *, dataset: str = "8",
+                      dataset_name: str = MSD_TASK, best: bool = True) -> dict[str, Any]:
+    """Train fold 0 of ``contestant`` for ``budget`` (``budget_s`` seconds, or None for a step
+    budget) and predict ``inputs`` with it; ``best``: also with autoseg's best-validation weights."""
     logs = work / "logs"
     tag = f"{contestant}_{budget}"
     out_dir = work / "predictions" / tag
     shutil.rmtree(out_dir, ignore_errors=True)
+    steps_budget = budget_steps(budget)
+    timeout = 4 * budget_s + 3600 if budget_s is not None else 24 * 3600
     if contestant.startswith("autoseg"):
         results = work / "autoseg_results" / tag
         shutil.rmtree(results, ignore_errors=True)
         env = autoseg_env(work, results, autoseg_pre)
-        train = run_measured(tag, [sys.executable, "-m", "autoseg", "train", "-d", "8", "-f", "0",
-                                   "--time-budget", budget, "--seed", str(seed_of(contestant)), *autoseg_args],
-                             env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
-        model = next(results.glob(f"{MSD_TASK}/*/plans.json")).parent
+        length = ["--steps", str(steps_budget)] if steps_budget else ["--time-budget", budget]
+        train = run_measured(tag, [sys.executable, "-m", "autoseg", "train", "-d", dataset, "-f", "0",
+                                   *length, "--seed", str(seed_of(contestant)), *autoseg_args],
+                             env, logs / f"{tag}_train.log", {}, timeout)
+        if train.returncode:
+            raise SystemExit(f"{train.tool} failed: see {train.log}")
+        model = next(results.glob(f"{dataset_name}/*/plans.json")).parent
         steps, step_s = step_figures(fold_log(model))
         plans = json.loads((model / "plans.json").read_text())
         plan = {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
                 "network": plans["network"]["name"], "features_per_stage": plans["network"]["kwargs"]["features_per_stage"],
                 "recipe": plans["recipe"]["name"], "loss": plans["recipe"]["loss"],
                 "precision": plans["recipe"]["precision"]}
-        cmd, env = predict_command(contestant, budget, work, inputs, out_dir, autoseg_pre)
+        cmd, env = predict_command(contestant, budget, work, inputs, out_dir, autoseg_pre, dataset_name)
         predict = run_measured(tag, cmd, env, logs / f"{tag}_predict.log", {}, 7200)
-        extra = predict_best(tag, model, inputs, env, logs)
+        extra = predict_best(tag, model, inputs, env, logs) if best and not predict.returncode else {}
     else:
         extra = {}
         plans_name = nnunet_plans_name(contestant)
         root = work / "nnunet"
         results = work / "nnunet_results" / f"{contestant}_{budget}"
         shutil.rmtree(results, ignore_errors=True)
-        env = {**nn.env(root), "nnUNet_results": str(results), "nnUNet_n_proc_DA": "1",
-               "RACE_BUDGET_S": str(budget_s), "RACE_ITERS": "50", "RACE_SEED": str(seed_of(contestant))}
+        length = {"RACE_BUDGET_STEPS": str(steps_budget)} if steps_budget else {"RACE_BUDGET_S": str(budget_s)}
+        env = {**nn.env(root), "nnUNet_results": str(results), "nnUNet_n_proc_DA": "1", **length,
+               "RACE_ITERS": "50", "RACE_SEED": str(seed_of(contestant))}
         train = run_measured(tag, [nn.command("nnUNetv2_train"), "8", nn.CONFIG, "0", "-tr", "nnUNetTrainer_Budget",
-                                   "-p", plans_name, "-device", "cpu"], env, logs / f"{tag}_train.log", {}, 4 * budget_s + 3600)
+                                   "-p", plans_name, "-device", "cpu"], env, logs / f"{tag}_train.log", {}, timeout)
+        if train.returncode:
+            raise SystemExit(f"{train.tool} failed: see {train.log}")
         fold = next(results.glob(f"{nn.DATASET}/*/fold_0"))
         steps_log = json.loads((fold / "race_steps.json").read_text())
         steps, step_s = steps_log["steps"], steps_log["median_step_s"]
@@ -498,20 +578,27 @@ def train_and_predict(contestant: str, budget: str, budget_s: float, work: Path,
 
 
 def score(pred_dir: Path, task: Path, classes: dict[int, str] = CLASSES) -> dict[str, Any]:
-    """Per-case and mean per-class Dice of a prediction folder against the phantom's test labels."""
+    """Per-case and mean per-class Dice of a prediction folder against the task's test labels (a
+    class absent from both prediction and reference has no Dice and is left out of the mean), and
+    each case's lesion-wise figures (``race_task.case_lesions``)."""
     from autoseg.io import read_label
-    from autoseg.metrics import dice_per_class
+    from autoseg.metrics import dice_per_class, mean_present
 
     cases: dict[str, dict[str, float | None]] = {}
+    lesions: dict[str, dict[str, dict[str, Any]]] = {}
     for ref_path in sorted((task / "labelsTs").glob("*.nii.gz")):
+        if ref_path.name.startswith("."):
+            continue
         ref, ref_geom = read_label(ref_path)
         pred, geom = read_label(pred_dir / ref_path.name)
         if not geom.same_grid(ref_geom):
             raise SystemExit(f"{pred_dir / ref_path.name} is not on its image's grid")
         cases[ref_path.name] = {classes[k]: (None if np.isnan(v) else round(float(v), 4))
                                 for k, v in dice_per_class(pred, ref, sorted(classes)).items()}
-    mean = {c: round(float(np.mean([s[c] for s in cases.values() if s[c] is not None])), 4) for c in classes.values()}
-    return {"test_dice": mean, "test_cases": cases}
+        lesions[ref_path.name] = rt.case_lesions(pred, ref, ref_geom.spacing_zyx, classes)
+    mean = {c: mean_present([s[c] for s in cases.values()]) for c in classes.values()}
+    return {"test_dice": {c: None if m is None else round(m, 4) for c, m in mean.items()}, "test_cases": cases,
+            "lesions": lesions}
 
 
 #: The rows the larger held-out set scores by default: the current plan of each tool.
@@ -563,7 +650,7 @@ def paired_difference(a: dict[str, dict[str, float | None]], b: dict[str, dict[s
 
 def large_table(results: dict[str, Any]) -> str:
     """Dice on the larger held-out set, and autoseg's paired difference to nnU-Net's shrunk plan."""
-    rows = [(k, r) for k, r in sorted(results["runs"].items(), key=lambda kr: (kr[1]["budget_s"], kr[0]))
+    rows = [(k, r) for k, r in sorted(results["runs"].items(), key=lambda kr: (budget_order(kr[1]), kr[0]))
             if "large_test" in r]
     if not rows:
         return ""
@@ -685,7 +772,7 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {a['wall_s']:.1f} | {a['peak_rss_gib']:.2f} | "
                              f"{a['wall_s'] / n['wall_s']:.2f}, {a['peak_rss_gib'] / n['peak_rss_gib']:.2f} |")
         lines += [f"| nnU-Net 3d_fullres | {n['wall_s']:.1f} | {n['peak_rss_gib']:.2f} | |", ""]
-    runs = sorted(results["runs"].values(), key=lambda r: (r["budget_s"], r["contestant"]))
+    runs = sorted(results["runs"].values(), key=lambda r: (budget_order(r), r["contestant"]))
     lines += ["| budget | contestant | network: patch, batch, features | steps | s/step | voxels trained per s | vessel Dice | "
               "tumour Dice | predict test set (s) | best-validation weights: vessel, tumour (epoch) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -724,12 +811,101 @@ def write_docs(results: dict[str, Any]) -> None:
     DOCS.write_text(head + block + tail)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from autoseg.cli import parse_duration
+def draw_row(contestant: str, seed: int) -> str:
+    """The row of a contestant's draw with ``seed``: the plain name for seed 1, ``name[drawS]`` else
+    (``seed_of`` reads it back)."""
+    return contestant if seed == 1 else f"{contestant}[draw{seed}]"
 
+
+def planned_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(budget, row name) of every training the arguments ask for, in the order they run."""
+    seeds = args.seeds or [args.draw or 1]
+    named = [f"autoseg[{args.variant}]" if c == "autoseg" and args.variant else c for c in args.contestants]
+    return [(b, draw_row(c, s)) for b in args.budgets for c in named for s in seeds]
+
+
+def task_race(args: argparse.Namespace) -> int:
+    """The race on the MSD task folder ``args.task``: autoseg's plan of it (nnU-Net's only when an
+    nnU-Net contestant races), a seeded draw per seed and contestant, the report beside the results."""
+    given = [flag for flag, on in (("-n", args.num_training is not None), ("--test", args.test is not None),
+                                   ("--seed", args.seed is not None), ("--draw", args.draw is not None),
+                                   ("--large-test", args.large_test is not None), ("--score-best", args.score_best),
+                                   ("--retime-plans", args.retime_plans is not None),
+                                   ("--replan-autoseg", args.replan_autoseg)) if on]
+    if given:
+        raise SystemExit(f"{', '.join(given)}: for the phantom race only; with --task the task's own cases are "
+                         "raced (seeded draws: --seeds; a new plan: change --autoseg-plan-args)")
+    task = rt.load_task(args.task)
+    work = (args.work or BENCH / "work" / f"race_{task.name}").resolve()
+    results_path = args.results or BENCH / "results" / f"race_{task.name}.json"
+    results = load_results(results_path)
+    if args.report:
+        print(rt.report(results))
+        return 0
+    if args.autoseg_args and not args.variant:
+        raise SystemExit("--autoseg-args needs --variant NAME (the rows' name)")
+    (BENCH / "work").mkdir(exist_ok=True)  # where run_measured runs the tools
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    desc = task.describe(args.autoseg_plan_args)
+    old_task = results.get("task")
+    if results.get("runs") and (not isinstance(old_task, dict) or old_task.get("path") != desc["path"]):
+        where = "the phantom race" if not isinstance(old_task, dict) else f"the race on {old_task.get('path')}"
+        raise SystemExit(f"{results_path} holds {where}; give this task its own file (--results)")
+    if results.get("runs") and old_task != desc:
+        print(f"{task.root}: its cases, classes or plan arguments changed since {results_path} was written: "
+              f"planning again; the {len(results['runs'])} rows of the old plan are dropped", flush=True)
+    if old_task != desc or not (work / "autoseg_pre" / task.name / "plans.json").is_file():
+        for old in ("autoseg_pre", "nnunet", "autoseg_results", "nnunet_results", "predictions"):
+            shutil.rmtree(work / old, ignore_errors=True)
+        plan = [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", str(task.root), "-j", "2",
+                *shlex.split(args.autoseg_plan_args)]
+        results = {"task": desc, "runs": {},
+                   "plan_and_preprocess": {"autoseg": timed("autoseg", plan, autoseg_env(work, work / "unused"),
+                                                            logs / "autoseg_plan.log")}}
+    if any(c.startswith("nnunet") for c in args.contestants):
+        nn.require_venv()
+        install_budget_trainer()
+        if "nnunet" not in results["plan_and_preprocess"] or not (work / "nnunet").is_dir():
+            shutil.rmtree(work / "nnunet", ignore_errors=True)
+            results.pop("nnunet_small_plan", None)
+            rt.nnunet_raw(task, work / "nnunet" / "raw" / nn.DATASET)
+            results["plan_and_preprocess"]["nnunet"] = timed("nnunet", nnunet_plan_command(), nn.env(work / "nnunet"),
+                                                             logs / "nnunet_plan.log")
+            write_nnunet_splits(work, task.name)
+        if "nnunet_small" in args.contestants and "nnunet_small_plan" not in results:
+            results["nnunet_small_plan"] = shrink_nnunet_plan(work, dataset_name=task.name)
+    results["machine"] = machine_info(nn.PYTHON)
+    save_results(results, results_path)
+    inputs = test_inputs(task.root, work / "test_inputs")
+    for budget, name in planned_rows(args):
+        row = train_and_predict(name, budget, budget_seconds(budget), work, inputs, args.autoseg_args,
+                                dataset=str(task.root), dataset_name=task.name, best=False)
+        row.update(score(Path(row["predictions"]), task.root, task.classes), base=draw_of(name),
+                   time=time.strftime("%Y-%m-%d %H:%M"))
+        results["runs"][f"{name}@{budget}"] = row
+        save_results(results, results_path)
+        print(json.dumps({k: row[k] for k in ("contestant", "budget", "seed", "steps", "test_dice")}), flush=True)
+    text = rt.report(results)
+    results_path.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"results: {results_path}, report: {results_path.with_suffix('.md')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.variant and draw_of(f"x[{args.variant}]") == "x":
         raise SystemExit(f"--variant {args.variant}: names drawN are kept for --draw N")
+    if args.seeds is not None:
+        if args.draw is not None:
+            raise SystemExit("--seeds and --draw both name draws (--draw N is --seeds N): give one")
+        if args.report or args.large_test is not None or args.score_best or args.retime_plans is not None:
+            raise SystemExit("--seeds trains; it does nothing with --report, --large-test, --score-best or --retime-plans")
+        if len(set(args.seeds)) < len(args.seeds):
+            raise SystemExit(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice would train one draw twice")
+    if args.task is not None:
+        return task_race(args)
     if args.draw is not None:
         if args.variant or args.autoseg_args or args.autoseg_plan_args or args.draw < 2:
             raise SystemExit("--draw N repeats the current plans as they are (N >= 2, the first draw is the "
@@ -737,11 +913,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.report or args.large_test is not None or args.score_best or args.retime_plans is not None:
             raise SystemExit("--draw N trains; it does nothing with --report, --large-test, --score-best or --retime-plans")
     results = load_results(args.results)
-    if args.draw is not None:
-        taken = [f"{c}[draw{args.draw}]@{b}" for b in args.budgets for c in args.contestants
-                 if f"{c}[draw{args.draw}]@{b}" in results["runs"]]
+    if args.draw is not None or args.seeds is not None:
+        taken = [f"{c}@{b}" for b, c in planned_rows(args) if c != draw_of(c) and f"{c}@{b}" in results["runs"]]
         if taken:
-            raise SystemExit(f"rows {', '.join(taken)} exist; use another N (a draw is never overwritten)")
+            raise SystemExit(f"rows {', '.join(taken)} exist; use another seed (a draw is never overwritten)")
     if args.report:
         print(table(results))
         if not args.no_docs:
@@ -782,22 +957,16 @@ def main(argv: list[str] | None = None) -> int:
     if (args.autoseg_plan_args or args.autoseg_args) and not args.variant:
         raise SystemExit("--autoseg-plan-args and --autoseg-args need --variant NAME (the entry's name)")
     pre = plan_variant(work, args.variant, args.autoseg_plan_args) if args.autoseg_plan_args else "autoseg_pre"
-    for budget in args.budgets:
-        seconds = parse_duration(budget)
-        for contestant in args.contestants:
-            if contestant == "autoseg" and args.variant:
-                contestant = f"autoseg[{args.variant}]"
-            if args.draw is not None:
-                contestant = f"{contestant}[draw{args.draw}]"
-            row = train_and_predict(contestant, budget, seconds, work, inputs, args.autoseg_args, pre)
-            row.update(score(Path(row["predictions"]), task))
-            if "predictions_best" in row:
-                row["test_dice_best"] = score(Path(row["predictions_best"]), task)["test_dice"]
-            row["time"] = time.strftime("%Y-%m-%d %H:%M")
-            results["runs"][f"{contestant}@{budget}"] = row
-            save_results(results, args.results)
-            print(json.dumps({k: row[k] for k in ("contestant", "budget", "steps", "median_step_s", "test_dice")}),
-                  flush=True)
+    for budget, contestant in planned_rows(args):
+        row = train_and_predict(contestant, budget, budget_seconds(budget), work, inputs, args.autoseg_args, pre)
+        row.update(score(Path(row["predictions"]), task))
+        if "predictions_best" in row:
+            row["test_dice_best"] = score(Path(row["predictions_best"]), task)["test_dice"]
+        row["time"] = time.strftime("%Y-%m-%d %H:%M")
+        results["runs"][f"{contestant}@{budget}"] = row
+        save_results(results, args.results)
+        print(json.dumps({k: row[k] for k in ("contestant", "budget", "steps", "median_step_s", "test_dice")}),
+              flush=True)
     print(table(results))
     if not args.no_docs:
         write_docs(results)
