@@ -554,8 +554,8 @@ def train_and_predict(contestant: str, budget: str, budget_s: float | None, work
         root = work / "nnunet"
         results = work / "nnunet_results" / f"{contestant}_{budget}"
         shutil.rmtree(results, ignore_errors=True)
-        length = {"RACE_BUDGET_STEPS": str(steps_budget)} if steps_budget else {"RACE_BUDGET_S": str(budget_s)}
-        env = {**nn.env(root), "nnUNet_results": str(results), "nnUNet_n_proc_DA": "1", **length,
+        budget_env = {"RACE_BUDGET_STEPS": str(steps_budget)} if steps_budget else {"RACE_BUDGET_S": str(budget_s)}
+        env = {**nn.env(root), "nnUNet_results": str(results), "nnUNet_n_proc_DA": "1", **budget_env,
                "RACE_ITERS": "50", "RACE_SEED": str(seed_of(contestant))}
         train = run_measured(tag, [nn.command("nnUNetv2_train"), "8", nn.CONFIG, "0", "-tr", "nnUNetTrainer_Budget",
                                    "-p", plans_name, "-device", "cpu"], env, logs / f"{tag}_train.log", {}, timeout)
