@@ -839,6 +839,11 @@ def task_race(args: argparse.Namespace) -> int:
     work = (args.work or BENCH / "work" / f"race_{task.name}").resolve()
     results_path = args.results or BENCH / "results" / f"race_{task.name}.json"
     results = load_results(results_path)
+    desc = task.describe(args.autoseg_plan_args)
+    old_task = results.get("task")
+    if results.get("runs") and (not isinstance(old_task, dict) or old_task.get("path") != desc["path"]):
+        where = "the phantom race" if not isinstance(old_task, dict) else f"the race on {old_task.get('path')}"
+        raise SystemExit(f"{results_path} holds {where}; give this task its own file (--results)")
     if args.report:
         print(rt.report(results))
         return 0
@@ -847,11 +852,6 @@ def task_race(args: argparse.Namespace) -> int:
     (BENCH / "work").mkdir(exist_ok=True)  # where run_measured runs the tools
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    desc = task.describe(args.autoseg_plan_args)
-    old_task = results.get("task")
-    if results.get("runs") and (not isinstance(old_task, dict) or old_task.get("path") != desc["path"]):
-        where = "the phantom race" if not isinstance(old_task, dict) else f"the race on {old_task.get('path')}"
-        raise SystemExit(f"{results_path} holds {where}; give this task its own file (--results)")
     if results.get("runs") and old_task != desc:
         print(f"{task.root}: its cases, classes or plan arguments changed since {results_path} was written: "
               f"planning again; the {len(results['runs'])} rows of the old plan are dropped", flush=True)

@@ -128,6 +128,13 @@ def test_the_task_is_refused_without_paired_held_out_cases(tmp_path: Path) -> No
     task = _tiny_task(tmp_path / "c", 1)
     loaded = rt.load_task(task)
     assert loaded.classes == {1: "vessel", 2: "tumour"} and loaded.test == ("hepaticvessel_010",)
+    phantom_results = tmp_path / "race.json"  # the phantom race's results are never overwritten by a task's
+    phantom_results.write_text(json.dumps({"task": "10 training + 6 test phantoms, seed 2026", "runs": {"x": {}}}))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task), "--results",
+                           str(phantom_results), "--contestants", "autoseg"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "holds the phantom race; give this task its own file" in done.stderr
+    assert json.loads(phantom_results.read_text())["runs"] == {"x": {}}
 
 
 def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
