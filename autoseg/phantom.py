@@ -70,7 +70,8 @@ class PhantomCase:
 
     ``image`` int16 HU and ``labels`` uint8 are ``(z, y, x)``; ``spacing`` is ``(z, y, x)`` mm and
     ``origin`` the centre of voxel 0 in ``(x, y, z)`` mm as SimpleITK wants it (direction identity).
-    ``tissues`` holds the :data:`TISSUES` id of every voxel, for checks beyond the task's labels.
+    ``tissues`` holds the tissue id of every voxel, for checks beyond the task's labels: of
+    :data:`TISSUES` for family 1, of :data:`autoseg.phantom_family2_shapes.TISSUES2` for family 2.
     """
 
     image: np.ndarray
@@ -80,6 +81,7 @@ class PhantomCase:
     tissues: np.ndarray
     task: str
     seed: int
+    family: int = 1
 
     @property
     def geometry(self) -> Geometry:
@@ -99,7 +101,7 @@ def generate_case(seed: int, task: str = "Task08", shape: tuple[int, int, int] |
     drawn within :data:`CLINICAL_SPACING_RANGE`. ``shape`` defaults to the field of view divided by the
     spacing; a given shape with a given or drawn spacing crops or pads the field of view instead.
     """
-    spec = _task_spec(task)
+    spec = task_spec(task)
     grid = choose_grid(seed, shape, spacing, spacing_range)
     layers = draw_anatomy(np.random.default_rng([seed, 0]))
     image, tissues = _render(layers, grid)
@@ -113,8 +115,9 @@ def generate_case(seed: int, task: str = "Task08", shape: tuple[int, int, int] |
 
 def choose_grid(seed: int, shape: tuple[int, int, int] | None = None,
                 spacing: tuple[float, float, float] | None = None,
-                spacing_range: SpacingRange | None = None) -> Grid:
-    """The voxel grid of a case, by the rules of :func:`generate_case`."""
+                spacing_range: SpacingRange | None = None,
+                fov_mm: tuple[float, float, float] = FOV_MM) -> Grid:
+    """The voxel grid of a case, by the rules of :func:`generate_case` (``fov_mm``: its family's field of view)."""
     sizes: tuple[int, ...] | None = None
     if shape is not None:
         sizes = tuple(int(n) for n in shape)
@@ -123,7 +126,7 @@ def choose_grid(seed: int, shape: tuple[int, int, int] | None = None,
                                      fix="pass e.g. shape=(48, 128, 128)")
     if spacing is None:
         if spacing_range is None and sizes is not None:
-            spacing_mm: tuple[float, ...] = tuple(f / n for f, n in zip(FOV_MM, sizes))
+            spacing_mm: tuple[float, ...] = tuple(f / n for f, n in zip(fov_mm, sizes))
         else:
             spacing_mm = _draw_spacing(seed, spacing_range or CLINICAL_SPACING_RANGE)
     else:
@@ -132,7 +135,7 @@ def choose_grid(seed: int, shape: tuple[int, int, int] | None = None,
         raise ConfigurationError(f"phantom spacing must be three positive mm values (z, y, x), got {spacing_mm}",
                                  fix="pass e.g. spacing=(2.5, 0.8, 0.8)")
     if sizes is None:
-        sizes = tuple(max(1, round(f / s)) for f, s in zip(FOV_MM, spacing_mm))
+        sizes = tuple(max(1, round(f / s)) for f, s in zip(fov_mm, spacing_mm))
     origin = [-(n - 1) / 2 * s for n, s in zip(sizes, spacing_mm)]
     return Grid((sizes[0], sizes[1], sizes[2]), (spacing_mm[0], spacing_mm[1], spacing_mm[2]),
                 (origin[0], origin[1], origin[2]))
@@ -153,7 +156,7 @@ def _draw_spacing(seed: int, spacing_range: SpacingRange) -> tuple[float, float,
 
 def task_labels(tissues: np.ndarray, task: str) -> np.ndarray:
     """The label map of ``task`` from a tissue map: Task08 1 vessel 2 tumour, Task03 1 liver 2 tumour."""
-    _task_spec(task)
+    task_spec(task)
     labels = np.zeros(tissues.shape, dtype=np.uint8)
     if task == "Task08":
         labels[tissues == TISSUES["vessel"]] = 1
@@ -164,7 +167,8 @@ def task_labels(tissues: np.ndarray, task: str) -> np.ndarray:
     return labels
 
 
-def _task_spec(task: str) -> TaskSpec:
+def task_spec(task: str) -> TaskSpec:
+    """The :class:`TaskSpec` of ``task``; an unknown name raises with the known ones."""
     if task not in TASKS:
         raise unknown_name("phantom task", task, list(TASKS))
     return TASKS[task]
@@ -251,7 +255,8 @@ def case_seed(seed: int, index: int) -> int:
 
 def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_test: int = 2,
                seed: int = 0, shape: tuple[int, int, int] | None = None,
-               spacing_range: SpacingRange | None = None) -> Path:
+               spacing_range: SpacingRange | None = None, family: int = 1,
+               tumour_free_share: float | None = None) -> Path:
     """Write an MSD task folder of phantoms under ``out_dir`` and return its path.
 
     The folder (``Task08_HepaticVessel`` or ``Task03_Liver``) holds ``dataset.json``, ``imagesTr``,
@@ -262,17 +267,26 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
     apply. ``phantom.json`` records the parameters: a folder already complete with the same ones is
     left as it is (logged), any other folder it marks as ours is rewritten, stale cases removed.
     A non-empty folder without ``phantom.json`` is not ours and raises :class:`DatasetError`.
+
+    ``family`` 2 writes the second phantom family (:mod:`autoseg.phantom_family2`) instead, with
+    ``tumour_free_share`` (default 0.3) of the training and of the test cases tumour-free; the
+    family is recorded, so a folder of the other family is rewritten, never mixed.
     """
-    spec = _task_spec(task)
+    spec = task_spec(task)
     if num_training < 1 or num_test < 0:
         raise ConfigurationError(f"need num_training >= 1 and num_test >= 0, got {num_training} and "
                                  f"{num_test}", fix="ask for at least one training case")
+    share = _family_share(family, tumour_free_share)
     if shape is None and spacing_range is None:
         spacing_range = DEMO_SPACING_RANGE
     root = Path(out_dir) / spec.folder
     params = {"generator_version": GENERATOR_VERSION, "task": task, "num_training": num_training,
               "num_test": num_test, "seed": seed, "shape": list(shape) if shape else None,
-              "spacing_range": [list(v) for v in spacing_range] if spacing_range else None}
+              "spacing_range": [list(v) for v in spacing_range] if spacing_range else None, "family": family}
+    if family == 2:
+        from autoseg.phantom_family2 import GENERATOR2_VERSION
+
+        params.update(generator_version=GENERATOR2_VERSION, tumour_free_share=share)
     names = [f"{spec.prefix}_{i:03d}.nii.gz" for i in range(num_training + num_test)]
     raw = RawDataset(root)
     files = [d / n for n in names[:num_training] for d in (raw.images_tr, raw.labels_tr)]
@@ -287,11 +301,25 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
     root.mkdir(parents=True, exist_ok=True)
     write_json(marker, {**params, "complete": False})
     _remove_stale(root, spec.prefix, set(files))
-    _write_cases(root, task, seed, names, num_training, shape, spacing_range)
-    write_json(raw.metadata, _dataset_json(spec, names, num_training))
+    _write_cases(root, task, seed, names, num_training, shape, spacing_range, family, share)
+    write_json(raw.metadata, _dataset_json(spec, names, num_training, family))
     write_json(marker, {**params, "complete": True})
     logger.info("wrote %d training and %d test phantoms to %s", num_training, num_test, root)
     return root
+
+
+def _family_share(family: int, share: float | None) -> float | None:
+    """The tumour-free share to use: only family 2 has one (default 0.3)."""
+    if family not in (1, 2):
+        raise ConfigurationError(f"phantom family must be 1 or 2, got {family}", fix="pass --family 1 or 2")
+    if family == 1:
+        if share is not None:
+            raise ConfigurationError("every family-1 phantom has tumours: a tumour-free share applies to "
+                                     "family 2 only", fix="add --family 2, or drop --tumour-free-share")
+        return None
+    from autoseg.phantom_family2 import DEFAULT_TUMOUR_FREE_SHARE, check_share
+
+    return check_share(DEFAULT_TUMOUR_FREE_SHARE if share is None else share)
 
 
 def _is_complete(marker: Path, params: dict, files: list[Path]) -> bool:
@@ -301,6 +329,8 @@ def _is_complete(marker: Path, params: dict, files: list[Path]) -> bool:
         recorded = read_json(marker)
     except (OSError, ValueError):
         return False
+    if isinstance(recorded, dict):
+        recorded.setdefault("family", 1)  # written before there was a second family
     return recorded == {**params, "complete": True} and all(f.is_file() for f in files)
 
 
@@ -316,24 +346,43 @@ def _remove_stale(root: Path, prefix: str, keep: set[Path]) -> None:
 
 
 def _write_cases(root: Path, task: str, seed: int, names: list[str], num_training: int,
-                 shape: tuple[int, int, int] | None, spacing_range: SpacingRange | None) -> None:
+                 shape: tuple[int, int, int] | None, spacing_range: SpacingRange | None,
+                 family: int = 1, share: float | None = None) -> None:
     from tqdm import tqdm
 
+    if family == 2:
+        from autoseg import phantom_family2
+
+        tumour_free = phantom_family2.tumour_free_indices(seed, num_training, len(names) - num_training,
+                                                          share or 0.0)
     for index, name in enumerate(tqdm(names, desc=f"phantoms {root.name}", unit="case", disable=None)):
-        case = generate_case(case_seed(seed, index), task, shape=shape, spacing_range=spacing_range)
+        if family == 2:
+            case = phantom_family2.generate_case(case_seed(seed, index), task, shape=shape,
+                                                 spacing_range=spacing_range, tumour_free=index in tumour_free)
+        else:
+            case = generate_case(case_seed(seed, index), task, shape=shape, spacing_range=spacing_range)
         raw = RawDataset(root)
         images, labels = (raw.images_tr, raw.labels_tr) if index < num_training else (raw.images_ts, raw.labels_ts)
         write_image(images / name, case.image, case.geometry)
         write_image(labels / name, case.labels, case.geometry)
 
 
-def _dataset_json(spec: TaskSpec, names: list[str], num_training: int) -> dict:
+def _dataset_json(spec: TaskSpec, names: list[str], num_training: int, family: int = 1) -> dict:
+    if family == 2:
+        from autoseg.phantom_family2 import GENERATOR2_VERSION
+
+        description = spec.description.replace("portal venous", "multiphase") + " (phantom family 2)"
+        reference, release = "autoseg synthetic phantom family 2 (autoseg.phantom_family2)", \
+            f"autoseg phantom family 2 generator v{GENERATOR2_VERSION}"
+    else:
+        description, reference = spec.description, "autoseg synthetic phantom (autoseg.phantom)"
+        release = f"autoseg phantom generator v{GENERATOR_VERSION}"
     return {
         "name": spec.folder.split("_", 1)[1],
-        "description": spec.description,
-        "reference": "autoseg synthetic phantom (autoseg.phantom)",
+        "description": description,
+        "reference": reference,
         "licence": "CC0",
-        "release": f"autoseg phantom generator v{GENERATOR_VERSION}",
+        "release": release,
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": dict(spec.labels),
@@ -359,7 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed voxel grid; the spacing then fits the field of view into it")
     p.add_argument("--clinical", action="store_true",
                    help="clinical spacing (0.6-1.0 mm in-plane, 1.5-5 mm slices; ~512x512, slow)")
+    add_family_arguments(p)
     return p
+
+
+def add_family_arguments(p: argparse.ArgumentParser) -> None:
+    """``--family`` and ``--tumour-free-share`` (shared with ``autoseg phantom``)."""
+    p.add_argument("--family", type=int, choices=(1, 2), default=1,
+                   help="1: the phantoms the demo and the tests use (default); 2: an independent family "
+                        "with other anatomy, contrast phases, lesion kinds and noise (autoseg.phantom_family2)")
+    p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
+                   help="family 2: share of tumour-free livers among the training and the test cases "
+                        "(default 0.3)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -369,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         root = write_task(args.out_dir, args.task, args.num_training, args.num_test, args.seed,
                           shape=tuple(args.shape) if args.shape else None,
-                          spacing_range=CLINICAL_SPACING_RANGE if args.clinical else None)
+                          spacing_range=CLINICAL_SPACING_RANGE if args.clinical else None,
+                          family=args.family, tumour_free_share=args.tumour_free_share)
     except AutosegError as exc:
         logger.error("%s", exc)
         return 2
