@@ -34,7 +34,8 @@ learnt about family 1 that is not liver, vessel or tumour does not carry over:
 Where structures overlap, the later one owns the voxel: tumour over vessel over parenchyma (so a
 vessel crossing a tumour is tumour in image and labels), and IVC and gallbladder over the liver.
 
-HU values are approximate ranges from general radiology knowledge, not fitted to any dataset:
+HU values are approximate ranges from general radiology knowledge (multiphase liver CT: late arterial
+~35-45 s, portal venous ~70 s, delayed ~3-5 min after injection), not fitted to any dataset:
 liver ~55-65 HU unenhanced, ~70-90 late arterial, ~95-130 portal venous; portal vein ~150-210 and
 hepatic veins ~125-195 portal venous, hepatic veins near unenhanced blood (~40-80) in the late
 arterial phase; aorta 230-380 arterial; kidney cortex 170-260 corticomedullary; HCC per LI-RADS
