@@ -440,6 +440,11 @@ class CaseReport(Artefact):
     stage_seconds: dict[str, float] | None = optional()
     #: The preprocessed grid the sliding window ran over.
     region_shape: tuple[int, ...] | None = optional()
+    #: Localised prediction (:mod:`autoseg.inference.localise`): the tiles of the folds' grid they
+    #: predicted and all its tiles (None: the whole grid, or none because the scout found nothing),
+    #: and the share of the grid's voxels those tiles cover.
+    localised_tiles: tuple[int, int] | None = optional()
+    localised_share: float | None = optional()
     postprocessing: PostprocessingRules | None = optional()
     roi: RoiReport | None = optional()
     #: What each label of the case's label map means (background included): the model's labels, or

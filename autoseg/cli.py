@@ -100,6 +100,13 @@ def _add_phantom_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num-training", type=int, default=10)
     p.add_argument("--test", type=int, default=2, help="held-out test cases (default: 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", type=int, choices=(1, 2), default=1,
+                   help="1: the phantoms of the demo and the tests (default); 2: an independent family with "
+                        "other anatomy, contrast phases, lesion kinds and noise, to test a model tuned on "
+                        "family 1 (e.g. autoseg phantom -o raw2 --family 2 --tumour-free-share 0.3)")
+    p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
+                   help="family 2 only: share of tumour-free livers among the training and among the test "
+                        "cases (default 0.3)")
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -107,7 +114,8 @@ def _cmd_phantom(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.phantom import write_task
 
     out = write_task(args.output or settings.raw, task=args.task, num_training=args.num_training,
-                     num_test=args.test, seed=args.seed)
+                     num_test=args.test, seed=args.seed, family=args.family,
+                     tumour_free_share=args.tumour_free_share)
     print(f"wrote {out}")
     return 0
 
@@ -287,6 +295,10 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "organ, so stray false positives do not widen the region)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
+    p.add_argument("--localise", action="store_true",
+                   help="a first pass of one network without overlap finds the foreground; the folds then "
+                        "predict only the tiles that hold it (faster; docs/inference.md says what it can "
+                        "change). Default: every fold over the whole case")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto (default: CUDA when there is one, else the CPU), cpu or cuda")
     p.add_argument("--threads", type=_positive_int, default=None,
@@ -336,7 +348,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     if args.roi_model:
         roi_path = Path(args.roi_model)
         roi = open_model(roi_path if roi_path.exists() else trained_model_folder(args.roi_model, None, settings))
-    options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap,
+    options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap, localise=args.localise,
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
                                                            ("overlays", args.overlays),

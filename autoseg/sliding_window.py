@@ -39,12 +39,13 @@ class WindowOptions:
 
 
 def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: WindowOptions,
-          timings: dict[str, float] | None = None, source: str | Path | None = None) -> np.ndarray:
+          timings: dict[str, float] | None = None, source: str | Path | None = None,
+          where: np.ndarray | None = None) -> np.ndarray:
     """:func:`predict_sliding_window` with the patch, classes and batch of ``plans``."""
     mirror = tuple(range(len(plans.patch_size))) if options.mirror else ()
     return predict_sliding_window(network, data, plans.patch_size, plans.num_classes, options.overlap,
                                   plans.batch_size, mirror, options.device, timings, options.precision,
-                                  source=source, between_batches=options.between_batches)
+                                  source=source, between_batches=options.between_batches, where=where)
 
 
 @lru_cache(maxsize=8)
@@ -85,8 +86,14 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
                            mirror_axes: tuple[int, ...] = (), device: str = "cpu",
                            timings: dict[str, float] | None = None, precision: str = "auto",
                            source: str | Path | None = None,
-                           between_batches: Callable[[], object] | None = None) -> np.ndarray:
+                           between_batches: Callable[[], object] | None = None,
+                           where: np.ndarray | None = None) -> np.ndarray:
     """Softmax probabilities (K, *spatial) float32 for ``data`` (C, *spatial).
+
+    ``where`` (a boolean ``spatial`` mask), if given, keeps only the tiles of the usual tile grid
+    that hold one of its voxels: a voxel of the mask is then predicted exactly as without it (every
+    tile that covers it is kept), and a voxel no kept tile covers gets probability 0 for every class
+    (the caller fills it). ``timings`` then also gets ``tiles`` and ``tiles_total``.
 
     Raises :class:`AutosegError` (naming ``source``, the model or its weights file, when given) as
     soon as a batch of probabilities holds NaN or Inf: damaged weights or extreme input values would
@@ -105,6 +112,15 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     gauss_t = torch.from_numpy(gauss).to(device)
     tiles = [tuple(slice(s, s + p) for s, p in zip(start, patch))
              for start in itertools.product(*tile_starts(spatial, patch, overlap))]
+    if where is not None:
+        if where.shape != data.shape[1:]:
+            raise ValueError(f"the mask's shape {where.shape} is not the data's {data.shape[1:]}")
+        wanted = np.zeros(spatial, dtype=bool)
+        wanted[unpad] = where
+        total = len(tiles)
+        tiles = [t for t in tiles if wanted[t].any()]
+        if timings is not None:
+            timings["tiles"], timings["tiles_total"] = float(len(tiles)), float(total)
     for i in tqdm(range(0, len(tiles), batch_size), desc="sliding window", unit="batch", leave=False,
                   disable=None):
         if between_batches is not None:
@@ -121,7 +137,7 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
         for t, o in zip(chunk, weighted):
             probs[(slice(None), *t)] += o
             weights[t] += gauss
-    probs /= weights
+    np.divide(probs, weights, out=probs, where=weights > 0)  # uncovered voxels (``where``) stay 0
     return probs[(slice(None), *unpad)]
 
 

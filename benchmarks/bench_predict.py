@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,23 @@ from autoseg.phantom import generate_case, write_task
 from autoseg.plans import Plans
 
 SPACING = (2.5, 0.8, 0.8)
+
+
+def use_trained(trained: Path, work: Path) -> Path:
+    """A model folder in ``work`` with ``trained``'s plans and checkpoints; folds it lacks get its
+    first fold's weights (time and memory do not depend on the weights, but localised prediction's
+    region does, and a trained first fold finds the region a trained ensemble would)."""
+    plans = Plans.load(trained / "plans.json")
+    model = work / "trained" / plans.network.name
+    plans.save(model / "plans.json")
+    found = sorted(trained.glob("fold_*/checkpoint_final.pt"))
+    if not found:
+        raise SystemExit(f"{trained} has no fold_K/checkpoint_final.pt")
+    for fold in range(5):
+        source = trained / f"fold_{fold}" / "checkpoint_final.pt"
+        (model / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source if source.is_file() else found[0], model / f"fold_{fold}" / "checkpoint_final.pt")
+    return model
 
 
 def prepare(work: Path, slices: int) -> tuple[Path, Path]:
@@ -62,10 +80,13 @@ def prepare(work: Path, slices: int) -> tuple[Path, Path]:
     return image, model
 
 
-def timed_predict(image: Path, model: Path, folds: list[int], out: Path, precision: str) -> dict:
+def timed_predict(image: Path, model: Path, folds: list[int], out: Path, precision: str,
+                  extra: tuple[str, ...] = ()) -> dict:
     """Wall time and peak resident memory of ``autoseg predict`` in a fresh process."""
+    if out.exists():
+        shutil.rmtree(out)
     argv = ["predict", "-i", str(image), "-o", str(out), "-m", str(model), "-f", *map(str, folds),
-            "--precision", precision]
+            "--precision", precision, *extra]
     code = ("import resource, sys\nfrom autoseg.cli import main\nrc = main(%r)\n"
             "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)" % argv)
     run = run_measured("autoseg", [sys.executable, "-c", code], dict(os.environ), out.parent / f"{out.name}.log",
@@ -76,7 +97,8 @@ def timed_predict(image: Path, model: Path, folds: list[int], out: Path, precisi
     peak_kib = int(log_text.split("MAXRSS_KIB")[1].split()[0])
     report = json.loads((out / "report.json").read_text())["cases"][0]
     stages = report["stage_seconds"]
-    return {"tool": "autoseg", "folds": len(folds), "precision": report["precision"], "wall_s": run.wall_s,
+    return {"tool": "autoseg", "folds": len(folds), "options": list(extra), "precision": report["precision"],
+            "localised_share": report.get("localised_share"), "wall_s": run.wall_s,
             "predict_case_s": report["seconds"], "stage_seconds": stages,
             "outside_forward_share": round(1 - stages["network_forward"] / report["seconds"], 3),
             "peak_rss_gib": round(peak_kib / 2**20, 2), "peak_rss_tree_gib": round(run.peak_rss_bytes / 2**30, 2)}
@@ -109,18 +131,27 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "predict.json")
     p.add_argument("--precision", default="auto", help="autoseg predict --precision (default: auto)")
     p.add_argument("--nnunet", action="store_true", help="also time nnU-Net v2's predictor (one fold, no TTA)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a trained model folder to time instead of random weights (missing folds get fold 0's)")
+    p.add_argument("--localise", action="store_true",
+                   help="also time each fold count with --localise (localised prediction)")
     args = p.parse_args()
     args.work = args.work.resolve()  # the timed commands run in benchmarks/work
     (Path(__file__).parent / "work").mkdir(exist_ok=True)
     image, model = prepare(args.work, args.slices)
+    if args.model is not None:
+        model = use_trained(args.model.resolve(), args.work)
     plans = Plans.load(model / "plans.json")
-    rows = [timed_predict(image, model, list(range(n)), args.work / f"out{n}", args.precision) for n in args.runs]
+    variants = [(), ("--localise",)] if args.localise else [()]
+    rows = [timed_predict(image, model, list(range(n)), args.work / f"out{n}{''.join(v)}", args.precision, v)
+            for n in args.runs for v in variants]
     params = sum(t.numel() for t in torch.load(model / "fold_0" / "checkpoint_final.pt",
                                                weights_only=True)["network"].values())
     result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "torch": torch.__version__,
               "case": f"512x512x{args.slices} at 0.8x0.8x2.5 mm", "patch": list(plans.patch_size),
               "target_spacing": list(plans.target_spacing), "network": plans.network.name,
               "features": plans.network.kwargs["features_per_stage"], "parameters": params, "runs": rows,
+              "trained_model": str(args.model) if args.model else None, "load_average": os.getloadavg(),
               "time": time.strftime("%Y-%m-%d %H:%M")}
     if args.nnunet:
         ref = nnunet_predict(args.work, image)

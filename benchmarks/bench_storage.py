@@ -10,12 +10,14 @@ from the same arrays):
 - milliseconds to read one random training patch (the plans' patch grown for rotation and scaling,
   as the data loader reads it, image and labels), page cache warm, from each format;
 - with ``--train-steps N``: a short training run of fold 0 on the stored data, and the share of its
-  wall time the network waited for data (``data_wait_share`` in ``fold_0/log.jsonl``).
+  wall time the network waited for data (``data_wait_share`` in ``fold_0/log.jsonl``);
+- with ``--codecs``: the image bytes, compression time and patch-read time of other codecs
+  (:data:`CODECS`, lossy ones included) on the same arrays.
 
 nnU-Net's bytes on the same data come from ``bench_preprocess.py`` (its ``output_bytes``); run both
 for the ratio. Not run by CI. From the repository root::
 
-    .venv/bin/python benchmarks/bench_storage.py --train-steps 60
+    .venv/bin/python benchmarks/bench_storage.py --train-steps 30 --codecs
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import blosc2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +46,7 @@ from bench_preprocess import MSD_TASK, make_task  # noqa: E402
 from autoseg.layout import PreprocessedDataset, ResultsDataset  # noqa: E402
 from autoseg.plans import Plans  # noqa: E402
 from autoseg.preprocessing import load_case  # noqa: E402
-from autoseg.preprocessing.storage import write_case  # noqa: E402
+from autoseg.preprocessing.storage import chunk_shapes, write_case  # noqa: E402
 from autoseg.training.data import crop_with_padding, initial_patch_size  # noqa: E402
 
 
@@ -104,6 +107,49 @@ def measure_case(pre: Path, case: str, scratch: Path, patch: tuple[int, ...], re
     return row
 
 
+#: The codecs ``--codecs`` compares (name: cparams, and a dtype when the codec is lossy by casting).
+CODECS: dict[str, tuple[dict[str, Any], Any]] = {
+    "zstd1+shuffle (chosen)": ({"codec": blosc2.Codec.ZSTD, "clevel": 1, "filters": [blosc2.Filter.SHUFFLE]}, None),
+    "zstd5+shuffle": ({"codec": blosc2.Codec.ZSTD, "clevel": 5, "filters": [blosc2.Filter.SHUFFLE]}, None),
+    "zstd8 (nnU-Net's)": ({"codec": blosc2.Codec.ZSTD, "clevel": 8, "filters": [blosc2.Filter.NOFILTER]}, None),
+    "lz4-9+shuffle": ({"codec": blosc2.Codec.LZ4, "clevel": 9, "filters": [blosc2.Filter.SHUFFLE]}, None),
+    "lz4hc9+shuffle": ({"codec": blosc2.Codec.LZ4HC, "clevel": 9, "filters": [blosc2.Filter.SHUFFLE]}, None),
+    "float16 zstd5+shuffle (lossy)": ({"codec": blosc2.Codec.ZSTD, "clevel": 5,
+                                       "filters": [blosc2.Filter.SHUFFLE]}, np.float16),
+    "12 mantissa bits zstd5 (lossy)": ({"codec": blosc2.Codec.ZSTD, "clevel": 5,
+                                        "filters": [blosc2.Filter.TRUNC_PREC, blosc2.Filter.SHUFFLE],
+                                        "filters_meta": [12, 0]}, None),
+}
+
+
+def compare_codecs(pre: Path, patch: tuple[int, ...], scratch: Path, reads: int) -> dict[str, dict[str, float]]:
+    """Image bytes, compression time and patch-read time of each codec in :data:`CODECS`, one thread."""
+    size = initial_patch_size(patch, in_plane_only=True)
+    out: dict[str, dict[str, float]] = {}
+    for name, (cparams, dtype) in CODECS.items():
+        total, write_s, read_s = 0, 0.0, 0.0
+        for case in PreprocessedDataset(pre).case_ids():
+            image = load_case(pre, case, lazy=False)[0]
+            image = image.astype(dtype) if dtype is not None else image
+            chunks, blocks = chunk_shapes(image.shape, patch)
+            path = scratch / "codec.b2nd"
+            t0 = time.perf_counter()
+            blosc2.asarray(image, urlpath=str(path), mode="w", chunks=chunks, blocks=blocks,
+                           cparams={**cparams, "nthreads": 1})
+            write_s += time.perf_counter() - t0
+            total += path.stat().st_size
+            stored = blosc2.open(str(path), mode="r", mmap_mode="r", dparams={"nthreads": 1})
+            rng = np.random.default_rng(1)
+            t0 = time.perf_counter()
+            for _ in range(reads):
+                crop_with_padding(stored, np.array([rng.integers(0, s) for s in image.shape[1:]]), size)
+            read_s += (time.perf_counter() - t0) / reads
+        cases = len(PreprocessedDataset(pre).case_ids())
+        out[name] = {"image_bytes": total, "write_s": round(write_s, 2), "patch_ms": round(1000 * read_s / cases, 2)}
+        print(name, out[name], flush=True)
+    return out
+
+
 def train_wait(work: Path, steps: int) -> dict[str, Any]:
     """Train fold 0 for ``steps`` steps on the stored data; the data-wait share of each logged epoch."""
     results = work / "results"
@@ -128,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reads", type=int, default=40, help="random patches read per case and format")
     p.add_argument("--train-steps", type=int, default=0, help="also train fold 0 this many steps")
+    p.add_argument("--codecs", action="store_true", help="also compare the codecs of CODECS on the images")
     p.add_argument("--output", type=Path, default=BENCH / "results" / "storage.json")
     args = p.parse_args(argv)
 
@@ -148,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                   "b2nd_patch_ms_median": statistics.median(r["b2nd_patch_ms"] for r in rows),
                   "npy_patch_ms_median": statistics.median(r["npy_patch_ms"] for r in rows)},
     }
+    if args.codecs:
+        with tempfile.TemporaryDirectory(dir=args.work) as scratch:
+            result["codecs"] = compare_codecs(pre, patch, Path(scratch), args.reads)
     if args.train_steps:
         result["training"] = train_wait(args.work, args.train_steps)
     result["load_average_end"] = os.getloadavg()

@@ -153,13 +153,18 @@ class EnsembleModel:
         return tuple(sorted(set.intersection(*(set(p.folds) for p in self.parts))))
 
     def probabilities(self, data: np.ndarray, options: WindowOptions,
-                      timings: dict[str, float] | None = None) -> np.ndarray:
+                      timings: dict[str, float] | None = None, where: np.ndarray | None = None) -> np.ndarray:
         """The mean of the members' fold-averaged softmax (the members share their grid)."""
-        mean = self.parts[0].probabilities(data, options, timings)
+        mean = self.parts[0].probabilities(data, options, timings, where)
         for part in self.parts[1:]:
-            mean += part.probabilities(data, options, timings)
+            mean += part.probabilities(data, options, timings, where)
         mean /= len(self.parts)
         return mean
+
+    def scout(self, data: np.ndarray, options: WindowOptions,
+              timings: dict[str, float] | None = None) -> np.ndarray:
+        """The first member's scout."""
+        return self.parts[0].scout(data, options, timings)
 
     @classmethod
     def open(cls, folder: Path, folds: tuple[int, ...] | None = None,

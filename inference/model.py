@@ -47,8 +47,15 @@ class Model(Protocol):
         """The precision the model computes in whatever autocast is asked for (None: as asked)."""
 
     def probabilities(self, data: np.ndarray, options: WindowOptions,
-                      timings: dict[str, float] | None = None) -> np.ndarray:
-        """Softmax ``(K, *spatial)`` float32 for preprocessed ``data``, averaged over the folds."""
+                      timings: dict[str, float] | None = None, where: np.ndarray | None = None) -> np.ndarray:
+        """Softmax ``(K, *spatial)`` float32 for preprocessed ``data``, averaged over the folds; with
+        ``where``, only the tiles holding a voxel of that mask are predicted
+        (:func:`~autoseg.sliding_window.predict_sliding_window`)."""
+
+    def scout(self, data: np.ndarray, options: WindowOptions,
+              timings: dict[str, float] | None = None) -> np.ndarray:
+        """A quick look: the softmax of the model's first network alone, as ``options`` slide it
+        (:mod:`autoseg.inference.localise` asks for tiles without overlap)."""
 
 
 class _FoldNetworks:
@@ -70,16 +77,22 @@ class _FoldNetworks:
         return tuple(sorted(self.checkpoints))
 
     def probabilities(self, data: np.ndarray, options: WindowOptions,
-                      timings: dict[str, float] | None = None) -> np.ndarray:
+                      timings: dict[str, float] | None = None, where: np.ndarray | None = None) -> np.ndarray:
         total: np.ndarray | None = None
         for fold in self.folds:
             net = self.network(fold, options.device)
-            probs = slide(net, data, self.plans, options, timings, source=self.weights_source(fold))
+            probs = slide(net, data, self.plans, options, timings, source=self.weights_source(fold), where=where)
             del net
             total = probs if total is None else np.add(total, probs, out=total)
         assert total is not None  # every model has at least one fold (checked on opening)
         total /= len(self.folds)
         return total
+
+    def scout(self, data: np.ndarray, options: WindowOptions,
+              timings: dict[str, float] | None = None) -> np.ndarray:
+        fold = self.folds[0]
+        return slide(self.network(fold, options.device), data, self.plans, options, timings,
+                     source=self.weights_source(fold))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from autoseg.layout import CaseOutputs, RunOutputs
 from autoseg.plans import Plans
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
+from autoseg.inference.localise import localised_probabilities
 from autoseg.inference.model import Model
 from autoseg.inference.postprocessing import Decision, apply_postprocessing, keep_largest_component, rules_of
 from autoseg.inference.dicom_seg import check_dicom_seg_input
@@ -44,6 +45,9 @@ class PredictOptions:
     device: str = "cpu"
     tta: bool = False
     overlap: float = 0.5
+    #: Every fold predicts only the tiles holding the foreground a first, non-overlapping pass of one
+    #: network found (:mod:`autoseg.inference.localise`); False: every fold over the whole case.
+    localise: bool = False
     #: Autocast of the forward passes (autoseg.precision): auto, fp32, bf16 or fp16.
     precision: str = "auto"
     #: Extra outputs besides the label map and report (names in ``inference.outputs.OUTPUT_FORMATS``).
@@ -187,7 +191,11 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     geometry = pre.properties.original_geometry
     t_pre = time.perf_counter()
     timings: dict[str, float] = {}
-    probs = model.probabilities(pre.data, window_options(options), timings)
+    window, localised = window_options(options), {}  # type: WindowOptions, dict[str, Any]
+    if options.localise:
+        probs = localised_probabilities(model, pre.data, window, timings, localised)
+    else:
+        probs = model.probabilities(pre.data, window, timings)
     t_net = time.perf_counter()
     labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, plans),
                                   options.postprocessing, geometry.spacing_zyx)
@@ -204,6 +212,7 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         precision=model.fixed_precision or resolve_precision(options.precision, options.device),
         stage_seconds={k: round(v, 2) for k, v in stages.items()},
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
+        localised_tiles=localised.get("tiles"), localised_share=localised.get("share"),
         postprocessing=rules_of(options.postprocessing), roi=roi_report, label_table=table,
         provenance=provenance(model, image_path, options.command_line))
     formats = [OUTPUT_FORMATS[o] for o in options.outputs]  # an unknown name fails before any work is kept
