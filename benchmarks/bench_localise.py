@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+from bench_common import append_result, cpu_model  # noqa: E402
 from bench_preprocess import FULL_SPACING, SMALL_SPACING  # noqa: E402
 
 from autoseg.io import read_label  # noqa: E402
@@ -38,12 +38,6 @@ from autoseg.plans import Plans  # noqa: E402
 
 RUNS = {"whole": [], "localised": ["--localise"]}
 
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def predict(images: Path, out: Path, model: Path, folds: list[str], extra: list[str], reuse: bool) -> float | None:
@@ -101,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                         "paired_difference": mean_present(diffs), "ci95": bootstrap_interval(diffs, seed=0),
                         "largest_case_difference": max((abs(d) for d in diffs if d is not None), default=None)}
     seconds = {run: float(np.median([r[f"{run}_seconds"] for r in rows])) for run in RUNS}
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu_model(),
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
               "cores": os.cpu_count(), "load_average": [load_start, os.getloadavg()], "model": str(args.model),
               "folds": args.folds or "all", "cases": len(rows), "seed": args.seed, "summary": summary,
               "median_seconds_per_case": seconds, "wall_s": wall,
@@ -111,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['ci95']}  largest case {s['largest_case_difference']}")
     print(f"median seconds per case: {seconds}; median share of the grid slid over: "
           f"{result['median_localised_share']:.3f}; load {result['load_average']}")
-    history = json.loads(args.output.read_text()) if args.output.is_file() else []
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps([*history, result], indent=1) + "\n")
+    append_result(args.output, result)
     return 0
 
 

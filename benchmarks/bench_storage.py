@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+from bench_common import append_result, cpu_model  # noqa: E402
 from bench_preprocess import MSD_TASK, make_task  # noqa: E402
 
 from autoseg.layout import PreprocessedDataset, ResultsDataset  # noqa: E402
@@ -49,12 +49,6 @@ from autoseg.preprocessing import load_case  # noqa: E402
 from autoseg.preprocessing.storage import chunk_shapes, write_case  # noqa: E402
 from autoseg.training.data import crop_with_padding, initial_patch_size  # noqa: E402
 
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def prepare(work: Path, cases: int, seed: int) -> Path:
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     totals = {k: sum(r[k] for r in rows) for k in ("b2nd_bytes", "npy_bytes", "b2nd_write_s", "npy_write_s")}
     result: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu_model(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "cores": os.cpu_count(), "load_average_start": os.getloadavg(), "patch_size": list(patch),
         "read_patch_size": list(initial_patch_size(patch, in_plane_only=True)), "cases": rows,
         "total": {**totals, "ratio_b2nd_to_npy": totals["b2nd_bytes"] / totals["npy_bytes"],
@@ -204,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result["total"], indent=1))
     if "training" in result:
         print(json.dumps(result["training"]))
-    history = json.loads(args.output.read_text()) if args.output.is_file() else []
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps([*history, result], indent=1) + "\n")
+    append_result(args.output, result)
     return 0
 
 

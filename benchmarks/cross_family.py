@@ -11,7 +11,6 @@ Writes ``--cases`` test phantoms per family (``--seed``, the clinical-size spaci
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+from bench_common import append_result  # noqa: E402
 from bench_preprocess import FULL_SPACING, SMALL_SPACING  # noqa: E402
 from race_task import case_lesions, draw_summary  # noqa: E402
 
@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": str(args.model),
               "folds": args.folds or "all", "seed": args.seed, "load_average": [load, os.getloadavg()],
               "runs": runs}
-    history = json.loads(args.output.read_text()) if args.output.is_file() else []
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps([*history, result], indent=1, default=float) + "\n")
+    append_result(args.output, result)
     return 0
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_common import append_result
 from autoseg.networks import build_network
 from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
@@ -150,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
               "threads": args.threads, "torch": torch.__version__, "plans": str(args.plans), "peak": peaks,
               "network": measure(plans, args.threads, args.repeats, peaks),
               "load_average": [load, os.getloadavg()]}
-    history = json.loads(args.output.read_text()) if args.output.is_file() else []
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps([*history, result], indent=1) + "\n")
+    append_result(args.output, result)
     return 0
 
 
