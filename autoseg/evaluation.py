@@ -133,7 +133,8 @@ def volume_scores(pred: np.ndarray, ref: np.ndarray, voxel_ml: float) -> dict[st
             "rel_volume_diff": (v_pred - v_ref) / v_ref if v_ref > 0 else math.nan}
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a binary mask and their count (the lesions of :func:`lesion_scores`)."""
     import cc3d
 
     if not mask.any():
@@ -144,8 +145,8 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 def lesion_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """Lesion-wise detection from 26-connected components of two binary masks."""
-    ref_cc, n_ref = _components(ref)
-    pred_cc, n_pred = _components(pred)
+    ref_cc, n_ref = components(ref)
+    pred_cc, n_pred = components(pred)
     detected = int(np.count_nonzero(np.unique(ref_cc[pred]))) if n_ref else 0
     matched = int(np.count_nonzero(np.unique(pred_cc[ref]))) if n_pred else 0
     absent = n_ref == 0 and n_pred == 0

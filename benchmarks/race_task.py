@@ -5,9 +5,8 @@ contestants, every test case).
 Lesions are the 26-connected components of one class, as in ``autoseg evaluate``
 (:func:`autoseg.evaluation.lesion_scores` counts them): a reference lesion is found when any
 predicted voxel of the class overlaps it; a predicted component that overlaps no reference voxel of
-the class is a false-positive lesion. ``autoseg.evaluation`` has no public helper that gives each
-component's volume, so :func:`components` labels them here (the same connectivity) for the size
-bins and the false-positive volume.
+the class is a false-positive lesion. The size bins and the false-positive volume label the
+components with :func:`autoseg.evaluation.components`, the same labelling.
 """
 from __future__ import annotations
 
@@ -152,16 +151,6 @@ def nnunet_raw(task: RaceTask, out: Path) -> Path:
 
 # --- lesion-wise scores ---------------------------------------------------------------------------
 
-def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of a binary mask (the convention of ``autoseg evaluate``)."""
-    import cc3d
-
-    if not mask.any():
-        return np.zeros(mask.shape, np.uint32), 0
-    labelled, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
-    return labelled, int(n)
-
-
 def size_bin(volume_ml: float) -> str:
     """The bin of a reference lesion's volume."""
     return SIZE_BINS[0] if volume_ml < 0.5 else SIZE_BINS[1] if volume_ml <= 3.0 else SIZE_BINS[2]
@@ -170,7 +159,7 @@ def size_bin(volume_ml: float) -> str:
 def class_lesions(pred: np.ndarray, ref: np.ndarray, voxel_ml: float) -> dict[str, Any]:
     """One class of one case: reference lesions found, false-positive lesions and their volume,
     reference lesions by size bin ([found, total]), the reference and predicted volumes (mL)."""
-    from autoseg.evaluation import bounding_box, lesion_scores
+    from autoseg.evaluation import bounding_box, components, lesion_scores
 
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
     box = bounding_box(pred | ref, margin=1) or tuple(slice(0, 0) for _ in pred.shape)

@@ -74,13 +74,11 @@ def localised_probabilities(model: Model, data: np.ndarray, options: WindowOptio
         if stats is not None:
             stats.update(tiles=None, share=0.0)
         return scout
-    counts: dict[str, float] = {}
+    counts = timings if timings is not None else {}  # the folds' forward time, and the tiles they kept
     probs = model.probabilities(data, options, counts, where=wanted)
     covered = probs.sum(0, keepdims=True)
     probs += np.clip(1 - covered, 0, 1) * scout  # voxels no tile (of some member) covered: the scout's
     if stats is not None:
         stats.update(tiles=(int(counts.get("tiles", 0)), int(counts.get("tiles_total", 0))),
                      share=round(float(np.mean(covered > 0.5)), 4))
-    if timings is not None:
-        timings["forward"] = timings.get("forward", 0.0) + counts.get("forward", 0.0)
     return probs

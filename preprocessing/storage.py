@@ -92,21 +92,20 @@ def chunk_shapes(shape: tuple[int, ...], patch_size: tuple[int, ...] | None) -> 
 
 
 def _open_stored(path: Path) -> Any:
-    """The blosc2 NDArray in ``path``, memory-mapped (reads decompress only the chunks they touch)."""
-    return blosc2.open(str(path), mode="r", mmap_mode="r", dparams=_DPARAMS)
+    """The blosc2 NDArray in ``path``, memory-mapped (reads decompress only the chunks they touch), or
+    None when the file is not a complete blosc2 array (a truncated copy or an interrupted write by an
+    older version fails to open: blosc2 reads the frame's trailer at the end of the file)."""
+    try:
+        array = blosc2.open(str(path), mode="r", mmap_mode="r", dparams=_DPARAMS)
+    except (RuntimeError, OSError, ValueError):
+        return None
+    return array if isinstance(array, blosc2.NDArray) else None
 
 
 def _stored_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any]] | None:
-    """Shape and dtype of a stored array, or None when the file is not a complete blosc2 array (a
-    truncated copy or an interrupted write by an older version fails to open: blosc2 reads the
-    frame's trailer at the end of the file)."""
-    try:
-        array = _open_stored(path)
-    except (RuntimeError, OSError, ValueError):
-        return None
-    if not isinstance(array, blosc2.NDArray):
-        return None
-    return tuple(int(n) for n in array.shape), np.dtype(array.dtype)
+    """Shape and dtype of a stored array, or None when it does not open (:func:`_open_stored`)."""
+    array = _open_stored(path)
+    return None if array is None else (tuple(int(n) for n in array.shape), np.dtype(array.dtype))
 
 
 def open_array(path: Path) -> Any:
@@ -123,9 +122,10 @@ def open_array(path: Path) -> Any:
                                "run `autoseg plan_and_preprocess` for this dataset again: it rewrites every case "
                                "(about a fifth of the bytes) and removes the old files")
         raise AutosegError("preprocessed array is missing", path, fix)
-    if _stored_header(path) is None:
+    array = _open_stored(path)
+    if array is None:
         raise AutosegError("preprocessed array is damaged or incomplete (blosc2 cannot open it)", path, fix)
-    return _open_stored(path)
+    return array
 
 
 def load_array(path: Path, lazy: bool = True) -> Any:

@@ -311,6 +311,19 @@ def test_a_dicom_seg_given_as_input_is_named_as_such(tmp_path: Path) -> None:
 
 # --- end to end -------------------------------------------------------------------------------------
 
+def predict_dicom_seg(series: Path, tmp_path: Path) -> Path:
+    """``autoseg predict --output-format dicom-seg`` with the golden model on a DICOM series folder, in
+    a fresh process with its own folders under ``tmp_path``; the output folder."""
+    env = {**os.environ, "AUTOSEG_RAW": str(tmp_path / "raw"), "AUTOSEG_PREPROCESSED": str(tmp_path / "pre"),
+           "AUTOSEG_RESULTS": str(tmp_path / "res")}
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "autoseg", "predict", "-i", str(series), "-o", str(out), "-m",
+                          str(GOLDEN_MODEL), "--device", "cpu", "--output-format", "dicom-seg"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return out
+
+
 def test_predict_writes_nifti_and_dicom_seg(tmp_path: Path) -> None:
     """``autoseg predict --output-format dicom-seg`` on the golden CT written as a DICOM series."""
     image, geometry = read_case_images([REPO / "tests" / "golden" / "input" / "golden_ct.nii.gz"])
@@ -319,13 +332,7 @@ def test_predict_writes_nifti_and_dicom_seg(tmp_path: Path) -> None:
     positions = [np.array(geometry.origin) + k * geometry.spacing[2] * direction[:, 2] for k in range(geometry.size[2])]
     write_series(folder, [*direction[:, 0], *direction[:, 1]], positions, reverse_files=True, slices=image[0],
                  pixel_spacing=(geometry.spacing[1], geometry.spacing[0]))
-    env = {**os.environ, "AUTOSEG_RAW": str(tmp_path / "raw"), "AUTOSEG_PREPROCESSED": str(tmp_path / "pre"),
-           "AUTOSEG_RESULTS": str(tmp_path / "res")}
-    out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "autoseg", "predict", "-i", str(folder), "-o", str(out), "-m",
-                          str(GOLDEN_MODEL), "--device", "cpu", "--output-format", "dicom-seg"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
+    out = predict_dicom_seg(folder, tmp_path)
     labels, label_geometry = read_label(out / "golden_series.nii.gz")
     assert label_geometry.same_grid(geometry)
     assert len(np.unique(labels)) > 1, "the golden model found nothing: this would test little"
@@ -347,13 +354,7 @@ def test_predict_on_the_real_series(tmp_path: Path, series: str) -> None:
     """``autoseg predict --output-format dicom-seg`` on each real DICOM series: the SEG reads back
     equal to the NIfTI written beside it (a class the model does not find there is an empty segment)."""
     folder = REAL / series
-    env = {**os.environ, "AUTOSEG_RAW": str(tmp_path / "raw"), "AUTOSEG_PREPROCESSED": str(tmp_path / "pre"),
-           "AUTOSEG_RESULTS": str(tmp_path / "res")}
-    out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "autoseg", "predict", "-i", str(folder), "-o", str(out), "-m",
-                          str(GOLDEN_MODEL), "--device", "cpu", "--output-format", "dicom-seg"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
+    out = predict_dicom_seg(folder, tmp_path)
     labels, geometry = read_label(out / f"{folder.name}.nii.gz")
     check_round_trip(out / f"{folder.name}.seg.dcm", labels, geometry)
     check_references(out / f"{folder.name}.seg.dcm", folder)
