@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from autoseg.orientation import Reorientation
 from autoseg.precision import Resolved
 from autoseg.errors import EvaluationError, PlansError
 from autoseg.io import Geometry
@@ -170,6 +171,9 @@ class CaseProperties(Artefact):
     class_locations: dict[int, tuple[tuple[int, int, int], ...]] | None = optional()
     #: :func:`autoseg.preprocessing.storage.plans_key` of the plans it was made with (set when stored).
     plans_key: str | None = optional()
+    #: How the input's voxel order was turned into LPS order before cropping (plans with an
+    #: orientation); ``crop_bbox`` and the shapes after it are in that order. Absent: the file's order.
+    reorientation: Reorientation | None = optional()
 
 
 # --- cross-validation ----------------------------------------------------------------------------------
@@ -314,11 +318,14 @@ class EnsembleManifest(Artefact):
 # --- post-processing -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PostprocessingRules:
-    """What prediction applies: keep only the largest component of these labels; drop the components
-    of a label under a volume (mL)."""
+    """What prediction applies: keep only the largest foreground component; keep only the largest
+    component of these labels; drop the components of a label under a volume (mL)."""
 
     keep_largest_component: tuple[int, ...] = ()
     min_component_ml: dict[int, float] = field(default_factory=dict)
+    #: Keep only the largest component of all foreground classes together (one organ per patient,
+    #: its vessels and lesions inside it); applied before the per-class rules.
+    keep_largest_foreground: bool = False
 
 
 @dataclass(frozen=True)
@@ -347,10 +354,12 @@ class PostprocessingDecision(Artefact):
     cases: int
     grid_spacing_zyx: tuple[float, ...]
     rule: str
+    #: Written by autoseg 2026-12 and later; an older decision never had it (False).
+    keep_largest_foreground: bool = False
 
     @property
     def rules(self) -> PostprocessingRules:
-        return PostprocessingRules(self.keep_largest_component, self.min_component_ml)
+        return PostprocessingRules(self.keep_largest_component, self.min_component_ml, self.keep_largest_foreground)
 
 
 # --- case report ---------------------------------------------------------------------------------------

@@ -8,14 +8,18 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import autoseg
 from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.layout import ModelFolder, PreprocessedDataset, RunOutputs, calibration_cache
 from autoseg.precision import DEVICES, PRECISIONS, resolve_device
+from autoseg.pretrain import add_pretrain_parser
 from autoseg.serve.command import add_serve_parser
 from autoseg.settings import Settings
+
+if TYPE_CHECKING:
+    from autoseg.plans import Plans
 
 log = logging.getLogger("autoseg")
 
@@ -69,7 +73,19 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="redo stages even when their outputs are current")
     p.add_argument("-j", "--workers", type=int, default=2, help="worker processes (default: 2)")
     p.add_argument("--seed", type=int, default=12345, help="seed for sampling (default: 12345)")
+    p.add_argument("--plans-from", type=Path, default=None, metavar="MODEL",
+                   help="adopt a trained model's network, patch, batch and target spacing (a model folder, "
+                        "an exported .zip or a built-in model such as 'synthetic'), so that `train --init MODEL` "
+                        "can start from its weights")
     p.set_defaults(func=_cmd_plan)
+
+
+def _template_plans(arg: Path, settings: Settings) -> "Plans":
+    """The plans of ``--plans-from``'s model."""
+    from autoseg.builtin import resolve_model
+    from autoseg.inference.model import open_model
+
+    return open_model(resolve_model(arg, settings)).plans
 
 
 def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
@@ -81,7 +97,8 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         network=args.network, base_features=args.features,
         hu_window=tuple(args.hu_window) if args.hu_window else None, cpu_gflops=args.cpu_gflops,
         verify=args.verify, seed=args.seed, precision=args.precision,
-        calibration_cache=calibration_cache(settings.cache), recalibrate=args.recalibrate)
+        calibration_cache=calibration_cache(settings.cache), recalibrate=args.recalibrate,
+        template=_template_plans(args.plans_from, settings) if args.plans_from else None)
     stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
     out = plan_and_preprocess(args.dataset, settings, options, stages=stages, max_slices=args.max_slices,
                               workers=args.workers, force=args.force)
@@ -96,16 +113,20 @@ def _add_phantom_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG_PHANTOM, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="folder to write the task folder into (default: $AUTOSEG_RAW)")
-    p.add_argument("--task", choices=("Task08", "Task03"), default="Task08")
+    p.add_argument("--task", choices=("Task08", "Task03", "LiverVesselTumour"), default="Task08",
+                   help="Task08 vessel + tumour (default), Task03 liver + tumour, LiverVesselTumour liver + "
+                        "vessel + tumour (family 3 only)")
     p.add_argument("-n", "--num-training", type=int, default=10)
     p.add_argument("--test", type=int, default=2, help="held-out test cases (default: 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--family", type=int, choices=(1, 2), default=1,
+    p.add_argument("--family", type=int, choices=(1, 2, 3), default=1,
                    help="1: the phantoms of the demo and the tests (default); 2: an independent family with "
                         "other anatomy, contrast phases, lesion kinds and noise, to test a model tuned on "
-                        "family 1 (e.g. autoseg phantom -o raw2 --family 2 --tumour-free-share 0.3)")
+                        "family 1 (e.g. autoseg phantom -o raw2 --family 2 --tumour-free-share 0.3); 3: trunk "
+                        "phantoms, thorax to pelvis with randomised field of view and appearance, the training "
+                        "data of the synthetic model (docs/synthetic_model.md)")
     p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
-                   help="family 2 only: share of tumour-free livers among the training and among the test "
+                   help="families 2 and 3 only: share of tumour-free livers among the training and among the test "
                         "cases (default 0.3)")
     p.set_defaults(func=_cmd_phantom)
 
@@ -199,6 +220,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "retraining all folds also lets changed plans replace the model's")
     p.add_argument("-j", "--workers", type=int, default=1, help="augmentation worker processes (default: 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (long GPU runs)")
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL",
+                   help="start fresh folds from a trained model's weights (its first fold): a model folder, "
+                        "an exported .zip or a built-in model such as 'synthetic' (fine-tuning; the plans must "
+                        "describe the same network, e.g. planned with --features 8 for 'synthetic')")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="autocast of the network's arithmetic (default: planned; auto: fp16 on CUDA, bf16 "
                         "on CPUs with native bf16 instructions, else fp32)")
@@ -232,8 +257,10 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                                  fix="use torchrun (or --gpus) for one fold on several GPUs, or Ray for folds "
                                      "in parallel")
     dist.init(dist.device(args.device))
+    init, source = (_init_weights(args.init, settings), str(args.init)) if args.init else (None, "")
     options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training,
-                           dist=dist, compile=args.compile, threads=args.threads)
+                           dist=dist, compile=args.compile, threads=args.threads, init_weights=init,
+                           init_source=source)
     jobs = prepare(req, settings, options)
     if args.executor == "ray":
         from autoseg.training.ray_executor import run_folds_on_ray
@@ -246,6 +273,18 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             _print_fold(record)
     dist.shutdown()
     return 0
+
+
+def _init_weights(arg: Path, settings: Settings) -> dict:
+    """The weights of ``--init``'s model (its first fold), on the CPU."""
+    from autoseg.builtin import resolve_model
+    from autoseg.inference.model import ArchiveModel, TrainedModel, open_model
+
+    model = open_model(resolve_model(arg, settings))
+    if not isinstance(model, (TrainedModel, ArchiveModel)):
+        raise ConfigurationError(f"--init {arg}: starting from weights needs a PyTorch model", arg,
+                                 "pass a model folder or an archive from `autoseg export` (not an ONNX export)")
+    return {k: v.detach().cpu() for k, v in model.network(model.folds[0]).state_dict().items()}
 
 
 def _print_fold(record: dict) -> None:
@@ -275,7 +314,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-d", "--dataset", help="use the model trained on this dataset")
     src.add_argument("-m", "--model", type=Path,
-                     help="model folder (results/<dataset>/<network>), exported .zip or ONNX export folder")
+                     help="model folder (results/<dataset>/<network>), exported .zip or ONNX export folder, or "
+                          "a built-in model: 'synthetic' (liver, vessels, tumours, trained on phantoms only; "
+                          "docs/synthetic_model.md)")
     p.add_argument("--network", default=None,
                    help="with -d: which trained network (default: best.json's from find_best, else the planned one)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
@@ -331,7 +372,10 @@ def model_folder(args: argparse.Namespace, settings: Settings) -> Path:
     ``find_best`` chose, else the planned one); ``predict``, ``export`` and ``serve`` take it."""
     from autoseg.inference.model import trained_model_folder
 
-    return args.model if args.model else trained_model_folder(args.dataset, args.network, settings)
+    from autoseg.builtin import resolve_model
+
+    return resolve_model(args.model, settings) if args.model else trained_model_folder(args.dataset, args.network,
+                                                                                       settings)
 
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
@@ -562,7 +606,7 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_phantom_parser, _add_plan_parser, _add_train_parser, _add_predict_parser, _add_evaluate_parser,
-    _add_summarize_parser, _add_find_best_parser, _add_export_parser, add_serve_parser)
+    _add_summarize_parser, _add_find_best_parser, _add_export_parser, add_serve_parser, add_pretrain_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

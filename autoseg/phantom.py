@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from types import ModuleType
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -61,6 +62,9 @@ TASKS: dict[str, TaskSpec] = {
                        "Synthetic portal venous CT phantoms: hepatic vessels and liver tumours"),
     "Task03": TaskSpec("Task03_Liver", "liver", {"0": "background", "1": "liver", "2": "tumour"},
                        "Synthetic portal venous CT phantoms: liver and liver tumours"),
+    "LiverVesselTumour": TaskSpec("Task100_LiverVesselTumour", "lvt",
+                                  {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"},
+                                  "Synthetic CT phantoms: liver, hepatic vessels and liver tumours"),
 }
 
 
@@ -270,15 +274,23 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
 
     ``family`` 2 writes the second phantom family (:mod:`autoseg.phantom_family2`) instead, with
     ``tumour_free_share`` (default 0.3) of the training and of the test cases tumour-free; the
-    family is recorded, so a folder of the other family is rewritten, never mixed.
+    family is recorded, so a folder of the other family is rewritten, never mixed. ``family`` 3
+    writes trunk phantoms (:mod:`autoseg.phantom_trunk`: thorax to pelvis, randomised field of view
+    and appearance; tumour-free share as family 2), the only family for task ``LiverVesselTumour``.
     """
     spec = task_spec(task)
+    if task == "LiverVesselTumour" and family != 3:
+        raise ConfigurationError("task LiverVesselTumour is written by phantom family 3 only",
+                                 fix="pass --family 3 with --task LiverVesselTumour")
+    if family == 3 and shape is not None:
+        raise ConfigurationError("trunk phantoms (family 3) draw their field of view per case: a fixed "
+                                 "shape does not apply", fix="drop shape / --shape")
     if num_training < 1 or num_test < 0:
         raise ConfigurationError(f"need num_training >= 1 and num_test >= 0, got {num_training} and "
                                  f"{num_test}", fix="ask for at least one training case")
     share = _family_share(family, tumour_free_share)
     if shape is None and spacing_range is None:
-        spacing_range = DEMO_SPACING_RANGE
+        spacing_range = DEMO_SPACING_RANGE if family != 3 else _trunk().TRUNK_SPACING_RANGE
     root = Path(out_dir) / spec.folder
     params = {"generator_version": GENERATOR_VERSION, "task": task, "num_training": num_training,
               "num_test": num_test, "seed": seed, "shape": list(shape) if shape else None,
@@ -287,6 +299,8 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
         from autoseg.phantom_family2 import GENERATOR2_VERSION
 
         params.update(generator_version=GENERATOR2_VERSION, tumour_free_share=share)
+    elif family == 3:
+        params.update(generator_version=_trunk().TRUNK_VERSION, tumour_free_share=share)
     names = [f"{spec.prefix}_{i:03d}.nii.gz" for i in range(num_training + num_test)]
     raw = RawDataset(root)
     files = [d / n for n in names[:num_training] for d in (raw.images_tr, raw.labels_tr)]
@@ -308,14 +322,20 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
     return root
 
 
+def _trunk() -> ModuleType:
+    from autoseg import phantom_trunk
+
+    return phantom_trunk
+
+
 def _family_share(family: int, share: float | None) -> float | None:
-    """The tumour-free share to use: only family 2 has one (default 0.3)."""
-    if family not in (1, 2):
-        raise ConfigurationError(f"phantom family must be 1 or 2, got {family}", fix="pass --family 1 or 2")
+    """The tumour-free share to use: families 2 and 3 have one (default 0.3)."""
+    if family not in (1, 2, 3):
+        raise ConfigurationError(f"phantom family must be 1, 2 or 3, got {family}", fix="pass --family 1, 2 or 3")
     if family == 1:
         if share is not None:
             raise ConfigurationError("every family-1 phantom has tumours: a tumour-free share applies to "
-                                     "family 2 only", fix="add --family 2, or drop --tumour-free-share")
+                                     "families 2 and 3 only", fix="add --family 2 (or 3), or drop --tumour-free-share")
         return None
     from autoseg.phantom_family2 import DEFAULT_TUMOUR_FREE_SHARE, check_share
 
@@ -350,7 +370,7 @@ def _write_cases(root: Path, task: str, seed: int, names: list[str], num_trainin
                  family: int = 1, share: float | None = None) -> None:
     from tqdm import tqdm
 
-    if family == 2:
+    if family in (2, 3):
         from autoseg import phantom_family2
 
         tumour_free = phantom_family2.tumour_free_indices(seed, num_training, len(names) - num_training,
@@ -359,6 +379,9 @@ def _write_cases(root: Path, task: str, seed: int, names: list[str], num_trainin
         if family == 2:
             case = phantom_family2.generate_case(case_seed(seed, index), task, shape=shape,
                                                  spacing_range=spacing_range, tumour_free=index in tumour_free)
+        elif family == 3:
+            case = _trunk().generate_trunk_case(case_seed(seed, index), task, spacing_range=spacing_range,
+                                                tumour_free=index in tumour_free)
         else:
             case = generate_case(case_seed(seed, index), task, shape=shape, spacing_range=spacing_range)
         raw = RawDataset(root)
@@ -374,6 +397,10 @@ def _dataset_json(spec: TaskSpec, names: list[str], num_training: int, family: i
         description = spec.description.replace("portal venous", "multiphase") + " (phantom family 2)"
         reference, release = "autoseg synthetic phantom family 2 (autoseg.phantom_family2)", \
             f"autoseg phantom family 2 generator v{GENERATOR2_VERSION}"
+    elif family == 3:
+        description = spec.description.replace("portal venous ", "") + " (trunk phantoms, family 3)"
+        reference, release = "autoseg trunk phantoms (autoseg.phantom_trunk)", \
+            f"autoseg trunk phantom generator v{_trunk().TRUNK_VERSION}"
     else:
         description, reference = spec.description, "autoseg synthetic phantom (autoseg.phantom)"
         release = f"autoseg phantom generator v{GENERATOR_VERSION}"
@@ -414,9 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_family_arguments(p: argparse.ArgumentParser) -> None:
     """``--family`` and ``--tumour-free-share`` (shared with ``autoseg phantom``)."""
-    p.add_argument("--family", type=int, choices=(1, 2), default=1,
+    p.add_argument("--family", type=int, choices=(1, 2, 3), default=1,
                    help="1: the phantoms the demo and the tests use (default); 2: an independent family "
-                        "with other anatomy, contrast phases, lesion kinds and noise (autoseg.phantom_family2)")
+                        "with other anatomy, contrast phases, lesion kinds and noise (autoseg.phantom_family2); "
+                        "3: trunk phantoms, thorax to pelvis, randomised appearance (autoseg.phantom_trunk)")
     p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
                    help="family 2: share of tumour-free livers among the training and the test cases "
                         "(default 0.3)")

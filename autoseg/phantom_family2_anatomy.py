@@ -59,7 +59,7 @@ class Anatomy2:
     body: Prism
 
 
-class _Hu:
+class Hu:
     """Draws each tissue's HU for one case: the phase's range, or the plain one."""
 
     def __init__(self, rng: np.random.Generator, phase: str) -> None:
@@ -71,7 +71,7 @@ class _Hu:
 
 
 @dataclass(frozen=True)
-class _Frame:
+class Frame:
     body: Prism
     wall: Prism
     cavity: Prism
@@ -91,7 +91,7 @@ def _p(*v: float) -> np.ndarray:
     return np.array(v, dtype=float)
 
 
-def _frame(rng: np.random.Generator) -> _Frame:
+def draw_frame(rng: np.random.Generator) -> Frame:
     rx = _u(rng, 135, 185)
     ry, cy, n, taper = rx * _u(rng, 0.62, 0.8), _u(rng, -10, 10), _u(rng, 2.2, 3.4), _u(rng, -0.06, 0.06)
     back = cy + ry * _u(rng, 0.82, 0.92)
@@ -106,10 +106,10 @@ def _frame(rng: np.random.Generator) -> _Frame:
     muscles_front = spine_y + spine_r[0] - 4
     block = Superquadric(_p(0, (muscles_front + back - fat[2]) / 2, 0),
                          _p(400, (back - fat[2] - muscles_front) / 2, spine_r[1] + _u(rng, 35, 50)), 1.0, 0.8)
-    return _Frame(body, wall, cavity, cy, cav_r, spine_y, spine_r, back, block)
+    return Frame(body, wall, cavity, cy, cav_r, spine_y, spine_r, back, block)
 
 
-def _wall_and_spine(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
+def draw_wall_and_spine(rng: np.random.Generator, f: Frame, hu: Hu) -> list[Item]:
     t = _u(rng, 8, 16)
     items = [Item("table", T["table"], hu("table"), Superquadric(_p(0, f.back + 3 + t / 2, 0), _p(400, t / 2, 230),
                                                                   0.2, 0.2)),
@@ -137,11 +137,12 @@ def _wall_and_spine(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
     ]
 
 
-def _ribs(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
-    """Rib arcs in the wall, sloping down towards the front; the upper ones end in costal cartilage."""
+def draw_ribs(rng: np.random.Generator, f: Frame, hu: Hu, z_shift: float = 0.0) -> list[Item]:
+    """Rib arcs in the wall, sloping down towards the front; the upper ones end in costal cartilage.
+    ``z_shift`` (mm) moves the eight levels up: the upper thorax of a trunk phantom."""
     items = []
     ay, ax = f.half[0] + 4, f.half[1] + 4
-    top, gap, drop = _u(rng, 105, 135), _u(rng, 24, 32), _u(rng, 90, 130)
+    top, gap, drop = _u(rng, 105, 135) + z_shift, _u(rng, 24, 32), _u(rng, 90, 130)
     rib_hu, cart_hu = hu("rib"), hu("cartilage")
     for level in range(8):
         z_post = top - level * gap
@@ -159,7 +160,7 @@ def _ribs(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
     return items
 
 
-def _chest(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
+def draw_chest(rng: np.random.Generator, f: Frame, hu: Hu) -> list[Item]:
     items = []
     for side in (-1, 1):
         lung = Superquadric(_p(_u(rng, 150, 190), f.cy + 0.2 * f.half[0], side * 0.5 * f.half[1]),
@@ -170,7 +171,7 @@ def _chest(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
     heart = Superquadric(c, _p(_u(rng, 55, 70), _u(rng, 45, 60), _u(rng, 55, 70)), rot=random_tilt(rng, 25))
     items.append(Item("heart", T["heart_wall"], hu("heart_wall"), heart))
     items.append(Item("blood", T["blood_pool"], hu("blood_pool"), heart.scaled(0.72)))
-    return items + _ribs(rng, f, hu)
+    return items + draw_ribs(rng, f, hu)
 
 
 def _vessel_line(rng: np.random.Generator, x: float, y: float, r: float) -> Capsules:
@@ -180,7 +181,7 @@ def _vessel_line(rng: np.random.Generator, x: float, y: float, r: float) -> Caps
     return Capsules.chain(pts, np.full(len(z), r))
 
 
-def _abdomen(rng: np.random.Generator, f: _Frame, hu: _Hu) -> tuple[list[Item], list[Region]]:
+def draw_abdomen(rng: np.random.Generator, f: Frame, hu: Hu) -> tuple[list[Item], list[Region]]:
     """Aorta, kidneys, spleen, pancreas, stomach and bowel: everything painted before the liver; and
     what the liver must leave room for (spine, aorta, kidneys)."""
     ry, rx = f.spine_r
@@ -210,15 +211,15 @@ def _abdomen(rng: np.random.Generator, f: _Frame, hu: _Hu) -> tuple[list[Item], 
                     np.linspace(-_u(rng, 30, 45), _u(rng, 70, 100) * scale, 6)], axis=1)
     items.append(Item("pancreas", T["pancreas"], hu("pancreas"),
                       Capsules.chain(pts, np.linspace(_u(rng, 13, 18), _u(rng, 8, 11), 6))))
-    return items + _stomach(rng, f, hu) + _bowel(rng, f, hu), keep_out
+    return items + _stomach(rng, f, hu) + draw_bowel(rng, f, hu), keep_out
 
 
-def _content(rng: np.random.Generator, hu: _Hu, kinds: tuple[str, ...], p: list[float]) -> tuple[str, float]:
+def _content(rng: np.random.Generator, hu: Hu, kinds: tuple[str, ...], p: list[float]) -> tuple[str, float]:
     kind = str(rng.choice(kinds, p=p))
     return kind, hu(kind)
 
 
-def _stomach(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
+def _stomach(rng: np.random.Generator, f: Frame, hu: Hu) -> list[Item]:
     fundus = Superquadric(_p(_u(rng, 50, 80), f.cy + 0.05 * f.half[0], 0.45 * f.half[1]),
                           _p(_u(rng, 35, 50), _u(rng, 30, 45), _u(rng, 30, 45)))
     corpus = Superquadric(_p(_u(rng, 0, 30), f.cy - 0.35 * f.half[0], 0.28 * f.half[1]),
@@ -233,33 +234,38 @@ def _stomach(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
             Item("stomach gas", T["gas"], hu("gas"), Intersect((lumen, level)))]
 
 
-def _bowel(rng: np.random.Generator, f: _Frame, hu: _Hu) -> list[Item]:
-    """The colon round the hepatic and splenic flexures, and small-bowel loops lower down."""
+def draw_bowel(rng: np.random.Generator, f: Frame, hu: Hu, z_range: tuple[float, float] = (-140, -60),
+           colon: bool = True, loops_range: tuple[int, int] = (4, 9)) -> list[Item]:
+    """The colon round the hepatic and splenic flexures (``colon``), and small-bowel loops lower down
+    (their starts within ``z_range`` mm, ``loops_range`` of them)."""
     hy, hx = f.half
-    path = [(-110, f.cy + 0.1 * hy, -0.7 * hx), (-45, f.cy - 0.1 * hy, -0.62 * hx), (-55, f.cy - 0.6 * hy, 0),
-            (-15, f.cy, 0.7 * hx), (-110, f.cy + 0.1 * hy, 0.72 * hx)]
-    pts = np.array(path, dtype=float) + rng.normal(0, 8, (5, 3))
-    loops = [(pts, _u(rng, 18, 28))]
-    for _ in range(int(rng.integers(4, 9))):
-        walk = np.cumsum(rng.normal(0, 18, (6, 3)), axis=0) + _p(_u(rng, -140, -60), f.cy + _u(rng, -0.6, 0.2) * hy,
+    loops = []
+    if colon:
+        path = [(-110, f.cy + 0.1 * hy, -0.7 * hx), (-45, f.cy - 0.1 * hy, -0.62 * hx), (-55, f.cy - 0.6 * hy, 0),
+                (-15, f.cy, 0.7 * hx), (-110, f.cy + 0.1 * hy, 0.72 * hx)]
+        pts = np.array(path, dtype=float) + rng.normal(0, 8, (5, 3))
+        loops.append((pts, _u(rng, 18, 28)))
+    for _ in range(int(rng.integers(*loops_range))):
+        walk = np.cumsum(rng.normal(0, 18, (6, 3)), axis=0) + _p(_u(rng, *z_range), f.cy + _u(rng, -0.6, 0.2) * hy,
                                                                  _u(rng, -0.5, 0.5) * hx)
         loops.append((walk, _u(rng, 9, 14)))
     items = []
     colon_kind = ("faeces", "water", "oral_contrast")
     for i, (line, r) in enumerate(loops):
-        _, content = _content(rng, hu, colon_kind if i == 0 else ("water", "oral_contrast", "gas"),
-                              [0.6, 0.15, 0.25] if i == 0 else [0.5, 0.3, 0.2])
+        first = colon and i == 0
+        _, content = _content(rng, hu, colon_kind if first else ("water", "oral_contrast", "gas"),
+                              [0.6, 0.15, 0.25] if first else [0.5, 0.3, 0.2])
         outer = Capsules.chain(line, np.full(len(line), r))
         lumen = Capsules.chain(line, np.full(len(line), r - _u(rng, 2, 3.5)))
         items += [Item("bowel wall", T["bowel_wall"], hu("bowel_wall"), outer),
                   Item("bowel content", T["bowel_content"], content, lumen)]
-        if i == 0 or rng.random() < 0.4:
+        if first or rng.random() < 0.4:
             gas = Intersect((lumen, HalfSpace((0, 1, 0), float(line[:, 1].mean()) - 0.3 * r)))
             items.append(Item("bowel gas", T["gas"], hu("gas"), gas))
     return items
 
 
-def _liver_shape(rng: np.random.Generator, f: _Frame, keep_out: list[Region]
+def _liver_shape(rng: np.random.Generator, f: Frame, keep_out: list[Region]
                  ) -> tuple[Region, str, list[Superquadric]]:
     """Right, left and caudate lobes (and Riedel's lobe in some) as superquadrics, blended and bumped."""
     hy, hx = f.half
@@ -295,7 +301,7 @@ def _liver_shape(rng: np.random.Generator, f: _Frame, keep_out: list[Region]
     return region, habitus, list(parts)
 
 
-def _ivc_and_gallbladder(rng: np.random.Generator, f: _Frame, region: Region, hu: _Hu
+def _ivc_and_gallbladder(rng: np.random.Generator, f: Frame, region: Region, hu: Hu
                          ) -> tuple[Capsules, Superquadric | None, list[Item]]:
     """The IVC behind the liver and (4 in 5) a gallbladder in its fossa, maybe with a stone: painted
     over the liver, so its interior is drawn without them."""
@@ -350,10 +356,19 @@ def draw_anatomy2(seed: int, tumour_free: bool) -> Anatomy2:
     """The anatomy of family-2 case ``seed``; ``tumour_free`` leaves the lesions out, nothing else."""
     rng = [np.random.default_rng([seed, 2002, k]) for k in range(5)]  # body, liver, vessels, lesions, HU
     phase = str(rng[4].choice(PHASES, p=[0.3, 0.5, 0.2]))
-    hu = _Hu(rng[4], phase)
-    f = _frame(rng[0])
-    abdomen, keep_out = _abdomen(rng[0], f, hu)
-    items = _wall_and_spine(rng[0], f, hu) + _chest(rng[0], f, hu) + abdomen
+    hu = Hu(rng[4], phase)
+    f = draw_frame(rng[0])
+    abdomen, keep_out = draw_abdomen(rng[0], f, hu)
+    items = draw_wall_and_spine(rng[0], f, hu) + draw_chest(rng[0], f, hu) + abdomen
+    liver_items, liver_hu, liver_ml, lesions = liver_with_lesions(rng, f, hu, keep_out, phase, tumour_free)
+    return Anatomy2(tuple(items + liver_items), phase, liver_hu, liver_ml, tuple(lesions), f.body)
+
+
+def liver_with_lesions(rng: list[np.random.Generator], f: Frame, hu: Hu, keep_out: list[Region],
+                       lesion_phase: str, tumour_free: bool) -> tuple[list[Item], float, float, list[Lesion]]:
+    """The liver, its vessels, its lesions (unless ``tumour_free``) and the IVC and gallbladder painted
+    over it: the items, the liver's HU and volume (mL), the lesions. ``rng``: the body, liver,
+    vessel, lesion and HU streams; ``lesion_phase`` one of :data:`PHASES` (how the lesions enhance)."""
     region, habitus, lobes = _liver_shape(rng[1], f, keep_out)
     ivc, gb, over_liver = _ivc_and_gallbladder(rng[0], f, region, hu)
     liver = LiverDesign.of(region, (ivc,) + ((gb,) if gb is not None else ()))
@@ -363,7 +378,7 @@ def draw_anatomy2(seed: int, tumour_free: bool) -> Anatomy2:
     lo, hi = region.bounds()
     texture = (GaussianBumps.random(rng[1], lo, hi, 60, (4, 9), _u(rng[1], 8, 14)) if habitus == "cirrhotic"
                else GaussianBumps.random(rng[1], lo, hi, 30, (10, 30), _u(rng[1], 3, 7)))
-    lesions = [] if tumour_free else draw_lesions(rng[3], liver, phase, liver_hu)
-    items += vessels[:1] + [Item("liver", T["liver"], liver_hu, region, texture)] + vessels[1:]
+    lesions = [] if tumour_free else draw_lesions(rng[3], liver, lesion_phase, liver_hu)
+    items = vessels[:1] + [Item("liver", T["liver"], liver_hu, region, texture)] + vessels[1:]
     items += [it for lesion in lesions for it in lesion.items] + over_liver
-    return Anatomy2(tuple(items), phase, liver_hu, liver.volume_ml, tuple(lesions), f.body)
+    return items, liver_hu, liver.volume_ml, lesions

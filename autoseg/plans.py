@@ -15,7 +15,7 @@ from typing import Any, Literal, Sequence, get_args
 
 from autoseg.errors import PlansError
 from autoseg.registry import Registry
-from autoseg.schema import Artefact, literal_problems
+from autoseg.schema import Artefact, literal_problems, optional
 
 PLANS_VERSION = 1
 NormalisationScheme = Literal["ct", "zscore"]
@@ -193,6 +193,10 @@ class Plans(Artefact):
     #: Left out (in a constructor call, and in plans.json files written before the field): decided
     #: from ``target_spacing`` by :meth:`Augmentation.for_spacing`.
     augmentation: Augmentation = _FROM_SPACING
+    #: "LPS": every image is turned into LPS axis order before the network sees it, and predictions
+    #: back into the file's order (:mod:`autoseg.orientation`). Absent (plans written before the
+    #: field): the file's own voxel order, as those models were trained.
+    orientation: str | None = optional()
 
     def __post_init__(self) -> None:
         if self.augmentation is _FROM_SPACING:
@@ -221,6 +225,8 @@ class Plans(Artefact):
                 out.append(f"ct normalisation needs window low < high and std > 0, got {n}")
         if 0 not in self.labels:
             out.append("labels must include 0 (background)")
+        if self.orientation not in (None, "LPS"):
+            out.append(f"orientation {self.orientation!r} is not 'LPS' (or absent: the files' own order)")
         out.extend(literal_problems(self))  # names outside their closed set (checked on load too)
         out.extend(self.recipe_problems())
         return out

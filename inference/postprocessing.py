@@ -1,6 +1,10 @@
 """Post-processing decided from cross-validation and stored with the model.
 
-The candidates, per foreground class (26-connected components):
+First, for all foreground classes as one (as nnU-Net does): keep only the largest component of
+their union, which removes whatever the model found outside the one organ its classes live in (a
+liver model's false "liver" in the spleen or a muscle, with any vessel or tumour predicted there);
+chosen where it raises the mean Dice over the classes. Then the candidates, per foreground class
+(26-connected components):
 
 - keep only the class's largest component, which removes scattered false positives of a class that
   is one object per patient (the liver) and harms a class with several objects (tumours, vessels);
@@ -51,6 +55,20 @@ def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
     return out
 
 
+def keep_largest_foreground(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with every component of the union of the foreground classes but the largest set
+    to background (a copy)."""
+    mask = labels > 0
+    if not mask.any():
+        return labels.copy()
+    components = cc3d.connected_components(mask, connectivity=26)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    out = labels.copy()
+    out[mask & (components != int(sizes.argmax()))] = 0
+    return out
+
+
 def remove_small_components(labels: np.ndarray, label: int, min_ml: float,
                             spacing_zyx: tuple[float, ...]) -> np.ndarray:
     """``labels`` with the components of ``label`` under ``min_ml`` millilitres set to background."""
@@ -77,7 +95,7 @@ def rules_of(decision: Decision) -> PostprocessingRules:
         return decision.rules
     if isinstance(decision, PostprocessingRules):
         return decision
-    keys = ("keep_largest_component", "min_component_ml")
+    keys = ("keep_largest_component", "min_component_ml", "keep_largest_foreground")
     try:
         return build(PostprocessingRules, {k: decision[k] for k in keys if k in decision}, "postprocessing")
     except FieldError as exc:
@@ -88,6 +106,8 @@ def apply_postprocessing(labels: np.ndarray, decision: Decision,
                          spacing_zyx: tuple[float, ...] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """Apply a decision (None: unchanged) to labels on a grid of ``spacing_zyx`` mm."""
     rules = rules_of(decision)
+    if rules.keep_largest_foreground:
+        labels = keep_largest_foreground(labels)
     for label in rules.keep_largest_component:
         labels = keep_largest_component(labels, label)
     for label, min_ml in rules.min_component_ml.items():
@@ -98,7 +118,8 @@ def apply_postprocessing(labels: np.ndarray, decision: Decision,
 def describe(decision: Decision, names: dict[int, str]) -> str:
     """One line for people: what the decision does to which class."""
     rules = rules_of(decision)
-    parts = [f"keep the largest component of {names[k]}" for k in rules.keep_largest_component]
+    parts = ["keep the largest foreground component"] if rules.keep_largest_foreground else []
+    parts += [f"keep the largest component of {names[k]}" for k in rules.keep_largest_component]
     parts += [f"drop {names[k]} components under {v} mL" for k, v in rules.min_component_ml.items()]
     return "; ".join(parts) or "nothing"
 
@@ -132,6 +153,12 @@ def _mean_dice(pairs: list[tuple[np.ndarray, np.ndarray]], label: int) -> float:
     return float(np.mean(present)) if present else math.nan
 
 
+def _mean_over_classes(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> float:
+    """Mean over ``classes`` of each class's mean CV Dice (classes no case holds left out)."""
+    values = [v for v in (_mean_dice(pairs, k) for k in classes) if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
 def _candidates(label: int, spacing_zyx: tuple[float, ...]):
     """(name, function of a label map) of every post-processing tried for ``label``."""
     yield "keep_largest_component", lambda p: keep_largest_component(p, label)
@@ -153,6 +180,17 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     largest: list[int] = []
     min_sizes: dict[int, float] = {}
     evidence: dict[str, ClassEvidence] = {}
+    classes = [k for k in sorted(labels) if k != 0]
+    before_all = _mean_over_classes(pairs, classes)
+    whole = [(keep_largest_foreground(p), r) for p, r in pairs]
+    with_all = _mean_over_classes(whole, classes)
+    foreground = not math.isnan(before_all) and with_all > before_all
+    evidence["all foreground"] = ClassEvidence(label=0, dice_before=before_all,
+                                               candidates={"keep_largest_foreground": with_all},
+                                               choice="keep_largest_foreground" if foreground else "none",
+                                               dice_after=with_all if foreground else before_all, enabled=foreground)
+    if foreground:
+        pairs = whole
     for label, name in sorted(labels.items()):
         if label == 0:
             continue
@@ -169,8 +207,9 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
             min_sizes[label] = float(best.split("=")[1])
     decision = PostprocessingDecision(
         keep_largest_component=tuple(largest), min_component_ml=min_sizes, evidence=evidence, cases=len(cases),
-        grid_spacing_zyx=tuple(float(s) for s in spacing_zyx),
-        rule="per class, the candidate with the highest mean CV Dice, where it beats none")
+        grid_spacing_zyx=tuple(float(s) for s in spacing_zyx), keep_largest_foreground=foreground,
+        rule="all foreground as one where it raises the mean CV Dice over the classes; then per class, the "
+             "candidate with the highest mean CV Dice, where it beats none")
     decision.save(ModelFolder(model_dir).postprocessing)
     log.info("post-processing from %d CV cases: %s", len(cases), describe(decision, labels))
     return decision

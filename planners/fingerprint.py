@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from autoseg.orientation import Reorientation
 from autoseg.artefacts import Fingerprint
 from autoseg.cropping import crop_bbox
 from autoseg.datasets import Case, Dataset
@@ -53,7 +54,8 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
     label, label_geometry = read_label_on(case.label, geometry) if case.label else (None, None)
     validate_case(case, image, geometry, label, label_geometry, dataset.labels, len(dataset.channel_names))
     bbox = crop_bbox(image, ct_channel=0 if dataset.is_ct else None)
-    cropped = tuple(int(hi - lo) for lo, hi in bbox)
+    reo = Reorientation.of(geometry)  # sizes in the LPS axis order the plans' networks see
+    cropped = reo.shape([int(hi - lo) for lo, hi in bbox])
     rng = np.random.default_rng([seed, _stable_hash(case.identifier)])
     class_voxels: dict[int, int] = {}
     samples: dict[int, np.ndarray] = {}
@@ -68,9 +70,9 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
             samples[lab] = flat_image[:, _subsample(where, rng)]
     return CaseFingerprint(
         identifier=case.identifier,
-        spacing=geometry.spacing_zyx,
-        shape=geometry.shape_zyx,
-        cropped_shape=cropped,  # type: ignore[arg-type]
+        spacing=reo.spacing(geometry.spacing_zyx),
+        shape=reo.shape(geometry.shape_zyx),
+        cropped_shape=cropped,
         body_voxels=int(np.prod(cropped)),
         class_voxels=class_voxels,
         samples=samples,

@@ -22,6 +22,7 @@ from typing import Any, Mapping, cast
 
 import numpy as np
 
+from autoseg.orientation import CANONICAL
 from autoseg.artefacts import Fingerprint
 from autoseg.errors import ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs, estimate_training_memory, network_names
@@ -74,6 +75,9 @@ class PlannerOptions:
     deep_supervision: bool = True
     precision: str = "auto"  # autoseg.precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16
     extra_notes: tuple[str, ...] = field(default_factory=tuple)
+    #: Plans of a trained model whose network, patch, batch and target spacing these plans adopt, so
+    #: its weights can start training (``plan_and_preprocess --plans-from``, then ``train --init``).
+    template: Plans | None = None
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -361,9 +365,32 @@ def _verify_cpu(pricer: Pricer, cand: Candidate, median_shape: tuple[int, ...],
 
 
 def plan(fingerprint: Fingerprint | Mapping[str, Any], options: PlannerOptions) -> Plans:
-    """Derive the complete plans for a fingerprinted dataset under ``options``' budget."""
+    """Derive the complete plans for a fingerprinted dataset under ``options``' budget (with a
+    template, its network, patch, batch and target spacing; the rest from this dataset)."""
     if isinstance(fingerprint, Fingerprint):
         fingerprint = fingerprint.to_dict()
+    plans = _plan(fingerprint, options)
+    return plans if options.template is None else adopt_network(plans, options.template, fingerprint)
+
+
+def adopt_network(plans: Plans, template: Plans, fingerprint: Mapping[str, Any]) -> Plans:
+    """``plans`` with ``template``'s network, patch size, batch size and target spacing: a pretrained
+    model's weights then fit the network exactly, except an output layer for other classes. The
+    normalisation, labels and recipe stay this dataset's; the estimates are those of the network this
+    machine's budget would have chosen (a note says so)."""
+    spacing = tuple(float(s) for s in template.target_spacing)
+    note = (f"network {template.network.name}, patch {list(template.patch_size)}, batch {template.batch_size} and "
+            f"target spacing {list(spacing)} mm adopted from {template.dataset_name}'s plans (--plans-from); "
+            "the estimates above are of the plan this budget would have chosen")
+    log.info("plan: %s", note)
+    return dataclasses.replace(
+        plans, target_spacing=spacing, median_shape=median_shape_at(fingerprint, spacing),
+        patch_size=tuple(template.patch_size), batch_size=template.batch_size, network=template.network,
+        augmentation=Augmentation.for_spacing(spacing),
+        estimates=dataclasses.replace(plans.estimates, notes=plans.estimates.notes + (note,)))
+
+
+def _plan(fingerprint: Mapping[str, Any], options: PlannerOptions) -> Plans:
     spacing = target_spacing(fingerprint)
     median_shape = median_shape_at(fingerprint, spacing)
     pricer = Pricer(fingerprint, options)
@@ -415,4 +442,5 @@ def plan(fingerprint: Fingerprint | Mapping[str, Any], options: PlannerOptions) 
             RECIPES[CPU_DEFAULT_RECIPE if options.device == "cpu" else GPU_DEFAULT_RECIPE],
             deep_supervision=options.deep_supervision, precision=cast(Precision, pricer.precision)),
         seed=options.seed,
+        orientation=CANONICAL,
     )

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg.orientation import reorientation_for
 from autoseg.artefacts import CaseProperties
 from autoseg.datasets import Case, Dataset
 from autoseg.errors import ConfigurationError, DatasetError, ImageReadError
@@ -140,13 +141,19 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
         raise ConfigurationError(f"{plans.num_classes} classes do not fit the uint8 label storage",
                                  fix="use at most 255 foreground labels")
     image, geom, label = read_case(paths, label_file, plans, case_id)
+    reo = reorientation_for(plans.orientation, geom)
+    if not reo.is_identity:  # the network's axis order; crop, region and spacing follow it
+        image = np.ascontiguousarray(reo.apply(image))
+        label = np.ascontiguousarray(reo.apply(label)) if label is not None else None
+        region = reo.box(region, geom.shape_zyx) if region is not None else None
     ct_channel = 0 if plans.is_ct else None
     full = tuple((0, int(n)) for n in image.shape[1:])
     bbox: BBox = crop_bbox(image, ct_channel) if plans.crop_to_body else full  # type: ignore[assignment]
     if region is not None:  # the region of interest, within the body
         inter = tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(bbox, region))
         bbox = inter if all(a < b for a, b in inter) else region  # type: ignore[assignment]
-    src, dst = geom.spacing_zyx, target_spacing_for(plans, geom.spacing_zyx)
+    src = reo.spacing(geom.spacing_zyx)
+    dst = target_spacing_for(plans, src)
     check_resampled_size([b - a for a, b in bbox], image.shape[0], src, dst, paths[0])
     lows = tuple(float(image[c].min()) for c in range(image.shape[0]))
     highs = tuple(float(image[c].max()) for c in range(image.shape[0]))
@@ -175,7 +182,7 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
         crop_bbox=tuple((int(a), int(b)) for a, b in bbox), shape_after_crop=tuple(int(b - a) for a, b in bbox),
         intensity_min=lows, intensity_max=highs, shape_after_resampling=tuple(int(n) for n in data.shape[1:]),
         target_spacing=tuple(float(s) for s in dst), num_channels=int(data.shape[0]), has_label=seg is not None,
-        class_voxels=voxels, class_locations=locations)
+        class_voxels=voxels, class_locations=locations, reorientation=None if reo.is_identity else reo)
     return PreprocessedCase(data, seg, properties)
 
 
@@ -194,11 +201,11 @@ def restore_to_original(array: np.ndarray | torch.Tensor, properties: CaseProper
         full = np.zeros((array.shape[0], *original), dtype=np.float32)
         full[0] = 1.0
         full[(slice(None), *region)] = probs
-        return full
+        return _file_order(full, properties)
     labels = resample_labels(array, dst_shape=crop_shape, num_threads=num_threads)
     out = np.zeros(original, dtype=np.uint8)
     out[region] = labels
-    return out
+    return _file_order(out, properties)
 
 
 def labels_on_original_grid(probs: np.ndarray | torch.Tensor, properties: CaseProperties,
@@ -209,7 +216,12 @@ def labels_on_original_grid(probs: np.ndarray | torch.Tensor, properties: CasePr
     crop_shape, region, original = _crop_placement(tuple(probs.shape), properties, (4,))
     labels = np.zeros(original, dtype=np.uint8)
     labels[region] = probabilities_to_labels(probs, crop_shape, keep_volume=keep_volume, num_threads=num_threads)
-    return labels
+    return _file_order(labels, properties)
+
+
+def _file_order(array: np.ndarray, properties: CaseProperties) -> np.ndarray:
+    """An array on the (reoriented) input grid, in the input file's own axis order."""
+    return properties.reorientation.undo(array) if properties.reorientation is not None else array
 
 
 def _crop_placement(shape: Sequence[int], properties: CaseProperties,
@@ -221,7 +233,10 @@ def _crop_placement(shape: Sequence[int], properties: CaseProperties,
         raise ValueError(f"the axes of prediction shape {tuple(shape)} do not match the preprocessed "
                          f"shape {expected}")
     region = bbox_slices(properties.crop_bbox)  # type: ignore[arg-type]
-    return properties.shape_after_crop, region, properties.original_shape
+    original = properties.original_shape
+    if properties.reorientation is not None:
+        original = properties.reorientation.shape(original)
+    return properties.shape_after_crop, region, tuple(original)
 
 
 def _process_one(case: Case, plans: Plans, out_dir: Path, key: str) -> str:

@@ -188,3 +188,20 @@ def test_hu_window_narrows_to_the_foreground_inside_the_liver_window() -> None:
     given = plan(fp, PlannerOptions(cpu_gflops=40.0, hu_window=(-160.0, 240.0)))
     assert given.normalisation[0].window == (-160.0, 240.0)
     assert any("HU window of CT [-160.0, 240.0]: as given" in n for n in given.estimates.notes)
+
+
+def test_plans_from_a_model_adopt_its_network_and_keep_the_dataset_s_own() -> None:
+    """``--plans-from``: the network, patch, batch and spacing of the template, so its weights fit;
+    labels, normalisation and the orientation stay this dataset's."""
+    template = plan(fingerprint(spacing=(4.0, 3.2, 3.2), shape=(70, 110, 130)),
+                    PlannerOptions(cpu_gflops=300.0, base_features=8))
+    mine = fingerprint(spacing=(2.5, 0.8, 0.8))
+    mine["labels"] = {"0": "background", "1": "liver", "2": "tumour"}
+    own = plan(mine, PlannerOptions(cpu_gflops=300.0))
+    adopted = plan(mine, PlannerOptions(cpu_gflops=300.0, template=template))
+    assert adopted.network == template.network and adopted.patch_size == template.patch_size
+    assert adopted.target_spacing == template.target_spacing and adopted.batch_size == template.batch_size
+    assert adopted.labels == own.labels and adopted.normalisation == own.normalisation
+    assert adopted.orientation == "LPS" and adopted.network != own.network
+    assert adopted.median_shape != own.median_shape  # measured at the adopted spacing
+    assert "adopted from" in adopted.estimates.notes[-1]

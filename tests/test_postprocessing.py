@@ -63,6 +63,33 @@ def test_decision_enables_it_only_where_cv_dice_improves(tmp_path: Path) -> None
     assert np.array_equal(apply_postprocessing(pred, None), pred)
 
 
+def test_all_foreground_as_one_removes_what_lies_outside_the_organ(tmp_path: Path) -> None:
+    """An organ with a lesion and a vessel inside; the prediction adds a stray blob of organ and lesion
+    far away (a muscle called liver, with a "tumour" in it). The per-class largest component would keep
+    the stray lesion; all foreground as one removes the blob whole, and CV chooses it."""
+    ref = np.zeros((12, 24, 24), np.uint8)
+    ref[1:9, 1:13, 1:13] = 1
+    ref[3:6, 3:6, 3:6] = 2
+    ref[6:8, 8:11, 8:11] = 3
+    pred = ref.copy()
+    pred[8:11, 16:22, 16:22] = 1
+    pred[9:11, 19:21, 19:21] = 2
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, pred, ref)
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data",
+                                        {0: "bg", 1: "liver", 2: "tumour", 3: "vessel"}, (1.0, 1.0, 1.0))
+    assert decision["keep_largest_foreground"] is True
+    ev = decision["evidence"]["all foreground"]
+    assert ev["enabled"] and ev["dice_after"] == 1.0 > ev["dice_before"]
+    assert np.array_equal(apply_postprocessing(pred, decision), ref)
+    assert decision["keep_largest_component"] == [] and decision["min_component_ml"] == {}  # nothing left to do
+    # a decision written before the rule existed has no key: it loads, without the rule
+    old = decision.to_dict()
+    del old["keep_largest_foreground"]
+    (tmp_path / "old.json").write_text(__import__("json").dumps(old))
+    assert PostprocessingDecision.load(tmp_path / "old.json").rules.keep_largest_foreground is False
+
+
 def test_small_specks_are_dropped_at_the_volume_cross_validation_picks(tmp_path: Path) -> None:
     """Two true 2x2x2 lesions (0.064 mL at 2 mm voxels) and single-voxel specks (0.008 mL) of false
     tumour: dropping components under 0.01 mL removes exactly the specks; the largest-component rule

@@ -210,3 +210,29 @@ def test_open_file_limit_is_raised_for_many_cases() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == low + 100
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# --- train --init ----------------------------------------------------------------------------------
+
+def test_init_copies_every_matching_tensor_and_refuses_another_network() -> None:
+    """A pretrained 3-class model starts a 2-class network: all but the output layers are copied;
+    a network of other widths is refused, naming the planning fix."""
+    from autoseg.networks import build_network
+    from autoseg.training.loop import transfer_weights
+    from tests.test_networks import KERNELS_3D, STRIDES_3D, kwargs_for
+
+    torch.manual_seed(0)
+    source = build_network("arunet", kwargs_for("arunet", STRIDES_3D, KERNELS_3D), 1, 4)
+    target = build_network("arunet", kwargs_for("arunet", STRIDES_3D, KERNELS_3D), 1, 3)
+    weights = source.state_dict()
+    share = transfer_weights(target, weights, "pretrained")
+    assert 0.9 < share < 1.0
+    after = target.state_dict()
+    copied = [k for k in after if after[k].shape == weights[k].shape]
+    assert copied and all(torch.equal(after[k], weights[k]) for k in copied)
+    heads = [k for k in after if after[k].shape != weights[k].shape]
+    assert heads and all("seg" in k or "out" in k or "head" in k for k in heads), heads
+    wide = build_network("arunet", kwargs_for("arunet", STRIDES_3D, KERNELS_3D, base=8), 1, 3)
+    with pytest.raises(ConfigurationError, match="match the model's weights") as err:
+        transfer_weights(wide, weights, "pretrained")
+    assert "--features 8" in str(err.value)

@@ -49,6 +49,10 @@ class TrainOptions:
     #: CPU threads: None follows the cores other processes leave free (autoseg.cpu_share), a number
     #: fixes the count (reproducible arithmetic: the same seed, threads and steps give the same weights).
     threads: int | None = None
+    #: Weights to start a fresh fold from (``train --init``): every tensor whose name and shape match
+    #: the planned network's is copied, the rest keep their random initialisation.
+    init_weights: dict[str, torch.Tensor] | None = None
+    init_source: str = ""
 
 
 class FoldTrainer:
@@ -84,6 +88,8 @@ class FoldTrainer:
         self.epoch, self.steps, self.train_seconds, self.best = 0, 0, 0.0, -1.0
         if options.continue_training and fold_dir.latest.is_file():
             self._resume(load_checkpoint(fold_dir.latest))
+        elif options.init_weights is not None:
+            transfer_weights(self.network, options.init_weights, options.init_source)
 
     # --- schedule -------------------------------------------------------------------------------
     @property
@@ -284,6 +290,36 @@ class FoldTrainer:
                         "keep %.1f cores busy", self.fold_dir.fold, record["step_time_s"],
                         record["step_time_s"] / estimate, estimate, record.get("threads", "?"),
                         record.get("others_busy_cores", float("nan")))
+
+
+#: Least share of the planned network's parameters ``--init`` must fill for the start to count.
+MIN_TRANSFERRED_SHARE = 0.5
+
+
+def transfer_weights(network: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> float:
+    """Copy into ``network`` every tensor of ``weights`` whose name and shape match (a pretrained
+    model's encoder and decoder; not an output layer with another number of classes); returns the
+    share of the network's parameters filled. Under :data:`MIN_TRANSFERRED_SHARE` it is an error:
+    the plans describe another network than the one the weights came from."""
+    own = network.state_dict()
+    matched = {k: v for k, v in weights.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    params = dict(network.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    filled = sum(params[k].numel() for k in matched if k in params)
+    share = filled / max(1, total)
+    if share < MIN_TRANSFERRED_SHARE:
+        raise ConfigurationError(
+            f"--init {source}: only {share:.0%} of the planned network's parameters match the model's "
+            "weights (name and shape); the plans describe another network",
+            fix="plan with the pretrained model's network and base features (for the synthetic model: "
+                "`autoseg plan_and_preprocess -d DATASET --features 8 --network arunet`), then train again")
+    own.update({k: v.to(own[k].dtype) for k, v in matched.items()})
+    network.load_state_dict(own)
+    skipped = sorted(set(own) - set(matched))
+    shown = ", ".join(skipped[:4]) + (", ..." if len(skipped) > 4 else "")
+    log.info("--init %s: %d of %d tensors (%.0f%% of the parameters) copied; %d kept their random start%s",
+             source, len(matched), len(own), 100 * share, len(skipped), f" ({shown})" if skipped else "")
+    return share
 
 
 def _as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]):

@@ -27,9 +27,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                                    "planes with the labels over the CT, volumes, tumour sizes, downloads. "
                                    "Results stay in --workdir until deleted on the page. See docs/viewer.md.",
                        epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("-d", "--dataset", help="serve the model trained on this dataset")
-    src.add_argument("-m", "--model", type=Path, help="model folder, exported archive (.zip) or ONNX export")
+    src.add_argument("-m", "--model", type=Path,
+                     help="model folder, exported archive (.zip), ONNX export or built-in model (default without "
+                          "-d: the built-in 'synthetic' liver, vessel and tumour model, docs/synthetic_model.md)")
     p.add_argument("--network", default=None, help="with -d: which trained network (default: as predict)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to use (default: all present)")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final")
@@ -58,6 +60,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from autoseg.builtin import resolve_model
     from autoseg.inference.model import open_model, trained_model_folder
     from autoseg.serve.app import ServeConfig, serve
     from autoseg.serve.jobs import Retention
@@ -73,7 +76,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                                  fix="pass 0 to keep every result without that limit")
     configure_threads(args.device)
     folds = tuple(args.folds) if args.folds else None
-    model = open_model(args.model or trained_model_folder(args.dataset, args.network, settings), folds, args.checkpoint)
+    chosen = (resolve_model(args.model or Path("synthetic"), settings) if not args.dataset
+              else trained_model_folder(args.dataset, args.network, settings))
+    model = open_model(chosen, folds, args.checkpoint)
     roi = None
     if args.roi_model:  # as predict: a path that exists, else a dataset's trained model
         roi_path = Path(args.roi_model)

@@ -1,0 +1,94 @@
+"""Built-in models: ``autoseg predict -m synthetic`` on day one, without any labelled data.
+
+This module names them and finds their archives; :mod:`autoseg.pretrain` makes them.
+
+The ``synthetic`` model (liver, hepatic vessels, liver tumours) is trained only on trunk phantoms
+(:mod:`autoseg.phantom_trunk`). ``autoseg pretrain synthetic`` makes it from nothing but the
+generator, a seed and a step count: it writes the phantoms, plans and preprocesses them, trains
+fold 0 (the other fifth of the phantoms is its validation), decides the post-processing on those
+validation phantoms and exports the model as one archive into the machine's cache. A model of the
+same recipe ships with the package (``autoseg/models/``) so a fresh clone predicts at once; the
+model card (``docs/synthetic_model.md``) says how it was
+made, what it was measured on and what it has never seen.
+
+``-m NAME`` resolves a path first: a folder or file called ``synthetic`` in the working directory
+wins over the built-in model of that name.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from autoseg.errors import ConfigurationError
+from autoseg.settings import Settings
+
+if TYPE_CHECKING:
+    from autoseg.phantom import SpacingRange
+
+log = logging.getLogger(__name__)
+
+#: Where shipped model archives lie (package data).
+SHIPPED_DIR = Path(__file__).resolve().parent / "models"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a built-in model is made: every choice that fixes its weights (with the machine's plan)."""
+
+    name: str
+    task: str
+    cases: int
+    seed: int
+    steps: int
+    features: int
+    threads: int
+    fold: int = 0
+    #: Phantom spacing range (None: the trunk generator's) and extra planner flags: for quick tests.
+    spacing_range: "SpacingRange | None" = None
+    plan_args: tuple[str, ...] = ()
+
+    @property
+    def archive_name(self) -> str:
+        return f"{self.name}.zip"
+
+    @property
+    def dataset(self) -> str:
+        """The phantom task folder's name (what ``-d`` takes)."""
+        from autoseg.phantom import task_spec
+
+        return task_spec(self.task).folder
+
+
+#: The recipes of the built-in models.
+RECIPES: dict[str, Recipe] = {
+    "synthetic": Recipe("synthetic", "LiverVesselTumour", cases=100, seed=0, steps=3500, features=8, threads=2),
+}
+
+
+def installed_path(name: str, settings: Settings) -> Path | None:
+    """The archive of built-in model ``name``: pretrained on this machine (the cache) first, else
+    shipped with the package; None when neither exists."""
+    recipe = RECIPES[name]
+    for path in (settings.cache / "models" / recipe.archive_name, SHIPPED_DIR / recipe.archive_name):
+        if path.is_file():
+            return path
+    return None
+
+
+def resolve_model(arg: Path, settings: Settings) -> Path:
+    """What ``-m`` names: a path that exists, else a built-in model (error with the fix when it is
+    not installed), else the path as given (its loader reports it missing)."""
+    name = str(arg)
+    if arg.exists() or name not in RECIPES:
+        return arg
+    found = installed_path(name, settings)
+    if found is None:
+        raise ConfigurationError(
+            f"the built-in model '{name}' is not installed here (neither shipped in {SHIPPED_DIR} nor in "
+            f"{settings.cache / 'models'})",
+            fix=f"make it with `autoseg pretrain {name}` (about an hour on 2 CPU cores; docs/synthetic_model.md)")
+    log.info("built-in model '%s': %s", name, found)
+    return found

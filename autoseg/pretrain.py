@@ -1,0 +1,114 @@
+"""``autoseg pretrain NAME``: make a built-in model (:mod:`autoseg.builtin`) from its recipe on this machine.
+
+It runs the user's own commands in a working folder: ``phantom`` (family 3, the recipe's cases and
+seed), ``plan_and_preprocess``, ``train`` (fold 0, the recipe's steps, threads and seed), the
+post-processing decision on fold 0's validation phantoms, and ``export`` into the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from autoseg.builtin import RECIPES, Recipe
+from autoseg.errors import ConfigurationError
+from autoseg.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False) -> Path:
+    """Make the built-in model of ``recipe`` in ``work`` and export it to the cache; returns the archive.
+
+    Each stage skips what is already current (phantoms, preprocessing, a finished fold), so an
+    interrupted run goes on with ``--continue`` semantics: run the command again. An archive already
+    in the cache is kept unless ``force``.
+    """
+    from autoseg.cli import build_parser
+    from autoseg.phantom import write_task
+
+    out = settings.cache / "models" / recipe.archive_name
+    if out.exists() and not force:
+        raise ConfigurationError(f"{out} exists", fix="pass --force to make it again and replace it")
+    local = replace(settings, raw=work / "raw", preprocessed=work / "preprocessed", results=work / "results")
+    write_task(local.raw, recipe.task, num_training=recipe.cases, num_test=0, seed=recipe.seed, family=3,
+               spacing_range=recipe.spacing_range)
+    steps = [["plan_and_preprocess", "-d", recipe.dataset, "--features", str(recipe.features), *recipe.plan_args],
+             ["train", "-d", recipe.dataset, "-f", str(recipe.fold), "--steps", str(recipe.steps),
+              "--threads", str(recipe.threads), "--seed", str(recipe.seed)]]
+    for argv in steps:
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        if getattr(args, "device", None) == "auto":
+            args.device = "cpu"  # the recipe is a CPU recipe: its step count fixes the weights
+        if args.command == "train" and _fold_finished(local, recipe):
+            log.info("fold %d is already trained in %s", recipe.fold, local.results)
+            continue
+        args.func(args, local)
+    _decide_postprocessing(recipe, local)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export = build_parser().parse_args(["export", "-d", recipe.dataset, "-o", str(out), "-f",
+                                        str(recipe.fold)] + (["--overwrite"] if force else []))
+    export.argv = []
+    export.func(export, local)
+    log.info("built-in model '%s' written to %s", recipe.name, out)
+    return out
+
+
+def _decide_postprocessing(recipe: Recipe, settings: Settings) -> None:
+    """Post-processing from the fold's validation phantoms (never from real CT), shipped with the model."""
+    from autoseg.inference.ensembles import plans_of
+    from autoseg.inference.model import trained_model_folder
+    from autoseg.inference.postprocessing import describe, determine_postprocessing
+    from autoseg.layout import PreprocessedDataset
+
+    folder = trained_model_folder(recipe.dataset, None, settings)
+    plans = plans_of(folder)
+    data = PreprocessedDataset(settings.preprocessed / plans.dataset_name).data
+    labels = {int(k): v for k, v in plans.labels.items()}
+    decision = determine_postprocessing(folder, data, labels, plans.target_spacing)
+    log.info("post-processing: %s", describe(decision, labels) if decision else "no validation predictions")
+
+
+def _fold_finished(settings: Settings, recipe: Recipe) -> bool:
+    from autoseg.inference.model import trained_model_folder
+    from autoseg.layout import ModelFolder
+
+    try:
+        folder = trained_model_folder(recipe.dataset, None, settings)
+    except Exception:  # noqa: BLE001 - no model yet: not finished
+        return False
+    return ModelFolder(folder).fold(recipe.fold).final.is_file()
+
+
+def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="make a built-in model (e.g. synthetic) on this machine",
+                       description="Make a built-in model from its recipe: write its training phantoms, plan, "
+                                   "preprocess, train and export it to the cache ($AUTOSEG_CACHE/models), where "
+                                   "`predict -m NAME` finds it. docs/synthetic_model.md is its model card.")
+    p.add_argument("name", choices=sorted(RECIPES), help="the built-in model")
+    p.add_argument("--work", type=Path, default=None,
+                   help="working folder for phantoms, preprocessed data and the trained fold "
+                        "(default: $AUTOSEG_CACHE/pretrain/NAME); kept, so a second run goes on where it stopped")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    p.add_argument("--cases", type=int, default=None, help="training phantoms (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=None, help="seed of phantoms and training (default: the recipe's)")
+    p.add_argument("--force", action="store_true", help="replace an archive already in the cache")
+    p.set_defaults(func=_cmd_pretrain)
+
+
+def _cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
+    recipe = RECIPES[args.name]
+    changes = {k: v for k, v in (("steps", args.steps), ("cases", args.cases), ("seed", args.seed)) if v is not None}
+    if any(v < 1 for k, v in changes.items() if k != "seed"):
+        raise ConfigurationError("--steps and --cases must be positive", fix="e.g. --steps 3500 --cases 80")
+    recipe = replace(recipe, **changes)
+    work = args.work or settings.cache / "pretrain" / recipe.name
+    if args.force and (work / "results").exists():
+        log.info("--force: training again in %s", work)
+        shutil.rmtree(work / "results")
+    out = pretrain(recipe, settings, work, force=args.force)
+    print(f"built-in model '{recipe.name}' ready: {out} (autoseg predict -i CT -o OUT -m {recipe.name})")
+    return 0

@@ -1,0 +1,75 @@
+"""Built-in models: ``-m synthetic`` resolution and ``autoseg pretrain`` end to end (a tiny recipe)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autoseg import builtin
+from autoseg.builtin import RECIPES, resolve_model
+from autoseg.pretrain import pretrain
+from autoseg.cli import main
+from autoseg.errors import ConfigurationError
+from autoseg.io import read_label
+from autoseg.phantom_trunk import generate_trunk_case
+from autoseg.settings import Settings
+
+
+def settings_in(tmp_path: Path) -> Settings:
+    return Settings(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", results=tmp_path / "res",
+                    cache=tmp_path / "cache")
+
+
+def test_a_path_wins_and_other_names_pass_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings_in(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model(Path("no_such_model"), s) == Path("no_such_model")  # the loader reports it
+    (tmp_path / "synthetic").mkdir()
+    assert resolve_model(Path("synthetic"), s) == Path("synthetic")
+
+
+def test_a_missing_builtin_names_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builtin, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="'synthetic' is not installed") as err:
+        resolve_model(Path("synthetic"), settings_in(tmp_path))
+    assert "autoseg pretrain synthetic" in str(err.value)
+
+
+def test_the_cache_wins_over_the_shipped_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "shipped" / "synthetic.zip"
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"x")
+    monkeypatch.setattr(builtin, "SHIPPED_DIR", shipped.parent)
+    monkeypatch.chdir(tmp_path)
+    s = settings_in(tmp_path)
+    assert resolve_model(Path("synthetic"), s) == shipped
+    cached = s.cache / "models" / "synthetic.zip"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"y")
+    assert resolve_model(Path("synthetic"), s) == cached
+
+
+def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole recipe on 5 coarse phantoms and 2 steps: phantoms, plan, preprocess, fold 0, export to
+    the cache; then ``predict -m synthetic`` uses it, and a second pretrain refuses to overwrite it."""
+    monkeypatch.setattr(builtin, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.chdir(tmp_path)
+    s = settings_in(tmp_path)
+    recipe = replace(RECIPES["synthetic"], cases=5, steps=2, spacing_range=((8.0, 8.0, 8.0), (8.0, 8.0, 8.0)),
+                     plan_args=("--cpu-gflops", "50"))
+    out = pretrain(recipe, s, tmp_path / "work")
+    assert out == s.cache / "models" / "synthetic.zip" and out.is_file()
+    case = generate_trunk_case(99, spacing=(8.0, 8.0, 8.0))
+    from autoseg.io import write_image
+
+    write_image(tmp_path / "ct.nii.gz", case.image, case.geometry)
+    monkeypatch.setenv("AUTOSEG_CACHE", str(s.cache))
+    assert main(["predict", "-i", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "out"), "-m", "synthetic",
+                 "--device", "cpu"]) == 0
+    labels, _ = read_label(tmp_path / "out" / "ct.nii.gz")
+    assert labels.shape == case.labels.shape and int(labels.max()) <= 3
+    with pytest.raises(ConfigurationError, match="exists") as err:
+        pretrain(recipe, s, tmp_path / "work")
+    assert "--force" in str(err.value)

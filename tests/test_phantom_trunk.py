@@ -1,0 +1,102 @@
+"""Trunk phantoms (family 3): the training data of the built-in synthetic model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg.errors import ConfigurationError
+from autoseg.phantom import write_task
+from autoseg.phantom_family2_shapes import LIVER_TISSUES, TUMOUR_TISSUES, VESSEL_TISSUES
+from autoseg.phantom_trunk import (TRUNK_TISSUES, draw_trunk, generate_trunk_case, trunk_grid, trunk_labels)
+
+COARSE = (5.0, 4.0, 4.0)
+
+
+def test_one_seed_is_one_case() -> None:
+    a, b = generate_trunk_case(11, spacing=COARSE), generate_trunk_case(11, spacing=COARSE)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.family == 3 and a.labels.dtype == np.uint8 and a.image.dtype == np.int16
+    assert not np.array_equal(a.image[: 5], generate_trunk_case(12, spacing=COARSE).image[: 5])
+
+
+def test_labels_of_the_three_tasks_agree() -> None:
+    case = generate_trunk_case(4, spacing=COARSE)
+    lvt, tissues = case.labels, case.tissues
+    assert set(np.unique(lvt)) <= {0, 1, 2, 3}
+    assert np.array_equal(trunk_labels(tissues, "Task03") > 0, lvt > 0)  # liver = parenchyma + vessels + tumour
+    assert np.array_equal(trunk_labels(tissues, "Task08") == 1, lvt == 2)
+    assert np.array_equal(trunk_labels(tissues, "Task03") == 2, lvt == 3)
+    assert np.array_equal(lvt == 2, np.isin(tissues, VESSEL_TISSUES))
+    assert np.array_equal(lvt > 0, np.isin(tissues, LIVER_TISSUES))
+    assert np.array_equal(lvt == 3, np.isin(tissues, TUMOUR_TISSUES))
+
+
+def test_the_liver_lies_on_the_patients_right_under_the_lungs() -> None:
+    """Anatomy, not appearance: over cases with a liver, its centroid is at x < 0 (the patient's right),
+    above the bladder and below the lungs' centroid."""
+    seen = 0
+    for seed in range(8):
+        case = generate_trunk_case(seed, spacing=COARSE, tumour_free=True)
+        liver = case.labels > 0
+        if liver.sum() * np.prod(case.spacing) < 300_000:  # under 300 mL: a crop holding the dome at most
+            continue
+        seen += 1
+        def centroid(mask: np.ndarray, case=case) -> np.ndarray:  # type: ignore[no-untyped-def]
+            return np.array(case.origin[::-1]) + np.argwhere(mask).mean(axis=0) * np.array(case.spacing)
+
+        c = centroid(liver)
+        assert c[2] < 0, f"seed {seed}: the liver's centroid is on the left (x = {c[2]:.0f} mm)"
+        for name, below in (("lung", False), ("urine", True)):
+            mask = case.tissues == TRUNK_TISSUES[name]
+            if mask.sum() > 50:
+                assert (centroid(mask)[0] < c[0]) == below, f"seed {seed}: the {name} is on the wrong side in z"
+    assert seen >= 4
+
+
+def test_fields_of_view_vary_and_some_hold_no_liver() -> None:
+    grids = [trunk_grid(seed) for seed in range(60)]
+    tops = np.array([g.origin[0] + (g.shape[0] - 1) * g.spacing[0] for g in grids])
+    bottoms = np.array([g.origin[0] for g in grids])
+    assert tops.max() <= 321 and bottoms.min() >= -400, "never above the lung apices or below the femoral heads"
+    assert (tops < -100).any(), "pelvis-only scans exist"
+    assert (bottoms > 80).any(), "thorax-only scans exist"
+    widths = np.array([g.shape[2] * g.spacing[2] for g in grids])
+    assert widths.min() < 320 < 460 < widths.max()
+    spacings = np.array([g.spacing for g in grids])
+    assert spacings[:, 0].min() < 3.0 and spacings[:, 0].max() > 4.5 and spacings[:, 1].max() > 3.5
+
+
+def test_appearance_is_randomised_yet_plain_cases_keep_textbook_order() -> None:
+    """Scrambled cases let muscle outshine the liver; in unscrambled contrast-enhanced ones the liver
+    is brighter than muscle (portal venous phase)."""
+    phases, scrambled = set(), 0
+    for seed in range(40):
+        anatomy, pelvis_z = draw_trunk(seed, tumour_free=True)
+        phases.add(anatomy.phase)
+        hu = {item.name: item.hu for item in anatomy.items}
+        scrambled += hu["gluteus"] > anatomy.liver_hu
+        assert -240 < pelvis_z < -170
+    assert phases == {"unenhanced", "arterial", "portal", "delayed"}
+    assert 2 <= scrambled <= 25
+
+
+def test_write_task_family_3(tmp_path: Path) -> None:
+    root = write_task(tmp_path, "LiverVesselTumour", num_training=2, num_test=1, seed=3, family=3,
+                      spacing_range=((6.0, 6.0, 6.0), (6.0, 6.0, 6.0)))
+    meta = json.loads((root / "dataset.json").read_text())
+    assert root.name == "Task100_LiverVesselTumour"
+    assert meta["labels"] == {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}
+    assert "trunk" in meta["release"] and len(list((root / "imagesTr").iterdir())) == 2
+    assert json.loads((root / "phantom.json").read_text())["family"] == 3
+
+
+def test_wrong_family_combinations_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="family 3 only") as err:
+        write_task(tmp_path, "LiverVesselTumour", family=1)
+    assert "--family 3" in err.value.fix
+    with pytest.raises(ConfigurationError, match="field of view per case"):
+        write_task(tmp_path, "Task03", family=3, shape=(8, 8, 8))
+    assert not any(tmp_path.iterdir()), "nothing written for a refused request"
