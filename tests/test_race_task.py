@@ -3,12 +3,10 @@ seeded draws, and lesion-wise figures per case (benchmarks/race_task.py). nnU-Ne
 the end-to-end run races autoseg alone."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -17,22 +15,14 @@ from autoseg.io import read_label, write_image
 from autoseg.metrics import dice_per_class
 from autoseg.phantom import case_seed, generate_case, write_task
 from autoseg.phantom_anatomy import TISSUES
+from tests.benchmark_modules import load_benchmark
 from tests.synthetic import make_msd_task, tiny_ct, write_case
 from tests.workspaces import SMALL_SPACINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _race_task() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("race_task", ROOT / "benchmarks" / "race_task.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-rt = _race_task()
+rt = load_benchmark("race_task")
 
 
 def _box(mask: np.ndarray, z: int, y: int, x: int, size: tuple[int, int, int]) -> None:

@@ -10,32 +10,22 @@ liver.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
 from autoseg.io import Geometry, read_image, write_image
+from tests.benchmark_modules import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT.parent / "shared" / "data" / "real"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} is absent (the shared real-data folder)")
 
 
-def _real_ct() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("real_ct", ROOT / "benchmarks" / "real_ct.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-rc = _real_ct()
+rc = load_benchmark("real_ct")
 
 SPACING = (2.0, 1.0, 1.5)  # (z, y, x) mm: one voxel is 3 mm3 = 0.003 mL
 ML = 0.003
