@@ -73,14 +73,14 @@ def test_appearance_is_randomised_yet_plain_cases_keep_textbook_order() -> None:
     """Scrambled cases let muscle outshine the liver; in unscrambled contrast-enhanced ones the liver
     is brighter than muscle (portal venous phase)."""
     phases, scrambled = set(), 0
-    for seed in range(40):
+    for seed in range(20):
         anatomy, pelvis_z = draw_trunk(seed, tumour_free=True)
         phases.add(anatomy.phase)
         hu = {item.name: item.hu for item in anatomy.items}
         scrambled += hu["gluteus"] > anatomy.liver_hu
         assert -240 < pelvis_z < -170
     assert phases == {"unenhanced", "arterial", "portal", "delayed"}
-    assert 2 <= scrambled <= 25
+    assert 2 <= scrambled <= 14
 
 
 def test_write_task_family_3(tmp_path: Path) -> None:
