@@ -31,10 +31,12 @@ PREPROCESSED_IN_USE_FIX = ("wait for that run to end or stop it (the lock of a p
 
 
 def inputs_key(dataset: Dataset, max_slices: int | None, seed: int) -> str:
-    """Hash of what the fingerprint depends on: case files (name, size, mtime) and options."""
+    """Hash of what the fingerprint depends on: case files (name, size, mtime), options, and the axis
+    order its spacings and shapes are in (LPS since 2026-12-05: an older fingerprint, in each file's
+    order, is computed again)."""
     h = hashlib.sha256()
     h.update(json.dumps({"labels": dataset.labels, "channels": dataset.channel_names,
-                         "max_slices": max_slices, "seed": seed}, sort_keys=True).encode())
+                         "max_slices": max_slices, "seed": seed, "axis_order": "LPS"}, sort_keys=True).encode())
     for case in dataset.cases:
         for path in (*case.images, case.label):
             if path is not None:

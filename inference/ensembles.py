@@ -48,7 +48,7 @@ def is_ensemble_folder(folder: Path) -> bool:
 def _preprocessing_key(plans: Plans) -> str:
     data = plans.to_dict()
     return repr({k: data.get(k) for k in ("target_spacing", "normalisation", "resampling", "crop_to_body",
-                                          "channel_names", "labels")})
+                                          "channel_names", "labels", "orientation")})
 
 
 def _eligible_networks(dataset_dir: Path, summary: CvSummary) -> dict[str, Path]:

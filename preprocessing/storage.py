@@ -148,6 +148,8 @@ def plans_key(plans: Plans) -> str:
         "labels": {str(k): v for k, v in sorted(plans.labels.items())},
         "seed": plans.seed,  # class_locations are sampled with it
     }
+    if plans.orientation is not None:  # absent from older plans: their keys, and cases, stay current
+        relevant["orientation"] = plans.orientation
     text = json.dumps(relevant, sort_keys=True, default=float)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -110,3 +110,16 @@ def test_the_ras_stored_real_ct_is_turned_round() -> None:
     turned = reo.apply(image.astype(np.float32))
     profile = (turned > 300).sum(axis=(0, 2))  # bone per row, anterior (y = 0) to posterior
     assert np.average(np.arange(len(profile)), weights=profile) > turned.shape[1] / 2
+
+
+def test_lps_plans_never_reuse_cases_or_ensembles_of_the_files_order() -> None:
+    """Cases preprocessed under plans without an orientation are not current for LPS plans (a RAS
+    dataset would otherwise train on file-order arrays while predict turns inputs to LPS), and two
+    networks that differ only in it are not averaged as one preprocessing group."""
+    from autoseg.inference.ensembles import _preprocessing_key  # noqa: PLC2701 - the key under test
+    from autoseg.preprocessing.storage import plans_key
+
+    old, new = make_plans(), make_plans(orientation="LPS")
+    assert plans_key(old) != plans_key(new)
+    assert plans_key(old) == plans_key(make_plans())
+    assert _preprocessing_key(old) != _preprocessing_key(new)
