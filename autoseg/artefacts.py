@@ -470,6 +470,9 @@ class CaseReport(Artefact):
     #: volume, when the model's labels include a liver.
     liver_volume_ml: float | None = optional()
     tumour_burden: float | None = optional()
+    #: What makes this case's labels less trustworthy than the model's validation says, for people
+    #: (e.g. an image with far less extent than the network's patch: too little context).
+    warnings: tuple[str, ...] | None = optional()
     provenance: Provenance | None = optional()
 
 

@@ -411,6 +411,8 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                      keep_going=args.keep_going)
     for report in result.reports:
         print(f"{Path(report.input or '').name}: {report.volumes_ml} mL, {report.seconds} s")
+        for warning in report.warnings or ():
+            print(f"  warning: {warning}")
     if result.skipped:
         print(f"{len(result.skipped)} case(s) skipped: their outputs exist (--overwrite predicts them again)")
     if result.failed:

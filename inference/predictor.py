@@ -214,7 +214,10 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
         localised_tiles=localised.get("tiles"), localised_share=localised.get("share"),
         postprocessing=rules_of(options.postprocessing), roi=roi_report, label_table=table,
-        provenance=provenance(model, image_path, options.command_line))
+        provenance=provenance(model, image_path, options.command_line),
+        warnings=context_warnings(pre.properties, plans) or None)
+    for warning in report.warnings or ():
+        log.warning("%s: %s", image_path, warning)
     formats = [OUTPUT_FORMATS[o] for o in options.outputs]  # an unknown name fails before any work is kept
     result = CasePrediction(name, image_path, labels, geometry, report, plans, label_table=table,
                             outputs=tuple(options.outputs))
@@ -224,6 +227,22 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     if any(f.needs_image for f in formats):
         result.image = read_case_images([image_path])[0][0]
     return result
+
+
+#: An image shorter than this share of the network's patch along an axis gives it too little context.
+MIN_CONTEXT_SHARE = 0.25
+
+
+def context_warnings(properties: CaseProperties, plans: Plans) -> tuple[str, ...]:
+    """Warnings for an image that spans less than :data:`MIN_CONTEXT_SHARE` of the network's patch
+    along an axis (a few slices, a thin slab): the network then sees far less of the body than it
+    was trained on, and its labels, empty or not, deserve no trust."""
+    out = []
+    for axis, n, p, s in zip("zyx", properties.shape_after_resampling, plans.patch_size, plans.target_spacing):
+        if n < MIN_CONTEXT_SHARE * p:
+            out.append(f"the image spans {n * s:.0f} mm along {axis} where the network's patch sees {p * s:.0f} mm: "
+                       "too little context for it; treat these labels as unreliable")
+    return tuple(out)
 
 
 def region_of_interest(roi_model: Model, name: str, image_path: Path,

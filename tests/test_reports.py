@@ -250,3 +250,24 @@ def test_predict_records_provenance_and_writes_readable_outputs(model: Path, tmp
     with np.load(out / "ct-3slice.probabilities.npz") as saved:
         assert saved["probabilities"].shape[1:] == labels.shape
     assert report.overlays and max(Image.open(out / report.overlays[0]).size) >= 512
+
+
+def test_an_image_thinner_than_a_quarter_of_the_patch_is_flagged(tmp_path: Path) -> None:
+    """Three slices where the network's patch sees eight: the report warns that the labels lack
+    context (dcmqi's 3-slice series gave the synthetic model one slice of its 3.9 mm grid and a
+    liver Dice of 0.05); a case as deep as the patch is not flagged."""
+    from autoseg.inference.predictor import context_warnings
+    from autoseg.io import Geometry, write_image
+    from autoseg.preprocessing import preprocess_case
+    from tests.test_preprocessing import make_plans, phantom
+
+    plans = make_plans(patch_size=(12, 16, 16), target_spacing=(2.5, 1.6, 1.6))
+    image, _ = phantom(shape=(16, 48, 48))
+    for slices, flagged in ((2, True), (16, False)):
+        path = tmp_path / f"ct{slices}.nii.gz"
+        write_image(path, image[:slices], Geometry((48, 48, slices), (0.8, 0.8, 2.5), (0.0, 0.0, 0.0),
+                                                   (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+        warnings = context_warnings(preprocess_case([path], None, plans).properties, plans)
+        assert bool(warnings) == flagged
+        if flagged:
+            assert len(warnings) == 1 and "spans 5 mm along z" in warnings[0] and "30 mm" in warnings[0]
