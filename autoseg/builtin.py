@@ -6,10 +6,10 @@ The ``synthetic`` model (liver, hepatic vessels, liver tumours) is trained only 
 (:mod:`autoseg.phantom_trunk`). ``autoseg pretrain synthetic`` makes it from nothing but the
 generator, a seed and a step count: it writes the phantoms, plans and preprocesses them, trains
 fold 0 (the other fifth of the phantoms is its validation), decides the post-processing on those
-validation phantoms and exports the model as one archive into the machine's cache. A model of the
-same recipe ships with the package (``autoseg/models/``) so a fresh clone predicts at once; the
-model card (``docs/synthetic_model.md``) says how it was
-made, what it was measured on and what it has never seen.
+validation phantoms and exports the model as one archive into the machine's cache. An archive
+placed in ``autoseg/models/`` would ship with the package; none is shipped yet (the model card,
+``docs/synthetic_model.md``, says why, how the model is made, what it was measured on and what it
+has never seen).
 
 ``-m NAME`` resolves a path first: a folder or file called ``synthetic`` in the working directory
 wins over the built-in model of that name.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from autoseg.errors import ConfigurationError

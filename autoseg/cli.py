@@ -19,6 +19,7 @@ from autoseg.serve.command import add_serve_parser
 from autoseg.settings import Settings
 
 if TYPE_CHECKING:
+    from autoseg.inference.model import Model
     from autoseg.plans import Plans
 
 log = logging.getLogger("autoseg")
@@ -80,12 +81,17 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_plan)
 
 
-def _template_plans(arg: Path, settings: Settings) -> "Plans":
-    """The plans of ``--plans-from``'s model."""
+def _open_named_model(arg: Path, settings: Settings) -> "Model":
+    """The model a path or a built-in name (``synthetic``) stands for, opened."""
     from autoseg.builtin import resolve_model
     from autoseg.inference.model import open_model
 
-    return open_model(resolve_model(arg, settings)).plans
+    return open_model(resolve_model(arg, settings))
+
+
+def _template_plans(arg: Path, settings: Settings) -> "Plans":
+    """The plans of ``--plans-from``'s model."""
+    return _open_named_model(arg, settings).plans
 
 
 def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
@@ -277,10 +283,9 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def _init_weights(arg: Path, settings: Settings) -> dict:
     """The weights of ``--init``'s model (its first fold), on the CPU."""
-    from autoseg.builtin import resolve_model
-    from autoseg.inference.model import ArchiveModel, TrainedModel, open_model
+    from autoseg.inference.model import ArchiveModel, TrainedModel
 
-    model = open_model(resolve_model(arg, settings))
+    model = _open_named_model(arg, settings)
     if not isinstance(model, (TrainedModel, ArchiveModel)):
         raise ConfigurationError(f"--init {arg}: starting from weights needs a PyTorch model", arg,
                                  "pass a model folder or an archive from `autoseg export` (not an ONNX export)")
@@ -370,12 +375,12 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 def model_folder(args: argparse.Namespace, settings: Settings) -> Path:
     """The model ``-m`` names, or the trained model of ``-d`` (``--network``, else the one
     ``find_best`` chose, else the planned one); ``predict``, ``export`` and ``serve`` take it."""
+    from autoseg.builtin import resolve_model
     from autoseg.inference.model import trained_model_folder
 
-    from autoseg.builtin import resolve_model
-
-    return resolve_model(args.model, settings) if args.model else trained_model_folder(args.dataset, args.network,
-                                                                                       settings)
+    if args.model:
+        return resolve_model(args.model, settings)
+    return trained_model_folder(args.dataset, args.network, settings)
 
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:

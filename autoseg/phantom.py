@@ -446,7 +446,7 @@ def add_family_arguments(p: argparse.ArgumentParser) -> None:
                         "with other anatomy, contrast phases, lesion kinds and noise (autoseg.phantom_family2); "
                         "3: trunk phantoms, thorax to pelvis, randomised appearance (autoseg.phantom_trunk)")
     p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
-                   help="family 2: share of tumour-free livers among the training and the test cases "
+                   help="families 2 and 3: share of tumour-free livers among the training and the test cases "
                         "(default 0.3)")
 
 

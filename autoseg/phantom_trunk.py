@@ -187,8 +187,10 @@ def _collapse_bowel(rng: np.random.Generator, items: list[Item]) -> list[Item]:
     return out
 
 
-def _iliac_vessels(rng: np.random.Generator, f: Frame, items: list[Item], pz: float) -> list[Item]:
-    """The aorta and IVC cut at their bifurcation above the iliac crest, continued by iliac vessels."""
+def _end_at_the_pelvis(rng: np.random.Generator, f: Frame, items: list[Item], pz: float) -> list[Item]:
+    """Family 2's structures that run the whole length, ended where a pelvis begins: the aorta and
+    IVC cut at their bifurcation above the iliac crest ``pz`` and continued by iliac vessels, the
+    spine cut at the sacrum."""
     hy, hx = f.half
     out = []
     for item in items:
@@ -222,7 +224,7 @@ def draw_trunk(seed: int, tumour_free: bool) -> tuple[Anatomy2, float]:
     items += abdomen + draw_bowel(rng[5], f, hu, z_range=(pz - 100, -90), colon=False, loops_range=(6, 14))
     items = _collapse_bowel(rng[5], items) + _trunk_muscles(rng[5], f, hu, pz) + _pelvis(rng[5], f, hu, pz)
     liver_items, liver_hu, liver_ml, lesions = liver_with_lesions(rng, f, hu, keep_out, hu.lesion_phase, tumour_free)
-    items = _iliac_vessels(rng[5], f, items + liver_items, pz)
+    items = _end_at_the_pelvis(rng[5], f, items + liver_items, pz)
     return Anatomy2(tuple(items), phase, liver_hu, liver_ml, tuple(lesions), f.body), pz
 
 

@@ -73,13 +73,11 @@ def _decide_postprocessing(recipe: Recipe, settings: Settings) -> None:
 
 
 def _fold_finished(settings: Settings, recipe: Recipe) -> bool:
+    """Whether the recipe's fold has its final checkpoint (the dataset is planned by then)."""
     from autoseg.inference.model import trained_model_folder
     from autoseg.layout import ModelFolder
 
-    try:
-        folder = trained_model_folder(recipe.dataset, None, settings)
-    except Exception:  # noqa: BLE001 - no model yet: not finished
-        return False
+    folder = trained_model_folder(recipe.dataset, None, settings)
     return ModelFolder(folder).fold(recipe.fold).final.is_file()
 
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(BENCH))
 from bench_common import append_result, cpu_model  # noqa: E402
 
 from autoseg.io import read_label  # noqa: E402
-from autoseg.metrics import bootstrap_interval, dice_from_counts  # noqa: E402
+from autoseg.metrics import bootstrap_interval, dice_per_class, mean_present, median_present, scored  # noqa: E402
 from autoseg.phantom import CLINICAL_SPACING_RANGE, write_task  # noqa: E402
 
 DEFAULT_OUT = BENCH / "results" / "synthetic_phantoms.json"
@@ -39,9 +39,8 @@ SEED = 2512
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
-    """Dice of two masks; None where both are empty (not scored, the project's convention)."""
-    tp, p, r = int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
-    return None if p + r == 0 else float(dice_from_counts(tp, p - tp, r - tp))
+    """Dice of two masks by the project's one code path; None where both are empty (not scored)."""
+    return mean_present([dice_per_class(pred.astype(np.uint8), ref.astype(np.uint8), [1])[1]])
 
 
 def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
@@ -51,12 +50,11 @@ def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
 
 
 def summary(values: list[float | None]) -> dict[str, Any]:
-    scored = [v for v in values if v is not None]
-    if not scored:
+    present = scored(values)
+    if not present:
         return {"n": 0}
-    lo, hi = bootstrap_interval(np.array(scored))
-    return {"n": len(scored), "mean": float(np.mean(scored)), "median": float(np.median(scored)),
-            "ci95": [float(lo), float(hi)], "min": float(np.min(scored))}
+    return {"n": len(present), "mean": mean_present(present), "median": median_present(present),
+            "ci95": list(bootstrap_interval(present) or ()), "min": min(present)}
 
 
 def main(argv: list[str] | None = None) -> int:
