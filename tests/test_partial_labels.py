@@ -1,0 +1,184 @@
+"""Partial labels and merged datasets (issue 22, one model for liver, vessels and tumours):
+the label space, its scoring, the losses, ``--merge``, and a merged dataset trained end to end."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autoseg.cli import main
+from autoseg.datasets import load_dataset
+from autoseg.errors import DatasetError
+from autoseg.io import read_label
+from autoseg.merge import class_key, merge_datasets, plan_merge
+from autoseg.metrics import dice_per_class
+from autoseg.partial_labels import LabelSpace, PartialLabel
+from autoseg.phantom import write_task
+from autoseg.training.losses import DiceCE, DiceWeightedCE, PartialTargets, WeightedDiceFocal, soft_dice_per_class
+from tests.workspaces import SMALL_SPACINGS, autoseg_env
+
+#: The space a Task03 + Task08 merge makes: 1 liver, 2 vessel, 3 tumour; 4 Task03's background
+#: (background or vessel), 5 Task03's liver (liver or vessel), 6 Task08's background (background or liver).
+MERGED = LabelSpace(4, [PartialLabel(4, (0, 2), 0), PartialLabel(5, (1, 2), 1), PartialLabel(6, (0, 1), 0)])
+
+
+def test_space_says_which_classes_a_case_annotates() -> None:
+    assert MERGED.num_values == 7
+    assert MERGED.foreground_values() == [1, 2, 3, 5]
+    assert MERGED.unannotated([4, 5, 3]) == {2}  # a Task03 case says nothing about vessels
+    assert MERGED.unannotated([6, 2, 3]) == {1}  # a Task08 case nothing about the liver
+    assert MERGED.unannotated([0, 1, 2, 3]) == set()
+
+
+def test_a_task03_case_is_scored_as_task03_labels_it() -> None:
+    ref = np.array([4, 4, 5, 5, 5, 3, 3, 4], np.uint8)  # background, liver (with its vessels), tumour
+    pred = np.array([0, 2, 1, 2, 1, 3, 1, 1], np.uint8)
+    # liver: the liver or a vessel inside Task03's liver is a hit (3 of 3); a liver predicted on the
+    # tumour and on the background is false; a vessel on the background is no error (Task03 cannot say)
+    assert MERGED.confusion(pred, ref, [1, 2, 3]) == {1: (3, 2, 0), 2: None, 3: (1, 0, 1)}
+    scores = dice_per_class(pred, ref, [1, 2, 3], MERGED)
+    assert scores[1] == pytest.approx(6 / 8) and math.isnan(scores[2]) and scores[3] == pytest.approx(2 / 3)
+
+
+def test_a_task08_case_leaves_the_liver_out_and_scores_vessels_plainly() -> None:
+    ref = np.array([6, 6, 2, 2, 3], np.uint8)
+    pred = np.array([1, 2, 2, 1, 3], np.uint8)  # liver on the background is no error there
+    assert MERGED.confusion(pred, ref, [1, 2, 3]) == {1: None, 2: (1, 1, 1), 3: (1, 0, 0)}
+
+
+def test_plain_labels_score_as_before() -> None:
+    rng = np.random.default_rng(0)
+    pred, ref = rng.integers(0, 3, (6, 7, 8)).astype(np.uint8), rng.integers(0, 3, (6, 7, 8)).astype(np.uint8)
+    assert dice_per_class(pred, ref, [1, 2], LabelSpace(3)) == dice_per_class(pred, ref, [1, 2])
+    masks = LabelSpace(3).masks(pred, ref, 1, [0, 1, 2])
+    assert masks is not None and np.array_equal(masks[0], pred == 1) and np.array_equal(masks[1], ref == 1)
+
+
+def test_losses_without_partial_values_are_the_plain_ones() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 4, 5, 6, 7), torch.randint(0, 4, (2, 5, 6, 7))
+    plain = PartialTargets(LabelSpace(4))
+    dice, _ = plain.soft_dice(logits, target)
+    assert torch.allclose(dice, soft_dice_per_class(logits, target), atol=1e-6)
+    assert torch.allclose(plain.cross_entropy(logits, target), F.cross_entropy(logits, target), atol=1e-6)
+    weights = torch.tensor([1.0, 2.0, 5.0, 3.0])
+    assert torch.allclose(plain.cross_entropy(logits, target, weights),
+                          F.cross_entropy(logits, target, weight=weights), atol=1e-6)
+    assert DiceCE(space=LabelSpace(4)).partial is None  # a space without partial values changes nothing
+
+
+def _logits_for(classes: torch.Tensor, num_classes: int = 4, strength: float = 12.0) -> torch.Tensor:
+    return (F.one_hot(classes, num_classes).movedim(-1, 1).float() * 2 - 1) * strength
+
+
+def test_partial_losses_accept_every_allowed_class_and_punish_the_rest() -> None:
+    target = torch.tensor([[4, 4, 5, 5, 5, 3, 6, 6, 2, 3]]).reshape(1, 1, 1, 10)  # Task03 then Task08 voxels
+    allowed = torch.tensor([[2, 0, 2, 1, 2, 3, 1, 0, 2, 3]]).reshape(1, 1, 1, 10)  # each allowed by its value
+    wrong = torch.tensor([[1, 1, 3, 0, 3, 2, 2, 2, 1, 1]]).reshape(1, 1, 1, 10)  # none allowed
+    for loss in (DiceCE(space=MERGED), DiceWeightedCE(anneal=True, space=MERGED), WeightedDiceFocal(space=MERGED)):
+        good, bad = float(loss(_logits_for(allowed), target)), float(loss(_logits_for(wrong), target))
+        assert good < 0.05 < 1.0 < bad, (type(loss).__name__, good, bad)
+    # Task03's liver region reads liver-or-vessel as one (a plain vessel voxel lies inside it too):
+    # Dice 1 whichever of the two is predicted there
+    dice, counts = PartialTargets(MERGED).soft_dice(_logits_for(allowed), target)
+    assert counts.tolist() == [0, 1, 2, 4] and float(dice[-1]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_classes_are_matched_by_name() -> None:
+    assert [class_key(n) for n in ("Cancer", "Tumor", "liver", "Hepatic Vessels", "Vessel")] == \
+        ["tumour", "tumour", "liver", "vessel", "vessel"]
+
+
+def _sources(root: Path) -> tuple[Path, Path]:
+    write_task(root / "raw", task="Task03", num_training=2, num_test=0, seed=5, spacing_range=SMALL_SPACINGS)
+    write_task(root / "raw", task="Task08", num_training=3, num_test=0, seed=6, spacing_range=SMALL_SPACINGS)
+    return next((root / "raw").glob("Task03_*")), next((root / "raw").glob("Task08_*"))
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_merge_links_images_maps_labels_and_leaves_the_sources_alone(tmp_path: Path) -> None:
+    t03, t08 = _sources(tmp_path)
+    before = _digest(t03), _digest(t08)
+    plan = plan_merge([load_dataset(t03), load_dataset(t08)])
+    assert plan.classes == {0: "background", 1: "liver", 2: "vessel", 3: "tumour"}
+    assert plan.value_maps == ({0: 4, 1: 5, 2: 3}, {0: 6, 1: 2, 2: 3})
+    out = merge_datasets(["Task03", "Task08"], "LiverVesselTumour", tmp_path / "raw")
+    assert out.name == "Dataset900_LiverVesselTumour"
+    merged = load_dataset(out)
+    assert merged.labels == plan.classes and merged.partial == plan.partial and len(merged.cases) == 5
+    for case in merged.cases:
+        assert case.images[0].is_symlink() and case.images[0].resolve().parent.parent in (t03, t08)
+        source = case.images[0].resolve().parent.parent
+        original, _ = read_label(source / "labelsTr" / case.label.name)
+        mapped, _ = read_label(case.label)
+        lut = plan.value_maps[0 if source == t03 else 1]
+        assert np.array_equal(mapped, np.vectorize(lut.get)(original))
+    assert (_digest(t03), _digest(t08)) == before
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "labelsTr").iterdir()}
+    assert merge_datasets(["Task03", "Task08"], "LiverVesselTumour", tmp_path / "raw") == out  # up to date
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "labelsTr").iterdir()} == stamp
+    with pytest.raises(DatasetError, match="merged from"):
+        merge_datasets(["Task08", "Task03"], "LiverVesselTumour", tmp_path / "raw")
+    with pytest.raises(DatasetError, match="at least two"):
+        merge_datasets(["Task03"], "Other", tmp_path / "raw")
+
+
+def test_a_bad_partial_label_table_names_the_field(tmp_path: Path) -> None:
+    t03, t08 = _sources(tmp_path)
+    out = merge_datasets(["Task03", "Task08"], "LiverVesselTumour", tmp_path / "raw")
+    meta = json.loads((out / "dataset.json").read_text())
+    meta["partial_labels"]["5"]["classes"] = [1, 9]
+    (out / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"partial label 5: classes \[9\] are not labels"):
+        load_dataset(out)
+
+
+def test_merged_dataset_plans_trains_and_scores_only_what_each_case_annotates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _sources(tmp_path)
+    for k, v in autoseg_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    assert main(["plan_and_preprocess", "-d", "Task03", "-d", "Task08", "--merge", "LiverVesselTumour"]) == 0
+    plans = json.loads(next((tmp_path / "pre").glob("*_LiverVesselTumour")).joinpath("plans.json").read_text())
+    assert plans["labels"] == {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}
+    assert [p["value"] for p in plans["partial_labels"]] == [4, 5, 6]
+    assert main(["train", "-d", "LiverVesselTumour", "-f", "0", "--steps", "2", "--threads", "1"]) == 0
+    summary = json.loads(next((tmp_path / "res").rglob("fold_0/validation/summary.json")).read_text())
+    for case, scores in summary["cases"].items():
+        # a Task03 phantom (liver_*) never scores vessels, a Task08 one (hepaticvessel_*) never the liver
+        assert scores["vessel" if case.startswith("liver") else "liver"] is None, (case, scores)
+    assert main(["plan_and_preprocess", "-d", "Task03", "-d", "Task08"]) == 2
+    assert "without --merge" in capsys.readouterr().err
+
+
+def test_evaluate_reads_the_partial_labels_beside_merged_references(tmp_path: Path) -> None:
+    from autoseg.evaluation import evaluate_folders, metadata_labels
+    from autoseg.io import write_image
+
+    _sources(tmp_path)
+    out = merge_datasets(["Task03", "Task08"], "LiverVesselTumour", tmp_path / "raw")
+    found = metadata_labels(out / "labelsTr")
+    assert found is not None and found[2].partial == MERGED.partial
+    certain = np.array([0, 1, 2, 3, 0, 1, 0], np.uint8)  # each stored value's plainest reading
+    for ref_file in (out / "labelsTr").iterdir():
+        ref, geometry = read_label(ref_file)
+        write_image(tmp_path / "pred" / ref_file.name, certain[ref], geometry)
+    result = evaluate_folders(tmp_path / "pred", out / "labelsTr", [1, 2, 3], found[0], space=found[2])
+    for case, scores in result.scores.items():
+        for label in ((1, 3) if case.startswith("liver") else (2, 3)):
+            assert scores[label]["dice"] == 1.0 or scores[label]["volume_ref_ml"] == 0, (case, label)
+        unannotated = 2 if case.startswith("liver") else 1
+        assert scores[unannotated]["volume_ref_ml"] == 0 and math.isnan(scores[unannotated]["dice"])
