@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from autoseg.orientation import Reorientation
+from autoseg.partial_labels import PartialLabel
 from autoseg.precision import Resolved
 from autoseg.errors import EvaluationError, PlansError
 from autoseg.io import Geometry
@@ -137,6 +138,8 @@ class Fingerprint(Artefact):
     cases: tuple[CaseSummary, ...]
     #: Hash of the raw files and options it was made from (set by the pipeline; None: unknown).
     inputs_key: str | None = optional()
+    #: The dataset's partial label values (a merged dataset's, :mod:`autoseg.partial_labels`).
+    partial_labels: tuple[PartialLabel, ...] | None = optional()
 
 
 # --- preprocessed cases --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from autoseg.settings import Settings
 
 if TYPE_CHECKING:
     from autoseg.inference.model import Model
+    from autoseg.partial_labels import LabelSpace
     from autoseg.plans import Plans
 
 log = logging.getLogger("autoseg")
@@ -43,8 +44,12 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
         description="Fingerprint the raw dataset, derive plans.json under a hardware budget, and "
                     "preprocess every case. Outputs go to $AUTOSEG_PREPROCESSED/<dataset>/.",
         epilog=EPILOG_PLAN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", "--dataset", required=True,
-                   help="Task08, 8, Dataset008_HepaticVessel, Task08_HepaticVessel or a folder path")
+    p.add_argument("-d", "--dataset", required=True, action="append",
+                   help="Task08, 8, Dataset008_HepaticVessel, Task08_HepaticVessel or a folder path; "
+                        "twice or more with --merge")
+    p.add_argument("--merge", default=None, metavar="NAME",
+                   help="merge the -d datasets into one dataset NAME with partial labels (classes matched "
+                        "by name; e.g. -d Task03 -d Task08 --merge LiverVesselTumour), then plan it")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="plan for training on this device (default: auto, CUDA when there is one, else the CPU)")
     p.add_argument("--gpu-memory", type=float, default=8.0, metavar="GB",
@@ -106,10 +111,25 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         calibration_cache=calibration_cache(settings.cache), recalibrate=args.recalibrate,
         template=_template_plans(args.plans_from, settings) if args.plans_from else None)
     stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
-    out = plan_and_preprocess(args.dataset, settings, options, stages=stages, max_slices=args.max_slices,
+    dataset = _dataset_to_plan(args.dataset, args.merge, settings)
+    out = plan_and_preprocess(dataset, settings, options, stages=stages, max_slices=args.max_slices,
                               workers=args.workers, force=args.force)
     print(f"done: {out}")
     return 0
+
+
+def _dataset_to_plan(specs: list[str], merge: str | None, settings: Settings) -> str:
+    """The one dataset ``-d`` names, or the merged dataset of several (written or brought up to date)."""
+    if merge is None:
+        if len(specs) > 1:
+            raise ConfigurationError(f"{len(specs)} datasets given ({', '.join(specs)}) without --merge",
+                                     fix="plan them one at a time, or merge them: --merge NAME")
+        return specs[0]
+    from autoseg.merge import merge_datasets
+
+    folder = merge_datasets(specs, merge, settings.raw)
+    print(f"merged {', '.join(specs)} into {folder} (train and predict it as -d {merge})")
+    return str(folder)
 
 
 def _add_phantom_parser(sub: argparse._SubParsersAction) -> None:
@@ -462,30 +482,33 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.evaluation import evaluate_folders, format_table, write_outputs
 
-    labels, names, source = _evaluation_labels(args, settings)
+    labels, names, source, space = _evaluation_labels(args, settings)
     result = evaluate_folders(args.pred, args.ref, labels, names, args.tolerance_mm, args.allow_unmatched,
-                              source, args.seed)
+                              source, args.seed, space)
     json_path, csv_path = write_outputs(result, args.output or args.pred)
     print(format_table(result))
     print(f"wrote {json_path} and {csv_path}")
     return 0
 
 
-def _evaluation_labels(args: argparse.Namespace,
-                       settings: Settings) -> tuple[list[int] | None, dict[int, str] | None, str]:
-    """Labels to score and their names: --labels, else the dataset's (-d, or dataset.json beside -r)."""
+def _evaluation_labels(args: argparse.Namespace, settings: Settings
+                       ) -> tuple[list[int] | None, dict[int, str] | None, str, LabelSpace | None]:
+    """Labels to score, their names and the references' partial labels: --labels, else the
+    dataset's (-d, or dataset.json beside -r)."""
     from autoseg.datasets import find_dataset
     from autoseg.evaluation import metadata_labels
+    from autoseg.partial_labels import LabelSpace
 
-    names, source = None, "labels found in the references"
+    names, source, space = None, "labels found in the references", None
     if args.dataset:
         dataset = find_dataset(args.dataset, settings.raw)
         names, source = dataset.labels, f"dataset.json of {dataset.root}"
+        space = LabelSpace(dataset.num_classes, dataset.partial)
     elif (found := metadata_labels(args.ref)) is not None:
-        names, source = found[0], str(found[1])
+        names, source, space = found[0], str(found[1]), found[2]
     if args.labels:
-        return sorted(set(args.labels) - {0}), names, "--labels"
-    return (sorted(k for k in names if k != 0) if names else None), names, source
+        return sorted(set(args.labels) - {0}), names, "--labels", space
+    return (sorted(k for k in names if k != 0) if names else None), names, source, space
 
 
 def _add_summarize_parser(sub: argparse._SubParsersAction) -> None:
@@ -553,7 +576,7 @@ def _decide_postprocessing(model_dir: Path, settings: Settings) -> None:
     plans = plans_of(model_dir)
     data = PreprocessedDataset(settings.preprocessed / plans.dataset_name).data
     decision = determine_postprocessing(model_dir, data, {int(k): v for k, v in plans.labels.items()},
-                                        plans.target_spacing)
+                                        plans.target_spacing, plans.label_space)
     if decision is None:
         print("post-processing: no validation predictions to decide from")
         return

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from autoseg.errors import DatasetError
 from autoseg.io import IMAGE_SUFFIXES, strip_image_suffix
 from autoseg.layout import PreprocessedDataset, RawDataset
+from autoseg.partial_labels import PartialLabel, partial_problems
 
 _ID_RE = re.compile(r"^(?:task|dataset)?0*(\d+)$", re.IGNORECASE)
 _FOLDER_RE = re.compile(r"^(?:Task(\d{2,3})|Dataset(\d{3}))_(.+)$")
@@ -38,6 +39,9 @@ class Dataset:
     channel_names: tuple[str, ...]
     labels: dict[int, str]  # id -> name, 0 is background
     cases: tuple[Case, ...]
+    #: Label values standing for one of several classes (``"partial_labels"`` in dataset.json: a
+    #: merged dataset's, :mod:`autoseg.partial_labels`).
+    partial: tuple[PartialLabel, ...] = ()
 
     @property
     def is_ct(self) -> bool:
@@ -47,6 +51,12 @@ class Dataset:
     def num_classes(self) -> int:
         """Number of output classes including background."""
         return max(self.labels) + 1
+
+    @property
+    def stored_labels(self) -> dict[int, str]:
+        """Every value a label map may hold: the classes and the partial values."""
+        return {**self.labels, **{p.value: "partial " + "/".join(self.labels[c] for c in p.classes)
+                                  for p in self.partial}}
 
     @property
     def foreground_labels(self) -> list[int]:
@@ -75,6 +85,13 @@ def resolve_dataset_path(spec: str | Path, raw_root: Path) -> Path:
         if len(hits) > 1:
             raise DatasetError(f"dataset '{spec}' is ambiguous: {', '.join(h.name for h in hits)}",
                                raw_root, "pass the full folder name or a path")
+    named = sorted(p for p in raw_root.iterdir() if p.is_dir() and _FOLDER_RE.match(p.name)
+                   and _FOLDER_RE.match(p.name).group(3) == text) if raw_root.is_dir() else []  # type: ignore[union-attr]
+    if len(named) == 1:  # the name alone: LiverVesselTumour for Dataset900_LiverVesselTumour
+        return named[0].resolve()
+    if len(named) > 1:
+        raise DatasetError(f"dataset '{spec}' is ambiguous: {', '.join(h.name for h in named)}",
+                           raw_root, "pass the full folder name or a path")
     known = sorted(p.name for p in raw_root.iterdir() if p.is_dir()) if raw_root.is_dir() else []
     raise DatasetError(
         f"no dataset '{spec}' found (raw folder holds: {', '.join(known) or 'nothing'})", raw_root,
@@ -115,7 +132,8 @@ def load_dataset(path: Path) -> Dataset:
         raise DatasetError(f"{meta_path.name} is not valid JSON ({exc})", meta_path,
                            "repair the file (a JSON validator shows where)") from None
     if not isinstance(meta, dict):
-        raise DatasetError(f"{meta_path.name} must hold a JSON object", meta_path, "see docs/datasets.md")
+        raise DatasetError(f"{meta_path.name} must hold a JSON object", meta_path,
+                           "see docs/datasets.md (raw folders)")
     if "modality" in meta:
         return _load_msd(path, meta, meta_path)
     if "channel_names" in meta:
@@ -195,7 +213,7 @@ def _load_msd(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
     segs = _by_id(_visible_images(RawDataset(path).labels_tr), lambda p: strip_image_suffix(p.name))
     _pair_check(path, set(images), set(segs))
     cases = tuple(Case(k, (images[k],), segs[k]) for k in sorted(images))
-    return _finish(path, "msd", channels, labels, cases)
+    return _finish(path, "msd", channels, labels, cases, partial_labels_of(meta, labels, meta_path))
 
 
 def _load_nnunet(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
@@ -219,19 +237,42 @@ def _load_nnunet(path: Path, meta: dict[str, Any], meta_path: Path) -> Dataset:
                                f"{len(channels)}", RawDataset(path).images_tr,
                                "provide one file per channel: CASE_0000, CASE_0001, ...")
         cases.append(Case(ident, tuple(found[c] for c in range(len(channels))), segs[ident]))
-    return _finish(path, "nnunet", channels, labels, tuple(cases))
+    return _finish(path, "nnunet", channels, labels, tuple(cases), partial_labels_of(meta, labels, meta_path))
 
 
 def _image_stem(path: Path, ending: str) -> str:
     return path.name[: -len(ending)] if path.name.endswith(ending) else strip_image_suffix(path.name)
 
 
+def partial_labels_of(meta: dict[str, Any], labels: dict[int, str], meta_path: Path) -> tuple[PartialLabel, ...]:
+    """``"partial_labels": {"4": {"classes": [0, 2], "scored_as": 0}, ...}``, checked."""
+    raw = meta.get("partial_labels")
+    if raw is None:
+        return ()
+    example = '"partial_labels": {"4": {"classes": [0, 2], "scored_as": 0}}'
+    if not isinstance(raw, dict):
+        raise DatasetError("'partial_labels' must map a label value to its classes", meta_path, f"write e.g. {example}")
+    out = []
+    for key, spec in raw.items():
+        try:
+            classes = tuple(int(c) for c in spec["classes"])
+            out.append(PartialLabel(int(key), classes, int(spec.get("scored_as", classes[0]))))
+        except (TypeError, ValueError, KeyError, IndexError):
+            raise DatasetError(f"partial label '{key}': {spec!r} is not a value with a list of classes",
+                               meta_path, f"write e.g. {example}") from None
+    problems = partial_problems(out, labels)
+    if problems:
+        raise DatasetError("; ".join(problems), meta_path,
+                           "correct 'partial_labels' (docs/datasets.md, \"Partial labels\")")
+    return tuple(out)
+
+
 def _finish(path: Path, fmt: str, channels: tuple[str, ...], labels: dict[int, str],
-            cases: tuple[Case, ...]) -> Dataset:
+            cases: tuple[Case, ...], partial: tuple[PartialLabel, ...] = ()) -> Dataset:
     if not cases:
         raise DatasetError("dataset has no training cases (imagesTr/labelsTr are empty or missing)",
                            path, "put images in imagesTr/ and labels in labelsTr/")
-    return Dataset(path.name, path, fmt, channels, labels, cases)
+    return Dataset(path.name, path, fmt, channels, labels, cases, partial)
 
 
 def find_dataset(spec: str | Path, raw_root: Path) -> Dataset:

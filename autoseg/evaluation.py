@@ -27,7 +27,9 @@ import numpy as np
 from autoseg import surface
 from autoseg.errors import EvaluationError
 from autoseg.io import Geometry, atomic_path, is_image_file, read_label, strip_image_suffix, write_json
+from autoseg.datasets import partial_labels_of
 from autoseg.layout import EvaluationFiles, RawDataset
+from autoseg.partial_labels import LabelSpace, present_values
 from autoseg.metrics import (BOOTSTRAP_RESAMPLES, DEFAULT_SEED, INTERVAL_LEVEL, INTERVAL_METHOD,
                              bootstrap_interval, dice_from_counts, ratio, scored)
 
@@ -196,10 +198,22 @@ def labels_present(labels: np.ndarray) -> set[int]:
 
 
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float], labels: Iterable[int],
-                  tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict[int, dict[str, float]]:
-    """Scores of each foreground label of two label maps on one grid."""
+                  tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                  space: LabelSpace | None = None) -> dict[int, dict[str, float]]:
+    """Scores of each foreground label of two label maps on one grid. With a ``space`` holding
+    partial labels (a merged dataset's references), each class is scored on the masks
+    :meth:`LabelSpace.masks` gives, and a class the reference does not annotate is left out (scored
+    as absent)."""
     spacing = tuple(spacing)
-    return {lab: score_masks(pred == lab, ref == lab, spacing, tolerance_mm) for lab in labels if lab != 0}
+    if space is None or not space.is_partial:
+        return {lab: score_masks(pred == lab, ref == lab, spacing, tolerance_mm) for lab in labels if lab != 0}
+    present, ok = present_values(ref), space.allowed_lookup(pred, ref)
+    out = {}
+    for lab in labels:
+        found = space.masks(pred, ref, lab, present, ok) if lab != 0 else None
+        if found is not None:
+            out[lab] = score_masks(*found, spacing, tolerance_mm)
+    return out
 
 
 # --- aggregation -----------------------------------------------------------------------------------
@@ -348,8 +362,10 @@ def _fmt(values: Iterable[float]) -> str:
 
 
 def evaluate_pairs(pairs: list[CasePair], labels: list[int] | None = None,
-                   tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> tuple[dict, dict, list[int]]:
-    """Score every pair; with ``labels`` None, every non-zero label found in the references.
+                   tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                   space: LabelSpace | None = None) -> tuple[dict, dict, list[int]]:
+    """Score every pair; with ``labels`` None, every non-zero label found in the references (with a
+    partial ``space``, every class some reference annotates).
 
     Returns per-case scores, per-case spacings and the labels scored.
     """
@@ -358,12 +374,14 @@ def evaluate_pairs(pairs: list[CasePair], labels: list[int] | None = None,
     scores: dict[str, dict[int, dict[str, float]]] = {}
     spacings: dict[str, tuple[float, ...]] = {}
     found: set[int] = set()
+    partial = space if space is not None and space.is_partial else None
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=None):
         pred, ref, geometry = load_pair(pair)
-        in_ref = labels_present(ref)
+        in_ref = labels_present(ref) if partial is None else \
+            set(range(1, partial.num_classes)) - partial.unannotated(labels_present(ref) | {0})
         found |= in_ref
         wanted = labels if labels is not None else sorted(in_ref | labels_present(pred))
-        scores[pair.case] = evaluate_case(pred, ref, geometry.spacing_zyx, wanted, tolerance_mm)
+        scores[pair.case] = evaluate_case(pred, ref, geometry.spacing_zyx, wanted, tolerance_mm, space)
         spacings[pair.case] = geometry.spacing_zyx
     final = sorted(labels if labels is not None else found)
     for case_scores in scores.values():  # a label scored nowhere in a case was absent from both
@@ -374,8 +392,9 @@ def evaluate_pairs(pairs: list[CasePair], labels: list[int] | None = None,
     return scores, spacings, final
 
 
-def metadata_labels(ref_dir: Path) -> tuple[dict[int, str], Path] | None:
-    """Label ids and names from a ``dataset.json`` in ``ref_dir`` or its parent (``labelsTr/``).
+def metadata_labels(ref_dir: Path) -> tuple[dict[int, str], Path, LabelSpace] | None:
+    """Label ids and names from a ``dataset.json`` in ``ref_dir`` or its parent (``labelsTr/``), and
+    the label space its ``partial_labels`` declare (a merged dataset's; else plain classes).
 
     Reads MSD (``{"0": "background"}``) and nnU-Net v2 (``{"background": 0}``) label tables; a file
     that holds neither is ignored with a warning.
@@ -386,10 +405,12 @@ def metadata_labels(ref_dir: Path) -> tuple[dict[int, str], Path] | None:
         if not meta_path.is_file():
             continue
         try:
-            raw = json.loads(meta_path.read_text()).get("labels")
+            meta = json.loads(meta_path.read_text())
+            raw = meta.get("labels")
             by_id = all(isinstance(v, str) for v in raw.values())
             labels = {int(k): str(v) for k, v in raw.items()} if by_id else {int(v): str(k) for k, v in raw.items()}
-            return labels, meta_path
+            space = LabelSpace(max(labels) + 1, partial_labels_of(meta, labels, meta_path))
+            return labels, meta_path, space
         except (ValueError, TypeError, AttributeError):
             log.warning("%s: no usable 'labels' table; scoring the labels found in the references", meta_path)
     return None
@@ -407,13 +428,13 @@ def class_keys(labels: list[int], names: dict[int, str] | None) -> dict[int, str
 def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: list[int] | None = None,
                      names: dict[int, str] | None = None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
                      allow_unmatched: bool = False, label_source: str = "",
-                     seed: int = DEFAULT_SEED) -> EvaluationResult:
+                     seed: int = DEFAULT_SEED, space: LabelSpace | None = None) -> EvaluationResult:
     """Score the label maps of ``pred_dir`` against those of ``ref_dir`` with the same names;
-    ``seed``: of the bootstrap intervals."""
+    ``seed``: of the bootstrap intervals; ``space``: the references' partial labels, if any."""
     if tolerance_mm < 0:
         raise EvaluationError(f"--tolerance-mm must be >= 0, got {tolerance_mm}", fix="pass a distance in mm")
     pairs, unmatched = match_cases(pred_dir, ref_dir, allow_unmatched)
-    scores, spacings, final = evaluate_pairs(pairs, labels, tolerance_mm)
+    scores, spacings, final = evaluate_pairs(pairs, labels, tolerance_mm, space)
     if not final:
         raise EvaluationError("the references hold no foreground label", ref_dir,
                               "pass the labels to score with --labels, e.g. --labels 1 2")

@@ -76,6 +76,11 @@ class RawDataset:
         return self.root / "labelsTs"
 
     @property
+    def merge_marker(self) -> Path:
+        """What ``plan_and_preprocess --merge`` records about a dataset it made (its sources)."""
+        return self.root / "merge.json"
+
+    @property
     def phantom_marker(self) -> Path:
         """What the phantom generator records about a dataset it made (its parameters)."""
         return self.root / "phantom.json"

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from autoseg.partial_labels import LabelSpace
+
 #: Bootstrap of the mean over cases: resamples, interval level, and the seed used unless told.
 BOOTSTRAP_RESAMPLES = 2000
 INTERVAL_LEVEL = 0.95
@@ -50,7 +52,13 @@ def dice_from_counts(tp: int, fp: int, fn: int) -> float:
     return ratio(2 * tp, 2 * tp + fp + fn, tp + fp + fn == 0)
 
 
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict[int, float]:
+def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: list[int],
+                   space: LabelSpace | None = None) -> dict[int, float]:
+    """Dice of each label; with a ``space`` holding partial labels (:mod:`autoseg.partial_labels`),
+    each class is scored as the reference annotates it and is NaN (not scored) where it is not."""
+    if space is not None and space.is_partial:
+        counts = space.confusion(pred, ref, labels)
+        return {lab: math.nan if c is None else dice_from_counts(*c) for lab, c in counts.items()}
     return {lab: dice_from_counts(*c) for lab, c in confusion(pred, ref, labels).items()}
 
 
@@ -97,10 +105,11 @@ def bootstrap_interval(values: Sequence[float | None], seed: int = DEFAULT_SEED,
     return float(low), float(high)
 
 
-def case_dice(pred: np.ndarray, ref: np.ndarray, names: dict[int, str]) -> dict[str, float | None]:
+def case_dice(pred: np.ndarray, ref: np.ndarray, names: dict[int, str],
+              space: LabelSpace | None = None) -> dict[str, float | None]:
     """Dice of each named foreground class and their mean (``mean_foreground``); None, not NaN, for
-    a class absent from both, so the result is JSON."""
-    scores = dice_per_class(pred, ref, sorted(names))
+    a class absent from both (or, with partial labels, not annotated in ``ref``), so the result is JSON."""
+    scores = dice_per_class(pred, ref, sorted(names), space)
     out: dict[str, float | None] = {names[k]: mean_present([v]) for k, v in scores.items()}
     out["mean_foreground"] = mean_present([mean_foreground(scores)])
     return out

@@ -36,6 +36,7 @@ def inputs_key(dataset: Dataset, max_slices: int | None, seed: int) -> str:
     order, is computed again)."""
     h = hashlib.sha256()
     h.update(json.dumps({"labels": dataset.labels, "channels": dataset.channel_names,
+                         **({"partial": [repr(p) for p in dataset.partial]} if dataset.partial else {}),
                          "max_slices": max_slices, "seed": seed, "axis_order": "LPS"}, sort_keys=True).encode())
     for case in dataset.cases:
         for path in (*case.images, case.label):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence, get_args
 
 from autoseg.errors import PlansError
+from autoseg.partial_labels import LabelSpace, PartialLabel, partial_problems
 from autoseg.registry import Registry
 from autoseg.schema import Artefact, literal_problems, optional
 
@@ -197,6 +198,9 @@ class Plans(Artefact):
     #: back into the file's order (:mod:`autoseg.orientation`). Absent (plans written before the
     #: field): the file's own voxel order, as those models were trained.
     orientation: str | None = optional()
+    #: Stored label values that stand for one of several classes (a merged dataset's partial
+    #: annotations, :mod:`autoseg.partial_labels`). Absent: every stored value is its class.
+    partial_labels: tuple[PartialLabel, ...] | None = optional()
 
     def __post_init__(self) -> None:
         if self.augmentation is _FROM_SPACING:
@@ -227,6 +231,7 @@ class Plans(Artefact):
             out.append("labels must include 0 (background)")
         if self.orientation not in (None, "LPS"):
             out.append(f"orientation {self.orientation!r} is not 'LPS' (or absent: the files' own order)")
+        out.extend(partial_problems(self.partial_labels or (), self.labels) if 0 in self.labels else [])
         out.extend(literal_problems(self))  # names outside their closed set (checked on load too)
         out.extend(self.recipe_problems())
         return out
@@ -246,6 +251,20 @@ class Plans(Artefact):
     @property
     def num_classes(self) -> int:
         return max(self.labels) + 1
+
+    @property
+    def label_space(self) -> LabelSpace:
+        """The stored label values and the classes each allows (plain classes unless partial)."""
+        return LabelSpace(self.num_classes, self.partial_labels or ())
+
+    @property
+    def stored_labels(self) -> dict[int, str]:
+        """Every value a label map may hold: the classes, then the partial values (named by the
+        classes they allow)."""
+        out = dict(self.labels)
+        for p in self.partial_labels or ():
+            out[p.value] = " or ".join(self.labels.get(c, str(c)) for c in p.classes)
+        return out
 
     @property
     def num_channels(self) -> int:

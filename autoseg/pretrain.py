@@ -68,7 +68,7 @@ def _decide_postprocessing(recipe: Recipe, settings: Settings) -> None:
     plans = plans_of(folder)
     data = PreprocessedDataset(settings.preprocessed / plans.dataset_name).data
     labels = {int(k): v for k, v in plans.labels.items()}
-    decision = determine_postprocessing(folder, data, labels, plans.target_spacing)
+    decision = determine_postprocessing(folder, data, labels, plans.target_spacing, plans.label_space)
     log.info("post-processing: %s", describe(decision, labels) if decision else "no validation predictions")
 
 

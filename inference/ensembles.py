@@ -126,7 +126,7 @@ def _build_one(dataset_dir: Path, data_dir: Path, members: list[str], networks: 
                                    "retrain the folds of these networks from the same preprocessed data")
             pred = np.mean([p.astype(np.float32) for p in probs], axis=0).argmax(0).astype(np.uint8)
             ref = load_labels(data_dir, case)
-            per_case[case] = case_dice(pred, ref, names)
+            per_case[case] = case_dice(pred, ref, names, plans.label_space)
             with atomic_path(validation.prediction(case)) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez_compressed(f, labels=pred)

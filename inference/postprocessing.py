@@ -32,6 +32,7 @@ import numpy as np
 from autoseg.artefacts import ClassEvidence, PostprocessingDecision, PostprocessingRules
 from autoseg.layout import ExportNames, ModelFolder, case_files_in
 from autoseg.metrics import dice_per_class
+from autoseg.partial_labels import LabelSpace
 from autoseg.inference.model import stored_artefact
 from autoseg.preprocessing import load_labels
 from autoseg.schema import FieldError, build
@@ -147,15 +148,16 @@ def _cv_pairs(model_dir: Path, data_dir: Path) -> list[tuple[str, np.ndarray, np
     return pairs
 
 
-def _mean_dice(pairs: list[tuple[np.ndarray, np.ndarray]], label: int) -> float:
-    values = [dice_per_class(p, r, [label])[label] for p, r in pairs]
+def _mean_dice(pairs: list[tuple[np.ndarray, np.ndarray]], label: int, space: LabelSpace | None = None) -> float:
+    values = [dice_per_class(p, r, [label], space)[label] for p, r in pairs]
     present = [v for v in values if not math.isnan(v)]
     return float(np.mean(present)) if present else math.nan
 
 
-def _mean_over_classes(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> float:
+def _mean_over_classes(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int],
+                       space: LabelSpace | None = None) -> float:
     """Mean over ``classes`` of each class's mean CV Dice (classes no case holds left out)."""
-    values = [v for v in (_mean_dice(pairs, k) for k in classes) if not math.isnan(v)]
+    values = [v for v in (_mean_dice(pairs, k, space) for k in classes) if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
 
 
@@ -167,9 +169,11 @@ def _candidates(label: int, spacing_zyx: tuple[float, ...]):
 
 
 def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, str],
-                             spacing_zyx: tuple[float, ...]) -> PostprocessingDecision | None:
+                             spacing_zyx: tuple[float, ...],
+                             space: LabelSpace | None = None) -> PostprocessingDecision | None:
     """Decide per class from the folds' validation predictions (on a grid of ``spacing_zyx`` mm,
-    the plans' target spacing); write and return the decision.
+    the plans' target spacing); write and return the decision. ``space``: the plans' label space,
+    so that partial labels are scored as annotated (:mod:`autoseg.partial_labels`).
 
     Returns None (and writes nothing) when no fold has validation predictions.
     """
@@ -181,9 +185,9 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     min_sizes: dict[int, float] = {}
     evidence: dict[str, ClassEvidence] = {}
     classes = [k for k in sorted(labels) if k != 0]
-    before_all = _mean_over_classes(pairs, classes)
+    before_all = _mean_over_classes(pairs, classes, space)
     whole = [(keep_largest_foreground(p), r) for p, r in pairs]
-    with_all = _mean_over_classes(whole, classes)
+    with_all = _mean_over_classes(whole, classes, space)
     foreground = not math.isnan(before_all) and with_all > before_all
     evidence["all foreground"] = ClassEvidence(label=0, dice_before=before_all,
                                                candidates={"keep_largest_foreground": with_all},
@@ -194,8 +198,9 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     for label, name in sorted(labels.items()):
         if label == 0:
             continue
-        before = _mean_dice(pairs, label)
-        tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label) for cand, f in _candidates(label, spacing_zyx)}
+        before = _mean_dice(pairs, label, space)
+        tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space)
+                 for cand, f in _candidates(label, spacing_zyx)}
         best = max(tried, key=lambda c: (tried[c], c == "keep_largest_component"))  # ties: the simpler rule
         enabled = not math.isnan(before) and tried[best] > before
         evidence[name] = ClassEvidence(label=label, dice_before=before, candidates=tried,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from autoseg.datasets import Case, Dataset
 from autoseg.errors import DatasetError
 from autoseg.io import read_case_images, read_label_on
 from autoseg.layout import PreprocessedDataset
+from autoseg.partial_labels import LabelSpace
 from autoseg.processes import die_with_parent
 from autoseg.validation import validate_case
 
@@ -52,7 +54,7 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
     """Read, validate and summarise one case."""
     image, geometry = read_case_images(case.images)
     label, label_geometry = read_label_on(case.label, geometry) if case.label else (None, None)
-    validate_case(case, image, geometry, label, label_geometry, dataset.labels, len(dataset.channel_names))
+    validate_case(case, image, geometry, label, label_geometry, dataset.stored_labels, len(dataset.channel_names))
     bbox = crop_bbox(image, ct_channel=0 if dataset.is_ct else None)
     reo = Reorientation.of(geometry)  # sizes in the LPS axis order the plans' networks see
     cropped = reo.shape([int(hi - lo) for lo, hi in bbox])
@@ -62,7 +64,9 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
     if label is not None:
         flat_label = label.ravel()
         flat_image = image.reshape(image.shape[0], -1)
-        foreground = np.flatnonzero(flat_label > 0)
+        certain = np.zeros(256, dtype=bool)  # values that are foreground whatever class they are
+        certain[LabelSpace(dataset.num_classes, dataset.partial).foreground_values()] = True
+        foreground = np.flatnonzero(certain[flat_label])
         samples[0] = flat_image[:, _subsample(foreground, rng)]
         for lab in dataset.foreground_labels:
             where = np.flatnonzero(flat_label == lab)
@@ -159,6 +163,7 @@ def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | 
         "format": dataset.format,
         "channel_names": list(dataset.channel_names),
         "labels": {str(k): v for k, v in sorted(dataset.labels.items())},
+        **({"partial_labels": [dataclasses.asdict(p) for p in dataset.partial]} if dataset.partial else {}),
         "is_ct": dataset.is_ct,
         "num_cases": len(cases),
         "excluded": excluded,

@@ -25,6 +25,7 @@ import numpy as np
 from autoseg.orientation import CANONICAL
 from autoseg.artefacts import Fingerprint
 from autoseg.errors import ConfigurationError, PlansError
+from autoseg.partial_labels import PartialLabel
 from autoseg.networks import default_network_kwargs, estimate_training_memory, network_names
 from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, HU_BOUNDS, RECIPES, Augmentation, Estimates,
                            NetworkPlan, Normalisation, Plans, Precision, Resampling)
@@ -443,4 +444,6 @@ def _plan(fingerprint: Mapping[str, Any], options: PlannerOptions) -> Plans:
             deep_supervision=options.deep_supervision, precision=cast(Precision, pricer.precision)),
         seed=options.seed,
         orientation=CANONICAL,
+        partial_labels=tuple(PartialLabel(int(p["value"]), tuple(int(c) for c in p["classes"]), int(p["scored_as"]))
+                             for p in fingerprint.get("partial_labels") or ()) or None,
     )

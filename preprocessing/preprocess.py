@@ -120,7 +120,7 @@ def read_case(image_paths: Sequence[Path], label_path: Path | None, plans: Plans
     image, geom = read_case_images(image_paths)
     label, label_geom = read_label_on(label_path, geom) if label_path else (None, None)
     validate_case(Case(case_id, tuple(image_paths), label_path), image, geom, label, label_geom,
-                  plans.labels, plans.num_channels)
+                  plans.stored_labels, plans.num_channels)
     return image, geom, label
 
 
@@ -167,11 +167,13 @@ def preprocess_case(image_paths: Sequence[str | Path], label_path: str | Path | 
         del cropped
         seg = None
         if label is not None:
-            seg = resample_labels(label[bbox_slices(bbox)], src, dst, plans.num_classes,
+            seg = resample_labels(label[bbox_slices(bbox)], src, dst, plans.label_space.num_values,
                                   keep_volume=plans.resampling.keeps_label_volume)
     voxels, locations = None, None
     if seg is not None:
-        foreground = sorted(k for k in plans.labels if k != 0)
+        # oversampling centres on every value that is certainly foreground (a partial label such as a
+        # merged Task03's "liver or vessel" too); the classes' own values are counted even if absent
+        foreground = sorted({*(k for k in plans.labels if k != 0), *plans.label_space.foreground_values()})
         voxels = {k: int(np.count_nonzero(seg == k)) for k in foreground}
         locations = {int(k): tuple((p[0], p[1], p[2]) for p in v)
                      for k, v in class_locations(seg, foreground, case_seed(plans.seed, case_id)).items()}

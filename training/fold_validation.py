@@ -59,7 +59,7 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
             probs = slide(network, store.image(case)[...], plans, window)
             pred = probs.argmax(0).astype(np.uint8)
             ref = store.labels(case)[...]
-            per_case[case] = case_dice(pred, ref, names)
+            per_case[case] = case_dice(pred, ref, names, plans.label_space)
             if write_predictions:
                 _write_on_original_grid(probs, store.properties(case), folder.label_map(case),
                                         plans.resampling.keeps_label_volume)

@@ -79,7 +79,8 @@ class FoldTrainer:
             compiled = torch.compile(self.model)
             assert isinstance(compiled, torch.nn.Module)  # a compiled module is an OptimizedModule
             self.model = compiled
-        self.loss = DeepSupervision(build_loss(self.recipe.loss))
+        self.space = plans.label_space
+        self.loss = DeepSupervision(build_loss(self.recipe.loss, self.space if self.space.is_partial else None))
         self.optimizer = build_optimizer(self.recipe, self.network.parameters())
         self.precision = resolve_precision(self.recipe.precision, self.device.type)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -201,6 +202,11 @@ class FoldTrainer:
             out = out[0] if isinstance(out, (list, tuple)) else out
             losses.append(float(self.loss.loss(out.float(), target)))
             pred = out.argmax(1)
+            if self.space.is_partial:  # each patch annotates its own source's classes
+                for p_np, r_np in zip(pred.cpu().numpy(), target.cpu().numpy()):
+                    for lab, c in self.space.confusion(p_np, r_np, labels).items():
+                        counts[lab] += c if c is not None else (0, 0, 0)
+                continue
             for lab in labels:
                 p, r = pred == lab, target == lab
                 tp = int((p & r).sum())

@@ -3,6 +3,13 @@ to plain CE over the schedule), weighted Dice + focal, Dice, 0.3 Dice + 0.7 CE.
 
 Dice terms are per foreground class, batch-pooled (``batch_dice``) so that a patch without a
 small class does not produce a 0/0 term, and never include the background.
+
+With partial labels (a merged dataset, :mod:`autoseg.partial_labels`) every loss scores what the
+label says and nothing more (:class:`PartialTargets`): the cross-entropy of a voxel is that of the
+set of classes its value allows, and the soft Dice is taken per annotated region (each foreground
+class, and each partial value that is certainly foreground, such as Task03's "liver or vessel"), a
+region's probability being the sum over its classes and a false positive only a probability on a
+class the voxel's value does not allow.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoseg.partial_labels import LabelSpace
 from autoseg.registry import Registry
 
 
@@ -26,15 +34,86 @@ def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, smooth: floa
     return (2 * intersect + smooth) / (denom + smooth)
 
 
+class PartialTargets:
+    """Loss arithmetic for label maps holding partial values (``space``: the stored values and the
+    classes each allows). Regions: each foreground class, then each certainly-foreground partial
+    value, a region being the classes its value allows. A voxel is inside a region when every class
+    its value allows is one of the region's (a plain liver voxel is inside "liver or vessel");
+    ``hits[r, v, c]`` says a probability on class ``c`` at a voxel stored as ``v`` counts towards
+    region ``r``'s prediction: a region class inside the region, or one the voxel does not allow."""
+
+    def __init__(self, space: LabelSpace):
+        self.space = space
+        self.allowed = torch.from_numpy(space.allowed)
+        values = list(range(1, space.num_classes)) + [v for v in space.foreground_values() if v >= space.num_classes]
+        self.region_values = torch.tensor(values, dtype=torch.long)
+        classes = torch.zeros((len(values), space.num_classes), dtype=torch.bool)
+        for i, v in enumerate(values):
+            classes[i] = self.allowed[v]
+        self.region_classes = classes.float()  # (R, C)
+        used = self.allowed.any(1)  # (V,)
+        inside = (used.unsqueeze(0) & ~(self.allowed.unsqueeze(0) & ~classes.unsqueeze(1)).any(2))  # (R, V)
+        self.inside = inside.float()
+        self.hits = (classes.unsqueeze(1) & (inside.unsqueeze(2) | ~self.allowed.unsqueeze(0))).float()  # (R, V, C)
+
+    def log_prob(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each voxel's log-probability of the classes its stored value allows, (B, *spatial)."""
+        logp = F.log_softmax(logits.float(), dim=1)
+        allowed = self.allowed.to(logits.device)[target.long()].movedim(-1, 1)
+        return torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=1)
+
+    def voxel_weights(self, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+        """A voxel's weight: the smallest weight of the classes its value allows."""
+        per_value = torch.where(self.allowed.to(class_weights.device), class_weights.unsqueeze(0),
+                                torch.full_like(class_weights, float("inf")).unsqueeze(0)).amin(1)
+        return per_value[target.long()]
+
+    def soft_dice(self, logits: torch.Tensor, target: torch.Tensor,
+                  smooth: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch-pooled soft Dice of each region, shape (R,), and its reference voxel counts."""
+        probs = torch.softmax(logits.float(), dim=1).flatten(2)  # (B, C, N)
+        flat = target.long().flatten(1).unsqueeze(1)  # (B, 1, N)
+        onehot = torch.zeros((probs.shape[0], self.space.num_values, probs.shape[2]), device=probs.device)
+        onehot.scatter_(1, flat, 1.0)
+        soft = torch.einsum("bvn,bcn->vc", onehot, probs)  # probability of class c on voxels stored v
+        inside, hits = self.inside.to(probs.device), self.hits.to(probs.device)
+        counts = inside @ onehot.sum((0, 2))  # reference voxels of each region
+        tp = ((soft @ self.region_classes.to(probs.device).T).T * inside).sum(1)  # region mass inside it
+        mass = (hits * soft.unsqueeze(0)).sum((1, 2))
+        return (2 * tp + smooth) / (mass + counts + smooth), counts
+
+    def mean_dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean soft Dice over the regions the batch holds (a source's patches hold only its own)."""
+        dice, counts = self.soft_dice(logits, target)
+        present = counts > 0
+        return dice[present].mean() if bool(present.any()) else dice.mean()
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor,
+                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean (or class-weighted mean) cross-entropy of each voxel's allowed set."""
+        nll = -self.log_prob(logits, target)
+        if class_weights is None:
+            return nll.mean()
+        w = self.voxel_weights(target, class_weights)
+        return (w * nll).sum() / w.sum()
+
+
 class DiceCE(nn.Module):
     """``w_dice * (1 - mean foreground Dice) + w_ce * cross-entropy``."""
 
-    def __init__(self, w_dice: float = 1.0, w_ce: float = 1.0):
+    def __init__(self, w_dice: float = 1.0, w_ce: float = 1.0, space: LabelSpace | None = None):
         super().__init__()
         self.w_dice, self.w_ce = w_dice, w_ce
+        self.partial = PartialTargets(space) if space is not None and space.is_partial else None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros((), dtype=torch.float32)
+        if self.partial is not None:
+            if self.w_dice:
+                loss = loss + self.w_dice * (1 - self.partial.mean_dice(logits, target))
+            if self.w_ce:
+                loss = loss + self.w_ce * self.partial.cross_entropy(logits, target)
+            return loss
         if self.w_dice:
             loss = loss + self.w_dice * (1 - soft_dice_per_class(logits, target).mean())
         if self.w_ce:
@@ -68,15 +147,18 @@ class DiceWeightedCE(nn.Module):
     annealing keeps the first and lets the unweighted CE place the boundary by the end.
     """
 
-    def __init__(self, anneal: bool = False):
+    def __init__(self, anneal: bool = False, space: LabelSpace | None = None):
         super().__init__()
         self.anneal = anneal
         self.progress = 0.0  # fraction of the schedule done, in [0, 1]
+        self.partial = PartialTargets(space) if space is not None and space.is_partial else None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weights = rarity_weights(target, logits.shape[1])
+        weights = rarity_weights(target, logits.shape[1])  # partial values are not counted
         if self.anneal:
             weights = 1 + (weights - 1) * (1 - min(max(self.progress, 0.0), 1.0))
+        if self.partial is not None:
+            return (1 - self.partial.mean_dice(logits, target)) + self.partial.cross_entropy(logits, target, weights)
         dice = soft_dice_per_class(logits, target).mean()
         return (1 - dice) + F.cross_entropy(logits.float(), target.long(), weight=weights)
 
@@ -88,17 +170,23 @@ class WeightedDiceFocal(nn.Module):
     class of thin vessels counts more than a large liver without exploding when it is absent.
     """
 
-    def __init__(self, gamma: float = 2.0):
+    def __init__(self, gamma: float = 2.0, space: LabelSpace | None = None):
         super().__init__()
         self.gamma = gamma
+        self.partial = PartialTargets(space) if space is not None and space.is_partial else None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        dice = soft_dice_per_class(logits, target)
-        counts = torch.bincount(target.flatten().long(), minlength=logits.shape[1])[1:].float()
+        if self.partial is not None:  # per region, each voxel's allowed set
+            dice, region_counts = self.partial.soft_dice(logits, target)
+            counts = region_counts.float()
+            logp_t = self.partial.log_prob(logits, target)
+        else:
+            dice = soft_dice_per_class(logits, target)
+            counts = torch.bincount(target.flatten().long(), minlength=logits.shape[1])[1:].float()
+            logp = F.log_softmax(logits.float(), dim=1)
+            logp_t = logp.gather(1, target.long().unsqueeze(1)).squeeze(1)
         weights = 1.0 / torch.sqrt(counts + 1.0)
         weights = weights / weights.mean()
-        logp = F.log_softmax(logits.float(), dim=1)
-        logp_t = logp.gather(1, target.long().unsqueeze(1)).squeeze(1)
         focal = -((1 - logp_t.exp()) ** self.gamma * logp_t).mean()
         return (weights * (1 - dice)).mean() + focal
 
@@ -110,20 +198,21 @@ class ScheduledLoss(Protocol):
     progress: float
 
 
-#: Loss builders by name (``recipe.loss``, ``--loss``).
-LOSSES: Registry[Callable[[], nn.Module]] = Registry("loss", {
-    "dice_ce": lambda: DiceCE(1.0, 1.0),
-    "dice_wce": DiceWeightedCE,
-    "dice_wce_anneal": lambda: DiceWeightedCE(anneal=True),
-    "dice": lambda: DiceCE(1.0, 0.0),
-    "dice03_ce07": lambda: DiceCE(0.3, 0.7),
-    "weighted_dice_focal": WeightedDiceFocal,
+#: Loss builders by name (``recipe.loss``, ``--loss``), each given the label space when it is partial.
+LOSSES: Registry[Callable[[LabelSpace | None], nn.Module]] = Registry("loss", {
+    "dice_ce": lambda space: DiceCE(1.0, 1.0, space),
+    "dice_wce": lambda space: DiceWeightedCE(space=space),
+    "dice_wce_anneal": lambda space: DiceWeightedCE(anneal=True, space=space),
+    "dice": lambda space: DiceCE(1.0, 0.0, space),
+    "dice03_ce07": lambda space: DiceCE(0.3, 0.7, space),
+    "weighted_dice_focal": lambda space: WeightedDiceFocal(space=space),
 })
 
 
-def build_loss(name: str) -> nn.Module:
-    """A new loss module by name; an unknown name raises with the known ones and a suggestion."""
-    return LOSSES[name]()
+def build_loss(name: str, space: LabelSpace | None = None) -> nn.Module:
+    """A new loss module by name (scoring partial labels when ``space`` holds any); an unknown name
+    raises with the known ones and a suggestion."""
+    return LOSSES[name](space)
 
 
 class DeepSupervision(nn.Module):
