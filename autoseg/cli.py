@@ -588,8 +588,9 @@ def _fit_calibration(model_dir: Path, settings: Settings) -> None:
     from autoseg.inference.ensembles import plans_of
     from autoseg.inference.uncertainty import fit_calibration
 
-    data = PreprocessedDataset(settings.preprocessed / plans_of(model_dir).dataset_name).data
-    calibration = fit_calibration(model_dir, data)
+    plans = plans_of(model_dir)
+    data = PreprocessedDataset(settings.preprocessed / plans.dataset_name).data
+    calibration = fit_calibration(model_dir, data, space=plans.label_space)
     if calibration is None:
         print("calibration: no validation probabilities to fit on (predict --uncertainty uses T = 1)")
         return

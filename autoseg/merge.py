@@ -9,9 +9,9 @@ Classes are matched by name (``cancer``, ``tumor`` and ``lesion`` are the tumour
 ``hepatic vessel`` the vessel). A class a source does not label may lie in its background, and
 inside its label of the class that contains it (:data:`CONTAINED_IN`): Task03's liver label covers
 the vessels in the liver, so its liver voxels are stored as "liver or vessel"; Task08's background
-is "background or liver". ``merge.json`` records the sources; a second run with the same sources
-brings the folder up to date (label maps whose source changed are written again), one with other
-sources is refused.
+is "background or liver". ``merge.json`` records the sources, the mapping and each label map's source file (path, size,
+modification time); a second run with the same sources brings the folder up to date (a label map is
+written again when its source file or the mapping changed), one with other sources is refused.
 """
 from __future__ import annotations
 
@@ -128,31 +128,56 @@ def merge_datasets(specs: list[str], name: str, raw_root: Path) -> Path:
     if len(channels) > 1:
         raise DatasetError(f"the datasets have different channels: {sorted(channels)}", sources[1].root,
                            "merge only datasets with the same input channels")
+    msd = all(ds.format == "msd" for ds in sources)
+    if not msd:
+        _check_nnunet_output(sources)
     merge = plan_merge(sources)
     out = merged_folder(raw_root, name)
-    marker = {"merge_version": MERGE_VERSION, "sources": [str(ds.root) for ds in sources]}
-    _check_marker(out, marker)
+    marker = {"merge_version": MERGE_VERSION, "sources": [str(ds.root) for ds in sources],
+              "classes": {str(k): v for k, v in merge.classes.items()},
+              "value_maps": [{str(k): v for k, v in m.items()} for m in merge.value_maps]}
+    previous = _check_marker(out, marker)
     raw = RawDataset(out)
     raw.images_tr.mkdir(parents=True, exist_ok=True)
     raw.labels_tr.mkdir(parents=True, exist_ok=True)
+    same_mapping = all(previous.get(k) == marker[k] for k in ("merge_version", "classes", "value_maps"))
+    write_json(raw.merge_marker, {**marker, "cases": previous.get("cases", {}) if same_mapping else {}})
     identifiers = _case_ids(sources)
+    written: set[str] = set()
+    cases: dict[str, dict[str, Any]] = {}
     for ds, value_map in zip(sources, merge.value_maps):
         for case in ds.cases:
-            _merge_case(case, identifiers[(ds.root, case.identifier)], value_map, raw, ds.format == "msd")
-    _remove_stale(raw, set(identifiers.values()))
-    write_json(raw.metadata, _metadata(sources, merge, name, sorted(identifiers.values())))
-    write_json(raw.merge_marker, {**marker, "classes": {str(k): v for k, v in merge.classes.items()},
-                                    "value_maps": [{ds.name: {str(k): v for k, v in m.items()}}
-                                                   for ds, m in zip(sources, merge.value_maps)]})
+            ident = identifiers[(ds.root, case.identifier)]
+            old = (previous.get("cases", {}) if same_mapping else {}).get(ident)
+            cases[ident] = _merge_case(case, ident, value_map, raw, msd, old, written)
+    _remove_stale(raw, written)
+    write_json(raw.metadata, _metadata(sources, merge, name, sorted(cases), {c: v["image"] for c, v in cases.items()}))
+    write_json(raw.merge_marker, {**marker, "cases": cases})
     log.info("merged %s into %s: classes %s, partial labels %s", ", ".join(ds.name for ds in sources), out,
              merge.classes, [(p.value, p.classes) for p in merge.partial])
     return out
 
 
-def _check_marker(out: Path, marker: dict[str, Any]) -> None:
+def _check_nnunet_output(sources: list[Dataset]) -> None:
+    """An nnU-Net-format merge (any source in that format) links one file per channel: an MSD
+    source's DICOM folders or 4D multi-channel files cannot be linked so."""
+    for ds in sources:
+        if ds.format != "msd":
+            continue
+        bad = next((c for c in ds.cases if c.images[0].is_dir() or len(ds.channel_names) > 1), None)
+        if bad is not None:
+            raise DatasetError(f"{ds.name} holds {'DICOM series folders' if bad.images[0].is_dir() else '4D images'}, "
+                               "which an nnU-Net-format merge (another source is nnU-Net format) cannot link",
+                               bad.images[0], "convert that dataset to NIfTI, one file per channel, or merge only "
+                               "MSD-format datasets")
+
+
+def _check_marker(out: Path, marker: dict[str, Any]) -> dict[str, Any]:
+    """The marker of an earlier merge into ``out`` (empty for a new folder); refuses a folder made
+    otherwise or from other sources."""
     path = RawDataset(out).merge_marker
     if not out.exists():
-        return
+        return {}
     if not path.is_file():
         raise DatasetError(f"{out.name} exists and was not made by --merge", out,
                            "choose another --merge name (its files are left alone)")
@@ -160,9 +185,11 @@ def _check_marker(out: Path, marker: dict[str, Any]) -> None:
         found = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         found = {}
-    if found.get("sources") != marker["sources"]:
-        raise DatasetError(f"{out.name} was merged from {found.get('sources')}, not {marker['sources']}", path,
+    if not isinstance(found, dict) or found.get("sources") != marker["sources"]:
+        raise DatasetError(f"{out.name} was merged from {found.get('sources') if isinstance(found, dict) else '?'}, "
+                           f"not {marker['sources']}", path,
                            "choose another --merge name, or delete that folder to merge anew")
+    return found
 
 
 def _case_ids(sources: list[Dataset]) -> dict[tuple[Path, str], str]:
@@ -192,42 +219,56 @@ def _suffix(path: Path) -> str:
     return path.suffix
 
 
-def _merge_case(case: Case, identifier: str, value_map: dict[int, int], raw: RawDataset, msd: bool) -> None:
-    """Link the case's image(s) and write its label map in merged values, unless current."""
+def _stamp(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _merge_case(case: Case, identifier: str, value_map: dict[int, int], raw: RawDataset, msd: bool,
+                old: dict[str, Any] | None, written: set[str]) -> dict[str, Any]:
+    """Link the case's image(s) (relative links, so a moved raw folder keeps them) and write its
+    label map in merged values unless the one there was made from this very source file with this
+    mapping (``old``: what the last merge recorded). Adds the file names to ``written``; returns the
+    case's record for ``merge.json``."""
+    names = []
     for channel, image in enumerate(case.images):
         link = raw.images_tr / _image_name(identifier, channel, image, msd)
-        target = image.resolve()
-        if link.is_symlink() and Path(os.readlink(link)) == target:
-            continue
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(target, target_is_directory=target.is_dir())
+        target = os.path.relpath(image.resolve(), link.parent.resolve())
+        if not (link.is_symlink() and os.readlink(link) == target):
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target, target_is_directory=image.is_dir())
+        names.append(link.name)
+        written.add(link.name)
     assert case.label is not None  # training cases always have one (datasets pairs them)
     out = raw.labels_tr / f"{identifier}.nii.gz"  # a raw label map: named as the dataset formats say
-    if out.is_file() and out.stat().st_mtime_ns >= case.label.stat().st_mtime_ns:
-        return
-    label, geometry = read_label(case.label)
-    lut = np.zeros(256, dtype=np.uint8)
-    unknown = [int(v) for v in np.unique(label) if int(v) not in value_map]
-    if unknown:
-        raise DatasetError(f"label map holds value(s) {unknown} its dataset.json does not declare", case.label,
-                           "fix the label map or declare the labels in dataset.json")
-    for src, dst in value_map.items():
-        lut[src] = dst
-    write_image(out, lut[label.astype(np.int64)], geometry)
+    written.add(out.name)
+    stamp = _stamp(case.label)
+    if old is None or old.get("label") != stamp or not out.is_file():
+        label, geometry = read_label(case.label)
+        unknown = [int(v) for v in np.unique(label) if int(v) not in value_map]
+        if unknown:
+            raise DatasetError(f"label map holds value(s) {unknown} its dataset.json does not declare", case.label,
+                               "fix the label map or declare the labels in dataset.json")
+        lut = np.zeros(256, dtype=np.uint8)
+        for src, dst in value_map.items():
+            lut[src] = dst
+        write_image(out, lut[label.astype(np.int64)], geometry)
+    return {"label": stamp, "image": names[0]}
 
 
-def _remove_stale(raw: RawDataset, identifiers: set[str]) -> None:
-    """Links and labels of cases no longer in any source (a re-run after a source lost a case)."""
+def _remove_stale(raw: RawDataset, written: set[str]) -> None:
+    """Links and labels this merge did not write: cases no longer in any source (a re-run after a
+    source lost a case). Only links in imagesTr and files in labelsTr, both the merge's own."""
     for folder in (raw.images_tr, raw.labels_tr):
         for p in folder.iterdir():
-            stem = re.sub(r"(_\d{4})?(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.nhdr)?$", "", p.name)
-            if stem not in identifiers and (p.is_symlink() or folder == raw.labels_tr):
+            if p.name not in written and (p.is_symlink() or folder == raw.labels_tr):
                 log.info("merge: removing %s (no source case any more)", p)
                 p.unlink()
 
 
-def _metadata(sources: list[Dataset], merge: MergePlan, name: str, cases: list[str]) -> dict[str, Any]:
+def _metadata(sources: list[Dataset], merge: MergePlan, name: str, cases: list[str],
+              images: dict[str, str]) -> dict[str, Any]:
     first = sources[0]
     partial = {str(p.value): {"classes": list(p.classes), "scored_as": p.scored_as} for p in merge.partial}
     common = {"name": name, "description": "merged by autoseg from " + ", ".join(ds.name for ds in sources),
@@ -236,6 +277,6 @@ def _metadata(sources: list[Dataset], merge: MergePlan, name: str, cases: list[s
         return {**common, "tensorImageSize": "3D",
                 "modality": {str(i): c for i, c in enumerate(first.channel_names)},
                 "labels": {str(k): v for k, v in merge.classes.items()},
-                "training": [{"image": f"./imagesTr/{c}", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]}
+                "training": [{"image": f"./imagesTr/{images[c]}", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]}
     return {**common, "channel_names": {str(i): c for i, c in enumerate(first.channel_names)},
             "labels": {v: k for k, v in merge.classes.items()}, "file_ending": ".nii.gz"}

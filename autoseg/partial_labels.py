@@ -81,6 +81,10 @@ class LabelSpace:
         self.allowed = allowed
         #: ``scored_as[v]``: the class value ``v`` annotates (-1 for an unused value).
         self.scored_as = scored_as
+        #: ``counted_as[v]``: the class a voxel stored as ``v`` counts as in class statistics (rarity
+        #: weights, the fingerprint's class volumes): background where it may be background (Task08's
+        #: "background or liver"), else the class it annotates (Task03's "liver or vessel": liver).
+        self.counted_as = np.where(allowed[:, 0], 0, np.maximum(scored_as, 0))
 
     @property
     def is_partial(self) -> bool:

@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         run_env = dict(env, AUTOSEG_RESULTS=str(results))
         log = work / f"seed{seed}.log"
         common = ["-f", "0", "--threads", str(args.threads), "--seed", str(seed)]
-        pair_time = sum(autoseg(["train", "-d", t, "--steps", str(args.steps), *common], run_env, log) for t in TASK_SEEDS)
-        merged_time = autoseg(["train", "-d", MERGED, "--steps", str(2 * args.steps), *common], run_env, log)
+        pair_time = sum(train(t, args.steps, common, results, run_env, log) for t in TASK_SEEDS)
+        merged_time = train(MERGED, 2 * args.steps, common, results, run_env, log)
         timings["pair"].append(pair_time)
         timings["merged"].append(merged_time)
         for task in TASK_SEEDS:
@@ -124,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report["summary"], indent=1))
     append_result(args.out, report)
     return 0
+
+
+def train(dataset: str, steps: int, common: list[str], results: Path, env: dict[str, str], log: Path) -> float:
+    """Train fold 0 unless a finished fold of this seed is there (a re-run after an interruption);
+    the wall time (NaN when reused)."""
+    done = list(results.glob(f"*{dataset}*/*/fold_0/validation/summary.json"))
+    if done:
+        return float("nan")
+    return autoseg(["train", "-d", dataset, "--steps", str(steps), *common], env, log)
 
 
 def collect(rows: dict[str, dict[str, dict[str, float]]], task: str, refs: Path, preds: Path, seed: int,

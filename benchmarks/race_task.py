@@ -66,6 +66,10 @@ def load_task(path: Path) -> RaceTask:
         dataset = load_dataset(root)
     except DatasetError as exc:
         raise SystemExit(f"race --task: {exc}") from None
+    if dataset.partial:
+        raise _refuse(root, "has partial labels (a merged dataset): the race scores plain labels, and nnU-Net "
+                      "takes none", "race each source task on its own (benchmarks/merged_model.py compares a "
+                      "merged model with separate ones)")
     if dataset.format != "msd":
         raise _refuse(root, "is an nnU-Net raw dataset (dataset.json has channel_names)",
                       "give the race an MSD task folder (dataset.json with 'modality' and 'labels')")

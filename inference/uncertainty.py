@@ -31,6 +31,7 @@ import numpy as np
 from autoseg.artefacts import Calibration, EnsembleManifest, LesionConfidence, UncertaintyReport
 from autoseg.io import write_image
 from autoseg.layout import CaseOutputs, ExportNames, ModelFolder, ResultsDataset
+from autoseg.partial_labels import LabelSpace
 from autoseg.preprocessing import load_labels, restore_to_original
 from autoseg.inference.model import stored_artefact
 from autoseg.inference.postprocessing import cv_predictions
@@ -77,49 +78,62 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     return np.clip(entropy, 0.0, 1.0).astype(np.float32)
 
 
-def nll(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0, floor: float = FLOAT_FLOOR) -> float:
-    """Mean negative log-likelihood of ``labels`` (N,) under ``probs`` (K, N) scaled by ``temperature``."""
+def nll(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0, floor: float = FLOAT_FLOOR,
+        allowed: np.ndarray | None = None) -> float:
+    """Mean negative log-likelihood of ``labels`` (N,) under ``probs`` (K, N) scaled by ``temperature``.
+    ``allowed`` (stored values x K, a label space's partial labels): a label's likelihood is that of
+    the classes its value allows."""
     logp = np.log(np.maximum(probs.astype(np.float64), floor)) / temperature
     logp -= logp.max(axis=0, keepdims=True)
     log_norm = np.log(np.exp(logp).sum(axis=0))
-    picked = logp[labels.astype(np.int64), np.arange(labels.size)]
+    if allowed is None:
+        picked = logp[labels.astype(np.int64), np.arange(labels.size)]
+    else:
+        picked = np.log((np.exp(logp) * allowed[labels.astype(np.int64)].T).sum(axis=0))
     return float(np.mean(log_norm - picked))
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS,
+                               allowed: np.ndarray | None = None) -> float:
     """ECE of ``probs`` (K, N) against ``labels`` (N,): the voxel-weighted mean over ``bins`` equal-width
-    bins of the max probability of |accuracy - mean confidence|."""
+    bins of the max probability of |accuracy - mean confidence| (``allowed``: as :func:`nll`; a
+    prediction the label's value allows is correct)."""
     confidence = probs.max(axis=0).astype(np.float64)
-    correct = probs.argmax(axis=0) == labels
+    winner = probs.argmax(axis=0)
+    correct = winner == labels if allowed is None else allowed[labels.astype(np.int64), winner]
     index = np.clip((confidence * bins).astype(np.int64), 0, bins - 1)
     conf_sum = np.bincount(index, weights=confidence, minlength=bins)
     acc_sum = np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
     return float(np.abs(acc_sum - conf_sum).sum() / max(1, labels.size))
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray, floor: float = FLOAT_FLOOR) -> float:
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, floor: float = FLOAT_FLOOR,
+                    allowed: np.ndarray | None = None) -> float:
     """The temperature minimising :func:`nll` (golden-section search on log T within :data:`T_RANGE`)."""
     lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = nll(probs, labels, math.exp(a), floor), nll(probs, labels, math.exp(b), floor)
+    fa, fb = nll(probs, labels, math.exp(a), floor, allowed), nll(probs, labels, math.exp(b), floor, allowed)
     for _ in range(40):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
-            fa = nll(probs, labels, math.exp(a), floor)
+            fa = nll(probs, labels, math.exp(a), floor, allowed)
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = nll(probs, labels, math.exp(b), floor)
+            fb = nll(probs, labels, math.exp(b), floor, allowed)
     return math.exp((lo + hi) / 2)
 
 
-def voxel_sample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Flat indices of every foreground voxel and as many (at least 1000) background voxels, seeded."""
+def voxel_sample(labels: np.ndarray, rng: np.random.Generator,
+                 maybe_background: np.ndarray | None = None) -> np.ndarray:
+    """Flat indices of every foreground voxel and as many (at least 1000) background voxels, seeded.
+    ``maybe_background`` (per stored value): the values that may be background (partial labels)."""
     flat = labels.ravel()
-    foreground = np.flatnonzero(flat > 0)
-    background = np.flatnonzero(flat == 0)
+    is_bg = flat == 0 if maybe_background is None else maybe_background[flat]
+    foreground = np.flatnonzero(~is_bg)
+    background = np.flatnonzero(is_bg)
     n_bg = min(background.size, max(foreground.size, 1000))
     return np.concatenate([foreground, rng.choice(background, n_bg, replace=False)])
 
@@ -143,9 +157,12 @@ def validation_probabilities(model_dir: Path, fold: int, case: str) -> np.ndarra
     return np.mean(np.stack(members), axis=0)  # type: ignore[arg-type]
 
 
-def calibration_sample(model_dir: Path, data_dir: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+def calibration_sample(model_dir: Path, data_dir: Path, seed: int = 0,
+                       space: LabelSpace | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(probabilities (K, N) float32, labels (N,), cases) of the seeded sample of every fold's validation
-    predictions (uint8 probabilities on the preprocessed grid) against the preprocessed labels."""
+    predictions (uint8 probabilities on the preprocessed grid) against the preprocessed labels (stored
+    values: partial ones too, with ``space``)."""
+    maybe_bg = space.allowed[:, 0] if space is not None and space.is_partial else None
     rng = np.random.default_rng(seed)
     probs, labels, cases = [], [], 0
     for fold, case, pred_file in cv_predictions(model_dir, data_dir, "calibration"):
@@ -158,7 +175,7 @@ def calibration_sample(model_dir: Path, data_dir: Path, seed: int = 0) -> tuple[
             log.warning("%s: shape %s does not match the preprocessed labels %s; left out of the calibration",
                         pred_file, p.shape[1:], ref.shape)
             continue
-        idx = voxel_sample(ref, rng)
+        idx = voxel_sample(ref, rng, maybe_bg)
         probs.append(p.reshape(p.shape[0], -1)[:, idx] / np.float32(255))
         labels.append(ref.ravel()[idx])
         cases += 1
@@ -171,20 +188,23 @@ def calibration_sample(model_dir: Path, data_dir: Path, seed: int = 0) -> tuple[
     return all_probs, all_labels, cases
 
 
-def fit_calibration(model_dir: Path, data_dir: Path, seed: int = 0) -> Calibration | None:
+def fit_calibration(model_dir: Path, data_dir: Path, seed: int = 0,
+                    space: LabelSpace | None = None) -> Calibration | None:
     """Fit and write the model's :class:`Calibration` from its folds' validation predictions; None
-    (nothing written) when there are none with probabilities."""
-    probs, labels, cases = calibration_sample(model_dir, data_dir, seed)
+    (nothing written) when there are none with probabilities. ``space``: the plans' label space (a
+    partial label's likelihood is its allowed classes')."""
+    probs, labels, cases = calibration_sample(model_dir, data_dir, seed, space)
     if not cases:
         return None
-    temperature = fit_temperature(probs, labels, UINT8_FLOOR)
+    allowed = space.allowed if space is not None and space.is_partial else None
+    temperature = fit_temperature(probs, labels, UINT8_FLOOR, allowed)
     scaled = temperature_scale(probs, temperature, UINT8_FLOOR)
     calibration = Calibration(
         temperature=round(temperature, 4),
-        ece_before=round(expected_calibration_error(probs, labels), 5),
-        ece_after=round(expected_calibration_error(scaled, labels), 5),
-        nll_before=round(nll(probs, labels, 1.0, UINT8_FLOOR), 5),
-        nll_after=round(nll(probs, labels, temperature, UINT8_FLOOR), 5),
+        ece_before=round(expected_calibration_error(probs, labels, allowed=allowed), 5),
+        ece_after=round(expected_calibration_error(scaled, labels, allowed=allowed), 5),
+        nll_before=round(nll(probs, labels, 1.0, UINT8_FLOOR, allowed), 5),
+        nll_after=round(nll(probs, labels, temperature, UINT8_FLOOR, allowed), 5),
         cases=cases, voxels=int(labels.size), bins=ECE_BINS, seed=seed, rule=RULE)
     calibration.save(ModelFolder(model_dir).calibration)
     return calibration

@@ -64,12 +64,17 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
     if label is not None:
         flat_label = label.ravel()
         flat_image = image.reshape(image.shape[0], -1)
+        space = LabelSpace(dataset.num_classes, dataset.partial)
         certain = np.zeros(256, dtype=bool)  # values that are foreground whatever class they are
-        certain[LabelSpace(dataset.num_classes, dataset.partial).foreground_values()] = True
+        certain[space.foreground_values()] = True
         foreground = np.flatnonzero(certain[flat_label])
         samples[0] = flat_image[:, _subsample(foreground, rng)]
+        counted = np.zeros(256, dtype=np.int64)  # a partial value counts as its class (LabelSpace.counted_as)
+        counted[:space.num_values] = space.counted_as
+        counted[space.num_values:] = -1
+        flat_class = counted[flat_label] if dataset.partial else flat_label
         for lab in dataset.foreground_labels:
-            where = np.flatnonzero(flat_label == lab)
+            where = np.flatnonzero(flat_class == lab)
             class_voxels[lab] = int(where.size)
             samples[lab] = flat_image[:, _subsample(where, rng)]
     return CaseFingerprint(

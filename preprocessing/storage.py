@@ -146,6 +146,8 @@ def plans_key(plans: Plans) -> str:
         "resampling": dataclasses.asdict(plans.resampling),
         "crop_to_body": plans.crop_to_body,
         "labels": {str(k): v for k, v in sorted(plans.labels.items())},
+        **({"partial_labels": [[p.value, list(p.classes), p.scored_as] for p in plans.partial_labels]}
+           if plans.partial_labels else {}),
         "seed": plans.seed,  # class_locations are sampled with it
     }
     if plans.orientation is not None:  # absent from older plans: their keys, and cases, stay current

@@ -155,6 +155,9 @@ def test_merged_dataset_plans_trains_and_scores_only_what_each_case_annotates(
     plans = json.loads(next((tmp_path / "pre").glob("*_LiverVesselTumour")).joinpath("plans.json").read_text())
     assert plans["labels"] == {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}
     assert [p["value"] for p in plans["partial_labels"]] == [4, 5, 6]
+    pre = next((tmp_path / "pre").glob("*_LiverVesselTumour"))
+    fingerprint = json.loads((pre / "fingerprint.json").read_text())
+    assert fingerprint["class_fractions"]["1"]["voxels"] > 0  # Task03's liver-or-vessel counts as liver
     assert main(["train", "-d", "LiverVesselTumour", "-f", "0", "--steps", "2", "--threads", "1"]) == 0
     summary = json.loads(next((tmp_path / "res").rglob("fold_0/validation/summary.json")).read_text())
     for case, scores in summary["cases"].items():
@@ -182,3 +185,84 @@ def test_evaluate_reads_the_partial_labels_beside_merged_references(tmp_path: Pa
             assert scores[label]["dice"] == 1.0 or scores[label]["volume_ref_ml"] == 0, (case, label)
         unannotated = 2 if case.startswith("liver") else 1
         assert scores[unannotated]["volume_ref_ml"] == 0 and math.isnan(scores[unannotated]["dice"])
+
+
+def test_rarity_weights_count_a_partial_value_as_its_class() -> None:
+    from autoseg.training.losses import rarity_weights, weights_from_counts
+
+    partial = PartialTargets(MERGED)
+    task08 = torch.full((1, 12, 12, 12), 6)  # background or liver, with vessels and a tumour
+    task08[0, :2, :2, :6], task08[0, 5:8, 5:8, 5:8] = 2, 3
+    task03 = torch.full((1, 12, 12, 12), 4)  # background or vessel, liver or vessel, a tumour
+    task03[0, :6], task03[0, 5:8, 5:8, 5:8] = 5, 3
+    for target, plain in ((task08, {6: 0}), (task03, {4: 0, 5: 1})):
+        as_plain = target.clone()
+        for value, cls in plain.items():
+            as_plain[target == value] = cls
+        assert torch.equal(weights_from_counts(partial.class_counts(target)), rarity_weights(as_plain, 4))
+
+
+def test_calibration_scores_a_partial_label_by_its_allowed_classes() -> None:
+    from autoseg.inference.uncertainty import expected_calibration_error, nll
+
+    probs = np.array([[0.1, 0.7], [0.2, 0.1], [0.6, 0.1], [0.1, 0.1]])  # two voxels, four classes
+    labels = np.array([5, 4])  # liver or vessel (0.2 + 0.6), background or vessel (0.7 + 0.1)
+    assert nll(probs, labels, allowed=MERGED.allowed) == pytest.approx(-(math.log(0.8) + math.log(0.8)) / 2)
+    assert expected_calibration_error(probs, labels, bins=1, allowed=MERGED.allowed) == pytest.approx(
+        abs(1.0 - (0.6 + 0.7) / 2))
+
+
+def _tiny_dataset(root: Path, name: str, ids: list[str], names: dict[int, str], fmt: str = "msd") -> Path:
+    from tests.synthetic import tiny_ct, write_case
+
+    folder = root / name
+    for i, ident in enumerate(ids):
+        image, labels = tiny_ct(i)
+        image_name = f"{ident}.nii.gz" if fmt == "msd" else f"{ident}_0000.nii.gz"
+        write_case(folder / "imagesTr", image_name, image)
+        write_case(folder / "labelsTr", f"{ident}.nii.gz", labels)
+    if fmt == "msd":
+        meta = {"modality": {"0": "CT"}, "labels": {"0": "background", **{str(k): v for k, v in names.items()}}}
+    else:
+        meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, **{v: k for k, v in names.items()}},
+                "file_ending": ".nii.gz"}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_merge_keeps_ids_that_look_like_channels_and_mixes_formats(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _tiny_dataset(raw, "Task01_Amos", ["amos_0001", "amos_0002"], {1: "liver", 2: "cancer"})
+    _tiny_dataset(raw, "Dataset002_Vessels", ["hv_0001"], {1: "hepatic vessel", 2: "tumor"}, fmt="nnunet")
+    out = merge_datasets(["Task01_Amos", "Dataset002_Vessels"], "Mixed", raw)
+    merged = load_dataset(out)
+    assert merged.format == "nnunet" and sorted(c.identifier for c in merged.cases) == ["amos_0001", "amos_0002",
+                                                                                          "hv_0001"]
+    assert merged.labels == {0: "background", 1: "liver", 2: "vessel", 3: "tumour"}
+    assert not Path(next((out / "imagesTr").iterdir()).readlink()).is_absolute()  # relative links
+    assert len(load_dataset(merge_datasets(["Task01_Amos", "Dataset002_Vessels"], "Mixed", raw)).cases) == 3
+
+
+def test_a_failed_merge_can_be_run_again_and_a_new_mapping_rewrites_every_label(tmp_path: Path) -> None:
+    from autoseg.io import write_image
+
+    raw = tmp_path / "raw"
+    a = _tiny_dataset(raw, "Task01_Liver", ["l_1", "l_2"], {1: "liver", 2: "tumour"})
+    _tiny_dataset(raw, "Task02_Vessel", ["v_1"], {1: "vessel", 2: "tumour"})
+    label, geometry = read_label(a / "labelsTr" / "l_2.nii.gz")
+    write_image(a / "labelsTr" / "l_2.nii.gz", np.where(label == 2, 7, label).astype(np.uint8), geometry)
+    with pytest.raises(DatasetError, match=r"value\(s\) \[7\]"):
+        merge_datasets(["Task01_Liver", "Task02_Vessel"], "LVT", raw)
+    write_image(a / "labelsTr" / "l_2.nii.gz", label, geometry)
+    out = merge_datasets(["Task01_Liver", "Task02_Vessel"], "LVT", raw)  # the same folder, now complete
+    assert len(load_dataset(out).cases) == 3
+    meta = json.loads((a / "dataset.json").read_text())
+    meta["labels"]["2"] = "lesion and more"  # no longer the tumour: a new class, a new mapping
+    (a / "dataset.json").write_text(json.dumps(meta))
+    out = merge_datasets(["Task01_Liver", "Task02_Vessel"], "LVT", raw)
+    merged = load_dataset(out)
+    assert len(merged.labels) == 5
+    stored, _ = read_label(out / "labelsTr" / "l_1.nii.gz")
+    original, _ = read_label(a / "labelsTr" / "l_1.nii.gz")
+    expected = plan_merge([load_dataset(a), load_dataset(raw / "Task02_Vessel")]).value_maps[0]
+    assert np.array_equal(stored, np.vectorize(expected.get)(original))

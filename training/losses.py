@@ -55,6 +55,14 @@ class PartialTargets:
         inside = (used.unsqueeze(0) & ~(self.allowed.unsqueeze(0) & ~classes.unsqueeze(1)).any(2))  # (R, V)
         self.inside = inside.float()
         self.hits = (classes.unsqueeze(1) & (inside.unsqueeze(2) | ~self.allowed.unsqueeze(0))).float()  # (R, V, C)
+        self.count_as = torch.from_numpy(space.counted_as)  # rarity weights' class of each stored value
+
+    def class_counts(self, target: torch.Tensor) -> torch.Tensor:
+        """Voxels of each class in ``target``, each stored value counted as ``space.counted_as`` says
+        (without this no voxel of a merged dataset is plain background, and every weight is 1)."""
+        per_value = torch.bincount(target.flatten().long(), minlength=self.space.num_values)[:self.space.num_values]
+        return torch.zeros(self.space.num_classes, dtype=torch.float32, device=target.device).index_add_(
+            0, self.count_as.to(target.device), per_value.float())
 
     def log_prob(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each voxel's log-probability of the classes its stored value allows, (B, *spatial)."""
@@ -128,6 +136,11 @@ def rarity_weights(target: torch.Tensor, num_classes: int, cap: float = 30.0) ->
     a background voxel. The cap keeps a class with a handful of voxels in a batch from dominating.
     """
     counts = torch.bincount(target.flatten().long(), minlength=num_classes)[:num_classes].float()
+    return weights_from_counts(counts, cap)
+
+
+def weights_from_counts(counts: torch.Tensor, cap: float = 30.0) -> torch.Tensor:
+    """:func:`rarity_weights` from per-class voxel counts (background first)."""
     weights = torch.sqrt(counts.sum() / (counts + 1.0))
     return (weights / weights[0]).clamp(min=1.0, max=cap)
 
@@ -154,7 +167,8 @@ class DiceWeightedCE(nn.Module):
         self.partial = PartialTargets(space) if space is not None and space.is_partial else None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weights = rarity_weights(target, logits.shape[1])  # partial values are not counted
+        weights = rarity_weights(target, logits.shape[1]) if self.partial is None else \
+            weights_from_counts(self.partial.class_counts(target))
         if self.anneal:
             weights = 1 + (weights - 1) * (1 - min(max(self.progress, 0.0), 1.0))
         if self.partial is not None:
