@@ -329,6 +329,9 @@ class PostprocessingRules:
     #: Keep only the largest component of all foreground classes together (one organ per patient,
     #: its vessels and lesions inside it); applied before the per-class rules.
     keep_largest_foreground: bool = False
+    #: Drop the components of a label whose highest probability stays under a value (an unsure
+    #: false lesion), on the network's grid before the labels go back to the input's; first of all.
+    min_component_confidence: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -359,10 +362,13 @@ class PostprocessingDecision(Artefact):
     rule: str
     #: Written by autoseg 2026-12 and later; an older decision never had it (False).
     keep_largest_foreground: bool = False
+    #: Written since 2026-12-05; an older decision never had it (empty).
+    min_component_confidence: dict[int, float] = field(default_factory=dict)
 
     @property
     def rules(self) -> PostprocessingRules:
-        return PostprocessingRules(self.keep_largest_component, self.min_component_ml, self.keep_largest_foreground)
+        return PostprocessingRules(self.keep_largest_component, self.min_component_ml, self.keep_largest_foreground,
+                                   self.min_component_confidence)
 
 
 # --- case report ---------------------------------------------------------------------------------------

@@ -10,7 +10,13 @@ chosen where it raises the mean Dice over the classes. Then the candidates, per 
   is one object per patient (the liver) and harms a class with several objects (tumours, vessels);
 - drop the class's components smaller than a volume (``MIN_COMPONENT_LADDER_ML``: 0.01 to 1 mL, the
   volume of spheres of 2.7 to 12 mm), which removes the specks a weak model scatters while keeping
-  every lesion above the size.
+  every lesion above the size;
+- drop the class's components whose most certain voxel stays under a probability
+  (``MIN_CONFIDENCE_LADDER``: 0.6 to 0.95), which removes unsure false lesions of any size (a
+  tumour-free liver's several-mL "tumour" that the network half believes) while keeping the lesions
+  it is sure of. A dropped voxel takes the most probable of the other classes (a false tumour in the
+  liver becomes liver). It needs the probabilities: in prediction it runs on the network's grid
+  before the labels go back to the input's, first of all the rules.
 
 For each class the candidate with the highest mean Dice over all cross-validation cases (the
 folds' validation predictions on the preprocessed grid against the preprocessed labels) is
@@ -28,6 +34,7 @@ from typing import Any, Iterator, Mapping
 
 import cc3d
 import numpy as np
+from scipy import ndimage
 
 from autoseg.artefacts import ClassEvidence, PostprocessingDecision, PostprocessingRules
 from autoseg.layout import ExportNames, ModelFolder, case_files_in
@@ -41,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Component volumes tried as a minimum, in mL (log-spaced; a 5 mm sphere is 0.065 mL).
 MIN_COMPONENT_LADDER_ML = (0.01, 0.03, 0.1, 0.3, 1.0)
+#: Highest probabilities tried as a component's minimum.
+MIN_CONFIDENCE_LADDER = (0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
@@ -85,6 +94,49 @@ def remove_small_components(labels: np.ndarray, label: int, min_ml: float,
     return out
 
 
+def unsure_components(labels: np.ndarray, probabilities: np.ndarray, label: int, min_confidence: float) -> np.ndarray:
+    """Mask of the 26-connected components of ``label`` whose highest probability of ``label``
+    (``probabilities``: (K, ...) in 0..1, or uint8 0..255) is under ``min_confidence``."""
+    mask = labels == label
+    if not mask.any():
+        return mask
+    components, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    scale = 255.0 if probabilities.dtype == np.uint8 else 1.0
+    peaks = np.asarray(ndimage.maximum(probabilities[label], components, index=np.arange(1, n + 1)), dtype=float)
+    unsure = np.zeros(n + 1, dtype=bool)
+    unsure[1:] = peaks < min_confidence * scale
+    return unsure[components]
+
+
+def drop_unsure_components(labels: np.ndarray, probabilities: np.ndarray, label: int,
+                           min_confidence: float) -> np.ndarray:
+    """``labels`` (a copy) whose unsure components of ``label`` (:func:`unsure_components`) take
+    the most probable other class."""
+    drop = unsure_components(labels, probabilities, label, min_confidence)
+    out = labels.copy()
+    if drop.any():
+        others = probabilities[:, drop].astype(np.float32)
+        others[label] = -1.0
+        out[drop] = others.argmax(axis=0).astype(labels.dtype)
+    return out
+
+
+def suppress_unsure(probabilities: np.ndarray, decision: "Decision") -> np.ndarray:
+    """The probabilities with the decision's unsure components' class set to 0 there (a copy when
+    something is dropped), so that the labels made from them leave those components out."""
+    rules = rules_of(decision)
+    if not rules.min_component_confidence:
+        return probabilities
+    labels = probabilities.argmax(axis=0)
+    out = probabilities
+    for label, minimum in sorted(rules.min_component_confidence.items()):
+        drop = unsure_components(labels, out, label, minimum)
+        if drop.any():
+            out = out.copy() if out is probabilities else out
+            out[label][drop] = 0.0
+    return out
+
+
 Decision = PostprocessingDecision | PostprocessingRules | Mapping[str, Any] | None
 
 
@@ -96,7 +148,7 @@ def rules_of(decision: Decision) -> PostprocessingRules:
         return decision.rules
     if isinstance(decision, PostprocessingRules):
         return decision
-    keys = ("keep_largest_component", "min_component_ml", "keep_largest_foreground")
+    keys = ("keep_largest_component", "min_component_ml", "keep_largest_foreground", "min_component_confidence")
     try:
         return build(PostprocessingRules, {k: decision[k] for k in keys if k in decision}, "postprocessing")
     except FieldError as exc:
@@ -105,7 +157,8 @@ def rules_of(decision: Decision) -> PostprocessingRules:
 
 def apply_postprocessing(labels: np.ndarray, decision: Decision,
                          spacing_zyx: tuple[float, ...] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Apply a decision (None: unchanged) to labels on a grid of ``spacing_zyx`` mm."""
+    """Apply a decision (None: unchanged) to labels on a grid of ``spacing_zyx`` mm; its confidence
+    rule is not among them (it needs the probabilities: :func:`suppress_unsure`, before)."""
     rules = rules_of(decision)
     if rules.keep_largest_foreground:
         labels = keep_largest_foreground(labels)
@@ -122,6 +175,8 @@ def describe(decision: Decision, names: dict[int, str]) -> str:
     parts = ["keep the largest foreground component"] if rules.keep_largest_foreground else []
     parts += [f"keep the largest component of {names[k]}" for k in rules.keep_largest_component]
     parts += [f"drop {names[k]} components under {v} mL" for k, v in rules.min_component_ml.items()]
+    parts += [f"drop {names[k]} components whose highest probability is under {v}"
+              for k, v in rules.min_component_confidence.items()]
     return "; ".join(parts) or "nothing"
 
 
@@ -139,12 +194,15 @@ def cv_predictions(model_dir: Path, data_dir: Path, use: str) -> Iterator[tuple[
             yield fold.fold, case, pred_file
 
 
-def _cv_pairs(model_dir: Path, data_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _cv_pairs(model_dir: Path, data_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(case, prediction, reference, uint8 probabilities or None) of every CV case."""
     pairs = []
     for _, case, pred_file in cv_predictions(model_dir, data_dir, "post-processing decision"):
-        pred = np.load(pred_file)["labels"]
+        with np.load(pred_file) as stored:
+            pred = stored["labels"]
+            probs = stored["probabilities"] if "probabilities" in stored.files else None
         ref = load_labels(data_dir, case)  # a clear error for a folder from before preprocessing version 3
-        pairs.append((case, pred, ref))
+        pairs.append((case, pred, ref, probs))
     return pairs
 
 
@@ -161,11 +219,15 @@ def _mean_over_classes(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list
     return float(np.mean(values)) if values else math.nan
 
 
-def _candidates(label: int, spacing_zyx: tuple[float, ...]):
-    """(name, function of a label map) of every post-processing tried for ``label``."""
-    yield "keep_largest_component", lambda p: keep_largest_component(p, label)
+def _candidates(label: int, spacing_zyx: tuple[float, ...], with_probabilities: bool):
+    """(name, function of a label map and its probabilities) of every post-processing tried for
+    ``label`` (the confidence rule where every case kept its probabilities)."""
+    yield "keep_largest_component", lambda p, q: keep_largest_component(p, label)
     for ml in MIN_COMPONENT_LADDER_ML:
-        yield f"min_component_ml={ml}", lambda p, ml=ml: remove_small_components(p, label, ml, spacing_zyx)
+        yield f"min_component_ml={ml}", lambda p, q, ml=ml: remove_small_components(p, label, ml, spacing_zyx)
+    if with_probabilities:
+        for t in MIN_CONFIDENCE_LADDER:
+            yield f"min_component_confidence={t}", lambda p, q, t=t: drop_unsure_components(p, q, label, t)
 
 
 def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, str],
@@ -180,9 +242,12 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     cases = _cv_pairs(model_dir, data_dir)
     if not cases:
         return None
-    pairs = [(p, r) for _, p, r in cases]
+    pairs = [(p, r) for _, p, r, _ in cases]
+    probabilities = [q for _, _, _, q in cases]
+    with_probabilities = all(q is not None for q in probabilities)
     largest: list[int] = []
     min_sizes: dict[int, float] = {}
+    min_confidence: dict[int, float] = {}
     evidence: dict[str, ClassEvidence] = {}
     classes = [k for k in sorted(labels) if k != 0]
     before_all = _mean_over_classes(pairs, classes, space)
@@ -199,8 +264,8 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
         if label == 0:
             continue
         before = _mean_dice(pairs, label, space)
-        tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space)
-                 for cand, f in _candidates(label, spacing_zyx)}
+        tried = {cand: _mean_dice([(f(p, q), r) for (p, r), q in zip(pairs, probabilities)], label, space)
+                 for cand, f in _candidates(label, spacing_zyx, with_probabilities)}
         best = max(tried, key=lambda c: (tried[c], c == "keep_largest_component"))  # ties: the simpler rule
         enabled = not math.isnan(before) and tried[best] > before
         evidence[name] = ClassEvidence(label=label, dice_before=before, candidates=tried,
@@ -208,13 +273,18 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
                                        dice_after=tried[best] if enabled else before, enabled=enabled)
         if enabled and best == "keep_largest_component":
             largest.append(label)
+        elif enabled and best.startswith("min_component_confidence"):
+            min_confidence[label] = float(best.split("=")[1])
         elif enabled:
             min_sizes[label] = float(best.split("=")[1])
     decision = PostprocessingDecision(
         keep_largest_component=tuple(largest), min_component_ml=min_sizes, evidence=evidence, cases=len(cases),
         grid_spacing_zyx=tuple(float(s) for s in spacing_zyx), keep_largest_foreground=foreground,
+        min_component_confidence=min_confidence,
         rule="all foreground as one where it raises the mean CV Dice over the classes; then per class, the "
-             "candidate with the highest mean CV Dice, where it beats none")
+             "candidate with the highest mean CV Dice, where it beats none (the confidence candidates only where "
+             "every CV case kept its probabilities; prediction applies a confidence rule first, on the "
+             "network's grid)")
     decision.save(ModelFolder(model_dir).postprocessing)
     log.info("post-processing from %d CV cases: %s", len(cases), describe(decision, labels))
     return decision

@@ -27,7 +27,8 @@ from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.localise import localised_probabilities
 from autoseg.inference.model import Model
-from autoseg.inference.postprocessing import Decision, apply_postprocessing, keep_largest_component, rules_of
+from autoseg.inference.postprocessing import (Decision, apply_postprocessing, keep_largest_component, rules_of,
+                                              suppress_unsure)
 from autoseg.inference.dicom_seg import check_dicom_seg_input
 from autoseg.inference.outputs import OUTPUT_FORMATS, CasePrediction, write_prediction
 from autoseg.inference.provenance import plans_sha256, provenance, weights_sha256
@@ -197,7 +198,8 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     else:
         probs = model.probabilities(pre.data, window, timings)
     t_net = time.perf_counter()
-    labels = apply_postprocessing(_labels_on_input_grid(probs, pre.properties, plans),
+    labels = apply_postprocessing(_labels_on_input_grid(suppress_unsure(probs, options.postprocessing),
+                                                        pre.properties, plans),
                                   options.postprocessing, geometry.spacing_zyx)
     table = dict(plans.labels)
     if organ is not None and options.roi_model is not None and options.combine_roi:
@@ -251,8 +253,8 @@ def region_of_interest(roi_model: Model, name: str, image_path: Path,
     foreground after its own post-processing (and only the largest component, as boxed)."""
     t0 = time.perf_counter()
     pre = preprocess_case([image_path], None, roi_model.plans, case_id=name)
-    labels = _labels_on_input_grid(roi_model.probabilities(pre.data, window_options(options)), pre.properties,
-                                   roi_model.plans)
+    roi_probs = suppress_unsure(roi_model.probabilities(pre.data, window_options(options)), options.roi_postprocessing)
+    labels = _labels_on_input_grid(roi_probs, pre.properties, roi_model.plans)
     spacing = pre.properties.original_geometry.spacing_zyx
     box, info = roi_box(labels, spacing, options)
     if box is None:

@@ -113,6 +113,60 @@ def test_small_specks_are_dropped_at_the_volume_cross_validation_picks(tmp_path:
     assert not (remove_small_components(pred, 2, 0.1, (2.0, 2.0, 2.0)) == 2).any()
 
 
+def _probabilities(labels: np.ndarray, sure: float, unsure: dict[int, float] | None = None,
+                   region: np.ndarray | None = None) -> np.ndarray:
+    """uint8 probabilities (3 classes) whose arg-max is ``labels``: the winner at ``sure``, or at
+    ``unsure[label]`` inside ``region``; the runner-up class 1 (the organ) where the winner is 2."""
+    probs = np.zeros((3, *labels.shape), np.float32)
+    winner = np.full(labels.shape, sure, np.float32)
+    if unsure and region is not None:
+        for label, p in unsure.items():
+            winner[region & (labels == label)] = p
+    for k in range(3):
+        probs[k][labels == k] = winner[labels == k]
+    rest = 1 - winner
+    probs[1][labels == 2] += rest[labels == 2]
+    probs[0][labels != 2] += rest[labels != 2] * (labels[labels != 2] != 0)
+    probs[1][labels == 0] += rest[labels == 0]
+    return np.round(probs * 255).astype(np.uint8)
+
+
+def test_unsure_false_lesions_are_dropped_at_the_confidence_cross_validation_picks(tmp_path: Path) -> None:
+    """Two true lesions the network is sure of (0.97) and a large false "tumour" inside the organ it
+    half believes (0.75): too big for any volume threshold, gone with a minimum confidence of 0.8 or
+    0.9, and the dropped voxels become organ (the next most probable class), as the reference has it."""
+    _, ref = _case()
+    pred = ref.copy()
+    false_lesion = np.zeros(ref.shape, bool)
+    false_lesion[3:7, 4:10, 4:10] = True
+    pred[false_lesion] = 2
+    probs = _probabilities(pred, 0.97, {2: 0.75}, false_lesion)
+    for fold, case in ((0, "a"), (1, "b")):
+        folder = tmp_path / "model" / f"fold_{fold}" / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(folder / f"{case}.pred.npz", labels=pred, probabilities=probs)
+        write_case(tmp_path, case, np.zeros((1, *ref.shape), np.float32), ref, {})
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver", 2: "tumour"},
+                                        (2.0, 2.0, 2.0))
+    assert decision is not None and decision["min_component_confidence"] == {"2": 0.8}  # ties: the first
+    tried = decision["evidence"]["tumour"]["candidates"]
+    assert tried["min_component_confidence=0.8"] == 1.0 and tried["min_component_ml=1.0"] < 1.0
+    assert tried["min_component_confidence=0.7"] == decision["evidence"]["tumour"]["dice_before"]
+    # prediction: the rule acts on the probabilities, so the labels made from them lose the false lesion
+    from autoseg.inference.postprocessing import suppress_unsure
+
+    float_probs = probs.astype(np.float32) / 255
+    assert np.array_equal(suppress_unsure(float_probs, decision).argmax(0), ref)
+    assert suppress_unsure(float_probs, None) is float_probs  # no rule: the same array, untouched
+    assert "highest probability is under 0.8" in describe_decision(decision)
+
+
+def describe_decision(decision: PostprocessingDecision) -> str:
+    from autoseg.inference.postprocessing import describe
+
+    return describe(decision, {1: "liver", 2: "tumour"})
+
+
 def test_preprocessed_folder_without_label_maps_is_a_clear_error(tmp_path: Path) -> None:
     """Predictions whose preprocessed image is there but whose label map is not (a folder from before
     preprocessing version 3) stop the decision with the fix, rather than deciding from nothing."""
