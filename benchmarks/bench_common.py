@@ -1,10 +1,26 @@
-"""What the newer benchmarks share: the CPU they ran on, and a results file that keeps every run."""
+"""What the newer benchmarks share: the CPU they ran on, a results file that keeps every run, and
+autoseg commands run the way a user runs them."""
 from __future__ import annotations
 
 import json
 import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+
+def run_autoseg(args: list[str], env: dict[str, str], log: Path) -> float:
+    """Run one autoseg command in a fresh process, its command line and output appended to ``log``;
+    returns its wall time. A failing command raises ``CalledProcessError``."""
+    t0 = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"$ autoseg {' '.join(args)}\n")
+        f.flush()
+        subprocess.run([sys.executable, "-m", "autoseg", *args], env=env, stdout=f, stderr=subprocess.STDOUT,
+                       check=True)
+    return time.perf_counter() - t0
 
 
 def cpu_model() -> str:

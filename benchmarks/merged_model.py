@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from bench_common import append_result, cpu_model  # noqa: E402
+from bench_common import append_result, cpu_model, run_autoseg as autoseg  # noqa: E402
 
 from autoseg.io import read_label  # noqa: E402
 from autoseg.merge import class_key  # noqa: E402
@@ -45,17 +43,6 @@ from autoseg.phantom import write_task  # noqa: E402
 DEFAULT_OUT = BENCH / "results" / "merged_model.json"
 TASK_SEEDS = {"Task03": 3301, "Task08": 801}  # other patients per task, neither the tests' nor the race's
 MERGED = "LiverVesselTumour"
-
-
-def autoseg(args: list[str], env: dict[str, str], log: Path) -> float:
-    """Run one autoseg command in a fresh process (output to ``log``); returns its wall time."""
-    t0 = time.perf_counter()
-    with log.open("a") as f:
-        f.write(f"$ autoseg {' '.join(args)}\n")
-        f.flush()
-        subprocess.run([sys.executable, "-m", "autoseg", *args], env=env, stdout=f, stderr=subprocess.STDOUT,
-                       check=True)
-    return time.perf_counter() - t0
 
 
 def task_classes(raw: Path, task: str) -> dict[str, int]:

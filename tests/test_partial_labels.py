@@ -266,3 +266,30 @@ def test_a_failed_merge_can_be_run_again_and_a_new_mapping_rewrites_every_label(
     original, _ = read_label(a / "labelsTr" / "l_1.nii.gz")
     expected = plan_merge([load_dataset(a), load_dataset(raw / "Task02_Vessel")]).value_maps[0]
     assert np.array_equal(stored, np.vectorize(expected.get)(original))
+
+
+def test_the_merged_benchmark_scores_task03_liver_as_liver_or_vessel() -> None:
+    from tests.benchmark_modules import load_benchmark
+
+    bench = load_benchmark("merged_model")
+    merged = {"background": 0, "liver": 1, "vessel": 2, "tumour": 3}
+    assert bench.merged_values("liver", merged) == [1, 2] and bench.merged_values("tumour", merged) == [3]
+    ref = np.array([0, 1, 1, 1, 2])  # Task03: liver (its vessels inside), tumour
+    pred = np.array([0, 1, 2, 0, 3])  # the merged model: liver, a vessel in the liver, a miss, the tumour
+    assert bench.score(pred, ref, 1, [1, 2]) == pytest.approx(2 * 2 / (2 + 3))
+    assert bench.score(pred, ref, 2, [3]) == 1.0
+
+
+def test_the_false_tumour_benchmark_counts_healthy_livers_and_lesions_from_half_a_millilitre() -> None:
+    from tests.benchmark_modules import load_benchmark
+
+    bench = load_benchmark("false_tumours")
+    lesion = {"ref_lesions": 2, "fp_lesions": 1, "fp_ml": 0.2, "pred_ml": 3.0,
+              "size_bins": {"<0.5 mL": [0, 1], "0.5-3 mL": [1, 1], ">3 mL": [0, 0]}}
+    healthy = {"ref_lesions": 0, "fp_lesions": 2, "fp_ml": 0.7, "pred_ml": 0.7,
+               "size_bins": {"<0.5 mL": [0, 0], "0.5-3 mL": [0, 0], ">3 mL": [0, 0]}}
+    summary = bench.summarise({"a": {"dice": {"vessel": 0.5, "tumour": 0.6}, "tumour": lesion},
+                               "b": {"dice": {"vessel": 0.7, "tumour": 0.0}, "tumour": healthy}})
+    assert summary["tumour_dice_tumour_bearing"] == 0.6 and summary["vessel_dice"] == pytest.approx(0.6)
+    assert summary["false_tumour_ml_per_free_case"] == [0.7] and summary["free_cases_over_0_5_ml"] == 1
+    assert summary["recall_from_0_5_ml"] == 1.0 and summary["fp_lesions_per_case"] == 1.5

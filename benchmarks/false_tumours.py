@@ -1,0 +1,127 @@
+"""False tumours in healthy livers and missed lesions, before and after the post-processing that
+cross-validation chooses (issue 22, item 2).
+
+Per phantom family (1: the project's, 2: the second family, with tumour-free livers) this writes a
+Task08 task (vessel, tumour), plans it, and per seed trains fold 0 for ``--steps`` steps, lets
+``autoseg find_best`` decide the post-processing from fold 0's held-out cases (the volume,
+largest-component and confidence rules, docs/inference.md), and predicts the test phantoms twice:
+with that post-processing and with ``--no-postprocessing``. It reports, per family, arm and seed:
+tumour Dice on the tumour-bearing test cases, the tumour volume predicted in each tumour-free liver
+(the issue's target: under 0.5 mL per case), lesion recall for reference lesions of 0.5 mL and more
+(target: at least 0.8), false-positive lesions per case, vessel Dice, and the rules chosen. Lesions
+are scored as in the race (``benchmarks/race_task.py``). Not run by CI::
+
+    .venv/bin/python benchmarks/false_tumours.py --families 1 2 --steps 1200 --seeds 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from bench_common import append_result, cpu_model, run_autoseg as autoseg  # noqa: E402
+from race_task import SIZE_BINS, case_lesions  # noqa: E402
+
+from autoseg.io import read_label  # noqa: E402
+from autoseg.metrics import dice_per_class, mean_present  # noqa: E402
+from autoseg.phantom import write_task  # noqa: E402
+
+DEFAULT_OUT = BENCH / "results" / "false_tumours.json"
+DATA_SEED = {1: 7100, 2: 7200}  # neither the tests', the race's nor the other benchmarks' phantoms
+CLASSES = {1: "vessel", 2: "tumour"}
+
+
+def score_arm(refs: Path, preds: Path) -> dict[str, Any]:
+    """Per test case: Dice of each class and the tumour's lesion figures; and the arm's summary."""
+    cases: dict[str, Any] = {}
+    for ref_file in sorted(refs.glob("*.nii.gz")):
+        ref, geometry = read_label(ref_file)
+        pred, _ = read_label(preds / ref_file.name)
+        dice = dice_per_class(pred, ref, sorted(CLASSES))
+        lesions = case_lesions(pred, ref, geometry.spacing_zyx, {2: "tumour"})["tumour"]
+        cases[ref_file.name] = {"dice": {CLASSES[k]: (None if v != v else v) for k, v in dice.items()},
+                                "tumour": lesions}
+    return {"cases": cases, "summary": summarise(cases)}
+
+
+def summarise(cases: dict[str, Any]) -> dict[str, Any]:
+    free = [c for c in cases.values() if c["tumour"]["ref_lesions"] == 0]
+    sick = [c for c in cases.values() if c["tumour"]["ref_lesions"] > 0]
+    large = [sum(c["tumour"]["size_bins"][b][i] for c in cases.values() for b in SIZE_BINS[1:]) for i in (0, 1)]
+    return {
+        "tumour_dice_tumour_bearing": mean_present([c["dice"]["tumour"] for c in sick]),
+        "vessel_dice": mean_present([c["dice"]["vessel"] for c in cases.values()]),
+        "tumour_free_cases": len(free),
+        "false_tumour_ml_per_free_case": [c["tumour"]["pred_ml"] for c in free],
+        "free_cases_over_0_5_ml": sum(c["tumour"]["pred_ml"] >= 0.5 for c in free),
+        "recall_from_0_5_ml": large[0] / large[1] if large[1] else None, "lesions_from_0_5_ml": large,
+        "recall_by_size": {b: [sum(c["tumour"]["size_bins"][b][i] for c in cases.values()) for i in (0, 1)]
+                           for b in SIZE_BINS},
+        "fp_lesions_per_case": sum(c["tumour"]["fp_lesions"] for c in cases.values()) / max(1, len(cases)),
+        "fp_ml_per_case": sum(c["tumour"]["fp_ml"] for c in cases.values()) / max(1, len(cases)),
+    }
+
+
+def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
+    work = args.work.resolve() / f"family{family}"
+    raw = work / "raw"
+    task = write_task(raw, "Task08", num_training=args.cases, num_test=args.test, seed=DATA_SEED[family],
+                      family=family, tumour_free_share=args.tumour_free_share if family != 1 else None)
+    env = dict(os.environ, AUTOSEG_RAW=str(raw), AUTOSEG_PREPROCESSED=str(work / "preprocessed"))
+    autoseg(["plan_and_preprocess", "-d", "Task08"], env, work / "plan.log")
+    out: dict[str, Any] = {}
+    for seed in args.seeds:
+        run_env = dict(env, AUTOSEG_RESULTS=str(work / f"results_seed{seed}"))
+        log = work / f"seed{seed}.log"
+        fold = next(iter((work / f"results_seed{seed}").glob("*/*/fold_0/validation/summary.json")), None)
+        seconds = float("nan") if fold is not None else autoseg(
+            ["train", "-d", "Task08", "-f", "0", "--steps", str(args.steps), "--threads", str(args.threads),
+             "--seed", str(seed)], run_env, log)
+        autoseg(["find_best", "-d", "Task08"], run_env, log)
+        decision = json.loads(next((work / f"results_seed{seed}").glob("*/*/postprocessing.json")).read_text())
+        arms = {}
+        for arm, extra in (("postprocessed", []), ("raw", ["--no-postprocessing"])):
+            preds = work / f"pred_seed{seed}" / arm
+            autoseg(["predict", "-i", str(task / "imagesTs"), "-o", str(preds), "-d", "Task08", "-f", "0",
+                     "--threads", str(args.threads), "--overwrite", *extra], run_env, log)
+            arms[arm] = score_arm(task / "labelsTs", preds)
+        rules = {k: decision.get(k) for k in ("keep_largest_foreground", "keep_largest_component", "min_component_ml",
+                                              "min_component_confidence")}
+        out[str(seed)] = {"train_seconds": seconds, "rules": rules, "arms": arms}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--families", type=int, nargs="+", choices=(1, 2), default=[1, 2])
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--cases", type=int, default=20, help="training phantoms (fold 0 holds out a fifth)")
+    p.add_argument("--test", type=int, default=10)
+    p.add_argument("--tumour-free-share", type=float, default=0.3, help="family 2: share of tumour-free livers")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", type=Path, default=BENCH / "work" / "false_tumours")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    families = {str(f): run_family(f, args) for f in args.families}
+    short = {f: {s: {"rules": r["rules"], **{a: v["summary"] for a, v in r["arms"].items()}} for s, r in runs.items()}
+             for f, runs in families.items()}
+    print(json.dumps(short, indent=1))
+    append_result(args.out, {
+        "benchmark": "false_tumours", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "benchmarks/false_tumours.py " + " ".join(sys.argv[1:]), "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(), "steps": args.steps, "seeds": args.seeds, "cases": args.cases,
+        "test": args.test, "tumour_free_share": args.tumour_free_share, "families": families})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
