@@ -45,6 +45,7 @@ class PartialTargets:
     def __init__(self, space: LabelSpace):
         self.space = space
         self.allowed = torch.from_numpy(space.allowed)
+        self.log_allowed = torch.where(self.allowed, 0.0, float("-inf"))  # (V, C): added to log-probabilities
         values = list(range(1, space.num_classes)) + [v for v in space.foreground_values() if v >= space.num_classes]
         self.region_values = torch.tensor(values, dtype=torch.long)
         classes = torch.zeros((len(values), space.num_classes), dtype=torch.bool)
@@ -67,8 +68,8 @@ class PartialTargets:
     def log_prob(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each voxel's log-probability of the classes its stored value allows, (B, *spatial)."""
         logp = F.log_softmax(logits.float(), dim=1)
-        allowed = self.allowed.to(logits.device)[target.long()].movedim(-1, 1)
-        return torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=1)
+        bias = F.embedding(target.long(), self.log_allowed.to(logits.device)).movedim(-1, 1)  # 0 or -inf
+        return torch.logsumexp(logp + bias, dim=1)
 
     def voxel_weights(self, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
         """A voxel's weight: the smallest weight of the classes its value allows."""
@@ -79,13 +80,13 @@ class PartialTargets:
     def soft_dice(self, logits: torch.Tensor, target: torch.Tensor,
                   smooth: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch-pooled soft Dice of each region, shape (R,), and its reference voxel counts."""
-        probs = torch.softmax(logits.float(), dim=1).flatten(2)  # (B, C, N)
-        flat = target.long().flatten(1).unsqueeze(1)  # (B, 1, N)
-        onehot = torch.zeros((probs.shape[0], self.space.num_values, probs.shape[2]), device=probs.device)
-        onehot.scatter_(1, flat, 1.0)
-        soft = torch.einsum("bvn,bcn->vc", onehot, probs)  # probability of class c on voxels stored v
+        probs = torch.softmax(logits.float(), dim=1)
+        flat = target.long().reshape(-1)
+        # soft[v, c]: the probability of class c summed over the voxels stored as v (pooled over the batch)
+        soft = torch.zeros((self.space.num_values, probs.shape[1]), device=probs.device).index_add(
+            0, flat, probs.movedim(1, -1).reshape(-1, probs.shape[1]))
         inside, hits = self.inside.to(probs.device), self.hits.to(probs.device)
-        counts = inside @ onehot.sum((0, 2))  # reference voxels of each region
+        counts = inside @ torch.bincount(flat, minlength=self.space.num_values)[:self.space.num_values].float()
         tp = ((soft @ self.region_classes.to(probs.device).T).T * inside).sum(1)  # region mass inside it
         mass = (hits * soft.unsqueeze(0)).sum((1, 2))
         return (2 * tp + smooth) / (mass + counts + smooth), counts
