@@ -216,7 +216,8 @@ def test_json_view_reads_like_the_file() -> None:
     assert props["class_locations"] == {"2": [[1, 2, 3]]} and props["original_shape"] == [6, 8, 10]
     assert props.class_locations == {2: ((1, 2, 3),)} and props.get("absent", 4) == 4
     assert make_report().to_dict()["postprocessing"] == {"keep_largest_component": [1], "min_component_ml": {"2": 0.1},
-                                                         "keep_largest_foreground": False}
+                                                         "keep_largest_foreground": False,
+                                                         "min_component_confidence": {}}
     minimal = make_report().to_dict()
     assert "input" in minimal and "roi" in minimal  # optional fields are written when set, absent otherwise
     from autoseg.inference.report import measure_case

@@ -211,13 +211,14 @@ def test_find_best_decides_post_processing_that_predict_applies(env: Path, tmp_p
     for ev in decision["evidence"].values():
         chosen = (ev["label"] in decision["keep_largest_component"]
                   or str(ev["label"]) in decision["min_component_ml"]
+                  or str(ev["label"]) in decision["min_component_confidence"]
                   or (ev["label"] == 0 and decision["keep_largest_foreground"]))
         assert ev["enabled"] == chosen and ev["dice_after"] >= ev["dice_before"]
     images = env / "raw" / "Task08_HepaticVessel" / "imagesTs"
     assert main(["predict", "-i", str(images), "-o", str(tmp_path / "p"), "-d", "8", "-f", "0"]) == 0
     report = read_json(tmp_path / "p" / "report.json")["cases"][0]
     assert report["postprocessing"] == {k: decision[k] for k in ("keep_largest_component", "min_component_ml",
-                                                                 "keep_largest_foreground")}
+                                                                 "keep_largest_foreground", "min_component_confidence")}
 
 
 def test_find_best_scores_ensembles_of_networks_and_predict_runs_them(env: Path, tmp_path: Path,
