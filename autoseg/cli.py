@@ -497,13 +497,12 @@ def _evaluation_labels(args: argparse.Namespace, settings: Settings
     dataset's (-d, or dataset.json beside -r)."""
     from autoseg.datasets import find_dataset
     from autoseg.evaluation import metadata_labels
-    from autoseg.partial_labels import LabelSpace
 
     names, source, space = None, "labels found in the references", None
     if args.dataset:
         dataset = find_dataset(args.dataset, settings.raw)
         names, source = dataset.labels, f"dataset.json of {dataset.root}"
-        space = LabelSpace(dataset.num_classes, dataset.partial)
+        space = dataset.label_space
     elif (found := metadata_labels(args.ref)) is not None:
         names, source, space = found[0], str(found[1]), found[2]
     if args.labels:

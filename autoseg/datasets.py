@@ -14,7 +14,7 @@ from typing import Any, Callable
 from autoseg.errors import DatasetError
 from autoseg.io import IMAGE_SUFFIXES, strip_image_suffix
 from autoseg.layout import PreprocessedDataset, RawDataset
-from autoseg.partial_labels import PartialLabel, partial_problems
+from autoseg.partial_labels import LabelSpace, PartialLabel, partial_problems, stored_label_names
 
 _ID_RE = re.compile(r"^(?:task|dataset)?0*(\d+)$", re.IGNORECASE)
 _FOLDER_RE = re.compile(r"^(?:Task(\d{2,3})|Dataset(\d{3}))_(.+)$")
@@ -55,8 +55,12 @@ class Dataset:
     @property
     def stored_labels(self) -> dict[int, str]:
         """Every value a label map may hold: the classes and the partial values."""
-        return {**self.labels, **{p.value: "partial " + "/".join(self.labels[c] for c in p.classes)
-                                  for p in self.partial}}
+        return stored_label_names(self.labels, self.partial)
+
+    @property
+    def label_space(self) -> LabelSpace:
+        """The stored label values and the classes each allows (plain classes unless partial)."""
+        return LabelSpace(self.num_classes, self.partial)
 
     @property
     def foreground_labels(self) -> list[int]:
@@ -79,23 +83,26 @@ def resolve_dataset_path(spec: str | Path, raw_root: Path) -> Path:
     m = _ID_RE.match(text.split("_")[0])
     if m and raw_root.is_dir():
         wanted = int(m.group(1))
-        hits = sorted(p for p in raw_root.iterdir() if p.is_dir() and _folder_id(p.name) == wanted)
-        if len(hits) == 1:
-            return hits[0].resolve()
-        if len(hits) > 1:
-            raise DatasetError(f"dataset '{spec}' is ambiguous: {', '.join(h.name for h in hits)}",
-                               raw_root, "pass the full folder name or a path")
-    named = sorted(p for p in raw_root.iterdir() if p.is_dir() and _FOLDER_RE.match(p.name)
-                   and _FOLDER_RE.match(p.name).group(3) == text) if raw_root.is_dir() else []  # type: ignore[union-attr]
-    if len(named) == 1:  # the name alone: LiverVesselTumour for Dataset900_LiverVesselTumour
-        return named[0].resolve()
-    if len(named) > 1:
-        raise DatasetError(f"dataset '{spec}' is ambiguous: {', '.join(h.name for h in named)}",
-                           raw_root, "pass the full folder name or a path")
+        found = _the_one(spec, raw_root, lambda name: _folder_id(name) == wanted)
+        if found is not None:
+            return found
+    if raw_root.is_dir():  # the name alone: LiverVesselTumour for Dataset900_LiverVesselTumour
+        found = _the_one(spec, raw_root, lambda name: (f := _FOLDER_RE.match(name)) is not None and f.group(3) == text)
+        if found is not None:
+            return found
     known = sorted(p.name for p in raw_root.iterdir() if p.is_dir()) if raw_root.is_dir() else []
     raise DatasetError(
         f"no dataset '{spec}' found (raw folder holds: {', '.join(known) or 'nothing'})", raw_root,
         "set AUTOSEG_RAW to the folder holding TaskNN_Name or DatasetNNN_Name folders, or pass a path")
+
+
+def _the_one(spec: str | Path, raw_root: Path, matches: Callable[[str], bool]) -> Path | None:
+    """The one folder of ``raw_root`` whose name ``matches`` (None: none); several are an error."""
+    hits = sorted(p for p in raw_root.iterdir() if p.is_dir() and matches(p.name))
+    if len(hits) > 1:
+        raise DatasetError(f"dataset '{spec}' is ambiguous: {', '.join(h.name for h in hits)}",
+                           raw_root, "pass the full folder name or a path")
+    return hits[0].resolve() if hits else None
 
 
 def _folder_id(name: str) -> int | None:

@@ -29,7 +29,7 @@ from autoseg.errors import EvaluationError
 from autoseg.io import Geometry, atomic_path, is_image_file, read_label, strip_image_suffix, write_json
 from autoseg.datasets import partial_labels_of
 from autoseg.layout import EvaluationFiles, RawDataset
-from autoseg.partial_labels import LabelSpace, present_values
+from autoseg.partial_labels import LabelSpace
 from autoseg.metrics import (BOOTSTRAP_RESAMPLES, DEFAULT_SEED, INTERVAL_LEVEL, INTERVAL_METHOD,
                              bootstrap_interval, dice_from_counts, ratio, scored)
 
@@ -207,7 +207,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Iterable[float], l
     spacing = tuple(spacing)
     if space is None or not space.is_partial:
         return {lab: score_masks(pred == lab, ref == lab, spacing, tolerance_mm) for lab in labels if lab != 0}
-    present, ok = present_values(ref), space.allowed_lookup(pred, ref)
+    present, ok = labels_present(ref), space.allowed_lookup(pred, ref)  # 0 annotates nothing: left out
     out = {}
     for lab in labels:
         found = space.masks(pred, ref, lab, present, ok) if lab != 0 else None
@@ -378,7 +378,7 @@ def evaluate_pairs(pairs: list[CasePair], labels: list[int] | None = None,
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=None):
         pred, ref, geometry = load_pair(pair)
         in_ref = labels_present(ref) if partial is None else \
-            set(range(1, partial.num_classes)) - partial.unannotated(labels_present(ref) | {0})
+            set(range(1, partial.num_classes)) - partial.unannotated(labels_present(ref))
         found |= in_ref
         wanted = labels if labels is not None else sorted(in_ref | labels_present(pred))
         scores[pair.case] = evaluate_case(pred, ref, geometry.spacing_zyx, wanted, tolerance_mm, space)

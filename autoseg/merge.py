@@ -27,7 +27,7 @@ import numpy as np
 
 from autoseg.datasets import Case, Dataset, load_dataset, resolve_dataset_path
 from autoseg.errors import DatasetError
-from autoseg.io import read_label, write_image, write_json
+from autoseg.io import read_label, strip_image_suffix, write_image, write_json
 from autoseg.layout import RawDataset
 from autoseg.partial_labels import PartialLabel
 
@@ -210,13 +210,8 @@ def _image_name(identifier: str, channel: int, source: Path, msd: bool) -> str:
 
 
 def _suffix(path: Path) -> str:
-    if path.is_dir():
-        return ""
-    name = path.name.lower()
-    for ending in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr"):
-        if name.endswith(ending):
-            return path.name[-len(ending):]
-    return path.suffix
+    """An image file's suffix as autoseg reads it (``.nii.gz``); none for a DICOM folder."""
+    return "" if path.is_dir() else path.name[len(strip_image_suffix(path.name)):]
 
 
 def _stamp(path: Path) -> dict[str, Any]:

@@ -55,6 +55,12 @@ def partial_problems(partial: Sequence[PartialLabel], labels: Mapping[int, str])
     return out
 
 
+def stored_label_names(labels: Mapping[int, str], partial: Iterable[PartialLabel]) -> dict[int, str]:
+    """Every value a label map may hold, named: the classes, then each partial value by the classes
+    it allows ("liver or vessel")."""
+    return {**labels, **{p.value: " or ".join(labels.get(c, str(c)) for c in p.classes) for p in partial}}
+
+
 class LabelSpace:
     """The stored label values of a dataset and the classes each allows.
 
@@ -139,7 +145,7 @@ class LabelSpace:
         masks of :meth:`masks` (None where ``ref`` does not annotate the class); with no partial
         values, the plain per-class count (:func:`autoseg.metrics.confusion`)."""
         pred, ref = np.asarray(pred, dtype=np.uint8), np.asarray(ref, dtype=np.uint8)
-        present = list(present) if present is not None else present_values(ref)
+        present = list(present) if present is not None else _present_values(ref)
         ok = self.allowed_lookup(pred, ref)
         out: dict[int, tuple[int, int, int] | None] = {}
         for c in classes:
@@ -153,6 +159,6 @@ class LabelSpace:
         return out
 
 
-def present_values(labels: np.ndarray) -> list[int]:
+def _present_values(labels: np.ndarray) -> list[int]:
     """The distinct values of a uint8 label map."""
     return [int(v) for v in np.flatnonzero(np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=1))]

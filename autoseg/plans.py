@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence, get_args
 
 from autoseg.errors import PlansError
-from autoseg.partial_labels import LabelSpace, PartialLabel, partial_problems
+from autoseg.partial_labels import LabelSpace, PartialLabel, partial_problems, stored_label_names
 from autoseg.registry import Registry
 from autoseg.schema import Artefact, literal_problems, optional
 
@@ -261,10 +261,7 @@ class Plans(Artefact):
     def stored_labels(self) -> dict[int, str]:
         """Every value a label map may hold: the classes, then the partial values (named by the
         classes they allow)."""
-        out = dict(self.labels)
-        for p in self.partial_labels or ():
-            out[p.value] = " or ".join(self.labels.get(c, str(c)) for c in p.classes)
-        return out
+        return stored_label_names(self.labels, self.partial_labels or ())
 
     @property
     def num_channels(self) -> int:

@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,21 +26,12 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from bench_common import append_result, cpu_model  # noqa: E402
+from bench_common import append_result, cpu_model, run_autoseg as autoseg  # noqa: E402
 
 from autoseg.phantom import write_task  # noqa: E402
 
 DEFAULT_OUT = BENCH / "results" / "finetune_synthetic.json"
 DATA_SEED = 4242  # the task's phantoms: neither the trunk recipe's nor the tests'
-
-
-def autoseg(args: list[str], env: dict[str, str], log: Path) -> float:
-    """Run one autoseg command in a fresh process; its output to ``log``; the wall time."""
-    t0 = time.perf_counter()
-    with log.open("a") as f:
-        subprocess.run([sys.executable, "-m", "autoseg", *args], env=env, stdout=f, stderr=subprocess.STDOUT,
-                       check=True)
-    return time.perf_counter() - t0
 
 
 def steps_to(log_file: Path, target: float, cls: str = "liver") -> int | None:

@@ -52,10 +52,9 @@ MIN_COMPONENT_LADDER_ML = (0.01, 0.03, 0.1, 0.3, 1.0)
 MIN_CONFIDENCE_LADDER = (0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
-    """``labels`` with every component of ``label`` but the largest set to background (a copy)."""
+def _keep_largest_of(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``labels`` (a copy) with every 26-connected component of ``mask`` but the largest set to background."""
     out = labels.copy()
-    mask = labels == label
     if not mask.any():
         return out
     components = cc3d.connected_components(mask, connectivity=26)
@@ -65,18 +64,15 @@ def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
     return out
 
 
+def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
+    """``labels`` with every component of ``label`` but the largest set to background (a copy)."""
+    return _keep_largest_of(labels, labels == label)
+
+
 def keep_largest_foreground(labels: np.ndarray) -> np.ndarray:
     """``labels`` with every component of the union of the foreground classes but the largest set
     to background (a copy)."""
-    mask = labels > 0
-    if not mask.any():
-        return labels.copy()
-    components = cc3d.connected_components(mask, connectivity=26)
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    out = labels.copy()
-    out[mask & (components != int(sizes.argmax()))] = 0
-    return out
+    return _keep_largest_of(labels, labels > 0)
 
 
 def remove_small_components(labels: np.ndarray, label: int, min_ml: float,

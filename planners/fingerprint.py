@@ -23,7 +23,6 @@ from autoseg.datasets import Case, Dataset
 from autoseg.errors import DatasetError
 from autoseg.io import read_case_images, read_label_on
 from autoseg.layout import PreprocessedDataset
-from autoseg.partial_labels import LabelSpace
 from autoseg.processes import die_with_parent
 from autoseg.validation import validate_case
 
@@ -64,7 +63,7 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
     if label is not None:
         flat_label = label.ravel()
         flat_image = image.reshape(image.shape[0], -1)
-        space = LabelSpace(dataset.num_classes, dataset.partial)
+        space = dataset.label_space
         certain = np.zeros(256, dtype=bool)  # values that are foreground whatever class they are
         certain[space.foreground_values()] = True
         foreground = np.flatnonzero(certain[flat_label])

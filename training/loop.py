@@ -80,7 +80,7 @@ class FoldTrainer:
             assert isinstance(compiled, torch.nn.Module)  # a compiled module is an OptimizedModule
             self.model = compiled
         self.space = plans.label_space
-        self.loss = DeepSupervision(build_loss(self.recipe.loss, self.space if self.space.is_partial else None))
+        self.loss = DeepSupervision(build_loss(self.recipe.loss, self.space))
         self.optimizer = build_optimizer(self.recipe, self.network.parameters())
         self.precision = resolve_precision(self.recipe.precision, self.device.type)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")

@@ -107,13 +107,18 @@ class PartialTargets:
         return (w * nll).sum() / w.sum()
 
 
+def partial_targets(space: LabelSpace | None) -> PartialTargets | None:
+    """The partial-label arithmetic of ``space``, None when it has no partial values (plain losses)."""
+    return PartialTargets(space) if space is not None and space.is_partial else None
+
+
 class DiceCE(nn.Module):
     """``w_dice * (1 - mean foreground Dice) + w_ce * cross-entropy``."""
 
     def __init__(self, w_dice: float = 1.0, w_ce: float = 1.0, space: LabelSpace | None = None):
         super().__init__()
         self.w_dice, self.w_ce = w_dice, w_ce
-        self.partial = PartialTargets(space) if space is not None and space.is_partial else None
+        self.partial = partial_targets(space)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros((), dtype=torch.float32)
@@ -165,7 +170,7 @@ class DiceWeightedCE(nn.Module):
         super().__init__()
         self.anneal = anneal
         self.progress = 0.0  # fraction of the schedule done, in [0, 1]
-        self.partial = PartialTargets(space) if space is not None and space.is_partial else None
+        self.partial = partial_targets(space)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weights = rarity_weights(target, logits.shape[1]) if self.partial is None else \
@@ -188,12 +193,11 @@ class WeightedDiceFocal(nn.Module):
     def __init__(self, gamma: float = 2.0, space: LabelSpace | None = None):
         super().__init__()
         self.gamma = gamma
-        self.partial = PartialTargets(space) if space is not None and space.is_partial else None
+        self.partial = partial_targets(space)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.partial is not None:  # per region, each voxel's allowed set
-            dice, region_counts = self.partial.soft_dice(logits, target)
-            counts = region_counts.float()
+            dice, counts = self.partial.soft_dice(logits, target)
             logp_t = self.partial.log_prob(logits, target)
         else:
             dice = soft_dice_per_class(logits, target)
