@@ -140,6 +140,9 @@ class Fingerprint(Artefact):
     inputs_key: str | None = optional()
     #: The dataset's partial label values (a merged dataset's, :mod:`autoseg.partial_labels`).
     partial_labels: tuple[PartialLabel, ...] | None = optional()
+    #: Class -> the class it lies inside (:mod:`autoseg.regions`); absent in fingerprints written
+    #: before the field and for datasets with partial labels.
+    label_nesting: dict[int, int] | None = optional()
 
 
 # --- preprocessed cases --------------------------------------------------------------------------------
@@ -344,6 +347,10 @@ class ClassEvidence:
     choice: str
     dice_after: MaybeNan
     enabled: bool
+    #: Per confidence candidate, the summed change of the other classes' mean Dice it causes (its
+    #: dropped voxels take their next most probable class); the choice weighs it with the class's
+    #: own Dice. Absent in decisions written before the field.
+    other_classes_change: dict[str, MaybeNan] | None = optional()
 
 
 @dataclass(frozen=True)

@@ -119,17 +119,27 @@ def drop_unsure_components(labels: np.ndarray, probabilities: np.ndarray, label:
 
 def suppress_unsure(probabilities: np.ndarray, decision: "Decision") -> np.ndarray:
     """The probabilities with the decision's unsure components' class set to 0 there (a copy when
-    something is dropped), so that the labels made from them leave those components out."""
+    something is dropped), so that the labels made from them leave those components out.
+
+    A dropped component's voxels take their next most probable class, which may be one with a rule
+    of its own (unsure vessel voxels that become tumour): the labels are made again after every drop
+    and the rules applied again until none drops anything, so such voxels are judged as that class."""
     rules = rules_of(decision)
     if not rules.min_component_confidence:
         return probabilities
-    labels = probabilities.argmax(axis=0)
     out = probabilities
-    for label, minimum in sorted(rules.min_component_confidence.items()):
-        drop = unsure_components(labels, out, label, minimum)
-        if drop.any():
-            out = out.copy() if out is probabilities else out
-            out[label][drop] = 0.0
+    labels = probabilities.argmax(axis=0)
+    for _ in range(len(probabilities)):  # each round removes a class from some voxels: at most K rounds
+        dropped = False
+        for label, minimum in sorted(rules.min_component_confidence.items()):
+            drop = unsure_components(labels, out, label, minimum)
+            if drop.any():
+                out = out.copy() if out is probabilities else out
+                out[label][drop] = 0
+                labels = out.argmax(axis=0)
+                dropped = True
+        if not dropped:
+            break
     return out
 
 
@@ -215,6 +225,19 @@ def _mean_over_classes(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list
     return float(np.mean(values)) if values else math.nan
 
 
+def _side_effect(pairs: list[tuple[np.ndarray, np.ndarray]], before: dict[int, float],
+                 space: LabelSpace | None) -> float:
+    """The summed change of the other classes' mean CV Dice (``before``) that a rule of one class
+    causes: a dropped component's voxels take their next most probable class, and a rule that turns
+    unsure vessel voxels into false tumour must not look free."""
+    change = 0.0
+    for k, was in before.items():
+        now = _mean_dice(pairs, k, space)
+        if not (math.isnan(was) or math.isnan(now)):
+            change += now - was
+    return change
+
+
 def _candidates(label: int, spacing_zyx: tuple[float, ...], with_probabilities: bool):
     """(name, function of a label map and its probabilities) of every post-processing tried for
     ``label`` (the confidence rule where every case kept its probabilities)."""
@@ -260,13 +283,20 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
         if label == 0:
             continue
         before = _mean_dice(pairs, label, space)
-        tried = {cand: _mean_dice([(f(p, q), r) for (p, r), q in zip(pairs, probabilities)], label, space)
-                 for cand, f in _candidates(label, spacing_zyx, with_probabilities)}
-        best = max(tried, key=lambda c: (tried[c], c == "keep_largest_component"))  # ties: the simpler rule
-        enabled = not math.isnan(before) and tried[best] > before
+        others = {k: _mean_dice(pairs, k, space) for k in classes if k != label}
+        tried, side = {}, {}
+        for cand, f in _candidates(label, spacing_zyx, with_probabilities):
+            changed = [(f(p, q), r) for (p, r), q in zip(pairs, probabilities)]
+            tried[cand] = _mean_dice(changed, label, space)
+            if cand.startswith("min_component_confidence"):  # its dropped voxels may become another class
+                side[cand] = _side_effect(changed, others, space)
+        score = {c: tried[c] + side.get(c, 0.0) for c in tried}
+        best = max(score, key=lambda c: (score[c], c == "keep_largest_component"))  # ties: the simpler rule
+        enabled = not math.isnan(before) and score[best] > before
         evidence[name] = ClassEvidence(label=label, dice_before=before, candidates=tried,
                                        choice=best if enabled else "none",
-                                       dice_after=tried[best] if enabled else before, enabled=enabled)
+                                       dice_after=tried[best] if enabled else before, enabled=enabled,
+                                       other_classes_change=side or None)
         if enabled and best == "keep_largest_component":
             largest.append(label)
         elif enabled and best.startswith("min_component_confidence"):
@@ -279,8 +309,8 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
         min_component_confidence=min_confidence,
         rule="all foreground as one where it raises the mean CV Dice over the classes; then per class, the "
              "candidate with the highest mean CV Dice, where it beats none (the confidence candidates only where "
-             "every CV case kept its probabilities; prediction applies a confidence rule first, on the "
-             "network's grid)")
+             "every CV case kept its probabilities, each scored with the change it causes in the other classes' "
+             "Dice; prediction applies the confidence rules first, on the network's grid, until none drops more)")
     decision.save(ModelFolder(model_dir).postprocessing)
     log.info("post-processing from %d CV cases: %s", len(cases), describe(decision, labels))
     return decision

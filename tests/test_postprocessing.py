@@ -161,6 +161,63 @@ def test_unsure_false_lesions_are_dropped_at_the_confidence_cross_validation_pic
     assert "highest probability is under 0.8" in describe_decision(decision)
 
 
+def _vessel_over_tumour() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Task08-like classes (1 vessel, 2 tumour): a reference with one true vessel and no tumour;
+    probabilities that call a second, false vessel at 0.5 whose runner-up there is tumour (0.4).
+    Returns the reference, the float probabilities and the false vessel's mask."""
+    ref = np.zeros((10, 20, 20), np.uint8)
+    ref[2:8, 3:5, 3:5] = 1
+    false_vessel = np.zeros(ref.shape, bool)
+    false_vessel[2:8, 12:15, 12:15] = True
+    probs = np.zeros((3, *ref.shape), np.float32)
+    probs[0] = 0.97
+    probs[1][ref == 1], probs[0][ref == 1] = 0.97, 0.0
+    probs[:, false_vessel] = np.array([0.1, 0.5, 0.4], np.float32)[:, None]
+    probs[0][(ref == 0) & ~false_vessel] = 0.97
+    return ref, probs, false_vessel
+
+
+def test_voxels_an_unsure_vessel_gives_to_tumour_are_judged_as_tumour() -> None:
+    """A vessel rule drops the false vessel; its voxels' next most probable class is tumour (0.4),
+    which its own rule (0.8) does not believe either: they end as background, not as a false tumour
+    the tumour rule was never asked about."""
+    from autoseg.inference.postprocessing import suppress_unsure
+
+    ref, probs, false_vessel = _vessel_over_tumour()
+    rules = {"min_component_confidence": {"1": 0.6, "2": 0.8}}
+    labels = suppress_unsure(probs, rules).argmax(0)
+    assert np.array_equal(labels, ref)
+    vessel_only = suppress_unsure(probs, {"min_component_confidence": {"1": 0.6}}).argmax(0)
+    assert (vessel_only[false_vessel] == 2).all()  # without a tumour rule the next class is tumour
+
+
+def test_a_confidence_rule_is_charged_for_the_false_class_its_dropped_voxels_become(tmp_path: Path) -> None:
+    """In cross-validation, dropping the false vessel raises vessel Dice but makes a false tumour in
+    a case that has a true one: the candidate is scored with the tumour Dice it costs, so the rule
+    that looks best for vessels alone is not chosen."""
+    ref, probs, false_vessel = _vessel_over_tumour()
+    ref[2:4, 16:18, 3:5] = 2  # a true tumour, so that tumour Dice is defined
+    probs[:, ref == 2] = np.array([0.0, 0.0, 0.97], np.float32)[:, None]
+    pred = probs.argmax(0).astype(np.uint8)
+    stored = np.round(probs * 255).astype(np.uint8)
+    for fold, case in ((0, "a"), (1, "b")):
+        folder = tmp_path / "model" / f"fold_{fold}" / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(folder / f"{case}.pred.npz", labels=pred, probabilities=stored)
+        write_case(tmp_path, case, np.zeros((1, *ref.shape), np.float32), ref, {})
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "vessel", 2: "tumour"},
+                                        (2.0, 2.0, 2.0))
+    assert decision is not None
+    vessel = decision["evidence"]["vessel"]
+    alone = 2 * 24 / (24 + 24 + 54)  # vessel Dice with the false vessel: 0.47; without it 1.0
+    assert vessel["dice_before"] == pytest.approx(alone, abs=1e-6)
+    tumour_after = 2 * 8 / (8 + 8 + 54)  # the false vessel's 54 voxels as tumour
+    assert vessel["candidates"]["min_component_confidence=0.6"] == pytest.approx(1.0)  # vessels alone: perfect
+    cost = vessel["other_classes_change"]["min_component_confidence=0.6"]
+    assert cost == pytest.approx(tumour_after - 1.0, abs=1e-6)  # tumour Dice 1.0 -> 0.23
+    assert "1" not in decision["min_component_confidence"]  # 1.0 - 0.77 < 0.47: not worth it
+
+
 def describe_decision(decision: PostprocessingDecision) -> str:
     from autoseg.inference.postprocessing import describe
 
