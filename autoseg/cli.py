@@ -217,6 +217,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-d", "--dataset", required=True, help="dataset (as for plan_and_preprocess)")
     p.add_argument("-f", "--fold", nargs="+", default=None, help="folds 0-4, or 'all' (default: all)")
     p.add_argument("--network", default=None, help="override the planned network")
+    p.add_argument("--regions", action="store_true",
+                   help="one sigmoid per region of nested classes (liver = liver + tumour, tumour) instead of "
+                        "a softmax, as nnU-Net trains nested structures; the model goes to <network>_regions "
+                        "and find_best chooses between the two by cross-validation")
     p.add_argument("--recipe", default=None, help="sgd_poly, adam_plateau or adam_poly (default: planned)")
     p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or "
                                                 "weighted_dice_focal (default: the recipe's)")
@@ -276,7 +280,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                        recipe=args.recipe, loss=args.loss, epochs=args.epochs,
                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
                        steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
-                       force=args.force, seed=args.seed)
+                       force=args.force, seed=args.seed, regions=args.regions)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",

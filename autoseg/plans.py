@@ -15,6 +15,7 @@ from typing import Any, Literal, Sequence, get_args
 
 from autoseg.errors import PlansError
 from autoseg.partial_labels import LabelSpace, PartialLabel, partial_problems, stored_label_names
+from autoseg.regions import Region, region_problems
 from autoseg.registry import Registry
 from autoseg.schema import Artefact, literal_problems, optional
 
@@ -32,6 +33,9 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 #: plane only (a tilt would mix distant slices). The decision is the planner's, stored in the plans.
 IN_PLANE_ROTATION_RATIO = 2.5
 
+
+#: Appended to the network's name for the model folder of region outputs (``Plans.configuration``).
+REGIONS_SUFFIX = "_regions"
 
 #: The abdominal window of the published liver work, in Hounsfield units: CT windows are fitted
 #: inside it (the planner, docs/planning.md "The HU window") and overlays are drawn in it.
@@ -201,6 +205,9 @@ class Plans(Artefact):
     #: Stored label values that stand for one of several classes (a merged dataset's partial
     #: annotations, :mod:`autoseg.partial_labels`). Absent: every stored value is its class.
     partial_labels: tuple[PartialLabel, ...] | None = optional()
+    #: Region outputs (``train --regions``, :mod:`autoseg.regions`): one sigmoid per region, in
+    #: decision order. Absent: one softmax over the classes.
+    regions: tuple[Region, ...] | None = optional()
 
     def __post_init__(self) -> None:
         if self.augmentation is _FROM_SPACING:
@@ -232,6 +239,11 @@ class Plans(Artefact):
         if self.orientation not in (None, "LPS"):
             out.append(f"orientation {self.orientation!r} is not 'LPS' (or absent: the files' own order)")
         out.extend(partial_problems(self.partial_labels or (), self.labels) if 0 in self.labels else [])
+        if self.regions is not None and 0 in self.labels:
+            out.extend(region_problems(self.regions, self.labels))
+            if self.partial_labels:
+                out.append("regions and partial_labels do not combine (a partially labelled voxel has no "
+                           "region target); train the merged dataset without --regions")
         out.extend(literal_problems(self))  # names outside their closed set (checked on load too)
         out.extend(self.recipe_problems())
         return out
@@ -251,6 +263,17 @@ class Plans(Artefact):
     @property
     def num_classes(self) -> int:
         return max(self.labels) + 1
+
+    @property
+    def num_outputs(self) -> int:
+        """The network's output channels: one per region, else one per class."""
+        return len(self.regions) if self.regions else self.num_classes
+
+    @property
+    def configuration(self) -> str:
+        """The model folder's name under the dataset's results: the network, ``_regions`` added for
+        region outputs (the two train side by side and find_best chooses)."""
+        return self.network.name + (REGIONS_SUFFIX if self.regions else "")
 
     @property
     def label_space(self) -> LabelSpace:

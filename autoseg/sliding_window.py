@@ -1,8 +1,9 @@
 """Sliding-window prediction with Gaussian importance weighting and optional mirroring.
 
-Patches overlap by ``overlap`` of the patch size; each patch's softmax is weighted by a Gaussian
-(sigma = patch/8) so that the patch centres, where the network sees the most context, dominate.
-Several patches go through the network per forward pass.
+Patches overlap by ``overlap`` of the patch size; each patch's class probabilities (the softmax, or
+for region outputs :func:`autoseg.regions.class_probabilities`) are weighted by a Gaussian (sigma =
+patch/8) so that the patch centres, where the network sees the most context, dominate. Several
+patches go through the network per forward pass.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from autoseg.errors import AutosegError
 from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
+from autoseg.regions import Region, class_probabilities
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
     mirror = tuple(range(len(plans.patch_size))) if options.mirror else ()
     return predict_sliding_window(network, data, plans.patch_size, plans.num_classes, options.overlap,
                                   plans.batch_size, mirror, options.device, timings, options.precision,
-                                  source=source, between_batches=options.between_batches, where=where)
+                                  source=source, between_batches=options.between_batches, where=where,
+                                  regions=plans.regions)
 
 
 @lru_cache(maxsize=8)
@@ -87,8 +90,10 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
                            timings: dict[str, float] | None = None, precision: str = "auto",
                            source: str | Path | None = None,
                            between_batches: Callable[[], object] | None = None,
-                           where: np.ndarray | None = None) -> np.ndarray:
-    """Softmax probabilities (K, *spatial) float32 for ``data`` (C, *spatial).
+                           where: np.ndarray | None = None,
+                           regions: tuple[Region, ...] | None = None) -> np.ndarray:
+    """Class probabilities (K, *spatial) float32 for ``data`` (C, *spatial): the softmax of the
+    network's outputs, or with ``regions`` the class probabilities of its region sigmoids.
 
     ``where`` (a boolean ``spatial`` mask), if given, keeps only the tiles of the usual tile grid
     that hold one of its voxels: a voxel of the mask is then predicted exactly as without it (every
@@ -129,7 +134,7 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
         x = torch.from_numpy(np.stack([padded[(slice(None), *t)] for t in chunk])).to(device)
         t0 = time.perf_counter()
         with autocast(device, precision):
-            out = _mirrored_softmax(network, x, mirror_axes)
+            out = _mirrored_probabilities(network, x, mirror_axes, regions, num_classes)
         _check_finite(out, source)
         weighted = (out * gauss_t).float().cpu().numpy()
         if timings is not None:
@@ -150,18 +155,22 @@ def _check_finite(probabilities: torch.Tensor, source: str | Path | None) -> Non
             "checkpoint from a backup")
 
 
-def _mirrored_softmax(network: torch.nn.Module, x: torch.Tensor, mirror_axes: tuple[int, ...]) -> torch.Tensor:
-    """Average softmax over all flips of ``mirror_axes`` (spatial axis indices)."""
-    out = _forward(network, x)
+def _mirrored_probabilities(network: torch.nn.Module, x: torch.Tensor, mirror_axes: tuple[int, ...],
+                            regions: tuple[Region, ...] | None, num_classes: int) -> torch.Tensor:
+    """Average class probabilities over all flips of ``mirror_axes`` (spatial axis indices)."""
+    out = _forward(network, x, regions, num_classes)
     combos = [c for r in range(1, len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
     for combo in combos:
         dims = [a + 2 for a in combo]
-        out += torch.flip(_forward(network, torch.flip(x, dims)), dims)
+        out += torch.flip(_forward(network, torch.flip(x, dims), regions, num_classes), dims)
     return out / (1 + len(combos))
 
 
-def _forward(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _forward(network: torch.nn.Module, x: torch.Tensor, regions: tuple[Region, ...] | None,
+             num_classes: int) -> torch.Tensor:
     out = network(x)
     if isinstance(out, (list, tuple)):
         out = out[0]
+    if regions:
+        return class_probabilities(out, regions, num_classes)
     return torch.softmax(out.float(), dim=1)

@@ -100,7 +100,7 @@ def export_archive(model, out: Path, overwrite: bool = False) -> Path:
         if extra.is_file():
             members[name] = extra.read_bytes()
     manifest = {"format": "autoseg-model", "format_version": FORMAT_VERSION, "folds": sorted(model.checkpoints),
-                "network": model.plans.network.name, "dataset": model.plans.dataset_name,
+                "network": model.plans.configuration, "dataset": model.plans.dataset_name,
                 "sha256": {name: _sha256(data) for name, data in members.items()},
                 "size": {name: len(data) for name, data in members.items()}}
     out.parent.mkdir(parents=True, exist_ok=True)

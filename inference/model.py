@@ -132,7 +132,7 @@ class TrainedModel(_FoldNetworks):
 
 def _build(plans: Plans, device: str, weights: dict[str, torch.Tensor], source: Path | str) -> torch.nn.Module:
     kwargs = dict(plans.network.kwargs, deep_supervision=plans.recipe.deep_supervision)
-    net = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_classes)
+    net = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_outputs)
     try:
         net.load_state_dict(weights)
     except RuntimeError as exc:

@@ -24,6 +24,7 @@ from autoseg.errors import DatasetError
 from autoseg.io import read_case_images, read_label_on
 from autoseg.layout import PreprocessedDataset
 from autoseg.processes import die_with_parent
+from autoseg.regions import nesting_from_shells
 from autoseg.validation import validate_case
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,28 @@ class CaseFingerprint:
     samples: dict[int, np.ndarray]  # label -> (channels, n) intensity samples; 0 = whole foreground
     intensity_min: float
     intensity_max: float
+    #: Per foreground class, the labels of the voxels just outside it and how many (``label_shells``).
+    shells: dict[int, dict[int, int]] = dataclasses.field(default_factory=dict)
+
+
+def label_shells(label: np.ndarray, classes: list[int]) -> dict[int, dict[int, int]]:
+    """For each of ``classes`` present in ``label``: the labels of the voxels that touch it from outside
+    (6-neighbours) and their counts. Which class lies inside which (:mod:`autoseg.regions`)."""
+    from scipy import ndimage
+
+    cross = ndimage.generate_binary_structure(3, 1)
+    out: dict[int, dict[int, int]] = {}
+    for lab in classes:
+        where = np.nonzero(label == lab)
+        if not where[0].size:
+            continue
+        box = tuple(slice(max(int(w.min()) - 1, 0), int(w.max()) + 2) for w in where)
+        part = label[box]
+        mask = part == lab
+        shell = ndimage.binary_dilation(mask, cross) & ~mask
+        counts = np.bincount(part[shell].ravel(), minlength=1)
+        out[lab] = {int(a): int(n) for a, n in enumerate(counts) if n}
+    return out
 
 
 def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint:
@@ -86,6 +109,7 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
         samples=samples,
         intensity_min=float(image.min()),
         intensity_max=float(image.max()),
+        shells=label_shells(label, dataset.foreground_labels) if label is not None and not dataset.partial else {},
     )
 
 
@@ -180,12 +204,24 @@ def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | 
                    "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}},
         "intensity": intensity,
         "class_fractions": fractions,
+        **({} if dataset.partial else {"label_nesting": {str(k): v for k, v in _nesting(cases).items()}}),
         "warnings": warnings,
         "cases": [{"case": c.identifier, "spacing": list(c.spacing), "shape": list(c.shape),
                    "shape_after_crop": list(c.cropped_shape),
                    "class_voxels": {str(k): v for k, v in c.class_voxels.items()},
                    "intensity_range": [c.intensity_min, c.intensity_max]} for c in cases],
     }
+
+
+def _nesting(cases: list[CaseFingerprint]) -> dict[int, int]:
+    """Which class lies inside which, from the outer shells of all cases together."""
+    total: dict[int, dict[int, int]] = {}
+    for c in cases:
+        for inner, around in c.shells.items():
+            into = total.setdefault(inner, {})
+            for a, n in around.items():
+                into[a] = into.get(a, 0) + n
+    return nesting_from_shells(total)
 
 
 def spacing_outliers(cases: list[CaseFingerprint], spacings: np.ndarray) -> list[str]:

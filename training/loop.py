@@ -23,6 +23,7 @@ from autoseg.metrics import dice_from_counts, mean_foreground
 from autoseg.networks import build_network
 from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
+from autoseg.regions import decide
 from autoseg.sliding_window import WindowOptions
 from autoseg.training.data import CaseStore, make_train_stream, validation_patches
 from autoseg.training.distributed import DistContext
@@ -72,7 +73,7 @@ class FoldTrainer:
         np.random.seed(options.seed % 2**32)
         random.seed(options.seed)
         kwargs = dict(plans.network.kwargs, deep_supervision=self.recipe.deep_supervision)
-        self.network = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_classes)
+        self.network = build_network(plans.network.name, kwargs, plans.num_channels, plans.num_outputs)
         self.network.to(self.device)
         self.model = self.dist.wrap(self.network, str(self.device))  # what training steps call
         if options.compile:  # optional: worth its compile time on long GPU runs
@@ -80,7 +81,7 @@ class FoldTrainer:
             assert isinstance(compiled, torch.nn.Module)  # a compiled module is an OptimizedModule
             self.model = compiled
         self.space = plans.label_space
-        self.loss = DeepSupervision(build_loss(self.recipe.loss, self.space))
+        self.loss = DeepSupervision(build_loss(self.recipe.loss, self.space, plans.regions))
         self.optimizer = build_optimizer(self.recipe, self.network.parameters())
         self.precision = resolve_precision(self.recipe.precision, self.device.type)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -201,7 +202,7 @@ class FoldTrainer:
                 out = self.network(data)
             out = out[0] if isinstance(out, (list, tuple)) else out
             losses.append(float(self.loss.loss(out.float(), target)))
-            pred = out.argmax(1)
+            pred = decide(out, self.plans.regions)
             if self.space.is_partial:  # each patch annotates its own source's classes
                 for p_np, r_np in zip(pred.cpu().numpy(), target.cpu().numpy()):
                     for lab, c in self.space.confusion(p_np, r_np, labels).items():

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoseg.partial_labels import LabelSpace
+from autoseg.regions import Region, region_targets
 from autoseg.registry import Registry
 
 
@@ -210,6 +211,44 @@ class WeightedDiceFocal(nn.Module):
         return (weights * (1 - dice)).mean() + focal
 
 
+class RegionDiceBCE(nn.Module):
+    """Region outputs (:mod:`autoseg.regions`): ``w_dice * (1 - mean soft Dice of the regions'
+    sigmoids) + w_bce * binary cross-entropy of each region``, nnU-Net's loss for regions.
+
+    ``weighted``: each region's positive voxels are weighted by its rarity in the batch (the
+    square-root weights of :func:`weights_from_counts`, as the softmax losses weight classes),
+    and with ``anneal`` the weights move to 1 over the schedule (``progress``)."""
+
+    def __init__(self, regions: tuple[Region, ...], w_dice: float = 1.0, w_bce: float = 1.0,
+                 weighted: bool = False, anneal: bool = False, smooth: float = 1e-5):
+        super().__init__()
+        self.regions = tuple(regions)
+        self.num_classes = max(max(r.classes) for r in self.regions) + 1
+        self.w_dice, self.w_bce, self.weighted, self.anneal, self.smooth = w_dice, w_bce, weighted, anneal, smooth
+        self.progress = 0.0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        on = region_targets(target, self.regions, self.num_classes)
+        dims = (0, *range(2, logits.ndim))
+        loss = logits.new_zeros(())
+        if self.w_dice:
+            probs = torch.sigmoid(logits)
+            dice = (2 * (probs * on).sum(dims) + self.smooth) / (probs.sum(dims) + on.sum(dims) + self.smooth)
+            loss = loss + self.w_dice * (1 - dice.mean())
+        if self.w_bce:
+            pos_weight = None
+            if self.weighted:
+                positives = on.sum(dims)
+                counts = torch.stack([float(on[:, 0].numel()) - positives, positives], 1)  # (R, 2)
+                weights = torch.stack([weights_from_counts(c) for c in counts])[:, 1]
+                if self.anneal:
+                    weights = 1 + (weights - 1) * (1 - min(max(self.progress, 0.0), 1.0))
+                pos_weight = weights.view(1, -1, *([1] * (logits.ndim - 2)))
+            loss = loss + self.w_bce * F.binary_cross_entropy_with_logits(logits, on, pos_weight=pos_weight)
+        return loss
+
+
 @runtime_checkable
 class ScheduledLoss(Protocol):
     """A loss that changes over the schedule: the training loop sets ``progress`` (fraction done)."""
@@ -228,9 +267,22 @@ LOSSES: Registry[Callable[[LabelSpace | None], nn.Module]] = Registry("loss", {
 })
 
 
-def build_loss(name: str, space: LabelSpace | None = None) -> nn.Module:
-    """A new loss module by name (scoring partial labels when ``space`` holds any); an unknown name
-    raises with the known ones and a suggestion."""
+#: The losses of region outputs by the same names (``recipe.loss``): soft Dice with binary
+#: cross-entropy in place of the softmax's cross-entropy.
+REGION_LOSSES: Registry[Callable[[tuple[Region, ...]], nn.Module]] = Registry("loss of region outputs", {
+    "dice_ce": lambda regions: RegionDiceBCE(regions),
+    "dice_wce": lambda regions: RegionDiceBCE(regions, weighted=True),
+    "dice_wce_anneal": lambda regions: RegionDiceBCE(regions, weighted=True, anneal=True),
+    "dice": lambda regions: RegionDiceBCE(regions, w_bce=0.0),
+    "dice03_ce07": lambda regions: RegionDiceBCE(regions, 0.3, 0.7),
+})
+
+
+def build_loss(name: str, space: LabelSpace | None = None, regions: tuple[Region, ...] | None = None) -> nn.Module:
+    """A new loss module by name (scoring partial labels when ``space`` holds any, region sigmoids
+    when ``regions`` are given); an unknown name raises with the known ones and a suggestion."""
+    if regions:
+        return REGION_LOSSES[name](tuple(regions))
     return LOSSES[name](space)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from autoseg.plans import RECIPES, Recipe
 from autoseg.registry import Registry
-from autoseg.training.losses import LOSSES
+from autoseg.training.losses import LOSSES, REGION_LOSSES
 
 #: What a named recipe defines: the optimizer and its schedule. Every other ``Recipe`` field (budget,
 #: loss, sampling, deep supervision, precision, and any field added later) belongs to the plan or the
@@ -57,12 +57,12 @@ SCHEDULES: Registry[str] = Registry("schedule", {
 })
 
 
-def check_recipe(recipe: Recipe) -> None:
+def check_recipe(recipe: Recipe, regions: bool = False) -> None:
     """Raise, naming the field's known values, unless every name in ``recipe`` is implemented (its
-    optimizer, schedule and loss): call it before anything is written."""
+    optimizer, schedule and loss, for region outputs when ``regions``): call it before anything is written."""
     OPTIMIZERS.check(recipe.optimizer)
     SCHEDULES.check(recipe.schedule)
-    LOSSES.check(recipe.loss)
+    (REGION_LOSSES if regions else LOSSES).check(recipe.loss)
 
 
 def build_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:

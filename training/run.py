@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.artefacts import FoldRecord, FoldSchedule
+from autoseg.artefacts import Fingerprint, FoldRecord, FoldSchedule
 from autoseg.datasets import find_preprocessed
 from autoseg.errors import AutosegError, ConfigurationError, PlansError
 from autoseg.networks import default_network_kwargs
@@ -22,6 +22,7 @@ from autoseg.layout import NUM_FOLDS, FoldFolder, ModelFolder, PreprocessedDatas
 from autoseg.locks import check_unlocked, folder_lock
 from autoseg.plans import Plans, Recipe
 from autoseg.precision import resolve_precision
+from autoseg.regions import Region, regions_from_nesting
 from autoseg.settings import Settings
 from autoseg.training.loop import FoldTrainer, TrainOptions
 from autoseg.training.losses import LOSSES
@@ -52,6 +53,8 @@ class TrainRequest:
     #: Seed of initialisation, sampling and augmentation (None: the fold's recorded seed when
     #: resuming, else the plans' seed).
     seed: int | None = None
+    #: Region outputs (:mod:`autoseg.regions`) from the fingerprint's nesting, in a model folder of their own.
+    regions: bool = False
 
     @property
     def sets_schedule(self) -> bool:
@@ -69,8 +72,9 @@ def preprocessed_dataset(spec: str, settings: Settings) -> PreprocessedDataset:
     return find_preprocessed(spec, settings.raw, settings.preprocessed)
 
 
-def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
-    """Plans with the user's network, recipe, loss and schedule choices applied."""
+def apply_overrides(plans: Plans, req: TrainRequest, fingerprint: Path | None = None) -> Plans:
+    """Plans with the user's network, recipe, loss, schedule and output choices applied
+    (``fingerprint``: the dataset's ``fingerprint.json``, which ``--regions`` takes its nesting from)."""
     recipe = recipe_named(req.recipe, plans.recipe) if req.recipe else plans.recipe
     changes: dict[str, Any] = {}
     for field, value in (("loss", req.loss), ("iterations_per_epoch", req.iterations_per_epoch),
@@ -83,7 +87,8 @@ def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
     if req.loss is not None:
         LOSSES.check(req.loss)  # before the recipe is built: the error names the flag's value
     recipe = dataclasses.replace(recipe, **changes)
-    check_recipe(recipe)  # every name implemented, before any plans are written
+    regions = _regions(plans, fingerprint) if req.regions else plans.regions
+    check_recipe(recipe, regions=bool(regions))  # every name implemented, before any plans are written
     network = plans.network
     if req.network and req.network != network.name:
         NETWORKS.check(req.network)
@@ -92,7 +97,25 @@ def apply_overrides(plans: Plans, req: TrainRequest) -> Plans:
                                         features_per_stage=k["features_per_stage"], strides=k["strides"],
                                         kernel_sizes=k["kernel_sizes"], deep_supervision=recipe.deep_supervision)
         network = dataclasses.replace(network, name=req.network, kwargs=kwargs)
-    return plans.replace(recipe=recipe, network=network)
+    return plans.replace(recipe=recipe, network=network, regions=regions)
+
+
+def _regions(plans: Plans, fingerprint: Path | None) -> tuple[Region, ...]:
+    """The region outputs of ``--regions``, from the nesting the fingerprint found."""
+    if plans.partial_labels:
+        raise ConfigurationError("--regions does not combine with partial labels (a merged dataset): a voxel "
+                                 "that may be one of several classes has no region target",
+                                 fix="train the merged dataset without --regions")
+    nesting = Fingerprint.load(fingerprint).label_nesting if fingerprint and fingerprint.is_file() else None
+    if nesting is None:
+        raise ConfigurationError("--regions needs the fingerprint's label nesting, and this dataset's fingerprint "
+                                 "has none (written by an older autoseg)", fingerprint,
+                                 f"fingerprint it again (the plans are kept): `autoseg plan_and_preprocess -d "
+                                 f"{plans.dataset_name} --only fingerprint --force`")
+    regions = regions_from_nesting(plans.labels, nesting)
+    log.info("region outputs: %s", ", ".join(f"{plans.labels[r.label]} = {'+'.join(plans.labels[c] for c in r.classes)}"
+                                             for r in regions))
+    return regions
 
 
 def check_plan_device(plans: Plans, device: str, dataset: str) -> None:
@@ -133,7 +156,7 @@ def without_schedule(plans: Plans) -> Plans:
 
 
 def model_folder(settings: Settings, plans: Plans) -> ModelFolder:
-    return ResultsDataset(settings.results / plans.dataset_name).model(plans.network.name)
+    return ResultsDataset(settings.results / plans.dataset_name).model(plans.configuration)
 
 
 @dataclass(frozen=True)
@@ -159,7 +182,7 @@ def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> lis
     pre = preprocessed_dataset(req.dataset, settings)
     check_unlocked(pre.root, f"the preprocessed folder of {pre.name}",
                    "wait for its `autoseg plan_and_preprocess` to finish, then train")
-    plans = apply_overrides(Plans.load(pre.plans), req)
+    plans = apply_overrides(Plans.load(pre.plans), req, pre.fingerprint)
     check_plan_device(plans, options.device, req.dataset)
     resolve_precision(plans.recipe.precision, options.device)  # refuse e.g. fp16 on a CPU before writing
     if any(f not in range(NUM_FOLDS) for f in req.folds):

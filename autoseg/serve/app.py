@@ -230,7 +230,7 @@ def page() -> FileResponse:
 def info(ctx: Ctx) -> dict[str, Any]:
     plans, limits = ctx.model.plans, ctx.config.limits
     roi = ctx.roi_model.plans.dataset_name if ctx.roi_model is not None else None
-    return {"dataset": plans.dataset_name, "network": plans.network.name, "folds": sorted(ctx.model.checkpoints),
+    return {"dataset": plans.dataset_name, "network": plans.configuration, "folds": sorted(ctx.model.checkpoints),
             "roi_model": roi,
             "classes": [{"id": k, "name": n, "colour": colour(k)} for k, n in sorted(ctx.labels.items()) if k],
             "windows": list(WINDOWS), "planes": list(PLANES), "layers": list(LAYERS),
