@@ -29,10 +29,12 @@ def _case(shape=(10, 20, 20)) -> tuple[np.ndarray, np.ndarray]:
     return pred, ref
 
 
-def _write(root: Path, fold: int, case: str, pred: np.ndarray, ref: np.ndarray) -> None:
+def _write(root: Path, fold: int, case: str, pred: np.ndarray, ref: np.ndarray,
+           probabilities: np.ndarray | None = None) -> None:
     folder = root / "model" / f"fold_{fold}" / "validation"
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / f"{case}.pred.npz", labels=pred)
+    kept = {} if probabilities is None else {"probabilities": probabilities}
+    np.savez_compressed(folder / f"{case}.pred.npz", labels=pred, **kept)
     write_case(root, case, np.zeros((1, *ref.shape), np.float32), ref.astype(np.uint8), {})
 
 
@@ -142,10 +144,7 @@ def test_unsure_false_lesions_are_dropped_at_the_confidence_cross_validation_pic
     pred[false_lesion] = 2
     probs = _probabilities(pred, 0.97, {2: 0.75}, false_lesion)
     for fold, case in ((0, "a"), (1, "b")):
-        folder = tmp_path / "model" / f"fold_{fold}" / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / f"{case}.pred.npz", labels=pred, probabilities=probs)
-        write_case(tmp_path, case, np.zeros((1, *ref.shape), np.float32), ref, {})
+        _write(tmp_path, fold, case, pred, ref, probs)
     decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "liver", 2: "tumour"},
                                         (2.0, 2.0, 2.0))
     assert decision is not None and decision["min_component_confidence"] == {"2": 0.8}  # ties: the first
@@ -201,10 +200,7 @@ def test_a_confidence_rule_is_charged_for_the_false_class_its_dropped_voxels_bec
     pred = probs.argmax(0).astype(np.uint8)
     stored = np.round(probs * 255).astype(np.uint8)
     for fold, case in ((0, "a"), (1, "b")):
-        folder = tmp_path / "model" / f"fold_{fold}" / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / f"{case}.pred.npz", labels=pred, probabilities=stored)
-        write_case(tmp_path, case, np.zeros((1, *ref.shape), np.float32), ref, {})
+        _write(tmp_path, fold, case, pred, ref, stored)
     decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "vessel", 2: "tumour"},
                                         (2.0, 2.0, 2.0))
     assert decision is not None
