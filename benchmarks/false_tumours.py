@@ -9,9 +9,18 @@ with that post-processing and with ``--no-postprocessing``. It reports, per fami
 tumour Dice on the tumour-bearing test cases, the tumour volume predicted in each tumour-free liver
 (the issue's target: under 0.5 mL per case), lesion recall for reference lesions of 0.5 mL and more
 (target: at least 0.8), false-positive lesions per case, vessel Dice, and the rules chosen. Lesions
-are scored as in the race (``benchmarks/race_task.py``). Not run by CI::
+are scored as in the race (``benchmarks/race_task.py``).
+
+``--merged`` adds the one-model arms: a Task03 task (liver, tumour) of the same family and sizes but
+other patients is merged with the Task08 task (``plan_and_preprocess -d Task03 -d Task08 --merge``),
+the merged model trains fold 0 for twice the steps (the pair's total), find_best decides its
+post-processing from its own held-out cases of both tasks (it knows the liver, so "keep the largest
+foreground component" can drop a "tumour" found in the spleen), and it predicts the same Task08
+test phantoms, scored on vessel and tumour as the Task08 model is (its liver counted as background).
+Not run by CI::
 
     .venv/bin/python benchmarks/false_tumours.py --families 1 2 --steps 1200 --seeds 0
+    .venv/bin/python benchmarks/false_tumours.py --families 2 --steps 1200 --seeds 0 1 --merged
 """
 from __future__ import annotations
 
@@ -22,6 +31,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
@@ -36,15 +47,25 @@ from autoseg.phantom import write_task  # noqa: E402
 
 DEFAULT_OUT = BENCH / "results" / "false_tumours.json"
 DATA_SEED = {1: 7100, 2: 7200}  # neither the tests', the race's nor the other benchmarks' phantoms
+LIVER_SEED = {1: 7101, 2: 7201}  # the merged arm's Task03 patients
 CLASSES = {1: "vessel", 2: "tumour"}
+MERGED = "LiverVesselTumour"
 
 
-def score_arm(refs: Path, preds: Path) -> dict[str, Any]:
-    """Per test case: Dice of each class and the tumour's lesion figures; and the arm's summary."""
+def score_arm(refs: Path, preds: Path, to_task08: dict[int, int] | None = None) -> dict[str, Any]:
+    """Per test case: Dice of each class and the tumour's lesion figures; and the arm's summary.
+    ``to_task08``: a merged model's label values -> Task08's (its liver -> background)."""
     cases: dict[str, Any] = {}
+    lookup = None
+    if to_task08 is not None:
+        lookup = np.zeros(256, dtype=np.uint8)
+        for merged, value in to_task08.items():
+            lookup[merged] = value
     for ref_file in sorted(refs.glob("*.nii.gz")):
         ref, geometry = read_label(ref_file)
         pred, _ = read_label(preds / ref_file.name)
+        if lookup is not None:
+            pred = lookup[pred]
         dice = dice_per_class(pred, ref, sorted(CLASSES))
         lesions = case_lesions(pred, ref, geometry.spacing_zyx, {2: "tumour"})["tumour"]
         cases[ref_file.name] = {"dice": {CLASSES[k]: (None if v != v else v) for k, v in dice.items()},
@@ -93,10 +114,43 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
             autoseg(["predict", "-i", str(task / "imagesTs"), "-o", str(preds), "-d", "Task08", "-f", "0",
                      "--threads", str(args.threads), "--overwrite", *extra], run_env, log)
             arms[arm] = score_arm(task / "labelsTs", preds)
-        rules = {k: decision.get(k) for k in ("keep_largest_foreground", "keep_largest_component", "min_component_ml",
-                                              "min_component_confidence")}
+        rules = {k: decision.get(k) for k in RULES}
         out[str(seed)] = {"train_seconds": seconds, "rules": rules, "arms": arms}
+        if args.merged:
+            out[str(seed)]["merged"] = run_merged(family, seed, args, work, env, task)
     return out
+
+
+RULES = ("keep_largest_foreground", "keep_largest_component", "min_component_ml", "min_component_confidence")
+
+
+def run_merged(family: int, seed: int, args: argparse.Namespace, work: Path, env: dict[str, str],
+               task: Path) -> dict[str, Any]:
+    """The merged model's arms for one seed (module docstring)."""
+    raw = work / "raw"
+    write_task(raw, "Task03", num_training=args.cases, num_test=0, seed=LIVER_SEED[family], family=family,
+               tumour_free_share=args.tumour_free_share if family != 1 else None)
+    autoseg(["plan_and_preprocess", "-d", "Task03"], env, work / "plan.log")
+    autoseg(["plan_and_preprocess", "-d", "Task03", "-d", "Task08", "--merge", MERGED], env, work / "plan.log")
+    labels = json.loads(next(raw.glob(f"*_{MERGED}")).joinpath("dataset.json").read_text())["labels"]
+    to_task08 = {int(k): {"vessel": 1, "tumour": 2}.get(v, 0) for k, v in labels.items()}
+    results = work / f"results_merged_seed{seed}"
+    run_env = dict(env, AUTOSEG_RESULTS=str(results))
+    log = work / f"merged_seed{seed}.log"
+    fold = next(iter(results.glob("*/*/fold_0/validation/summary.json")), None)
+    seconds = float("nan") if fold is not None else autoseg(
+        ["train", "-d", MERGED, "-f", "0", "--steps", str(2 * args.steps), "--threads", str(args.threads),
+         "--seed", str(seed)], run_env, log)
+    autoseg(["find_best", "-d", MERGED], run_env, log)
+    decision = json.loads(next(results.glob("*/*/postprocessing.json")).read_text())
+    arms = {}
+    for arm, extra in (("postprocessed", []), ("raw", ["--no-postprocessing"])):
+        preds = work / f"pred_merged_seed{seed}" / arm
+        autoseg(["predict", "-i", str(task / "imagesTs"), "-o", str(preds), "-d", MERGED, "-f", "0",
+                 "--threads", str(args.threads), "--overwrite", *extra], run_env, log)
+        arms[arm] = score_arm(task / "labelsTs", preds, to_task08)
+    return {"train_seconds": seconds, "steps": 2 * args.steps, "rules": {k: decision.get(k) for k in RULES},
+            "arms": arms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,15 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=BENCH / "work" / "false_tumours")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--merged", action="store_true",
+                   help="also train the one liver + vessel + tumour model (module docstring) and score it")
     args = p.parse_args(argv)
     families = {str(f): run_family(f, args) for f in args.families}
-    short = {f: {s: {"rules": r["rules"], **{a: v["summary"] for a, v in r["arms"].items()}} for s, r in runs.items()}
+    short = {f: {s: {"rules": r["rules"], **{a: v["summary"] for a, v in r["arms"].items()},
+                     **({"merged_rules": r["merged"]["rules"],
+                         **{f"merged_{a}": v["summary"] for a, v in r["merged"]["arms"].items()}}
+                        if "merged" in r else {})}
+                 for s, r in runs.items()}
              for f, runs in families.items()}
     print(json.dumps(short, indent=1))
     append_result(args.out, {
         "benchmark": "false_tumours", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "benchmarks/false_tumours.py " + " ".join(sys.argv[1:]), "cpu": cpu_model(),
         "cpu_count": os.cpu_count(), "steps": args.steps, "seeds": args.seeds, "cases": args.cases,
+        "merged": args.merged,
         "test": args.test, "tumour_free_share": args.tumour_free_share, "families": families})
     return 0
 
