@@ -278,4 +278,11 @@ def trained_model_folder(dataset: str, network: str | None, settings: Settings) 
 
     plans = Plans.load(find_preprocessed(dataset, settings.raw, settings.preprocessed).plans)
     results = ResultsDataset(settings.results / plans.dataset_name)
-    return results.model(choose_network(results.root, plans.network.name, network)).root
+    chosen = results.model(choose_network(results.root, plans.network.name, network))
+    if network is None and not chosen.plans.is_file():
+        trained = sorted(p.parent.name for p in results.root.glob(f"*/{chosen.plans.name}"))
+        if trained:  # e.g. only `train --regions` has run: its folder is not the planned network's
+            raise AutosegError(f"no model of the planned network {chosen.root.name} is trained for {dataset}; "
+                               f"trained: {', '.join(trained)}", chosen.root,
+                               f"pass --network {trained[0]} (or run `autoseg find_best -d {dataset}` to choose)")
+    return chosen.root

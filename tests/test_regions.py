@@ -200,7 +200,7 @@ def task03_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_regions_beside_the_softmax_model_and_predict_with_either(
-        task03_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        task03_workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     root = use_workspace(task03_workspace, monkeypatch)
     pre = PreprocessedDataset(next((root / "pre").iterdir()))
     assert Fingerprint.load(pre.fingerprint).label_nesting == {2: 1}  # the phantom's tumours lie in its liver
@@ -211,6 +211,10 @@ def test_train_regions_beside_the_softmax_model_and_predict_with_either(
         apply_overrides(Plans.load(pre.plans), TrainRequest(dataset="3", regions=True), root / "older_fingerprint.json")
     tiny = ["-f", "0", "--steps", "4", "-j", "0", "--threads", "1"]
     assert main(["train", "-d", "3", *tiny, "--regions"]) == 0
+    images = root / "raw" / "Task03_Liver" / "imagesTs"
+    # only the region model is trained: predict -d names it rather than failing on the planned folder
+    assert main(["predict", "-i", str(images), "-o", str(root / "unused"), "-d", "3", "-f", "0"]) != 0
+    assert "pass --network arunet_regions" in capsys.readouterr().err
     assert main(["train", "-d", "3", *tiny]) == 0
     results = ResultsDataset(root / "res" / pre.name)
     plans = Plans.load(results.model("arunet_regions").plans)
@@ -220,7 +224,6 @@ def test_train_regions_beside_the_softmax_model_and_predict_with_either(
     with torch.no_grad():
         out = net(torch.zeros((1, 1, *plans.patch_size)))
     assert (out[0] if isinstance(out, (list, tuple)) else out).shape[1] == 2  # one channel per region
-    images = root / "raw" / "Task03_Liver" / "imagesTs"
     for network in ("arunet_regions", "arunet"):
         out = root / f"pred_{network}"
         assert main(["predict", "-i", str(images), "-o", str(out), "-d", "3", "-f", "0",
