@@ -365,6 +365,10 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "organ, so stray false positives do not widen the region)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
+    p.add_argument("--tile-scale", type=float, default=1.0, metavar="F",
+                   help="slide tiles F times the trained patch along each axis (at most the case's size; "
+                        "default 1: the patch). Fewer tiles and less border for the same overlap; "
+                        "docs/inference.md has what it does to time and Dice")
     p.add_argument("--localise", action="store_true",
                    help="a first pass of one network without overlap finds the foreground; the folds then "
                         "predict only the tiles that hold it (faster; docs/inference.md says what it can "
@@ -421,7 +425,11 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     if args.roi_model:
         roi_path = Path(args.roi_model)
         roi = open_model(roi_path if roi_path.exists() else trained_model_folder(args.roi_model, None, settings))
+    if args.tile_scale < 1:
+        raise ConfigurationError(f"--tile-scale {args.tile_scale}: a tile is at least the trained patch",
+                                 fix="give 1 (the patch) or more, e.g. --tile-scale 2")
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap, localise=args.localise,
+                             tile_scale=args.tile_scale,
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
                                                            ("overlays", args.overlays),

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,15 +38,39 @@ class WindowOptions:
     precision: str = "auto"
     #: Called between batches (e.g. ``CoreShare.adapt``: threads follow the cores others leave free).
     between_batches: Callable[[], object] | None = None
+    #: Tiles this many times the trained patch along each axis (:func:`inference_tile`): a network of
+    #: convolutions takes any size its strides divide, and a larger tile wastes less of its border.
+    tile_scale: float = 1.0
+
+
+def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[int, ...]:
+    """The tile :func:`slide` uses for a case of ``shape``: the plans' patch times ``scale`` along
+    each axis, rounded up to the network's total stride, never larger than the case (rounded up the
+    same way) nor smaller than the patch."""
+    if scale < 1:
+        raise ValueError(f"tile_scale must be at least 1, got {scale}")
+    patch = tuple(int(p) for p in plans.patch_size)
+    if scale == 1:
+        return patch
+    strides = plans.network.kwargs.get("strides") or [[1] * len(patch)]
+    divisor = [math.prod(int(s[a]) for s in strides) for a in range(len(patch))]
+    tile = []
+    for p, n, d in zip(patch, shape, divisor):
+        wanted = min(math.ceil(p * scale / d) * d, math.ceil(n / d) * d)
+        tile.append(max(p, wanted))
+    return tuple(tile)
 
 
 def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: WindowOptions,
           timings: dict[str, float] | None = None, source: str | Path | None = None,
           where: np.ndarray | None = None) -> np.ndarray:
-    """:func:`predict_sliding_window` with the patch, classes and batch of ``plans``."""
+    """:func:`predict_sliding_window` with the patch (times ``options.tile_scale``), classes and batch
+    of ``plans``; tiles larger than the patch go through the network one at a time."""
     mirror = tuple(range(len(plans.patch_size))) if options.mirror else ()
-    return predict_sliding_window(network, data, plans.patch_size, plans.num_classes, options.overlap,
-                                  plans.batch_size, mirror, options.device, timings, options.precision,
+    tile = inference_tile(plans, data.shape[1:], options.tile_scale)
+    batch = plans.batch_size if tile == tuple(plans.patch_size) else 1
+    return predict_sliding_window(network, data, tile, plans.num_classes, options.overlap,
+                                  batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,
                                   regions=plans.regions)
 

@@ -46,6 +46,8 @@ class PredictOptions:
     device: str = "cpu"
     tta: bool = False
     overlap: float = 0.5
+    #: Tiles this many times the trained patch along each axis (``WindowOptions.tile_scale``).
+    tile_scale: float = 1.0
     #: Every fold predicts only the tiles holding the foreground a first, non-overlapping pass of one
     #: network found (:mod:`autoseg.inference.localise`); False: every fold over the whole case.
     localise: bool = False
@@ -174,7 +176,7 @@ def check_looks_like_ct(lo: float, hi: float, path: Path, voxels: np.ndarray | N
 def window_options(options: PredictOptions) -> WindowOptions:
     """How the models slide over a case, from the prediction options."""
     return WindowOptions(overlap=options.overlap, mirror=options.tta, device=options.device,
-                         precision=options.precision,
+                         precision=options.precision, tile_scale=options.tile_scale,
                          between_batches=options.cores.adapt if options.cores else None)
 
 

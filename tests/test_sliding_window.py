@@ -42,3 +42,42 @@ def test_tiles_cover_every_voxel_with_the_overlap() -> None:
 def test_gaussian_weights_peak_in_the_centre_and_never_vanish() -> None:
     g = gaussian_importance((9, 17, 17))
     assert g.max() == g[4, 8, 8] == 1.0 and g.min() > 0
+
+
+def _plans_with_patch(patch: tuple[int, int, int], strides: list[list[int]]):
+    from autoseg.plans import Estimates, NetworkPlan, Normalisation, Plans
+
+    return Plans(dataset_name="t", channel_names=("CT",), labels={0: "background", 1: "a", 2: "b"}, is_ct=True,
+                 target_spacing=(2.5, 1.0, 1.0), median_shape=(40, 100, 100), patch_size=patch, batch_size=2,
+                 normalisation=(Normalisation("ct", (-160.0, 240.0), 50.0, 40.0),),
+                 network=NetworkPlan("arunet", {"strides": strides}), estimates=Estimates("cpu", 2**30, 2**29))
+
+
+def test_inference_tiles_grow_by_the_scale_in_steps_of_the_networks_stride_up_to_the_case() -> None:
+    from autoseg.sliding_window import inference_tile
+
+    plans = _plans_with_patch((24, 64, 96), [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]])  # 8, 16, 16
+    assert inference_tile(plans, (100, 400, 400), 1.0) == (24, 64, 96)
+    assert inference_tile(plans, (100, 400, 400), 2.0) == (48, 128, 192)
+    assert inference_tile(plans, (100, 400, 400), 1.3) == (32, 96, 128)  # 31.2, 83.2, 124.8 rounded up by stride
+    assert inference_tile(plans, (30, 100, 150), 4.0) == (32, 112, 160)  # at most the case, rounded up
+    assert inference_tile(plans, (10, 40, 40), 4.0) == (24, 64, 96)  # never below the patch (the case is padded)
+    with pytest.raises(ValueError, match="at least 1"):
+        inference_tile(plans, (100, 400, 400), 0.5)
+
+
+def test_a_larger_tile_slides_the_same_pointwise_network_to_the_same_probabilities() -> None:
+    from autoseg.sliding_window import WindowOptions, slide
+
+    data = np.random.default_rng(3).normal(size=(1, 20, 40, 40)).astype(np.float32)
+    plans = _plans_with_patch((8, 16, 16), [[1, 1, 1], [2, 2, 2]])
+    net = pointwise_net()
+    seen: list[tuple[int, ...]] = []
+    net.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    small = slide(net, data, plans, WindowOptions(precision="fp32"))
+    small_tiles = sum(s[0] for s in seen)
+    seen.clear()
+    large = slide(net, data, plans, WindowOptions(precision="fp32", tile_scale=2.0))
+    assert {s[2:] for s in seen} == {(16, 32, 32)} and all(s[0] == 1 for s in seen)  # one large tile a pass
+    assert len(seen) < small_tiles / 4
+    np.testing.assert_allclose(small, large, atol=1e-5)
