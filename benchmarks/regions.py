@@ -7,9 +7,12 @@ with the same steps, seed and plans: the softmax model and the region model, and
 held-out test phantoms with each. Per class it reports the mean Dice over test cases and seeds, the
 paired difference regions - softmax with a bootstrap interval over cases (the seeds' mean per case),
 per seed, and the tumour volume predicted in tumour-free livers. Wall times are reported beside
-(the step counts are equal). Not run by CI::
+(the step counts are equal). ``--arms`` adds variants, each against the softmax: ``regions_dice_ce``
+trains the regions with plain Dice + BCE (nnU-Net's region loss) instead of the planned recipe's
+rarity-weighted, annealed BCE. Not run by CI::
 
     .venv/bin/python benchmarks/regions.py --steps 600 --seeds 0 1 --family 1
+    .venv/bin/python benchmarks/regions.py --steps 600 --seeds 0 1 --family 1 --arms softmax regions regions_dice_ce
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ from autoseg.phantom import write_task  # noqa: E402
 
 DEFAULT_OUT = BENCH / "results" / "regions.json"
 TASK_SEED = 3302  # patients of their own: not the tests', the race's or merged_model.py's
-ARMS = {"softmax": [], "regions": ["--regions"]}
+ARMS = {"softmax": [], "regions": ["--regions"], "regions_dice_ce": ["--regions", "--loss", "dice_ce"]}
+#: Arms whose models live in results_seed<S>/ (the first two); the others in results_seed<S>_<arm>/.
+SHARED_RESULTS = ("softmax", "regions")
 CLASSES = {"liver": 1, "tumour": 2}
 
 
@@ -54,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", type=int, default=10, help="training phantoms")
     p.add_argument("--test", type=int, default=8, help="test phantoms")
     p.add_argument("--family", type=int, choices=(1, 2), default=1)
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=["softmax", "regions"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=None, help="default: benchmarks/work/regions_family<F>")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -66,13 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     autoseg(["plan_and_preprocess", "-d", "Task03"], env, work / "plan.log")
     task = next(raw.glob("Task03_*"))
     rows: dict[str, dict[str, dict[str, dict[str, float]]]] = {}  # arm -> case -> class -> seed -> value
-    timings: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    if "softmax" not in args.arms:
+        raise SystemExit("--arms must include softmax, the arm the others are compared with")
+    timings: dict[str, list[float]] = {arm: [] for arm in args.arms}
     for seed in args.seeds:
-        results = work / f"results_seed{seed}"
-        run_env = dict(env, AUTOSEG_RESULTS=str(results))
         log = work / f"seed{seed}.log"
-        for arm, flags in ARMS.items():
-            folder = results / task.name / ("arunet_regions" if flags else "arunet")
+        for arm in args.arms:
+            flags = ARMS[arm]
+            results = work / (f"results_seed{seed}" if arm in SHARED_RESULTS else f"results_seed{seed}_{arm}")
+            run_env = dict(env, AUTOSEG_RESULTS=str(results))
+            folder = results / task.name / ("arunet_regions" if "--regions" in flags else "arunet")
             if (folder / "fold_0" / "validation" / "summary.json").is_file():
                 timings[arm].append(float("nan"))  # finished before an interruption: reused
             else:
@@ -114,13 +123,14 @@ def summarise(rows: dict[str, dict[str, dict[str, dict[str, float]]]], args: arg
         per_seed = {arm: {s: mean_present([rows[arm][c][name][str(s)] for c in cases]) for s in args.seeds}
                     for arm in rows}
         per_case = {arm: [mean_present(list(rows[arm][c][name].values())) for c in cases] for arm in rows}
-        diffs = [None if a is None or b is None else a - b for a, b in zip(per_case["regions"], per_case["softmax"])]
-        summary[name] = {"softmax": mean_present(per_case["softmax"]), "regions": mean_present(per_case["regions"]),
-                         "per_seed": per_seed, "regions_minus_softmax": mean_present(diffs),
-                         "interval": bootstrap_interval(diffs), "cases": len(cases)}
+        summary[name] = {**{arm: mean_present(per_case[arm]) for arm in rows}, "per_seed": per_seed, "cases": len(cases)}
+        for arm in (a for a in rows if a != "softmax"):
+            diffs = [None if a is None or b is None else a - b for a, b in zip(per_case[arm], per_case["softmax"])]
+            summary[name][f"{arm}_minus_softmax"] = mean_present(diffs)
+            summary[name][f"{arm}_interval"] = bootstrap_interval(diffs)
     return {"benchmark": "regions", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": "benchmarks/regions.py " + " ".join(sys.argv[1:]), "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(), "steps": args.steps, "seeds": args.seeds, "cases": args.cases,
+            "cpu_count": os.cpu_count(), "steps": args.steps, "seeds": args.seeds, "arms": args.arms, "cases": args.cases,
             "test": args.test, "family": args.family, "train_seconds": timings, "summary": summary,
             "per_case": rows}
 
