@@ -39,6 +39,7 @@ BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 from bench_common import append_result, cpu_model, run_autoseg as autoseg  # noqa: E402
+from error_tissues import tissue_maps, tissue_names  # noqa: E402
 from race_task import SIZE_BINS, case_lesions  # noqa: E402
 
 from autoseg.io import read_label  # noqa: E402
@@ -70,7 +71,25 @@ def score_arm(refs: Path, preds: Path, to_task08: dict[int, int] | None = None) 
         lesions = case_lesions(pred, ref, geometry.spacing_zyx, {2: "tumour"})["tumour"]
         cases[ref_file.name] = {"dice": {CLASSES[k]: (None if v != v else v) for k, v in dice.items()},
                                 "tumour": lesions}
+        if lesions["ref_lesions"] == 0:  # a tumour-free liver: which tissue the phantom painted under its "tumour"
+            cases[ref_file.name]["false_tumour_tissues"] = false_tumour_tissues(refs.parent, ref_file.name, pred,
+                                                                                geometry.spacing_zyx)
     return {"cases": cases, "summary": summarise(cases)}
+
+
+_TISSUES: dict[tuple[str, str], np.ndarray] = {}
+
+
+def false_tumour_tissues(task: Path, case: str, pred: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+    """mL of predicted tumour by the tissue under it (the phantom's tissue map drawn again, kept for
+    the run): a "tumour in a healthy liver" may lie in the spleen or the bowel, outside the liver."""
+    key = (str(task), case)
+    if key not in _TISSUES:
+        _TISSUES[key] = tissue_maps(task, only={case})[case]
+    tissues, names = _TISSUES[key], tissue_names(task)
+    values, counts = np.unique(tissues[pred == 2], return_counts=True)
+    ml = float(np.prod(spacing)) / 1000.0
+    return {names.get(int(v), str(int(v))): round(float(n) * ml, 3) for v, n in zip(values, counts)}
 
 
 def summarise(cases: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +107,16 @@ def summarise(cases: dict[str, Any]) -> dict[str, Any]:
                            for b in SIZE_BINS},
         "fp_lesions_per_case": sum(c["tumour"]["fp_lesions"] for c in cases.values()) / max(1, len(cases)),
         "fp_ml_per_case": sum(c["tumour"]["fp_ml"] for c in cases.values()) / max(1, len(cases)),
+        "false_tumour_ml_by_tissue": _pooled([c.get("false_tumour_tissues", {}) for c in free]),
     }
+
+
+def _pooled(parts: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = round(out.get(k, 0.0) + v, 3)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
