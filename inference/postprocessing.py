@@ -104,19 +104,6 @@ def unsure_components(labels: np.ndarray, probabilities: np.ndarray, label: int,
     return unsure[components]
 
 
-def drop_unsure_components(labels: np.ndarray, probabilities: np.ndarray, label: int,
-                           min_confidence: float) -> np.ndarray:
-    """``labels`` (a copy) whose unsure components of ``label`` (:func:`unsure_components`) take
-    the most probable other class."""
-    drop = unsure_components(labels, probabilities, label, min_confidence)
-    out = labels.copy()
-    if drop.any():
-        others = probabilities[:, drop].astype(np.float32)
-        others[label] = -1.0
-        out[drop] = others.argmax(axis=0).astype(labels.dtype)
-    return out
-
-
 def suppress_unsure(probabilities: np.ndarray, decision: "Decision") -> np.ndarray:
     """The probabilities with the decision's unsure components' class set to 0 there (a copy when
     something is dropped), so that the labels made from them leave those components out.
@@ -238,15 +225,26 @@ def _side_effect(pairs: list[tuple[np.ndarray, np.ndarray]], before: dict[int, f
     return change
 
 
-def _candidates(label: int, spacing_zyx: tuple[float, ...], with_probabilities: bool):
-    """(name, function of a label map and its probabilities) of every post-processing tried for
-    ``label`` (the confidence rule where every case kept its probabilities)."""
-    yield "keep_largest_component", lambda p, q: keep_largest_component(p, label)
+def _candidates(label: int, spacing_zyx: tuple[float, ...]):
+    """(name, function of a label map) of every volume and largest-component rule tried for ``label``
+    (the confidence rule needs the probabilities: :func:`_with_confidence`)."""
+    yield "keep_largest_component", lambda p: keep_largest_component(p, label)
     for ml in MIN_COMPONENT_LADDER_ML:
-        yield f"min_component_ml={ml}", lambda p, q, ml=ml: remove_small_components(p, label, ml, spacing_zyx)
-    if with_probabilities:
-        for t in MIN_CONFIDENCE_LADDER:
-            yield f"min_component_confidence={t}", lambda p, q, t=t: drop_unsure_components(p, q, label, t)
+        yield f"min_component_ml={ml}", lambda p, ml=ml: remove_small_components(p, label, ml, spacing_zyx)
+
+
+def _with_confidence(pairs: list[tuple[np.ndarray, np.ndarray]], probabilities: list[np.ndarray],
+                     rules: dict[int, float], foreground: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The CV cases' labels as prediction makes them with the confidence ``rules``: applied on the
+    probabilities until none drops more (:func:`suppress_unsure`, as ``predict``), then the
+    foreground rule when chosen. Without rules, the stored labels."""
+    out = []
+    for (pred, ref), probs in zip(pairs, probabilities):
+        labels = pred if not rules else np.asarray(
+            suppress_unsure(probs, PostprocessingRules(min_component_confidence=dict(rules))).argmax(axis=0),
+            dtype=pred.dtype)
+        out.append((keep_largest_foreground(labels) if foreground else labels, ref))
+    return out
 
 
 def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, str],
@@ -261,7 +259,7 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     cases = _cv_pairs(model_dir, data_dir)
     if not cases:
         return None
-    pairs = [(p, r) for _, p, r, _ in cases]
+    raw = [(p, r) for _, p, r, _ in cases]
     probabilities = [q for _, _, _, q in cases]
     with_probabilities = all(q is not None for q in probabilities)
     largest: list[int] = []
@@ -269,27 +267,31 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     min_confidence: dict[int, float] = {}
     evidence: dict[str, ClassEvidence] = {}
     classes = [k for k in sorted(labels) if k != 0]
-    before_all = _mean_over_classes(pairs, classes, space)
-    whole = [(keep_largest_foreground(p), r) for p, r in pairs]
+    before_all = _mean_over_classes(raw, classes, space)
+    whole = [(keep_largest_foreground(p), r) for p, r in raw]
     with_all = _mean_over_classes(whole, classes, space)
     foreground = not math.isnan(before_all) and with_all > before_all
     evidence["all foreground"] = ClassEvidence(label=0, dice_before=before_all,
                                                candidates={"keep_largest_foreground": with_all},
                                                choice="keep_largest_foreground" if foreground else "none",
                                                dice_after=with_all if foreground else before_all, enabled=foreground)
-    if foreground:
-        pairs = whole
+    pairs = whole if foreground else raw
     for label, name in sorted(labels.items()):
         if label == 0:
             continue
+        # the cases as prediction leaves them with the confidence rules chosen so far (classes before this)
         before = _mean_dice(pairs, label, space)
-        others = {k: _mean_dice(pairs, k, space) for k in classes if k != label}
-        tried, side = {}, {}
-        for cand, f in _candidates(label, spacing_zyx, with_probabilities):
-            changed = [(f(p, q), r) for (p, r), q in zip(pairs, probabilities)]
-            tried[cand] = _mean_dice(changed, label, space)
-            if cand.startswith("min_component_confidence"):  # its dropped voxels may become another class
-                side[cand] = _side_effect(changed, others, space)
+        tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space)
+                 for cand, f in _candidates(label, spacing_zyx)}
+        side: dict[str, float] = {}
+        confident: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        if with_probabilities:
+            others = {k: _mean_dice(pairs, k, space) for k in classes if k != label}
+            for t in MIN_CONFIDENCE_LADDER:
+                cand = f"min_component_confidence={t}"
+                confident[cand] = _with_confidence(raw, probabilities, {**min_confidence, label: t}, foreground)
+                tried[cand] = _mean_dice(confident[cand], label, space)
+                side[cand] = _side_effect(confident[cand], others, space)  # dropped voxels become other classes
         score = {c: tried[c] + side.get(c, 0.0) for c in tried}
         best = max(score, key=lambda c: (score[c], c == "keep_largest_component"))  # ties: the simpler rule
         enabled = not math.isnan(before) and score[best] > before
@@ -301,16 +303,18 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
             largest.append(label)
         elif enabled and best.startswith("min_component_confidence"):
             min_confidence[label] = float(best.split("=")[1])
+            pairs = confident[best]
         elif enabled:
             min_sizes[label] = float(best.split("=")[1])
     decision = PostprocessingDecision(
         keep_largest_component=tuple(largest), min_component_ml=min_sizes, evidence=evidence, cases=len(cases),
         grid_spacing_zyx=tuple(float(s) for s in spacing_zyx), keep_largest_foreground=foreground,
         min_component_confidence=min_confidence,
-        rule="all foreground as one where it raises the mean CV Dice over the classes; then per class, the "
-             "candidate with the highest mean CV Dice, where it beats none (the confidence candidates only where "
-             "every CV case kept its probabilities, each scored with the change it causes in the other classes' "
-             "Dice; prediction applies the confidence rules first, on the network's grid, until none drops more)")
+        rule="all foreground as one where it raises the mean CV Dice over the classes; then class by class, the "
+             "candidate with the highest mean CV Dice, where it beats none. Confidence candidates (where every CV "
+             "case kept its probabilities) are tried as prediction applies them: with the confidence rules of the "
+             "classes before, on the probabilities until none drops more, then the foreground rule; each is "
+             "scored with the change it causes in the other classes' Dice")
     decision.save(ModelFolder(model_dir).postprocessing)
     log.info("post-processing from %d CV cases: %s", len(cases), describe(decision, labels))
     return decision

@@ -190,6 +190,20 @@ def test_voxels_an_unsure_vessel_gives_to_tumour_are_judged_as_tumour() -> None:
     assert (vessel_only[false_vessel] == 2).all()  # without a tumour rule the next class is tumour
 
 
+def test_voxels_handed_back_and_forth_are_judged_again_until_no_rule_drops_more() -> None:
+    """A false tumour the network half believes (0.5) whose runner-up is vessel (0.4): the tumour rule
+    drops it after the vessel rule has run, so only a second round lets the vessel rule judge the
+    voxels it received (background, not a false vessel)."""
+    from autoseg.inference.postprocessing import suppress_unsure
+
+    ref, probs, region = _vessel_over_tumour()
+    probs[:, region] = np.array([0.1, 0.4, 0.5], np.float32)[:, None]  # now a false tumour, vessel runner-up
+    labels = suppress_unsure(probs, {"min_component_confidence": {"1": 0.6, "2": 0.8}}).argmax(0)
+    assert np.array_equal(labels, ref)
+    tumour_only = suppress_unsure(probs, {"min_component_confidence": {"2": 0.8}}).argmax(0)
+    assert (tumour_only[region] == 1).all()
+
+
 def test_a_confidence_rule_is_charged_for_the_false_class_its_dropped_voxels_become(tmp_path: Path) -> None:
     """In cross-validation, dropping the false vessel raises vessel Dice but makes a false tumour in
     a case that has a true one: the candidate is scored with the tumour Dice it costs, so the rule
@@ -212,6 +226,28 @@ def test_a_confidence_rule_is_charged_for_the_false_class_its_dropped_voxels_bec
     cost = vessel["other_classes_change"]["min_component_confidence=0.6"]
     assert cost == pytest.approx(tumour_after - 1.0, abs=1e-6)  # tumour Dice 1.0 -> 0.23
     assert "1" not in decision["min_component_confidence"]  # 1.0 - 0.77 < 0.47: not worth it
+
+
+def test_cross_validation_tries_a_class_rule_on_the_cases_the_earlier_rules_leave(tmp_path: Path) -> None:
+    """The vessel rule pays (a large true tumour makes its false-tumour side effect small) and is
+    chosen; the tumour candidates are then tried on the cases as prediction leaves them, with the
+    vessel rule's false tumour in them, and a tumour rule that removes it is chosen too (keeping the
+    largest tumour ties with the confidence rule here, and the simpler rule wins ties)."""
+    ref, probs, false_vessel = _vessel_over_tumour()
+    ref[2:10, 6:11, 8:13] = 2  # a true tumour of 200 voxels, apart from the false vessel
+    probs[:, ref == 2] = np.array([0.0, 0.0, 0.97], np.float32)[:, None]
+    pred = probs.argmax(0).astype(np.uint8)
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, pred, ref, np.round(probs * 255).astype(np.uint8))
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {1: "vessel", 2: "tumour"},
+                                        (2.0, 2.0, 2.0))
+    assert decision is not None and decision["min_component_confidence"] == {"1": 0.6}
+    tumour = decision["evidence"]["tumour"]
+    assert tumour["candidates"]["min_component_confidence=0.6"] == pytest.approx(1.0)
+    assert tumour["choice"] == "keep_largest_component" and decision["keep_largest_component"] == [2]
+    handed_over = 2 * 200 / (200 + 200 + 54)  # tumour Dice once the false vessel's voxels are tumour
+    assert decision["evidence"]["tumour"]["dice_before"] == pytest.approx(handed_over, abs=1e-6)
+    assert decision["evidence"]["tumour"]["dice_after"] == pytest.approx(1.0)
 
 
 def describe_decision(decision: PostprocessingDecision) -> str:
