@@ -425,9 +425,17 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     if args.roi_model:
         roi_path = Path(args.roi_model)
         roi = open_model(roi_path if roi_path.exists() else trained_model_folder(args.roi_model, None, settings))
-    if args.tile_scale < 1:
+    if not args.tile_scale >= 1:  # NaN too
         raise ConfigurationError(f"--tile-scale {args.tile_scale}: a tile is at least the trained patch",
                                  fix="give 1 (the patch) or more, e.g. --tile-scale 2")
+    if args.tile_scale != 1:
+        from autoseg.inference.model import OnnxModel
+
+        for m in (model, roi):
+            if isinstance(m, OnnxModel):
+                raise ConfigurationError("--tile-scale: an ONNX export takes only the patch it was exported at",
+                                         m.folder, "predict with the PyTorch model folder or archive, or without "
+                                                   "--tile-scale")
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap, localise=args.localise,
                              tile_scale=args.tile_scale,
                              precision=resolve_precision(args.precision, args.device),

@@ -11,7 +11,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+import functools
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,18 +45,21 @@ class WindowOptions:
 
 def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[int, ...]:
     """The tile :func:`slide` uses for a case of ``shape``: the plans' patch times ``scale`` along
-    each axis, rounded up to the network's total stride, never larger than the case (rounded up the
-    same way) nor smaller than the patch."""
+    each axis, rounded up to the network's total stride, never larger than the case (rounded down to
+    that stride, so no case is padded that was not before) nor smaller than the patch."""
     if scale < 1:
         raise ValueError(f"tile_scale must be at least 1, got {scale}")
     patch = tuple(int(p) for p in plans.patch_size)
     if scale == 1:
         return patch
-    strides = plans.network.kwargs.get("strides") or [[1] * len(patch)]
+    strides = plans.network.kwargs.get("strides")
+    if not strides:
+        raise ValueError(f"plans of network {plans.network.name} name no strides: a tile other than the patch "
+                         "needs them (predict with tile_scale 1)")
     divisor = [math.prod(int(s[a]) for s in strides) for a in range(len(patch))]
     tile = []
     for p, n, d in zip(patch, shape, divisor):
-        wanted = min(math.ceil(p * scale / d) * d, math.ceil(n / d) * d)
+        wanted = min(math.ceil(p * scale / d) * d, (n // d) * d)  # at most the case: no padding beyond it
         tile.append(max(p, wanted))
     return tuple(tile)
 
@@ -75,15 +78,14 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
                                   regions=plans.regions)
 
 
-@lru_cache(maxsize=8)
 def gaussian_importance(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.ndarray:
-    """A Gaussian over the patch, maximum 1, minimum clipped above 0 so no voxel gets zero weight."""
-    grids = np.meshgrid(*[np.arange(p) - (p - 1) / 2 for p in patch], indexing="ij")
-    sq = sum((g / max(p * sigma_scale, 1e-6)) ** 2 for g, p in zip(grids, patch))
-    weight = np.exp(-0.5 * sq).astype(np.float32)
+    """A Gaussian over the patch, maximum 1, minimum clipped at 1e-3 so no voxel gets zero weight;
+    built as the outer product of one float32 Gaussian per axis (a large tile needs no float64 grids)."""
+    axes = [np.exp(-0.5 * ((np.arange(p) - (p - 1) / 2) / max(p * sigma_scale, 1e-6)) ** 2).astype(np.float32)
+            for p in patch]
+    weight = functools.reduce(np.multiply.outer, axes)
     weight /= weight.max()
-    weight[weight == 0] = weight[weight > 0].min()
-    return np.asarray(np.maximum(weight, 1e-3))
+    return np.asarray(np.maximum(weight, np.float32(1e-3)), dtype=np.float32)
 
 
 def tile_starts(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> list[list[int]]:

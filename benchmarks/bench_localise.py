@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name or name in runs:
             raise SystemExit(f"--variant {spec!r}: give NAME=FLAGS with a new NAME (taken: {', '.join(runs)})")
         runs[name] = shlex.split(flags)
+    unknown = sorted(set(args.reuse) - set(runs))
+    if unknown:
+        raise SystemExit(f"--reuse {', '.join(unknown)}: no such run (runs: {', '.join(runs)})")
 
     task = write_task(args.work / "raw", "Task08", num_training=1, num_test=args.cases, seed=args.seed,
                       spacing_range=SMALL_SPACING if args.small else FULL_SPACING)

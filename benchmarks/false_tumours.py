@@ -87,6 +87,9 @@ def false_tumour_tissues(task: Path, case: str, pred: np.ndarray, spacing: tuple
     if key not in _TISSUES:
         _TISSUES[key] = tissue_maps(task, only={case})[case]
     tissues, names = _TISSUES[key], tissue_names(task)
+    if tissues.shape != pred.shape:
+        raise SystemExit(f"{task}: the phantom's tissue map of {case} has shape {tissues.shape}, the prediction "
+                         f"{pred.shape}: the task folder no longer matches its phantom.json")
     values, counts = np.unique(tissues[pred == 2], return_counts=True)
     ml = float(np.prod(spacing)) / 1000.0
     return {names.get(int(v), str(int(v))): round(float(n) * ml, 3) for v, n in zip(values, counts)}
@@ -126,6 +129,11 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
                       family=family, tumour_free_share=args.tumour_free_share if family != 1 else None)
     env = dict(os.environ, AUTOSEG_RAW=str(raw), AUTOSEG_PREPROCESSED=str(work / "preprocessed"))
     autoseg(["plan_and_preprocess", "-d", "Task08"], env, work / "plan.log")
+    if args.merged:  # the merged dataset, once for every seed
+        write_task(raw, "Task03", num_training=args.cases, num_test=0, seed=LIVER_SEED[family], family=family,
+                   tumour_free_share=args.tumour_free_share if family != 1 else None)
+        autoseg(["plan_and_preprocess", "-d", "Task03"], env, work / "plan.log")
+        autoseg(["plan_and_preprocess", "-d", "Task03", "-d", "Task08", "--merge", MERGED], env, work / "plan.log")
     out: dict[str, Any] = {}
     for seed in args.seeds:
         run_env = dict(env, AUTOSEG_RESULTS=str(work / f"results_seed{seed}"))
@@ -156,10 +164,6 @@ def run_merged(family: int, seed: int, args: argparse.Namespace, work: Path, env
                task: Path) -> dict[str, Any]:
     """The merged model's arms for one seed (module docstring)."""
     raw = work / "raw"
-    write_task(raw, "Task03", num_training=args.cases, num_test=0, seed=LIVER_SEED[family], family=family,
-               tumour_free_share=args.tumour_free_share if family != 1 else None)
-    autoseg(["plan_and_preprocess", "-d", "Task03"], env, work / "plan.log")
-    autoseg(["plan_and_preprocess", "-d", "Task03", "-d", "Task08", "--merge", MERGED], env, work / "plan.log")
     labels = json.loads(next(raw.glob(f"*_{MERGED}")).joinpath("dataset.json").read_text())["labels"]
     to_task08 = {int(k): {"vessel": 1, "tumour": 2}.get(v, 0) for k, v in labels.items()}
     results = work / f"results_merged_seed{seed}"

@@ -4,7 +4,7 @@
 Task08 has 303 training CTs of 512x512 in-plane and 24-181 slices. This writes one pool of
 clinical-size Task08 phantoms (0.68-0.78 mm in-plane, 1.8-5 mm slices, as ``bench_preprocess.py``)
 and, per size N, a task of the pool's first N training cases and the same held-out test cases
-(hard links: the cases of a smaller task are those of the larger ones, so a curve compares like
+(written apart, so every size and every later run predicts the same ones; hard links: the cases of a smaller task are those of the larger ones, so a curve compares like
 with like). Each size is raced by ``race.py --task`` with a step budget of one epoch (``--steps``,
 default 50: autoseg's epoch, nnU-Net's trainer at 50 iterations an epoch too), autoseg against
 nnU-Net on the race's hand-shrunk plan (nnU-Net's default plan would spend the run in its first
@@ -40,25 +40,32 @@ from bench_preprocess import FULL_SPACING  # noqa: E402
 DEFAULT_OUT = BENCH / "results" / "growth.json"
 PICTURE = REPO / "docs" / "growth.png"
 POOL_SEED = 3030  # patients of their own
+TEST_SEED = 3031  # the held-out cases, written apart so that every size and every run predicts the same ones
+CONTESTANTS = {"autoseg": "autoseg", "nnunet": "nnunet_small"}
 
 
-def subset_task(pool: Path, out: Path, n: int) -> Path:
-    """An MSD task of ``pool``'s first ``n`` training cases and all its test cases, as hard links
-    (a copy where the file system refuses one); rewritten when ``n`` or the pool changed."""
+def subset_task(pool: Path, out: Path, n: int, tests: Path | None = None) -> Path:
+    """An MSD task of ``pool``'s first ``n`` training cases and all the test cases of ``tests``
+    (default: the pool's), as hard links (a copy where the file system refuses one); rewritten when
+    ``n`` or the pool changed."""
+    tests = tests or pool
     meta = json.loads((pool / "dataset.json").read_text())
     if n > len(meta["training"]):
         raise SystemExit(f"the pool {pool} has {len(meta['training'])} training cases, not {n}")
-    wanted = dict(meta, training=meta["training"][:n], numTraining=n)
+    held_out = sorted((tests / "imagesTs").glob("*.nii.gz"))
+    rename = (lambda name: name) if tests == pool else (lambda name: f"test_{name}")  # apart from the pool's names
+    wanted = dict(meta, training=meta["training"][:n], numTraining=n, numTest=len(held_out),
+                  test=[f"./imagesTs/{rename(p.name)}" for p in held_out])
     if (out / "dataset.json").is_file() and json.loads((out / "dataset.json").read_text()) == wanted:
         return out
     shutil.rmtree(out, ignore_errors=True)
     for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (out / folder).mkdir(parents=True)
     files = [pair[k] for pair in wanted["training"] for k in ("image", "label")]
-    files += [str(Path("imagesTs") / p.name) for p in (pool / "imagesTs").glob("*.nii.gz")]
-    files += [str(Path("labelsTs") / p.name) for p in (pool / "labelsTs").glob("*.nii.gz")]
-    for rel in files:
-        src, dst = pool / rel, out / rel
+    sources = [(pool / rel, out / rel) for rel in files]
+    sources += [(p, out / "imagesTs" / rename(p.name)) for p in held_out]
+    sources += [(tests / "labelsTs" / p.name, out / "labelsTs" / rename(p.name)) for p in held_out]
+    for src, dst in sources:
         try:
             os.link(src, dst)
         except OSError:
@@ -80,20 +87,27 @@ def folder_bytes(folder: Path) -> int:
 
 
 def race_size(task: Path, n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Race the size-``n`` task (or reuse its results) and gather the figures of both tools."""
+    """Race the size-``n`` task (or reuse its results when both rows of this budget are there for
+    these very cases) and gather the figures of both tools."""
+    import race_task as rt
+
     results = work / f"race_n{n}.json"
     race_work = work / f"race_n{n}"
-    if args.redo or not results.is_file() or not json.loads(results.read_text()).get("runs"):
+    keys = {tool: f"{row}@{args.steps}steps" for tool, row in CONTESTANTS.items()}
+    raced = json.loads(results.read_text()) if results.is_file() else {}
+    current = raced.get("task") == rt.load_task(task).describe("") and all(k in raced.get("runs", {})
+                                                                           for k in keys.values())
+    if args.redo or not current:
         subprocess.run([sys.executable, str(BENCH / "race.py"), "--task", str(task), "--budgets", f"{args.steps}steps",
-                        "--contestants", "autoseg", "nnunet_small", "--seeds", "1", "--work", str(race_work),
+                        "--contestants", *CONTESTANTS.values(), "--seeds", "1", "--work", str(race_work),
                         "--results", str(results), "--no-docs"], check=True)
-    raced = json.loads(results.read_text())
+        raced = json.loads(results.read_text())
     plan = raced["plan_and_preprocess"]
-    runs = {row["contestant"]: row for row in raced["runs"].values()}
     disk = {"autoseg": folder_bytes(race_work / "autoseg_pre"),
             "nnunet": folder_bytes(race_work / "nnunet" / "preprocessed")}
     out: dict[str, Any] = {"cases": n}
-    for tool, row in (("autoseg", runs["autoseg"]), ("nnunet", runs["nnunet_small"])):
+    for tool, key in keys.items():
+        row = raced["runs"][key]
         out[tool] = {"plan_and_preprocess_s": plan[tool]["wall_s"], "plan_and_preprocess_gib": plan[tool]["peak_rss_gib"],
                      "train_s": row["train_wall_s"], "train_gib": row["train_peak_rss_gib"], "steps": row["steps"],
                      "predict_s": row["predict_wall_s"], "predict_gib": row["predict_peak_rss_gib"],
@@ -147,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     from autoseg.phantom import write_task
 
     work = args.work.resolve()
-    pool = write_task(work / "pool", "Task08", num_training=max(args.sizes), num_test=args.test, seed=POOL_SEED,
+    pool = write_task(work / "pool", "Task08", num_training=max(args.sizes), num_test=0, seed=POOL_SEED,
                       spacing_range=FULL_SPACING)
-    rows = [race_size(subset_task(pool, work / f"n{n}" / pool.name, n), n, args, work) for n in sorted(args.sizes)]
+    tests = write_task(work / "tests", "Task08", num_training=1, num_test=args.test, seed=TEST_SEED,
+                       spacing_range=FULL_SPACING)
+    rows = [race_size(subset_task(pool, work / f"n{n}" / pool.name, n, tests), n, args, work)
+            for n in sorted(args.sizes)]
     report = {"benchmark": "growth", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "benchmarks/growth.py " + " ".join(sys.argv[1:]), "cpu": cpu_model(),
               "cpu_count": os.cpu_count(), "steps": args.steps, "test_cases": args.test, "sizes": rows}

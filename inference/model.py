@@ -282,7 +282,8 @@ def trained_model_folder(dataset: str, network: str | None, settings: Settings) 
     if network is None and not chosen.plans.is_file():
         trained = sorted(p.parent.name for p in results.root.glob(f"*/{chosen.plans.name}"))
         if trained:  # e.g. only `train --regions` has run: its folder is not the planned network's
-            raise AutosegError(f"no model of the planned network {chosen.root.name} is trained for {dataset}; "
-                               f"trained: {', '.join(trained)}", chosen.root,
-                               f"pass --network {trained[0]} (or run `autoseg find_best -d {dataset}` to choose)")
+            raise AutosegError(f"no model {chosen.root.name} is trained for {dataset}; trained: "
+                               f"{', '.join(trained)}", chosen.root,
+                               f"name one (predict, export and serve take --network {trained[0]}), or run "
+                               f"`autoseg find_best -d {dataset}` to choose")
     return chosen.root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,11 @@ def growth():
 
 def test_a_size_n_task_holds_the_pools_first_n_cases_and_all_its_test_cases(tmp_path: Path, growth) -> None:
     pool = write_task(tmp_path / "pool", "Task08", num_training=3, num_test=1, seed=4, spacing_range=SMALL_SPACINGS)
+    tests = write_task(tmp_path / "tests", "Task08", num_training=1, num_test=1, seed=5, spacing_range=SMALL_SPACINGS)
+    apart = growth.subset_task(pool, tmp_path / "apart" / pool.name, 2, tests)
+    assert sorted(p.name for p in (apart / "imagesTs").iterdir()) == ["test_hepaticvessel_001.nii.gz"]
+    assert sorted(p.name for p in (apart / "labelsTs").iterdir()) == ["test_hepaticvessel_001.nii.gz"]
+    assert json.loads((apart / "dataset.json").read_text())["test"] == ["./imagesTs/test_hepaticvessel_001.nii.gz"]
     task = growth.subset_task(pool, tmp_path / "n2" / pool.name, 2)
     meta = json.loads((task / "dataset.json").read_text())
     pool_meta = json.loads((pool / "dataset.json").read_text())
@@ -31,8 +37,12 @@ def test_a_size_n_task_holds_the_pools_first_n_cases_and_all_its_test_cases(tmp_
     assert len(list((task / "imagesTr").iterdir())) == 2
     stamp = (task / "dataset.json").stat().st_mtime_ns
     assert growth.subset_task(pool, task, 2) == task and (task / "dataset.json").stat().st_mtime_ns == stamp
-    # hard links are counted once: the pool and a task cut from it hold the pool's bytes
-    assert growth.folder_bytes(tmp_path) == growth.folder_bytes(pool) + (task / "dataset.json").stat().st_size
+    # a file and its hard link are counted once
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "a").write_bytes(b"x" * 1000)
+    os.link(both / "a", both / "b")
+    assert growth.folder_bytes(both) == 1000 and growth.folder_bytes(tmp_path / "missing") == 0
     with pytest.raises(SystemExit, match="has 3 training cases, not 5"):
         growth.subset_task(pool, tmp_path / "n5", 5)
 
@@ -43,3 +53,37 @@ def test_the_picture_is_drawn_from_the_rows(tmp_path: Path, growth) -> None:
     rows = [{"cases": n, "autoseg": dict(tool), "nnunet": dict(tool)} for n in (10, 40)]
     growth.plot(rows, tmp_path / "growth.png")
     assert (tmp_path / "growth.png").stat().st_size > 10_000
+
+
+def test_a_size_is_raced_again_unless_its_rows_of_this_budget_and_cases_are_there(
+        tmp_path: Path, growth, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import race_task as rt
+
+    task = write_task(tmp_path / "t", "Task08", num_training=2, num_test=1, seed=6, spacing_range=SMALL_SPACINGS)
+    calls: list[list[str]] = []
+
+    def row(steps: int) -> dict:
+        return {"train_wall_s": float(steps), "train_peak_rss_gib": 1.0, "steps": steps, "predict_wall_s": 2.0,
+                "predict_peak_rss_gib": 1.0}
+
+    def fake_race(cmd: list[str], check: bool) -> None:
+        calls.append(cmd)
+        steps = int(cmd[cmd.index("--budgets") + 1].removesuffix("steps"))
+        runs = {f"{c}@{s}steps": row(s) for c in ("autoseg", "nnunet_small") for s in (steps, 999)}
+        (tmp_path / "race_n2.json").write_text(json.dumps({
+            "task": rt.load_task(task).describe(""), "runs": runs,
+            "plan_and_preprocess": {t: {"wall_s": 1.0, "peak_rss_gib": 1.0} for t in ("autoseg", "nnunet")}}))
+
+    monkeypatch.setattr(growth.subprocess, "run", fake_race)
+    args = argparse.Namespace(steps=50, redo=False)
+    first = growth.race_size(task, 2, args, tmp_path)
+    assert len(calls) == 1 and first["autoseg"]["steps"] == 50 and first["nnunet"]["train_s"] == 50.0
+    assert growth.race_size(task, 2, args, tmp_path)["autoseg"]["steps"] == 50 and len(calls) == 1  # reused
+    growth.race_size(task, 2, argparse.Namespace(steps=60, redo=False), tmp_path)
+    assert len(calls) == 2  # another budget: raced again
+    stored = json.loads((tmp_path / "race_n2.json").read_text())
+    stored["task"]["test_cases"] = ["another"]
+    (tmp_path / "race_n2.json").write_text(json.dumps(stored))
+    growth.race_size(task, 2, argparse.Namespace(steps=60, redo=False), tmp_path)
+    assert len(calls) == 3  # other cases: raced again

@@ -60,10 +60,12 @@ def test_inference_tiles_grow_by_the_scale_in_steps_of_the_networks_stride_up_to
     assert inference_tile(plans, (100, 400, 400), 1.0) == (24, 64, 96)
     assert inference_tile(plans, (100, 400, 400), 2.0) == (48, 128, 192)
     assert inference_tile(plans, (100, 400, 400), 1.3) == (32, 96, 128)  # 31.2, 83.2, 124.8 rounded up by stride
-    assert inference_tile(plans, (30, 100, 150), 4.0) == (32, 112, 160)  # at most the case, rounded up
+    assert inference_tile(plans, (30, 100, 150), 4.0) == (24, 96, 144)  # at most the case: no new padding
     assert inference_tile(plans, (10, 40, 40), 4.0) == (24, 64, 96)  # never below the patch (the case is padded)
     with pytest.raises(ValueError, match="at least 1"):
         inference_tile(plans, (100, 400, 400), 0.5)
+    with pytest.raises(ValueError, match="no strides"):
+        inference_tile(_plans_with_patch((24, 64, 96), []), (100, 400, 400), 2.0)
 
 
 def test_a_larger_tile_slides_the_same_pointwise_network_to_the_same_probabilities() -> None:

@@ -186,6 +186,13 @@ def test_export_archive_and_onnx_predict_like_the_training_folder(env: Path, tmp
     assert read_json(outputs["onnx"] / "report.json")["cases"][0]["precision"] == "fp32"
     assert np.array_equal(_probabilities(outputs["zip"]), reference)
     assert np.abs(_probabilities(outputs["onnx"]) - reference).max() < 2e-3  # float16 storage
+    # an ONNX graph is fixed to its patch: larger tiles are refused up front, naming the export
+    capsys.readouterr()
+    assert main(["predict", "-i", str(images), "-o", str(tmp_path / "tiles"), "-m", str(onnx_dir), "-f", "0",
+                 "--tile-scale", "2"]) != 0
+    assert "exported at" in capsys.readouterr().err and not (tmp_path / "tiles").exists()
+    assert main(["predict", "-i", str(images), "-o", str(tmp_path / "tiles"), "-m", str(archive), "-f", "0",
+                 "--tile-scale", "2"]) == 0  # the PyTorch archive takes them
     # a damaged archive is caught by its checksums, not loaded
     data = bytearray(archive.read_bytes())
     damaged = tmp_path / "damaged.zip"
