@@ -286,10 +286,11 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
         side: dict[str, float] = {}
         confident: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if with_probabilities:
+            kept = [q for q in probabilities if q is not None]  # every case's (with_probabilities)
             others = {k: _mean_dice(pairs, k, space) for k in classes if k != label}
             for t in MIN_CONFIDENCE_LADDER:
                 cand = f"min_component_confidence={t}"
-                confident[cand] = _with_confidence(raw, probabilities, {**min_confidence, label: t}, foreground)
+                confident[cand] = _with_confidence(raw, kept, {**min_confidence, label: t}, foreground)
                 tried[cand] = _mean_dice(confident[cand], label, space)
                 side[cand] = _side_effect(confident[cand], others, space)  # dropped voxels become other classes
         score = {c: tried[c] + side.get(c, 0.0) for c in tried}
