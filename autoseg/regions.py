@@ -27,8 +27,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:  # torch is imported where it is used: the fingerprint's workers import this module
     import torch
 
@@ -126,6 +124,12 @@ def region_problems(regions: Sequence[Region], labels: Mapping[int, str]) -> lis
     return out
 
 
+def num_classes_of(regions: Sequence[Region]) -> int:
+    """The classes region outputs decide between, background included (every foreground class has a
+    region, :func:`region_problems`)."""
+    return max(max(r.classes) for r in regions) + 1
+
+
 def region_lookup(regions: Sequence[Region], num_classes: int) -> torch.Tensor:
     """``(num_classes, R)`` float: 1 where a class lies in a region."""
     import torch
@@ -171,13 +175,5 @@ def decide(logits: torch.Tensor, regions: Sequence[Region] | None) -> torch.Tens
     region outputs nnU-Net's threshold decision (the arg-max of :func:`class_scores`)."""
     if not regions:
         return logits.argmax(1)
-    return class_scores(logits, regions, max(max(r.classes) for r in regions) + 1).argmax(1)
+    return class_scores(logits, regions, num_classes_of(regions)).argmax(1)
 
-
-def threshold_labels(sigmoids: np.ndarray, regions: Sequence[Region]) -> np.ndarray:
-    """nnU-Net's decision, for comparison: the label of the last region (in order) whose sigmoid
-    exceeds 0.5, else background. ``sigmoids``: ``(R, *spatial)``."""
-    out = np.zeros(sigmoids.shape[1:], dtype=np.uint8)
-    for s, r in zip(sigmoids, regions):
-        out[s > 0.5] = r.label
-    return out

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
 from autoseg.errors import AutosegError
+from autoseg.networks.config import parse_topology
 from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
 from autoseg.regions import Region, class_probabilities
@@ -52,13 +53,11 @@ def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[in
     patch = tuple(int(p) for p in plans.patch_size)
     if scale == 1:
         return patch
-    strides = plans.network.kwargs.get("strides")
-    if not strides:
+    if not plans.network.kwargs.get("strides"):
         raise ValueError(f"plans of network {plans.network.name} name no strides: a tile other than the patch "
                          "needs them (predict with tile_scale 1)")
-    divisor = [math.prod(int(s[a]) for s in strides) for a in range(len(patch))]
     tile = []
-    for p, n, d in zip(patch, shape, divisor):
+    for p, n, d in zip(patch, shape, parse_topology(plans.network.kwargs).total_stride):
         wanted = min(math.ceil(p * scale / d) * d, (n // d) * d)  # at most the case: no padding beyond it
         tile.append(max(p, wanted))
     return tuple(tile)

@@ -19,7 +19,7 @@ from autoseg.phantom import write_task
 from autoseg.plans import Plans
 from autoseg.planners.fingerprint import label_shells
 from autoseg.regions import (Region, class_probabilities, decide, nesting_from_shells, region_problems,
-                             region_targets, regions_from_nesting, threshold_labels)
+                             region_targets, regions_from_nesting)
 from autoseg.training.losses import DeepSupervision, RegionDiceBCE, build_loss
 from autoseg.training.run import TrainRequest, apply_overrides
 
@@ -27,6 +27,15 @@ from .workspaces import SMALL_SPACINGS, use_workspace
 
 TASK03 = {0: "background", 1: "liver", 2: "tumour"}
 LIVER_TUMOUR = (Region(1, (1, 2)), Region(2, (2,)))
+
+
+def threshold_labels(sigmoids: np.ndarray, regions: tuple[Region, ...]) -> np.ndarray:
+    """nnU-Net's decision, the reference the region rule is checked against: the label of the last
+    region (in order) whose sigmoid exceeds 0.5, else background. ``sigmoids``: ``(R, *spatial)``."""
+    out = np.zeros(sigmoids.shape[1:], dtype=np.uint8)
+    for s, r in zip(sigmoids, regions):
+        out[s > 0.5] = r.label
+    return out
 
 
 def _ball(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float) -> np.ndarray:

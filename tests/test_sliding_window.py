@@ -50,7 +50,10 @@ def _plans_with_patch(patch: tuple[int, int, int], strides: list[list[int]]):
     return Plans(dataset_name="t", channel_names=("CT",), labels={0: "background", 1: "a", 2: "b"}, is_ct=True,
                  target_spacing=(2.5, 1.0, 1.0), median_shape=(40, 100, 100), patch_size=patch, batch_size=2,
                  normalisation=(Normalisation("ct", (-160.0, 240.0), 50.0, 40.0),),
-                 network=NetworkPlan("arunet", {"strides": strides}), estimates=Estimates("cpu", 2**30, 2**29))
+                 network=NetworkPlan("arunet", {"n_stages": len(strides), "features_per_stage": [8] * len(strides),
+                                                "strides": strides, "kernel_sizes": [[3, 3, 3]] * len(strides),
+                                                "deep_supervision": False}),
+                 estimates=Estimates("cpu", 2**30, 2**29))
 
 
 def test_inference_tiles_grow_by_the_scale_in_steps_of_the_networks_stride_up_to_the_case() -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoseg.partial_labels import LabelSpace
-from autoseg.regions import Region, region_targets
+from autoseg.regions import Region, num_classes_of, region_targets
 from autoseg.registry import Registry
 
 
@@ -223,7 +223,7 @@ class RegionDiceBCE(nn.Module):
                  weighted: bool = False, anneal: bool = False, smooth: float = 1e-5):
         super().__init__()
         self.regions = tuple(regions)
-        self.num_classes = max(max(r.classes) for r in self.regions) + 1
+        self.num_classes = num_classes_of(self.regions)
         self.w_dice, self.w_bce, self.weighted, self.anneal, self.smooth = w_dice, w_bce, weighted, anneal, smooth
         self.progress = 0.0
 
