@@ -470,6 +470,9 @@ class CaseReport(Artefact):
     #: and the share of the grid's voxels those tiles cover.
     localised_tiles: tuple[int, int] | None = optional()
     localised_share: float | None = optional()
+    #: What found the region: the dataset's localiser (its folder) or ``scout`` (the model's first
+    #: network without overlap).
+    localised_by: str | None = optional()
     postprocessing: PostprocessingRules | None = optional()
     roi: RoiReport | None = optional()
     #: What each label of the case's label map means (background included): the model's labels, or

@@ -83,6 +83,10 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
                    help="adopt a trained model's network, patch, batch and target spacing (a model folder, "
                         "an exported .zip or a built-in model such as 'synthetic'), so that `train --init MODEL` "
                         "can start from its weights")
+    p.add_argument("--localiser", action="store_true",
+                   help="also plan and preprocess the dataset's localiser (<dataset>/localiser/: the same network "
+                        "at twice the spacing), which `train --localiser` trains and `predict --localise` uses to "
+                        "find where the structures are before the folds slide at full resolution")
     p.set_defaults(func=_cmd_plan)
 
 
@@ -113,7 +117,7 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
     dataset = _dataset_to_plan(args.dataset, args.merge, settings)
     out = plan_and_preprocess(dataset, settings, options, stages=stages, max_slices=args.max_slices,
-                              workers=args.workers, force=args.force)
+                              workers=args.workers, force=args.force, localiser=args.localiser)
     print(f"done: {out}")
     return 0
 
@@ -221,6 +225,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="one sigmoid per region of nested classes (liver = liver + tumour, tumour) instead of "
                         "a softmax, as nnU-Net trains nested structures; the model goes to <network>_regions "
                         "and find_best chooses between the two by cross-validation")
+    p.add_argument("--localiser", action="store_true",
+                   help="train the dataset's localiser (planned by `plan_and_preprocess --localiser`) instead of "
+                        "the model; it goes to <dataset>/localiser/ and `predict --localise` uses it (one fold "
+                        "is enough, e.g. -f 0)")
     p.add_argument("--recipe", default=None, help="sgd_poly, adam_plateau or adam_poly (default: planned)")
     p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or "
                                                 "weighted_dice_focal (default: the recipe's)")
@@ -280,7 +288,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                        recipe=args.recipe, loss=args.loss, epochs=args.epochs,
                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
                        steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
-                       force=args.force, seed=args.seed, regions=args.regions)
+                       force=args.force, seed=args.seed, regions=args.regions, localiser=args.localiser)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",
@@ -372,7 +380,11 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--localise", action="store_true",
                    help="a first pass of one network without overlap finds the foreground; the folds then "
                         "predict only the tiles that hold it (faster; docs/inference.md says what it can "
-                        "change). Default: every fold over the whole case")
+                        "change). Default: every fold over the whole case. The dataset's localiser, when "
+                        "trained (train --localiser), takes the first look instead, at an eighth of the cost")
+    p.add_argument("--localiser", type=Path, default=None, metavar="FOLDER",
+                   help="with --localise: this localiser's folder (default: <results>/<dataset>/localiser beside "
+                        "the model, when trained)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto (default: CUDA when there is one, else the CPU), cpu or cuda")
     p.add_argument("--threads", type=_positive_int, default=None,
@@ -436,8 +448,9 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                 raise ConfigurationError("--tile-scale: an ONNX export takes only the patch it was exported at",
                                          m.folder, "predict with the PyTorch model folder or archive, or without "
                                                    "--tile-scale")
+    localiser = _localiser(args, model)
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap, localise=args.localise,
-                             tile_scale=args.tile_scale,
+                             localiser=localiser, tile_scale=args.tile_scale,
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
                                                            ("overlays", args.overlays),
@@ -466,6 +479,18 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
               f"{RunOutputs(args.output).report}", file=sys.stderr)
         return 2
     return 0
+
+
+def _localiser(args: argparse.Namespace, model: "Model") -> "Model | None":
+    """The localiser ``--localise`` uses: ``--localiser``'s, else the one trained beside the model."""
+    from autoseg.inference.localise import find_localiser, open_localiser
+
+    if args.localiser is not None:
+        if not args.localise:
+            raise ConfigurationError("--localiser is the first look of --localise", args.localiser,
+                                     "add --localise, or drop --localiser")
+        return open_localiser(args.localiser, model)
+    return find_localiser(model) if args.localise else None
 
 
 EPILOG_EVALUATE = """examples:

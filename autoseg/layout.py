@@ -11,9 +11,12 @@ where it is.
     $AUTOSEG_PREPROCESSED/<dataset>/            PreprocessedDataset
         fingerprint.json  slices.png  plans.json  splits.json
         data/<case>.b2nd  data/<case>_seg.b2nd  data/<case>.json     CaseFiles
+        localiser/                              PreprocessedDataset of the localiser: plans.json,
+                                                splits.json, data/ (a coarser spacing)
     $AUTOSEG_RESULTS/<dataset>/                 ResultsDataset: cv_summary.json, best.json
         <network>/  or  ensemble__<a>__<b>/     ModelFolder: plans.json, postprocessing.json,
                                                 ensemble.json (an ensemble's members)
+        localiser/                              ModelFolder of the dataset's localiser
             fold_K/                             FoldFolder: checkpoint_{final,latest,best}.pt,
                                                 fold.json, log.jsonl, progress.png
                 validation/                     ValidationFolder: summary.json,
@@ -40,6 +43,8 @@ CALIBRATION = "calibration.json"
 LOCK = ".lock"
 #: Label maps autoseg writes (predictions, fold validation, the viewer's jobs).
 LABEL_MAP_ENDING = ".nii.gz"
+#: The localiser's folder, in a dataset's preprocessed folder and in its results (never a network's name).
+LOCALISER_FOLDER = "localiser"
 
 CheckpointKind = Literal["final", "latest", "best"]
 CHECKPOINT_KINDS: tuple[CheckpointKind, ...] = ("final", "latest", "best")
@@ -133,6 +138,11 @@ class PreprocessedDataset:
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    @property
+    def localiser(self) -> "PreprocessedDataset":
+        """The localiser's plans, splits and cases (``plan_and_preprocess --localiser``)."""
+        return PreprocessedDataset(self.root / LOCALISER_FOLDER)
 
     def case(self, case_id: str) -> CaseFiles:
         return case_files_in(self.data, case_id)
@@ -290,6 +300,11 @@ class ResultsDataset:
 
     def model(self, network: str) -> ModelFolder:
         return ModelFolder(self.root / network)
+
+    @property
+    def localiser(self) -> ModelFolder:
+        """The dataset's localiser (``train --localiser``): not a model find_best chooses from."""
+        return ModelFolder(self.root / LOCALISER_FOLDER)
 
     def ensemble(self, members: list[str]) -> ModelFolder:
         return ModelFolder(self.root / (ModelFolder.ENSEMBLE_PREFIX + "__".join(members)))

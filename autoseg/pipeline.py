@@ -19,7 +19,7 @@ from autoseg.layout import PreprocessedDataset
 from autoseg.locks import folder_lock
 from autoseg.plans import Plans
 from autoseg.planners.fingerprint import fingerprint_dataset, load_fingerprint, save_fingerprint
-from autoseg.planners.planner import PlannerOptions, plan
+from autoseg.planners.planner import PlannerOptions, localiser_plans, plan
 from autoseg.preprocessing import preprocess_dataset
 from autoseg.settings import Settings
 
@@ -84,10 +84,25 @@ def ensure_plans(fingerprint: Fingerprint, out: PreprocessedDataset, options: Pl
     return plans
 
 
+def ensure_localiser_plans(out: PreprocessedDataset, replan: bool) -> Plans:
+    """The localiser's plans (:func:`localiser_plans` of the dataset's), kept like the dataset's own
+    (hand edits included) unless re-planning is needed or forced."""
+    loc = out.localiser
+    if loc.plans.is_file() and not replan:
+        log.info("plan: keeping the localiser's %s (use --force to re-plan)", loc.plans)
+        return Plans.load(loc.plans)
+    plans = localiser_plans(Plans.load(out.plans))
+    plans.save(loc.plans)
+    log.info("plan: wrote the localiser's %s (spacing %s, patch %s)", loc.plans, plans.target_spacing,
+             plans.patch_size)
+    return plans
+
+
 def plan_and_preprocess(spec: str | Path, settings: Settings, options: PlannerOptions,
                         stages: tuple[str, ...] = STAGES, max_slices: int | None = None,
-                        workers: int = 2, force: bool = False) -> Path:
-    """Run the requested stages for one dataset and return its preprocessed folder.
+                        workers: int = 2, force: bool = False, localiser: bool = False) -> Path:
+    """Run the requested stages for one dataset and return its preprocessed folder; with
+    ``localiser``, plan and preprocess its localiser too (``<dataset>/localiser/``).
 
     The folder is locked while the stages run: a second ``plan_and_preprocess`` of the same dataset
     (here or on another machine sharing the folder) is refused, naming the process that holds it,
@@ -95,12 +110,12 @@ def plan_and_preprocess(spec: str | Path, settings: Settings, options: PlannerOp
     dataset = find_dataset(spec, settings.raw)
     out = PreprocessedDataset(settings.preprocessed / dataset.name)
     with folder_lock(out.root, f"the preprocessed folder of {dataset.name}", PREPROCESSED_IN_USE_FIX):
-        _run_stages(dataset, out, options, stages, max_slices, workers, force)
+        _run_stages(dataset, out, options, stages, max_slices, workers, force, localiser)
     return out.root
 
 
 def _run_stages(dataset: Dataset, out: PreprocessedDataset, options: PlannerOptions, stages: tuple[str, ...],
-                max_slices: int | None, workers: int, force: bool) -> None:
+                max_slices: int | None, workers: int, force: bool, localiser: bool = False) -> None:
     """The stages of :func:`plan_and_preprocess`, run while its lock is held."""
     recomputed = False
     if "fingerprint" in stages or ("plan" in stages and not out.fingerprint.is_file()):
@@ -110,6 +125,8 @@ def _run_stages(dataset: Dataset, out: PreprocessedDataset, options: PlannerOpti
         fingerprint = load_fingerprint(out.fingerprint)
     if "plan" in stages:
         ensure_plans(fingerprint, out, options, replan=force or recomputed)
+        if localiser:
+            ensure_localiser_plans(out, replan=force or recomputed)
     if "preprocess" in stages:
         plans = Plans.load(out.plans)
         if plans.dataset_name != dataset.name:
@@ -120,3 +137,10 @@ def _run_stages(dataset: Dataset, out: PreprocessedDataset, options: PlannerOpti
             included = [c.case for c in load_fingerprint(out.fingerprint).cases]
         done = preprocess_dataset(dataset, plans, out.root, num_workers=workers, cases=included)
         log.info("preprocess: %d cases in %s", len(done), out.data)
+        if localiser:
+            loc = out.localiser
+            if not loc.plans.is_file():
+                raise PlansError("the localiser has no plans yet", loc.plans,
+                                 f"plan it first: `autoseg plan_and_preprocess -d {dataset.name} --localiser`")
+            done = preprocess_dataset(dataset, Plans.load(loc.plans), loc.root, num_workers=workers, cases=included)
+            log.info("preprocess: %d cases of the localiser in %s", len(done), loc.data)

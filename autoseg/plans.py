@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence, get_args
 
 from autoseg.errors import PlansError
+from autoseg.layout import LOCALISER_FOLDER
 from autoseg.partial_labels import LabelSpace, PartialLabel, partial_problems, stored_label_names
 from autoseg.regions import Region, region_problems
 from autoseg.registry import Registry
@@ -36,6 +37,10 @@ IN_PLANE_ROTATION_RATIO = 2.5
 
 #: Appended to the network's name for the model folder of region outputs (``Plans.configuration``).
 REGIONS_SUFFIX = "_regions"
+#: Each axis's spacing times this is the localiser's (``plan_and_preprocess --localiser``): an eighth
+#: of the voxels, so its pass over a case costs an eighth of a full-resolution one with the same
+#: network and patch (inference/localise.py).
+LOCALISER_SPACING_FACTOR = 2.0
 
 #: The abdominal window of the published liver work, in Hounsfield units: CT windows are fitted
 #: inside it (the planner, docs/planning.md "The HU window") and overlays are drawn in it.
@@ -208,6 +213,10 @@ class Plans(Artefact):
     #: Region outputs (``train --regions``, :mod:`autoseg.regions`): one sigmoid per region, in
     #: decision order. Absent: one softmax over the classes.
     regions: tuple[Region, ...] | None = optional()
+    #: The dataset's localiser (``plan_and_preprocess --localiser``, :func:`localiser_plans`): the
+    #: same network, patch and classes at a coarser spacing, trained to find where the classes are so
+    #: that ``predict --localise`` slides the full-resolution folds only there. Absent: a model.
+    localiser: bool | None = optional()
 
     def __post_init__(self) -> None:
         if self.augmentation is _FROM_SPACING:
@@ -244,6 +253,8 @@ class Plans(Artefact):
             if self.partial_labels:
                 out.append("regions and partial_labels do not combine (a partially labelled voxel has no "
                            "region target); train the merged dataset without --regions")
+        if self.localiser and self.regions:
+            out.append("a localiser has one softmax over the classes: regions do not apply to it")
         out.extend(literal_problems(self))  # names outside their closed set (checked on load too)
         out.extend(self.recipe_problems())
         return out
@@ -272,7 +283,10 @@ class Plans(Artefact):
     @property
     def configuration(self) -> str:
         """The model folder's name under the dataset's results: the network, ``_regions`` added for
-        region outputs (the two train side by side and find_best chooses)."""
+        region outputs (the two train side by side and find_best chooses); the localiser's own
+        folder for a localiser's plans (never a candidate of find_best)."""
+        if self.localiser:
+            return LOCALISER_FOLDER
         return self.network.name + (REGIONS_SUFFIX if self.regions else "")
 
     @property

@@ -2,7 +2,8 @@
 phantoms, with one trained model.
 
 Writes ``--cases`` Task08 phantoms the model never saw (``--seed``, the spacing range of
-``bench_preprocess.py``'s clinical-size phantoms unless ``--small``), predicts them with
+``bench_preprocess.py``'s clinical-size phantoms unless ``--small``; or takes the held-out cases of
+any MSD task with ``--task PATH``), predicts them with
 ``autoseg predict`` twice, in fresh processes (the whole case, as by default, then
 ``--localise``), and reports per class the Dice of each run, the paired difference
 (localised minus whole) with a seeded 95% bootstrap interval, the largest single-case difference,
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", type=int, default=12)
     p.add_argument("--seed", type=int, default=4242, help="phantom seed (not the model's training seed)")
     p.add_argument("--small", action="store_true", help="coarse phantoms (~240 voxels in-plane)")
+    p.add_argument("--task", type=Path, default=None, metavar="PATH",
+                   help="predict this MSD task's imagesTs and score against its labelsTs (e.g. the race's "
+                        "held-out phantoms) instead of writing --cases phantoms")
     p.add_argument("--work", type=Path, default=BENCH / "work" / "localise")
     p.add_argument("--output", type=Path, default=BENCH / "results" / "localise.json")
     p.add_argument("--variant", nargs="*", default=[], metavar="NAME=FLAGS",
@@ -81,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--reuse {', '.join(unknown)}: no such run (runs: {', '.join(runs)})")
 
-    task = write_task(args.work / "raw", "Task08", num_training=1, num_test=args.cases, seed=args.seed,
-                      spacing_range=SMALL_SPACING if args.small else FULL_SPACING)
+    if args.task is not None:
+        task = args.task.resolve()
+        if not (task / "imagesTs").is_dir() or not (task / "labelsTs").is_dir():
+            raise SystemExit(f"--task {task}: needs imagesTs/ and labelsTs/ (held-out cases with their labels)")
+    else:
+        task = write_task(args.work / "raw", "Task08", num_training=1, num_test=args.cases, seed=args.seed,
+                          spacing_range=SMALL_SPACING if args.small else FULL_SPACING)
     images, labels = task / "imagesTs", task / "labelsTs"
     names = {int(k): v for k, v in Plans.load(args.model / "plans.json").labels.items() if int(k)}
     load_start = os.getloadavg()
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{run}_seconds"] = report["seconds"]
             row[f"{run}_share"] = report.get("localised_share")
             row[f"{run}_tiles"] = report.get("localised_tiles")
+            row[f"{run}_by"] = report.get("localised_by")
         rows.append(row)
     summary: dict[str, Any] = {}
     for cls in names.values():
@@ -115,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {run: float(np.median([r[f"{run}_seconds"] for r in rows])) for run in runs}
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
               "cores": os.cpu_count(), "load_average": [load_start, os.getloadavg()], "model": str(args.model),
-              "folds": args.folds or "all", "cases": len(rows), "seed": args.seed,
+              "folds": args.folds or "all", "cases": len(rows),
+              "test_set": str(args.task) if args.task is not None else f"phantoms, seed {args.seed}",
               "runs": {name: extra for name, extra in runs.items()}, "summary": summary,
               "median_seconds_per_case": seconds, "wall_s": wall,
               "median_localised_share": float(np.median([r["localised_share"] or 0 for r in rows])), "rows": rows}

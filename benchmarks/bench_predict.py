@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,8 @@ def timed_predict(image: Path, model: Path, folds: list[int], out: Path, precisi
     report = json.loads((out / "report.json").read_text())["cases"][0]
     stages = report["stage_seconds"]
     return {"tool": "autoseg", "folds": len(folds), "options": list(extra), "precision": report["precision"],
-            "localised_share": report.get("localised_share"), "wall_s": run.wall_s,
+            "localised_share": report.get("localised_share"), "localised_by": report.get("localised_by"),
+            "wall_s": run.wall_s,
             "predict_case_s": report["seconds"], "stage_seconds": stages,
             "outside_forward_share": round(1 - stages["network_forward"] / report["seconds"], 3),
             "peak_rss_gib": round(peak_kib / 2**20, 2), "peak_rss_tree_gib": round(run.peak_rss_bytes / 2**30, 2)}
@@ -135,6 +137,8 @@ def main() -> None:
                    help="a trained model folder to time instead of random weights (missing folds get fold 0's)")
     p.add_argument("--localise", action="store_true",
                    help="also time each fold count with --localise (localised prediction)")
+    p.add_argument("--variant", nargs="*", default=[], metavar="FLAGS",
+                   help="also time each fold count with these predict flags, e.g. '--localise --overlap 0.25'")
     args = p.parse_args()
     args.work = args.work.resolve()  # the timed commands run in benchmarks/work
     (Path(__file__).parent / "work").mkdir(exist_ok=True)
@@ -143,8 +147,9 @@ def main() -> None:
         model = use_trained(args.model.resolve(), args.work)
     plans = Plans.load(model / "plans.json")
     variants = [(), ("--localise",)] if args.localise else [()]
-    rows = [timed_predict(image, model, list(range(n)), args.work / f"out{n}{''.join(v)}", args.precision, v)
-            for n in args.runs for v in variants]
+    variants += [tuple(shlex.split(flags)) for flags in args.variant]
+    rows = [timed_predict(image, model, list(range(n)), args.work / f"out{n}_{i}", args.precision, v)
+            for n in args.runs for i, v in enumerate(variants)]
     params = sum(t.numel() for t in torch.load(model / "fold_0" / "checkpoint_final.pt",
                                                weights_only=True)["network"].values())
     result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "torch": torch.__version__,

@@ -17,7 +17,7 @@ from pathlib import Path
 from autoseg.artefacts import BestChoice, Candidate, CvSummary, FoldSummary, NetworkResult
 from autoseg.datasets import resolve_dataset_path
 from autoseg.errors import AutosegError, EvaluationError
-from autoseg.layout import NUM_FOLDS, ModelFolder, ResultsDataset
+from autoseg.layout import LOCALISER_FOLDER, NUM_FOLDS, ModelFolder, ResultsDataset
 from autoseg.metrics import BOOTSTRAP_RESAMPLES, DEFAULT_SEED, bootstrap_interval, mean_present, median_present, scored
 from autoseg.settings import Settings
 
@@ -77,8 +77,8 @@ def summarize_network(network_dir: Path) -> NetworkResult | None:
 def summarize(dataset_dir: Path) -> CvSummary:
     """Cross-validation table of every network of a dataset's results folder."""
     networks = {}
-    for network_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir()):
-        summary = summarize_network(network_dir)
+    for network_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir() and p.name != LOCALISER_FOLDER):
+        summary = summarize_network(network_dir)  # the localiser finds the structures; it is no candidate
         if summary is not None:
             networks[network_dir.name] = summary
     if not networks:

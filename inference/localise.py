@@ -1,6 +1,13 @@
 """Localised prediction: one quick look over the whole case, then the full ensemble only where it
 found something.
 
+The quick look is the dataset's *localiser* when one is trained (``plan_and_preprocess
+--localiser``, ``train --localiser``): the model's network and patch at twice the spacing along
+every axis (:func:`~autoseg.planners.planner.localiser_plans`), an eighth of the voxels, so its pass
+costs about an eighth of the scout's. It preprocesses the case with its own plans (same crop, so
+its grid covers the same box as the model's) and its probabilities are resized onto the model's
+grid (:func:`localiser_scout`). Without one, the scout below looks.
+
 The three structures autoseg segments (liver, its vessels, its tumours) fill a small part of an
 abdominal CT. A sliding window at overlap 0.5 computes every voxel about eight times (twice per
 axis), for every fold. Here the model's first network first slides over the whole case with tiles
@@ -22,11 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import cc3d
 import numpy as np
 
-from autoseg.inference.model import Model
+from autoseg.cropping import BBox
+from autoseg.errors import ConfigurationError
+from autoseg.layout import NUM_FOLDS, ModelFolder, ResultsDataset
+from autoseg.plans import Plans
+from autoseg.preprocessing import PreprocessedCase, preprocess_case, resample_probabilities
+from autoseg.inference.model import Model, TrainedModel
 from autoseg.sliding_window import WindowOptions
 
 log = logging.getLogger(__name__)
@@ -60,14 +73,62 @@ def wanted_voxels(scout: np.ndarray, spacing: tuple[float, ...], threshold: floa
     return np.asarray(big[components])
 
 
+def find_localiser(model: Model) -> TrainedModel | None:
+    """The localiser trained beside a model folder (``<results>/<dataset>/localiser`` for a model in
+    ``<results>/<dataset>/<network>``), or None (an export, or none trained)."""
+    if not isinstance(model, TrainedModel):
+        return None
+    folder = ResultsDataset(model.folder.parent).localiser
+    if folder.root == model.folder or not folder.plans.is_file():
+        return None
+    if not any(folder.fold(k).final.is_file() for k in range(NUM_FOLDS)):
+        log.warning("the localiser in %s has no finished fold; localising with the scout", folder.root)
+        return None
+    return open_localiser(folder.root, model)
+
+
+def open_localiser(folder: Path, model: Model) -> TrainedModel:
+    """A localiser's folder opened for ``model`` with its finished folds (one is the usual): it must
+    segment the same classes."""
+    layout = ModelFolder(folder)
+    if layout.plans.is_file():
+        labels = dict(Plans.load(layout.plans).labels)
+        if labels != dict(model.plans.labels):
+            raise ConfigurationError(f"the localiser segments {labels}, the model {dict(model.plans.labels)}",
+                                     folder, "use the localiser trained on the model's dataset (train --localiser)")
+    finished = tuple(k for k in range(NUM_FOLDS) if layout.fold(k).final.is_file())
+    return TrainedModel.open(folder, finished or None)  # no plans or no fold: its own clear error
+
+
+def localiser_scout(localiser: Model, image_path: Path, name: str, pre: PreprocessedCase,
+                    options: WindowOptions, region: BBox | None = None,
+                    timings: dict[str, float] | None = None) -> np.ndarray | None:
+    """The localiser's softmax for the case of ``pre`` (preprocessed for the model), on the model's
+    grid: the localiser preprocesses the input with its own plans and slides without overlap, and its
+    probabilities are resized linearly onto ``pre``'s grid, which covers the same crop. None, with a
+    warning, when its crop differs (plans with another crop rule): the scout is used instead."""
+    mine = preprocess_case([image_path], None, localiser.plans, case_id=name, region=region)
+    if mine.properties.crop_bbox != pre.properties.crop_bbox:
+        log.warning("%s: the localiser cropped %s, the model %s; localising with the scout", image_path,
+                    mine.properties.crop_bbox, pre.properties.crop_bbox)
+        return None
+    probs = localiser.probabilities(mine.data, scout_options(options), timings)
+    return resample_probabilities(probs, pre.data.shape[1:])
+
+
 def localised_probabilities(model: Model, data: np.ndarray, options: WindowOptions,
                             timings: dict[str, float] | None = None,
-                            stats: dict[str, object] | None = None) -> np.ndarray:
+                            stats: dict[str, object] | None = None,
+                            scout: np.ndarray | None = None) -> np.ndarray:
     """The model's fold-averaged softmax ``(K, *spatial)`` for preprocessed ``data``, computed by every
     fold only in the tiles that hold voxels its scout found foreground in (the scout's probabilities
-    wherever no kept tile reaches). ``stats`` gets the kept and total tiles of the folds' grid and the
+    wherever no kept tile reaches). ``scout``: a quick look already taken (:func:`localiser_scout`);
+    None: the model's scout. ``stats`` gets the kept and total tiles of the folds' grid and the
     share of the case's voxels they cover."""
-    scout = model.scout(data, scout_options(options), timings)
+    if scout is None:
+        scout = model.scout(data, scout_options(options), timings)
+    elif scout.shape != (model.plans.num_classes, *data.shape[1:]):
+        raise ValueError(f"a scout of shape {scout.shape} for data of shape {data.shape}")
     wanted = wanted_voxels(scout, model.plans.target_spacing)
     if not wanted.any():
         log.info("the scout found no foreground: the case is background (no fold ran over it)")

@@ -280,7 +280,8 @@ def trained_model_folder(dataset: str, network: str | None, settings: Settings) 
     results = ResultsDataset(settings.results / plans.dataset_name)
     chosen = results.model(choose_network(results.root, plans.network.name, network))
     if network is None and not chosen.plans.is_file():
-        trained = sorted(p.parent.name for p in results.root.glob(f"*/{chosen.plans.name}"))
+        trained = sorted(p.parent.name for p in results.root.glob(f"*/{chosen.plans.name}")
+                         if p.parent != results.localiser.root)
         if trained:  # e.g. only `train --regions` has run: its folder is not the planned network's
             raise AutosegError(f"no model {chosen.root.name} is trained for {dataset}; trained: "
                                f"{', '.join(trained)}", chosen.root,

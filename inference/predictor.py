@@ -25,7 +25,7 @@ from autoseg.layout import CaseOutputs, RunOutputs
 from autoseg.plans import Plans
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
-from autoseg.inference.localise import localised_probabilities
+from autoseg.inference.localise import localised_probabilities, localiser_scout
 from autoseg.inference.model import Model
 from autoseg.inference.postprocessing import (Decision, apply_postprocessing, keep_largest_component, rules_of,
                                               suppress_unsure)
@@ -51,6 +51,9 @@ class PredictOptions:
     #: Every fold predicts only the tiles holding the foreground a first, non-overlapping pass of one
     #: network found (:mod:`autoseg.inference.localise`); False: every fold over the whole case.
     localise: bool = False
+    #: With ``localise``: the dataset's localiser, which finds the region instead of the scout
+    #: (:func:`~autoseg.inference.localise.localiser_scout`); None: the scout.
+    localiser: Model | None = None
     #: Autocast of the forward passes (autoseg.precision): auto, fp32, bf16 or fp16.
     precision: str = "auto"
     #: Extra outputs besides the label map and report (names in ``inference.outputs.OUTPUT_FORMATS``).
@@ -196,7 +199,11 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     timings: dict[str, float] = {}
     window, localised = window_options(options), {}  # type: WindowOptions, dict[str, Any]
     if options.localise:
-        probs = localised_probabilities(model, pre.data, window, timings, localised)
+        scout = None
+        if options.localiser is not None:
+            scout = localiser_scout(options.localiser, image_path, name, pre, window, region, timings)
+        localised["by"] = str(options.localiser.folder) if scout is not None and options.localiser else "scout"
+        probs = localised_probabilities(model, pre.data, window, timings, localised, scout=scout)
     else:
         probs = model.probabilities(pre.data, window, timings)
     t_net = time.perf_counter()
@@ -217,6 +224,7 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         stage_seconds={k: round(v, 2) for k, v in stages.items()},
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
         localised_tiles=localised.get("tiles"), localised_share=localised.get("share"),
+        localised_by=localised.get("by"),
         postprocessing=rules_of(options.postprocessing), roi=roi_report, label_table=table,
         provenance=provenance(model, image_path, options.command_line),
         warnings=context_warnings(pre.properties, plans) or None)

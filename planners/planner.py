@@ -27,8 +27,8 @@ from autoseg.artefacts import Fingerprint
 from autoseg.errors import ConfigurationError, PlansError
 from autoseg.partial_labels import PartialLabel
 from autoseg.networks import default_network_kwargs, estimate_training_memory, network_names
-from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, HU_BOUNDS, RECIPES, Augmentation, Estimates,
-                           NetworkPlan, Normalisation, Plans, Precision, Resampling)
+from autoseg.plans import (CPU_DEFAULT_RECIPE, GPU_DEFAULT_RECIPE, HU_BOUNDS, LOCALISER_SPACING_FACTOR, RECIPES,
+                           Augmentation, Estimates, NetworkPlan, Normalisation, Plans, Precision, Resampling)
 from autoseg.planners.topology import Topology, plan_topology
 from autoseg.precision import resolve_precision
 
@@ -389,6 +389,23 @@ def adopt_network(plans: Plans, template: Plans, fingerprint: Mapping[str, Any])
         patch_size=tuple(template.patch_size), batch_size=template.batch_size, network=template.network,
         augmentation=Augmentation.for_spacing(spacing),
         estimates=dataclasses.replace(plans.estimates, notes=plans.estimates.notes + (note,)))
+
+
+def localiser_plans(plans: Plans) -> Plans:
+    """The dataset's localiser: ``plans`` at :data:`~autoseg.plans.LOCALISER_SPACING_FACTOR` times
+    the spacing along every axis, with the same network, patch, batch, classes, normalisation and
+    crop. One factor for all axes keeps the spacing's anisotropy, for which the network's strides
+    and kernels were chosen; the same patch then holds eight times the volume (more context for
+    finding the organs) and its step costs what the plan's estimates say. The same crop makes the
+    localiser's grid and the model's cover the same box of the input, so one is a resize of the
+    other (:mod:`autoseg.inference.localise`)."""
+    factor = LOCALISER_SPACING_FACTOR
+    spacing = tuple(round(float(s) * factor, 4) for s in plans.target_spacing)
+    median = tuple(max(1, round(n / factor)) for n in plans.median_shape)
+    note = (f"localiser: target spacing {list(spacing)} mm ({factor:g} x the model's), median shape there "
+            f"{list(median)}; network, patch and batch the model's")
+    return plans.replace(target_spacing=spacing, median_shape=median, localiser=True, regions=None,
+                         estimates=dataclasses.replace(plans.estimates, notes=plans.estimates.notes + (note,)))
 
 
 def _plan(fingerprint: Mapping[str, Any], options: PlannerOptions) -> Plans:

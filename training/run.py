@@ -55,6 +55,8 @@ class TrainRequest:
     seed: int | None = None
     #: Region outputs (:mod:`autoseg.regions`) from the fingerprint's nesting, in a model folder of their own.
     regions: bool = False
+    #: Train the dataset's localiser (``<preprocessed>/<dataset>/localiser``) instead of the model.
+    localiser: bool = False
 
     @property
     def sets_schedule(self) -> bool:
@@ -177,11 +179,25 @@ FOLD_IN_USE_FIX = ("wait for that run to end or stop it; the lock of a process t
                    "by itself")
 
 
+def localiser_dataset(req: TrainRequest, pre: PreprocessedDataset) -> PreprocessedDataset:
+    """The localiser's preprocessed folder for ``train --localiser``, checked."""
+    if req.regions or req.network:
+        raise ConfigurationError("--localiser trains the planned network with one softmax: --regions and --network "
+                                 "do not apply to it", fix="drop --regions / --network")
+    loc = pre.localiser
+    if not loc.plans.is_file() or not loc.case_ids():
+        raise AutosegError("the dataset's localiser is not planned and preprocessed", loc.root,
+                           f"run `autoseg plan_and_preprocess -d {req.dataset} --localiser` first")
+    return loc
+
+
 def prepare(req: TrainRequest, settings: Settings, options: TrainOptions) -> list[FoldJob]:
     """Check the request, write splits and the model's plans once, and list the folds still to train."""
     pre = preprocessed_dataset(req.dataset, settings)
     check_unlocked(pre.root, f"the preprocessed folder of {pre.name}",
                    "wait for its `autoseg plan_and_preprocess` to finish, then train")
+    if req.localiser:
+        pre = localiser_dataset(req, pre)
     plans = apply_overrides(Plans.load(pre.plans), req, pre.fingerprint)
     check_plan_device(plans, options.device, req.dataset)
     resolve_precision(plans.recipe.precision, options.device)  # refuse e.g. fp16 on a CPU before writing
