@@ -86,16 +86,28 @@ def ensure_plans(fingerprint: Fingerprint, out: PreprocessedDataset, options: Pl
 
 def ensure_localiser_plans(out: PreprocessedDataset, replan: bool) -> Plans:
     """The localiser's plans (:func:`localiser_plans` of the dataset's), kept like the dataset's own
-    (hand edits included) unless re-planning is needed or forced."""
-    loc = out.localiser
+    (hand edits included) while they were derived from the dataset's current plans; derived again
+    when re-planning is forced or those plans changed."""
+    loc, source = out.localiser, Plans.load(out.plans)
     if loc.plans.is_file() and not replan:
-        log.info("plan: keeping the localiser's %s (use --force to re-plan)", loc.plans)
-        return Plans.load(loc.plans)
-    plans = localiser_plans(Plans.load(out.plans))
+        kept = Plans.load(loc.plans)
+        if kept.localiser == source.sha256():
+            log.info("plan: keeping the localiser's %s (use --force to re-plan)", loc.plans)
+            return kept
+        log.info("plan: the dataset's plans changed since its localiser was planned; planning the localiser again")
+    plans = localiser_plans(source)
     plans.save(loc.plans)
     log.info("plan: wrote the localiser's %s (spacing %s, patch %s)", loc.plans, plans.target_spacing,
              plans.patch_size)
     return plans
+
+
+def stale_localiser(out: PreprocessedDataset) -> bool:
+    """True when the dataset has localiser plans derived from other plans than its current ones."""
+    loc = out.localiser
+    if not (loc.plans.is_file() and out.plans.is_file()):
+        return False
+    return Plans.load(loc.plans).localiser != Plans.load(out.plans).sha256()
 
 
 def plan_and_preprocess(spec: str | Path, settings: Settings, options: PlannerOptions,
@@ -127,6 +139,10 @@ def _run_stages(dataset: Dataset, out: PreprocessedDataset, options: PlannerOpti
         ensure_plans(fingerprint, out, options, replan=force or recomputed)
         if localiser:
             ensure_localiser_plans(out, replan=force or recomputed)
+        elif stale_localiser(out):
+            log.warning("plan: the localiser in %s was planned from other plans than the dataset's current ones; "
+                        "plan and preprocess it again with `autoseg plan_and_preprocess -d %s --localiser`",
+                        out.localiser.root, dataset.name)
     if "preprocess" in stages:
         plans = Plans.load(out.plans)
         if plans.dataset_name != dataset.name:

@@ -10,6 +10,8 @@ Spatial tuples are in numpy order ``(z, y, x)``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence, get_args
 
@@ -213,10 +215,12 @@ class Plans(Artefact):
     #: Region outputs (``train --regions``, :mod:`autoseg.regions`): one sigmoid per region, in
     #: decision order. Absent: one softmax over the classes.
     regions: tuple[Region, ...] | None = optional()
-    #: The dataset's localiser (``plan_and_preprocess --localiser``, :func:`localiser_plans`): the
-    #: same network, patch and classes at a coarser spacing, trained to find where the classes are so
-    #: that ``predict --localise`` slides the full-resolution folds only there. Absent: a model.
-    localiser: bool | None = optional()
+    #: The dataset's localiser (``plan_and_preprocess --localiser``,
+    #: :func:`~autoseg.planners.planner.localiser_plans`): the same network, patch and classes at a
+    #: coarser spacing, trained to find where the classes are so that ``predict --localise`` slides
+    #: the full-resolution folds only there. Its value is the :meth:`sha256` of the dataset's plans it
+    #: was derived from (a localiser of other plans is stale). Absent: a model.
+    localiser: str | None = optional()
 
     def __post_init__(self) -> None:
         if self.augmentation is _FROM_SPACING:
@@ -303,6 +307,11 @@ class Plans(Artefact):
     @property
     def num_channels(self) -> int:
         return len(self.channel_names)
+
+    def sha256(self) -> str:
+        """SHA-256 of the plans as canonical JSON (provenance, and the localiser's source)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def replace(self, **changes: Any) -> "Plans":
         return dataclasses.replace(self, **changes)

@@ -74,28 +74,48 @@ def wanted_voxels(scout: np.ndarray, spacing: tuple[float, ...], threshold: floa
 
 
 def find_localiser(model: Model) -> TrainedModel | None:
-    """The localiser trained beside a model folder (``<results>/<dataset>/localiser`` for a model in
-    ``<results>/<dataset>/<network>``), or None (an export, or none trained)."""
-    if not isinstance(model, TrainedModel):
+    """The localiser trained beside a model's folder (``<results>/<dataset>/localiser`` for a network
+    or an ensemble in ``<results>/<dataset>/``), or None, logged, when there is none to use (an
+    export, none trained, or one that does not fit the model: the scout looks instead)."""
+    home = getattr(model, "folder", None)
+    if not isinstance(home, Path) or not home.is_dir():
+        log.info("--localise: %s is no model folder beside a localiser; localising with the scout", home)
         return None
-    folder = ResultsDataset(model.folder.parent).localiser
-    if folder.root == model.folder or not folder.plans.is_file():
+    folder = ResultsDataset(home.parent).localiser
+    if folder.root == home or not folder.plans.is_file():
+        log.info("--localise: no localiser in %s (train --localiser); localising with the scout", folder.root)
         return None
     if not any(folder.fold(k).final.is_file() for k in range(NUM_FOLDS)):
         log.warning("the localiser in %s has no finished fold; localising with the scout", folder.root)
         return None
-    return open_localiser(folder.root, model)
+    try:
+        return open_localiser(folder.root, model)
+    except ConfigurationError as exc:
+        log.warning("the localiser in %s does not fit the model (%s); localising with the scout", folder.root,
+                    str(exc).splitlines()[0])
+        return None
+
+
+#: Plans fields in which a localiser must agree with its model: the same classes from the same
+#: channels, and the same crop and axis order, so that its grid is a resize of the model's.
+MATCHING_FIELDS = ("labels", "channel_names", "crop_to_body", "orientation")
 
 
 def open_localiser(folder: Path, model: Model) -> TrainedModel:
-    """A localiser's folder opened for ``model`` with its finished folds (one is the usual): it must
-    segment the same classes."""
+    """A localiser's folder opened for ``model`` with its finished folds (the first is used): its plans
+    must be a localiser's and agree with the model's in :data:`MATCHING_FIELDS`."""
     layout = ModelFolder(folder)
     if layout.plans.is_file():
-        labels = dict(Plans.load(layout.plans).labels)
-        if labels != dict(model.plans.labels):
-            raise ConfigurationError(f"the localiser segments {labels}, the model {dict(model.plans.labels)}",
-                                     folder, "use the localiser trained on the model's dataset (train --localiser)")
+        plans = Plans.load(layout.plans)
+        if not plans.localiser:
+            raise ConfigurationError("this is a model, not a localiser", folder,
+                                     "train one with `autoseg train -d <dataset> --localiser -f 0` and pass "
+                                     "results/<dataset>/localiser")
+        for name in MATCHING_FIELDS:
+            mine, theirs = getattr(plans, name), getattr(model.plans, name)
+            if mine != theirs:
+                raise ConfigurationError(f"the localiser's {name} is {mine!r}, the model's {theirs!r}", folder,
+                                         "use the localiser trained on the model's dataset (train --localiser)")
     finished = tuple(k for k in range(NUM_FOLDS) if layout.fold(k).final.is_file())
     return TrainedModel.open(folder, finished or None)  # no plans or no fold: its own clear error
 
@@ -104,15 +124,18 @@ def localiser_scout(localiser: Model, image_path: Path, name: str, pre: Preproce
                     options: WindowOptions, region: BBox | None = None,
                     timings: dict[str, float] | None = None) -> np.ndarray | None:
     """The localiser's softmax for the case of ``pre`` (preprocessed for the model), on the model's
-    grid: the localiser preprocesses the input with its own plans and slides without overlap, and its
-    probabilities are resized linearly onto ``pre``'s grid, which covers the same crop. None, with a
-    warning, when its crop differs (plans with another crop rule): the scout is used instead."""
+    grid: the localiser preprocesses the input with its own plans and its first network slides
+    without overlap, and the probabilities are resized linearly onto ``pre``'s grid, which covers the
+    same crop in the same axis order. None, with a warning, when the crop or the order differs: the
+    scout is used instead."""
     mine = preprocess_case([image_path], None, localiser.plans, case_id=name, region=region)
-    if mine.properties.crop_bbox != pre.properties.crop_bbox:
-        log.warning("%s: the localiser cropped %s, the model %s; localising with the scout", image_path,
-                    mine.properties.crop_bbox, pre.properties.crop_bbox)
+    if (mine.properties.crop_bbox != pre.properties.crop_bbox
+            or mine.properties.reorientation != pre.properties.reorientation):
+        log.warning("%s: the localiser cropped %s (axes %s), the model %s (axes %s); localising with the scout",
+                    image_path, mine.properties.crop_bbox, mine.properties.reorientation,
+                    pre.properties.crop_bbox, pre.properties.reorientation)
         return None
-    probs = localiser.probabilities(mine.data, scout_options(options), timings)
+    probs = localiser.scout(mine.data, scout_options(options), timings)
     return resample_probabilities(probs, pre.data.shape[1:])
 
 

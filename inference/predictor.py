@@ -198,11 +198,13 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     t_pre = time.perf_counter()
     timings: dict[str, float] = {}
     window, localised = window_options(options), {}  # type: WindowOptions, dict[str, Any]
+    t_loc = t_pre
     if options.localise:
         scout = None
         if options.localiser is not None:
-            scout = localiser_scout(options.localiser, image_path, name, pre, window, region, timings)
+            scout = localiser_scout(options.localiser, image_path, name, pre, window, region)
         localised["by"] = str(options.localiser.folder) if scout is not None and options.localiser else "scout"
+        t_loc = time.perf_counter()  # the localiser's reading, preprocessing, pass and resize
         probs = localised_probabilities(model, pre.data, window, timings, localised, scout=scout)
     else:
         probs = model.probabilities(pre.data, window, timings)
@@ -214,7 +216,9 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     if organ is not None and options.roi_model is not None and options.combine_roi:
         table = linked_label_table(options.roi_model.plans.labels, plans.labels)
         labels = combine_labels(organ, labels)
-    stages = {"preprocess": t_pre - t0, "sliding_window": t_net - t_pre,  # networks' share: sliding_window
+    by_localiser = options.localise and options.localiser is not None
+    stages = {"preprocess": t_pre - t0, **({"localiser": t_loc - t_pre} if by_localiser else {}),
+              "sliding_window": t_net - t_loc,  # networks' share: sliding_window
               "network_forward": timings.get("forward", 0.0), "restore": time.perf_counter() - t_net}
     measured = measure_case(labels, geometry, {k: v for k, v in table.items() if k != 0},
                             time.perf_counter() - t0, model.folds)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,8 +29,7 @@ _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 def plans_sha256(plans: Plans) -> str:
     """SHA-256 of the plans as canonical JSON."""
-    text = json.dumps(plans.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return plans.sha256()
 
 
 def file_sha256(path: Path) -> str:

@@ -398,13 +398,14 @@ def localiser_plans(plans: Plans) -> Plans:
     and kernels were chosen; the same patch then holds eight times the volume (more context for
     finding the organs) and its step costs what the plan's estimates say. The same crop makes the
     localiser's grid and the model's cover the same box of the input, so one is a resize of the
-    other (:mod:`autoseg.inference.localise`)."""
+    other (:mod:`autoseg.inference.localise`). A 2D plan (y, x) keeps each case's own slices: only
+    the in-plane axes coarsen, a quarter of the voxels."""
     factor = LOCALISER_SPACING_FACTOR
     spacing = tuple(round(float(s) * factor, 4) for s in plans.target_spacing)
     median = tuple(max(1, round(n / factor)) for n in plans.median_shape)
     note = (f"localiser: target spacing {list(spacing)} mm ({factor:g} x the model's), median shape there "
             f"{list(median)}; network, patch and batch the model's")
-    return plans.replace(target_spacing=spacing, median_shape=median, localiser=True, regions=None,
+    return plans.replace(target_spacing=spacing, median_shape=median, localiser=plans.sha256(), regions=None,
                          estimates=dataclasses.replace(plans.estimates, notes=plans.estimates.notes + (note,)))
 
 

@@ -42,14 +42,14 @@ def _docstrings(tree: ast.AST) -> set[int]:
 
 def string_constants(path: Path) -> list[tuple[int, str]]:
     """(line, text) of every string literal and f-string piece that is not a docstring."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     skip = _docstrings(tree)
     return [(node.lineno, node.value) for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip]
 
 
 def test_every_artefact_name_is_spelled_in_layout() -> None:
-    text = LAYOUT.read_text()
+    text = LAYOUT.read_text(encoding="utf-8")
     assert [n for n in ARTEFACT_NAMES if n not in text] == []
 
 
@@ -65,7 +65,7 @@ def test_no_library_file_outside_layout_spells_an_artefact_name() -> None:
 
 
 def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
-    tree = ast.parse(path.read_text(), str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from autoseg.cli import main
-from autoseg.errors import AutosegError, ConfigurationError
-from autoseg.inference.localise import localiser_scout, open_localiser
+from autoseg.errors import AutosegError, ConfigurationError, PlansError
+from autoseg.inference.localise import find_localiser, localiser_scout, open_localiser
 from autoseg.inference.predictor import PredictOptions, predict_case
 from autoseg.io import Geometry, write_image
 from autoseg.layout import LOCALISER_FOLDER, PreprocessedDataset, ResultsDataset
@@ -36,7 +36,8 @@ def test_localiser_plans_are_the_models_at_twice_the_spacing(tmp_path: Path) -> 
     for same in ("patch_size", "batch_size", "network", "labels", "normalisation", "crop_to_body", "orientation",
                  "recipe", "augmentation", "resampling"):
         assert getattr(loc, same) == getattr(plans, same), same
-    assert loc.localiser and loc.configuration == LOCALISER_FOLDER and plans.configuration == "arunet"
+    assert loc.localiser == plans.sha256() and len(loc.localiser) == 64  # derived from these very plans
+    assert loc.configuration == LOCALISER_FOLDER and plans.configuration == "arunet"
     loc.save(tmp_path / "loc.json")
     plans.save(tmp_path / "model.json")
     assert Plans.load(tmp_path / "loc.json") == loc
@@ -62,7 +63,7 @@ def test_predict_localises_with_the_localiser_for_an_eighth_of_the_scouts_work(t
     plans = make_plans(patch_size=PATCH, batch_size=32, target_spacing=(2.5, 0.8, 0.8), crop_to_body=False,
                        labels=labels)
     by_scout, by_localiser = Folds(plans), Folds(plans)
-    localiser = Folds(localiser_plans(plans), n=1, folder=tmp_path / "localiser")
+    localiser = Folds(localiser_plans(plans), n=3, folder=tmp_path / "localiser")  # its first fold looks
     scouted = predict_case(by_scout, "ct", image, PredictOptions(precision="fp32", localise=True))
     found = predict_case(by_localiser, "ct", image, PredictOptions(precision="fp32", localise=True,
                                                                     localiser=localiser))
@@ -110,7 +111,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_plan_train_and_predict_with_the_localiser(workspace: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     root = use_workspace(workspace, monkeypatch)
     plan = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
     tiny = ["-f", "0", "--steps", "3", "-j", "0", "--threads", "1"]
@@ -131,6 +133,20 @@ def test_plan_train_and_predict_with_the_localiser(workspace: Path, monkeypatch:
     with pytest.raises(ConfigurationError, match="--regions and --network do not apply"):
         localiser_dataset(TrainRequest(dataset="8", localiser=True, regions=True), pre)
 
+    # the dataset's plans edited by hand: the localiser planned from the old ones is stale
+    edited = model_plans.replace(batch_size=model_plans.batch_size + 1)
+    edited.save(pre.plans)
+    with pytest.raises(PlansError, match="plan_and_preprocess -d 8 --localiser"):
+        localiser_dataset(TrainRequest(dataset="8", localiser=True), pre)
+    with caplog.at_level(logging.WARNING):
+        assert main([*plan, "--only", "plan"]) == 0  # the dataset's plans are kept; the stale localiser is named
+    assert "planned from other plans" in caplog.text and Plans.load(pre.plans) == edited
+    assert main([*plan, "--only", "plan", "--only", "preprocess", "--localiser"]) == 0
+    assert Plans.load(pre.localiser.plans) == localiser_plans(edited)
+    model_plans.save(pre.plans)
+    assert main([*plan, "--only", "plan", "--localiser"]) == 0
+    assert Plans.load(pre.localiser.plans) == loc_plans
+
     assert main(["train", "-d", "8", "--localiser", *tiny]) == 0
     assert main(["train", "-d", "8", *tiny]) == 0
     results = ResultsDataset(root / "res" / pre.name)
@@ -148,13 +164,32 @@ def test_plan_train_and_predict_with_the_localiser(workspace: Path, monkeypatch:
     assert main(["predict", "-i", str(images), "-o", str(root / "p2"), "-d", "8", "--localiser",
                  str(results.localiser.root)]) == 2
     assert "add --localise" in capsys.readouterr().err and not (root / "p2").exists()
+    assert main(["predict", "-i", str(images), "-o", str(root / "p3"), "-d", "8", "--localise", "--localiser",
+                 str(results.model("arunet").root)]) == 2
+    assert "not a localiser" in capsys.readouterr().err
+    assert main(["predict", "-i", str(images), "-o", str(root / "p4"), "-m", str(results.model("arunet").root),
+                 "-f", "0", "--localise", "--localiser", str(results.localiser.root)]) == 0
+    report = json.loads(next((root / "p4").glob("*.report.json")).read_text())
+    assert report["localised_by"] == str(results.localiser.root) and "localiser" in report["stage_seconds"]
+    # an ensemble's folder finds the localiser beside it too
+    ensemble = Folds(Plans.load(results.model("arunet").plans), folder=results.ensemble(["arunet", "x"]).root)
+    ensemble.folder.mkdir()
+    assert find_localiser(ensemble).folder == results.localiser.root
 
 
-def test_a_localiser_of_other_classes_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "localiser"
-    other = localiser_plans(make_plans(labels={0: "background", 1: "liver"}))
-    other.save(folder / "plans.json")
-    (folder / "fold_0").mkdir()
-    model = Folds(make_plans(labels={0: "background", 1: "vessel", 2: "tumour"}))
-    with pytest.raises(ConfigurationError, match="segments"):
-        open_localiser(folder, model)  # type: ignore[arg-type]
+@pytest.mark.parametrize("field, other", [("labels", {0: "background", 1: "liver"}), ("orientation", None),
+                                          ("channel_names", ("MR",)), ("crop_to_body", False)])
+def test_a_localiser_that_does_not_fit_the_model_is_refused(tmp_path: Path, field: str, other: object,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    results = ResultsDataset(tmp_path / "Task08_HepaticVessel")
+    plans = make_plans(orientation="LPS")
+    localiser_plans(plans.replace(**{field: other})).save(results.localiser.plans)
+    results.localiser.fold(0).root.mkdir()
+    results.localiser.fold(0).final.write_bytes(b"")  # never opened: refused before
+    model = Folds(plans, folder=results.model("arunet").root)
+    with pytest.raises(ConfigurationError, match=f"localiser's {field}"):
+        open_localiser(results.localiser.root, model)  # type: ignore[arg-type]
+    model.folder.mkdir()
+    with caplog.at_level(logging.WARNING):  # found beside the model: the scout looks instead
+        assert find_localiser(model) is None  # type: ignore[arg-type]
+    assert "does not fit the model" in caplog.text
