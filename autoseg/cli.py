@@ -230,6 +230,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "the model; it goes to <dataset>/localiser/ and `predict --localise` uses it (one fold "
                         "is enough, e.g. -f 0)")
     p.add_argument("--recipe", default=None, help="sgd_poly, adam_plateau or adam_poly (default: planned)")
+    p.add_argument("--sampler", choices=("voxels", "components"), default=None,
+                   help="how a foreground-forced patch picks its centre: voxels (nnU-Net's: a lesion in proportion "
+                        "to its size) or components (a connected component of the class at random, then a voxel "
+                        "of it: small lesions as often as large ones); default: the recipe's (voxels)")
     p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or "
                                                 "weighted_dice_focal (default: the recipe's)")
     budget = p.add_mutually_exclusive_group()
@@ -288,7 +292,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                        recipe=args.recipe, loss=args.loss, epochs=args.epochs,
                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
                        steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
-                       force=args.force, seed=args.seed, regions=args.regions, localiser=args.localiser)
+                       force=args.force, seed=args.seed, regions=args.regions, localiser=args.localiser,
+                       sampler=args.sampler)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",

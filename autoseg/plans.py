@@ -27,11 +27,17 @@ NormalisationScheme = Literal["ct", "zscore"]
 LabelVolume = Literal["keep", "argmax"]
 Schedule = Literal["poly", "plateau"]
 Optimizer = Literal["sgd", "adam"]
+#: How a foreground-forced patch picks its centre in a case (``training.data.PatchLoader``): a
+#: random present class, then ``voxels``: one of its stored voxels (nnU-Net's rule: a lesion is
+#: picked in proportion to its size), or ``components``: one of its connected components, then a
+#: voxel of it (every lesion alike, however small).
+Sampler = Literal["voxels", "components"]
 #: :data:`autoseg.precision.PRECISIONS` (a test keeps the two equal).
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LABEL_VOLUME_MODES: tuple[str, ...] = get_args(LabelVolume)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
 #: Slices more than this many times thicker than the pixels: augmentation rotates within the slice
 #: plane only (a tilt would mix distant slices). The decision is the planner's, stored in the plans.
 IN_PLANE_ROTATION_RATIO = 2.5
@@ -119,6 +125,8 @@ class Recipe:
     iterations_per_epoch: int = 50
     loss: str = "dice_ce"
     oversample_foreground: float = 0.67
+    #: How a foreground-forced patch picks its centre (:data:`Sampler`).
+    sampler: Sampler = "voxels"
     deep_supervision: bool = True
     plateau_patience: int = 3
     early_stop_patience: int = 0  # 0: never stop early

@@ -153,6 +153,8 @@ def test_compute_budget_is_steps_of_the_calibrated_step_time(env: Path) -> None:
     assert (recipe.steps, recipe.time_budget_s) == (60, None)
     recipe = apply_overrides(plans.replace(recipe=recipe), TrainRequest("8", time_budget_s=30.0)).recipe
     assert (recipe.steps, recipe.time_budget_s) == (None, 30.0)  # one budget replaces the other
+    assert recipe.sampler == "voxels"
+    assert apply_overrides(plans, TrainRequest("8", sampler="components")).recipe.sampler == "components"
 
 
 def test_a_fold_being_trained_elsewhere_is_refused_until_its_holder_ends(

@@ -177,6 +177,24 @@ def test_oversampling_puts_rare_classes_in_patches(tmp_path: Path) -> None:
     assert hits < seen[1]
 
 
+def test_the_components_sampler_draws_small_lesions_as_often_as_large_ones(tmp_path: Path) -> None:
+    """One tumour of 1000 voxels and one of 8 (a small lesion): by voxels the small one is forced into
+    about 1 patch in 126, by components into about half of them."""
+    shape = (20, 40, 40)
+    seg = np.zeros(shape, np.uint8)
+    seg[2:12, 2:12, 2:12] = 1  # 1000 voxels
+    seg[16:18, 30:32, 30:32] = 1  # 8 voxels, far from it
+    locs = {1: np.argwhere(seg == 1).tolist()}
+    write_case(tmp_path, "case", np.zeros((1, *shape), np.float32), seg, make_properties("case", shape, locs))
+    store = CaseStore(tmp_path / "data", ["case"])
+    small = {sampler: sum(int(PatchLoader(store, (4, 4, 4), 1, 1.0, seed, sampler).centre("case", True)[0] >= 16)
+                          for seed in range(400)) for sampler in ("voxels", "components")}
+    assert small["voxels"] <= 12 and 150 <= small["components"] <= 250
+    assert [len(g) for g in store.components("case")[1]] in ([1000, 8], [8, 1000])
+    with pytest.raises(ValueError, match="sampler"):
+        PatchLoader(store, (4, 4, 4), 1, 1.0, 0, "lesions")  # type: ignore[arg-type]
+
+
 def test_missing_preprocessed_case_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(AutosegError, match="plan_and_preprocess"):
         CaseStore(tmp_path, ["nope"])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cc3d
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
@@ -30,7 +31,7 @@ from batchgenerators.transforms.utility_transforms import NumpyToTensor
 from autoseg.artefacts import CaseProperties
 from autoseg.errors import AutosegError
 from autoseg.layout import CaseFiles, case_files_in
-from autoseg.plans import Augmentation
+from autoseg.plans import SAMPLERS, Augmentation, Sampler
 from autoseg.preprocessing import open_array
 from autoseg.processes import die_with_parent
 
@@ -63,6 +64,7 @@ class CaseStore:
         self._images: dict[str, Any] = {}
         self._labels: dict[str, Any] = {}
         self._locations: dict[str, dict[int, np.ndarray]] = {}
+        self._components: dict[str, dict[int, list[np.ndarray]]] = {}
         missing = [c for c in self.cases if not (self.files(c).image.is_file() and self.files(c).labels.is_file())]
         if missing:
             raise AutosegError(f"preprocessed cases missing or from an older autoseg (before version 4 the arrays "
@@ -111,6 +113,19 @@ class CaseStore:
                                      for k, v in found.items() if len(v)}
         return self._locations[case]
 
+    def components(self, case: str) -> dict[int, list[np.ndarray]]:
+        """The stored locations of each class grouped by the 26-connected component of the class
+        they lie in (the label map read whole once per case; a component too small to have a stored
+        location is not drawn)."""
+        if case not in self._components:
+            labels = np.asarray(self.labels(case)[...])
+            grouped: dict[int, list[np.ndarray]] = {}
+            for cls, pts in self.locations(case).items():
+                ids = cc3d.connected_components(labels == cls, connectivity=26)[tuple(pts.T)]
+                grouped[cls] = [pts[ids == i] for i in np.unique(ids)]
+            self._components[case] = grouped
+        return self._components[case]
+
 
 def initial_patch_size(patch: tuple[int, ...], in_plane_only: bool) -> tuple[int, ...]:
     """Patch read before rotation and scaling so the final crop has no empty corners.
@@ -148,9 +163,12 @@ class PatchLoader(SlimDataLoaderBase):
     batch_size: int  # set by SlimDataLoaderBase.__init__ (batchgenerators is untyped)
 
     def __init__(self, store: CaseStore, patch_size: tuple[int, ...], batch_size: int, oversample: float,
-                 seed: int):
+                 seed: int, sampler: Sampler = "voxels"):
         super().__init__(store, batch_size, None)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} is not one of {SAMPLERS}")
         self.store, self.patch_size, self.oversample = store, tuple(patch_size), oversample
+        self.sampler = sampler
         self.rng = np.random.default_rng(seed)
 
     def set_thread_id(self, thread_id: int) -> None:
@@ -170,6 +188,9 @@ class PatchLoader(SlimDataLoaderBase):
             if locations:
                 cls = list(locations)[int(self.rng.integers(len(locations)))]
                 pts = locations[cls]
+                if self.sampler == "components":  # a lesion at random, then a voxel of it
+                    groups = self.store.components(case)[cls]
+                    pts = groups[int(self.rng.integers(len(groups)))]
                 return pts[int(self.rng.integers(len(pts)))]
         shape = np.array(labels.shape)
         half = np.array(self.patch_size) // 2
@@ -214,10 +235,11 @@ def train_transforms(patch: tuple[int, ...], in_plane_only: bool) -> Compose:
 
 
 def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Augmentation,
-                      batch_size: int, oversample: float, seed: int, workers: int):
+                      batch_size: int, oversample: float, seed: int, workers: int, sampler: Sampler = "voxels"):
     """An endless stream of augmented batches; ``workers`` > 0 runs it in background processes.
-    ``augmentation``: the plans' decision (``plans.augmentation``)."""
-    loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed)
+    ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler``: the recipe's."""
+    loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed,
+                         sampler)
     transforms = train_transforms(patch, augmentation.in_plane_only)
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)

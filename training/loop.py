@@ -227,7 +227,7 @@ class FoldTrainer:
         stream = make_train_stream(train_store, self.plans.patch_size, self.plans.augmentation,
                                    self.plans.batch_size, self.recipe.oversample_foreground,
                                    self.options.seed + 1000 * self.epoch + 7919 * self.dist.rank,
-                                   self.options.workers)
+                                   self.options.workers, self.recipe.sampler)
         summary = None
         try:
             while not self.finished():

@@ -57,6 +57,8 @@ class TrainRequest:
     regions: bool = False
     #: Train the dataset's localiser (``<preprocessed>/<dataset>/localiser``) instead of the model.
     localiser: bool = False
+    #: How foreground-forced patches pick their centre (``Recipe.sampler``; None: the recipe's).
+    sampler: str | None = None
 
     @property
     def sets_schedule(self) -> bool:
@@ -80,7 +82,7 @@ def apply_overrides(plans: Plans, req: TrainRequest, fingerprint: Path | None = 
     recipe = recipe_named(req.recipe, plans.recipe) if req.recipe else plans.recipe
     changes: dict[str, Any] = {}
     for field, value in (("loss", req.loss), ("iterations_per_epoch", req.iterations_per_epoch),
-                         ("precision", req.precision)):
+                         ("precision", req.precision), ("sampler", req.sampler)):
         if value is not None:
             changes[field] = value
     if req.sets_schedule:  # one budget replaces any other the plans had
