@@ -277,6 +277,10 @@ class ModelFolder:
     def folds(self) -> list[FoldFolder]:
         return [self.fold(k) for k in range(NUM_FOLDS)]
 
+    def finished_folds(self) -> tuple[int, ...]:
+        """The folds whose final checkpoint is written."""
+        return tuple(k for k in range(NUM_FOLDS) if self.fold(k).final.is_file())
+
     def validation_predictions(self) -> list[Path]:
         """Every fold's validation predictions on the preprocessed grid, sorted by fold and case."""
         return [f.validation.prediction(c) for f in self.folds() if f.validation.root.is_dir()

@@ -91,7 +91,7 @@ def ensure_localiser_plans(out: PreprocessedDataset, replan: bool) -> Plans:
     loc, source = out.localiser, Plans.load(out.plans)
     if loc.plans.is_file() and not replan:
         kept = Plans.load(loc.plans)
-        if kept.localiser == source.sha256():
+        if kept.is_localiser_of(source):
             log.info("plan: keeping the localiser's %s (use --force to re-plan)", loc.plans)
             return kept
         log.info("plan: the dataset's plans changed since its localiser was planned; planning the localiser again")
@@ -107,7 +107,7 @@ def stale_localiser(out: PreprocessedDataset) -> bool:
     loc = out.localiser
     if not (loc.plans.is_file() and out.plans.is_file()):
         return False
-    return Plans.load(loc.plans).localiser != Plans.load(out.plans).sha256()
+    return not Plans.load(loc.plans).is_localiser_of(Plans.load(out.plans))
 
 
 def plan_and_preprocess(spec: str | Path, settings: Settings, options: PlannerOptions,

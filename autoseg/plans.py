@@ -321,5 +321,9 @@ class Plans(Artefact):
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def is_localiser_of(self, plans: "Plans") -> bool:
+        """True for a localiser derived from these very ``plans`` (not from plans since changed)."""
+        return self.localiser == plans.sha256()
+
     def replace(self, **changes: Any) -> "Plans":
         return dataclasses.replace(self, **changes)

@@ -36,7 +36,7 @@ import numpy as np
 
 from autoseg.cropping import BBox
 from autoseg.errors import ConfigurationError
-from autoseg.layout import NUM_FOLDS, ModelFolder, ResultsDataset
+from autoseg.layout import ModelFolder, ResultsDataset
 from autoseg.plans import Plans
 from autoseg.preprocessing import PreprocessedCase, preprocess_case, resample_probabilities
 from autoseg.inference.model import Model, TrainedModel
@@ -85,7 +85,7 @@ def find_localiser(model: Model) -> TrainedModel | None:
     if folder.root == home or not folder.plans.is_file():
         log.info("--localise: no localiser in %s (train --localiser); localising with the scout", folder.root)
         return None
-    if not any(folder.fold(k).final.is_file() for k in range(NUM_FOLDS)):
+    if not folder.finished_folds():
         log.warning("the localiser in %s has no finished fold; localising with the scout", folder.root)
         return None
     try:
@@ -116,8 +116,7 @@ def open_localiser(folder: Path, model: Model) -> TrainedModel:
             if mine != theirs:
                 raise ConfigurationError(f"the localiser's {name} is {mine!r}, the model's {theirs!r}", folder,
                                          "use the localiser trained on the model's dataset (train --localiser)")
-    finished = tuple(k for k in range(NUM_FOLDS) if layout.fold(k).final.is_file())
-    return TrainedModel.open(folder, finished or None)  # no plans or no fold: its own clear error
+    return TrainedModel.open(folder, layout.finished_folds() or None)  # no plans or no fold: its own clear error
 
 
 def localiser_scout(localiser: Model, image_path: Path, name: str, pre: PreprocessedCase,

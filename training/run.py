@@ -190,7 +190,7 @@ def localiser_dataset(req: TrainRequest, pre: PreprocessedDataset) -> Preprocess
     if not loc.plans.is_file() or not loc.case_ids():
         raise AutosegError("the dataset's localiser is not planned and preprocessed", loc.root,
                            f"run `autoseg plan_and_preprocess -d {req.dataset} --localiser` first")
-    if Plans.load(loc.plans).localiser != Plans.load(pre.plans).sha256():
+    if not Plans.load(loc.plans).is_localiser_of(Plans.load(pre.plans)):
         raise PlansError("the localiser was planned from other plans than the dataset's current ones", loc.plans,
                          f"plan and preprocess it again: `autoseg plan_and_preprocess -d {req.dataset} --localiser`")
     return loc
