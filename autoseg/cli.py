@@ -382,6 +382,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="slide tiles F times the trained patch along each axis (at most the case's size; "
                         "default 1: the patch). Fewer tiles and less border for the same overlap; "
                         "docs/inference.md has what it does to time and Dice")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="on the CPU, run the networks in PyTorch's default NCDHW layout instead of "
+                        "channels-last (the same probabilities up to rounding, slower; docs/inference.md)")
     p.add_argument("--localise", action="store_true",
                    help="a first pass of one network without overlap finds the foreground; the folds then "
                         "predict only the tiles that hold it (faster; docs/inference.md says what it can "
@@ -455,7 +458,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                                                    "--tile-scale")
     localiser = _localiser(args, model)
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap, localise=args.localise,
-                             localiser=localiser, tile_scale=args.tile_scale,
+                             localiser=localiser, tile_scale=args.tile_scale, channels_last=args.channels_last,
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
                                                            ("overlays", args.overlays),

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
 from autoseg.errors import AutosegError
+from autoseg.networks.cpu_layout import for_cpu_inference, is_channels_last
 from autoseg.networks.config import parse_topology
 from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
@@ -42,6 +43,9 @@ class WindowOptions:
     #: Tiles this many times the trained patch along each axis (:func:`inference_tile`): a network of
     #: convolutions takes any size its strides divide, and a larger tile wastes less of its border.
     tile_scale: float = 1.0
+    #: On the CPU, slide a channels-last copy of the network (:mod:`autoseg.networks.cpu_layout`):
+    #: the same probabilities up to rounding, without oneDNN's layout copies.
+    channels_last: bool = True
 
 
 def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[int, ...]:
@@ -71,6 +75,8 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
     mirror = tuple(range(len(plans.patch_size))) if options.mirror else ()
     tile = inference_tile(plans, data.shape[1:], options.tile_scale)
     batch = plans.batch_size if tile == tuple(plans.patch_size) else 1
+    if options.channels_last and options.device == "cpu":
+        network = for_cpu_inference(network)
     return predict_sliding_window(network, data, tile, plans.num_classes, options.overlap,
                                   batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,
@@ -140,6 +146,7 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     weights = np.zeros(spatial, dtype=np.float32)
     gauss = gaussian_importance(tuple(patch))
     gauss_t = torch.from_numpy(gauss).to(device)
+    layout = torch.channels_last_3d if len(patch) == 3 and is_channels_last(network) else torch.contiguous_format
     tiles = [tuple(slice(s, s + p) for s, p in zip(start, patch))
              for start in itertools.product(*tile_starts(spatial, patch, overlap))]
     if where is not None:
@@ -157,11 +164,12 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
             between_batches()  # e.g. CoreShare.adapt: threads follow the cores other processes leave free
         chunk = tiles[i:i + batch_size]
         x = torch.from_numpy(np.stack([padded[(slice(None), *t)] for t in chunk])).to(device)
+        x = x.contiguous(memory_format=layout)
         t0 = time.perf_counter()
         with autocast(device, precision):
             out = _mirrored_probabilities(network, x, mirror_axes, regions, num_classes)
         _check_finite(out, source)
-        weighted = (out * gauss_t).float().cpu().numpy()
+        weighted = (out * gauss_t).float().cpu().contiguous().numpy()
         if timings is not None:
             timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t0
         for t, o in zip(chunk, weighted):

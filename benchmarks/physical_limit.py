@@ -13,7 +13,9 @@ Run: ``.venv/bin/python benchmarks/physical_limit.py [--plans PATH] [--threads 2
    in the convolutions is the convolution operators' own time in ``torch.profiler`` (the calling
    thread's wall time inside them; oneDNN's threads work within it), so the share inside the
    convolutions is their FLOPs over that time, over the peak; the share of the whole step is all FLOPs over the step's wall time,
-   over the peak. The operators that take the most time are listed: where the rest goes.
+   over the peak. The operators that take the most time are listed: where the rest goes. The prediction
+   pass is measured twice: in PyTorch's default NCDHW layout, and as ``autoseg predict`` runs it on
+   the CPU, a channels-last copy (``autoseg.networks.cpu_layout``).
 
 Machines change between sessions (an AMD EPYC with ``avx512_bf16``, an Intel Xeon with AMX): the
 CPU's model and flags are recorded. Results: ``benchmarks/results/physical_limit.json``.
@@ -36,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench_common import append_result
 from autoseg.networks import build_network
+from autoseg.networks.cpu_layout import for_cpu_inference
 from autoseg.plans import Plans
 from autoseg.precision import autocast, resolve_precision
 
@@ -104,10 +107,18 @@ def measure(plans: Plans, threads: int, repeats: int, peaks: dict[str, dict[str,
         with torch.no_grad(), autocast("cpu", precision):
             net(x)
 
+    fast = for_cpu_inference(net.eval())  # what autoseg predict slides on the CPU (autoseg.networks.cpu_layout)
+    x_last = x.contiguous(memory_format=torch.channels_last_3d)
+
+    def predict_pass_channels_last() -> None:
+        with torch.no_grad(), autocast("cpu", precision):
+            fast(x_last)
+
     peak_gflops = peaks["bfloat16" if precision == "bf16" else "float32"]["peak_gflops"]
     result: dict[str, Any] = {"precision": precision, "patch": list(plans.patch_size), "batch": plans.batch_size,
                               "network": plans.network.name, "peak_gflops_used": peak_gflops}
-    for name, fn, mode in (("training_step", train_step, net.train), ("prediction_pass", predict_pass, net.eval)):
+    for name, fn, mode in (("training_step", train_step, net.train), ("prediction_pass", predict_pass, net.eval),
+                           ("prediction_pass_channels_last", predict_pass_channels_last, fast.eval)):
         mode()
         with FlopCounterMode(display=False) as counter:
             fn()

@@ -48,6 +48,8 @@ class PredictOptions:
     overlap: float = 0.5
     #: Tiles this many times the trained patch along each axis (``WindowOptions.tile_scale``).
     tile_scale: float = 1.0
+    #: On the CPU, slide channels-last copies of the networks (``WindowOptions.channels_last``).
+    channels_last: bool = True
     #: Every fold predicts only the tiles holding the foreground a first, non-overlapping pass of one
     #: network found (:mod:`autoseg.inference.localise`); False: every fold over the whole case.
     localise: bool = False
@@ -180,6 +182,7 @@ def window_options(options: PredictOptions) -> WindowOptions:
     """How the models slide over a case, from the prediction options."""
     return WindowOptions(overlap=options.overlap, mirror=options.tta, device=options.device,
                          precision=options.precision, tile_scale=options.tile_scale,
+                         channels_last=options.channels_last,
                          between_batches=options.cores.adapt if options.cores else None)
 
 
