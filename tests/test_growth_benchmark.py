@@ -49,7 +49,7 @@ def test_a_size_n_task_holds_the_pools_first_n_cases_and_all_its_test_cases(tmp_
 
 def test_the_picture_is_drawn_from_the_rows(tmp_path: Path, growth) -> None:
     tool = {"plan_and_preprocess_s": 10.0, "plan_and_preprocess_gib": 1.0, "train_s": 60.0, "train_gib": 2.0,
-            "predict_s": 80.0, "predict_gib": 1.5, "preprocessed_bytes": 1e8, "steps": 50}
+            "predict_s": 80.0, "predict_gib": 1.5, "preprocessed_bytes": 1e8, "steps": 50, "steps_s": 25.0}
     rows = [{"cases": n, "autoseg": dict(tool), "nnunet": dict(tool)} for n in (10, 40)]
     growth.plot(rows, tmp_path / "growth.png")
     assert (tmp_path / "growth.png").stat().st_size > 10_000
@@ -64,8 +64,8 @@ def test_a_size_is_raced_again_unless_its_rows_of_this_budget_and_cases_are_ther
     calls: list[list[str]] = []
 
     def row(steps: int) -> dict:
-        return {"train_wall_s": float(steps), "train_peak_rss_gib": 1.0, "steps": steps, "predict_wall_s": 2.0,
-                "predict_peak_rss_gib": 1.0}
+        return {"train_wall_s": float(steps), "train_peak_rss_gib": 1.0, "steps": steps, "median_step_s": 0.5,
+                "predict_wall_s": 2.0, "predict_peak_rss_gib": 1.0}
 
     def fake_race(cmd: list[str], check: bool) -> None:
         calls.append(cmd)
@@ -79,7 +79,14 @@ def test_a_size_is_raced_again_unless_its_rows_of_this_budget_and_cases_are_ther
     args = argparse.Namespace(steps=50, redo=False)
     first = growth.race_size(task, 2, args, tmp_path)
     assert len(calls) == 1 and first["autoseg"]["steps"] == 50 and first["nnunet"]["train_s"] == 50.0
-    assert growth.race_size(task, 2, args, tmp_path)["autoseg"]["steps"] == 50 and len(calls) == 1  # reused
+    assert first["nnunet"]["steps_s"] == 25.0 and first["autoseg"]["fold_validation_s"] is None
+    summary = tmp_path / "race_n2" / "autoseg_results" / "autoseg_50steps" / "Task08_x" / "arunet" / "fold_0"
+    summary = summary / "validation"
+    summary.mkdir(parents=True)
+    (summary / "summary.json").write_text(json.dumps({"seconds": 12.5}))
+    again = growth.race_size(task, 2, args, tmp_path)
+    assert again["autoseg"]["steps"] == 50 and len(calls) == 1  # reused
+    assert again["autoseg"]["fold_validation_s"] == 12.5  # the end-of-fold validation, apart from the steps
     growth.race_size(task, 2, argparse.Namespace(steps=60, redo=False), tmp_path)
     assert len(calls) == 2  # another budget: raced again
     stored = json.loads((tmp_path / "race_n2.json").read_text())
