@@ -351,6 +351,9 @@ class ClassEvidence:
     #: dropped voxels take their next most probable class); the choice weighs it with the class's
     #: own Dice. Absent in decisions written before the field.
     other_classes_change: dict[str, MaybeNan] | None = optional()
+    #: For the all-foreground rule: each class's change of mean Dice with it (by class name); the
+    #: rule is chosen only where the mean rises and no class falls. Absent before the field.
+    class_change: dict[str, MaybeNan] | None = optional()
 
 
 @dataclass(frozen=True)

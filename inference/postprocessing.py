@@ -3,7 +3,9 @@
 First, for all foreground classes as one (as nnU-Net does): keep only the largest component of
 their union, which removes whatever the model found outside the one organ its classes live in (a
 liver model's false "liver" in the spleen or a muscle, with any vessel or tumour predicted there);
-chosen where it raises the mean Dice over the classes. Then the candidates, per foreground class
+chosen where it raises the mean Dice over the classes and lowers no class's (nnU-Net's two conditions:
+a rule that raised the mean by clearing one class's false positives while cutting another class
+would trade one structure for another). Then the candidates, per foreground class
 (26-connected components):
 
 - keep only the class's largest component, which removes scattered false positives of a class that
@@ -38,7 +40,7 @@ from scipy import ndimage
 
 from autoseg.artefacts import ClassEvidence, PostprocessingDecision, PostprocessingRules
 from autoseg.layout import ExportNames, ModelFolder, case_files_in
-from autoseg.metrics import dice_per_class
+from autoseg.metrics import dice_per_class, mean_present
 from autoseg.partial_labels import LabelSpace
 from autoseg.inference.model import stored_artefact
 from autoseg.preprocessing import load_labels
@@ -205,11 +207,10 @@ def _mean_dice(pairs: list[tuple[np.ndarray, np.ndarray]], label: int, space: La
     return float(np.mean(present)) if present else math.nan
 
 
-def _mean_over_classes(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int],
-                       space: LabelSpace | None = None) -> float:
-    """Mean over ``classes`` of each class's mean CV Dice (classes no case holds left out)."""
-    values = [v for v in (_mean_dice(pairs, k, space) for k in classes) if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
+def _mean_over_classes(values: list[float]) -> float:
+    """Mean of the classes' mean CV Dice, classes no case holds (NaN) left out; NaN when none is held."""
+    mean = mean_present(values)
+    return math.nan if mean is None else mean
 
 
 def _side_effect(pairs: list[tuple[np.ndarray, np.ndarray]], before: dict[int, float],
@@ -267,14 +268,17 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     min_confidence: dict[int, float] = {}
     evidence: dict[str, ClassEvidence] = {}
     classes = [k for k in sorted(labels) if k != 0]
-    before_all = _mean_over_classes(raw, classes, space)
     whole = [(keep_largest_foreground(p), r) for p, r in raw]
-    with_all = _mean_over_classes(whole, classes, space)
-    foreground = not math.isnan(before_all) and with_all > before_all
+    per_class = {k: (_mean_dice(raw, k, space), _mean_dice(whole, k, space)) for k in classes}
+    before_all, with_all = (_mean_over_classes([v[i] for v in per_class.values()]) for i in (0, 1))
+    change = {labels[k]: after - before for k, (before, after) in per_class.items()}
+    falls = [name for name, d in change.items() if d < 0]  # NaN (no case has the class) never falls
+    foreground = not math.isnan(before_all) and with_all > before_all and not falls
     evidence["all foreground"] = ClassEvidence(label=0, dice_before=before_all,
                                                candidates={"keep_largest_foreground": with_all},
                                                choice="keep_largest_foreground" if foreground else "none",
-                                               dice_after=with_all if foreground else before_all, enabled=foreground)
+                                               dice_after=with_all if foreground else before_all, enabled=foreground,
+                                               class_change=change)
     pairs = whole if foreground else raw
     for label, name in sorted(labels.items()):
         if label == 0:
@@ -311,7 +315,8 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
         keep_largest_component=tuple(largest), min_component_ml=min_sizes, evidence=evidence, cases=len(cases),
         grid_spacing_zyx=tuple(float(s) for s in spacing_zyx), keep_largest_foreground=foreground,
         min_component_confidence=min_confidence,
-        rule="all foreground as one where it raises the mean CV Dice over the classes; then class by class, the "
+        rule="all foreground as one where it raises the mean CV Dice over the classes and lowers none (as nnU-Net "
+             "decides it); then class by class, the "
              "candidate with the highest mean CV Dice, where it beats none. Confidence candidates (where every CV "
              "case kept its probabilities) are tried as prediction applies them: with the confidence rules of the "
              "classes before, on the probabilities until none drops more, then the foreground rule; each is "

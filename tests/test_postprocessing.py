@@ -92,6 +92,29 @@ def test_all_foreground_as_one_removes_what_lies_outside_the_organ(tmp_path: Pat
     assert PostprocessingDecision.load(tmp_path / "old.json").rules.keep_largest_foreground is False
 
 
+def test_all_foreground_as_one_is_refused_when_it_lowers_a_class_even_if_the_mean_rises(tmp_path: Path) -> None:
+    """nnU-Net's second condition. Case a: a liver, and a stray blob of false liver far away that the
+    rule removes (liver Dice up). Case b: a liver, and a true tumour outside it, which the rule
+    removes with the blob's neighbour (tumour Dice down). The mean over the classes rises; the
+    tumour falls: no foreground rule, and the evidence says by how much each class moved."""
+    ref_a = np.zeros((12, 24, 24), np.uint8)
+    ref_a[1:9, 1:13, 1:13] = 1
+    ref_a[3:7, 3:7, 3:7] = 2
+    pred_a = ref_a.copy()
+    pred_a[8:12, 14:24, 14:24] = 1  # a large false liver: removing it raises liver Dice a lot
+    ref_b = ref_a.copy()
+    ref_b[10:11, 20:22, 20] = 2  # a small true lesion outside the organ: tumour Dice falls a little
+    pred_b = ref_b.copy()
+    for fold, (case, pred, ref) in enumerate((("a", pred_a, ref_a), ("b", pred_b, ref_b))):
+        _write(tmp_path, fold, case, pred, ref)
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {0: "bg", 1: "liver", 2: "tumour"},
+                                        (1.0, 1.0, 1.0))
+    ev = decision["evidence"]["all foreground"]
+    assert ev["candidates"]["keep_largest_foreground"] > ev["dice_before"]  # the mean rises ...
+    assert ev["class_change"]["liver"] > 0 > ev["class_change"]["tumour"]  # ... the tumour falls
+    assert decision["keep_largest_foreground"] is False and ev["choice"] == "none" and not ev["enabled"]
+
+
 def test_small_specks_are_dropped_at_the_volume_cross_validation_picks(tmp_path: Path) -> None:
     """Two true 2x2x2 lesions (0.064 mL at 2 mm voxels) and single-voxel specks (0.008 mL) of false
     tumour: dropping components under 0.01 mL removes exactly the specks; the largest-component rule
