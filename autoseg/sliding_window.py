@@ -69,14 +69,17 @@ def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[in
 
 def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: WindowOptions,
           timings: dict[str, float] | None = None, source: str | Path | None = None,
-          where: np.ndarray | None = None) -> np.ndarray:
+          where: np.ndarray | None = None, owned: bool = False) -> np.ndarray:
     """:func:`predict_sliding_window` with the patch (times ``options.tile_scale``), classes and batch
-    of ``plans``; tiles larger than the patch go through the network one at a time."""
+    of ``plans``; tiles larger than the patch go through the network one at a time. With
+    ``options.channels_last`` on the CPU the network slides channels-last: a converted copy, or
+    ``network`` itself converted in place where the caller ``owned`` it for this call alone (a network
+    converted already slides as it is)."""
     mirror = tuple(range(len(plans.patch_size))) if options.mirror else ()
     tile = inference_tile(plans, data.shape[1:], options.tile_scale)
     batch = plans.batch_size if tile == tuple(plans.patch_size) else 1
     if options.channels_last and options.device == "cpu":
-        network = for_cpu_inference(network)
+        network = for_cpu_inference(network, copy_first=not owned)
     return predict_sliding_window(network, data, tile, plans.num_classes, options.overlap,
                                   batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,

@@ -81,7 +81,8 @@ class _FoldNetworks:
         total: np.ndarray | None = None
         for fold in self.folds:
             net = self.network(fold, options.device)
-            probs = slide(net, data, self.plans, options, timings, source=self.weights_source(fold), where=where)
+            probs = slide(net, data, self.plans, options, timings, source=self.weights_source(fold), where=where,
+                          owned=True)
             del net
             total = probs if total is None else np.add(total, probs, out=total)
         assert total is not None  # every model has at least one fold (checked on opening)
@@ -92,7 +93,7 @@ class _FoldNetworks:
               timings: dict[str, float] | None = None) -> np.ndarray:
         fold = self.folds[0]
         return slide(self.network(fold, options.device), data, self.plans, options, timings,
-                     source=self.weights_source(fold))
+                     source=self.weights_source(fold), owned=True)
 
 
 @dataclass(frozen=True)

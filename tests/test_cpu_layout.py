@@ -78,6 +78,15 @@ def test_what_has_no_equivalent_is_left_as_it_is(module: nn.Module) -> None:
     assert type(fast[1]) is type(module)
 
 
+def test_a_converted_network_is_not_copied_again_and_an_owned_one_is_converted_in_place() -> None:
+    net = trained_looking("arunet")
+    fast = for_cpu_inference(net)
+    assert fast is not net and for_cpu_inference(fast) is fast  # fold validation: one copy for all cases
+    owned = trained_looking("arunet")
+    assert for_cpu_inference(owned, copy_first=False) is owned and is_channels_last(owned)
+    assert not any(isinstance(m, nn.InstanceNorm3d) for m in owned.modules())
+
+
 def test_a_network_without_3d_convolutions_is_returned_itself() -> None:
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.InstanceNorm2d(2))
     assert for_cpu_inference(net) is net

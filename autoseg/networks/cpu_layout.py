@@ -16,8 +16,10 @@ operators turn a channels-last tensor back into NCDHW, so the next convolution c
   depthwise convolution with constant weights, which keeps the layout and runs in bf16.
 
 :func:`for_cpu_inference` returns a converted copy and leaves the caller's network alone (fold
-validation passes the network it is training). Training keeps NCDHW: there the channels-last
-backward passes were slower (a training step took twice as long on the same machine).
+validation converts a copy of the network it trained, once for all its cases), or converts a
+network in place that was loaded for the prediction alone (each fold's, once per case). Training
+keeps NCDHW: there the channels-last backward passes were slower (a training step took twice as
+long on the same machine).
 """
 from __future__ import annotations
 
@@ -81,13 +83,16 @@ def _swap(module: nn.Module) -> int:
     return swapped
 
 
-def for_cpu_inference(network: nn.Module) -> nn.Module:
-    """A copy of ``network`` in channels-last with its instance norms and stride-sized average pools
-    replaced by their layout-keeping equivalents; ``network`` itself when it holds no 3D
-    convolution (an ONNX Runtime session, a 2D network): nothing to gain there."""
-    if not any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in network.modules()):
+def for_cpu_inference(network: nn.Module, copy_first: bool = True) -> nn.Module:
+    """``network`` in channels-last with its instance norms and stride-sized average pools replaced
+    by their layout-keeping equivalents: a copy, or with ``copy_first=False`` ``network`` itself,
+    converted in place (for a network the caller loaded for this prediction alone). ``network``
+    unchanged when it is converted already or holds no 3D convolution (an ONNX Runtime session, a
+    2D network: nothing to gain there)."""
+    if is_channels_last(network) or not any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))
+                                            for m in network.modules()):
         return network
-    converted = copy.deepcopy(network)
+    converted = copy.deepcopy(network) if copy_first else network
     _swap(converted)
     return converted.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
