@@ -21,12 +21,15 @@ Not run by CI::
 
     .venv/bin/python benchmarks/false_tumours.py --families 1 2 --steps 1200 --seeds 0
     .venv/bin/python benchmarks/false_tumours.py --families 2 --steps 1200 --seeds 0 1 --merged
+    .venv/bin/python benchmarks/false_tumours.py --families 2 --train-args "--sampler components" \
+        --work benchmarks/work/false_tumours_components
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -141,7 +144,7 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
         fold = next(iter((work / f"results_seed{seed}").glob("*/*/fold_0/validation/summary.json")), None)
         seconds = float("nan") if fold is not None else autoseg(
             ["train", "-d", "Task08", "-f", "0", "--steps", str(args.steps), "--threads", str(args.threads),
-             "--seed", str(seed)], run_env, log)
+             "--seed", str(seed), *shlex.split(args.train_args)], run_env, log)
         autoseg(["find_best", "-d", "Task08"], run_env, log)
         decision = json.loads(next((work / f"results_seed{seed}").glob("*/*/postprocessing.json")).read_text())
         arms = {}
@@ -196,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=BENCH / "work" / "false_tumours")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--train-args", default="", metavar="FLAGS",
+                   help="more `autoseg train` flags for the Task08 model, e.g. '--sampler components' (give "
+                        "another --work: each work folder holds one recipe's models)")
     p.add_argument("--merged", action="store_true",
                    help="also train the one liver + vessel + tumour model (module docstring) and score it")
     args = p.parse_args(argv)
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "false_tumours", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "benchmarks/false_tumours.py " + " ".join(sys.argv[1:]), "cpu": cpu_model(),
         "cpu_count": os.cpu_count(), "steps": args.steps, "seeds": args.seeds, "cases": args.cases,
-        "merged": args.merged,
+        "merged": args.merged, "train_args": args.train_args,
         "test": args.test, "tumour_free_share": args.tumour_free_share, "families": families})
     return 0
 
