@@ -67,19 +67,26 @@ def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[in
     return tuple(tile)
 
 
+def inference_network(network: torch.nn.Module, options: WindowOptions, owned: bool = False) -> torch.nn.Module:
+    """The network as :func:`slide` runs it: with ``options.channels_last`` on the CPU a
+    channels-last copy (:func:`~autoseg.networks.cpu_layout.for_cpu_inference`), or ``network``
+    itself converted in place where the caller ``owned`` it for this call alone; else ``network``."""
+    if options.channels_last and options.device == "cpu":
+        return for_cpu_inference(network, copy_first=not owned)
+    return network
+
+
 def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: WindowOptions,
           timings: dict[str, float] | None = None, source: str | Path | None = None,
           where: np.ndarray | None = None, owned: bool = False) -> np.ndarray:
     """:func:`predict_sliding_window` with the patch (times ``options.tile_scale``), classes and batch
     of ``plans``; tiles larger than the patch go through the network one at a time. With
-    ``options.channels_last`` on the CPU the network slides channels-last: a converted copy, or
-    ``network`` itself converted in place where the caller ``owned`` it for this call alone (a network
-    converted already slides as it is)."""
+    ``options.channels_last`` on the CPU the network slides channels-last (:func:`inference_network`;
+    a network converted already slides as it is)."""
     mirror = tuple(range(len(plans.patch_size))) if options.mirror else ()
     tile = inference_tile(plans, data.shape[1:], options.tile_scale)
     batch = plans.batch_size if tile == tuple(plans.patch_size) else 1
-    if options.channels_last and options.device == "cpu":
-        network = for_cpu_inference(network, copy_first=not owned)
+    network = inference_network(network, options, owned)
     return predict_sliding_window(network, data, tile, plans.num_classes, options.overlap,
                                   batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,

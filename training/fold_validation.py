@@ -27,9 +27,8 @@ from autoseg.layout import ValidationFolder
 from autoseg.metrics import case_dice
 from autoseg.plans import Plans
 from autoseg.networks import SegmentationNetwork
-from autoseg.networks.cpu_layout import for_cpu_inference
 from autoseg.preprocessing import labels_on_original_grid
-from autoseg.sliding_window import WindowOptions, slide
+from autoseg.sliding_window import WindowOptions, inference_network, slide
 from autoseg.training.data import CaseStore
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,7 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
     was_ds = switch.deep_supervision
     switch.deep_supervision = False
     network.eval()
-    if window.channels_last and window.device == "cpu":
-        network = for_cpu_inference(network)  # one copy for every case; the trained network stays as it is
+    network = inference_network(network, window)  # one copy for every case; the trained network stays as it is
     per_case: dict[str, dict[str, float | None]] = {}
     t0 = time.perf_counter()
     try:

@@ -71,16 +71,13 @@ def _replacement(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def _swap(module: nn.Module) -> int:
-    swapped = 0
+def _swap(module: nn.Module) -> None:
     for name, child in module.named_children():
         new = _replacement(child)
         if new is not None:
             setattr(module, name, new)
-            swapped += 1
         else:
-            swapped += _swap(child)
-    return swapped
+            _swap(child)
 
 
 def for_cpu_inference(network: nn.Module, copy_first: bool = True) -> nn.Module:
