@@ -14,10 +14,13 @@ liver by its shape and its place, not by its HU alone:
   (rectus, quadratus lumborum, a psoas that swells towards the pelvis, thick obliques in half the
   patients), the aorta and IVC ending in iliac vessels, the spine ending at the sacrum.
 - **Field of view** per case: 200-450 mm long (never below the femoral heads), its top anywhere from
-  the lung apices to the liver dome (80 %), or a pelvis-only (10 %) or thorax-only (10 %) scan without
-  the liver or with only its dome; 300-480 mm wide, off centre, so the body's sides may be cut.
-- **Appearance**: unenhanced (15 %), late arterial (20 %), portal venous (50 %) or delayed (15 %)
-  phase, each tissue's HU drawn once per case (every muscle alike) and jittered per structure; in
+  the lung apices to the liver dome (60 %), or inside the liver, as in an abdomen-pelvis scan that
+  starts below the dome and cuts the liver at the top slice (20 %), or a pelvis-only (10 %) or
+  thorax-only (10 %) scan without the liver or with only its dome; 300-480 mm wide, off centre, so
+  the body's sides may be cut.
+- **Appearance**: unenhanced (25 %), late arterial (20 %), portal venous (40 %) or delayed (15 %)
+  phase, each tissue's HU drawn once per case (every muscle alike) and jittered per structure; an
+  unenhanced liver is anything from fatty (25 HU, darker than spleen and muscle) to normal (70 HU); in
   40 % of the cases ("scrambled", as SynthSeg randomises contrast) every soft tissue and fluid takes
   any attenuation from -10 to 200 HU and the liver any from 30 to 170, so muscle, bowel or bladder may
   equal liver and only shape and place tell them apart; family 2's point spread, kernel-shaped noise
@@ -28,8 +31,13 @@ liver by its shape and its place, not by its HU alone:
 
 The labels of task ``LiverVesselTumour`` are 1 liver parenchyma, 2 hepatic and portal vessels inside
 the liver, 3 tumour; the liver of the other conventions is the union of the three. HU ranges are
-approximate values from general radiology knowledge (unenhanced liver ~50-70 HU, muscle 40-60,
-blood 30-50; contrast phases as family 2), not fitted to any case, real or synthetic.
+approximate values from general radiology knowledge (unenhanced liver ~50-70 HU and under 40 HU in
+moderate steatosis, which a quarter or more of adults have; muscle 40-60, blood 30-50; contrast
+phases as family 2), not fitted to any case, real or synthetic.
+
+Version 2 added the fields of view that start inside the liver, the fatty unenhanced livers and the
+larger unenhanced share: version 1's model found no liver on a real unenhanced CT whose field of view
+starts below the liver's dome (issue 25, ``docs/synthetic_model.md``): it had never seen either.
 """
 from __future__ import annotations
 
@@ -51,11 +59,11 @@ TRUNK_TISSUES: dict[str, int] = {**TISSUES2, "bladder_wall": 35, "urine": 36}
 #: Spacing ``((z, y, x) low, (z, y, x) high)`` mm of trunk phantoms (drawn per case).
 TRUNK_SPACING_RANGE: SpacingRange = ((2.5, 2.4, 2.4), (5.0, 4.0, 4.0))
 #: Version of the trunk generator, recorded in ``phantom.json``.
-TRUNK_VERSION = 1
+TRUNK_VERSION = 2
 TRUNK_PHASES = ("unenhanced",) + PHASES
 #: Unenhanced attenuation of the tissues that enhance (approximate HU ranges).
 UNENHANCED_HU: dict[str, tuple[float, float]] = {
-    "liver": (48, 70), "portal_vein": (30, 50), "hepatic_vein": (30, 50), "aorta": (30, 50), "ivc": (30, 50),
+    "liver": (25, 70), "portal_vein": (30, 50), "hepatic_vein": (30, 50), "aorta": (30, 50), "ivc": (30, 50),
     "blood_pool": (30, 50), "heart_wall": (35, 55), "spleen": (38, 55), "kidney_cortex": (25, 40),
     "kidney_medulla": (25, 40), "pancreas": (30, 50), "bowel_wall": (25, 45), "stomach_wall": (25, 45),
     "muscle": (40, 60),
@@ -214,7 +222,7 @@ def _end_at_the_pelvis(rng: np.random.Generator, f: Frame, items: list[Item], pz
 def draw_trunk(seed: int, tumour_free: bool) -> tuple[Anatomy2, float]:
     """The anatomy of trunk case ``seed`` and the z (mm) of its iliac crest."""
     rng = [np.random.default_rng([seed, 3003, k]) for k in range(6)]  # body, liver, vessels, lesions, HU, rest
-    phase = str(rng[4].choice(TRUNK_PHASES, p=[0.15, 0.2, 0.5, 0.15]))
+    phase = str(rng[4].choice(TRUNK_PHASES, p=[0.25, 0.2, 0.4, 0.15]))
     hu = _TrunkHu(rng[4], phase, scrambled=bool(rng[4].random() < 0.4))
     f = draw_frame(rng[0])
     abdomen, keep_out = draw_abdomen(rng[0], f, hu)
@@ -237,8 +245,10 @@ def trunk_grid(seed: int, spacing: tuple[float, float, float] | None = None,
         inplane = rng.uniform(lo[1], hi[1])
         spacing = (round(float(rng.uniform(lo[0], hi[0])), 3), round(float(inplane), 3), round(float(inplane), 3))
     extent, kind = rng.uniform(200, 450), rng.random()
-    if kind < 0.8:
+    if kind < 0.6:
         top = rng.uniform(110, 320)
+    elif kind < 0.8:
+        top = rng.uniform(0, 90)  # below the dome: the top slice cuts through the liver
     elif kind < 0.9:
         top = rng.uniform(-200, -120)  # pelvis only
     else:

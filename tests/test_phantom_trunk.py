@@ -63,6 +63,7 @@ def test_fields_of_view_vary_and_some_hold_no_liver() -> None:
     assert tops.max() <= 321 and bottoms.min() >= -400, "never above the lung apices or below the femoral heads"
     assert (tops < -100).any(), "pelvis-only scans exist"
     assert (bottoms > 80).any(), "thorax-only scans exist"
+    assert ((tops >= 0) & (tops <= 90) & (bottoms < -150)).any(), "abdomen scans starting inside the liver exist"
     widths = np.array([g.shape[2] * g.spacing[2] for g in grids])
     assert widths.min() < 320 < 460 < widths.max()
     spacings = np.array([g.spacing for g in grids])
