@@ -34,7 +34,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --no-warn-conflicts -c constraints.txt
 TORCH_SPEC ?= torch==2.13.0
 DNA := dynamic-network-architectures
-TEST_EXTRAS ?= test export distributed viewer-test metrics-reference
+TEST_EXTRAS ?= test export openvino distributed viewer-test metrics-reference
 DEMO_DIR ?= demo_work
 LINT_CHECKS ?= layers mypy ruff
 

@@ -464,6 +464,9 @@ class CaseReport(Artefact):
     vessel_volume_ml: float | None = optional()
     input: str | None = optional()
     precision: ResolvedPrecision | None = optional()
+    #: What ran the networks: ``torch``, ``openvino`` (``predict --runtime openvino`` on the CPU) or
+    #: ``onnxruntime`` (an ONNX export).
+    runtime: str | None = optional()
     #: Seconds of each stage (preprocess, sliding_window, network_forward, restore_and_write).
     stage_seconds: dict[str, float] | None = optional()
     #: The preprocessed grid the sliding window ran over.

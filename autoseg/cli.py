@@ -385,6 +385,10 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="on the CPU, run the networks in PyTorch's default NCDHW layout instead of "
                         "channels-last (the same probabilities up to rounding, slower; docs/inference.md)")
+    p.add_argument("--runtime", choices=("torch", "openvino"), default="torch",
+                   help="what runs the networks on the CPU: PyTorch (default) or OpenVINO, which compiles each "
+                        "network into fused kernels (pip install openvino; docs/inference.md has its time and "
+                        "Dice); ignored on a GPU")
     p.add_argument("--localise", action="store_true",
                    help="a first pass of one network without overlap finds the foreground; the folds then "
                         "predict only the tiles that hold it (faster; docs/inference.md says what it can "
@@ -459,6 +463,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     localiser = _localiser(args, model)
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap, localise=args.localise,
                              localiser=localiser, tile_scale=args.tile_scale, channels_last=args.channels_last,
+                             runtime=args.runtime,
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),
                                                            ("overlays", args.overlays),

@@ -46,6 +46,9 @@ class WindowOptions:
     #: On the CPU, slide a channels-last copy of the network (:mod:`autoseg.networks.cpu_layout`):
     #: the same probabilities up to rounding, without oneDNN's layout copies.
     channels_last: bool = True
+    #: What runs the network on the CPU: ``torch``, or ``openvino`` (:mod:`autoseg.networks.openvino_runtime`:
+    #: the whole network compiled into fused kernels, in ``precision``); on other devices always torch.
+    runtime: str = "torch"
 
 
 def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[int, ...]:
@@ -68,9 +71,19 @@ def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[in
 
 
 def inference_network(network: torch.nn.Module, options: WindowOptions, owned: bool = False) -> torch.nn.Module:
-    """The network as :func:`slide` runs it: with ``options.channels_last`` on the CPU a
-    channels-last copy (:func:`~autoseg.networks.cpu_layout.for_cpu_inference`), or ``network``
-    itself converted in place where the caller ``owned`` it for this call alone; else ``network``."""
+    """The network as :func:`slide` runs it: on the CPU with ``options.runtime`` ``openvino`` the
+    network compiled by OpenVINO (:func:`~autoseg.networks.openvino_runtime.for_openvino`); else with
+    ``options.channels_last`` on the CPU a channels-last copy
+    (:func:`~autoseg.networks.cpu_layout.for_cpu_inference`), or ``network`` itself converted in place
+    where the caller ``owned`` it for this call alone; else ``network``."""
+    if options.device == "cpu" and options.runtime == "openvino":
+        from autoseg.networks.openvino_runtime import for_openvino
+        from autoseg.settings import Settings
+
+        return for_openvino(network, resolve_precision(options.precision, "cpu"), torch.get_num_threads(),
+                            Settings.from_env().cache / "openvino")
+    if options.runtime not in ("torch", "openvino"):
+        raise ValueError(f"unknown runtime {options.runtime!r} (torch or openvino)")
     if options.channels_last and options.device == "cpu":
         return for_cpu_inference(network, copy_first=not owned)
     return network

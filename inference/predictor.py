@@ -26,7 +26,7 @@ from autoseg.plans import Plans
 from autoseg.precision import resolve_precision
 from autoseg.preprocessing import labels_on_original_grid, preprocess_case
 from autoseg.inference.localise import localised_probabilities, localiser_scout
-from autoseg.inference.model import Model
+from autoseg.inference.model import Model, OnnxModel
 from autoseg.inference.postprocessing import (Decision, apply_postprocessing, keep_largest_component, rules_of,
                                               suppress_unsure)
 from autoseg.inference.dicom_seg import check_dicom_seg_input
@@ -50,6 +50,8 @@ class PredictOptions:
     tile_scale: float = 1.0
     #: On the CPU, slide channels-last copies of the networks (``WindowOptions.channels_last``).
     channels_last: bool = True
+    #: What runs the networks on the CPU (``WindowOptions.runtime``): torch or openvino.
+    runtime: str = "torch"
     #: Every fold predicts only the tiles holding the foreground a first, non-overlapping pass of one
     #: network found (:mod:`autoseg.inference.localise`); False: every fold over the whole case.
     localise: bool = False
@@ -182,8 +184,15 @@ def window_options(options: PredictOptions) -> WindowOptions:
     """How the models slide over a case, from the prediction options."""
     return WindowOptions(overlap=options.overlap, mirror=options.tta, device=options.device,
                          precision=options.precision, tile_scale=options.tile_scale,
-                         channels_last=options.channels_last,
+                         channels_last=options.channels_last, runtime=options.runtime,
                          between_batches=options.cores.adapt if options.cores else None)
+
+
+def runtime_of(model: Model, options: PredictOptions) -> str:
+    """What runs ``model``'s networks with ``options`` (the report's ``runtime``)."""
+    if isinstance(model, OnnxModel):
+        return "onnxruntime"
+    return options.runtime if options.device == "cpu" else "torch"
 
 
 def predict_case(model: Model, name: str, image_path: Path, options: PredictOptions) -> CasePrediction:
@@ -228,6 +237,7 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     report = dataclasses.replace(
         measured, input=str(image_path),
         precision=model.fixed_precision or resolve_precision(options.precision, options.device),
+        runtime=runtime_of(model, options),
         stage_seconds={k: round(v, 2) for k, v in stages.items()},
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
         localised_tiles=localised.get("tiles"), localised_share=localised.get("share"),

@@ -1,0 +1,155 @@
+"""OpenVINO as the CPU runtime of the sliding window (``predict --runtime openvino``, issue 23).
+
+PyTorch runs a network's operators one at a time: on an Intel Xeon with AMX, channels-last bf16
+convolutions reach about 60 % of the chip's peak, but the group norms, additions, activations and
+gate products between them are separate passes over memory and take two thirds of a prediction
+(``docs/benchmarks.md``, "The physical limit"). OpenVINO, the runtime of the fast entries of FLARE's
+laptop-CPU track, compiles the whole network into fused kernels for the CPU it runs on, in bf16
+where the CPU has it.
+
+A network is exported to ONNX in memory (``torch.onnx.export``, about 2 s for a 16-feature ARUNet)
+and read by OpenVINO's runtime; the graph is kept in the machine's cache
+(``$AUTOSEG_CACHE/openvino/<digest>.xml`` and ``.bin``, the digest of the network's structure,
+weights and input shape), so later cases and later runs only compile it (a fraction of a second).
+OpenVINO's Python converter (``openvino.convert_model``) is not used: it took 8 s a network, and
+importing it starts OpenVINO's usage telemetry, which sends data unless the user opted out.
+:func:`_openvino` imports OpenVINO with that telemetry package hidden, so OpenVINO falls back to its
+own no-op stub: autoseg never sends anything anywhere.
+
+The probabilities are those of the same weights up to the rounding of the precision asked for
+(``tests/test_openvino_runtime.py`` checks fp32 against PyTorch); what it does to Dice and time is
+measured in ``docs/benchmarks.md``. ``openvino`` is an optional dependency (``pip install
+'autoseg[openvino]'``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoseg.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+#: OpenVINO's name for each precision autoseg resolves to (``autoseg.precision``); fp16 is a GPU precision.
+_PRECISION_HINT = {"bf16": "bf16", "fp32": "f32", "fp16": "f32"}
+#: ONNX opset of the in-memory export.
+_OPSET = 17
+
+
+def _openvino() -> Any:
+    """The ``openvino`` module, imported with its telemetry package hidden (module docstring)."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # ImportError: the stub
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigurationError("the OpenVINO runtime needs the openvino package",
+                                 fix="pip install openvino (or pip install -e '.[openvino]' in the autoseg "
+                                     "checkout), or predict with --runtime torch") from None
+    return openvino
+
+
+def openvino_available() -> bool:
+    try:
+        _openvino()
+    except ConfigurationError:
+        return False
+    return True
+
+
+def _identity(network: nn.Module, shape: tuple[int, ...]) -> str:
+    """A digest of the network's class, structure, weights and buffers and of the input shape."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{type(network).__module__}.{type(network).__qualname__}|{network!r}|{shape}|{_OPSET}".encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class OpenVinoNetwork(nn.Module):
+    """``network`` run by OpenVINO on the CPU: ``forward`` takes and returns float32 tensors like the
+    network (logits, no deep supervision), computing in ``precision`` (``bf16`` or ``fp32``) on
+    ``threads`` threads. One compiled model per input shape, made on the first batch of that shape
+    from the graph in ``cache`` (a folder; None: exported again in every process)."""
+
+    deep_supervision = False
+
+    def __init__(self, network: nn.Module, precision: str, threads: int, cache: Path | None) -> None:
+        super().__init__()
+        self._ov = _openvino()
+        self._core = self._ov.Core()
+        self._config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT.get(precision, "f32"),
+                        "INFERENCE_NUM_THREADS": max(1, int(threads)), "PERFORMANCE_HINT": "LATENCY"}
+        self._network: list[nn.Module] = [network.eval()]  # not a submodule: never trained or moved
+        self._cache = cache
+        #: By the input's shape after the batch axis: the batch size compiled for, the compiled model
+        #: and its request.
+        self._compiled: dict[tuple[int, ...], tuple[int, Any, Any]] = {}
+
+    def _graph(self, x: torch.Tensor) -> Any:
+        """The network's OpenVINO graph for inputs shaped like ``x``: from the cache, else exported
+        (and written to the cache, atomically: a graph half-written is never read)."""
+        network = self._network[0]
+        path = None
+        if self._cache is not None:
+            path = self._cache / f"{_identity(network, tuple(x.shape))}.xml"
+            if path.is_file() and path.with_suffix(".bin").is_file():
+                return self._core.read_model(str(path))
+        buffer = io.BytesIO()
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant per input shape
+            torch.onnx.export(network, (x.float().contiguous(),), buffer,  # type: ignore[arg-type]  # a file object is fine
+                              dynamo=False, opset_version=_OPSET,
+                              input_names=["image"], output_names=["logits"])
+        model = self._core.read_model(buffer.getvalue(), b"")
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.xml")
+                self._ov.save_model(model, str(tmp), compress_to_fp16=False)
+                os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.warning("could not keep the OpenVINO graph in %s (%s); it is exported again next time",
+                            path.parent, exc)
+        return model
+
+    def _compile(self, x: torch.Tensor) -> tuple[int, Any, Any]:
+        compiled = self._core.compile_model(self._graph(x), "CPU", self._config)
+        log.debug("OpenVINO compiled the network for input %s (%s)", tuple(x.shape), self._config)
+        return int(x.shape[0]), compiled, compiled.create_infer_request()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for ``x``; a batch smaller than the one compiled for its shape (the last batch of a
+        sliding window) is padded with zeros rather than compiled again: the samples of a batch are
+        independent in inference."""
+        key, n = tuple(x.shape[1:]), int(x.shape[0])
+        if key not in self._compiled or self._compiled[key][0] < n:
+            self._compiled[key] = self._compile(x)
+        batch, compiled, request = self._compiled[key]
+        data = np.zeros((batch, *key), dtype=np.float32)
+        data[:n] = x.detach().float().cpu().numpy()
+        out = request.infer({0: data})
+        return torch.from_numpy(np.array(out[compiled.output(0)][:n], dtype=np.float32, copy=True))
+
+
+def for_openvino(network: nn.Module, precision: str, threads: int, cache: Path | None = None) -> nn.Module:
+    """``network`` behind OpenVINO, its graphs kept in ``cache``; a network without parameters of its
+    own (an ONNX Runtime session, a network already behind OpenVINO) is returned as it is."""
+    if isinstance(network, OpenVinoNetwork) or not any(True for _ in network.parameters()):
+        return network
+    return OpenVinoNetwork(network, precision, threads, cache)
+
+
+__all__ = ["OpenVinoNetwork", "for_openvino", "openvino_available"]
