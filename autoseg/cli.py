@@ -444,6 +444,10 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.precision import resolve_precision
 
     cores = configure_threads(args.device, args.threads)
+    if args.runtime == "openvino" and args.device == "cpu":
+        from autoseg.networks.openvino_runtime import require_openvino
+
+        require_openvino()  # before any case is read, not once per case
     model = open_model(model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
     roi = None
     if args.roi_model:

@@ -80,8 +80,8 @@ def inference_network(network: torch.nn.Module, options: WindowOptions, owned: b
         from autoseg.networks.openvino_runtime import for_openvino
         from autoseg.settings import Settings
 
-        return for_openvino(network, resolve_precision(options.precision, "cpu"), torch.get_num_threads(),
-                            Settings.from_env().cache / "openvino")
+        cache = Settings.from_env().cache / "openvino" if options.tile_scale == 1 else None  # tiles per case: not kept
+        return for_openvino(network, resolve_precision(options.precision, "cpu"), torch.get_num_threads(), cache)
     if options.runtime not in ("torch", "openvino"):
         raise ValueError(f"unknown runtime {options.runtime!r} (torch or openvino)")
     if options.channels_last and options.device == "cpu":

@@ -184,6 +184,14 @@ def test_export_archive_and_onnx_predict_like_the_training_folder(env: Path, tmp
                      "--save-probabilities", "--precision", "fp32", "--threads", "2"]) == 0  # ONNX: fp32
     reference = _probabilities(outputs["folder"])
     assert read_json(outputs["onnx"] / "report.json")["cases"][0]["precision"] == "fp32"
+    assert [read_json(outputs[n] / "report.json")["cases"][0]["runtime"] for n in ("folder", "onnx")] == \
+        ["torch", "onnxruntime"]
+    from autoseg.networks.openvino_runtime import openvino_available
+    if openvino_available():  # the openvino extra: the same model run by OpenVINO (fp32)
+        assert main(["predict", "-i", str(images), "-o", str(tmp_path / "pred_ov"), "-d", "8", "-f", "0",
+                     "--save-probabilities", "--precision", "fp32", "--threads", "2", "--runtime", "openvino"]) == 0
+        assert read_json(tmp_path / "pred_ov" / "report.json")["cases"][0]["runtime"] == "openvino"
+        assert np.abs(_probabilities(tmp_path / "pred_ov") - reference).max() < 2e-3
     assert np.array_equal(_probabilities(outputs["zip"]), reference)
     assert np.abs(_probabilities(outputs["onnx"]) - reference).max() < 2e-3  # float16 storage
     # an ONNX graph is fixed to its patch: larger tiles are refused up front, naming the export

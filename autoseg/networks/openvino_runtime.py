@@ -9,8 +9,10 @@ where the CPU has it.
 
 A network is exported to ONNX in memory (``torch.onnx.export``, about 2 s for a 16-feature ARUNet)
 and read by OpenVINO's runtime; the graph is kept in the machine's cache
-(``$AUTOSEG_CACHE/openvino/<digest>.xml`` and ``.bin``, the digest of the network's structure,
-weights and input shape), so later cases and later runs only compile it (a fraction of a second).
+(``$AUTOSEG_CACHE/openvino/<digest>/model.xml`` and ``.bin``, the digest of the network's structure,
+weights, input shape and the OpenVINO and torch versions), so later cases and later runs only read
+and compile it (about 0.2 s a fold and case). The threads are fixed when a network is compiled:
+OpenVINO does not follow :class:`autoseg.cpu_share.CoreShare` between batches as PyTorch does.
 OpenVINO's Python converter (``openvino.convert_model``) is not used: it took 8 s a network, and
 importing it starts OpenVINO's usage telemetry, which sends data unless the user opted out.
 :func:`_openvino` imports OpenVINO with that telemetry package hidden, so OpenVINO falls back to its
@@ -27,7 +29,9 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,16 +56,22 @@ def _openvino() -> Any:
         sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # ImportError: the stub
     try:
         import openvino
-    except ImportError:
-        raise ConfigurationError("the OpenVINO runtime needs the openvino package",
+    except ImportError as exc:
+        raise ConfigurationError(f"the OpenVINO runtime needs the openvino package, and importing it failed: {exc}",
                                  fix="pip install openvino (or pip install -e '.[openvino]' in the autoseg "
                                      "checkout), or predict with --runtime torch") from None
     return openvino
 
 
+def require_openvino() -> None:
+    """Raise the :class:`ConfigurationError` of a missing or broken OpenVINO now, before any case is
+    read (``predict --runtime openvino``)."""
+    _openvino()
+
+
 def openvino_available() -> bool:
     try:
-        _openvino()
+        require_openvino()
     except ConfigurationError:
         return False
     return True
@@ -70,7 +80,9 @@ def openvino_available() -> bool:
 def _identity(network: nn.Module, shape: tuple[int, ...]) -> str:
     """A digest of the network's class, structure, weights and buffers and of the input shape."""
     digest = hashlib.blake2b(digest_size=20)
-    digest.update(f"{type(network).__module__}.{type(network).__qualname__}|{network!r}|{shape}|{_OPSET}".encode())
+    # a graph is read back by the OpenVINO that wrote it, from the torch export that made it
+    versions = f"{_openvino().__version__}|{torch.__version__}|{_OPSET}"
+    digest.update(f"{type(network).__module__}.{type(network).__qualname__}|{network!r}|{shape}|{versions}".encode())
     for name, tensor in network.state_dict().items():
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -99,13 +111,17 @@ class OpenVinoNetwork(nn.Module):
 
     def _graph(self, x: torch.Tensor) -> Any:
         """The network's OpenVINO graph for inputs shaped like ``x``: from the cache, else exported
-        (and written to the cache, atomically: a graph half-written is never read)."""
+        and kept there (:meth:`_keep`); a cached graph OpenVINO cannot read is exported again."""
         network = self._network[0]
-        path = None
+        folder = None
         if self._cache is not None:
-            path = self._cache / f"{_identity(network, tuple(x.shape))}.xml"
-            if path.is_file() and path.with_suffix(".bin").is_file():
-                return self._core.read_model(str(path))
+            folder = self._cache / _identity(network, tuple(x.shape))
+            if (folder / "model.xml").is_file():
+                try:
+                    return self._core.read_model(str(folder / "model.xml"))
+                except RuntimeError as exc:
+                    log.warning("the cached OpenVINO graph %s cannot be read (%s); exporting it again", folder, exc)
+                    shutil.rmtree(folder, ignore_errors=True)
         buffer = io.BytesIO()
         with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant per input shape
@@ -113,17 +129,26 @@ class OpenVinoNetwork(nn.Module):
                               dynamo=False, opset_version=_OPSET,
                               input_names=["image"], output_names=["logits"])
         model = self._core.read_model(buffer.getvalue(), b"")
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.stem}.{os.getpid()}.xml")
-                self._ov.save_model(model, str(tmp), compress_to_fp16=False)
-                os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-                os.replace(tmp, path)
-            except OSError as exc:
-                log.warning("could not keep the OpenVINO graph in %s (%s); it is exported again next time",
-                            path.parent, exc)
+        if folder is not None:
+            self._keep(model, folder)
         return model
+
+    def _keep(self, model: Any, folder: Path) -> None:
+        """Write ``model`` as ``folder/model.xml`` and ``.bin``: both into a folder of this thread's own,
+        renamed into place in one step, so a reader sees the whole pair or nothing, and a concurrent
+        writer's pair is kept whole. A cache that cannot be written costs the export next time, nothing
+        more."""
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            self._ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+            os.rename(tmp, folder)
+        except (OSError, RuntimeError) as exc:
+            if not (folder / "model.xml").is_file():  # not another writer's pair, finished first
+                log.warning("could not keep the OpenVINO graph in %s (%s); it is exported again next time",
+                            folder.parent, exc)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _compile(self, x: torch.Tensor) -> tuple[int, Any, Any]:
         compiled = self._core.compile_model(self._graph(x), "CPU", self._config)
@@ -152,4 +177,4 @@ def for_openvino(network: nn.Module, precision: str, threads: int, cache: Path |
     return OpenVinoNetwork(network, precision, threads, cache)
 
 
-__all__ = ["OpenVinoNetwork", "for_openvino", "openvino_available"]
+__all__ = ["OpenVinoNetwork", "for_openvino", "openvino_available", "require_openvino"]
