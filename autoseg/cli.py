@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import autoseg
 from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.layout import ModelFolder, PreprocessedDataset, RunOutputs, calibration_cache
-from autoseg.precision import DEVICES, PRECISIONS, resolve_device
+from autoseg.precision import DEVICES, PRECISIONS, RUNTIMES, resolve_device
 from autoseg.pretrain import add_pretrain_parser
 from autoseg.serve.command import add_serve_parser
 from autoseg.settings import Settings
@@ -385,7 +385,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="on the CPU, run the networks in PyTorch's default NCDHW layout instead of "
                         "channels-last (the same probabilities up to rounding, slower; docs/inference.md)")
-    p.add_argument("--runtime", choices=("torch", "openvino"), default="torch",
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="what runs the networks on the CPU: PyTorch (default) or OpenVINO, which compiles each "
                         "network into fused kernels (pip install openvino; docs/inference.md has its time and "
                         "Dice); ignored on a GPU")

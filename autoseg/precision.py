@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: ``--device`` values; ``auto``: CUDA when a CUDA device is there, else the CPU.
 DEVICES = ("auto", "cpu", "cuda")
+#: What may run a network on the CPU (``WindowOptions.runtime``, ``predict --runtime``).
+RUNTIMES = ("torch", "openvino")
 #: What ``auto`` resolves to, and what a model computes in.
 Resolved = Literal["fp32", "bf16", "fp16"]
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")

@@ -24,7 +24,7 @@ from autoseg.errors import AutosegError
 from autoseg.networks.cpu_layout import for_cpu_inference, is_channels_last
 from autoseg.networks.config import parse_topology
 from autoseg.plans import Plans
-from autoseg.precision import autocast, resolve_precision
+from autoseg.precision import RUNTIMES, autocast, resolve_precision
 from autoseg.regions import Region, class_probabilities
 
 
@@ -76,17 +76,17 @@ def inference_network(network: torch.nn.Module, options: WindowOptions, owned: b
     ``options.channels_last`` on the CPU a channels-last copy
     (:func:`~autoseg.networks.cpu_layout.for_cpu_inference`), or ``network`` itself converted in place
     where the caller ``owned`` it for this call alone; else ``network``."""
-    if options.device == "cpu" and options.runtime == "openvino":
+    if options.runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {options.runtime!r} ({' or '.join(RUNTIMES)})")
+    if options.device != "cpu":
+        return network
+    if options.runtime == "openvino":
         from autoseg.networks.openvino_runtime import for_openvino
         from autoseg.settings import Settings
 
         cache = Settings.from_env().cache / "openvino" if options.tile_scale == 1 else None  # tiles per case: not kept
         return for_openvino(network, resolve_precision(options.precision, "cpu"), torch.get_num_threads(), cache)
-    if options.runtime not in ("torch", "openvino"):
-        raise ValueError(f"unknown runtime {options.runtime!r} (torch or openvino)")
-    if options.channels_last and options.device == "cpu":
-        return for_cpu_inference(network, copy_first=not owned)
-    return network
+    return for_cpu_inference(network, copy_first=not owned) if options.channels_last else network
 
 
 def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: WindowOptions,
