@@ -199,6 +199,8 @@ class FoldSummary(Artefact):
     mean_foreground_dice: float | None
     space: str = "preprocessed grid (target spacing, body crop)"
     seconds: float | None = optional()
+    #: What ran the network (``torch`` or ``openvino``: ``train --validation-runtime``).
+    runtime: str | None = optional()
     #: The member networks, for an ensemble of networks.
     ensemble: tuple[str, ...] | None = optional()
 

@@ -262,6 +262,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "retraining all folds also lets changed plans replace the model's")
     p.add_argument("-j", "--workers", type=int, default=1, help="augmentation worker processes (default: 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (long GPU runs)")
+    p.add_argument("--validation-runtime", choices=RUNTIMES, default="torch",
+                   help="what runs the network in the end-of-fold validation on the CPU: PyTorch (default) or "
+                        "OpenVINO (pip install openvino; as predict --runtime, docs/inference.md); training "
+                        "steps are always PyTorch's")
     p.add_argument("--init", type=Path, default=None, metavar="MODEL",
                    help="start fresh folds from a trained model's weights (its first fold): a model folder, "
                         "an exported .zip or a built-in model such as 'synthetic' (fine-tuning; the plans must "
@@ -300,10 +304,14 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                                  fix="use torchrun (or --gpus) for one fold on several GPUs, or Ray for folds "
                                      "in parallel")
     dist.init(dist.device(args.device))
+    if args.validation_runtime == "openvino" and args.device == "cpu":
+        from autoseg.networks.openvino_runtime import require_openvino
+
+        require_openvino()  # before the first step, not at the end of the fold
     init, source = (_init_weights(args.init, settings), str(args.init)) if args.init else (None, "")
     options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training,
                            dist=dist, compile=args.compile, threads=args.threads, init_weights=init,
-                           init_source=source)
+                           init_source=source, validation_runtime=args.validation_runtime)
     jobs = prepare(req, settings, options)
     if args.executor == "ray":
         from autoseg.training.ray_executor import run_folds_on_ray

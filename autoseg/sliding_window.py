@@ -70,6 +70,11 @@ def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[in
     return tuple(tile)
 
 
+def runtime_of(options: WindowOptions) -> str:
+    """What runs a network slid with ``options``: ``options.runtime`` on the CPU, else torch."""
+    return options.runtime if options.device == "cpu" else "torch"
+
+
 def inference_network(network: torch.nn.Module, options: WindowOptions, owned: bool = False) -> torch.nn.Module:
     """The network as :func:`slide` runs it: on the CPU with ``options.runtime`` ``openvino`` the
     network compiled by OpenVINO (:func:`~autoseg.networks.openvino_runtime.for_openvino`); else with
@@ -80,7 +85,7 @@ def inference_network(network: torch.nn.Module, options: WindowOptions, owned: b
         raise ValueError(f"unknown runtime {options.runtime!r} ({' or '.join(RUNTIMES)})")
     if options.device != "cpu":
         return network
-    if options.runtime == "openvino":
+    if runtime_of(options) == "openvino":
         from autoseg.networks.openvino_runtime import for_openvino
         from autoseg.settings import Settings
 

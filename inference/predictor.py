@@ -33,7 +33,7 @@ from autoseg.inference.dicom_seg import check_dicom_seg_input
 from autoseg.inference.outputs import OUTPUT_FORMATS, CasePrediction, write_prediction
 from autoseg.inference.provenance import plans_sha256, provenance, weights_sha256
 from autoseg.inference.report import measure_case
-from autoseg.sliding_window import WindowOptions
+from autoseg.sliding_window import WindowOptions, runtime_of as window_runtime
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def runtime_of(model: Model, options: PredictOptions) -> str:
     """What runs ``model``'s networks with ``options`` (the report's ``runtime``)."""
     if isinstance(model, OnnxModel):
         return "onnxruntime"
-    return options.runtime if options.device == "cpu" else "torch"
+    return window_runtime(window_options(options))
 
 
 def predict_case(model: Model, name: str, image_path: Path, options: PredictOptions) -> CasePrediction:

@@ -116,3 +116,30 @@ def test_openvino_telemetry_is_never_imported() -> None:
             "print([m for m in sys.modules if m.startswith('openvino_telemetry') and sys.modules[m] is not None])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_fold_validation_on_openvino_gives_pytorchs_probabilities(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train --validation-runtime openvino``: the same seeded fold validated by either runtime (fp32)
+    writes the same probabilities within rounding, and its summary says what ran."""
+    from autoseg.cli import main
+    from autoseg.io import read_json
+    from tests.workspaces import planned_workspace, use_workspace
+
+    plan = ["plan_and_preprocess", "-d", "8", "--cpu-gflops", "20", "-j", "1", "--step-time", "0.3"]
+    ws = use_workspace(planned_workspace(tmp_path / "ws", plan, num_training=5, seed=3), monkeypatch)
+    validation = ws / "res" / "Task08_HepaticVessel" / "arunet" / "fold_0" / "validation"
+    train = ["train", "-d", "8", "-f", "0", "--steps", "4", "--threads", "1", "-j", "0", "--seed", "0",
+             "--precision", "fp32", "--force"]
+    summaries, probabilities = {}, {}
+    for runtime in ("torch", "openvino"):
+        assert main([*train, "--validation-runtime", runtime]) == 0
+        summaries[runtime] = read_json(validation / "summary.json")
+        probabilities[runtime] = {p.name: np.load(p)["probabilities"].astype(int)
+                                  for p in sorted(validation.glob("*.pred.npz"))}
+    assert [s["runtime"] for s in summaries.values()] == ["torch", "openvino"]
+    assert probabilities["torch"].keys() == probabilities["openvino"].keys() and probabilities["torch"]
+    for name, expected in probabilities["torch"].items():
+        got = probabilities["openvino"][name]
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= 2, name  # uint8 steps of 1/255
+    assert summaries["torch"]["cases"].keys() == summaries["openvino"]["cases"].keys()

@@ -89,6 +89,18 @@ def test_bad_train_requests(env: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "plan_and_preprocess" in capsys.readouterr().err
 
 
+def test_openvino_validation_without_openvino_is_refused_before_training(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    results = env / "res"
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*")} if results.exists() else {}
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the openvino extra were not installed
+    assert main(["train", "-d", "8", "-f", "3", *TINY, "--force", "--validation-runtime", "openvino"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install openvino" in err and "--validation-runtime torch" in err
+    after = {p: p.stat().st_mtime_ns for p in results.rglob("*")} if results.exists() else {}
+    assert after == before, "nothing trained, nothing written"
+
+
 def test_corrupt_checkpoint_is_a_clear_error(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "-d", "8", "-f", "2", *TINY, "--force"]) == 0
     (_fold_dir(env, 2) / "checkpoint_latest.pt").write_bytes(b"garbage")

@@ -28,7 +28,7 @@ from autoseg.metrics import case_dice
 from autoseg.plans import Plans
 from autoseg.networks import SegmentationNetwork
 from autoseg.preprocessing import labels_on_original_grid
-from autoseg.sliding_window import WindowOptions, inference_network, slide
+from autoseg.sliding_window import WindowOptions, inference_network, runtime_of, slide
 from autoseg.training.data import CaseStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
                         np.savez_compressed(f, labels=pred, probabilities=quantise(probs))
     finally:
         switch.deep_supervision = was_ds
-    summary = write_summary(out_dir, per_case, names, seconds=round(time.perf_counter() - t0, 2))
+    summary = write_summary(out_dir, per_case, names, seconds=round(time.perf_counter() - t0, 2),
+                            runtime=runtime_of(window))
     log.info("validation of %d cases: %s", len(per_case),
              {k: v and round(v, 3) for k, v in summary.mean_dice.items()})
     return summary

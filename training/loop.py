@@ -46,6 +46,9 @@ class TrainOptions:
     seed: int = 12345
     compile: bool = False
     final_validation: bool = True
+    #: What runs the network in the end-of-fold validation on the CPU (``WindowOptions.runtime``):
+    #: torch, or openvino (``train --validation-runtime``); training steps are always PyTorch's.
+    validation_runtime: str = "torch"
     dist: DistContext = DistContext()
     #: CPU threads: None follows the cores other processes leave free (autoseg.cpu_share), a number
     #: fixes the count (reproducible arithmetic: the same seed, threads and steps give the same weights).
@@ -240,7 +243,8 @@ class FoldTrainer:
         if self.dist.is_main and (self.finished() or (self.epochs_log and self.epochs_log[-1].get("early_stop"))):
             if self.options.final_validation:
                 window = WindowOptions(device=str(self.device), precision=self.precision,
-                                       between_batches=self.cores.adapt if self.cores else None)
+                                       between_batches=self.cores.adapt if self.cores else None,
+                                       runtime=self.options.validation_runtime)
                 summary = validate_fold(self.network, self.plans, val_store, self.fold_dir.validation.root, window)
             save_checkpoint(self.fold_dir.final, self._state())
         self.dist.barrier()

@@ -59,13 +59,14 @@ def _openvino() -> Any:
     except ImportError as exc:
         raise ConfigurationError(f"the OpenVINO runtime needs the openvino package, and importing it failed: {exc}",
                                  fix="pip install openvino (or pip install -e '.[openvino]' in the autoseg "
-                                     "checkout), or predict with --runtime torch") from None
+                                     "checkout), or run the networks with PyTorch (predict --runtime torch, "
+                                     "train --validation-runtime torch)") from None
     return openvino
 
 
 def require_openvino() -> None:
     """Raise the :class:`ConfigurationError` of a missing or broken OpenVINO now, before any case is
-    read (``predict --runtime openvino``)."""
+    read or trained (``predict --runtime openvino``, ``train --validation-runtime openvino``)."""
     _openvino()
 
 
