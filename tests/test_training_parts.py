@@ -212,22 +212,23 @@ def test_augmented_stream_in_background_process(tmp_path: Path) -> None:
     assert set(np.unique(batch["seg"].numpy())) <= {0.0, 1.0, 2.0}
 
 
-def test_open_file_limit_is_raised_for_many_cases() -> None:
-    """Two memory maps per training case stay open, so a large dataset needs more than the usual
-    1024 descriptors; the store raises the soft limit within the hard one."""
-    resource = pytest.importorskip("resource")
-    from autoseg.training.data import _allow_open_files
+def test_the_store_keeps_only_the_recently_used_cases_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open case stays memory-mapped and the pages its reads touched count as the process's
+    memory: the store keeps the OPEN_CASES most recently used cases open and reopens the others,
+    with the same data."""
+    import autoseg.training.data as data
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    low = 512 if hard == resource.RLIM_INFINITY else min(512, hard - 100)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
-        _allow_open_files(low + 100)
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == low + 100
-        _allow_open_files(10)  # never lowers it
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == low + 100
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    cases = write_preprocessed(tmp_path, n=5)
+    monkeypatch.setattr(data, "OPEN_CASES", 2)
+    store = CaseStore(tmp_path / "data", cases)
+    first = store.patch(cases[0], np.array([8, 20, 20]), (8, 16, 16))
+    for case in cases[1:]:
+        store.patch(case, np.array([8, 20, 20]), (8, 16, 16))
+        assert len(store._images) <= 2 and len(store._labels) <= 2
+    assert list(store._images) == cases[-2:] and list(store._labels) == cases[-2:]
+    assert np.array_equal(store.patch(cases[0], np.array([8, 20, 20]), (8, 16, 16)), first)  # opened again
+    store.image(cases[-1])
+    assert list(store._images) == [cases[0], cases[-1]]  # the most recently used stay
 
 
 # --- train --init ----------------------------------------------------------------------------------
