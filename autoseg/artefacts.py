@@ -337,6 +337,9 @@ class PostprocessingRules:
     #: Drop the components of a label whose highest probability stays under a value (an unsure
     #: false lesion), on the network's grid before the labels go back to the input's; first of all.
     min_component_confidence: dict[int, float] = field(default_factory=dict)
+    #: Drop the components of a label that touch no voxel of these classes (its parent, a tumour's
+    #: liver, and the classes nested in that parent): a lesion outside its organ; applied last.
+    inside_parent: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -376,11 +379,13 @@ class PostprocessingDecision(Artefact):
     keep_largest_foreground: bool = False
     #: Written since 2026-12-05; an older decision never had it (empty).
     min_component_confidence: dict[int, float] = field(default_factory=dict)
+    #: Written since 2026-12-06; an older decision never had it (empty).
+    inside_parent: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def rules(self) -> PostprocessingRules:
         return PostprocessingRules(self.keep_largest_component, self.min_component_ml, self.keep_largest_foreground,
-                                   self.min_component_confidence)
+                                   self.min_component_confidence, self.inside_parent)
 
 
 # --- case report ---------------------------------------------------------------------------------------

@@ -640,12 +640,10 @@ EPILOG_EXPORT = """examples:
 
 def _decide_postprocessing(model_dir: Path, settings: Settings) -> None:
     from autoseg.inference.ensembles import plans_of
-    from autoseg.inference.postprocessing import describe, determine_postprocessing
+    from autoseg.inference.postprocessing import decide_postprocessing, describe
 
     plans = plans_of(model_dir)
-    data = PreprocessedDataset(settings.preprocessed / plans.dataset_name).data
-    decision = determine_postprocessing(model_dir, data, {int(k): v for k, v in plans.labels.items()},
-                                        plans.target_spacing, plans.label_space)
+    decision = decide_postprocessing(model_dir, settings.preprocessed)
     if decision is None:
         print("post-processing: no validation predictions to decide from")
         return

@@ -61,14 +61,11 @@ def _decide_postprocessing(recipe: Recipe, settings: Settings) -> None:
     """Post-processing from the fold's validation phantoms (never from real CT), shipped with the model."""
     from autoseg.inference.ensembles import plans_of
     from autoseg.inference.model import trained_model_folder
-    from autoseg.inference.postprocessing import describe, determine_postprocessing
-    from autoseg.layout import PreprocessedDataset
+    from autoseg.inference.postprocessing import decide_postprocessing, describe
 
     folder = trained_model_folder(recipe.dataset, None, settings)
-    plans = plans_of(folder)
-    data = PreprocessedDataset(settings.preprocessed / plans.dataset_name).data
-    labels = {int(k): v for k, v in plans.labels.items()}
-    decision = determine_postprocessing(folder, data, labels, plans.target_spacing, plans.label_space)
+    decision = decide_postprocessing(folder, settings.preprocessed)
+    labels = {int(k): v for k, v in plans_of(folder).labels.items()}
     log.info("post-processing: %s", describe(decision, labels) if decision else "no validation predictions")
 
 

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where it is used: the fingerprint's workers import this module
     import torch
 
+    from autoseg.partial_labels import LabelSpace
+
 #: A class is nested in another when over this share of the voxels just outside it (6-neighbours)
 #: belong to that class: a Task03 tumour's surroundings are mostly liver.
 NESTED_SHARE = 0.5
@@ -44,19 +46,43 @@ class Region:
     classes: tuple[int, ...]
 
 
-def nesting_from_shells(shells: Mapping[int, Mapping[int, int]]) -> dict[int, int]:
-    """Class -> the class it lies inside, from each class's outer-shell voxel counts by label
-    (``shells[b][a]``: voxels just outside ``b`` labelled ``a``). Background is never a parent."""
+def nesting_from_shells(shells: Mapping[int, Mapping[int, int]],
+                        space: "LabelSpace | None" = None) -> dict[int, int]:
+    """Class -> the class it lies inside, from each class's outer-shell voxel counts by stored label
+    value (``shells[b][a]``: voxels just outside ``b`` labelled ``a``). Background is never a parent.
+
+    With partial labels (``space``), a shell voxel counts for a parent ``P`` when its value is the
+    annotation of ``P`` (Task03's "liver or vessel" is its liver), and is left out of ``P``'s share
+    when its value allows ``P`` without annotating it (Task08's "background or liver": the source
+    does not say), so that a merged dataset finds a tumour inside the liver from the cases that
+    label both."""
     nesting = {}
     for inner, around in shells.items():
-        total = sum(around.values())
-        if not total:
-            continue
-        outer, count = max(((int(a), int(n)) for a, n in around.items() if int(a) not in (0, int(inner))),
-                           key=lambda an: an[1], default=(0, 0))
-        if outer and count > NESTED_SHARE * total:
-            nesting[int(inner)] = outer
+        counts = {int(a): int(n) for a, n in around.items() if int(n)}
+        best, best_share = 0, 0.0
+        for outer in sorted({_annotates(a, space) for a in counts} - {0, int(inner), -1}):
+            inside = sum(n for a, n in counts.items() if _annotates(a, space) == outer)
+            unsaid = sum(n for a, n in counts.items() if _annotates(a, space) != outer and _allows(a, outer, space))
+            known = sum(counts.values()) - unsaid
+            if known and inside / known > best_share:
+                best, best_share = outer, inside / known
+        if best and best_share > NESTED_SHARE:
+            nesting[int(inner)] = best
     return _without_cycles(nesting)
+
+
+def _annotates(value: int, space: "LabelSpace | None") -> int:
+    """The class a stored label value is the annotation of (-1: a value the label space lacks)."""
+    if space is None:
+        return value
+    return int(space.scored_as[value]) if 0 <= value < space.num_values else -1
+
+
+def _allows(value: int, cls: int, space: "LabelSpace | None") -> bool:
+    """Whether a voxel stored as ``value`` may be class ``cls``."""
+    if space is None:
+        return value == cls
+    return 0 <= value < space.num_values and bool(space.allowed[value, cls])
 
 
 def _without_cycles(nesting: dict[int, int]) -> dict[int, int]:

@@ -11,13 +11,14 @@ tumour Dice on the tumour-bearing test cases, the tumour volume predicted in eac
 (target: at least 0.8), false-positive lesions per case, vessel Dice, and the rules chosen. Lesions
 are scored as in the race (``benchmarks/race_task.py``).
 
-``--merged`` adds the one-model arms: a Task03 task (liver, tumour) of the same family and sizes but
+``--merged`` adds the one-model arms (``--merged-only``: those alone): a Task03 task (liver, tumour) of the same family and sizes but
 other patients is merged with the Task08 task (``plan_and_preprocess -d Task03 -d Task08 --merge``),
 the merged model trains fold 0 for twice the steps (the pair's total), find_best decides its
 post-processing from its own held-out cases of both tasks (it knows the liver, so "keep the largest
 foreground component" can drop a "tumour" found in the spleen), and it predicts the same Task08
 test phantoms, scored on vessel and tumour as the Task08 model is (its liver counted as background).
-Not run by CI::
+Where find_best chose the "tumour inside its liver" rule, the same decision without it is scored as a
+third arm (``postprocessed_without_inside_parent``), so the rule's own effect is paired. Not run by CI::
 
     .venv/bin/python benchmarks/false_tumours.py --families 1 2 --steps 1200 --seeds 0
     .venv/bin/python benchmarks/false_tumours.py --families 2 --steps 1200 --seeds 0 1 --merged
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -139,6 +141,9 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
         autoseg(["plan_and_preprocess", "-d", "Task03", "-d", "Task08", "--merge", MERGED], env, work / "plan.log")
     out: dict[str, Any] = {}
     for seed in args.seeds:
+        if args.merged_only:
+            out[str(seed)] = {"rules": {}, "arms": {}, "merged": run_merged(family, seed, args, work, env, task)}
+            continue
         run_env = dict(env, AUTOSEG_RESULTS=str(work / f"results_seed{seed}"))
         log = work / f"seed{seed}.log"
         fold = next(iter((work / f"results_seed{seed}").glob("*/*/fold_0/validation/summary.json")), None)
@@ -160,7 +165,8 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-RULES = ("keep_largest_foreground", "keep_largest_component", "min_component_ml", "min_component_confidence")
+RULES = ("keep_largest_foreground", "keep_largest_component", "min_component_ml", "min_component_confidence",
+         "inside_parent")
 
 
 def run_merged(family: int, seed: int, args: argparse.Namespace, work: Path, env: dict[str, str],
@@ -184,8 +190,27 @@ def run_merged(family: int, seed: int, args: argparse.Namespace, work: Path, env
         autoseg(["predict", "-i", str(task / "imagesTs"), "-o", str(preds), "-d", MERGED, "-f", "0",
                  "--threads", str(args.threads), "--overwrite", *extra], run_env, log)
         arms[arm] = score_arm(task / "labelsTs", preds, to_task08)
+    if decision.get("inside_parent"):  # the same decision without that rule: what it alone buys, paired
+        model = without_inside_parent(next(results.glob("*/*/postprocessing.json")).parent,
+                                      work / f"model_merged_seed{seed}_without_inside_parent")
+        preds = work / f"pred_merged_seed{seed}" / "postprocessed_without_inside_parent"
+        autoseg(["predict", "-i", str(task / "imagesTs"), "-o", str(preds), "-m", str(model), "-f", "0",
+                 "--threads", str(args.threads), "--overwrite"], run_env, log)
+        arms["postprocessed_without_inside_parent"] = score_arm(task / "labelsTs", preds, to_task08)
     return {"train_seconds": seconds, "steps": 2 * args.steps, "rules": {k: decision.get(k) for k in RULES},
             "arms": arms}
+
+
+def without_inside_parent(model: Path, out: Path) -> Path:
+    """A copy of the trained ``model`` folder's plans, fold 0 and post-processing decision, the
+    decision without its inside-its-parent rule."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(model / "plans.json", out / "plans.json")
+    (out / "fold_0").mkdir(exist_ok=True)
+    shutil.copy2(model / "fold_0" / "checkpoint_final.pt", out / "fold_0" / "checkpoint_final.pt")
+    decision = json.loads((model / "postprocessing.json").read_text())
+    (out / "postprocessing.json").write_text(json.dumps(dict(decision, inside_parent={}), indent=1))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                         "another --work: each work folder holds one recipe's models)")
     p.add_argument("--merged", action="store_true",
                    help="also train the one liver + vessel + tumour model (module docstring) and score it")
+    p.add_argument("--merged-only", action="store_true",
+                   help="train and score the merged model only (implies --merged; no Task08 model)")
     args = p.parse_args(argv)
+    args.merged = args.merged or args.merged_only
     families = {str(f): run_family(f, args) for f in args.families}
     short = {f: {s: {"rules": r["rules"], **{a: v["summary"] for a, v in r["arms"].items()},
                      **({"merged_rules": r["merged"]["rules"],

@@ -19,6 +19,11 @@ would trade one structure for another). Then the candidates, per foreground clas
   it is sure of. A dropped voxel takes the most probable of the other classes (a false tumour in the
   liver becomes liver). It needs the probabilities: in prediction it runs on the network's grid
   before the labels go back to the input's, first of all the rules.
+- drop the class's components that touch no voxel of the class it lies inside (the fingerprint's
+  ``label_nesting``: a tumour in its liver) or of the other classes nested there (vessels): a
+  "tumour" in the spleen or the bowel, outside the organ a model of liver lesions predicts. Tried
+  only for a nested class of a model that predicts its parent; applied last, after the parent's own
+  rules.
 
 For each class the candidate with the highest mean Dice over all cross-validation cases (the
 folds' validation predictions on the preprocessed grid against the preprocessed labels) is
@@ -38,8 +43,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from autoseg.artefacts import ClassEvidence, PostprocessingDecision, PostprocessingRules
-from autoseg.layout import ExportNames, ModelFolder, case_files_in
+from autoseg.artefacts import ClassEvidence, Fingerprint, PostprocessingDecision, PostprocessingRules
+from autoseg.layout import ExportNames, ModelFolder, PreprocessedDataset, case_files_in
 from autoseg.metrics import dice_per_class, mean_present
 from autoseg.partial_labels import LabelSpace
 from autoseg.inference.model import stored_artefact
@@ -106,6 +111,54 @@ def unsure_components(labels: np.ndarray, probabilities: np.ndarray, label: int,
     return unsure[components]
 
 
+def outside_parent(labels: np.ndarray, label: int, parent: tuple[int, ...]) -> np.ndarray:
+    """Mask of the 26-connected components of ``label`` that have no 26-neighbour of the classes
+    ``parent`` (a tumour component with no liver or vessel voxel beside it)."""
+    mask = labels == label
+    if not mask.any():
+        return mask
+    # only the label's bounding box and one voxel around it can hold a neighbour: no whole-grid dilation
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    components, n = cc3d.connected_components(mask[box], connectivity=26, return_N=True)
+    near = ndimage.binary_dilation(np.isin(labels[box], parent), structure=np.ones((3,) * labels.ndim, dtype=bool))
+    outside = np.ones(n + 1, dtype=bool)
+    outside[0] = False
+    outside[np.unique(components[near & mask[box]])] = False
+    found = np.zeros_like(mask)
+    found[box] = outside[components]
+    return found
+
+
+def drop_outside_parent(labels: np.ndarray, label: int, parent: tuple[int, ...]) -> np.ndarray:
+    """``labels`` with ``label``'s components outside ``parent`` (:func:`outside_parent`) made background."""
+    drop = outside_parent(labels, label, parent)
+    if not drop.any():
+        return labels
+    out = labels.copy()
+    out[drop] = 0
+    return out
+
+
+def parent_classes(nesting: Mapping[int, int], label: int) -> tuple[int, ...]:
+    """The class ``label`` lies inside (``nesting``: class -> the class around it) and every other
+    class nested in that one at any depth; empty when ``label`` is nested in nothing."""
+    nesting = {int(k): int(v) for k, v in nesting.items()}
+    if label not in nesting:
+        return ()
+    parent = nesting[label]
+
+    def inside(c: int) -> bool:
+        seen = {c}
+        while c in nesting and nesting[c] not in seen:
+            c = nesting[c]
+            if c == parent:
+                return True
+            seen.add(c)
+        return False
+
+    return (parent, *sorted(c for c in nesting if c not in (label, parent) and inside(c)))
+
+
 def suppress_unsure(probabilities: np.ndarray, decision: "Decision") -> np.ndarray:
     """The probabilities with the decision's unsure components' class set to 0 there (a copy when
     something is dropped), so that the labels made from them leave those components out.
@@ -143,7 +196,8 @@ def rules_of(decision: Decision) -> PostprocessingRules:
         return decision.rules
     if isinstance(decision, PostprocessingRules):
         return decision
-    keys = ("keep_largest_component", "min_component_ml", "keep_largest_foreground", "min_component_confidence")
+    keys = ("keep_largest_component", "min_component_ml", "keep_largest_foreground", "min_component_confidence",
+            "inside_parent")
     try:
         return build(PostprocessingRules, {k: decision[k] for k in keys if k in decision}, "postprocessing")
     except FieldError as exc:
@@ -161,6 +215,8 @@ def apply_postprocessing(labels: np.ndarray, decision: Decision,
         labels = keep_largest_component(labels, label)
     for label, min_ml in rules.min_component_ml.items():
         labels = remove_small_components(labels, label, min_ml, spacing_zyx)
+    for label, parent in rules.inside_parent.items():
+        labels = drop_outside_parent(labels, label, tuple(parent))
     return labels
 
 
@@ -172,6 +228,8 @@ def describe(decision: Decision, names: dict[int, str]) -> str:
     parts += [f"drop {names[k]} components under {v} mL" for k, v in rules.min_component_ml.items()]
     parts += [f"drop {names[k]} components whose highest probability is under {v}"
               for k, v in rules.min_component_confidence.items()]
+    parts += [f"drop {names[k]} components beside no {' or '.join(names[p] for p in v)}"
+              for k, v in rules.inside_parent.items()]
     return "; ".join(parts) or "nothing"
 
 
@@ -226,12 +284,15 @@ def _side_effect(pairs: list[tuple[np.ndarray, np.ndarray]], before: dict[int, f
     return change
 
 
-def _candidates(label: int, spacing_zyx: tuple[float, ...]):
-    """(name, function of a label map) of every volume and largest-component rule tried for ``label``
-    (the confidence rule needs the probabilities: :func:`_with_confidence`)."""
+def _candidates(label: int, spacing_zyx: tuple[float, ...], parent: tuple[int, ...] = ()):
+    """(name, function of a label map) of every volume, largest-component and (for a nested class,
+    ``parent``) inside-its-parent rule tried for ``label`` (the confidence rule needs the
+    probabilities: :func:`_with_confidence`)."""
     yield "keep_largest_component", lambda p: keep_largest_component(p, label)
     for ml in MIN_COMPONENT_LADDER_ML:
         yield f"min_component_ml={ml}", lambda p, ml=ml: remove_small_components(p, label, ml, spacing_zyx)
+    if parent:
+        yield "inside_parent", lambda p: drop_outside_parent(p, label, parent)
 
 
 def _with_confidence(pairs: list[tuple[np.ndarray, np.ndarray]], probabilities: list[np.ndarray],
@@ -249,11 +310,13 @@ def _with_confidence(pairs: list[tuple[np.ndarray, np.ndarray]], probabilities: 
 
 
 def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, str],
-                             spacing_zyx: tuple[float, ...],
-                             space: LabelSpace | None = None) -> PostprocessingDecision | None:
+                             spacing_zyx: tuple[float, ...], space: LabelSpace | None = None,
+                             nesting: Mapping[int, int] | None = None) -> PostprocessingDecision | None:
     """Decide per class from the folds' validation predictions (on a grid of ``spacing_zyx`` mm,
     the plans' target spacing); write and return the decision. ``space``: the plans' label space,
-    so that partial labels are scored as annotated (:mod:`autoseg.partial_labels`).
+    so that partial labels are scored as annotated (:mod:`autoseg.partial_labels`). ``nesting``:
+    the fingerprint's ``label_nesting``, for the inside-its-parent candidate of nested classes whose
+    parent the model predicts.
 
     Returns None (and writes nothing) when no fold has validation predictions.
     """
@@ -266,6 +329,7 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     largest: list[int] = []
     min_sizes: dict[int, float] = {}
     min_confidence: dict[int, float] = {}
+    inside: dict[int, tuple[int, ...]] = {}
     evidence: dict[str, ClassEvidence] = {}
     classes = [k for k in sorted(labels) if k != 0]
     whole = [(keep_largest_foreground(p), r) for p, r in raw]
@@ -285,8 +349,9 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
             continue
         # the cases as prediction leaves them with the confidence rules chosen so far (classes before this)
         before = _mean_dice(pairs, label, space)
+        parent = tuple(c for c in parent_classes(nesting or {}, label) if c in labels)
         tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space)
-                 for cand, f in _candidates(label, spacing_zyx)}
+                 for cand, f in _candidates(label, spacing_zyx, parent)}
         side: dict[str, float] = {}
         confident: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if with_probabilities:
@@ -306,6 +371,8 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
                                        other_classes_change=side or None)
         if enabled and best == "keep_largest_component":
             largest.append(label)
+        elif enabled and best == "inside_parent":
+            inside[label] = parent
         elif enabled and best.startswith("min_component_confidence"):
             min_confidence[label] = float(best.split("=")[1])
             pairs = confident[best]
@@ -314,16 +381,30 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     decision = PostprocessingDecision(
         keep_largest_component=tuple(largest), min_component_ml=min_sizes, evidence=evidence, cases=len(cases),
         grid_spacing_zyx=tuple(float(s) for s in spacing_zyx), keep_largest_foreground=foreground,
-        min_component_confidence=min_confidence,
+        min_component_confidence=min_confidence, inside_parent=inside,
         rule="all foreground as one where it raises the mean CV Dice over the classes and lowers none (as nnU-Net "
              "decides it); then class by class, the "
              "candidate with the highest mean CV Dice, where it beats none. Confidence candidates (where every CV "
              "case kept its probabilities) are tried as prediction applies them: with the confidence rules of the "
              "classes before, on the probabilities until none drops more, then the foreground rule; each is "
-             "scored with the change it causes in the other classes' Dice")
+             "scored with the change it causes in the other classes' Dice. A class nested in another that the model "
+             "predicts (the fingerprint's label nesting) also tries dropping its components beside none of that "
+             "class and the classes nested in it")
     decision.save(ModelFolder(model_dir).postprocessing)
     log.info("post-processing from %d CV cases: %s", len(cases), describe(decision, labels))
     return decision
+
+
+def decide_postprocessing(model_dir: Path, preprocessed: Path) -> PostprocessingDecision | None:
+    """:func:`determine_postprocessing` for the model folder ``model_dir`` with its dataset's
+    preprocessed cases and label nesting (its fingerprint) under the preprocessed root ``preprocessed``."""
+    from autoseg.inference.ensembles import plans_of
+
+    plans = plans_of(model_dir)
+    dataset = PreprocessedDataset(preprocessed / plans.dataset_name)
+    nesting = Fingerprint.load(dataset.fingerprint).label_nesting if dataset.fingerprint.is_file() else None
+    return determine_postprocessing(model_dir, dataset.data, {int(k): v for k, v in plans.labels.items()},
+                                    plans.target_spacing, plans.label_space, nesting)
 
 
 def load_postprocessing(model: Any) -> PostprocessingDecision | None:

@@ -23,6 +23,7 @@ from autoseg.datasets import Case, Dataset
 from autoseg.errors import DatasetError
 from autoseg.io import read_case_images, read_label_on
 from autoseg.layout import PreprocessedDataset
+from autoseg.partial_labels import LabelSpace
 from autoseg.processes import die_with_parent
 from autoseg.regions import nesting_from_shells
 from autoseg.validation import validate_case
@@ -109,7 +110,7 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
         samples=samples,
         intensity_min=float(image.min()),
         intensity_max=float(image.max()),
-        shells=label_shells(label, dataset.foreground_labels) if label is not None and not dataset.partial else {},
+        shells=label_shells(label, dataset.foreground_labels) if label is not None else {},
     )
 
 
@@ -204,7 +205,7 @@ def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | 
                    "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}},
         "intensity": intensity,
         "class_fractions": fractions,
-        **({} if dataset.partial else {"label_nesting": {str(k): v for k, v in _nesting(cases).items()}}),
+        "label_nesting": {str(k): v for k, v in _nesting(cases, dataset.label_space).items()},
         "warnings": warnings,
         "cases": [{"case": c.identifier, "spacing": list(c.spacing), "shape": list(c.shape),
                    "shape_after_crop": list(c.cropped_shape),
@@ -213,15 +214,16 @@ def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | 
     }
 
 
-def _nesting(cases: list[CaseFingerprint]) -> dict[int, int]:
-    """Which class lies inside which, from the outer shells of all cases together."""
+def _nesting(cases: list[CaseFingerprint], space: LabelSpace) -> dict[int, int]:
+    """Which class lies inside which, from the outer shells of all cases together (partial label
+    values read through ``space``: :func:`~autoseg.regions.nesting_from_shells`)."""
     total: dict[int, dict[int, int]] = {}
     for c in cases:
         for inner, around in c.shells.items():
             into = total.setdefault(inner, {})
             for a, n in around.items():
                 into[a] = into.get(a, 0) + n
-    return nesting_from_shells(total)
+    return nesting_from_shells(total, space if space.is_partial else None)
 
 
 def spacing_outliers(cases: list[CaseFingerprint], spacings: np.ndarray) -> list[str]:

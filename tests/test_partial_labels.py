@@ -158,6 +158,7 @@ def test_merged_dataset_plans_trains_and_scores_only_what_each_case_annotates(
     pre = next((tmp_path / "pre").glob("*_LiverVesselTumour"))
     fingerprint = json.loads((pre / "fingerprint.json").read_text())
     assert fingerprint["class_fractions"]["1"]["voxels"] > 0  # Task03's liver-or-vessel counts as liver
+    assert fingerprint["label_nesting"] == {"3": 1}  # tumours in the liver, from the Task03 cases that label both
     assert main(["train", "-d", "LiverVesselTumour", "-f", "0", "--steps", "2", "--threads", "1"]) == 0
     summary = json.loads(next((tmp_path / "res").rglob("fold_0/validation/summary.json")).read_text())
     for case, scores in summary["cases"].items():
@@ -185,6 +186,18 @@ def test_evaluate_reads_the_partial_labels_beside_merged_references(tmp_path: Pa
             assert scores[label]["dice"] == 1.0 or scores[label]["volume_ref_ml"] == 0, (case, label)
         unannotated = 2 if case.startswith("liver") else 1
         assert scores[unannotated]["volume_ref_ml"] == 0 and math.isnan(scores[unannotated]["dice"])
+
+
+def test_nesting_reads_partial_values_as_what_their_source_annotates() -> None:
+    """A tumour's shell: Task03's "liver or vessel" annotates liver; Task08's "background or liver"
+    says nothing about the liver and is left out of its share; a certain vessel is not liver."""
+    from autoseg.regions import nesting_from_shells
+
+    assert nesting_from_shells({3: {5: 30, 6: 500, 2: 10}}, MERGED) == {3: 1}  # 30 of 40 known voxels
+    assert nesting_from_shells({3: {5: 30, 6: 500, 2: 40}}, MERGED) == {}  # 30 of 70
+    assert nesting_from_shells({3: {5: 30, 4: 40}}, MERGED) == {}  # Task03's background is known not liver
+    assert nesting_from_shells({2: {6: 500, 3: 20}}, MERGED) == {}  # a Task08 vessel: no class around it
+    assert nesting_from_shells({3: {5: 30, 6: 500, 2: 10}}) == {3: 6}  # read as plain values: the wrong parent
 
 
 def test_rarity_weights_count_a_partial_value_as_its_class() -> None:

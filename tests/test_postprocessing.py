@@ -11,7 +11,8 @@ import pytest
 
 from autoseg.artefacts import PostprocessingDecision
 from autoseg.inference.postprocessing import (apply_postprocessing, determine_postprocessing,
-                                              keep_largest_component, remove_small_components)
+                                              drop_outside_parent, keep_largest_component, parent_classes,
+                                              remove_small_components)
 from autoseg.errors import AutosegError
 from autoseg.io import read_json
 from autoseg.preprocessing.storage import write_case
@@ -308,3 +309,61 @@ def test_lesion_table_counts_all_and_lists_the_largest() -> None:
     assert count == 7 and [r.voxels for r in table] == [20, 18, 1]
     assert table[0].extent_mm == (4.0, 5.0, 1.0) and table[1].volume_ml == round(18 * 1e-3, 4)
     assert lesion_table(np.zeros((3, 3, 3), bool), (1.0, 1.0, 1.0)) == (0, [])
+
+
+def _liver_with_lesions(shape=(20, 50, 50)) -> np.ndarray:
+    """A liver (1) holding a vessel (2) and two small tumours (3), and a vessel apart from it (as a
+    cut vena cava: the largest foreground component alone would lose it)."""
+    ref = np.zeros(shape, np.uint8)
+    ref[2:18, 2:30, 2:30] = 1
+    ref[2:18, 14:16, 14:16] = 2
+    ref[2:18, 40:44, 4:8] = 2
+    ref[5:9, 5:9, 5:9] = 3
+    ref[12:16, 20:24, 20:24] = 3
+    return ref
+
+
+def test_components_beside_no_voxel_of_the_parent_are_dropped() -> None:
+    labels = _liver_with_lesions()
+    labels[4:16, 36:48, 36:48] = 3  # a "tumour" in the spleen: 7 voxels from the liver
+    labels[0:2, 30:32, 30:32] = 3  # touches the liver's corner diagonally only (26-neighbours)
+    labels[8:10, 30:33, 14:16] = 2  # a vessel stub leaving the liver...
+    labels[8:10, 33:35, 14:16] = 3  # ...and a lesion beside it only
+    out = drop_outside_parent(labels, 3, (1, 2))
+    assert (out[4:16, 36:48, 36:48] == 0).all()
+    changed = out != labels
+    assert (labels[changed] == 3).all() and (out[changed] == 0).all()
+    kept = (out == 3).sum()
+    assert kept == (labels == 3).sum() - 12 ** 3  # only the spleen's component goes; the others touch
+    assert (drop_outside_parent(labels, 3, (1,))[8:10, 33:35, 14:16] == 0).all()  # the vessel is not liver
+    assert np.array_equal(drop_outside_parent(np.zeros((3, 3, 3), np.uint8), 3, (1,)), np.zeros((3, 3, 3)))
+
+
+def test_the_parent_of_a_nested_class_includes_the_classes_nested_beside_it() -> None:
+    nesting = {2: 1, 3: 1}
+    assert parent_classes(nesting, 3) == (1, 2) and parent_classes(nesting, 2) == (1, 3)
+    assert parent_classes(nesting, 1) == ()
+    assert parent_classes({3: 2, 2: 1}, 3) == (2,)
+    assert parent_classes({"2": 1}, 2) == (1,)  # keys as JSON writes them
+
+
+def test_tumours_outside_the_liver_are_dropped_when_cross_validation_says_so(tmp_path: Path) -> None:
+    """A large false "tumour" outside the liver: no volume or largest-component rule removes it
+    without losing the true lesions; the inside-its-parent rule does, and only with the nesting."""
+    labels = {0: "bg", 1: "liver", 2: "vessel", 3: "tumour"}
+    ref = _liver_with_lesions()
+    pred = ref.copy()
+    pred[4:16, 36:48, 36:48] = 3  # 1.7 mL at 1 mm: above every volume of the ladder
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, pred, ref)
+    without = determine_postprocessing(tmp_path / "model", tmp_path / "data", labels, (1.0, 1.0, 1.0))
+    assert without is not None and without.inside_parent == {} and without.evidence["tumour"].choice == "none"
+    assert "inside_parent" not in without.evidence["tumour"].candidates
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", labels, (1.0, 1.0, 1.0),
+                                        nesting={2: 1, 3: 1})
+    assert decision is not None and decision.inside_parent == {3: (1, 2)}
+    assert decision.evidence["tumour"].choice == "inside_parent" and decision.evidence["tumour"].dice_after == 1.0
+    assert not decision.keep_largest_foreground  # it would lose the vessel apart from the liver
+    stored = PostprocessingDecision.load(tmp_path / "model" / "postprocessing.json")
+    assert stored.rules.inside_parent == {3: (1, 2)}
+    assert np.array_equal(apply_postprocessing(pred, stored), ref)

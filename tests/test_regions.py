@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from autoseg.artefacts import Fingerprint
+from autoseg.inference.postprocessing import decide_postprocessing
 from autoseg.cli import main
 from autoseg.errors import ConfigurationError, PlansError
 from autoseg.inference.model import open_model
@@ -241,3 +242,7 @@ def test_train_regions_beside_the_softmax_model_and_predict_with_either(
         key = [k for k in probs.files if probs[k].ndim == 4][0]
         assert probs[key].shape[0] == 3  # class probabilities either way
         assert np.allclose(probs[key].astype(np.float32).sum(0), 1.0, atol=0.02)
+    # the post-processing decision reads the fingerprint's nesting: tumour tries "inside its liver"
+    decision = decide_postprocessing(results.model("arunet").root, root / "pre")
+    assert decision is not None and "inside_parent" in decision.evidence["tumour"].candidates
+    assert "inside_parent" not in decision.evidence["liver"].candidates  # the liver lies in nothing
