@@ -382,6 +382,11 @@ class PostprocessingDecision(Artefact):
     #: Written since 2026-12-06; an older decision never had it (empty).
     inside_parent: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        empty = [k for k, v in self.inside_parent.items() if not v]
+        if empty:  # no parent class: every component would count as outside it and be dropped
+            raise EvaluationError(f"'inside_parent' of classes {empty} names no parent class")
+
     @property
     def rules(self) -> PostprocessingRules:
         return PostprocessingRules(self.keep_largest_component, self.min_component_ml, self.keep_largest_foreground,

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     model = TrainedModel.open(args.model, (args.fold,))
     cases = json.loads((args.preprocessed / "splits.json").read_text())[args.fold]["val"][:args.cases]
     store = CaseStore(args.preprocessed / "data", cases)
-    precision = resolve_precision(model.plans.precision, "cpu")
+    precision = resolve_precision(model.plans.recipe.precision, "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
     order = ["torch", "openvino", "openvino", "torch"][:2 * args.repeats]
     cache, load = os.environ.get("AUTOSEG_CACHE"), list(os.getloadavg())

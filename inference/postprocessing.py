@@ -37,13 +37,14 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import cc3d
 import numpy as np
 from scipy import ndimage
 
 from autoseg.artefacts import ClassEvidence, Fingerprint, PostprocessingDecision, PostprocessingRules
+from autoseg.errors import AutosegError
 from autoseg.layout import ExportNames, ModelFolder, PreprocessedDataset, case_files_in
 from autoseg.metrics import dice_per_class, mean_present
 from autoseg.partial_labels import LabelSpace
@@ -141,18 +142,19 @@ def drop_outside_parent(labels: np.ndarray, label: int, parent: tuple[int, ...])
 
 def parent_classes(nesting: Mapping[int, int], label: int) -> tuple[int, ...]:
     """The class ``label`` lies inside (``nesting``: class -> the class around it) and every other
-    class nested in that one at any depth; empty when ``label`` is nested in nothing."""
+    class nested in that one at any depth, apart from ``label``'s own (a tumour's necrotic core is no
+    liver); empty when ``label`` is nested in nothing."""
     nesting = {int(k): int(v) for k, v in nesting.items()}
     if label not in nesting:
         return ()
     parent = nesting[label]
 
-    def inside(c: int) -> bool:
+    def inside(c: int) -> bool:  # nested in the parent at any depth, and not through ``label``
         seen = {c}
         while c in nesting and nesting[c] not in seen:
             c = nesting[c]
-            if c == parent:
-                return True
+            if c in (parent, label):
+                return c == parent
             seen.add(c)
         return False
 
@@ -284,15 +286,17 @@ def _side_effect(pairs: list[tuple[np.ndarray, np.ndarray]], before: dict[int, f
     return change
 
 
-def _candidates(label: int, spacing_zyx: tuple[float, ...], parent: tuple[int, ...] = ()):
+def _candidates(label: int, spacing_zyx: tuple[float, ...], parent: tuple[int, ...] = (),
+                before_parent: Callable[[np.ndarray], np.ndarray] = lambda p: p):
     """(name, function of a label map) of every volume, largest-component and (for a nested class,
     ``parent``) inside-its-parent rule tried for ``label`` (the confidence rule needs the
-    probabilities: :func:`_with_confidence`)."""
+    probabilities: :func:`_with_confidence`). ``before_parent``: the rules already chosen for the
+    parent classes, which prediction applies before this one."""
     yield "keep_largest_component", lambda p: keep_largest_component(p, label)
     for ml in MIN_COMPONENT_LADDER_ML:
         yield f"min_component_ml={ml}", lambda p, ml=ml: remove_small_components(p, label, ml, spacing_zyx)
     if parent:
-        yield "inside_parent", lambda p: drop_outside_parent(p, label, parent)
+        yield "inside_parent", lambda p: drop_outside_parent(before_parent(p), label, parent)
 
 
 def _with_confidence(pairs: list[tuple[np.ndarray, np.ndarray]], probabilities: list[np.ndarray],
@@ -350,8 +354,11 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
         # the cases as prediction leaves them with the confidence rules chosen so far (classes before this)
         before = _mean_dice(pairs, label, space)
         parent = tuple(c for c in parent_classes(nesting or {}, label) if c in labels)
+        chosen = PostprocessingRules(tuple(k for k in largest if k in parent),
+                                     {k: v for k, v in min_sizes.items() if k in parent})
         tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space)
-                 for cand, f in _candidates(label, spacing_zyx, parent)}
+                 for cand, f in _candidates(label, spacing_zyx, parent,
+                                            lambda p: apply_postprocessing(p, chosen, spacing_zyx))}
         side: dict[str, float] = {}
         confident: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if with_probabilities:
@@ -402,7 +409,13 @@ def decide_postprocessing(model_dir: Path, preprocessed: Path) -> Postprocessing
 
     plans = plans_of(model_dir)
     dataset = PreprocessedDataset(preprocessed / plans.dataset_name)
-    nesting = Fingerprint.load(dataset.fingerprint).label_nesting if dataset.fingerprint.is_file() else None
+    nesting = None
+    try:
+        nesting = Fingerprint.load(dataset.fingerprint).label_nesting if dataset.fingerprint.is_file() else None
+    except AutosegError as exc:  # an older or damaged fingerprint costs only the inside-its-parent candidate
+        log.warning("no label nesting for the post-processing decision (%s); fingerprint the dataset again "
+                    "(`autoseg plan_and_preprocess -d %s --only fingerprint --force`) to try it", exc,
+                    plans.dataset_name)
     return determine_postprocessing(model_dir, dataset.data, {int(k): v for k, v in plans.labels.items()},
                                     plans.target_spacing, plans.label_space, nesting)
 

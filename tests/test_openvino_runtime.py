@@ -130,7 +130,7 @@ def test_fold_validation_on_openvino_gives_pytorchs_probabilities(tmp_path: Path
     ws = use_workspace(planned_workspace(tmp_path / "ws", plan, num_training=5, seed=3), monkeypatch)
     validation = ws / "res" / "Task08_HepaticVessel" / "arunet" / "fold_0" / "validation"
     train = ["train", "-d", "8", "-f", "0", "--steps", "4", "--threads", "1", "-j", "0", "--seed", "0",
-             "--precision", "fp32", "--force"]
+             "--precision", "fp32", "--device", "cpu", "--force"]
     summaries, probabilities = {}, {}
     for runtime in ("torch", "openvino"):
         assert main([*train, "--validation-runtime", runtime]) == 0

@@ -345,6 +345,7 @@ def test_the_parent_of_a_nested_class_includes_the_classes_nested_beside_it() ->
     assert parent_classes(nesting, 1) == ()
     assert parent_classes({3: 2, 2: 1}, 3) == (2,)
     assert parent_classes({"2": 1}, 2) == (1,)  # keys as JSON writes them
+    assert parent_classes({4: 3, 3: 1}, 3) == (1,)  # a core inside the tumour is no part of its liver
 
 
 def test_tumours_outside_the_liver_are_dropped_when_cross_validation_says_so(tmp_path: Path) -> None:
@@ -367,3 +368,29 @@ def test_tumours_outside_the_liver_are_dropped_when_cross_validation_says_so(tmp
     stored = PostprocessingDecision.load(tmp_path / "model" / "postprocessing.json")
     assert stored.rules.inside_parent == {3: (1, 2)}
     assert np.array_equal(apply_postprocessing(pred, stored), ref)
+
+
+def test_the_inside_rule_is_scored_after_the_parents_own_rule_as_predict_applies_it(tmp_path: Path) -> None:
+    """A false tumour beside a false liver fragment: prediction first drops the fragment (the liver's
+    largest-component rule), then the tumour beside nothing; cross-validation must score it so."""
+    labels = {0: "bg", 1: "liver", 2: "vessel", 3: "tumour"}
+    ref = _liver_with_lesions()
+    pred = ref.copy()
+    pred[4:8, 32:36, 16:20] = 1  # a false liver fragment, apart from the liver
+    pred[2:14, 36:48, 14:26] = 3  # a false tumour touching only that fragment
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, pred, ref)
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", labels, (1.0, 1.0, 1.0),
+                                        nesting={2: 1, 3: 1})
+    assert decision is not None and decision.evidence["liver"].choice != "none"
+    assert decision.evidence["tumour"].candidates["inside_parent"] == 1.0 and decision.inside_parent == {3: (1, 2)}
+    assert np.array_equal(apply_postprocessing(pred, decision), ref)
+
+
+def test_a_decision_naming_no_parent_is_refused() -> None:
+    """An empty parent would make every component "outside" and drop the class."""
+    good = {"keep_largest_component": [], "min_component_ml": {}, "evidence": {}, "cases": 1,
+            "grid_spacing_zyx": [1, 1, 1], "rule": "", "postprocessing_version": 1}
+    assert PostprocessingDecision.from_dict({**good, "inside_parent": {"3": [1]}}).rules.inside_parent == {3: (1,)}
+    with pytest.raises(AutosegError, match="names no parent"):
+        PostprocessingDecision.from_dict({**good, "inside_parent": {"3": []}})

@@ -94,7 +94,8 @@ def test_openvino_validation_without_openvino_is_refused_before_training(
     results = env / "res"
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*")} if results.exists() else {}
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if the openvino extra were not installed
-    assert main(["train", "-d", "8", "-f", "3", *TINY, "--force", "--validation-runtime", "openvino"]) == 2
+    assert main(["train", "-d", "8", "-f", "3", *TINY, "--force", "--device", "cpu",
+                 "--validation-runtime", "openvino"]) == 2
     err = capsys.readouterr().err
     assert "pip install openvino" in err and "--validation-runtime torch" in err
     after = {p: p.stat().st_mtime_ns for p in results.rglob("*")} if results.exists() else {}
@@ -239,13 +240,15 @@ def test_find_best_decides_post_processing_that_predict_applies(env: Path, tmp_p
         chosen = (ev["label"] in decision["keep_largest_component"]
                   or str(ev["label"]) in decision["min_component_ml"]
                   or str(ev["label"]) in decision["min_component_confidence"]
+                  or str(ev["label"]) in decision["inside_parent"]
                   or (ev["label"] == 0 and decision["keep_largest_foreground"]))
         assert ev["enabled"] == chosen and ev["dice_after"] >= ev["dice_before"]
     images = env / "raw" / "Task08_HepaticVessel" / "imagesTs"
     assert main(["predict", "-i", str(images), "-o", str(tmp_path / "p"), "-d", "8", "-f", "0"]) == 0
     report = read_json(tmp_path / "p" / "report.json")["cases"][0]
     assert report["postprocessing"] == {k: decision[k] for k in ("keep_largest_component", "min_component_ml",
-                                                                 "keep_largest_foreground", "min_component_confidence")}
+                                                                 "keep_largest_foreground", "min_component_confidence",
+                                                                 "inside_parent")}
 
 
 def test_find_best_scores_ensembles_of_networks_and_predict_runs_them(env: Path, tmp_path: Path,

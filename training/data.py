@@ -56,6 +56,7 @@ class CaseStore:
     def __post_init__(self) -> None:
         self._images: OrderedDict[str, Any] = OrderedDict()
         self._labels: OrderedDict[str, Any] = OrderedDict()
+        self._checked: set[str] = set()  # cases whose label map was checked against the image
         self._locations: dict[str, dict[int, np.ndarray]] = {}
         self._components: dict[str, dict[int, list[np.ndarray]]] = {}
         missing = [c for c in self.cases if not (self.files(c).image.is_file() and self.files(c).labels.is_file())]
@@ -80,10 +81,11 @@ class CaseStore:
         if case not in self._labels:
             path = self.files(case).labels
             labels = open_array(path)
-            if labels.shape != self.image(case).shape[1:]:
+            if case not in self._checked and labels.shape != self.image(case).shape[1:]:
                 raise AutosegError(f"label map of shape {labels.shape} does not match the image "
                                    f"{self.image(case).shape[1:]}", path,
                                    "run `autoseg plan_and_preprocess` for this dataset again")
+            self._checked.add(case)  # once: a reopened case is the same file
             _remember(self._labels, case, labels)
         self._labels.move_to_end(case)
         return self._labels[case]

@@ -22,7 +22,7 @@ from autoseg.layout import PLANS, FoldFolder
 from autoseg.metrics import dice_from_counts, mean_foreground
 from autoseg.networks import build_network
 from autoseg.plans import Plans
-from autoseg.precision import autocast, resolve_precision
+from autoseg.precision import RUNTIMES, autocast, resolve_precision
 from autoseg.regions import decide
 from autoseg.sliding_window import WindowOptions
 from autoseg.training.data import CaseStore, make_train_stream, validation_patches
@@ -59,6 +59,22 @@ class TrainOptions:
     init_source: str = ""
 
 
+def _check_validation_runtime(options: TrainOptions, device: str) -> None:
+    """Refuse an unknown or unusable validation runtime when the fold starts, not when it ends (a
+    missing OpenVINO on a Ray worker); on a GPU it is ignored, and said so."""
+    if options.validation_runtime not in RUNTIMES:
+        raise ConfigurationError(f"unknown validation runtime {options.validation_runtime!r}",
+                                 fix=f"use one of {', '.join(RUNTIMES)}")
+    if options.validation_runtime == "openvino" and options.final_validation:
+        if device == "cpu":
+            from autoseg.networks.openvino_runtime import require_openvino
+
+            require_openvino()
+        else:
+            log.warning("the validation runtime openvino runs on the CPU only: this fold's validation on %s "
+                        "runs PyTorch", device)
+
+
 class FoldTrainer:
     """Trains one fold; all state needed to resume lives in ``checkpoint_latest.pt``."""
 
@@ -72,6 +88,7 @@ class FoldTrainer:
         self.dist.init(str(self.device))
         self.class_names = {k: v for k, v in plans.labels.items() if k != 0}
         self.cores = configure_threads(self.device.type, options.threads)
+        _check_validation_runtime(options, self.device.type)
         torch.manual_seed(options.seed)
         np.random.seed(options.seed % 2**32)
         random.seed(options.seed)
