@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -358,7 +359,7 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
                                      {k: v for k, v in min_sizes.items() if k in parent})
         tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space)
                  for cand, f in _candidates(label, spacing_zyx, parent,
-                                            lambda p: apply_postprocessing(p, chosen, spacing_zyx))}
+                                            partial(apply_postprocessing, decision=chosen, spacing_zyx=spacing_zyx))}
         side: dict[str, float] = {}
         confident: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if with_probabilities:
