@@ -217,7 +217,7 @@ def test_json_view_reads_like_the_file() -> None:
     assert props.class_locations == {2: ((1, 2, 3),)} and props.get("absent", 4) == 4
     assert make_report().to_dict()["postprocessing"] == {"keep_largest_component": [1], "min_component_ml": {"2": 0.1},
                                                          "keep_largest_foreground": False,
-                                                         "min_component_confidence": {}}
+                                                         "min_component_confidence": {}, "inside_parent": {}}
     minimal = make_report().to_dict()
     assert "input" in minimal and "roi" in minimal  # optional fields are written when set, absent otherwise
     from autoseg.inference.report import measure_case
