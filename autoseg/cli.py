@@ -304,10 +304,9 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                                  fix="use torchrun (or --gpus) for one fold on several GPUs, or Ray for folds "
                                      "in parallel")
     dist.init(dist.device(args.device))
-    if args.validation_runtime == "openvino" and args.device == "cpu":
-        from autoseg.networks.openvino_runtime import require_openvino
+    from autoseg.networks.openvino_runtime import require_runtime
 
-        require_openvino()  # before the first step, not at the end of the fold
+    require_runtime(args.validation_runtime, args.device)  # before anything is written, not at the fold's end
     init, source = (_init_weights(args.init, settings), str(args.init)) if args.init else (None, "")
     options = TrainOptions(device=args.device, workers=args.workers, continue_training=args.continue_training,
                            dist=dist, compile=args.compile, threads=args.threads, init_weights=init,
@@ -452,10 +451,9 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.precision import resolve_precision
 
     cores = configure_threads(args.device, args.threads)
-    if args.runtime == "openvino" and args.device == "cpu":
-        from autoseg.networks.openvino_runtime import require_openvino
+    from autoseg.networks.openvino_runtime import require_runtime
 
-        require_openvino()  # before any case is read, not once per case
+    require_runtime(args.runtime, args.device)  # before any case is read, not once per case
     model = open_model(model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
     roi = None
     if args.roi_model:

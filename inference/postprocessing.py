@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import cc3d
 import numpy as np
@@ -287,17 +286,13 @@ def _side_effect(pairs: list[tuple[np.ndarray, np.ndarray]], before: dict[int, f
     return change
 
 
-def _candidates(label: int, spacing_zyx: tuple[float, ...], parent: tuple[int, ...] = (),
-                before_parent: Callable[[np.ndarray], np.ndarray] = lambda p: p):
-    """(name, function of a label map) of every volume, largest-component and (for a nested class,
-    ``parent``) inside-its-parent rule tried for ``label`` (the confidence rule needs the
-    probabilities: :func:`_with_confidence`). ``before_parent``: the rules already chosen for the
-    parent classes, which prediction applies before this one."""
+def _candidates(label: int, spacing_zyx: tuple[float, ...]):
+    """(name, function of a label map) of every volume and largest-component rule tried for ``label``
+    (the confidence rule needs the probabilities: :func:`_with_confidence`; the inside-its-parent
+    rule the rules chosen before it: :func:`determine_postprocessing`)."""
     yield "keep_largest_component", lambda p: keep_largest_component(p, label)
     for ml in MIN_COMPONENT_LADDER_ML:
         yield f"min_component_ml={ml}", lambda p, ml=ml: remove_small_components(p, label, ml, spacing_zyx)
-    if parent:
-        yield "inside_parent", lambda p: drop_outside_parent(before_parent(p), label, parent)
 
 
 def _with_confidence(pairs: list[tuple[np.ndarray, np.ndarray]], probabilities: list[np.ndarray],
@@ -354,12 +349,15 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
             continue
         # the cases as prediction leaves them with the confidence rules chosen so far (classes before this)
         before = _mean_dice(pairs, label, space)
-        parent = tuple(c for c in parent_classes(nesting or {}, label) if c in labels)
-        chosen = PostprocessingRules(tuple(k for k in largest if k in parent),
-                                     {k: v for k, v in min_sizes.items() if k in parent})
         tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space)
-                 for cand, f in _candidates(label, spacing_zyx, parent,
-                                            partial(apply_postprocessing, decision=chosen, spacing_zyx=spacing_zyx))}
+                 for cand, f in _candidates(label, spacing_zyx)}
+        parent = tuple(c for c in parent_classes(nesting or {}, label) if c in labels)
+        if parent:  # after the rules chosen for the parent classes, as prediction applies it
+            chosen = PostprocessingRules(tuple(k for k in largest if k in parent),
+                                         {k: v for k, v in min_sizes.items() if k in parent})
+            tried["inside_parent"] = _mean_dice([(drop_outside_parent(apply_postprocessing(p, chosen, spacing_zyx),
+                                                                       label, parent), r) for p, r in pairs],
+                                                label, space)
         side: dict[str, float] = {}
         confident: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if with_probabilities:

@@ -223,7 +223,7 @@ def _nesting(cases: list[CaseFingerprint], space: LabelSpace) -> dict[int, int]:
             into = total.setdefault(inner, {})
             for a, n in around.items():
                 into[a] = into.get(a, 0) + n
-    return nesting_from_shells(total, space if space.is_partial else None)
+    return nesting_from_shells(total, space)
 
 
 def spacing_outliers(cases: list[CaseFingerprint], spacings: np.ndarray) -> list[str]:

@@ -65,12 +65,11 @@ def _check_validation_runtime(options: TrainOptions, device: str) -> None:
     if options.validation_runtime not in RUNTIMES:
         raise ConfigurationError(f"unknown validation runtime {options.validation_runtime!r}",
                                  fix=f"use one of {', '.join(RUNTIMES)}")
-    if options.validation_runtime == "openvino" and options.final_validation:
-        if device == "cpu":
-            from autoseg.networks.openvino_runtime import require_openvino
+    if options.final_validation:
+        from autoseg.networks.openvino_runtime import require_runtime
 
-            require_openvino()
-        else:
+        require_runtime(options.validation_runtime, device)
+        if options.validation_runtime == "openvino" and device != "cpu":
             log.warning("the validation runtime openvino runs on the CPU only: this fold's validation on %s "
                         "runs PyTorch", device)
 

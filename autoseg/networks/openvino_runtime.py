@@ -70,6 +70,13 @@ def require_openvino() -> None:
     _openvino()
 
 
+def require_runtime(runtime: str, device: str) -> None:
+    """:func:`require_openvino` where ``runtime`` is OpenVINO on the CPU (on other devices the
+    networks run in PyTorch); nothing for the other runtimes."""
+    if runtime == "openvino" and device == "cpu":
+        require_openvino()
+
+
 def openvino_available() -> bool:
     try:
         require_openvino()
@@ -178,4 +185,4 @@ def for_openvino(network: nn.Module, precision: str, threads: int, cache: Path |
     return OpenVinoNetwork(network, precision, threads, cache)
 
 
-__all__ = ["OpenVinoNetwork", "for_openvino", "openvino_available", "require_openvino"]
+__all__ = ["OpenVinoNetwork", "for_openvino", "openvino_available", "require_openvino", "require_runtime"]
