@@ -25,9 +25,13 @@ would trade one structure for another). Then the candidates, per foreground clas
   only for a nested class of a model that predicts its parent; applied last, after the parent's own
   rules.
 
-For each class the candidate with the highest mean Dice over all cross-validation cases (the
-folds' validation predictions on the preprocessed grid against the preprocessed labels) is
-chosen, and only where it beats doing nothing. Sizes are volumes, so a decision taken on the
+Each confidence rule is also tried followed by each of the other rules on what it left (a class
+may need both: a liver model's unsure false "tumour" inside the liver goes with the confidence
+rule, its sure one in a spleen it calls liver only with the largest-component rule of the liver and
+the inside-its-parent rule of the tumour). For each class the candidate with the highest mean Dice
+over all cross-validation cases (the folds' validation predictions on the preprocessed grid against
+the preprocessed labels) is chosen, and only where it beats doing nothing; of equal candidates the
+one with fewer rules. Sizes are volumes, so a decision taken on the
 preprocessed grid applies on any input grid. The decision and its evidence
 (:class:`~autoseg.artefacts.PostprocessingDecision`) are stored with the model
 (``ModelFolder.postprocessing``); ``autoseg predict`` applies it and ``autoseg export`` ships it.
@@ -58,6 +62,9 @@ log = logging.getLogger(__name__)
 MIN_COMPONENT_LADDER_ML = (0.01, 0.03, 0.1, 0.3, 1.0)
 #: Highest probabilities tried as a component's minimum.
 MIN_CONFIDENCE_LADDER = (0.6, 0.7, 0.8, 0.9, 0.95)
+#: Joins the two rules of a combined candidate's name: a confidence rule, then a component rule on
+#: what it left (``min_component_confidence=0.9+keep_largest_component``).
+COMBINED = "+"
 
 
 def _keep_largest_of(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -349,15 +356,15 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
             continue
         # the cases as prediction leaves them with the confidence rules chosen so far (classes before this)
         before = _mean_dice(pairs, label, space)
-        tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space)
-                 for cand, f in _candidates(label, spacing_zyx)}
+        structural = dict(_candidates(label, spacing_zyx))
         parent = tuple(c for c in parent_classes(nesting or {}, label) if c in labels)
         if parent:  # after the rules chosen for the parent classes, as prediction applies it
             chosen = PostprocessingRules(tuple(k for k in largest if k in parent),
                                          {k: v for k, v in min_sizes.items() if k in parent})
-            tried["inside_parent"] = _mean_dice([(drop_outside_parent(apply_postprocessing(p, chosen, spacing_zyx),
-                                                                       label, parent), r) for p, r in pairs],
-                                                label, space)
+            structural["inside_parent"] = (lambda p, chosen=chosen, parent=parent, label=label:
+                                           drop_outside_parent(apply_postprocessing(p, chosen, spacing_zyx),
+                                                               label, parent))
+        tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space) for cand, f in structural.items()}
         side: dict[str, float] = {}
         confident: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if with_probabilities:
@@ -368,22 +375,28 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
                 confident[cand] = _with_confidence(raw, kept, {**min_confidence, label: t}, foreground)
                 tried[cand] = _mean_dice(confident[cand], label, space)
                 side[cand] = _side_effect(confident[cand], others, space)  # dropped voxels become other classes
+                for rule, f in structural.items():  # then a component rule on what the confidence rule left
+                    tried[f"{cand}{COMBINED}{rule}"] = _mean_dice([(f(p), r) for p, r in confident[cand]],
+                                                                  label, space)
+                    side[f"{cand}{COMBINED}{rule}"] = side[cand]  # component rules make background only
         score = {c: tried[c] + side.get(c, 0.0) for c in tried}
-        best = max(score, key=lambda c: (score[c], c == "keep_largest_component"))  # ties: the simpler rule
+        # ties: the fewer rules, then the simpler one
+        best = max(score, key=lambda c: (score[c], -c.count(COMBINED), c.endswith("keep_largest_component")))
         enabled = not math.isnan(before) and score[best] > before
         evidence[name] = ClassEvidence(label=label, dice_before=before, candidates=tried,
                                        choice=best if enabled else "none",
                                        dice_after=tried[best] if enabled else before, enabled=enabled,
                                        other_classes_change=side or None)
-        if enabled and best == "keep_largest_component":
-            largest.append(label)
-        elif enabled and best == "inside_parent":
-            inside[label] = parent
-        elif enabled and best.startswith("min_component_confidence"):
-            min_confidence[label] = float(best.split("=")[1])
-            pairs = confident[best]
-        elif enabled:
-            min_sizes[label] = float(best.split("=")[1])
+        for part in best.split(COMBINED) if enabled else ():
+            if part == "keep_largest_component":
+                largest.append(label)
+            elif part == "inside_parent":
+                inside[label] = parent
+            elif part.startswith("min_component_confidence"):
+                min_confidence[label] = float(part.split("=")[1])
+                pairs = confident[part]
+            else:
+                min_sizes[label] = float(part.split("=")[1])
     decision = PostprocessingDecision(
         keep_largest_component=tuple(largest), min_component_ml=min_sizes, evidence=evidence, cases=len(cases),
         grid_spacing_zyx=tuple(float(s) for s in spacing_zyx), keep_largest_foreground=foreground,
@@ -393,7 +406,8 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
              "candidate with the highest mean CV Dice, where it beats none. Confidence candidates (where every CV "
              "case kept its probabilities) are tried as prediction applies them: with the confidence rules of the "
              "classes before, on the probabilities until none drops more, then the foreground rule; each is "
-             "scored with the change it causes in the other classes' Dice. A class nested in another that the model "
+             "scored with the change it causes in the other classes' Dice, alone and followed by each component "
+             "rule. A class nested in another that the model "
              "predicts (the fingerprint's label nesting) also tries dropping its components beside none of that "
              "class and the classes nested in it")
     decision.save(ModelFolder(model_dir).postprocessing)

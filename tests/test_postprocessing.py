@@ -394,3 +394,39 @@ def test_a_decision_naming_no_parent_is_refused() -> None:
     assert PostprocessingDecision.from_dict({**good, "inside_parent": {"3": [1]}}).rules.inside_parent == {3: (1,)}
     with pytest.raises(AutosegError, match="names no parent"):
         PostprocessingDecision.from_dict({**good, "inside_parent": {"3": []}})
+
+
+def test_a_confidence_rule_and_a_component_rule_together_when_each_removes_what_the_other_cannot(
+        tmp_path: Path) -> None:
+    """Two false tumours: one inside the liver that the network half believes (only the confidence
+    rule drops it), one in the "spleen" it is sure of (only the inside-its-liver rule drops it).
+    Cross-validation chooses the two together, and prediction applies them so."""
+    from autoseg.inference.postprocessing import suppress_unsure
+
+    labels = {0: "bg", 1: "liver", 2: "vessel", 3: "tumour"}
+    ref = _liver_with_lesions()
+    pred = ref.copy()
+    unsure = np.zeros(ref.shape, bool)
+    unsure[8:12, 4:10, 16:22] = True  # inside the liver, apart from its vessel and lesions
+    pred[unsure] = 3
+    pred[4:16, 36:48, 36:48] = 3
+    probs = np.zeros((4, *ref.shape), np.float32)
+    for k in range(4):
+        probs[k][pred == k] = 0.97
+    probs[0][pred != 0] += 0.03
+    probs[1][pred == 0] = 0.03
+    probs[3][unsure], probs[1][unsure], probs[0][unsure] = 0.6, 0.4, 0.0
+    stored = np.round(probs * 255).astype(np.uint8)
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, pred, ref, stored)
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", labels, (1.0, 1.0, 1.0),
+                                        nesting={2: 1, 3: 1})
+    assert decision is not None
+    tumour = decision.evidence["tumour"]
+    assert tumour.candidates["min_component_confidence=0.7"] < 1.0 and tumour.candidates["inside_parent"] < 1.0
+    assert tumour.choice == "min_component_confidence=0.7+inside_parent" and tumour.dice_after == 1.0
+    assert decision.min_component_confidence == {3: 0.7} and decision.inside_parent == {3: (1, 2)}
+    labels_out = apply_postprocessing(suppress_unsure(stored.astype(np.float32) / 255, decision).argmax(0), decision)
+    assert np.array_equal(labels_out, ref)
+    stored_decision = PostprocessingDecision.load(tmp_path / "model" / "postprocessing.json")
+    assert stored_decision.rules == decision.rules
