@@ -96,11 +96,13 @@ def inference_network(network: torch.nn.Module, options: WindowOptions, owned: b
 
 def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: WindowOptions,
           timings: dict[str, float] | None = None, source: str | Path | None = None,
-          where: np.ndarray | None = None, owned: bool = False) -> np.ndarray:
+          where: np.ndarray | None = None, owned: bool = False, out: np.ndarray | None = None,
+          scale: float = 1.0) -> np.ndarray:
     """:func:`predict_sliding_window` with the patch (times ``options.tile_scale``), classes and batch
     of ``plans``; tiles larger than the patch go through the network one at a time. With
     ``options.channels_last`` on the CPU the network slides channels-last (:func:`inference_network`;
-    a network converted already slides as it is)."""
+    a network converted already slides as it is). ``out``, ``scale``: the probabilities times
+    ``scale`` are added to ``out`` (:func:`predict_sliding_window`)."""
     mirror = tuple(range(len(plans.patch_size))) if options.mirror else ()
     tile = inference_tile(plans, data.shape[1:], options.tile_scale)
     batch = plans.batch_size if tile == tuple(plans.patch_size) else 1
@@ -108,7 +110,7 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
     return predict_sliding_window(network, data, tile, plans.num_classes, options.overlap,
                                   batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,
-                                  regions=plans.regions)
+                                  regions=plans.regions, out=out, scale=scale)
 
 
 def gaussian_importance(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.ndarray:
@@ -150,9 +152,15 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
                            source: str | Path | None = None,
                            between_batches: Callable[[], object] | None = None,
                            where: np.ndarray | None = None,
-                           regions: tuple[Region, ...] | None = None) -> np.ndarray:
+                           regions: tuple[Region, ...] | None = None,
+                           out: np.ndarray | None = None, scale: float = 1.0) -> np.ndarray:
     """Class probabilities (K, *spatial) float32 for ``data`` (C, *spatial): the softmax of the
     network's outputs, or with ``regions`` the class probabilities of its region sigmoids.
+
+    ``out`` (float32, ``(K, *spatial)``), if given, gets the probabilities times ``scale`` added to it
+    and is returned: the folds of an ensemble add their mean into one array, with no array of each
+    fold's own (each tile's share is weighted by the Gaussian weights of the whole tile grid, which
+    are computed before the first tile and are the same for every network slid over the same grid).
 
     ``where`` (a boolean ``spatial`` mask), if given, keeps only the tiles of the usual tile grid
     that hold one of its voxels: a voxel of the mask is then predicted exactly as without it (every
@@ -170,8 +178,9 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     precision = resolve_precision(precision, device)
     padded, unpad = pad_to_patch(data.astype(np.float32, copy=False), patch)
     spatial = padded.shape[1:]
-    probs = np.zeros((num_classes, *spatial), dtype=np.float32)
-    weights = np.zeros(spatial, dtype=np.float32)
+    if out is not None and out.shape != (num_classes, *data.shape[1:]):
+        raise ValueError(f"an output of shape {out.shape} for {num_classes} classes and data of shape {data.shape}")
+    probs = out if out is not None and spatial == data.shape[1:] else np.zeros((num_classes, *spatial), np.float32)
     gauss = gaussian_importance(tuple(patch))
     gauss_t = torch.from_numpy(gauss).to(device)
     layout = torch.channels_last_3d if len(patch) == 3 and is_channels_last(network) else torch.contiguous_format
@@ -186,6 +195,10 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
         tiles = [t for t in tiles if wanted[t].any()]
         if timings is not None:
             timings["tiles"], timings["tiles_total"] = float(len(tiles)), float(total)
+    share = np.zeros(spatial, dtype=np.float32)  # the summed Gaussians, then each voxel's share of one
+    for t in tiles:
+        share[t] += gauss
+    np.divide(np.float32(scale), share, out=share, where=share > 0)
     for i in tqdm(range(0, len(tiles), batch_size), desc="sliding window", unit="batch", leave=False,
                   disable=None):
         if between_batches is not None:
@@ -195,16 +208,17 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
         x = x.contiguous(memory_format=layout)
         t0 = time.perf_counter()
         with autocast(device, precision):
-            out = _mirrored_probabilities(network, x, mirror_axes, regions, num_classes)
-        _check_finite(out, source)
-        weighted = (out * gauss_t).float().cpu().contiguous().numpy()
+            batch_probs = _mirrored_probabilities(network, x, mirror_axes, regions, num_classes)
+        _check_finite(batch_probs, source)
+        weighted = (batch_probs * gauss_t).float().cpu().contiguous().numpy()
         if timings is not None:
             timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t0
         for t, o in zip(chunk, weighted):
-            probs[(slice(None), *t)] += o
-            weights[t] += gauss
-    np.divide(probs, weights, out=probs, where=weights > 0)  # uncovered voxels (``where``) stay 0
-    return probs[(slice(None), *unpad)]
+            probs[(slice(None), *t)] += o * share[t]  # uncovered voxels (``where``) get nothing
+    if out is not None and probs is not out:  # a case smaller than the patch: padded, then added
+        out += probs[(slice(None), *unpad)]
+        return out
+    return probs if probs is out else probs[(slice(None), *unpad)]
 
 
 def _check_finite(probabilities: torch.Tensor, source: str | Path | None) -> None:

@@ -159,9 +159,12 @@ def localised_probabilities(model: Model, data: np.ndarray, options: WindowOptio
         return scout
     counts = timings if timings is not None else {}  # the folds' forward time, and the tiles they kept
     probs = model.probabilities(data, options, counts, where=wanted)
-    covered = probs.sum(0, keepdims=True)
-    probs += np.clip(1 - covered, 0, 1) * scout  # voxels no tile (of some member) covered: the scout's
+    # voxels no tile (of some member) covered: the scout's; a class at a time, no temporary of all classes
+    uncovered = np.subtract(1, probs.sum(0), dtype=np.float32)
+    np.clip(uncovered, 0, 1, out=uncovered)
+    for k in range(len(probs)):
+        probs[k] += uncovered * scout[k]
     if stats is not None:
         stats.update(tiles=(int(counts.get("tiles", 0)), int(counts.get("tiles_total", 0))),
-                     share=round(float(np.mean(covered > 0.5)), 4))
+                     share=round(float(np.mean(uncovered < 0.5)), 4))
     return probs

@@ -23,7 +23,7 @@ from autoseg.plans import Plans
 from autoseg.schema import Artefact
 from autoseg.precision import Resolved
 from autoseg.settings import Settings
-from autoseg.sliding_window import WindowOptions, slide
+from autoseg.sliding_window import WindowOptions, inference_network, slide
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +78,37 @@ class _FoldNetworks:
 
     def probabilities(self, data: np.ndarray, options: WindowOptions,
                       timings: dict[str, float] | None = None, where: np.ndarray | None = None) -> np.ndarray:
-        total: np.ndarray | None = None
+        # the folds' mean, added fold by fold into one array (no array of each fold's own)
+        total = np.zeros((self.plans.num_classes, *data.shape[1:]), dtype=np.float32)
+        after_scout = self._take_scout_network()
         for fold in self.folds:
-            net = self.network(fold, options.device)
-            probs = slide(net, data, self.plans, options, timings, source=self.weights_source(fold), where=where,
-                          owned=True)
+            net = (after_scout[1] if after_scout is not None and after_scout[0] == _network_key(fold, options)
+                   else self.network(fold, options.device))
+            after_scout = None
+            slide(net, data, self.plans, options, timings, source=self.weights_source(fold), where=where,
+                  owned=True, out=total, scale=1 / len(self.folds))
             del net
-            total = probs if total is None else np.add(total, probs, out=total)
-        assert total is not None  # every model has at least one fold (checked on opening)
-        total /= len(self.folds)
         return total
 
     def scout(self, data: np.ndarray, options: WindowOptions,
               timings: dict[str, float] | None = None) -> np.ndarray:
+        """The first fold's pass; its network, as slid (compiled by OpenVINO, or channels-last), is
+        kept for the folds' pass that follows, which starts with that fold (loading, building and
+        compiling it again cost about half a second a case)."""
         fold = self.folds[0]
-        return slide(self.network(fold, options.device), data, self.plans, options, timings,
-                     source=self.weights_source(fold), owned=True)
+        net = inference_network(self.network(fold, options.device), options, owned=True)
+        object.__setattr__(self, "_scout_network", (_network_key(fold, options), net))
+        return slide(net, data, self.plans, options, timings, source=self.weights_source(fold), owned=True)
+
+    def _take_scout_network(self) -> tuple[tuple[Any, ...], torch.nn.Module] | None:
+        kept = getattr(self, "_scout_network", None)
+        object.__setattr__(self, "_scout_network", None)  # held until the folds' pass only
+        return kept
+
+
+def _network_key(fold: int, options: WindowOptions) -> tuple[Any, ...]:
+    """What a fold's network as slid depends on (not the overlap or mirroring of the window)."""
+    return fold, options.device, options.precision, options.channels_last, options.runtime, torch.get_num_threads()
 
 
 @dataclass(frozen=True)

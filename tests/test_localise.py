@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from autoseg.inference.localise import localised_probabilities, scout_options, wanted_voxels
+from autoseg.inference.model import _FoldNetworks
 from autoseg.plans import Plans
 from autoseg.sliding_window import WindowOptions, predict_sliding_window, slide
 from tests.test_plans import make_plans
@@ -132,3 +133,30 @@ def test_predict_reports_the_box(tmp_path: Path, localise: bool) -> None:
         kept, total = result.report.localised_tiles
         assert 0 < kept < total and 0 < result.report.localised_share < 0.5
     assert np.array_equal(result.labels == 1, hu > 100)
+
+
+class Built(_FoldNetworks):
+    """The fold networks of a trained model (their sliding and averaging as prediction runs them), each
+    fold's network a fresh :class:`Bright`; records which folds were built."""
+
+    def __init__(self, plans: Plans, n: int = 2) -> None:
+        self.plans, self.checkpoints, self.built = plans, {f: f"fold_{f}" for f in range(n)}, []
+
+    def network(self, fold: int, device: str = "cpu") -> torch.nn.Module:
+        self.built.append(fold)
+        return Bright()
+
+
+def test_the_folds_pass_starts_with_the_scouts_network_and_averages_as_before() -> None:
+    """Localised, the first fold's network slid by the scout is used again by the folds' pass (not
+    loaded, built and compiled twice), once; the folds' mean added into one array equals the mean of
+    the folds predicted alone."""
+    plans, data = make_plans(patch_size=PATCH, batch_size=32), case()
+    options = WindowOptions(overlap=0.5, precision="fp32")
+    model = Built(plans, n=3)
+    local = localised_probabilities(model, data, options)
+    assert model.built == [0, 1, 2]
+    whole = model.probabilities(data, options)
+    assert model.built == [0, 1, 2, 0, 1, 2]  # the kept network served one pass only
+    np.testing.assert_allclose(whole, Folds(plans, n=3).probabilities(data, options), atol=1e-6)
+    np.testing.assert_allclose(local, whole, atol=1e-5)

@@ -86,3 +86,31 @@ def test_a_larger_tile_slides_the_same_pointwise_network_to_the_same_probabiliti
     assert {s[2:] for s in seen} == {(16, 32, 32)} and all(s[0] == 1 for s in seen)  # one large tile a pass
     assert len(seen) < small_tiles / 4
     np.testing.assert_allclose(small, large, atol=1e-5)
+
+
+def conv_net(seed: int) -> torch.nn.Module:
+    """A network with context (3x3x3), so tiles disagree where they overlap and the weights matter."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(3, 3, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("shape", [(12, 30, 41), (5, 9, 7)])  # the second is padded up to the patch
+def test_networks_added_into_one_array_give_their_mean(shape) -> None:
+    """``out``/``scale``: two networks' probabilities added into one array, each times a half, are the
+    mean of the two as predicted alone, with a mask of wanted voxels too (uncovered voxels get nothing)."""
+    data = np.random.default_rng(3).normal(size=(1, *shape)).astype(np.float32)
+    where = np.zeros(shape, bool)
+    where[:2, :3, :3] = True
+    for mask in (None, where):
+        alone = [predict_sliding_window(conv_net(s), data, (8, 16, 16), 3, overlap=0.5, precision="fp32", where=mask)
+                 for s in (0, 1)]
+        out = np.zeros((3, *shape), np.float32)
+        for s in (0, 1):
+            got = predict_sliding_window(conv_net(s), data, (8, 16, 16), 3, overlap=0.5, precision="fp32",
+                                         where=mask, out=out, scale=0.5)
+            assert got is out
+        np.testing.assert_allclose(out, (alone[0] + alone[1]) / 2, atol=1e-6)
+        if mask is not None and shape[2] > 16:
+            assert not out[:, :, :, -8:].any()  # tiles holding no wanted voxel were never predicted
+    with pytest.raises(ValueError, match="output of shape"):
+        predict_sliding_window(conv_net(0), data, (8, 16, 16), 3, out=np.zeros((2, *shape), np.float32))
