@@ -91,7 +91,8 @@ def test_a_larger_tile_slides_the_same_pointwise_network_to_the_same_probabiliti
 def conv_net(seed: int) -> torch.nn.Module:
     """A network with context (3x3x3), so tiles disagree where they overlap and the weights matter."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(3, 3, 3, padding=1)).eval()
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Tanh(),
+                               torch.nn.Conv3d(3, 3, 3, padding=1)).eval()
 
 
 @pytest.mark.parametrize("shape", [(12, 30, 41), (5, 9, 7)])  # the second is padded up to the patch
