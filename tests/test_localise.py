@@ -160,3 +160,13 @@ def test_the_folds_pass_starts_with_the_scouts_network_and_averages_as_before() 
     assert model.built == [0, 1, 2, 0, 1, 2]  # the kept network served one pass only
     np.testing.assert_allclose(whole, Folds(plans, n=3).probabilities(data, options), atol=1e-6)
     np.testing.assert_allclose(local, whole, atol=1e-5)
+
+
+def test_the_found_voxels_are_grown_by_a_share_of_the_patch_along_each_axis() -> None:
+    from autoseg.inference.localise import grown
+
+    found = np.zeros((20, 40, 40), bool)
+    found[10, 20, 20] = True
+    box = grown(found, (8, 16, 32), share=1 / 8)  # 1, 2 and 4 voxels
+    assert box.sum() == 3 * 5 * 9 and box[9:12, 18:23, 16:25].all()
+    assert grown(found, (2, 2, 2), share=1 / 8).sum() == 27  # at least one voxel
