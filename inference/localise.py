@@ -16,8 +16,8 @@ as usual (the same tile grid, the asked overlap) but predicts only the tiles tha
 scout gave at least :data:`FOREGROUND_PROBABILITY` of foreground (in a component of at least
 :data:`MIN_COMPONENT_ML`), or lies within :data:`GROW_SHARE` of a patch of one: such a voxel is
 predicted exactly as it would be over the whole case (every tile covering it is kept), and its
-neighbourhood within a tile with it. A voxel no kept tile covers keeps the scout's probabilities (background, by the
-scout's own reckoning).
+neighbourhood within a tile with it. A voxel no kept tile covers keeps the scout's probabilities
+(background, by the scout's own reckoning).
 
 Measured in docs/benchmarks.md ("Localised prediction"): the time it saves and the paired Dice of
 held-out phantoms against predicting the whole case. ``autoseg predict --localise`` switches it on
@@ -55,9 +55,9 @@ FOREGROUND_PROBABILITY = 0.5
 MIN_COMPONENT_ML = 0.03
 #: The voxels the scout found are grown by this share of the patch along each axis before the tiles
 #: are chosen, so that a lesion's rim, which the scout's tile borders often see as background, is
-#: predicted as over the whole case too. Without it a trained fold's tumour Dice on 6 clinical-size
-#: phantoms fell by 0.007 (one case 0.032); with it by 0.0002, for a third more tiles
-#: (docs/benchmarks.md, "OpenVINO with localisation").
+#: predicted as over the whole case too. Without it a trained fold's tumour Dice on 8 clinical-size
+#: phantoms fell by 0.010 (one case 0.033); with it by 0.001 (one case 0.014), for a third more tiles
+#: (docs/benchmarks.md, "OpenVINO and localisation together").
 GROW_SHARE = 1 / 8
 
 
