@@ -162,9 +162,9 @@ class EnsembleModel:
         return mean
 
     def scout(self, data: np.ndarray, options: WindowOptions,
-              timings: dict[str, float] | None = None) -> np.ndarray:
-        """The first member's scout."""
-        return self.parts[0].scout(data, options, timings)
+              timings: dict[str, float] | None = None, keep_network: bool = False) -> np.ndarray:
+        """The first member's scout (its network kept for its own folds' pass, which comes first)."""
+        return self.parts[0].scout(data, options, timings, keep_network)
 
     @classmethod
     def open(cls, folder: Path, folds: tuple[int, ...] | None = None,

@@ -161,7 +161,7 @@ def localised_probabilities(model: Model, data: np.ndarray, options: WindowOptio
     None: the model's scout. ``stats`` gets the kept and total tiles of the folds' grid and the
     share of the case's voxels they cover."""
     if scout is None:
-        scout = model.scout(data, scout_options(options), timings)
+        scout = model.scout(data, scout_options(options), timings, keep_network=True)  # the folds' pass follows
     elif scout.shape != (model.plans.num_classes, *data.shape[1:]):
         raise ValueError(f"a scout of shape {scout.shape} for data of shape {data.shape}")
     wanted = wanted_voxels(scout, model.plans.target_spacing)

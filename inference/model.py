@@ -53,9 +53,10 @@ class Model(Protocol):
         (:func:`~autoseg.sliding_window.predict_sliding_window`)."""
 
     def scout(self, data: np.ndarray, options: WindowOptions,
-              timings: dict[str, float] | None = None) -> np.ndarray:
+              timings: dict[str, float] | None = None, keep_network: bool = False) -> np.ndarray:
         """A quick look: the softmax of the model's first network alone, as ``options`` slide it
-        (:mod:`autoseg.inference.localise` asks for tiles without overlap)."""
+        (:mod:`autoseg.inference.localise` asks for tiles without overlap). ``keep_network``: the
+        caller's next call is :meth:`probabilities`, which may start with that network."""
 
 
 class _FoldNetworks:
@@ -91,13 +92,14 @@ class _FoldNetworks:
         return total
 
     def scout(self, data: np.ndarray, options: WindowOptions,
-              timings: dict[str, float] | None = None) -> np.ndarray:
-        """The first fold's pass; its network, as slid (compiled by OpenVINO, or channels-last), is
-        kept for the folds' pass that follows, which starts with that fold (loading, building and
-        compiling it again cost about half a second a case)."""
+              timings: dict[str, float] | None = None, keep_network: bool = False) -> np.ndarray:
+        """The first fold's pass. With ``keep_network`` its network, as slid (compiled by OpenVINO,
+        or channels-last), is kept for the folds' pass that follows, which starts with that fold
+        (loading, building and compiling it again cost about half a second a case); without it
+        (a localiser's look, after which no folds' pass of its own follows) nothing is held."""
         fold = self.folds[0]
         net = inference_network(self.network(fold, options.device), options, owned=True)
-        object.__setattr__(self, "_scout_network", (_network_key(fold, options), net))
+        object.__setattr__(self, "_scout_network", (_network_key(fold, options), net) if keep_network else None)
         return slide(net, data, self.plans, options, timings, source=self.weights_source(fold), owned=True)
 
     def _take_scout_network(self) -> tuple[tuple[Any, ...], torch.nn.Module] | None:

@@ -49,7 +49,7 @@ class Folds:
     def probabilities(self, data, options, timings=None, where=None):
         return sum(slide(self.net, data, self.plans, options, timings, where=where) for _ in self.folds) / self.n
 
-    def scout(self, data, options, timings=None):
+    def scout(self, data, options, timings=None, keep_network=False):
         return slide(self.net, data, self.plans, options, timings)
 
 
@@ -158,6 +158,8 @@ def test_the_folds_pass_starts_with_the_scouts_network_and_averages_as_before() 
     assert model.built == [0, 1, 2]
     whole = model.probabilities(data, options)
     assert model.built == [0, 1, 2, 0, 1, 2]  # the kept network served one pass only
+    model.scout(data, scout_options(options))  # a look without a folds' pass after it (a localiser's)
+    assert model._take_scout_network() is None  # holds no network
     np.testing.assert_allclose(whole, Folds(plans, n=3).probabilities(data, options), atol=1e-6)
     np.testing.assert_allclose(local, whole, atol=1e-5)
 
