@@ -156,7 +156,8 @@ def localised_probabilities(model: Model, data: np.ndarray, options: WindowOptio
                             stats: dict[str, object] | None = None,
                             scout: np.ndarray | None = None) -> np.ndarray:
     """The model's fold-averaged softmax ``(K, *spatial)`` for preprocessed ``data``, computed by every
-    fold only in the tiles that hold voxels its scout found foreground in (the scout's probabilities
+    fold only in the tiles that hold voxels its scout found foreground in, or within :data:`GROW_SHARE`
+    of a patch of one (the scout's probabilities
     wherever no kept tile reaches). ``scout``: a quick look already taken (:func:`localiser_scout`);
     None: the model's scout. ``stats`` gets the kept and total tiles of the folds' grid and the
     share of the case's voxels they cover."""
