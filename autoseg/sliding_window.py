@@ -137,6 +137,23 @@ def tile_starts(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) 
     return starts
 
 
+def tile_cells(starts: Sequence[int], p: int, size: int) -> list[int]:
+    """Along one axis, the boundaries of each tile's *cell*: the voxels nearer its centre than any
+    other tile's (the first cell starts at 0, the last ends at ``size``), ``len(starts) + 1`` values."""
+    mids = [(a + b + p) // 2 for a, b in zip(starts[:-1], starts[1:])]
+    return [0, *mids, size]
+
+
+def tiles_whose_cell_holds(wanted: np.ndarray, starts: list[list[int]], patch: tuple[int, ...]) -> np.ndarray:
+    """For the tile grid of ``starts`` (per axis) over ``wanted``'s shape: a boolean grid, one entry
+    per tile, true where a voxel of ``wanted`` lies in the tile's cell (:func:`tile_cells`)."""
+    held = wanted
+    for axis, (axis_starts, p) in enumerate(zip(starts, patch)):
+        bounds = tile_cells(axis_starts, p, wanted.shape[axis])
+        held = np.logical_or.reduceat(held, bounds[:-1], axis=axis)
+    return np.asarray(held)
+
+
 def pad_to_patch(data: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Pad (C, *spatial) with zeros, centred, up to at least ``patch``; returns the spatial crop that
     undoes it (acvl-utils' padder, the one nnU-Net uses)."""
@@ -162,10 +179,14 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     fold's own (each tile's share is weighted by the Gaussian weights of the whole tile grid, which
     are computed before the first tile and are the same for every network slid over the same grid).
 
-    ``where`` (a boolean ``spatial`` mask), if given, keeps only the tiles of the usual tile grid
-    that hold one of its voxels: a voxel of the mask is then predicted exactly as without it (every
-    tile that covers it is kept), and a voxel no kept tile covers gets probability 0 for every class
-    (the caller fills it). ``timings`` then also gets ``tiles`` and ``tiles_total``.
+    ``where`` (a boolean ``spatial`` mask), if given, keeps only the tiles of the usual grid whose
+    *cell* (:func:`tile_cells`: the voxels nearer the tile's centre than any other's) holds one of
+    its voxels. Each kept tile keeps its weight in the whole grid's Gaussian sum, so a voxel gets
+    the part of its probabilities that its kept tiles carry: all of it where every tile covering it
+    was kept (then exactly what the whole grid gives), a part where only some were (at the border of
+    the kept region, where the kept tiles see it near their own border), nothing where none was. The
+    classes then sum to that part, and the caller fills the rest (localised prediction: with its
+    scout's probabilities). ``timings`` then also gets ``tiles`` and ``tiles_total``.
 
     Raises :class:`AutosegError` (naming ``source``, the model or its weights file, when given) as
     soon as a batch of probabilities holds NaN or Inf: damaged weights or extreme input values would
@@ -184,19 +205,20 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     gauss = gaussian_importance(tuple(patch))
     gauss_t = torch.from_numpy(gauss).to(device)
     layout = torch.channels_last_3d if len(patch) == 3 and is_channels_last(network) else torch.contiguous_format
-    tiles = [tuple(slice(s, s + p) for s, p in zip(start, patch))
-             for start in itertools.product(*tile_starts(spatial, patch, overlap))]
+    starts = tile_starts(spatial, patch, overlap)
+    grid = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in itertools.product(*starts)]
+    tiles = grid
     if where is not None:
         if where.shape != data.shape[1:]:
             raise ValueError(f"the mask's shape {where.shape} is not the data's {data.shape[1:]}")
         wanted = np.zeros(spatial, dtype=bool)
         wanted[unpad] = where
-        total = len(tiles)
-        tiles = [t for t in tiles if wanted[t].any()]
+        keep = tiles_whose_cell_holds(wanted, starts, patch).ravel()  # in the order of itertools.product
+        tiles = [t for t, k in zip(grid, keep) if k]
         if timings is not None:
-            timings["tiles"], timings["tiles_total"] = float(len(tiles)), float(total)
-    share = np.zeros(spatial, dtype=np.float32)  # the summed Gaussians, then each voxel's share of one
-    for t in tiles:
+            timings["tiles"], timings["tiles_total"] = float(len(tiles)), float(len(grid))
+    share = np.zeros(spatial, dtype=np.float32)  # the whole grid's summed Gaussians, then each voxel's share of one
+    for t in grid:
         share[t] += gauss
     np.divide(np.float32(scale), share, out=share, where=share > 0)
     for i in tqdm(range(0, len(tiles), batch_size), desc="sliding window", unit="batch", leave=False,

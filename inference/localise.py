@@ -11,13 +11,16 @@ grid (:func:`localiser_scout`). Without one, the scout below looks.
 The three structures autoseg segments (liver, its vessels, its tumours) fill a small part of an
 abdominal CT. A sliding window at overlap 0.5 computes every voxel about eight times (twice per
 axis), for every fold. Here the model's first network first slides over the whole case with tiles
-that do not overlap (about an eighth of one fold's work: the *scout* pass). Every fold then slides
-as usual (the same tile grid, the asked overlap) but predicts only the tiles that hold a voxel the
-scout gave at least :data:`FOREGROUND_PROBABILITY` of foreground (in a component of at least
-:data:`MIN_COMPONENT_ML`), or lies within :data:`GROW_SHARE` of a patch of one: such a voxel is
-predicted exactly as it would be over the whole case (every tile covering it is kept), and its
-neighbourhood within a tile with it. A voxel no kept tile covers keeps the scout's probabilities
-(background, by the scout's own reckoning).
+that do not overlap (about an eighth of one fold's work: the *scout* pass). The voxels to which the
+scout gives at least :data:`FOREGROUND_PROBABILITY` of foreground (in components of at least
+:data:`MIN_COMPONENT_ML`), grown by :data:`GROW_SHARE` of a patch, are *wanted*. Every fold then
+slides over the usual tile grid (the asked overlap) but predicts only the tiles whose cell, the
+voxels nearer that tile's centre than any other's, holds a wanted voxel
+(:func:`~autoseg.sliding_window.predict_sliding_window` with ``where``). Each kept tile keeps the
+weight it has in the whole grid, and the weight of the tiles not kept goes to the scout: a voxel
+all of whose tiles were kept is predicted exactly as over the whole case; one at the kept region's
+border, which the kept tiles see only near their own borders, is blended with the scout in
+proportion to the missing tiles' weight; one no kept tile covers keeps the scout's probabilities.
 
 Measured in docs/benchmarks.md ("Localised prediction"): the time it saves and the paired Dice of
 held-out phantoms against predicting the whole case. ``autoseg predict --localise`` switches it on
@@ -55,9 +58,9 @@ FOREGROUND_PROBABILITY = 0.5
 MIN_COMPONENT_ML = 0.03
 #: The voxels the scout found are grown by this share of the patch along each axis before the tiles
 #: are chosen, so that a lesion's rim, which the scout's tile borders often see as background, is
-#: predicted as over the whole case too. Without it a trained fold's tumour Dice on 8 clinical-size
-#: phantoms fell by 0.010 (one case 0.033); with it by 0.001 (one case 0.014), for a third more tiles
-#: (docs/benchmarks.md, "OpenVINO and localisation together").
+#: predicted by the folds too. Measured with the tiles chosen by cell (docs/benchmarks.md, "Tiles
+#: chosen by cell"): growing by 0, 1/16 and 1/8 of the patch on 8 clinical-size phantoms gave tumour
+#: Dice against the whole case of at worst -0.013, -0.019 and -0.0002.
 GROW_SHARE = 1 / 8
 
 
@@ -156,11 +159,11 @@ def localised_probabilities(model: Model, data: np.ndarray, options: WindowOptio
                             stats: dict[str, object] | None = None,
                             scout: np.ndarray | None = None) -> np.ndarray:
     """The model's fold-averaged softmax ``(K, *spatial)`` for preprocessed ``data``, computed by every
-    fold only in the tiles that hold voxels its scout found foreground in, or within :data:`GROW_SHARE`
-    of a patch of one (the scout's probabilities
-    wherever no kept tile reaches). ``scout``: a quick look already taken (:func:`localiser_scout`);
+    fold only in the tiles whose cell holds a voxel its scout found foreground in, or within
+    :data:`GROW_SHARE` of a patch of one; what the tiles not kept would have carried comes from the
+    scout (module docstring). ``scout``: a quick look already taken (:func:`localiser_scout`);
     None: the model's scout. ``stats`` gets the kept and total tiles of the folds' grid and the
-    share of the case's voxels they cover."""
+    share of the case's voxels that the folds carry more than half of."""
     if scout is None:
         scout = model.scout(data, scout_options(options), timings, keep_network=True)  # the folds' pass follows
     elif scout.shape != (model.plans.num_classes, *data.shape[1:]):
@@ -175,7 +178,7 @@ def localised_probabilities(model: Model, data: np.ndarray, options: WindowOptio
         return scout
     counts = timings if timings is not None else {}  # the folds' forward time, and the tiles they kept
     probs = model.probabilities(data, options, counts, where=wanted)
-    # voxels no tile (of some member) covered: the scout's; a class at a time, no temporary of all classes
+    # what the tiles not kept (of every member) would have carried: the scout's; a class at a time
     uncovered = np.subtract(1, probs.sum(0), dtype=np.float32)
     np.clip(uncovered, 0, 1, out=uncovered)
     for k in range(len(probs)):

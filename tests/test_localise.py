@@ -70,20 +70,46 @@ def test_the_wanted_voxels_are_those_with_enough_foreground() -> None:
     assert np.argwhere(wanted_voxels(scout, (1.0, 1.0, 1.0), min_ml=0.002)).tolist() == [[2, 2, 3], [2, 2, 4]]
 
 
-def test_masked_window_keeps_only_the_tiles_holding_the_mask_and_predicts_them_as_usual() -> None:
+def test_masked_window_keeps_the_tiles_whose_cell_holds_the_mask_each_with_its_weight_in_the_grid() -> None:
+    """A tile is kept when the voxels nearer its centre than any other tile's hold a wanted voxel; a
+    voxel all of whose tiles were kept is predicted exactly as over the whole case, one only some
+    of them cover gets the part of its probabilities those tiles carry in the whole grid."""
+    from autoseg.sliding_window import tile_starts, tiles_whose_cell_holds
+
     data = case()
     net = Bright()
     whole = predict_sliding_window(net, data, PATCH, 3, overlap=0.5, batch_size=32, precision="fp32")
+    starts = tile_starts(data.shape[1:], PATCH, 0.5)  # 4 x 5 x 6 tiles, steps 4, 8, 8
     where = np.zeros(data.shape[1:], bool)
     where[9, 20, 32] = True
     timings: dict[str, float] = {}
-    masked = predict_sliding_window(net, data, PATCH, 3, overlap=0.5, batch_size=32, precision="fp32",
-                                    where=where, timings=timings)
-    assert 0 < timings["tiles"] <= 8 < timings["tiles_total"]  # the tiles covering one voxel: 2 per axis
-    covered = masked.sum(0) > 0
-    assert covered[9, 20, 32] and not covered.all()
-    np.testing.assert_allclose(masked[:, covered], whole[:, covered], atol=1e-5)
-    assert (masked[:, ~covered] == 0).all()
+    one = predict_sliding_window(net, data, PATCH, 3, overlap=0.5, batch_size=32, precision="fp32",
+                                 where=where, timings=timings)
+    assert timings["tiles"] == 1 and timings["tiles_total"] == 120  # of the 8 tiles covering it, its nearest
+    held = tiles_whose_cell_holds(where, starts, PATCH)
+    assert held.sum() == 1 and held[1, 2, 3]  # centres 8, 24, 32: nearest to (9, 20, 32) along every axis
+    carried = one.sum(0)
+    assert 0.1 < carried[9, 20, 32] < 1 and not (carried > 0).all()
+    covered = carried > 0
+    np.testing.assert_allclose(one[:, covered] / carried[covered], whole[:, covered], atol=1e-5)  # pointwise net
+    block = np.zeros(data.shape[1:], bool)
+    block[4:16, 12:36, 16:40] = True  # every cell within a margin of this voxel holds the mask
+    some = predict_sliding_window(net, data, PATCH, 3, overlap=0.5, batch_size=32, precision="fp32", where=block)
+    np.testing.assert_allclose(some.sum(0)[9, 20, 32], 1, atol=1e-5)
+    np.testing.assert_allclose(some[:, 9, 20, 32], whole[:, 9, 20, 32], atol=1e-5)
+    assert (some[:, ~(some.sum(0) > 0)] == 0).all() and not (some.sum(0) > 0).all()
+
+
+def test_every_voxel_lies_in_exactly_one_tiles_cell() -> None:
+    from autoseg.sliding_window import tile_cells, tile_starts
+
+    for size, p, overlap in ((100, 32, 0.5), (37, 37, 0.5), (569, 80, 0.5), (90, 24, 0.25), (50, 8, 0.0)):
+        starts = tile_starts((size,), (p,), overlap)[0]
+        bounds = tile_cells(starts, p, size)
+        assert bounds[0] == 0 and bounds[-1] == size and all(a < b for a, b in zip(bounds, bounds[1:]))
+        for i, s in enumerate(starts):  # a cell lies inside its tile, around its centre
+            assert s <= bounds[i] and bounds[i + 1] <= s + p
+            assert bounds[i] <= s + p // 2 <= bounds[i + 1]
 
 
 def test_localised_gives_what_the_whole_case_gives_for_less_work() -> None:
