@@ -14,6 +14,9 @@ the process's own maximum resident set, and the summed resident set of its proce
 ``--nnunet`` also plans the same four training phantoms with nnU-Net v2 (its default 3d_fullres
 plan, ``benchmarks/setup_nnunet.sh`` first), writes randomly initialised folds of its network and
 times ``nnUNetv2_predict`` on the same case with one fold and no mirroring (``--disable_tta``).
+
+``--busy-neighbour`` times every run beside one busy loop (a Python process spinning on one core,
+started before the first run and outside the timed process trees): the laptop that is never idle.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from bench_common import cpu_model
 from bench_preprocess import run_measured
 
 from autoseg.io import write_image
@@ -139,6 +143,8 @@ def main() -> None:
                    help="also time each fold count with --localise (localised prediction)")
     p.add_argument("--variant", nargs="*", default=[], metavar="FLAGS",
                    help="also time each fold count with these predict flags, e.g. '--localise --overlap 0.25'")
+    p.add_argument("--busy-neighbour", action="store_true",
+                   help="time every run beside one busy loop (a process spinning on one core)")
     args = p.parse_args()
     args.work = args.work.resolve()  # the timed commands run in benchmarks/work
     (Path(__file__).parent / "work").mkdir(exist_ok=True)
@@ -148,18 +154,25 @@ def main() -> None:
     plans = Plans.load(model / "plans.json")
     variants = [(), ("--localise",)] if args.localise else [()]
     variants += [tuple(shlex.split(flags)) for flags in args.variant]
-    rows = [timed_predict(image, model, list(range(n)), args.work / f"out{n}_{i}", args.precision, v)
-            for n in args.runs for i, v in enumerate(variants)]
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_neighbour else None
+    try:
+        rows = [timed_predict(image, model, list(range(n)), args.work / f"out{n}_{i}", args.precision, v)
+                for n in args.runs for i, v in enumerate(variants)]
+        ref = nnunet_predict(args.work, image) if args.nnunet else None
+    finally:
+        if neighbour is not None:
+            neighbour.kill()
+            neighbour.wait()
     params = sum(t.numel() for t in torch.load(model / "fold_0" / "checkpoint_final.pt",
                                                weights_only=True)["network"].values())
-    result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "torch": torch.__version__,
+    result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "cpu": cpu_model(), "torch": torch.__version__,
+              "neighbour": "one busy loop" if args.busy_neighbour else None,
               "case": f"512x512x{args.slices} at 0.8x0.8x2.5 mm", "patch": list(plans.patch_size),
               "target_spacing": list(plans.target_spacing), "network": plans.network.name,
               "features": plans.network.kwargs["features_per_stage"], "parameters": params, "runs": rows,
               "trained_model": str(args.model) if args.model else None, "load_average": os.getloadavg(),
               "time": time.strftime("%Y-%m-%d %H:%M")}
-    if args.nnunet:
-        ref = nnunet_predict(args.work, image)
+    if ref is not None:
         result["nnunet"] = ref
         one = next((r for r in rows if r["folds"] == 1), None)
         if one:
