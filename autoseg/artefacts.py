@@ -485,7 +485,7 @@ class CaseReport(Artefact):
     region_shape: tuple[int, ...] | None = optional()
     #: Localised prediction (:mod:`autoseg.inference.localise`): the tiles of the folds' grid they
     #: predicted and all its tiles (None: the whole grid, or none because the scout found nothing),
-    #: and the share of the grid's voxels those tiles cover.
+    #: and the share of the grid's voxels of which those tiles carry more than half the probability.
     localised_tiles: tuple[int, int] | None = optional()
     localised_share: float | None = optional()
     #: What found the region: the dataset's localiser (its folder) or ``scout`` (the model's first
