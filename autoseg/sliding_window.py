@@ -237,10 +237,12 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
             timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t0
         for t, o in zip(chunk, weighted):
             probs[(slice(None), *t)] += o * share[t]  # uncovered voxels (``where``) get nothing
-    if out is not None and probs is not out:  # a case smaller than the patch: padded, then added
+    if probs is out:  # accumulated in place
+        return out
+    if out is not None:  # a case smaller than the patch: padded, then added
         out += probs[(slice(None), *unpad)]
         return out
-    return probs if probs is out else probs[(slice(None), *unpad)]
+    return probs[(slice(None), *unpad)]
 
 
 def _check_finite(probabilities: torch.Tensor, source: str | Path | None) -> None:
