@@ -94,6 +94,17 @@ class ClassFraction:
 
 
 @dataclass(frozen=True)
+class ClassPosition:
+    """Where a class's centre of mass lies in the body's box along each LPS axis (z, y, x), over
+    the ``cases`` that hold it: the median fraction of the box, and the share of those cases on
+    the median's side of the box's middle."""
+
+    cases: int
+    median: tuple[float, ...]
+    same_side_share: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class ExcludedCase:
     case: str
     slices: int
@@ -143,6 +154,9 @@ class Fingerprint(Artefact):
     #: Class -> the class it lies inside (:mod:`autoseg.regions`); absent in fingerprints written
     #: before the field and for datasets with partial labels.
     label_nesting: dict[int, int] | None = optional()
+    #: Class -> where it lies in the body (the planner's mirror axes, ``mirror_axes``); absent in
+    #: fingerprints written before the field.
+    class_positions: dict[int, ClassPosition] | None = optional()
 
 
 # --- preprocessed cases --------------------------------------------------------------------------------

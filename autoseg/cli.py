@@ -72,6 +72,9 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="Hounsfield window for CT (default: the labelled voxels' 0.5-99.5 percentiles "
                         "inside -160 240; give -160 240 for the whole abdominal window)")
+    p.add_argument("--mirror", choices=("auto", "all", "none"), default="auto",
+                   help="mirror augmentation (and --tta): auto (default) along the axes along which no class lies "
+                        "on one side of the body (the liver on the right: not left-right), all (nnU-Net's), none")
     p.add_argument("--max-slices", type=int, default=None,
                    help="exclude cases with more slices than this (reported in fingerprint.json)")
     p.add_argument("--only", choices=("fingerprint", "plan", "preprocess"), action="append",
@@ -111,7 +114,7 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         device=args.device, gpu_memory_gb=args.gpu_memory, step_time_target_s=args.step_time,
         network=args.network, base_features=args.features,
         hu_window=tuple(args.hu_window) if args.hu_window else None, cpu_gflops=args.cpu_gflops,
-        verify=args.verify, seed=args.seed, precision=args.precision,
+        verify=args.verify, seed=args.seed, precision=args.precision, mirror=args.mirror,
         calibration_cache=calibration_cache(settings.cache), recalibrate=args.recalibrate,
         template=_template_plans(args.plans_from, settings) if args.plans_from else None)
     stages = tuple(args.only) if args.only else ("fingerprint", "plan", "preprocess")
@@ -383,7 +386,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi-all-components", action="store_true",
                    help="box every foreground component of the ROI model (default: only the largest, one "
                         "organ, so stray false positives do not widen the region)")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation along the axes the model was trained mirrored along "
+                        "(up to 8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
     p.add_argument("--tile-scale", type=float, default=1.0, metavar="F",
                    help="slide tiles F times the trained patch along each axis (at most the case's size; "

@@ -142,16 +142,32 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Spatial augmentation geometry, decided once by the planner from the target spacing."""
+    """Spatial augmentation geometry, decided once by the planner from the target spacing and from
+    where the labelled classes lie (``mirror_axes``)."""
 
     #: Rotate only within the slice plane and leave z out of the simulated low resolution.
     in_plane_only: bool
+    #: The LPS axes (0 z, 1 y, 2 x) training mirrors along, and test-time augmentation (``predict
+    #: --tta``) averages over. Absent (plans written before the field): all three, as nnU-Net does.
+    #: The planner leaves out an axis along which a class lies on one side of the body (the liver
+    #: on the patient's right): mirrored, a spleen looks like a liver where the liver should be
+    #: (:func:`autoseg.planners.planner.mirror_axes`).
+    mirror_axes: tuple[int, ...] | None = optional()
 
     @classmethod
-    def for_spacing(cls, spacing: Sequence[float]) -> "Augmentation":
+    def for_spacing(cls, spacing: Sequence[float], mirror_axes: tuple[int, ...] | None = None) -> "Augmentation":
         """In-plane only when the first axis' spacing is over ``IN_PLANE_ROTATION_RATIO`` times the
-        finest other (the rule training applied before plans carried the decision)."""
-        return cls(in_plane_only=bool(float(spacing[0]) > IN_PLANE_ROTATION_RATIO * min(spacing[1:])))
+        finest other (the rule training applied before plans carried the decision). Mirroring along
+        every axis is stored as the field's absence, as plans before the field say it."""
+        every = mirror_axes is not None and tuple(sorted(mirror_axes)) == (0, 1, 2)
+        return cls(in_plane_only=bool(float(spacing[0]) > IN_PLANE_ROTATION_RATIO * min(spacing[1:])),
+                   mirror_axes=None if every else mirror_axes)
+
+    def patch_mirror_axes(self, ndim: int) -> tuple[int, ...]:
+        """The patch axes to mirror along in a ``ndim``-D patch: a 3D patch is (z, y, x), a 2D one
+        (y, x)."""
+        axes = (0, 1, 2) if self.mirror_axes is None else self.mirror_axes
+        return tuple(a - (3 - ndim) for a in axes if a >= 3 - ndim)
 
 
 #: The default of ``Plans.augmentation`` (this very object): "decide from the target spacing".
@@ -257,6 +273,9 @@ class Plans(Artefact):
                 out.append(f"ct normalisation needs window low < high and std > 0, got {n}")
         if 0 not in self.labels:
             out.append("labels must include 0 (background)")
+        axes = self.augmentation.mirror_axes
+        if axes is not None and (len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes)):
+            out.append(f"augmentation.mirror_axes {list(axes)} must be distinct axes among 0, 1, 2 (z, y, x)")
         if self.orientation not in (None, "LPS"):
             out.append(f"orientation {self.orientation!r} is not 'LPS' (or absent: the files' own order)")
         out.extend(partial_problems(self.partial_labels or (), self.labels) if 0 in self.labels else [])

@@ -11,7 +11,7 @@ import multiprocessing as mp
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -51,6 +51,20 @@ class CaseFingerprint:
     intensity_max: float
     #: Per foreground class, the labels of the voxels just outside it and how many (``label_shells``).
     shells: dict[int, dict[int, int]] = dataclasses.field(default_factory=dict)
+    #: Per foreground class present, where its centre of mass lies in the body's box along each LPS
+    #: axis (z, y, x), 0 at the box's start and 1 at its end (``centre_in_box``).
+    centres: dict[int, tuple[float, float, float]] = dataclasses.field(default_factory=dict)
+
+
+def centre_in_box(flat_indices: np.ndarray, shape: tuple[int, ...], bbox: Sequence[tuple[int, int]],
+                  reo: Reorientation) -> tuple[float, float, float]:
+    """The centre of mass of the voxels at ``flat_indices`` (of a file-order ``shape``) as fractions
+    of ``bbox`` (file order) along each LPS axis: where a class lies in the body, for
+    :func:`autoseg.planners.planner.mirror_axes`."""
+    mean = [float(a.mean()) + 0.5 for a in np.unravel_index(flat_indices, shape)]
+    file_order = [(m - lo) / max(hi - lo, 1) for m, (lo, hi) in zip(mean, bbox)]
+    out = [1.0 - file_order[reo.perm[k]] if reo.flips[k] else file_order[reo.perm[k]] for k in range(3)]
+    return (round(out[0], 4), round(out[1], 4), round(out[2], 4))
 
 
 def label_shells(label: np.ndarray, classes: list[int]) -> dict[int, dict[int, int]]:
@@ -84,6 +98,7 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
     rng = np.random.default_rng([seed, _stable_hash(case.identifier)])
     class_voxels: dict[int, int] = {}
     samples: dict[int, np.ndarray] = {}
+    centres: dict[int, tuple[float, float, float]] = {}
     if label is not None:
         flat_label = label.ravel()
         flat_image = image.reshape(image.shape[0], -1)
@@ -100,6 +115,8 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
             where = np.flatnonzero(flat_class == lab)
             class_voxels[lab] = int(where.size)
             samples[lab] = flat_image[:, _subsample(where, rng)]
+            if where.size:
+                centres[lab] = centre_in_box(where, label.shape, bbox, reo)
     return CaseFingerprint(
         identifier=case.identifier,
         spacing=reo.spacing(geometry.spacing_zyx),
@@ -111,6 +128,7 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
         intensity_min=float(image.min()),
         intensity_max=float(image.max()),
         shells=label_shells(label, dataset.foreground_labels) if label is not None else {},
+        centres=centres,
     )
 
 
@@ -206,12 +224,29 @@ def aggregate(dataset: Dataset, cases: list[CaseFingerprint], max_slices: int | 
         "intensity": intensity,
         "class_fractions": fractions,
         "label_nesting": {str(k): v for k, v in _nesting(cases, dataset.label_space).items()},
+        "class_positions": class_positions(cases, dataset.foreground_labels),
         "warnings": warnings,
         "cases": [{"case": c.identifier, "spacing": list(c.spacing), "shape": list(c.shape),
                    "shape_after_crop": list(c.cropped_shape),
                    "class_voxels": {str(k): v for k, v in c.class_voxels.items()},
                    "intensity_range": [c.intensity_min, c.intensity_max]} for c in cases],
     }
+
+
+def class_positions(cases: list[CaseFingerprint], classes: Sequence[int]) -> dict[str, Any]:
+    """Per class, where its centre lies in the body along each LPS axis (z, y, x) over the cases
+    that hold it: the median fraction of the body's box, and the share of those cases whose centre
+    lies on the median's side of the box's middle (1.0: every case on one side)."""
+    out: dict[str, Any] = {}
+    for lab in classes:
+        pos = np.array([c.centres[lab] for c in cases if lab in c.centres], dtype=float).reshape(-1, 3)
+        if not len(pos):
+            continue
+        median = np.median(pos, 0)
+        same = ((pos - 0.5) * np.sign(median - 0.5) > 0).mean(0)
+        out[str(lab)] = {"cases": int(len(pos)), "median": [round(float(m), 4) for m in median],
+                         "same_side_share": [round(float(v), 4) for v in same]}
+    return out
 
 
 def _nesting(cases: list[CaseFingerprint], space: LabelSpace) -> dict[int, int]:

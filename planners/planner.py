@@ -56,6 +56,17 @@ MIN_PATCH_EDGE = 8
 WIDE_PATCH_SHARE = 0.4
 
 
+#: ``plan_and_preprocess --mirror``: see :func:`mirror_axes`.
+MIRROR_CHOICES = ("auto", "all", "none")
+#: A class lies on one side along an axis when its median centre is this share of the body's box off
+#: the middle (the liver's is about a quarter of the width right of it) ...
+SIDE_OFFSET = 0.05
+#: ... and this share of the cases holding it put it on that side ...
+SIDE_SHARE = 0.9
+#: ... of at least this many cases.
+SIDE_MIN_CASES = 5
+
+
 @dataclass(frozen=True)
 class PlannerOptions:
     """The budget and choices a user can set on the command line."""
@@ -76,6 +87,9 @@ class PlannerOptions:
     deep_supervision: bool = True
     precision: str = "auto"  # autoseg.precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16
     extra_notes: tuple[str, ...] = field(default_factory=tuple)
+    #: Mirror augmentation: ``auto`` along the axes no class lies on one side of (:func:`mirror_axes`),
+    #: ``all`` along every axis (nnU-Net's default), ``none`` never.
+    mirror: str = "auto"
     #: Plans of a trained model whose network, patch, batch and target spacing these plans adopt, so
     #: its weights can start training (``plan_and_preprocess --plans-from``, then ``train --init``).
     template: Plans | None = None
@@ -91,8 +105,47 @@ class PlannerOptions:
             raise ConfigurationError(f"--features must be 8 or 16, got {self.base_features}")
         if self.gpu_memory_gb <= 0 or self.step_time_target_s <= 0:
             raise ConfigurationError("--gpu-memory and --step-time must be positive")
+        if self.mirror not in MIRROR_CHOICES:
+            raise ConfigurationError(f"--mirror must be one of {', '.join(MIRROR_CHOICES)}, got '{self.mirror}'")
         if self.hu_window is not None and self.hu_window[0] >= self.hu_window[1]:
             raise ConfigurationError(f"HU window low {self.hu_window[0]} must be below high {self.hu_window[1]}")
+
+
+def mirror_axes(fingerprint: Mapping[str, Any], choice: str = "auto") -> tuple[tuple[int, ...], str]:
+    """The LPS axes (0 z, 1 y, 2 x) to mirror along in training and test-time augmentation, and why.
+
+    ``auto`` leaves out every axis along which some class lies on one side of the body: its centre
+    of mass (``class_positions`` in the fingerprint) at least :data:`SIDE_OFFSET` of the body's box
+    off the middle, on the same side in at least :data:`SIDE_SHARE` of the (at least
+    :data:`SIDE_MIN_CASES`) cases that hold it. A liver sits on the patient's right in every
+    abdomen; mirrored left to right, a patch shows a spleen where the liver belongs, and a network
+    that must label both alike has to unlearn where the liver is (TotalSegmentator trains without
+    mirroring for its sided organs; nnU-Net mirrors every axis unless told otherwise). Classes that
+    lie on both sides or in the middle (a brain's hemispheres) keep the axis mirrored."""
+    if choice == "all":
+        return (0, 1, 2), "mirror augmentation along every axis (--mirror all)"
+    if choice == "none":
+        return (), "no mirror augmentation (--mirror none)"
+    positions = fingerprint.get("class_positions")
+    if positions is None:
+        return (0, 1, 2), ("mirror augmentation along every axis: the fingerprint predates class positions "
+                           "(`plan_and_preprocess --force` fingerprints and plans again)")
+    names = fingerprint.get("labels", {})
+    sided: dict[int, list[str]] = {}
+    for cls, pos in positions.items():
+        if int(pos["cases"]) < SIDE_MIN_CASES:
+            continue
+        for axis in range(3):
+            offset = float(pos["median"][axis]) - 0.5
+            if abs(offset) >= SIDE_OFFSET and float(pos["same_side_share"][axis]) >= SIDE_SHARE:
+                name = names.get(str(cls), str(cls))
+                sided.setdefault(axis, []).append(f"{name} at {float(pos['median'][axis]):.2f}")
+    axes = tuple(a for a in range(3) if a not in sided)
+    if not sided:
+        return axes, "mirror augmentation along every axis: no class lies on one side of the body"
+    why = "; ".join(f"{'zyx'[a]}: {', '.join(v)}" for a, v in sorted(sided.items()))
+    return axes, (f"mirror augmentation along {', '.join('zyx'[a] for a in axes) or 'no axis'} only: "
+                  f"classes on one side of the body's box (median centre, 0 to 1) along {why}")
 
 
 def target_spacing(fingerprint: Mapping[str, Any]) -> tuple[float, ...]:
@@ -387,7 +440,7 @@ def adopt_network(plans: Plans, template: Plans, fingerprint: Mapping[str, Any])
     return dataclasses.replace(
         plans, target_spacing=spacing, median_shape=median_shape_at(fingerprint, spacing),
         patch_size=tuple(template.patch_size), batch_size=template.batch_size, network=template.network,
-        augmentation=Augmentation.for_spacing(spacing),
+        augmentation=Augmentation.for_spacing(spacing, plans.augmentation.mirror_axes),
         estimates=dataclasses.replace(plans.estimates, notes=plans.estimates.notes + (note,)))
 
 
@@ -414,6 +467,8 @@ def _plan(fingerprint: Mapping[str, Any], options: PlannerOptions) -> Plans:
     median_shape = median_shape_at(fingerprint, spacing)
     pricer = Pricer(fingerprint, options)
     notes = [f"target spacing {spacing} mm (z, y, x), median shape there {median_shape}"]
+    mirrored, why_mirrored = mirror_axes(fingerprint, options.mirror)
+    notes.append(why_mirrored)
     if options.device == "cpu":
         notes.append(_calibrate(pricer))
     cand, why = choose_features(pricer, median_shape, spacing)
@@ -456,7 +511,7 @@ def _plan(fingerprint: Mapping[str, Any], options: PlannerOptions) -> Plans:
         network=NetworkPlan(options.network, cand.network_kwargs),
         estimates=estimates,
         resampling=Resampling(),
-        augmentation=Augmentation.for_spacing(spacing),
+        augmentation=Augmentation.for_spacing(spacing, mirrored),
         recipe=dataclasses.replace(
             RECIPES[CPU_DEFAULT_RECIPE if options.device == "cpu" else GPU_DEFAULT_RECIPE],
             deep_supervision=options.deep_supervision, precision=cast(Precision, pricer.precision)),

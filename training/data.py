@@ -5,7 +5,8 @@ A preprocessed case (:class:`autoseg.layout.CaseFiles`) is a float32 (C, z, y, x
 (z, y, x) label map, both compressed in chunks and opened memory-mapped, so a patch read
 decompresses only the chunks it touches, and its properties
 with ``class_locations``. A patch is handed on as one float32 (C + 1, ...) array, the label map last.
-Whether rotations stay in-plane is the plans' decision (:class:`autoseg.plans.Augmentation`).
+Whether rotations stay in-plane, and along which axes patches are mirrored, is the plans' decision
+(:class:`autoseg.plans.Augmentation`).
 """
 from __future__ import annotations
 
@@ -212,12 +213,15 @@ class PatchLoader(SlimDataLoaderBase):
         return {"data": stacked[:, :-1], "seg": stacked[:, -1:], "keys": picks}
 
 
-def train_transforms(patch: tuple[int, ...], in_plane_only: bool) -> Compose:
-    """The augmentation pipeline (elastic deformation off, as nnU-Net's default)."""
+def train_transforms(patch: tuple[int, ...], in_plane_only: bool,
+                     mirror_axes: tuple[int, ...] | None = None) -> Compose:
+    """The augmentation pipeline (elastic deformation off, as nnU-Net's default); ``mirror_axes``:
+    the patch axes to mirror along (None: all)."""
     rad = math.radians(ROTATION_DEG)
     angle_x = (-rad, rad)  # batchgenerators' angle_x rotates within the last two (in-plane) axes
     other = (0.0, 0.0) if in_plane_only else (-rad, rad)
     ignore_z = (0,) if in_plane_only else None
+    mirror = tuple(range(len(patch))) if mirror_axes is None else tuple(mirror_axes)
     return Compose([
         SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False,
                          do_rotation=True, angle_x=angle_x, angle_y=other, angle_z=other,
@@ -232,7 +236,7 @@ def train_transforms(patch: tuple[int, ...], in_plane_only: bool) -> Compose:
                                        order_downsample=0, order_upsample=3, p_per_sample=0.25,
                                        ignore_axes=ignore_z),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
-        MirrorTransform(axes=tuple(range(len(patch)))),
+        *([MirrorTransform(axes=mirror)] if mirror else []),
         NumpyToTensor(["data", "seg"], "float"),
     ])
 
@@ -243,7 +247,7 @@ def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Au
     ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler``: the recipe's."""
     loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed,
                          sampler)
-    transforms = train_transforms(patch, augmentation.in_plane_only)
+    transforms = train_transforms(patch, augmentation.in_plane_only, augmentation.patch_mirror_axes(len(patch)))
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)
     return MultiThreadedAugmenter(loader, transforms, workers, num_cached_per_queue=4,
