@@ -133,12 +133,14 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
     task = write_task(raw, "Task08", num_training=args.cases, num_test=args.test, seed=DATA_SEED[family],
                       family=family, tumour_free_share=args.tumour_free_share if family != 1 else None)
     env = dict(os.environ, AUTOSEG_RAW=str(raw), AUTOSEG_PREPROCESSED=str(work / "preprocessed"))
-    autoseg(["plan_and_preprocess", "-d", "Task08"], env, work / "plan.log")
+    plan_args = shlex.split(args.plan_args)
+    autoseg(["plan_and_preprocess", "-d", "Task08", *plan_args], env, work / "plan.log")
     if args.merged:  # the merged dataset, once for every seed
         write_task(raw, "Task03", num_training=args.cases, num_test=0, seed=LIVER_SEED[family], family=family,
                    tumour_free_share=args.tumour_free_share if family != 1 else None)
-        autoseg(["plan_and_preprocess", "-d", "Task03"], env, work / "plan.log")
-        autoseg(["plan_and_preprocess", "-d", "Task03", "-d", "Task08", "--merge", MERGED], env, work / "plan.log")
+        autoseg(["plan_and_preprocess", "-d", "Task03", *plan_args], env, work / "plan.log")
+        autoseg(["plan_and_preprocess", "-d", "Task03", "-d", "Task08", "--merge", MERGED, *plan_args], env,
+                work / "plan.log")
     out: dict[str, Any] = {}
     for seed in args.seeds:
         if args.merged_only:
@@ -159,7 +161,9 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
                      "--threads", str(args.threads), "--overwrite", *extra], run_env, log)
             arms[arm] = score_arm(task / "labelsTs", preds)
         rules = {k: decision.get(k) for k in RULES}
-        out[str(seed)] = {"train_seconds": seconds, "rules": rules, "arms": arms}
+        plans = json.loads(next((work / f"results_seed{seed}").glob("*/*/plans.json")).read_text())
+        out[str(seed)] = {"train_seconds": seconds, "rules": rules, "arms": arms,
+                          "augmentation": plans.get("augmentation")}
         if args.merged:
             out[str(seed)]["merged"] = run_merged(family, seed, args, work, env, task)
     return out
@@ -227,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-args", default="", metavar="FLAGS",
                    help="more `autoseg train` flags for the Task08 model, e.g. '--sampler components' (give "
                         "another --work: each work folder holds one recipe's models)")
+    p.add_argument("--plan-args", default="", metavar="FLAGS",
+                   help="more `autoseg plan_and_preprocess` flags, e.g. '--mirror all' (give another --work)")
     p.add_argument("--merged", action="store_true",
                    help="also train the one liver + vessel + tumour model (module docstring) and score it")
     p.add_argument("--merged-only", action="store_true",
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "false_tumours", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "benchmarks/false_tumours.py " + " ".join(sys.argv[1:]), "cpu": cpu_model(),
         "cpu_count": os.cpu_count(), "steps": args.steps, "seeds": args.seeds, "cases": args.cases,
-        "merged": args.merged, "train_args": args.train_args,
+        "merged": args.merged, "train_args": args.train_args, "plan_args": args.plan_args,
         "test": args.test, "tumour_free_share": args.tumour_free_share, "families": families})
     return 0
 
