@@ -386,7 +386,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi-all-components", action="store_true",
                    help="box every foreground component of the ROI model (default: only the largest, one "
                         "organ, so stray false positives do not widen the region)")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation along the axes the model was trained mirrored along "
+    p.add_argument("--tta", action="store_true",
+                   help="mirroring test-time augmentation along the axes the model was trained mirrored along "
                         "(up to 8x slower in 3D)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
     p.add_argument("--tile-scale", type=float, default=1.0, metavar="F",
