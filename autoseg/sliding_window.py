@@ -33,7 +33,8 @@ class WindowOptions:
     """How a network slides over a case, apart from what its plans fix (patch, classes, batch)."""
 
     overlap: float = 0.5
-    #: Average the softmax over every flip of the spatial axes (test-time augmentation).
+    #: Average the softmax over every flip of the axes the plans' training mirrored along
+    #: (``plans.augmentation.mirror_axes``; test-time augmentation).
     mirror: bool = False
     device: str = "cpu"
     #: Autocast of the forward passes (:mod:`autoseg.precision`): auto, fp32, bf16 or fp16.

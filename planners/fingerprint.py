@@ -56,12 +56,17 @@ class CaseFingerprint:
     centres: dict[int, tuple[float, float, float]] = dataclasses.field(default_factory=dict)
 
 
-def centre_in_box(flat_indices: np.ndarray, shape: tuple[int, ...], bbox: Sequence[tuple[int, int]],
+def centre_in_box(mask: np.ndarray, bbox: Sequence[tuple[int, int]],
                   reo: Reorientation) -> tuple[float, float, float]:
-    """The centre of mass of the voxels at ``flat_indices`` (of a file-order ``shape``) as fractions
-    of ``bbox`` (file order) along each LPS axis: where a class lies in the body, for
-    :func:`autoseg.planners.planner.mirror_axes`."""
-    mean = [float(a.mean()) + 0.5 for a in np.unravel_index(flat_indices, shape)]
+    """The centre of mass of a non-empty file-order ``mask`` as fractions of ``bbox`` (file order)
+    along each LPS axis: where a class lies in the body, for
+    :func:`autoseg.planners.planner.mirror_axes`. From the mask's projections on each axis (no
+    coordinate arrays as long as the class)."""
+    total = float(np.count_nonzero(mask))
+    mean = []
+    for axis in range(3):
+        profile = mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+        mean.append(float(np.dot(profile, np.arange(profile.size) + 0.5)) / total)
     file_order = [(m - lo) / max(hi - lo, 1) for m, (lo, hi) in zip(mean, bbox)]
     out = [1.0 - file_order[reo.perm[k]] if reo.flips[k] else file_order[reo.perm[k]] for k in range(3)]
     return (round(out[0], 4), round(out[1], 4), round(out[2], 4))
@@ -112,11 +117,12 @@ def fingerprint_case(case: Case, dataset: Dataset, seed: int) -> CaseFingerprint
         counted[space.num_values:] = -1
         flat_class = counted[flat_label] if dataset.partial else flat_label
         for lab in dataset.foreground_labels:
-            where = np.flatnonzero(flat_class == lab)
+            in_class = flat_class == lab
+            where = np.flatnonzero(in_class)
             class_voxels[lab] = int(where.size)
             samples[lab] = flat_image[:, _subsample(where, rng)]
             if where.size:
-                centres[lab] = centre_in_box(where, label.shape, bbox, reo)
+                centres[lab] = centre_in_box(in_class.reshape(label.shape), bbox, reo)
     return CaseFingerprint(
         identifier=case.identifier,
         spacing=reo.spacing(geometry.spacing_zyx),

@@ -130,6 +130,8 @@ def mirror_axes(fingerprint: Mapping[str, Any], choice: str = "auto") -> tuple[t
     if positions is None:
         return (0, 1, 2), ("mirror augmentation along every axis: the fingerprint predates class positions "
                            "(`plan_and_preprocess --force` fingerprints and plans again)")
+    if not positions:
+        return (0, 1, 2), "mirror augmentation along every axis: no labelled class to place"
     names = fingerprint.get("labels", {})
     sided: dict[int, list[str]] = {}
     for cls, pos in positions.items():

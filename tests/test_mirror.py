@@ -39,6 +39,7 @@ def test_a_class_on_one_side_turns_that_axis_mirroring_off() -> None:
     _positions(0.3, share_x=0.6),  # on either side from case to case (a brain's hemispheres)
     _positions(0.3, cases=4),  # too few cases to tell
     None,  # a fingerprint from before the field
+    {},  # no labelled class
 ])
 def test_classes_not_on_one_side_keep_every_axis_mirrored(positions: dict | None) -> None:
     data = fingerprint() if positions is None else dict(fingerprint(), class_positions=positions)
@@ -59,12 +60,20 @@ def test_a_class_centre_is_measured_in_the_patients_lps_order() -> None:
     reo = Reorientation(perm=(0, 1, 2), flips=(False, True, True))
     label = np.zeros((10, 20, 40), np.uint8)
     label[2:8, 4:8, 30:36] = 1  # high file x: the patient's right, anterior
-    where = np.flatnonzero(label == 1)
     box = ((0, 10), (0, 20), (0, 40))
-    z, y, x = centre_in_box(where, label.shape, box, reo)
+    z, y, x = centre_in_box(label == 1, box, reo)
     assert z == pytest.approx(0.5) and y == pytest.approx(1 - 6 / 20) and x == pytest.approx(1 - 33 / 40)
-    assert centre_in_box(where, label.shape, ((0, 10), (0, 20), (20, 40)), Reorientation())[2] \
+    assert centre_in_box(label == 1, ((0, 10), (0, 20), (20, 40)), Reorientation())[2] \
         == pytest.approx(13 / 20)  # a fraction of the body's box, not of the image
+
+
+def test_a_class_centre_follows_permuted_file_axes() -> None:
+    # sagittal slices first: file axis 0 is the patient's x, file axis 2 the patient's z
+    reo = Reorientation(perm=(2, 1, 0), flips=(False, False, False))
+    label = np.zeros((40, 20, 10), np.uint8)
+    label[4:10, 0:20, 0:10] = 1  # low file axis 0: the patient's right
+    z, y, x = centre_in_box(label == 1, ((0, 40), (0, 20), (0, 10)), reo)
+    assert x == pytest.approx(7 / 40) and y == pytest.approx(0.5) and z == pytest.approx(0.5)
 
 
 def _case(name: str, centres: dict) -> CaseFingerprint:
@@ -126,3 +135,20 @@ def test_test_time_mirroring_flips_along_the_trained_axes(monkeypatch: pytest.Mo
         assert seen[-1] == expected
     slide(object(), data, plans, WindowOptions(mirror=False, channels_last=False))  # type: ignore[arg-type]
     assert seen[-1] == ()
+
+
+def test_the_phantoms_liver_is_planned_without_left_right_mirroring(tmp_path: Path) -> None:
+    """End to end on five phantoms: the fingerprint places the liver on the patient's right, the
+    planner then keeps left-right mirroring off (whatever it decides along z and y)."""
+    from autoseg.datasets import load_dataset
+    from autoseg.phantom import write_task
+    from autoseg.planners.fingerprint import fingerprint_dataset
+
+    task = write_task(tmp_path, task="Task03", num_training=5, num_test=0, seed=11,
+                      spacing_range=((4.0, 3.5, 3.5), (5.0, 4.0, 4.0)))
+    found = fingerprint_dataset(load_dataset(task), num_workers=1)
+    assert found.class_positions is not None
+    liver = found.class_positions[1]
+    assert liver.cases == 5 and liver.median[2] < 0.45 and liver.same_side_share[2] == 1.0
+    planned = plan(found, PlannerOptions(cpu_gflops=40.0))
+    assert planned.augmentation.mirror_axes is not None and 2 not in planned.augmentation.mirror_axes
