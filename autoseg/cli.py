@@ -74,7 +74,8 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
                         "inside -160 240; give -160 240 for the whole abdominal window)")
     p.add_argument("--mirror", choices=("auto", "all", "none"), default="auto",
                    help="mirror augmentation (and --tta): auto (default) along the axes along which no class lies "
-                        "on one side of the body (the liver on the right: not left-right), all (nnU-Net's), none")
+                        "on one side of the body (the liver on the right: not left-right), all (nnU-Net's), none; "
+                        "existing plans are kept unless --force")
     p.add_argument("--max-slices", type=int, default=None,
                    help="exclude cases with more slices than this (reported in fingerprint.json)")
     p.add_argument("--only", choices=("fingerprint", "plan", "preprocess"), action="append",
