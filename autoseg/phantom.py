@@ -96,7 +96,7 @@ class PhantomCase:
 
 def generate_case(seed: int, task: str = "Task08", shape: tuple[int, int, int] | None = None,
                   spacing: tuple[float, float, float] | None = None,
-                  spacing_range: SpacingRange | None = None) -> PhantomCase:
+                  spacing_range: SpacingRange | None = None, tumour_free: bool = False) -> PhantomCase:
     """Render the phantom of ``seed`` for ``task`` ("Task08" vessels + tumour, "Task03" liver + tumour).
 
     The grid is centred on the abdomen. Spacing ``(z, y, x)`` mm is ``spacing`` if given; else drawn
@@ -104,10 +104,11 @@ def generate_case(seed: int, task: str = "Task08", shape: tuple[int, int, int] |
     else, when only ``shape`` is given, the spacing that fits :data:`FOV_MM` into ``shape``; else
     drawn within :data:`CLINICAL_SPACING_RANGE`. ``shape`` defaults to the field of view divided by the
     spacing; a given shape with a given or drawn spacing crops or pads the field of view instead.
+    ``tumour_free``: the same patient with a healthy liver.
     """
     spec = task_spec(task)
     grid = choose_grid(seed, shape, spacing, spacing_range)
-    layers = draw_anatomy(np.random.default_rng([seed, 0]))
+    layers = draw_anatomy(np.random.default_rng([seed, 0]), tumour_free)
     image, tissues = _render(layers, grid)
     noise_rng = np.random.default_rng([seed, 1])
     image = _blur_and_noise(image, float(noise_rng.uniform(10, 20)), noise_rng)
@@ -277,6 +278,8 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
     family is recorded, so a folder of the other family is rewritten, never mixed. ``family`` 3
     writes trunk phantoms (:mod:`autoseg.phantom_trunk`: thorax to pelvis, randomised field of view
     and appearance; tumour-free share as family 2), the only family for task ``LiverVesselTumour``.
+    Family 1 has tumour-free livers only when ``tumour_free_share`` is given (the same patients as
+    without it, their tumours left out).
     """
     spec = task_spec(task)
     if task == "LiverVesselTumour" and family != 3:
@@ -301,6 +304,8 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
         params.update(generator_version=GENERATOR2_VERSION, tumour_free_share=share)
     elif family == 3:
         params.update(generator_version=_trunk().TRUNK_VERSION, tumour_free_share=share)
+    elif share:  # family 1 records a share only when asked for one (its earlier tasks stay current)
+        params.update(tumour_free_share=share)
     names = [f"{spec.prefix}_{i:03d}.nii.gz" for i in range(num_training + num_test)]
     raw = RawDataset(root)
     files = [d / n for n in names[:num_training] for d in (raw.images_tr, raw.labels_tr)]
@@ -329,16 +334,14 @@ def _trunk() -> ModuleType:
 
 
 def _family_share(family: int, share: float | None) -> float | None:
-    """The tumour-free share to use: families 2 and 3 have one (default 0.3)."""
+    """The tumour-free share to use: families 2 and 3 default to 0.3, family 1 (every liver with
+    tumours, as the demo and the tests have always had it) to none."""
     if family not in (1, 2, 3):
         raise ConfigurationError(f"phantom family must be 1, 2 or 3, got {family}", fix="pass --family 1, 2 or 3")
-    if family == 1:
-        if share is not None:
-            raise ConfigurationError("every family-1 phantom has tumours: a tumour-free share applies to "
-                                     "families 2 and 3 only", fix="add --family 2 (or 3), or drop --tumour-free-share")
-        return None
     from autoseg.phantom_family2 import DEFAULT_TUMOUR_FREE_SHARE, check_share
 
+    if family == 1:
+        return None if share is None else check_share(share)
     return check_share(DEFAULT_TUMOUR_FREE_SHARE if share is None else share)
 
 
@@ -370,11 +373,9 @@ def _write_cases(root: Path, task: str, seed: int, names: list[str], num_trainin
                  family: int = 1, share: float | None = None) -> None:
     from tqdm import tqdm
 
-    if family in (2, 3):
-        from autoseg import phantom_family2
+    from autoseg import phantom_family2
 
-        tumour_free = phantom_family2.tumour_free_indices(seed, num_training, len(names) - num_training,
-                                                          share or 0.0)
+    tumour_free = phantom_family2.tumour_free_indices(seed, num_training, len(names) - num_training, share or 0.0)
     for index, name in enumerate(tqdm(names, desc=f"phantoms {root.name}", unit="case", disable=None)):
         if family == 2:
             case = phantom_family2.generate_case(case_seed(seed, index), task, shape=shape,
@@ -383,7 +384,8 @@ def _write_cases(root: Path, task: str, seed: int, names: list[str], num_trainin
             case = _trunk().generate_trunk_case(case_seed(seed, index), task, spacing_range=spacing_range,
                                                 tumour_free=index in tumour_free)
         else:
-            case = generate_case(case_seed(seed, index), task, shape=shape, spacing_range=spacing_range)
+            case = generate_case(case_seed(seed, index), task, shape=shape, spacing_range=spacing_range,
+                                 tumour_free=index in tumour_free)
         raw = RawDataset(root)
         images, labels = (raw.images_tr, raw.labels_tr) if index < num_training else (raw.images_ts, raw.labels_ts)
         write_image(images / name, case.image, case.geometry)
@@ -446,8 +448,8 @@ def add_family_arguments(p: argparse.ArgumentParser) -> None:
                         "with other anatomy, contrast phases, lesion kinds and noise (autoseg.phantom_family2); "
                         "3: trunk phantoms, thorax to pelvis, randomised appearance (autoseg.phantom_trunk)")
     p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
-                   help="families 2 and 3: share of tumour-free livers among the training and the test cases "
-                        "(default 0.3)")
+                   help="share of tumour-free livers among the training and the test cases (default: 0.3 for "
+                        "families 2 and 3, none for family 1)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,8 +56,10 @@ class _Body:
     spine_r: tuple[float, float]  # vertebral body radii (y, x)
 
 
-def draw_anatomy(rng: np.random.Generator) -> tuple[Layer, ...]:
-    """All layers of one random case, in painting order (later layers cover earlier ones)."""
+def draw_anatomy(rng: np.random.Generator, tumour_free: bool = False) -> tuple[Layer, ...]:
+    """All layers of one random case, in painting order (later layers cover earlier ones).
+    ``tumour_free``: the same patient without its tumours (they are drawn, so every later draw is
+    the same, and left out)."""
     body, layers = _body_wall(rng)
     layers += _spine(rng, body)
     layers += _gut(rng, body)
@@ -66,7 +68,9 @@ def draw_anatomy(rng: np.random.Generator) -> tuple[Layer, ...]:
     layers.append(Layer("liver", TISSUES["liver"], liver_hu, liver,
                         texture=Waves.random(rng, 4, rng.uniform(3, 6), (20, 60))))
     layers += _vessel_trees(rng, liver, centre, liver_hu)
-    layers += _tumours(rng, liver, liver_hu)
+    tumours = _tumours(rng, liver, liver_hu)
+    if not tumour_free:
+        layers += tumours
     layers += _organs(rng, body)
     return tuple(layers)
 

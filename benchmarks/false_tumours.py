@@ -131,13 +131,13 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
     work = args.work.resolve() / f"family{family}"
     raw = work / "raw"
     task = write_task(raw, "Task08", num_training=args.cases, num_test=args.test, seed=DATA_SEED[family],
-                      family=family, tumour_free_share=args.tumour_free_share if family != 1 else None)
+                      family=family, tumour_free_share=args.tumour_free_share)
     env = dict(os.environ, AUTOSEG_RAW=str(raw), AUTOSEG_PREPROCESSED=str(work / "preprocessed"))
     plan_args = shlex.split(args.plan_args)
     autoseg(["plan_and_preprocess", "-d", "Task08", *plan_args], env, work / "plan.log")
     if args.merged:  # the merged dataset, once for every seed
         write_task(raw, "Task03", num_training=args.cases, num_test=0, seed=LIVER_SEED[family], family=family,
-                   tumour_free_share=args.tumour_free_share if family != 1 else None)
+                   tumour_free_share=args.tumour_free_share)
         autoseg(["plan_and_preprocess", "-d", "Task03", *plan_args], env, work / "plan.log")
         autoseg(["plan_and_preprocess", "-d", "Task03", "-d", "Task08", "--merge", MERGED, *plan_args], env,
                 work / "plan.log")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--cases", type=int, default=20, help="training phantoms (fold 0 holds out a fifth)")
     p.add_argument("--test", type=int, default=10)
-    p.add_argument("--tumour-free-share", type=float, default=0.3, help="family 2: share of tumour-free livers")
+    p.add_argument("--tumour-free-share", type=float, default=0.3, help="share of tumour-free livers in either family (family 1 had none before 2026-12-06)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=BENCH / "work" / "false_tumours")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -160,3 +160,25 @@ def test_command_line(tmp_path: Path) -> None:
                  "--shape", "12", "32", "32"]) == 0
     assert len(load_dataset(tmp_path / "Task03_Liver").cases) == 1
     assert main([str(tmp_path), "--num-training", "0"]) == 2
+
+
+def test_a_tumour_free_family1_case_is_the_same_patient_without_its_tumours(cases: list[PhantomCase]) -> None:
+    sick = cases[0]
+    free = generate_case(0, "Task08", shape=SMALL, tumour_free=True)
+    assert (sick.labels == 2).any() and not (free.labels == 2).any()
+    outside = sick.labels != 2
+    np.testing.assert_array_equal((free.labels == 1)[outside], (sick.labels == 1)[outside])  # the same vessels
+    same = np.abs(free.image.astype(np.int32) - sick.image.astype(np.int32))[outside] == 0
+    assert same.mean() > 0.99  # the same patient, the blur reaching only just past each tumour's rim
+
+
+def test_write_task_gives_family1_tumour_free_livers_only_when_asked(tmp_path: Path) -> None:
+    args = dict(task="Task08", num_training=3, num_test=2, seed=5, shape=(24, 64, 64))
+    plain = write_task(tmp_path / "plain", **args)
+    assert "tumour_free_share" not in json.loads((plain / "phantom.json").read_text())  # as before the option
+    root = write_task(tmp_path / "free", **args, tumour_free_share=0.5)
+    free = [p.name for p in sorted((root / "labelsTr").glob("*.nii.gz")) + sorted((root / "labelsTs").glob("*.nii.gz"))
+            if not (read_label(p)[0] == 2).any()]
+    assert len(free) == 3  # round(0.5 * 3) of the training cases and round(0.5 * 2) of the test cases
+    with pytest.raises(ConfigurationError):
+        write_task(tmp_path / "bad", **args, tumour_free_share=1.5)
