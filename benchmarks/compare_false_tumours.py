@@ -3,12 +3,12 @@ differences (B minus A) of per-case tumour Dice (tumour-bearing cases) and vesse
 the seeds both ran, with a bootstrap interval over those (case, seed) pairs.
 
     .venv/bin/python benchmarks/compare_false_tumours.py \\
-        benchmarks/results/false_tumours_mirror.json:'--mirror all' \\
+        "benchmarks/results/false_tumours_sampler.json#0+benchmarks/results/false_tumours_mirror.json:--mirror all" \\
         benchmarks/results/false_tumours_mirror.json: --family 2
 
 A run is ``FILE:PLAN_ARGS`` (the run of that file whose ``plan_args`` is that text; empty: the
-default plan) or ``FILE#N`` (the file's N-th run). Where several runs match, each seed is taken from
-the last run that has it.
+default plan) or ``FILE#N`` (the file's N-th run), or several of them joined by ``+``. Where several
+runs match, each seed is taken from the last run that has it.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ ARMS = ("raw", "postprocessed")
 
 
 def runs_of(spec: str) -> list[dict[str, Any]]:
+    if "+" in spec:  # several runs pooled: their seeds together
+        return [r for part in spec.split("+") for r in runs_of(part)]
     if "#" in spec:
         path, index = spec.rsplit("#", 1)
         return [json.loads(Path(path).read_text())[int(index)]]
