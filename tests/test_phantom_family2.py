@@ -136,8 +136,9 @@ def test_family_is_recorded_and_a_folder_of_the_other_family_is_rewritten(tmp_pa
     expected = family2.generate_case(phantom.case_seed(2, 0), "Task03", shape=(12, 32, 32), tumour_free=False)
     np.testing.assert_array_equal(read_label(root / "labelsTr" / "liver_000.nii.gz")[0], expected.labels)
     assert not np.array_equal(first, expected.labels)
-    with pytest.raises(ConfigurationError, match="family 2"):
-        write_task(tmp_path, tumour_free_share=0.3, **args)
+    write_task(tmp_path, tumour_free_share=0.5, **args)  # family 1 again, with tumour-free livers asked for
+    marker = read_json(RawDataset(root).phantom_marker)
+    assert marker.get("family", 1) == 1 and marker["tumour_free_share"] == 0.5
     with pytest.raises(ConfigurationError, match="family"):
         write_task(tmp_path, family=3, **args)
 
