@@ -303,6 +303,12 @@ class Plans(Artefact):
         return out
 
     @property
+    def patch_mirror_axes(self) -> tuple[int, ...]:
+        """The patch axes training mirrors along and test-time mirroring flips
+        (``augmentation.mirror_axes`` on this plan's patch)."""
+        return self.augmentation.patch_mirror_axes(len(self.patch_size))
+
+    @property
     def num_classes(self) -> int:
         return max(self.labels) + 1
 

@@ -105,7 +105,7 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
     a network converted already slides as it is). ``out``, ``scale``: the probabilities times
     ``scale`` are added to ``out`` (:func:`predict_sliding_window`). Test-time mirroring
     (``options.mirror``) flips along the axes the plans' training mirrored along."""
-    mirror = plans.augmentation.patch_mirror_axes(len(plans.patch_size)) if options.mirror else ()
+    mirror = plans.patch_mirror_axes if options.mirror else ()
     tile = inference_tile(plans, data.shape[1:], options.tile_scale)
     batch = plans.batch_size if tile == tuple(plans.patch_size) else 1
     network = inference_network(network, options, owned)

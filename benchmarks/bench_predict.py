@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from bench_common import cpu_model
+from contention import neighbours, stop
 from bench_preprocess import run_measured
 
 from autoseg.io import write_image
@@ -154,15 +155,13 @@ def main() -> None:
     plans = Plans.load(model / "plans.json")
     variants = [(), ("--localise",)] if args.localise else [()]
     variants += [tuple(shlex.split(flags)) for flags in args.variant]
-    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_neighbour else None
+    busy = neighbours("busy1" if args.busy_neighbour else "idle", args.work)
     try:
         rows = [timed_predict(image, model, list(range(n)), args.work / f"out{n}_{i}", args.precision, v)
                 for n in args.runs for i, v in enumerate(variants)]
         ref = nnunet_predict(args.work, image) if args.nnunet else None
     finally:
-        if neighbour is not None:
-            neighbour.kill()
-            neighbour.wait()
+        stop(busy)
     params = sum(t.numel() for t in torch.load(model / "fold_0" / "checkpoint_final.pt",
                                                weights_only=True)["network"].values())
     result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "cpu": cpu_model(), "torch": torch.__version__,

@@ -384,7 +384,7 @@ def predict(inputs: Path, output: Path, model: Model, options: PredictOptions,
         raise AutosegError(f"{', '.join(p.name for p in partial[:5])} exist(s) without the case's other "
                            "output (an interrupted run or another tool's file); nothing was predicted",
                            output, "pass --overwrite to replace them, or move them away")
-    if options.tta and not model.plans.augmentation.patch_mirror_axes(len(model.plans.patch_size)):
+    if options.tta and not model.plans.patch_mirror_axes:
         log.warning("--tta: %s was trained without mirroring (plans' augmentation.mirror_axes is empty), so "
                     "there is no flip to average over; predicting without", model.folder)
     output.mkdir(parents=True, exist_ok=True)

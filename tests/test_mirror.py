@@ -94,7 +94,8 @@ def test_class_positions_pool_the_cases_that_hold_the_class() -> None:
 
 def test_training_mirrors_only_along_the_planned_axes() -> None:
     def mirrors(axes):
-        found = [t for t in train_transforms((8, 16, 16), False, axes).transforms if isinstance(t, MirrorTransform)]
+        transforms = train_transforms((8, 16, 16), Augmentation(False, axes)).transforms
+        found = [t for t in transforms if isinstance(t, MirrorTransform)]
         return found[0].axes if found else None
 
     assert mirrors(None) == (0, 1, 2)  # plans before the field

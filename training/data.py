@@ -213,15 +213,14 @@ class PatchLoader(SlimDataLoaderBase):
         return {"data": stacked[:, :-1], "seg": stacked[:, -1:], "keys": picks}
 
 
-def train_transforms(patch: tuple[int, ...], in_plane_only: bool,
-                     mirror_axes: tuple[int, ...] | None = None) -> Compose:
-    """The augmentation pipeline (elastic deformation off, as nnU-Net's default); ``mirror_axes``:
-    the patch axes to mirror along (None: all)."""
+def train_transforms(patch: tuple[int, ...], augmentation: Augmentation) -> Compose:
+    """The augmentation pipeline (elastic deformation off, as nnU-Net's default), with the plans'
+    in-plane rotation and mirror axes."""
     rad = math.radians(ROTATION_DEG)
     angle_x = (-rad, rad)  # batchgenerators' angle_x rotates within the last two (in-plane) axes
-    other = (0.0, 0.0) if in_plane_only else (-rad, rad)
-    ignore_z = (0,) if in_plane_only else None
-    mirror = tuple(range(len(patch))) if mirror_axes is None else tuple(mirror_axes)
+    other = (0.0, 0.0) if augmentation.in_plane_only else (-rad, rad)
+    ignore_z = (0,) if augmentation.in_plane_only else None
+    mirror = augmentation.patch_mirror_axes(len(patch))
     return Compose([
         SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False,
                          do_rotation=True, angle_x=angle_x, angle_y=other, angle_z=other,
@@ -247,7 +246,7 @@ def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Au
     ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler``: the recipe's."""
     loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed,
                          sampler)
-    transforms = train_transforms(patch, augmentation.in_plane_only, augmentation.patch_mirror_axes(len(patch)))
+    transforms = train_transforms(patch, augmentation)
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)
     return MultiThreadedAugmenter(loader, transforms, workers, num_cached_per_queue=4,
