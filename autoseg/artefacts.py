@@ -373,6 +373,11 @@ class ClassEvidence:
     #: For the all-foreground rule: each class's change of mean Dice with it (by class name); the
     #: rule is chosen only where the mean rises and no class falls. Absent before the field.
     class_change: dict[str, MaybeNan] | None = optional()
+    #: Per candidate that loses any, how many reference components of at least
+    #: ``GUARDED_OBJECT_ML`` (a 10 mm lesion) the class's CV predictions touched before it and do not
+    #: after it (for the all-foreground rule, summed over the classes): such a candidate is never
+    #: chosen. Absent where none loses one, and in decisions written before the field.
+    objects_lost: dict[str, int] | None = optional()
 
 
 @dataclass(frozen=True)

@@ -160,8 +160,8 @@ def _add_phantom_parser(sub: argparse._SubParsersAction) -> None:
                         "phantoms, thorax to pelvis with randomised field of view and appearance, the training "
                         "data of the synthetic model (docs/synthetic_model.md)")
     p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
-                   help="families 2 and 3 only: share of tumour-free livers among the training and among the test "
-                        "cases (default 0.3)")
+                   help="share of tumour-free livers among the training and among the test cases (default: 0.3 "
+                        "for families 2 and 3, none for family 1)")
     p.set_defaults(func=_cmd_phantom)
 
 

@@ -31,7 +31,12 @@ rule, its sure one in a spleen it calls liver only with the largest-component ru
 the inside-its-parent rule of the tumour). For each class the candidate with the highest mean Dice
 over all cross-validation cases (the folds' validation predictions on the preprocessed grid against
 the preprocessed labels) is chosen, and only where it beats doing nothing; of equal candidates the
-one with fewer rules. Sizes are volumes, so a decision taken on the
+one with fewer rules. No rule is chosen that loses an object the class found: a reference component
+of at least ``GUARDED_OBJECT_ML`` (a lesion of 10 mm, RECIST's smallest measurable one) that the
+class's prediction touched in a CV case and no longer touches after the rule. Dice weighs voxels, so
+a rule that drops a found 1 mL lesion together with 3 mL of false tumour raises the mean Dice; a
+reader counts the lesion lost (issue 22: a 0.3 mL minimum and a 0.95 confidence, chosen by Dice on
+four CV cases, dropped found 0.5-3 mL lesions of the test phantoms). Sizes are volumes, so a decision taken on the
 preprocessed grid applies on any input grid. The decision and its evidence
 (:class:`~autoseg.artefacts.PostprocessingDecision`) are stored with the model
 (``ModelFolder.postprocessing``); ``autoseg predict`` applies it and ``autoseg export`` ships it.
@@ -41,7 +46,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import cc3d
 import numpy as np
@@ -49,6 +54,7 @@ from scipy import ndimage
 
 from autoseg.artefacts import ClassEvidence, Fingerprint, PostprocessingDecision, PostprocessingRules
 from autoseg.errors import AutosegError
+from autoseg.evaluation import components
 from autoseg.layout import ExportNames, ModelFolder, PreprocessedDataset, case_files_in
 from autoseg.metrics import dice_per_class, mean_present
 from autoseg.partial_labels import LabelSpace
@@ -62,6 +68,10 @@ log = logging.getLogger(__name__)
 MIN_COMPONENT_LADDER_ML = (0.01, 0.03, 0.1, 0.3, 1.0)
 #: Highest probabilities tried as a component's minimum.
 MIN_CONFIDENCE_LADDER = (0.6, 0.7, 0.8, 0.9, 0.95)
+#: Reference components of at least this volume (mL) are guarded: no rule is chosen that loses one
+#: the class found in cross-validation. 0.52 mL is a sphere 10 mm across, RECIST 1.1's smallest
+#: measurable lesion (and issue 22's recall target counts lesions from 0.5 mL).
+GUARDED_OBJECT_ML = 0.52
 #: Joins the two rules of a combined candidate's name: a confidence rule, then a component rule on
 #: what it left (``min_component_confidence=0.9+keep_largest_component``).
 COMBINED = "+"
@@ -274,6 +284,57 @@ def _mean_dice(pairs: list[tuple[np.ndarray, np.ndarray]], label: int, space: La
     return float(np.mean(present)) if present else math.nan
 
 
+def _class_masks(pred: np.ndarray, ref: np.ndarray, label: int,
+                 space: LabelSpace | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The prediction and reference masks ``label`` is scored on (None where the case does not
+    annotate it: partial labels), as :func:`autoseg.metrics.dice_per_class` scores them."""
+    if space is not None and space.is_partial:
+        return space.masks(pred, ref, label, np.unique(ref).tolist())
+    return pred == label, ref == label
+
+
+class _ObjectGuard:
+    """The CV references' components of one class of at least :data:`GUARDED_OBJECT_ML`, and how
+    many of them a set of predictions touches (a lesion is found when a predicted voxel of the class
+    touches it, as ``autoseg evaluate`` counts it)."""
+
+    def __init__(self, refs: list[np.ndarray], label: int, space: LabelSpace | None, voxel_ml: float) -> None:
+        self.label, self.space = label, space
+        self.objects: list[tuple[np.ndarray, np.ndarray] | None] = []  # per case: components, guarded ids
+        for ref in refs:
+            masks = _class_masks(ref, ref, label, space)
+            labelled, n = components(masks[1]) if masks is not None else (None, 0)
+            if labelled is None or n == 0:
+                self.objects.append(None)
+                continue
+            sizes = np.bincount(labelled.ravel(), minlength=n + 1)[1:] * voxel_ml
+            ids = np.flatnonzero(sizes >= GUARDED_OBJECT_ML) + 1
+            self.objects.append((labelled, ids) if ids.size else None)
+
+    def found(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> int:
+        total = 0
+        for (pred, ref), objects in zip(pairs, self.objects):
+            if objects is None:
+                continue
+            labelled, ids = objects
+            masks = _class_masks(pred, ref, self.label, self.space)
+            if masks is not None:
+                total += int(np.isin(ids, labelled[masks[0]]).sum())
+        return total
+
+
+def _judge(guard: _ObjectGuard, pairs: list[tuple[np.ndarray, np.ndarray]], lost: dict[str, int],
+           space: LabelSpace | None) -> Callable[[str, list[tuple[np.ndarray, np.ndarray]]], float]:
+    """A function of (candidate, its CV cases) that returns the candidate's mean CV Dice of the
+    guard's class and writes to ``lost`` how many guarded objects found in ``pairs`` it loses."""
+    found_before = guard.found(pairs)
+
+    def judge(cand: str, made: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        lost[cand] = found_before - guard.found(made)
+        return _mean_dice(made, guard.label, space)
+    return judge
+
+
 def _mean_over_classes(values: list[float]) -> float:
     """Mean of the classes' mean CV Dice, classes no case holds (NaN) left out; NaN when none is held."""
     mean = mean_present(values)
@@ -339,17 +400,22 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
     inside: dict[int, tuple[int, ...]] = {}
     evidence: dict[str, ClassEvidence] = {}
     classes = [k for k in sorted(labels) if k != 0]
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    guards = {k: _ObjectGuard([r for _, r in raw], k, space, voxel_ml) for k in classes}
     whole = [(keep_largest_foreground(p), r) for p, r in raw]
     per_class = {k: (_mean_dice(raw, k, space), _mean_dice(whole, k, space)) for k in classes}
     before_all, with_all = (_mean_over_classes([v[i] for v in per_class.values()]) for i in (0, 1))
     change = {labels[k]: after - before for k, (before, after) in per_class.items()}
     falls = [name for name, d in change.items() if d < 0]  # NaN (no case has the class) never falls
-    foreground = not math.isnan(before_all) and with_all > before_all and not falls
+    lost_whole = sum(g.found(raw) - g.found(whole) for g in guards.values())
+    foreground = not math.isnan(before_all) and with_all > before_all and not falls and lost_whole <= 0
     evidence["all foreground"] = ClassEvidence(label=0, dice_before=before_all,
                                                candidates={"keep_largest_foreground": with_all},
                                                choice="keep_largest_foreground" if foreground else "none",
                                                dice_after=with_all if foreground else before_all, enabled=foreground,
-                                               class_change=change)
+                                               class_change=change,
+                                               objects_lost={"keep_largest_foreground": lost_whole}
+                                               if lost_whole > 0 else None)
     pairs = whole if foreground else raw
     for label, name in sorted(labels.items()):
         if label == 0:
@@ -364,7 +430,9 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
             structural["inside_parent"] = (lambda p, chosen=chosen, parent=parent, label=label:
                                            drop_outside_parent(apply_postprocessing(p, chosen, spacing_zyx),
                                                                label, parent))
-        tried = {cand: _mean_dice([(f(p), r) for p, r in pairs], label, space) for cand, f in structural.items()}
+        lost: dict[str, int] = {}
+        judge = _judge(guards[label], pairs, lost, space)
+        tried = {cand: judge(cand, [(f(p), r) for p, r in pairs]) for cand, f in structural.items()}
         side: dict[str, float] = {}
         confident: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if with_probabilities:
@@ -373,20 +441,23 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
             for t in MIN_CONFIDENCE_LADDER:
                 cand = f"min_component_confidence={t}"
                 confident[cand] = _with_confidence(raw, kept, {**min_confidence, label: t}, foreground)
-                tried[cand] = _mean_dice(confident[cand], label, space)
+                tried[cand] = judge(cand, confident[cand])
                 side[cand] = _side_effect(confident[cand], others, space)  # dropped voxels become other classes
                 for rule, f in structural.items():  # then a component rule on what the confidence rule left
-                    tried[f"{cand}{COMBINED}{rule}"] = _mean_dice([(f(p), r) for p, r in confident[cand]],
-                                                                  label, space)
+                    tried[f"{cand}{COMBINED}{rule}"] = judge(f"{cand}{COMBINED}{rule}",
+                                                             [(f(p), r) for p, r in confident[cand]])
                     side[f"{cand}{COMBINED}{rule}"] = side[cand]  # component rules make background only
-        score = {c: tried[c] + side.get(c, 0.0) for c in tried}
+        # a candidate that loses a found guarded object is never chosen, whatever its Dice
+        score = {c: tried[c] + side.get(c, 0.0) for c in tried if lost[c] <= 0}
         # ties: the fewer rules, then the simpler one
-        best = max(score, key=lambda c: (score[c], -c.count(COMBINED), c.endswith("keep_largest_component")))
-        enabled = not math.isnan(before) and score[best] > before
+        best = max(score, key=lambda c: (score[c], -c.count(COMBINED), c.endswith("keep_largest_component")),
+                   default="none")
+        enabled = best != "none" and not math.isnan(before) and score[best] > before
         evidence[name] = ClassEvidence(label=label, dice_before=before, candidates=tried,
                                        choice=best if enabled else "none",
                                        dice_after=tried[best] if enabled else before, enabled=enabled,
-                                       other_classes_change=side or None)
+                                       other_classes_change=side or None,
+                                       objects_lost={c: n for c, n in lost.items() if n > 0} or None)
         for part in best.split(COMBINED) if enabled else ():
             if part == "keep_largest_component":
                 largest.append(label)
@@ -409,7 +480,8 @@ def determine_postprocessing(model_dir: Path, data_dir: Path, labels: dict[int, 
              "scored with the change it causes in the other classes' Dice, alone and followed by each component "
              "rule. A class nested in another that the model "
              "predicts (the fingerprint's label nesting) also tries dropping its components beside none of that "
-             "class and the classes nested in it")
+             "class and the classes nested in it. No candidate is chosen that loses a reference component of at "
+             f"least {GUARDED_OBJECT_ML} mL the class's prediction touched in a CV case (a lesion of 10 mm)")
     decision.save(ModelFolder(model_dir).postprocessing)
     log.info("post-processing from %d CV cases: %s", len(cases), describe(decision, labels))
     return decision

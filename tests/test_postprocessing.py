@@ -430,3 +430,49 @@ def test_a_confidence_rule_and_a_component_rule_together_when_each_removes_what_
     assert np.array_equal(labels_out, ref)
     stored_decision = PostprocessingDecision.load(tmp_path / "model" / "postprocessing.json")
     assert stored_decision.rules == decision.rules
+
+
+def _found_lesion_and_false_specks() -> tuple[np.ndarray, np.ndarray]:
+    """One class (tumour). Reference: a 1000-voxel lesion and a 125-voxel one (5x5x5). Prediction:
+    the large lesion whole, a 25-voxel sliver of the small one (found, under-segmented) and three
+    25-voxel false specks apart from both. Dropping every 25-voxel component removes 75 false voxels
+    and 25 true ones: the Dice rises, the small lesion is lost."""
+    ref = np.zeros((12, 30, 30), np.uint8)
+    ref[1:11, 1:11, 1:11] = 1
+    ref[1:6, 20:25, 20:25] = 1
+    pred = ref.copy()
+    pred[2:6, 20:25, 20:25] = 0  # only the slice z=1 of the small lesion is predicted
+    pred[10:11, 20:25, 20:25] = 1
+    pred[7:8, 14:19, 25:30] = 1
+    pred[10:11, 1:6, 20:25] = 1
+    return pred, ref
+
+
+def test_a_rule_that_loses_a_found_lesion_of_10_mm_is_never_chosen_whatever_its_dice(tmp_path: Path) -> None:
+    """At 2 mm voxels the small lesion holds 1.0 mL (a sphere of 12 mm) and its found sliver 0.2 mL,
+    as large as each false speck. The 0.3 mL minimum, the largest-component rule and all foreground
+    as one raise the CV Dice by dropping the sliver with the specks: refused, with the lesions each
+    loses in the evidence. The same layout at 1 mm voxels (the lesion 0.125 mL, under the guarded
+    0.52 mL) is decided by Dice alone."""
+    pred, ref = _found_lesion_and_false_specks()
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(tmp_path, fold, case, pred, ref)
+    decision = determine_postprocessing(tmp_path / "model", tmp_path / "data", {0: "bg", 1: "tumour"},
+                                        (2.0, 2.0, 2.0))
+    assert decision is not None
+    tumour, whole = decision.evidence["tumour"], decision.evidence["all foreground"]
+    assert tumour.candidates["min_component_ml=0.3"] > tumour.dice_before  # Dice alone would choose it
+    assert whole.candidates["keep_largest_foreground"] > whole.dice_before
+    assert tumour.objects_lost == {"keep_largest_component": 2, "min_component_ml=0.3": 2, "min_component_ml=1.0": 2}
+    assert whole.objects_lost == {"keep_largest_foreground": 2}
+    assert tumour.choice == "none" and not whole.enabled and decision.rules == PostprocessingDecision.load(
+        tmp_path / "model" / "postprocessing.json").rules
+    assert not decision.keep_largest_foreground and decision.min_component_ml == {}
+    assert decision.keep_largest_component == ()
+
+    fine = tmp_path / "fine"
+    for fold, case in ((0, "a"), (1, "b")):
+        _write(fine, fold, case, pred, ref)
+    decision = determine_postprocessing(fine / "model", fine / "data", {0: "bg", 1: "tumour"}, (1.0, 1.0, 1.0))
+    assert decision is not None and decision.keep_largest_foreground  # 0.125 mL: not guarded
+    assert decision.evidence["tumour"].objects_lost is None
