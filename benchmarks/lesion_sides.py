@@ -1,0 +1,103 @@
+"""Which side of the body each reference lesion lies on, and whether predictions found it.
+
+A model trained without left-right mirroring (the planner's decision where the classes lie on one
+side, docs/planning.md) sees a lesion in the left lobe of the liver only where its training cases
+have one. This lists, for a task folder's held-out cases (``imagesTs``/``labelsTs``), every reference
+lesion of a class (26-connected component, at least ``--min-ml``) with its side: the LPS x of its
+centre of mass relative to the body's extent along x (-0.5 the patient's right edge, +0.5 the left;
+the body is every voxel above -300 HU), and whether each prediction folder touches it (as
+``race_task.case_lesions`` counts a lesion found); then the recall per side, and the sides of the
+training cases' lesions (``labelsTr``). Not run by CI::
+
+    .venv/bin/python benchmarks/lesion_sides.py benchmarks/work/race_tasks/family2/Task08_HepaticVessel \\
+        benchmarks/work/race_f2/predictions/autoseg_20m benchmarks/work/race_f2/predictions/nnunet_small_20m
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoseg.evaluation import components
+from autoseg.io import read_image, read_label
+
+BODY_HU = -300.0
+
+
+def lps_x(geometry: Any, index_x: float) -> float:
+    """LPS x (mm) of the array column ``index_x`` at the volume's first voxel row and slice."""
+    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)  # (x, y, z) columns, ITK order
+    return float(geometry.origin[0] + direction[0, 0] * index_x * geometry.spacing[0])
+
+
+def case_lesions(image_file: Path, label_file: Path, label: int, min_ml: float) -> list[dict[str, Any]]:
+    """Each reference lesion of ``label`` of at least ``min_ml``: its mask, volume and side."""
+    image, geometry = read_image(image_file)
+    image = image[0]
+    ref, _ = read_label(label_file)
+    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+    if np.count_nonzero(np.abs(direction) > 1e-3) != 3 or abs(abs(direction[0, 0]) - 1) > 1e-3:
+        raise SystemExit(f"{image_file}: the array's x axis is not the patient's left-right axis; this tool "
+                         "reads sides from axis-aligned images stored with x left-right only")
+    body = np.flatnonzero((image > BODY_HU).any(axis=(0, 1)))
+    if body.size == 0:
+        return []
+    left_edge, right_edge = sorted((lps_x(geometry, body[0]), lps_x(geometry, body[-1])))
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    labelled, n = components(ref == label)
+    out = []
+    for i in range(1, n + 1):
+        mask = labelled == i
+        volume = float(np.count_nonzero(mask)) * voxel_ml
+        if volume < min_ml:
+            continue
+        x = lps_x(geometry, float(np.nonzero(mask)[2].mean()))
+        side = (x - left_edge) / max(right_edge - left_edge, 1e-6) - 0.5  # LPS: larger x is the patient's left
+        out.append({"mask": mask, "ml": volume, "side": side})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("task", type=Path, help="MSD task folder with imagesTs/labelsTs (and imagesTr/labelsTr)")
+    p.add_argument("predictions", type=Path, nargs="*", help="prediction folders (label maps named like the cases)")
+    p.add_argument("--label", type=int, default=2, help="the lesion class's value (default 2, Task08's tumour)")
+    p.add_argument("--min-ml", type=float, default=0.5, help="smallest lesion counted (default 0.5 mL)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    training = [les["side"] for f in sorted((args.task / "labelsTr").glob("*.nii.gz"))
+                for les in case_lesions(args.task / "imagesTr" / f.name, f, args.label, args.min_ml)]
+    print(f"training lesions from {args.min_ml} mL: {sum(s > 0 for s in training)} of {len(training)} on the "
+          f"patient's left")
+    rows = []
+    for ref_file in sorted((args.task / "labelsTs").glob("*.nii.gz")):
+        lesions = case_lesions(args.task / "imagesTs" / ref_file.name, ref_file, args.label, args.min_ml)
+        preds = [read_label(folder / ref_file.name)[0] for folder in args.predictions]
+        for les in lesions:
+            found = [bool((pred[les["mask"]] == args.label).any()) for pred in preds]
+            rows.append({"case": ref_file.name, "ml": round(les["ml"], 2), "side": round(les["side"], 3),
+                         "found": found})
+    for row in sorted(rows, key=lambda r: r["side"]):
+        marks = " ".join("found" if f else "missed" for f in row["found"])
+        print(f"{row['case']}  {row['ml']:7.2f} mL  side {row['side']:+.2f}  {marks}")
+    summary = {}
+    for k, folder in enumerate(args.predictions):
+        per_side = {}
+        for name, keep in (("right", lambda s: s <= 0), ("left", lambda s: s > 0)):
+            chosen = [r["found"][k] for r in rows if keep(r["side"])]
+            per_side[name] = [sum(chosen), len(chosen)]
+        summary[str(folder)] = per_side
+        print(f"{folder}: right {per_side['right'][0]} of {per_side['right'][1]}, "
+              f"left {per_side['left'][0]} of {per_side['left'][1]}")
+    if args.json:
+        args.json.write_text(json.dumps({"task": str(args.task), "min_ml": args.min_ml, "training_sides": training,
+                                         "lesions": rows, "recall_by_side": summary}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
