@@ -208,7 +208,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(work/large), with paired bootstrap intervals; trains nothing")
     p.add_argument("--large-test-rows", nargs="+", default=list(LARGE_TEST_ROWS), metavar="ROW",
                    help=f"rows for --large-test (default {' '.join(LARGE_TEST_ROWS)})")
+    p.add_argument("--postprocess", action="store_true",
+                   help="with --task: for the trained autoseg rows of --budgets and --seeds, decide the "
+                        "post-processing from fold 0's held-out cases (autoseg find_best, as a user would) and "
+                        "predict the test cases with it, as rows autoseg[pp] (autoseg[pp][drawS]); trains nothing")
     p.add_argument("--report", action="store_true", help="only print the table and update the docs")
+    p.add_argument("--also", nargs="+", type=Path, default=[], metavar="FILE",
+                   help="with --task --report: add the rows of these results files of the same task (a variant "
+                        "planned with other --autoseg-plan-args, raced into its own --results), so that the "
+                        "report pairs them with this file's rows")
     args = p.parse_args(argv)
     if args.task is None:
         for name, default in (("num_training", 10), ("test", 6), ("seed", 2026)):
@@ -845,8 +853,15 @@ def task_race(args: argparse.Namespace) -> int:
         where = "the phantom race" if not isinstance(old_task, dict) else f"the race on {old_task.get('path')}"
         raise SystemExit(f"{results_path} holds {where}; give this task its own file (--results)")
     if args.report:
-        print(rt.report(results))
+        print(rt.report(with_rows_of(results, args.also, task)))
         return 0
+    if args.also:
+        raise SystemExit("--also adds rows to a --report only")
+    if args.postprocess:
+        if old_task != desc:
+            raise SystemExit(f"--postprocess: {results_path} holds no race of {task.root} as it is now")
+        return postprocess_rows(args, task, work, test_inputs(task.root, work / "test_inputs"), results,
+                                results_path)
     if args.autoseg_args and not args.variant:
         raise SystemExit("--autoseg-args needs --variant NAME (the rows' name)")
     (BENCH / "work").mkdir(exist_ok=True)  # where run_measured runs the tools
@@ -875,9 +890,9 @@ def task_race(args: argparse.Namespace) -> int:
             write_nnunet_splits(work, task.name)
         if "nnunet_small" in args.contestants and "nnunet_small_plan" not in results:
             results["nnunet_small_plan"] = shrink_nnunet_plan(work, dataset_name=task.name)
+    inputs = test_inputs(task.root, work / "test_inputs")
     results["machine"] = machine_info(nn.PYTHON)
     save_results(results, results_path)
-    inputs = test_inputs(task.root, work / "test_inputs")
     for budget, name in planned_rows(args):
         row = train_and_predict(name, budget, budget_seconds(budget), work, inputs, args.autoseg_args,
                                 dataset=str(task.root), dataset_name=task.name, best=False)
@@ -893,6 +908,73 @@ def task_race(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_rows_of(results: dict[str, Any], files: list[Path], task: "rt.RaceTask") -> dict[str, Any]:
+    """``results`` with the rows of the race results ``files`` added (``--also``): each must be a race
+    of the same task folder, cases and classes, and name its rows apart from every other file's."""
+    merged = {**results, "runs": dict(results.get("runs", {}))}
+    for path in files:
+        other = load_results(path)
+        theirs, ours = other.get("task"), results.get("task")
+        same = ("path", "classes", "training_cases", "test_cases")
+        if not isinstance(theirs, dict) or not isinstance(ours, dict) or any(theirs.get(k) != ours.get(k) for k in same):
+            raise SystemExit(f"--also {path}: not a race of {task.root} with the same cases and classes")
+        clash = sorted(set(other["runs"]) & set(merged["runs"]))
+        if clash:
+            raise SystemExit(f"--also {path}: rows {', '.join(clash)} are in two files; race the variant with "
+                             "--variant NAME so that its rows are named apart")
+        merged["runs"].update(other["runs"])
+    return merged
+
+
+def postprocessed_row(name: str) -> str:
+    """The row of an autoseg row's post-processed predictions (``autoseg[draw2]`` -> ``autoseg[pp][draw2]``)."""
+    return draw_row(f"{draw_of(name)}[pp]", seed_of(name))
+
+
+def postprocess_rows(args: argparse.Namespace, task: "rt.RaceTask", work: Path, inputs: Path,
+                     results: dict[str, Any], results_path: Path) -> int:
+    """``--postprocess``: each trained autoseg row of the arguments' budgets and seeds decides its
+    post-processing from fold 0's held-out cases (``autoseg find_best`` writes ``postprocessing.json``
+    into the row's model folder) and predicts the test cases with it (``predict`` applies it), scored
+    as the row :func:`postprocessed_row`. nnU-Net's rows stay as they are (raw, as raced)."""
+    logs = work / "logs"
+    rows = [(b, n) for b, n in planned_rows(args) if n.startswith("autoseg") and "[pp]" not in n]
+    missing = [f"{n}@{b}" for b, n in rows if f"{n}@{b}" not in results["runs"]]
+    if missing or not rows:
+        raise SystemExit(f"--postprocess: no trained row {', '.join(missing) or 'of autoseg'} in {results_path}; "
+                         "race it first (without --postprocess)")
+    for budget, name in rows:
+        tag = f"{name}_{budget}"
+        out_dir = work / "predictions" / f"{postprocessed_row(name)}_{budget}"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        cmd, env = predict_command(name, budget, work, inputs, out_dir, dataset_name=task.name)
+        decide = run_measured(tag, [sys.executable, "-m", "autoseg", "find_best", "-d", str(task.root)], env,
+                              logs / f"{tag}_find_best.log", {}, 7200)
+        if decide.returncode:
+            raise SystemExit(f"autoseg find_best failed: see {decide.log}")
+        model = next((work / "autoseg_results" / tag).glob(f"{task.name}/*/plans.json")).parent
+        decision = json.loads((model / "postprocessing.json").read_text())
+        predict = run_measured(tag, cmd, env, logs / f"{tag}_pp_predict.log", {}, 7200)
+        if predict.returncode:
+            raise SystemExit(f"autoseg predict failed: see {predict.log}")
+        row = {**results["runs"][f"{name}@{budget}"], "contestant": postprocessed_row(name),
+               "predictions": str(out_dir), "predict_wall_s": predict.wall_s,
+               "predict_peak_rss_gib": round(predict.peak_rss_bytes / 2**30, 2), "find_best_wall_s": decide.wall_s,
+               "postprocessing": {k: decision.get(k) for k in ("keep_largest_foreground", "keep_largest_component",
+                                                               "min_component_ml", "min_component_confidence",
+                                                               "inside_parent")},
+               "time": time.strftime("%Y-%m-%d %H:%M")}
+        row.update(score(out_dir, task.root, task.classes), base=draw_of(row["contestant"]))
+        results["runs"][f"{row['contestant']}@{budget}"] = row
+        save_results(results, results_path)
+        print(json.dumps({k: row[k] for k in ("contestant", "budget", "seed", "postprocessing", "test_dice")}),
+              flush=True)
+    text = rt.report(results)
+    results_path.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.variant and draw_of(f"x[{args.variant}]") == "x":
@@ -904,6 +986,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--seeds trains; it does nothing with --report, --large-test, --score-best or --retime-plans")
         if len(set(args.seeds)) < len(args.seeds):
             raise SystemExit(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice would train one draw twice")
+    if args.postprocess and (args.task is None or args.report):
+        raise SystemExit("--postprocess scores the trained autoseg rows of a --task race; give --task, not --report")
     if args.task is not None:
         return task_race(args)
     if args.draw is not None:
