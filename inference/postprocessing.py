@@ -36,8 +36,8 @@ of at least ``GUARDED_OBJECT_ML`` (a lesion of 10 mm, RECIST's smallest measurab
 class's prediction touched in a CV case and no longer touches after the rule. Dice weighs voxels, so
 a rule that drops a found 1 mL lesion together with 3 mL of false tumour raises the mean Dice; a
 reader counts the lesion lost (issue 22: a 0.3 mL minimum and a 0.95 confidence, chosen by Dice on
-four CV cases, dropped found 0.5-3 mL lesions of the test phantoms). Sizes are volumes, so a decision taken on the
-preprocessed grid applies on any input grid. The decision and its evidence
+four CV cases, dropped found 0.5-3 mL lesions of the test phantoms). Sizes are volumes, so a
+decision taken on the preprocessed grid applies on any input grid. The decision and its evidence
 (:class:`~autoseg.artefacts.PostprocessingDecision`) are stored with the model
 (``ModelFolder.postprocessing``); ``autoseg predict`` applies it and ``autoseg export`` ships it.
 """
