@@ -45,7 +45,7 @@ sys.path.insert(0, str(BENCH))
 
 from bench_common import append_result, cpu_model, run_autoseg as autoseg  # noqa: E402
 from error_tissues import tissue_maps, tissue_names  # noqa: E402
-from race_task import SIZE_BINS, case_lesions  # noqa: E402
+from race_task import SIZE_BINS, case_lesions, decision_rules  # noqa: E402
 
 from autoseg.io import read_label  # noqa: E402
 from autoseg.metrics import dice_per_class, mean_present  # noqa: E402
@@ -153,24 +153,19 @@ def run_family(family: int, args: argparse.Namespace) -> dict[str, Any]:
             ["train", "-d", "Task08", "-f", "0", "--steps", str(args.steps), "--threads", str(args.threads),
              "--seed", str(seed), *shlex.split(args.train_args)], run_env, log)
         autoseg(["find_best", "-d", "Task08"], run_env, log)
-        decision = json.loads(next((work / f"results_seed{seed}").glob("*/*/postprocessing.json")).read_text())
+        rules = decision_rules(next((work / f"results_seed{seed}").glob("*/*/postprocessing.json")))
         arms = {}
         for arm, extra in (("postprocessed", []), ("raw", ["--no-postprocessing"])):
             preds = work / f"pred_seed{seed}" / arm
             autoseg(["predict", "-i", str(task / "imagesTs"), "-o", str(preds), "-d", "Task08", "-f", "0",
                      "--threads", str(args.threads), "--overwrite", *extra], run_env, log)
             arms[arm] = score_arm(task / "labelsTs", preds)
-        rules = {k: decision.get(k) for k in RULES}
         plans = json.loads(next((work / f"results_seed{seed}").glob("*/*/plans.json")).read_text())
         out[str(seed)] = {"train_seconds": seconds, "rules": rules, "arms": arms,
                           "augmentation": plans.get("augmentation")}
         if args.merged:
             out[str(seed)]["merged"] = run_merged(family, seed, args, work, env, task)
     return out
-
-
-RULES = ("keep_largest_foreground", "keep_largest_component", "min_component_ml", "min_component_confidence",
-         "inside_parent")
 
 
 def run_merged(family: int, seed: int, args: argparse.Namespace, work: Path, env: dict[str, str],
@@ -187,21 +182,21 @@ def run_merged(family: int, seed: int, args: argparse.Namespace, work: Path, env
         ["train", "-d", MERGED, "-f", "0", "--steps", str(2 * args.steps), "--threads", str(args.threads),
          "--seed", str(seed)], run_env, log)
     autoseg(["find_best", "-d", MERGED], run_env, log)
-    decision = json.loads(next(results.glob("*/*/postprocessing.json")).read_text())
+    rules = decision_rules(next(results.glob("*/*/postprocessing.json")))
     arms = {}
     for arm, extra in (("postprocessed", []), ("raw", ["--no-postprocessing"])):
         preds = work / f"pred_merged_seed{seed}" / arm
         autoseg(["predict", "-i", str(task / "imagesTs"), "-o", str(preds), "-d", MERGED, "-f", "0",
                  "--threads", str(args.threads), "--overwrite", *extra], run_env, log)
         arms[arm] = score_arm(task / "labelsTs", preds, to_task08)
-    if decision.get("inside_parent"):  # the same decision without that rule: what it alone buys, paired
+    if rules["inside_parent"]:  # the same decision without that rule: what it alone buys, paired
         model = without_inside_parent(next(results.glob("*/*/postprocessing.json")).parent,
                                       work / f"model_merged_seed{seed}_without_inside_parent")
         preds = work / f"pred_merged_seed{seed}" / "postprocessed_without_inside_parent"
         autoseg(["predict", "-i", str(task / "imagesTs"), "-o", str(preds), "-m", str(model), "-f", "0",
                  "--threads", str(args.threads), "--overwrite"], run_env, log)
         arms["postprocessed_without_inside_parent"] = score_arm(task / "labelsTs", preds, to_task08)
-    return {"train_seconds": seconds, "steps": 2 * args.steps, "rules": {k: decision.get(k) for k in RULES},
+    return {"train_seconds": seconds, "steps": 2 * args.steps, "rules": rules,
             "arms": arms}
 
 

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 
 from autoseg.evaluation import components
-from autoseg.io import read_image, read_label
+from autoseg.io import Geometry, read_image, read_label
 
 BODY_HU = -300.0
 
 
-def lps_x(geometry: Any, index_x: float) -> float:
-    """LPS x (mm) of the array column ``index_x`` at the volume's first voxel row and slice."""
-    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)  # (x, y, z) columns, ITK order
-    return float(geometry.origin[0] + direction[0, 0] * index_x * geometry.spacing[0])
+def lps_x(geometry: Geometry, index_x: float) -> float:
+    """LPS x (mm) of the array column ``index_x`` of an image whose x axis is the left-right axis
+    (``geometry.direction[0]``, ITK's row-major matrix, is then +1 or -1)."""
+    return float(geometry.origin[0] + geometry.direction[0] * index_x * geometry.spacing[0])
 
 
 def case_lesions(image_file: Path, label_file: Path, label: int, min_ml: float) -> list[dict[str, Any]]:

@@ -509,16 +509,20 @@ def draw_of(contestant: str) -> str:
     return base if rest[:-1].isdigit() and rest.endswith("]") else contestant
 
 
+def autoseg_model(work: Path, tag: str, dataset_name: str = MSD_TASK) -> Path:
+    """The model folder an autoseg row (``tag``: ``<contestant>_<budget>``) trained."""
+    return next((work / "autoseg_results" / tag).glob(f"{dataset_name}/*/plans.json")).parent
+
+
 def predict_command(contestant: str, budget: str, work: Path, inputs: Path, out_dir: Path,
                     autoseg_pre: str = "autoseg_pre", dataset_name: str = MSD_TASK) -> tuple[list[str], dict[str, str]]:
     """The command and environment with which a trained contestant predicts ``inputs`` into
     ``out_dir``: fold 0's final weights, no mirroring, for both tools."""
     tag = f"{contestant}_{budget}"
     if contestant.startswith("autoseg"):
-        results = work / "autoseg_results" / tag
-        model = next(results.glob(f"{dataset_name}/*/plans.json")).parent
         return ([sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out_dir),
-                 "-m", str(model), "-f", "0"], autoseg_env(work, results, autoseg_pre))
+                 "-m", str(autoseg_model(work, tag, dataset_name)), "-f", "0"],
+                autoseg_env(work, work / "autoseg_results" / tag, autoseg_pre))
     env = {**nn.env(work / "nnunet"), "nnUNet_results": str(work / "nnunet_results" / tag)}
     return ([nn.command("nnUNetv2_predict"), "-i", str(inputs), "-o", str(out_dir), "-d", "8", "-c", nn.CONFIG,
              "-p", nnunet_plans_name(contestant), "-tr", "nnUNetTrainer_Budget", "-f", "0", "-device", "cpu",
@@ -546,7 +550,7 @@ def train_and_predict(contestant: str, budget: str, budget_s: float | None, work
                              env, logs / f"{tag}_train.log", {}, timeout)
         if train.returncode:
             raise SystemExit(f"{train.tool} failed: see {train.log}")
-        model = next(results.glob(f"{dataset_name}/*/plans.json")).parent
+        model = autoseg_model(work, tag, dataset_name)
         steps, step_s = step_figures(fold_log(model))
         plans = json.loads((model / "plans.json").read_text())
         plan = {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
@@ -952,17 +956,14 @@ def postprocess_rows(args: argparse.Namespace, task: "rt.RaceTask", work: Path, 
                               logs / f"{tag}_find_best.log", {}, 7200)
         if decide.returncode:
             raise SystemExit(f"autoseg find_best failed: see {decide.log}")
-        model = next((work / "autoseg_results" / tag).glob(f"{task.name}/*/plans.json")).parent
-        decision = json.loads((model / "postprocessing.json").read_text())
+        rules = rt.decision_rules(autoseg_model(work, tag, task.name) / "postprocessing.json")
         predict = run_measured(tag, cmd, env, logs / f"{tag}_pp_predict.log", {}, 7200)
         if predict.returncode:
             raise SystemExit(f"autoseg predict failed: see {predict.log}")
         row = {**results["runs"][f"{name}@{budget}"], "contestant": postprocessed_row(name),
                "predictions": str(out_dir), "predict_wall_s": predict.wall_s,
                "predict_peak_rss_gib": round(predict.peak_rss_bytes / 2**30, 2), "find_best_wall_s": decide.wall_s,
-               "postprocessing": {k: decision.get(k) for k in ("keep_largest_foreground", "keep_largest_component",
-                                                               "min_component_ml", "min_component_confidence",
-                                                               "inside_parent")},
+               "postprocessing": rules,
                "time": time.strftime("%Y-%m-%d %H:%M")}
         row.update(score(out_dir, task.root, task.classes), base=draw_of(row["contestant"]))
         results["runs"][f"{row['contestant']}@{budget}"] = row

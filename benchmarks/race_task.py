@@ -10,10 +10,11 @@ components with :func:`autoseg.evaluation.components`, the same labelling.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,15 @@ def nnunet_raw(task: RaceTask, out: Path) -> Path:
 
 
 # --- lesion-wise scores ---------------------------------------------------------------------------
+
+def decision_rules(path: Path) -> dict[str, Any]:
+    """The rules of a stored post-processing decision (``postprocessing.json``) as written there, one
+    key per field of :class:`autoseg.artefacts.PostprocessingRules` (None where an older decision has none)."""
+    from autoseg.artefacts import PostprocessingRules
+
+    decision = json.loads(path.read_text())
+    return {f.name: decision.get(f.name) for f in fields(PostprocessingRules)}
+
 
 def size_bin(volume_ml: float) -> str:
     """The bin of a reference lesion's volume."""

@@ -142,11 +142,15 @@ def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
     meta["labels"] = {"0": "background", "1": "vein", "2": "mass"}
     (task / "dataset.json").write_text(json.dumps(meta))
     results = tmp_path / "race.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task),
-                           "--contestants", "autoseg", "--budgets", "3steps", "--seeds", "1", "2",
-                           "--work", str(tmp_path / "work"), "--results", str(results),
-                           "--autoseg-plan-args", "--cpu-gflops 20 --step-time 0.3 -j 1"],
-                          capture_output=True, text=True, timeout=600)
+
+    def race(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task),
+                               "--work", str(tmp_path / "work"), "--autoseg-plan-args",
+                               "--cpu-gflops 20 --step-time 0.3 -j 1", *args],
+                              capture_output=True, text=True, timeout=600)
+
+    draws = ("--contestants", "autoseg", "--budgets", "3steps", "--seeds", "1", "2", "--results", str(results))
+    done = race(*draws)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = json.loads(results.read_text())["runs"]
     assert sorted(runs) == ["autoseg@3steps", "autoseg[draw2]@3steps"]
@@ -167,11 +171,7 @@ def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
     assert "false-positive lesions per case" in report and "found <0.5 mL" in report
     # --postprocess: each trained draw decides its post-processing from its own held-out case and
     # predicts the test cases with it, as rows autoseg[pp] and autoseg[pp][draw2]; nothing trains again
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task),
-                           "--contestants", "autoseg", "--budgets", "3steps", "--seeds", "1", "2", "--postprocess",
-                           "--work", str(tmp_path / "work"), "--results", str(results),
-                           "--autoseg-plan-args", "--cpu-gflops 20 --step-time 0.3 -j 1"],
-                          capture_output=True, text=True, timeout=600)
+    done = race(*draws, "--postprocess")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     after = json.loads(results.read_text())["runs"]
     assert sorted(after) == ["autoseg@3steps", "autoseg[draw2]@3steps", "autoseg[pp]@3steps",
@@ -185,11 +185,8 @@ def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
         assert row["postprocessing"]["min_component_ml"] == decision["min_component_ml"]
         assert set(row["test_dice"]) == {"vein", "mass"} and row["predictions"] != after[f"{raw}@3steps"]["predictions"]
     assert "| 3steps | autoseg[pp] | mass | 2 (1, 2) |" in results.with_suffix(".md").read_text()
-    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task),
-                              "--contestants", "autoseg", "--budgets", "3steps", "--seeds", "3", "--postprocess",
-                              "--work", str(tmp_path / "work"), "--results", str(results),
-                              "--autoseg-plan-args", "--cpu-gflops 20 --step-time 0.3 -j 1"],
-                             capture_output=True, text=True, timeout=600)
+    refused = race("--contestants", "autoseg", "--budgets", "3steps", "--seeds", "3", "--postprocess",
+                   "--results", str(results))
     assert refused.returncode != 0 and "no trained row autoseg[draw3]@3steps" in refused.stderr
     # --also: a variant raced into its own results file joins the report, paired with these rows
     variant = json.loads(results.read_text())
@@ -201,14 +198,8 @@ def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
     variant["runs"] = renamed
     other = tmp_path / "race_variant.json"
     other.write_text(json.dumps(variant))
-    report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task), "--report",
-                             "--results", str(results), "--also", str(other), "--work", str(tmp_path / "work"),
-                             "--autoseg-plan-args", "--cpu-gflops 20 --step-time 0.3 -j 1"],
-                            capture_output=True, text=True, timeout=600)
+    report = race("--report", "--results", str(results), "--also", str(other))
     assert report.returncode == 0, report.stderr[-3000:]
     assert "| 3steps | autoseg minus autoseg[v] | mass | +0.000 [+0.000, +0.000] |" in report.stdout
-    clash = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task), "--report",
-                            "--results", str(results), "--also", str(results), "--work", str(tmp_path / "work"),
-                            "--autoseg-plan-args", "--cpu-gflops 20 --step-time 0.3 -j 1"],
-                           capture_output=True, text=True, timeout=600)
+    clash = race("--report", "--results", str(results), "--also", str(results))
     assert clash.returncode != 0 and "are in two files" in clash.stderr
