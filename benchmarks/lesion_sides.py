@@ -1,4 +1,4 @@
-"""Which side of the body each reference lesion lies on, and whether predictions found it.
+"""Which side of the body each reference lesion lies on, how visible it is, and whether predictions found it.
 
 A model trained without left-right mirroring (the planner's decision where the classes lie on one
 side, docs/planning.md) sees a lesion in the left lobe of the liver only where its training cases
@@ -7,7 +7,14 @@ lesion of a class (26-connected component, at least ``--min-ml``) with its side:
 centre of mass relative to the body's extent along x (-0.5 the patient's right edge, +0.5 the left;
 the body is every voxel above -300 HU), and whether each prediction folder touches it (as
 ``race_task.case_lesions`` counts a lesion found); then the recall per side, and the sides of the
-training cases' lesions (``labelsTr``). Not run by CI::
+training cases' lesions (``labelsTr``).
+
+Visibility, to tell a lesion the model cannot see from one it has not learnt: its contrast is the
+median HU of its core (the lesion less one voxel of rim, where that leaves any) minus the median of
+a ring around it (one to three voxels out, background label, soft tissue -30 to 300 HU: no air, fat or
+bone); its CNR is that contrast over the ring's robust SD (1.4826 x its median absolute deviation),
+which holds noise and texture. Each prediction's coverage is the share of the lesion's voxels it
+labels with the class. Not run by CI::
 
     .venv/bin/python benchmarks/lesion_sides.py benchmarks/work/race_tasks/family2/Task08_HepaticVessel \\
         benchmarks/work/race_f2/predictions/autoseg_20m benchmarks/work/race_f2/predictions/nnunet_small_20m
@@ -26,6 +33,27 @@ from autoseg.evaluation import components
 from autoseg.io import Geometry, read_image, read_label
 
 BODY_HU = -300.0
+#: The soft-tissue HU range of a lesion's surrounding ring (excludes air, fat and bone).
+RING_HU = (-30.0, 300.0)
+#: CNR bands of the recall table.
+CNR_BANDS = ((0.0, 1.0), (1.0, 2.0), (2.0, float("inf")))
+
+
+def visibility(image: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
+    """Contrast (HU), the ring's robust SD (HU) and CNR of lesion ``mask`` against its surroundings."""
+    from scipy import ndimage
+
+    core = ndimage.binary_erosion(mask)
+    if not core.any():
+        core = mask
+    ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask)
+    ring &= (ref == 0) & (image > RING_HU[0]) & (image < RING_HU[1])
+    if not ring.any():
+        return float("nan"), float("nan"), float("nan")
+    around = float(np.median(image[ring]))
+    contrast = float(np.median(image[core])) - around
+    sd = 1.4826 * float(np.median(np.abs(image[ring] - around)))
+    return contrast, sd, abs(contrast) / max(sd, 1e-6)
 
 
 def lps_x(geometry: Geometry, index_x: float) -> float:
@@ -35,7 +63,7 @@ def lps_x(geometry: Geometry, index_x: float) -> float:
 
 
 def case_lesions(image_file: Path, label_file: Path, label: int, min_ml: float) -> list[dict[str, Any]]:
-    """Each reference lesion of ``label`` of at least ``min_ml``: its mask, volume and side."""
+    """Each reference lesion of ``label`` of at least ``min_ml``: its mask, volume, side and visibility."""
     image, geometry = read_image(image_file)
     image = image[0]
     ref, _ = read_label(label_file)
@@ -57,7 +85,8 @@ def case_lesions(image_file: Path, label_file: Path, label: int, min_ml: float) 
             continue
         x = lps_x(geometry, float(np.nonzero(mask)[2].mean()))
         side = (x - left_edge) / max(right_edge - left_edge, 1e-6) - 0.5  # LPS: larger x is the patient's left
-        out.append({"mask": mask, "ml": volume, "side": side})
+        contrast, sd, cnr = visibility(image, ref, mask)
+        out.append({"mask": mask, "ml": volume, "side": side, "contrast": contrast, "ring_sd": sd, "cnr": cnr})
     return out
 
 
@@ -78,24 +107,29 @@ def main(argv: list[str] | None = None) -> int:
         lesions = case_lesions(args.task / "imagesTs" / ref_file.name, ref_file, args.label, args.min_ml)
         preds = [read_label(folder / ref_file.name)[0] for folder in args.predictions]
         for les in lesions:
-            found = [bool((pred[les["mask"]] == args.label).any()) for pred in preds]
+            covered = [float(np.mean(pred[les["mask"]] == args.label)) for pred in preds]
             rows.append({"case": ref_file.name, "ml": round(les["ml"], 2), "side": round(les["side"], 3),
-                         "found": found})
+                         "contrast": round(les["contrast"], 1), "ring_sd": round(les["ring_sd"], 1),
+                         "cnr": round(les["cnr"], 2), "found": [c > 0 for c in covered],
+                         "covered": [round(c, 3) for c in covered]})
     for row in sorted(rows, key=lambda r: r["side"]):
-        marks = " ".join("found" if f else "missed" for f in row["found"])
-        print(f"{row['case']}  {row['ml']:7.2f} mL  side {row['side']:+.2f}  {marks}")
+        marks = " ".join(f"found {c:.2f}" if f else "missed" for f, c in zip(row["found"], row["covered"]))
+        print(f"{row['case']}  {row['ml']:7.2f} mL  side {row['side']:+.2f}  contrast {row['contrast']:+6.1f} HU  "
+              f"CNR {row['cnr']:5.2f}  {marks}")
     summary = {}
     for k, folder in enumerate(args.predictions):
         per_side = {}
         for name, keep in (("right", lambda s: s <= 0), ("left", lambda s: s > 0)):
             chosen = [r["found"][k] for r in rows if keep(r["side"])]
             per_side[name] = [sum(chosen), len(chosen)]
+        for lo, hi in CNR_BANDS:
+            chosen = [r["found"][k] for r in rows if lo <= r["cnr"] < hi]
+            per_side[f"cnr {lo:g}-{hi:g}"] = [sum(chosen), len(chosen)]
         summary[str(folder)] = per_side
-        print(f"{folder}: right {per_side['right'][0]} of {per_side['right'][1]}, "
-              f"left {per_side['left'][0]} of {per_side['left'][1]}")
+        print(f"{folder}: " + ", ".join(f"{name} {n} of {m}" for name, (n, m) in per_side.items()))
     if args.json:
         args.json.write_text(json.dumps({"task": str(args.task), "min_ml": args.min_ml, "training_sides": training,
-                                         "lesions": rows, "recall_by_side": summary}, indent=1) + "\n")
+                                         "lesions": rows, "recall_by_side_and_cnr": summary}, indent=1) + "\n")
     return 0
 
 

@@ -42,3 +42,23 @@ def test_a_lesion_on_the_patients_left_is_on_the_left_however_the_file_is_stored
     # body from array x 5 to 34, lesion centre at 30: (30 - 5) / 29 - 0.5
     assert lesions[0]["side"] == pytest.approx(25 / 29 - 0.5)
     assert len(sides.case_lesions(image, labels, 2, 0.01)) == 2
+
+
+def test_visibility_reads_contrast_and_noise_from_the_parenchyma_around_a_lesion() -> None:
+    """A -40 HU lesion in 100 HU parenchyma with noise of SD 20 has CNR about 2; the fat and air
+    beside the ring do not count, and a lesion of the parenchyma's own HU has CNR about 0."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(100.0, 20.0, (30, 30, 30))
+    image[:, :, :6] = -1000.0  # air beside the liver
+    image[:, :, 6:9] = -100.0  # fat
+    ref = np.zeros(image.shape, np.uint8)
+    mask = np.zeros(image.shape, bool)
+    mask[10:20, 10:20, 9:19] = True
+    ref[mask] = 2
+    image[mask] -= 40.0
+    contrast, sd, cnr = sides.visibility(image, ref, mask)
+    assert contrast == pytest.approx(-40.0, abs=3.0)
+    assert sd == pytest.approx(20.0, rel=0.1)
+    assert cnr == pytest.approx(2.0, rel=0.15)
+    image[mask] += 40.0
+    assert sides.visibility(image, ref, mask)[2] < 0.2
