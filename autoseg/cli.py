@@ -208,6 +208,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability: give a number from 0 to 1")
+    return value
+
+
 def _parse_folds(values: list[str] | None) -> tuple[int, ...]:
     if not values or values == ["all"]:
         return (0, 1, 2, 3, 4)
@@ -238,6 +248,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="how a foreground-forced patch picks its centre: voxels (nnU-Net's: a lesion in proportion "
                         "to its size) or components (a connected component of the class at random, then a voxel "
                         "of it: small lesions as often as large ones); default: the recipe's (voxels)")
+    p.add_argument("--class-contrast", type=_probability, default=None, metavar="P",
+                   help="with probability P per training patch and labelled class in it, give the class a new "
+                        "contrast to the tissue around it (a CNR of 1-4, darker or brighter), keeping its texture: "
+                        "lesion kinds and contrast phases that a few training cases do not show (docs/training.md); "
+                        "default: the recipe's (0, off)")
     p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or "
                                                 "weighted_dice_focal (default: the recipe's)")
     budget = p.add_mutually_exclusive_group()
@@ -301,7 +316,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
                        steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
                        force=args.force, seed=args.seed, regions=args.regions, localiser=args.localiser,
-                       sampler=args.sampler)
+                       sampler=args.sampler, class_contrast=args.class_contrast)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",

@@ -127,6 +127,9 @@ class Recipe:
     oversample_foreground: float = 0.67
     #: How a foreground-forced patch picks its centre (:data:`Sampler`).
     sampler: Sampler = "voxels"
+    #: Probability per training patch and labelled class of a new contrast for the class
+    #: (:class:`autoseg.training.data.ClassContrastTransform`); absent: never.
+    class_contrast: float | None = optional()
     deep_supervision: bool = True
     plateau_patience: int = 3
     early_stop_patience: int = 0  # 0: never stop early

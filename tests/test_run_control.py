@@ -155,6 +155,8 @@ def test_compute_budget_is_steps_of_the_calibrated_step_time(env: Path) -> None:
     assert (recipe.steps, recipe.time_budget_s) == (None, 30.0)  # one budget replaces the other
     assert recipe.sampler == "voxels"
     assert apply_overrides(plans, TrainRequest("8", sampler="components")).recipe.sampler == "components"
+    assert recipe.class_contrast is None
+    assert apply_overrides(plans, TrainRequest("8", class_contrast=0.3)).recipe.class_contrast == 0.3
 
 
 def test_a_fold_being_trained_elsewhere_is_refused_until_its_holder_ends(

@@ -255,3 +255,61 @@ def test_init_copies_every_matching_tensor_and_refuses_another_network() -> None
     with pytest.raises(ConfigurationError, match="match the model's weights") as err:
         transfer_weights(wide, weights, "pretrained")
     assert "--features 8" in str(err.value)
+
+
+def _dark_lesion_patch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A (1, 1, 24, 32, 32) patch of parenchyma (0, noise SD 1) with a lesion of class 2 two SDs
+    darker, a vessel of class 1 and a partial label (value 3) in a corner."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(0.0, 1.0, (1, 1, 24, 32, 32)).astype(np.float32)
+    seg = np.zeros((1, 1, 24, 32, 32), np.float32)
+    seg[0, 0, 8:16, 10:20, 10:20] = 2
+    seg[0, 0, 2:4, 2:30, 3:5] = 1
+    seg[0, 0, 18:24, 26:32, 26:32] = 3
+    data[seg == 2] -= 2.0
+    return data, seg
+
+
+def test_class_contrast_gives_a_class_a_new_cnr_of_either_sign_and_keeps_its_texture() -> None:
+    from scipy import ndimage
+
+    from autoseg.training.data import CLASS_CONTRAST_CNR, ClassContrastTransform
+
+    lesion = _dark_lesion_patch()[1][0, 0] == 2
+    ring = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion)
+    classes = np.isin(_dark_lesion_patch()[1][0, 0], (1, 2))
+    far = ~ndimage.binary_dilation(classes, np.ones((3, 3, 3)), iterations=5) & (_dark_lesion_patch()[1][0, 0] == 0)
+    signs = set()
+    for seed in range(12):
+        data, seg = _dark_lesion_patch()
+        before = data.copy()
+        np.random.seed(seed)
+        out = ClassContrastTransform(1.0, num_classes=3)(data=data, seg=seg)["data"][0, 0]
+        cnr = (np.median(out[lesion]) - np.median(out[ring])) / np.std(out[ring])
+        assert CLASS_CONTRAST_CNR[0] - 0.3 <= abs(cnr) <= CLASS_CONTRAST_CNR[1] + 0.3
+        signs.add(bool(cnr > 0))
+        # texture kept: the lesion's voxels move together (one shift, blended only at the edge)
+        core = ndimage.binary_erosion(lesion, iterations=3)
+        assert np.std(out[core] - before[0, 0][core]) < 1e-4
+        assert np.array_equal(out[far], before[0, 0][far])  # nothing changes away from a class
+        assert np.array_equal(out[seg[0, 0] == 3], before[0, 0][seg[0, 0] == 3])  # partial labels are left
+    assert signs == {True, False}
+    data, seg = _dark_lesion_patch()
+    before = data.copy()
+    assert np.array_equal(ClassContrastTransform(0.0, num_classes=3)(data=data, seg=seg)["data"], before)
+
+
+def test_train_takes_class_contrast_as_a_probability(tmp_path: Path) -> None:
+    from autoseg.cli import build_parser
+
+    args = build_parser().parse_args(["train", "-d", "8", "--class-contrast", "0.3"])
+    assert args.class_contrast == 0.3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "-d", "8", "--class-contrast", "1.5"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "-d", "8", "--class-contrast", "often"])
+    cases = write_preprocessed(tmp_path / "data_root")
+    stream = make_train_stream(CaseStore(tmp_path / "data_root" / "data", cases), (8, 16, 16),
+                               Augmentation(in_plane_only=True), 2, 1.0, 0, 0, class_contrast=1.0, num_classes=3)
+    batch = next(stream)
+    assert batch["data"].shape == (2, 1, 8, 16, 16)

@@ -22,7 +22,7 @@ import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
 from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
                                                          ContrastAugmentationTransform, GammaTransform)
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
@@ -45,6 +45,9 @@ from autoseg.processes import die_with_parent
 OPEN_CASES = 16
 ROTATION_DEG = 30.0
 SCALE_RANGE = (0.85, 1.25)
+#: Class contrast randomisation (:class:`ClassContrastTransform`): the CNR a class is given against
+#: the tissue around it, drawn uniformly, of either sign. 1 is a faint lesion, 4 a plain one.
+CLASS_CONTRAST_CNR = (1.0, 4.0)
 
 
 @dataclass
@@ -213,9 +216,56 @@ class PatchLoader(SlimDataLoaderBase):
         return {"data": stacked[:, :-1], "seg": stacked[:, -1:], "keys": picks}
 
 
-def train_transforms(patch: tuple[int, ...], augmentation: Augmentation) -> Compose:
+class ClassContrastTransform(AbstractTransform):
+    """Give a labelled class a new contrast to the tissue around it, keeping its texture.
+
+    A few training cases show a lesion class in a few appearances (hypo- or hyperattenuating, one
+    contrast phase); test cases show others, and a network that learnt "tumour is darker than liver
+    by 50 HU" misses a tumour that is darker by 30 or brighter. With probability ``p`` per patch and
+    foreground class present in it (values 1 .. ``num_classes`` - 1; partial labels are left alone),
+    the class's voxels are shifted so that their median differs from the median of a ring around them
+    (one to three voxels out, no foreground class) by a CNR drawn from :data:`CLASS_CONTRAST_CNR`, of
+    either sign, the ring's robust SD being the noise. Every voxel of the class takes the whole shift,
+    and the voxels outside it a share that falls off as a Gaussian of one voxel's SD, so that the new
+    edge is about as soft as the image's own. Before the noise,
+    blur and intensity transforms, which then apply to the new contrast as to any other.
+    """
+
+    def __init__(self, p: float, num_classes: int) -> None:
+        self.p, self.num_classes = float(p), int(num_classes)
+
+    def __call__(self, **data_dict: Any) -> dict[str, Any]:
+        data, seg = data_dict["data"], data_dict["seg"]
+        for b in range(data.shape[0]):
+            labels = seg[b, 0]
+            for value in np.unique(labels):
+                if 0 < value < self.num_classes and np.random.uniform() < self.p:
+                    self._recontrast(data[b], labels, labels == value)
+        return data_dict
+
+    def _recontrast(self, image: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> None:
+        from scipy import ndimage
+
+        foreground = (labels > 0) & (labels < self.num_classes)
+        ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask) & ~foreground
+        if np.count_nonzero(ring) < 8:
+            return
+        weight = np.where(mask, 1.0, ndimage.gaussian_filter(mask.astype(np.float32), 1.0))
+        cnr = np.random.uniform(*CLASS_CONTRAST_CNR) * (1.0 if np.random.uniform() < 0.5 else -1.0)
+        for channel in image:
+            around = float(np.median(channel[ring]))
+            noise = 1.4826 * float(np.median(np.abs(channel[ring] - around)))
+            if noise <= 0.0:
+                continue
+            shift = around + cnr * noise - float(np.median(channel[mask]))
+            channel += (shift * weight).astype(channel.dtype)
+
+
+def train_transforms(patch: tuple[int, ...], augmentation: Augmentation, class_contrast: float = 0.0,
+                     num_classes: int = 0) -> Compose:
     """The augmentation pipeline (elastic deformation off, as nnU-Net's default), with the plans'
-    in-plane rotation and mirror axes."""
+    in-plane rotation and mirror axes; ``class_contrast`` > 0 adds :class:`ClassContrastTransform`
+    for the ``num_classes`` classes (background included)."""
     rad = math.radians(ROTATION_DEG)
     angle_x = (-rad, rad)  # batchgenerators' angle_x rotates within the last two (in-plane) axes
     other = (0.0, 0.0) if augmentation.in_plane_only else (-rad, rad)
@@ -227,6 +277,7 @@ def train_transforms(patch: tuple[int, ...], augmentation: Augmentation) -> Comp
                          p_rot_per_sample=0.2, do_scale=True, scale=SCALE_RANGE, p_scale_per_sample=0.2,
                          border_mode_data="constant", border_cval_data=0, order_data=1,
                          border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False),
+        *([ClassContrastTransform(class_contrast, num_classes)] if class_contrast > 0 else []),
         GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
         GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
         BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
@@ -241,12 +292,14 @@ def train_transforms(patch: tuple[int, ...], augmentation: Augmentation) -> Comp
 
 
 def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Augmentation,
-                      batch_size: int, oversample: float, seed: int, workers: int, sampler: Sampler = "voxels"):
+                      batch_size: int, oversample: float, seed: int, workers: int, sampler: Sampler = "voxels",
+                      class_contrast: float = 0.0, num_classes: int = 0):
     """An endless stream of augmented batches; ``workers`` > 0 runs it in background processes.
-    ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler``: the recipe's."""
+    ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler`` and ``class_contrast``:
+    the recipe's; ``num_classes``: the plans' classes, background included."""
     loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed,
                          sampler)
-    transforms = train_transforms(patch, augmentation)
+    transforms = train_transforms(patch, augmentation, class_contrast, num_classes)
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)
     return MultiThreadedAugmenter(loader, transforms, workers, num_cached_per_queue=4,

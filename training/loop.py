@@ -246,7 +246,8 @@ class FoldTrainer:
         stream = make_train_stream(train_store, self.plans.patch_size, self.plans.augmentation,
                                    self.plans.batch_size, self.recipe.oversample_foreground,
                                    self.options.seed + 1000 * self.epoch + 7919 * self.dist.rank,
-                                   self.options.workers, self.recipe.sampler)
+                                   self.options.workers, self.recipe.sampler, self.recipe.class_contrast or 0.0,
+                                   len(self.plans.labels))
         summary = None
         try:
             while not self.finished():

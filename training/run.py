@@ -59,6 +59,8 @@ class TrainRequest:
     localiser: bool = False
     #: How foreground-forced patches pick their centre (``Recipe.sampler``; None: the recipe's).
     sampler: str | None = None
+    #: Class contrast randomisation (``Recipe.class_contrast``; None: the recipe's).
+    class_contrast: float | None = None
 
     @property
     def sets_schedule(self) -> bool:
@@ -82,7 +84,8 @@ def apply_overrides(plans: Plans, req: TrainRequest, fingerprint: Path | None = 
     recipe = recipe_named(req.recipe, plans.recipe) if req.recipe else plans.recipe
     changes: dict[str, Any] = {}
     for field, value in (("loss", req.loss), ("iterations_per_epoch", req.iterations_per_epoch),
-                         ("precision", req.precision), ("sampler", req.sampler)):
+                         ("precision", req.precision), ("sampler", req.sampler),
+                         ("class_contrast", req.class_contrast)):
         if value is not None:
             changes[field] = value
     if req.sets_schedule:  # one budget replaces any other the plans had
