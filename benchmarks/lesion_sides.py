@@ -12,8 +12,8 @@ training cases' lesions (``labelsTr``).
 Visibility, to tell a lesion the model cannot see from one it has not learnt: its contrast is the
 median HU of its core (the lesion less one voxel of rim, where that leaves any) minus the median of
 a ring around it (one to three voxels out, background label, soft tissue -30 to 300 HU: no air, fat or
-bone); its CNR is that contrast over the ring's robust SD (1.4826 x its median absolute deviation),
-which holds noise and texture. Each prediction's coverage is the share of the lesion's voxels it
+bone); its CNR is that contrast over the ring's robust SD (from its median absolute deviation), which
+holds noise and texture: the same ring and SD as ``train --class-contrast`` draws its CNR against. Each prediction's coverage is the share of the lesion's voxels it
 labels with the class. Not run by CI::
 
     .venv/bin/python benchmarks/lesion_sides.py benchmarks/work/race_tasks/family2/Task08_HepaticVessel \\
@@ -31,6 +31,7 @@ import numpy as np
 
 from autoseg.evaluation import components
 from autoseg.io import Geometry, read_image, read_label
+from autoseg.training.data import median_and_robust_sd, ring_around
 
 BODY_HU = -300.0
 #: The soft-tissue HU range of a lesion's surrounding ring (excludes air, fat and bone).
@@ -46,13 +47,11 @@ def visibility(image: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[fl
     core = ndimage.binary_erosion(mask)
     if not core.any():
         core = mask
-    ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask)
-    ring &= (ref == 0) & (image > RING_HU[0]) & (image < RING_HU[1])
+    ring = ring_around(mask) & (ref == 0) & (image > RING_HU[0]) & (image < RING_HU[1])
     if not ring.any():
         return float("nan"), float("nan"), float("nan")
-    around = float(np.median(image[ring]))
+    around, sd = median_and_robust_sd(image[ring])
     contrast = float(np.median(image[core])) - around
-    sd = 1.4826 * float(np.median(np.abs(image[ring] - around)))
     return contrast, sd, abs(contrast) / max(sd, 1e-6)
 
 

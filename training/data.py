@@ -239,27 +239,43 @@ class ClassContrastTransform(AbstractTransform):
         data, seg = data_dict["data"], data_dict["seg"]
         for b in range(data.shape[0]):
             labels = seg[b, 0]
+            foreground = (labels > 0) & (labels < self.num_classes)
             for value in np.unique(labels):
                 if 0 < value < self.num_classes and np.random.uniform() < self.p:
-                    self._recontrast(data[b], labels, labels == value)
+                    self._recontrast(data[b], labels == value, foreground)
         return data_dict
 
-    def _recontrast(self, image: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> None:
+    @staticmethod
+    def _recontrast(image: np.ndarray, mask: np.ndarray, foreground: np.ndarray) -> None:
         from scipy import ndimage
 
-        foreground = (labels > 0) & (labels < self.num_classes)
-        ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask) & ~foreground
+        ring = ring_around(mask) & ~foreground
         if np.count_nonzero(ring) < 8:
             return
         weight = np.where(mask, 1.0, ndimage.gaussian_filter(mask.astype(np.float32), 1.0))
         cnr = np.random.uniform(*CLASS_CONTRAST_CNR) * (1.0 if np.random.uniform() < 0.5 else -1.0)
         for channel in image:
-            around = float(np.median(channel[ring]))
-            noise = 1.4826 * float(np.median(np.abs(channel[ring] - around)))
+            around, noise = median_and_robust_sd(channel[ring])
             if noise <= 0.0:
                 continue
             shift = around + cnr * noise - float(np.median(channel[mask]))
             channel += (shift * weight).astype(channel.dtype)
+
+
+def ring_around(mask: np.ndarray) -> np.ndarray:
+    """The voxels one to three voxels out from ``mask``: the tissue a structure's contrast is read
+    against (:class:`ClassContrastTransform`, and ``benchmarks/lesion_sides.py``'s CNR)."""
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask)
+
+
+def median_and_robust_sd(values: np.ndarray) -> tuple[float, float]:
+    """The median of ``values`` and their SD estimated from the median absolute deviation (scaled to
+    a normal distribution's SD), which texture and a few outliers barely move."""
+    from scipy.stats import median_abs_deviation
+
+    return float(np.median(values)), float(median_abs_deviation(values, scale="normal"))
 
 
 def train_transforms(patch: tuple[int, ...], augmentation: Augmentation, class_contrast: float = 0.0,
