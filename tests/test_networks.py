@@ -20,7 +20,8 @@ from autoseg.networks import (
     measure_peak_activation_bytes,
     network_names,
 )
-from autoseg.networks.config import stage_sizes
+from autoseg.networks.config import COMMON_KEYS, network_preamble, stage_sizes
+from autoseg.networks.shell import CoarseToFineDecoder, EncoderDecoderNetwork, plain_encoder
 
 STRIDES_3D = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]  # total stride (2, 8, 8): z pooled late
 KERNELS_3D = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
@@ -259,6 +260,50 @@ def test_missing_network_specific_kwargs_take_the_planned_defaults(name):
 def test_stage_sizes_follow_the_strides():
     assert stage_sizes((8, 32, 32), STRIDES_3D) == [[8, 32, 32], [8, 16, 16], [4, 8, 8], [4, 4, 4]]
     assert stage_sizes((32, 32), STRIDES_2D) == [[32, 32], [16, 16], [8, 8]]
+
+
+class _SkipSumDecoder(CoarseToFineDecoder):
+    """A decoder written on the shell in a few lines: upsample, add the skip."""
+
+    def __init__(self, encoder, ops, num_classes, deep_supervision):
+        super().__init__(encoder, num_classes, deep_supervision)
+        feats = list(encoder.output_channels)
+        self.upsample = torch.nn.ModuleList(ops.transp_op(feats[-s], feats[-(s + 1)], self.strides[-s],
+                                                          self.strides[-s]) for s in range(1, len(feats)))
+        self.seg_layers = torch.nn.ModuleList(self.head(ops, c) for c in self.skip_channels)
+
+    def step(self, s, x, skip):
+        return self.upsample[s](x) + skip
+
+    def step_map_size(self, s, size):
+        return self.skip_channels[s] * math.prod(size)
+
+
+class _SkipSumNet(EncoderDecoderNetwork):
+    def __init__(self, in_channels, num_classes, **kwargs):
+        super().__init__()
+        topo, ops = network_preamble(self, "skip_sum", COMMON_KEYS, in_channels, num_classes, kwargs)
+        self.encoder = plain_encoder(in_channels, topo, ops, [1] * topo.n_stages)
+        self.decoder = _SkipSumDecoder(self.encoder, ops, num_classes, topo.deep_supervision)
+
+
+def test_a_network_on_the_shell_gets_the_walk_heads_and_memory_count():
+    kw = {"n_stages": 3, "features_per_stage": [4, 8, 16], "strides": STRIDES_2D,
+          "kernel_sizes": [[3, 3]] * 3, "deep_supervision": True}
+    net = _SkipSumNet(1, 3, **kw)
+    assert isinstance(net, SegmentationNetwork)
+    outputs = net(torch.randn(2, 1, 32, 32))
+    assert [tuple(o.shape) for o in outputs] == ds_shapes(2, 3, (32, 32), STRIDES_2D)
+    with_ds = net.compute_conv_feature_map_size((32, 32))
+    net.deep_supervision = False
+    assert tuple(net(torch.randn(2, 1, 32, 32)).shape) == (2, 3, 32, 32)
+    without = net.compute_conv_feature_map_size((32, 32))
+    encoder = int(net.encoder.compute_conv_feature_map_size([32, 32]))
+    # decoder: the upsampled maps (8 x 16 x 16, 4 x 32 x 32) and the heads that run (3 classes)
+    assert without == encoder + 8 * 16 * 16 + 4 * 32 * 32 + 3 * 32 * 32
+    assert with_ds == without + 3 * 16 * 16
+    with pytest.raises(ConfigurationError, match="divisible"):
+        net(torch.randn(1, 1, 30, 32))
 
 
 @pytest.mark.parametrize("name", NETWORKS)

@@ -34,17 +34,14 @@ from torch import nn
 
 from autoseg.networks.config import (
     COMMON_KEYS,
-    DecoderDeepSupervision,
     Ops,
-    check_input_divisible,
-    check_input_size,
     init_he,
     members,
     network_preamble,
     numel,
     stage_counts,
-    stage_sizes,
 )
+from autoseg.networks.shell import CoarseToFineDecoder, EncoderDecoderNetwork
 from autoseg.networks.spec import NetworkSpec
 
 ARUNET_KEYS = COMMON_KEYS + ("n_blocks_per_stage", "n_blocks_per_stage_decoder")
@@ -107,17 +104,13 @@ def _residual_blocks(ops: Ops, n_blocks: int, channels: int, kernel: Sequence[in
                                  ops.norm_op_kwargs, None, None, ops.nonlin, ops.nonlin_kwargs)
 
 
-class ARUNetDecoder(nn.Module):
+class ARUNetDecoder(CoarseToFineDecoder):
     """Upsample, gate the skip, fuse (+ more residual blocks), segmentation head; coarse to fine."""
 
     def __init__(self, encoder: ResidualEncoder, ops: Ops, num_classes: int,
                  n_blocks: Sequence[int], deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        self.num_classes = num_classes
+        super().__init__(encoder, num_classes, deep_supervision)
         feats = list(encoder.output_channels)
-        self.skip_channels = feats[-2::-1]
-        self.strides = [tuple(s) for s in encoder.strides]
         up, gates, fuse, refine, heads = [], [], [], [], []
         for s in range(1, len(feats)):
             below, skip, stride = feats[-s], feats[-(s + 1)], self.strides[-s]
@@ -126,49 +119,32 @@ class ARUNetDecoder(nn.Module):
             gates.append(AttentionGate(ops, skip, below, stride))
             fuse.append(FusionBlock(ops, skip, kernel))
             refine.append(_residual_blocks(ops, n_blocks[s - 1] - 1, skip, kernel))
-            heads.append(ops.conv_op(skip, num_classes, 1, 1, 0, bias=True))
+            heads.append(self.head(ops, skip))
         self.upsample = nn.ModuleList(up)
         self.gates = nn.ModuleList(gates)
         self.fuse = nn.ModuleList(fuse)
         self.refine = nn.ModuleList(refine)
         self.seg_layers = nn.ModuleList(heads)
 
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        last = len(self.fuse) - 1
-        for s in range(len(self.fuse)):
-            skip = skips[-(s + 2)]
-            x = self.refine[s](self.fuse[s](self.upsample[s](x), self.gates[s](skip, x)))
-            if self.deep_supervision or s == last:
-                outputs.append(self.seg_layers[s](x))
-        outputs.reverse()
-        return outputs if self.deep_supervision else outputs[0]
+    def step(self, s: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.refine[s](self.fuse[s](self.upsample[s](x), self.gates[s](skip, x)))
 
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Per stage: upsampled map, gate maps, fusion and residual blocks, logits (when produced).
+    def step_map_size(self, s: int, size: Sequence[int]) -> int:
+        """Upsampled map, gate maps, fusion and residual blocks.
 
         The gated skip and the concatenation re-use maps already counted (skip and upsample), as
         the library's decoder does not count its concatenation either.
         """
-        sizes = stage_sizes(input_size, self.strides)
-        total = 0
-        gates, fuse = members(self.gates, AttentionGate), members(self.fuse, FusionBlock)
-        last = len(fuse) - 1
-        for s in range(len(fuse)):
-            refine = self.refine[s]
-            size, channels = sizes[-(s + 2)], self.skip_channels[s]
-            total += numel([channels, *size])
-            total += gates[s].compute_conv_feature_map_size(size)
-            total += fuse[s].compute_conv_feature_map_size(size)
-            if isinstance(refine, StackedResidualBlocks):
-                total += int(refine.compute_conv_feature_map_size(size))
-            if self.deep_supervision or s == last:
-                total += numel([self.num_classes, *size])
+        refine = self.refine[s]
+        total = numel([self.skip_channels[s], *size]) \
+            + members(self.gates, AttentionGate)[s].compute_conv_feature_map_size(size) \
+            + members(self.fuse, FusionBlock)[s].compute_conv_feature_map_size(size)
+        if isinstance(refine, StackedResidualBlocks):
+            total += int(refine.compute_conv_feature_map_size(size))
         return total
 
 
-class ARUNet(DecoderDeepSupervision, nn.Module):
+class ARUNet(EncoderDecoderNetwork):
     """Attention Residual U-Net for 2D or 3D patches (see the module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
@@ -184,16 +160,6 @@ class ARUNet(DecoderDeepSupervision, nn.Module):
             None, ops.nonlin, ops.nonlin_kwargs, return_skips=True, disable_default_stem=True)
         self.decoder = ARUNetDecoder(self.encoder, ops, num_classes, dec_blocks, topo.deep_supervision)
         init_he(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_input_divisible(tuple(x.shape[2:]), self.total_stride)
-        return self.decoder(self.encoder(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Elements per sample of the maps produced by every conv, gate and head for ``input_size``."""
-        check_input_size(input_size, self.total_stride)
-        return int(self.encoder.compute_conv_feature_map_size(list(input_size))) \
-            + self.decoder.compute_conv_feature_map_size(input_size)
 
 
 def default_blocks(n_stages: int) -> list[int]:

@@ -54,11 +54,8 @@ from torch import nn
 from autoseg.errors import ConfigurationError
 from autoseg.networks.config import (
     COMMON_KEYS,
-    DecoderDeepSupervision,
     Ops,
     StageConfig,
-    check_input_divisible,
-    check_input_size,
     init_he,
     members,
     network_preamble,
@@ -66,6 +63,7 @@ from autoseg.networks.config import (
     stage_counts,
     stage_sizes,
 )
+from autoseg.networks.shell import CoarseToFineDecoder, EncoderDecoderNetwork
 from autoseg.networks.spec import NetworkSpec
 
 RA_KEYS = COMMON_KEYS + ("n_blocks_per_stage", "n_conv_per_stage_decoder")
@@ -226,50 +224,33 @@ class AttentionRecovery(nn.Module):
         return 10 * numel([self.hidden, *size]) + int(self.recover.compute_conv_feature_map_size(size))
 
 
-class RAVNetDecoder(nn.Module):
+class RAVNetDecoder(CoarseToFineDecoder):
     """Channel attention on the deepest skip, then AR blocks and heads, coarse to fine."""
 
     def __init__(self, encoder: CofResEncoder, ops: Ops, num_classes: int, n_conv: Sequence[int],
                  deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        self.num_classes = num_classes
+        super().__init__(encoder, num_classes, deep_supervision)
         feats = encoder.output_channels
-        self.skip_channels = feats[-2::-1]
-        self.strides = encoder.strides
         self.channel_attention = ChannelAttention()
         blocks, heads = [], []
         for s in range(1, len(feats)):
             skip = feats[-(s + 1)]
             blocks.append(AttentionRecovery(ops, feats[-s], skip, self.strides[-s], encoder.kernel_sizes[-(s + 1)],
                                             n_conv[s - 1]))
-            heads.append(ops.conv_op(skip, num_classes, 1, 1, 0, bias=True))
+            heads.append(self.head(ops, skip))
         self.stages = nn.ModuleList(blocks)
         self.seg_layers = nn.ModuleList(heads)
 
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        last = len(self.stages) - 1
-        for s in range(len(self.stages)):
-            skip = skips[-(s + 2)]
-            x = self.stages[s](x, self.channel_attention(skip) if s == 0 else skip)
-            if self.deep_supervision or s == last:
-                outputs.append(self.seg_layers[s](x))
-        outputs.reverse()
-        return outputs if self.deep_supervision else outputs[0]
+    def step(self, s: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.stages[s](x, self.channel_attention(skip) if s == 0 else skip)
+
+    def step_map_size(self, s: int, size: Sequence[int]) -> int:
+        return members(self.stages, AttentionRecovery)[s].compute_conv_feature_map_size(size)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Channel attention output, then per stage the AR block and the logits (when produced)."""
-        sizes = stage_sizes(input_size, self.strides)
-        total = numel([self.skip_channels[0], *sizes[-2]])
-        last = len(self.stages) - 1
-        for s, stage in enumerate(members(self.stages, AttentionRecovery)):
-            size = sizes[-(s + 2)]
-            total += stage.compute_conv_feature_map_size(size)
-            if self.deep_supervision or s == last:
-                total += numel([self.num_classes, *size])
-        return total
+        deepest_skip = stage_sizes(input_size, self.strides)[-2]
+        return numel([self.skip_channels[0], *deepest_skip]) + super().compute_conv_feature_map_size(input_size)
 
 
 def _check_features(features: Sequence[int]) -> None:
@@ -282,7 +263,7 @@ def _check_features(features: Sequence[int]) -> None:
             fix=f"use features_per_stage such as {fixed}")
 
 
-class RAVNet(DecoderDeepSupervision, nn.Module):
+class RAVNet(EncoderDecoderNetwork):
     """RA V-Net for 2D or 3D patches (see the module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
@@ -297,16 +278,6 @@ class RAVNet(DecoderDeepSupervision, nn.Module):
         init_he(self)
         for stage in self.decoder.stages:
             stage.lstm.reset_forget_bias()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_input_divisible(tuple(x.shape[2:]), self.total_stride)
-        return self.decoder(self.encoder(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Elements per sample of the maps produced by every conv, attention and head for ``input_size``."""
-        check_input_size(input_size, self.total_stride)
-        return self.encoder.compute_conv_feature_map_size(input_size) \
-            + self.decoder.compute_conv_feature_map_size(input_size)
 
 
 def _defaults(n_stages: int) -> dict[str, Any]:

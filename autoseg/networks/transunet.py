@@ -47,18 +47,15 @@ from torch import nn
 from autoseg.errors import ConfigurationError
 from autoseg.networks.config import (
     COMMON_KEYS,
-    DecoderDeepSupervision,
     Ops,
-    check_input_divisible,
-    check_input_size,
     check_int,
     init_he,
     members,
     network_preamble,
     numel,
     stage_counts,
-    stage_sizes,
 )
+from autoseg.networks.shell import CoarseToFineDecoder, EncoderDecoderNetwork, plain_encoder
 from autoseg.networks.spec import PEAK_TRANSIENT, NetworkSpec
 
 TRANSUNET_KEYS = COMMON_KEYS + ("n_conv_per_stage", "n_conv_per_stage_decoder", "embed_dim",
@@ -192,63 +189,39 @@ class AttentionDecoderStage(nn.Module):
         return numel([5 * self.channels + 4, *size]) + int(self.convs.compute_conv_feature_map_size(size))
 
 
-class AttentionDecoder(nn.Module):
+class AttentionDecoder(CoarseToFineDecoder):
     """Attention decoder stages and 1x1 heads, coarse to fine."""
 
     def __init__(self, encoder: PlainConvEncoder, ops: Ops, num_classes: int, n_conv: Sequence[int],
                  deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        self.num_classes = num_classes
+        super().__init__(encoder, num_classes, deep_supervision)
         feats = list(encoder.output_channels)
-        self.strides = [tuple(s) for s in encoder.strides]
         self.stages = nn.ModuleList(
             AttentionDecoderStage(ops, feats[-s], feats[-(s + 1)], self.strides[-s],
                                   encoder.kernel_sizes[-(s + 1)], n_conv[s - 1])
             for s in range(1, len(feats)))
-        self.seg_layers = nn.ModuleList(ops.conv_op(feats[-(s + 1)], num_classes, 1, 1, 0, bias=True)
-                                        for s in range(1, len(feats)))
+        self.seg_layers = nn.ModuleList(self.head(ops, c) for c in self.skip_channels)
 
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        last = len(self.stages) - 1
-        for s, stage in enumerate(self.stages):
-            x = stage(x, skips[-(s + 2)])
-            if self.deep_supervision or s == last:
-                outputs.append(self.seg_layers[s](x))
-        outputs.reverse()
-        return outputs if self.deep_supervision else outputs[0]
+    def step(self, s: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.stages[s](x, skip)
 
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        sizes = stage_sizes(input_size, self.strides)
-        total = 0
-        last = len(self.stages) - 1
-        for s, stage in enumerate(members(self.stages, AttentionDecoderStage)):
-            size = sizes[-(s + 2)]
-            total += stage.compute_conv_feature_map_size(size)
-            if self.deep_supervision or s == last:
-                total += numel([self.num_classes, *size])
-        return total
+    def step_map_size(self, s: int, size: Sequence[int]) -> int:
+        return members(self.stages, AttentionDecoderStage)[s].compute_conv_feature_map_size(size)
 
 
-class TransUNet(DecoderDeepSupervision, nn.Module):
+class TransUNet(EncoderDecoderNetwork):
     """CNN encoder, transformer bottleneck, attention U-Net decoder; 2D or 3D (see the module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
         super().__init__()
         topo, ops = network_preamble(self, "transunet", TRANSUNET_KEYS, in_channels, num_classes, kwargs)
-        n = topo.n_stages
-        defaults = _defaults(n)
+        defaults = _defaults(topo.n_stages)
         n_conv = stage_counts(kwargs, defaults, "n_conv_per_stage")
         n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
         embed, layers, heads = check_transformer(kwargs.get("embed_dim", DEFAULT_EMBED_DIM),
                                                  kwargs.get("transformer_layers", DEFAULT_LAYERS),
                                                  kwargs.get("transformer_heads", DEFAULT_HEADS))
-        self.encoder = PlainConvEncoder(
-            in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
-            [list(s) for s in topo.strides], list(n_conv), True, ops.norm_op, ops.norm_op_kwargs, None, None,
-            ops.nonlin, ops.nonlin_kwargs, return_skips=True)
+        self.encoder = plain_encoder(in_channels, topo, ops, n_conv)
         self.transformer = TransformerBottleneck(ops, topo.features_per_stage[-1], embed, layers, heads,
                                                  topo.kernel_sizes[-1])
         self.decoder = AttentionDecoder(self.encoder, ops, num_classes, n_dec, topo.deep_supervision)
@@ -256,21 +229,12 @@ class TransUNet(DecoderDeepSupervision, nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder skips, the deepest replaced by the transformer's output map."""
-        check_input_divisible(tuple(x.shape[2:]), self.total_stride)
         skips = self.encoder(x)
         skips[-1] = self.transformer(skips[-1])
         return skips
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        return self.decoder(self.encode(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Elements per sample of the encoder, transformer, decoder and head maps for ``input_size``."""
-        check_input_size(input_size, self.total_stride)
-        bottleneck = [s // t for s, t in zip(input_size, self.total_stride)]
-        return int(self.encoder.compute_conv_feature_map_size(list(input_size))) \
-            + self.transformer.compute_conv_feature_map_size(bottleneck) \
-            + self.decoder.compute_conv_feature_map_size(input_size)
+    def bottleneck_map_size(self, size: Sequence[int]) -> int:
+        return self.transformer.compute_conv_feature_map_size(size)
 
 
 def _defaults(n_stages: int) -> dict[str, Any]:

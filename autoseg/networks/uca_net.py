@@ -61,17 +61,14 @@ from torch import nn
 
 from autoseg.networks.config import (
     COMMON_KEYS,
-    DecoderDeepSupervision,
     Ops,
-    check_input_divisible,
-    check_input_size,
     init_he,
     members,
     network_preamble,
     numel,
     stage_counts,
-    stage_sizes,
 )
+from autoseg.networks.shell import CoarseToFineDecoder, EncoderDecoderNetwork, plain_encoder
 from autoseg.networks.spec import NetworkSpec
 
 UCA_KEYS = COMMON_KEYS + ("n_conv_per_stage", "n_conv_per_stage_decoder")
@@ -149,17 +146,13 @@ class CrossAttentionSkip(nn.Module):
         return numel([self.channels, *size]) + 2 * numel([2 * self.channels + 1, *pooled])
 
 
-class UCADecoder(nn.Module):
+class UCADecoder(CoarseToFineDecoder):
     """Per stage, coarse to fine: upsample, cross-attend to the skip, convs on cat(up, z), head."""
 
     def __init__(self, encoder: PlainConvEncoder, ops: Ops, num_classes: int, n_conv: Sequence[int],
                  deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        self.num_classes = num_classes
+        super().__init__(encoder, num_classes, deep_supervision)
         feats = list(encoder.output_channels)
-        self.skip_channels = feats[-2::-1]
-        self.strides = [tuple(s) for s in encoder.strides]
         up, attend, convs, heads = [], [], [], []
         for s in range(1, len(feats)):
             below, skip, stride = feats[-s], feats[-(s + 1)], self.strides[-s]
@@ -168,66 +161,35 @@ class UCADecoder(nn.Module):
             convs.append(StackedConvBlocks(n_conv[s - 1], ops.conv_op, 2 * skip, skip, encoder.kernel_sizes[-(s + 1)],
                                            1, True, ops.norm_op, ops.norm_op_kwargs, None, None, ops.nonlin,
                                            ops.nonlin_kwargs))
-            heads.append(ops.conv_op(skip, num_classes, 1, 1, 0, bias=True))
+            heads.append(self.head(ops, skip))
         self.upsample = nn.ModuleList(up)
         self.attention = nn.ModuleList(attend)
         self.stages = nn.ModuleList(convs)
         self.seg_layers = nn.ModuleList(heads)
 
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        last = len(self.stages) - 1
-        for s in range(len(self.stages)):
-            up = self.upsample[s](x)
-            x = self.stages[s](torch.cat((up, self.attention[s](up, skips[-(s + 2)])), 1))
-            if self.deep_supervision or s == last:
-                outputs.append(self.seg_layers[s](x))
-        outputs.reverse()
-        return outputs if self.deep_supervision else outputs[0]
+    def step(self, s: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = self.upsample[s](x)
+        return self.stages[s](torch.cat((up, self.attention[s](up, skip)), 1))
 
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Per stage: upsampled map, attention maps, decoder convs, logits (when produced)."""
-        sizes = stage_sizes(input_size, self.strides)
-        total = 0
-        attention, stages = members(self.attention, CrossAttentionSkip), members(self.stages, StackedConvBlocks)
-        last = len(stages) - 1
-        for s, stage in enumerate(stages):
-            size = sizes[-(s + 2)]
-            total += numel([self.skip_channels[s], *size])
-            total += attention[s].compute_conv_feature_map_size(size)
-            total += int(stage.compute_conv_feature_map_size(size))
-            if self.deep_supervision or s == last:
-                total += numel([self.num_classes, *size])
-        return total
+    def step_map_size(self, s: int, size: Sequence[int]) -> int:
+        """Upsampled map, attention maps, decoder convs."""
+        return numel([self.skip_channels[s], *size]) \
+            + members(self.attention, CrossAttentionSkip)[s].compute_conv_feature_map_size(size) \
+            + int(members(self.stages, StackedConvBlocks)[s].compute_conv_feature_map_size(size))
 
 
-class UCANet(DecoderDeepSupervision, nn.Module):
+class UCANet(EncoderDecoderNetwork):
     """UCA-Net for 2D or 3D patches (see the module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
         super().__init__()
         topo, ops = network_preamble(self, "uca_net", UCA_KEYS, in_channels, num_classes, kwargs)
-        n = topo.n_stages
-        defaults = _defaults(n)
+        defaults = _defaults(topo.n_stages)
         n_conv = stage_counts(kwargs, defaults, "n_conv_per_stage")
         n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
-        self.encoder = PlainConvEncoder(
-            in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
-            [list(s) for s in topo.strides], list(n_conv), True, ops.norm_op, ops.norm_op_kwargs, None, None,
-            ops.nonlin, ops.nonlin_kwargs, return_skips=True)
+        self.encoder = plain_encoder(in_channels, topo, ops, n_conv)
         self.decoder = UCADecoder(self.encoder, ops, num_classes, n_dec, topo.deep_supervision)
         init_he(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_input_divisible(tuple(x.shape[2:]), self.total_stride)
-        return self.decoder(self.encoder(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Elements per sample of the maps produced by every conv, attention and head for ``input_size``."""
-        check_input_size(input_size, self.total_stride)
-        return int(self.encoder.compute_conv_feature_map_size(list(input_size))) \
-            + self.decoder.compute_conv_feature_map_size(input_size)
 
 
 def _defaults(n_stages: int) -> dict[str, Any]:

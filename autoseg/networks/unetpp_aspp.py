@@ -41,10 +41,7 @@ from torch import nn
 from autoseg.errors import ConfigurationError
 from autoseg.networks.config import (
     COMMON_KEYS,
-    DecoderDeepSupervision,
     Ops,
-    check_input_divisible,
-    check_input_size,
     check_int_list,
     init_he,
     members,
@@ -53,6 +50,7 @@ from autoseg.networks.config import (
     stage_counts,
     stage_sizes,
 )
+from autoseg.networks.shell import EncoderDecoderNetwork, plain_encoder
 from autoseg.networks.spec import NetworkSpec
 
 UNETPP_KEYS = COMMON_KEYS + ("n_conv_per_stage", "n_conv_per_stage_decoder", "aspp_rates")
@@ -166,38 +164,29 @@ class NestedDecoder(nn.Module):
         return total + sum(numel([self.num_classes, *sizes[i]]) for i in heads)
 
 
-class UNetPlusPlusASPP(DecoderDeepSupervision, nn.Module):
+class UNetPlusPlusASPP(EncoderDecoderNetwork):
     """UNet++ (nested dense skips) with ASPP at the bottleneck, 2D or 3D (see the module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, **kwargs: Any):
         super().__init__()
         topo, ops = network_preamble(self, "unetpp_aspp", UNETPP_KEYS, in_channels, num_classes, kwargs)
-        n = topo.n_stages
-        defaults = _defaults(n)
+        defaults = _defaults(topo.n_stages)
         n_conv = stage_counts(kwargs, defaults, "n_conv_per_stage")
         n_dec = stage_counts(kwargs, defaults, "n_conv_per_stage_decoder")
         rates = check_rates(kwargs.get("aspp_rates", list(DEFAULT_ASPP_RATES)))
-        self.encoder = PlainConvEncoder(
-            in_channels, n, list(topo.features_per_stage), ops.conv_op, [list(k) for k in topo.kernel_sizes],
-            [list(s) for s in topo.strides], list(n_conv), True, ops.norm_op, ops.norm_op_kwargs, None, None,
-            ops.nonlin, ops.nonlin_kwargs, return_skips=True)
+        self.encoder = plain_encoder(in_channels, topo, ops, n_conv)
         self.aspp = ASPP(ops, topo.features_per_stage[-1], topo.kernel_sizes[-1], rates)
         self.decoder = NestedDecoder(self.encoder, ops, num_classes, n_dec, topo.deep_supervision)
         init_he(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_input_divisible(tuple(x.shape[2:]), self.total_stride)
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder skips, the deepest replaced by the ASPP's output map."""
         skips = self.encoder(x)
         skips[-1] = self.aspp(skips[-1])
-        return self.decoder(skips)
+        return skips
 
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Elements per sample of the encoder, ASPP, nested-node and head maps for ``input_size``."""
-        check_input_size(input_size, self.total_stride)
-        bottleneck = [s // t for s, t in zip(input_size, self.total_stride)]
-        return int(self.encoder.compute_conv_feature_map_size(list(input_size))) \
-            + self.aspp.compute_conv_feature_map_size(bottleneck) \
-            + self.decoder.compute_conv_feature_map_size(input_size)
+    def bottleneck_map_size(self, size: Sequence[int]) -> int:
+        return self.aspp.compute_conv_feature_map_size(size)
 
 
 def _defaults(n_stages: int) -> dict[str, Any]:
