@@ -13,8 +13,9 @@ Visibility, to tell a lesion the model cannot see from one it has not learnt: it
 median HU of its core (the lesion less one voxel of rim, where that leaves any) minus the median of
 a ring around it (one to three voxels out, background label, soft tissue -30 to 300 HU: no air, fat or
 bone); its CNR is that contrast over the ring's robust SD (from its median absolute deviation), which
-holds noise and texture: the same ring and SD as ``train --class-contrast`` draws its CNR against. Each prediction's coverage is the share of the lesion's voxels it
-labels with the class. Not run by CI::
+holds noise and texture: the same ring and SD as ``train --class-contrast`` draws its CNR against.
+Each prediction's coverage is the share of the lesion's voxels it labels with the class. Not run by
+CI::
 
     .venv/bin/python benchmarks/lesion_sides.py benchmarks/work/race_tasks/family2/Task08_HepaticVessel \\
         benchmarks/work/race_f2/predictions/autoseg_20m benchmarks/work/race_f2/predictions/nnunet_small_20m

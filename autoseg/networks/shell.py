@@ -35,6 +35,11 @@ def plain_encoder(in_channels: int, topo: StageConfig, ops: Ops, n_conv: Sequenc
         ops.nonlin, ops.nonlin_kwargs, return_skips=True)
 
 
+def segmentation_head(ops: Ops, channels: int, num_classes: int) -> nn.Module:
+    """A decoder stage's 1x1 conv to the class logits (every autoseg decoder's heads)."""
+    return ops.conv_op(channels, num_classes, 1, 1, 0, bias=True)
+
+
 class CoarseToFineDecoder(nn.Module):
     """A decoder that walks the encoder's skips from the deepest up, one stage per skip.
 
@@ -54,7 +59,7 @@ class CoarseToFineDecoder(nn.Module):
 
     def head(self, ops: Ops, channels: int) -> nn.Module:
         """A stage's 1x1 segmentation head."""
-        return ops.conv_op(channels, self.num_classes, 1, 1, 0, bias=True)
+        return segmentation_head(ops, channels, self.num_classes)
 
     def step(self, s: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Stage ``s`` (0 = the coarsest): the map from below and the encoder's skip -> this stage's map."""

@@ -50,7 +50,7 @@ from autoseg.networks.config import (
     stage_counts,
     stage_sizes,
 )
-from autoseg.networks.shell import EncoderDecoderNetwork, plain_encoder
+from autoseg.networks.shell import EncoderDecoderNetwork, plain_encoder, segmentation_head
 from autoseg.networks.spec import NetworkSpec
 
 UNETPP_KEYS = COMMON_KEYS + ("n_conv_per_stage", "n_conv_per_stage_decoder", "aspp_rates")
@@ -140,8 +140,7 @@ class NestedDecoder(nn.Module):
             nn.ModuleList(NestedNode(ops, feats[i + 1], feats[i], j, self.strides[i + 1],
                                      encoder.kernel_sizes[i], n_conv[i]) for j in range(1, n - i))
             for i in range(n - 1))
-        self.seg_layers = nn.ModuleList(ops.conv_op(feats[i], num_classes, 1, 1, 0, bias=True)
-                                        for i in range(n - 1))
+        self.seg_layers = nn.ModuleList(segmentation_head(ops, feats[i], num_classes) for i in range(n - 1))
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         n = self.n_stages
