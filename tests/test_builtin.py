@@ -73,3 +73,33 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     with pytest.raises(ConfigurationError, match="exists") as err:
         pretrain(recipe, s, tmp_path / "work")
     assert "--force" in str(err.value)
+
+
+def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in model's plan must not follow the training machine's calibration (an EPYC planned a
+    48 x 48 x 80 patch where a Xeon planned 64 x 64 x 80, and the two models differed on real CT): the
+    recipe's plan flags give the same plan under any calibration, where the plain CPU plan does not."""
+    from autoseg.cli import build_parser
+    from autoseg.planners import cost
+    from autoseg.planners.planner import PlannerOptions, plan
+
+    spacing = (3.94, 3.22, 3.22)  # the trunk phantoms' median spacing and shape after cropping
+    quantiles = [float(v) for v in range(-100, 302, 4)][:101]
+    fingerprint = {"dataset_name": "Task100_LiverVesselTumour", "channel_names": ["CT"],
+                   "labels": {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}, "is_ct": True,
+                   "spacing": {"median": list(spacing), "percentile_10": list(spacing)},
+                   "intensity": {"0": {"foreground": {"n": 1000, "quantiles": quantiles}}},
+                   "cases": [{"shape_after_crop": [71, 73, 105], "spacing": list(spacing)}] * 20}
+    recipe = RECIPES["synthetic"]
+    pinned = build_parser().parse_args(["plan_and_preprocess", "-d", recipe.dataset, *recipe.plan_args])
+
+    def plans_on(flops_per_s: float, cpu_gflops: float | None):
+        machine = cost.CpuTimeModel(flops_per_s, 1.5e-6, "a test machine", 1.5, 2)
+        monkeypatch.setattr(cost, "calibrate", lambda *a, **k: machine)
+        return plan(fingerprint, PlannerOptions(device="cpu", base_features=recipe.features, cpu_gflops=cpu_gflops))
+
+    slow, fast = plans_on(1.5e11, pinned.cpu_gflops), plans_on(6e11, pinned.cpu_gflops)
+    assert (slow.patch_size, slow.batch_size, slow.target_spacing) == (fast.patch_size, fast.batch_size,
+                                                                       fast.target_spacing)
+    assert slow.patch_size == (64, 64, 80)
+    assert plans_on(1.5e11, None).patch_size != plans_on(6e11, None).patch_size  # what the pin is for
