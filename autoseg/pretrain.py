@@ -58,13 +58,20 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
 
 
 def _decide_postprocessing(recipe: Recipe, settings: Settings) -> None:
-    """Post-processing from the fold's validation phantoms (never from real CT), shipped with the model."""
+    """Post-processing from the fold's validation phantoms (never from real CT), with the recipe's
+    one-organ rule added where they did not choose it; shipped with the model."""
     from autoseg.inference.ensembles import plans_of
     from autoseg.inference.model import trained_model_folder
     from autoseg.inference.postprocessing import decide_postprocessing, describe
+    from autoseg.layout import ModelFolder
 
     folder = trained_model_folder(recipe.dataset, None, settings)
     decision = decide_postprocessing(folder, settings.preprocessed)
+    if decision is not None and recipe.one_organ and not decision.keep_largest_foreground:
+        decision = replace(decision, keep_largest_foreground=True, rule=decision.rule + (
+            ". The recipe adds: keep the largest foreground component (one liver, its vessels and tumours "
+            "inside it), which the validation phantoms did not choose"))
+        decision.save(ModelFolder(folder).postprocessing)
     labels = {int(k): v for k, v in plans_of(folder).labels.items()}
     log.info("post-processing: %s", describe(decision, labels) if decision else "no validation predictions")
 

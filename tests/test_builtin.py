@@ -61,6 +61,11 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
                      plan_args=("--cpu-gflops", "50"))
     out = pretrain(recipe, s, tmp_path / "work")
     assert out == s.cache / "models" / "synthetic.zip" and out.is_file()
+    from autoseg.inference.model import open_model
+    from autoseg.inference.postprocessing import load_postprocessing
+
+    shipped = load_postprocessing(open_model(out))  # the recipe's one-organ rule, whatever the phantoms chose
+    assert shipped is not None and shipped.keep_largest_foreground
     case = generate_trunk_case(99, spacing=(8.0, 8.0, 8.0))
     from autoseg.io import write_image
 
