@@ -1,8 +1,9 @@
 """``autoseg pretrain NAME``: make a built-in model (:mod:`autoseg.builtin`) from its recipe on this machine.
 
 It runs the user's own commands in a working folder: ``phantom`` (family 3, the recipe's cases and
-seed), ``plan_and_preprocess``, ``train`` (fold 0, the recipe's steps, threads and seed), the
-post-processing decision on fold 0's validation phantoms, and ``export`` into the cache.
+seed), ``plan_and_preprocess`` (planned again every time, with the recipe's plan flags), ``train``
+(fold 0, the recipe's steps, threads and seed), the post-processing decision on fold 0's validation
+phantoms with the recipe's one-organ rule added, and ``export`` into the cache.
 """
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoseg.builtin import RECIPES, Recipe
 from autoseg.errors import ConfigurationError
 from autoseg.settings import Settings
+
+if TYPE_CHECKING:
+    from autoseg.artefacts import PostprocessingDecision
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,10 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
     local = replace(settings, raw=work / "raw", preprocessed=work / "preprocessed", results=work / "results")
     write_task(local.raw, recipe.task, num_training=recipe.cases, num_test=0, seed=recipe.seed, family=3,
                spacing_range=recipe.spacing_range)
-    steps = [["plan_and_preprocess", "-d", recipe.dataset, "--features", str(recipe.features), *recipe.plan_args],
+    plan = ["plan_and_preprocess", "-d", recipe.dataset, "--features", str(recipe.features), *recipe.plan_args]
+    # The plan is made again every time (the recipe owns it, and planning is cheap): plans kept from an
+    # older recipe in the work folder would otherwise train the new recipe's steps on the old network.
+    steps = [plan + ["--only", "fingerprint"], plan + ["--only", "plan", "--force"], plan + ["--only", "preprocess"],
              ["train", "-d", recipe.dataset, "-f", str(recipe.fold), "--steps", str(recipe.steps),
               "--threads", str(recipe.threads), "--seed", str(recipe.seed)]]
     for argv in steps:
@@ -67,22 +75,56 @@ def _decide_postprocessing(recipe: Recipe, settings: Settings) -> None:
 
     folder = trained_model_folder(recipe.dataset, None, settings)
     decision = decide_postprocessing(folder, settings.preprocessed)
-    if decision is not None and recipe.one_organ and not decision.keep_largest_foreground:
-        decision = replace(decision, keep_largest_foreground=True, rule=decision.rule + (
-            ". The recipe adds: keep the largest foreground component (one liver, its vessels and tumours "
-            "inside it), which the validation phantoms did not choose"))
+    if decision is None and recipe.one_organ:
+        log.warning("no validation predictions to decide the post-processing on: the model ships without any, "
+                    "the recipe's one-organ rule included")
+    elif decision is not None and recipe.one_organ and not decision.keep_largest_foreground:
+        decision = with_one_organ(decision)
         decision.save(ModelFolder(folder).postprocessing)
     labels = {int(k): v for k, v in plans_of(folder).labels.items()}
     log.info("post-processing: %s", describe(decision, labels) if decision else "no validation predictions")
 
 
+def with_one_organ(decision: "PostprocessingDecision") -> "PostprocessingDecision":
+    """``decision`` with the recipe's rule added: keep the largest foreground component (one liver, its
+    vessels and tumours inside it), and its evidence saying that the recipe, not the phantoms, chose it."""
+    whole = decision.evidence.get("all foreground")
+    evidence = dict(decision.evidence)
+    if whole is not None:
+        evidence["all foreground"] = replace(whole, choice="keep_largest_foreground (the recipe's)", enabled=True,
+                                             dice_after=whole.candidates.get("keep_largest_foreground",
+                                                                             whole.dice_after))
+    return replace(decision, keep_largest_foreground=True, evidence=evidence, rule=decision.rule + (
+        ". The recipe adds: keep the largest foreground component (one liver, its vessels and tumours inside "
+        "it), which the validation phantoms did not choose; the per-class rules were chosen without it"))
+
+
 def _fold_finished(settings: Settings, recipe: Recipe) -> bool:
-    """Whether the recipe's fold has its final checkpoint (the dataset is planned by then)."""
+    """Whether the recipe's fold is trained: its final checkpoint, made with the plans just planned and
+    the recipe's steps. A finished fold of another recipe (other plans, other steps) is an error with the
+    fix, never exported as this one."""
+    from autoseg.artefacts import FoldRecord
     from autoseg.inference.model import trained_model_folder
-    from autoseg.layout import ModelFolder
+    from autoseg.layout import ModelFolder, PreprocessedDataset
+    from autoseg.plans import Plans
+    from autoseg.training.run import without_schedule
 
     folder = trained_model_folder(recipe.dataset, None, settings)
-    return ModelFolder(folder).fold(recipe.fold).final.is_file()
+    model = ModelFolder(folder)
+    fold = model.fold(recipe.fold)
+    if not fold.final.is_file():
+        return False
+    trained = Plans.load(model.plans)
+    planned = Plans.load(PreprocessedDataset(settings.preprocessed / trained.dataset_name).plans)
+    other = [] if without_schedule(trained) == without_schedule(planned) else ["other plans"]
+    steps = FoldRecord.load(fold.record).schedule.steps if fold.record.is_file() else None
+    if steps != recipe.steps:
+        other.append(f"{steps} steps, not the recipe's {recipe.steps}")
+    if other:
+        raise ConfigurationError(f"{fold.root} holds a fold trained with {' and '.join(other)}",
+                                 fix="pass --force to train it again with this recipe (phantoms and preprocessed "
+                                     "cases are kept)")
+    return True
 
 
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +147,7 @@ def _cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
     recipe = RECIPES[args.name]
     changes = {k: v for k, v in (("steps", args.steps), ("cases", args.cases), ("seed", args.seed)) if v is not None}
     if any(v < 1 for k, v in changes.items() if k != "seed"):
-        raise ConfigurationError("--steps and --cases must be positive", fix="e.g. --steps 3500 --cases 80")
+        raise ConfigurationError("--steps and --cases must be positive", fix="e.g. --steps 5000 --cases 80")
     recipe = replace(recipe, **changes)
     work = args.work or settings.cache / "pretrain" / recipe.name
     if args.force and (work / "results").exists():

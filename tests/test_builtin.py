@@ -64,8 +64,9 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     from autoseg.inference.model import open_model
     from autoseg.inference.postprocessing import load_postprocessing
 
-    shipped = load_postprocessing(open_model(out))  # the recipe's one-organ rule, whatever the phantoms chose
-    assert shipped is not None and shipped.keep_largest_foreground
+    shipped = load_postprocessing(open_model(out))  # the recipe's one-organ rule; these phantoms did not choose it
+    assert shipped is not None and shipped.keep_largest_foreground and "The recipe adds" in shipped.rule
+    assert shipped.evidence["all foreground"].enabled
     case = generate_trunk_case(99, spacing=(8.0, 8.0, 8.0))
     from autoseg.io import write_image
 
@@ -78,6 +79,10 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     with pytest.raises(ConfigurationError, match="exists") as err:
         pretrain(recipe, s, tmp_path / "work")
     assert "--force" in str(err.value)
+    out.unlink()  # another recipe in the same work folder: its trained fold is not exported as this one
+    with pytest.raises(ConfigurationError, match="2 steps, not the recipe's 3") as err:
+        pretrain(replace(recipe, steps=3), s, tmp_path / "work")
+    assert "--force" in str(err.value) and not out.exists()
 
 
 def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
