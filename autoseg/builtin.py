@@ -35,7 +35,8 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "models"
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a built-in model is made: every choice that fixes its weights (with the machine's plan)."""
+    """How a built-in model is made: every choice that fixes its network and weights (the plan too,
+    through ``plan_args``; the weights also depend on the CPU's rounding and torch build)."""
 
     name: str
     task: str
@@ -45,8 +46,9 @@ class Recipe:
     features: int
     threads: int
     fold: int = 0
-    #: Phantom spacing range (None: the trunk generator's) and extra planner flags: for quick tests.
+    #: Phantom spacing range (None: the trunk generator's; tests give a coarse one).
     spacing_range: "SpacingRange | None" = None
+    #: Extra ``plan_and_preprocess`` flags: the built-in models pin their plan's throughput with them.
     plan_args: tuple[str, ...] = ()
     #: Keep only the largest component of all foreground classes whatever the validation phantoms
     #: decide: the liver is one organ, its vessels and tumours inside it. The phantoms hold none of the
@@ -100,6 +102,6 @@ def resolve_model(arg: Path, settings: Settings) -> Path:
         raise ConfigurationError(
             f"the built-in model '{name}' is not installed here (neither shipped in {SHIPPED_DIR} nor in "
             f"{settings.cache / 'models'})",
-            fix=f"make it with `autoseg pretrain {name}` (about an hour on 2 CPU cores; docs/synthetic_model.md)")
+            fix=f"make it with `autoseg pretrain {name}` (1-2 h on 2 CPU cores; docs/synthetic_model.md)")
     log.info("built-in model '%s': %s", name, found)
     return found
