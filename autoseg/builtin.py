@@ -53,7 +53,7 @@ class Recipe:
     #: Keep only the largest component of all foreground classes whatever the validation phantoms
     #: decide: the liver is one organ, its vessels and tumours inside it. The phantoms hold none of the
     #: organs real CT confuses with liver, so their decision cannot see what the rule removes there
-    #: (docs/synthetic_model.md, "One organ").
+    #: (docs/synthetic_model.md, "One organ, what it costs": on a 3-slice slab it keeps one piece).
     one_organ: bool = True
 
     @property
