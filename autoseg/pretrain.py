@@ -8,14 +8,16 @@ phantoms with the recipe's one-organ rule added, and ``export`` into the cache.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autoseg.builtin import RECIPES, Recipe
 from autoseg.errors import ConfigurationError
+from autoseg.io import read_json, write_json
 from autoseg.settings import Settings
 
 if TYPE_CHECKING:
@@ -51,9 +53,11 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
         args.argv = argv
         if getattr(args, "device", None) == "auto":
             args.device = "cpu"  # the recipe is a CPU recipe: its step count fixes the weights
-        if args.command == "train" and _fold_finished(local, recipe):
-            log.info("fold %d is already trained in %s", recipe.fold, local.results)
-            continue
+        if args.command == "train":
+            if _fold_finished(local, recipe, work):
+                log.info("fold %d is already trained in %s", recipe.fold, local.results)
+                continue
+            write_json(work / RECIPE_STAMP, recipe_stamp(recipe))
         args.func(args, local)
     _decide_postprocessing(recipe, local)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,10 +103,19 @@ def with_one_organ(decision: "PostprocessingDecision") -> "PostprocessingDecisio
         "it), which the validation phantoms did not choose; the per-class rules were chosen without it"))
 
 
-def _fold_finished(settings: Settings, recipe: Recipe) -> bool:
-    """Whether the recipe's fold is trained: its final checkpoint, made with the plans just planned and
-    the recipe's steps. A finished fold of another recipe (other plans, other steps) is an error with the
-    fix, never exported as this one."""
+#: The recipe a work folder's fold was trained with, written when its training starts.
+RECIPE_STAMP = "recipe.json"
+
+
+def recipe_stamp(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as JSON data (what :data:`RECIPE_STAMP` holds)."""
+    return json.loads(json.dumps(asdict(recipe)))
+
+
+def _fold_finished(settings: Settings, recipe: Recipe, work: Path) -> bool:
+    """Whether the recipe's fold is trained: its final checkpoint, made with the plans just planned, the
+    recipe's steps and the recipe itself (its stamp in ``work``: seed, cases, plan flags...). A finished
+    fold of another recipe is an error with the fix, never exported as this one."""
     from autoseg.artefacts import FoldRecord
     from autoseg.inference.model import trained_model_folder
     from autoseg.layout import ModelFolder, PreprocessedDataset
@@ -120,6 +133,11 @@ def _fold_finished(settings: Settings, recipe: Recipe) -> bool:
     steps = FoldRecord.load(fold.record).schedule.steps if fold.record.is_file() else None
     if steps != recipe.steps:
         other.append(f"{steps} steps, not the recipe's {recipe.steps}")
+    stamp = read_json(work / RECIPE_STAMP) if (work / RECIPE_STAMP).is_file() else {}
+    fields = sorted(k for k, v in recipe_stamp(recipe).items() if stamp.get(k) != v and k != "steps")
+    if fields:
+        other.append(f"another recipe ({', '.join(fields)} differ from {work / RECIPE_STAMP})" if stamp
+                     else f"an unrecorded recipe (no {work / RECIPE_STAMP})")
     if other:
         raise ConfigurationError(f"{fold.root} holds a fold trained with {' and '.join(other)}",
                                  fix="pass --force to train it again with this recipe (phantoms and preprocessed "

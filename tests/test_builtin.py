@@ -83,6 +83,8 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     with pytest.raises(ConfigurationError, match="2 steps, not the recipe's 3") as err:
         pretrain(replace(recipe, steps=3), s, tmp_path / "work")
     assert "--force" in str(err.value) and "other plans" not in str(err.value) and not out.exists()
+    with pytest.raises(ConfigurationError, match=r"another recipe \(threads differ"):  # the stamp's fields
+        pretrain(replace(recipe, threads=1), s, tmp_path / "work")
 
 
 def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
