@@ -14,6 +14,7 @@ from autoseg.errors import ConfigurationError
 from autoseg.io import read_label
 from autoseg.phantom_trunk import generate_trunk_case
 from autoseg.settings import Settings
+from tests.test_planner import fingerprint
 
 
 def settings_in(tmp_path: Path) -> Settings:
@@ -95,20 +96,17 @@ def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch:
     from autoseg.planners import cost
     from autoseg.planners.planner import PlannerOptions, plan
 
-    spacing = (3.94, 3.22, 3.22)  # the trunk phantoms' median spacing and shape after cropping
-    quantiles = [float(v) for v in range(-100, 302, 4)][:101]
-    fingerprint = {"dataset_name": "Task100_LiverVesselTumour", "channel_names": ["CT"],
-                   "labels": {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}, "is_ct": True,
-                   "spacing": {"median": list(spacing), "percentile_10": list(spacing)},
-                   "intensity": {"0": {"foreground": {"n": 1000, "quantiles": quantiles}}},
-                   "cases": [{"shape_after_crop": [71, 73, 105], "spacing": list(spacing)}] * 20}
+    # the trunk phantoms' median spacing and shape after cropping, and their classes
+    trunk = dict(fingerprint(spacing=(3.94, 3.22, 3.22), shape=(71, 73, 105), n=20),
+                 dataset_name="Task100_LiverVesselTumour",
+                 labels={"0": "background", "1": "liver", "2": "vessel", "3": "tumour"})
     recipe = RECIPES["synthetic"]
     pinned = build_parser().parse_args(["plan_and_preprocess", "-d", recipe.dataset, *recipe.plan_args])
 
     def plans_on(flops_per_s: float, cpu_gflops: float | None):
         machine = cost.CpuTimeModel(flops_per_s, 1.5e-6, "a test machine", 1.5, 2)
         monkeypatch.setattr(cost, "calibrate", lambda *a, **k: machine)
-        return plan(fingerprint, PlannerOptions(device="cpu", base_features=recipe.features, cpu_gflops=cpu_gflops))
+        return plan(trunk, PlannerOptions(device="cpu", base_features=recipe.features, cpu_gflops=cpu_gflops))
 
     slow, fast = plans_on(1.5e11, pinned.cpu_gflops), plans_on(6e11, pinned.cpu_gflops)
     assert (slow.patch_size, slow.batch_size, slow.target_spacing) == (fast.patch_size, fast.batch_size,
