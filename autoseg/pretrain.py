@@ -120,7 +120,7 @@ def _fold_finished(settings: Settings, recipe: Recipe, work: Path) -> bool:
     from autoseg.inference.model import trained_model_folder
     from autoseg.layout import ModelFolder, PreprocessedDataset
     from autoseg.plans import Plans
-    from autoseg.training.run import without_schedule
+    from autoseg.training.run import changed_plans
 
     folder = trained_model_folder(recipe.dataset, None, settings)
     model = ModelFolder(folder)
@@ -129,7 +129,8 @@ def _fold_finished(settings: Settings, recipe: Recipe, work: Path) -> bool:
         return False
     trained = Plans.load(model.plans)
     planned = Plans.load(PreprocessedDataset(settings.preprocessed / trained.dataset_name).plans)
-    other = [] if without_schedule(trained) == without_schedule(planned) else ["other plans"]
+    changed = changed_plans(trained, planned)
+    other = [f"other plans ({', '.join(changed)} differ)"] if changed else []
     steps = FoldRecord.load(fold.record).schedule.steps if fold.record.is_file() else None
     if steps != recipe.steps:
         other.append(f"{steps} steps, not the recipe's {recipe.steps}")

@@ -289,3 +289,17 @@ def test_augmentation_workers_die_with_a_killed_training(env: Path) -> None:
     for p in survivors:
         os.kill(p, signal.SIGKILL)
     assert not survivors, "augmentation workers outlived their killed training process"
+
+
+def test_the_folds_of_a_model_share_its_plans_but_not_their_budget() -> None:
+    """What `train` checks before a fold joins a model folder, and `pretrain` before it exports one."""
+    import dataclasses
+
+    from autoseg.training.run import changed_plans
+    from tests.test_plans import make_plans
+
+    base = make_plans()
+    longer = base.replace(recipe=dataclasses.replace(base.recipe, steps=5000, epochs=7))
+    assert changed_plans(base, longer) == []
+    assert changed_plans(base, make_plans(patch_size=(32, 64, 96))) == ["patch_size"]
+    assert changed_plans(base, make_plans(batch_size=4, patch_size=(32, 64, 96))) == ["batch_size", "patch_size"]

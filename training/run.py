@@ -306,17 +306,24 @@ def _write_model_plans(out: ModelFolder, plans: Plans, replace: bool) -> None:
 
     ``replace``: every fold is being retrained, so new plans may replace the old ones."""
     path = out.plans
-    shared = without_schedule(plans)
     if path.is_file() and not replace:
-        existing = without_schedule(Plans.load(path))
-        if existing != shared:
-            changed = _changed_fields(existing.to_dict(), shared.to_dict())
+        changed = changed_plans(Plans.load(path), plans)
+        if changed:
             raise PlansError(f"this model folder was trained with different plans ({', '.join(changed)} "
                              "differ); its folds must share one plan", path,
                              "train with the plans the folds were trained with (restore them, or drop the "
                              "overriding flags), or move this model folder aside to train a new model")
         return
-    shared.save(path)
+    without_schedule(plans).save(path)
+
+
+def changed_plans(existing: Plans, plans: Plans) -> list[str]:
+    """The fields the folds of one model share (all but the fold-level budget) that differ between
+    ``existing`` and ``plans``, as dotted names; empty when they agree."""
+    old, new = without_schedule(existing), without_schedule(plans)
+    if old == new:
+        return []
+    return _changed_fields(old.to_dict(), new.to_dict()) or ["plans"]
 
 
 def _changed_fields(old: dict[str, Any], new: dict[str, Any], where: str = "") -> list[str]:
