@@ -66,7 +66,7 @@ from autoseg.phantom_shapes import Grid, Slices
 #: Field of view ``(z, y, x)`` mm of family 2 (family 1: 220 x 350 x 350).
 FOV2_MM: tuple[float, float, float] = (240.0, 400.0, 400.0)
 #: Version of the family-2 generator, recorded in ``phantom.json``.
-GENERATOR2_VERSION = 1
+GENERATOR2_VERSION = 2
 DEFAULT_TUMOUR_FREE_SHARE = 0.3
 _CHUNK = 1 << 22  # refined samples evaluated at once
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoseg.phantom_family2_liver import (DESIGN_STEP, PHASES, LiverDesign, Lesion, draw_lesions, vessel_tree,
-                                           volume_ml)
+from autoseg.phantom_family2_liver import (DESIGN_STEP, PHASES, LiverDesign, Lesion, draw_lesions, one_piece,
+                                           vessel_tree, volume_ml)
 from autoseg.phantom_family2_shapes import (TISSUES2, Capsule, Capsules, GaussianBumps, HalfSpace, Intersect, Item,
                                             Perturbed, Prism, Region, Rings, SoftUnion, Superquadric, ZBands,
                                             ZonalBumps, axis_rotation, random_tilt)
@@ -295,7 +295,7 @@ def _liver_shape(rng: np.random.Generator, f: Frame, keep_out: list[Region]
         region: Region = Perturbed(SoftUnion(parts, 10.0), shape_bumps)
         if nodules is not None:
             region = Perturbed(region, nodules)
-        region = Intersect((region, inner), tuple(keep_out))
+        region = one_piece(Intersect((region, inner), tuple(keep_out)))
         vol = volume_ml(region, DESIGN_STEP)
         f_scale *= float(np.clip((target[habitus] / vol) ** (1 / 3), 0.7, 1.4))
     return region, habitus, list(parts)

@@ -20,7 +20,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from autoseg.phantom_family2_shapes import (TISSUES2, Capsule, Capsules, GaussianBumps, Item, Metaballs,
-                                            Perturbed, Region, Superquadric, ZonalBumps, random_tilt)
+                                            Perturbed, Region, Superquadric, Without, ZonalBumps,
+                                            random_tilt)
 
 DESIGN_STEP = 2.5  # mm
 Scalable = Callable[[float], Region]
@@ -90,6 +91,22 @@ class LiverDesign:
 
     def centroid(self) -> np.ndarray:
         return np.asarray(self.origin + np.argwhere(self.inside).mean(axis=0) * DESIGN_STEP, dtype=float)
+
+
+def one_piece(region: Region) -> Region:
+    """``region`` without the pieces that lie apart from its largest one (26-connected on the design
+    grid). A liver drawn as blended lobes and then clipped to the abdominal cavity and kept out of
+    the spine, aorta and kidneys can fall apart: a lobe floating several centimetres from the rest,
+    which no real liver does (and which a model then learns to look for). The cut covers each such
+    piece and one design cell around it, never a cell of the largest piece."""
+    design = LiverDesign.of(region)
+    labels, count = ndimage.label(design.inside, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return region
+    keep = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    apart = (labels > 0) & (labels != keep)
+    cut = ndimage.binary_dilation(apart, structure=np.ones((3, 3, 3), dtype=bool)) & (labels != keep)
+    return Without(region, cut, design.origin, DESIGN_STEP)
 
 
 # --- vessels -------------------------------------------------------------------------------------

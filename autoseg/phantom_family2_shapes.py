@@ -300,6 +300,31 @@ class Intersect:
         return np.max([b[0] for b in boxes], axis=0), np.min([b[1] for b in boxes], axis=0)
 
 
+@dataclass(frozen=True, eq=False)
+class Without:
+    """``region`` less the cells flagged in ``cut``, a boolean grid of ``step`` mm cells whose first
+    cell is centred at ``origin`` (mm); a point is cut when the cell nearest to it is flagged."""
+
+    region: Region
+    cut: np.ndarray
+    origin: np.ndarray
+    step: float
+
+    def level(self, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        out = self.region.level(z, y, x)
+        index, valid = [], None
+        for c, o, n in zip((z, y, x), self.origin, self.cut.shape):
+            i = np.rint((c - np.float32(o)) / np.float32(self.step)).astype(np.intp)
+            ok = (i >= 0) & (i < n)
+            valid = ok if valid is None else valid & ok
+            index.append(np.clip(i, 0, n - 1))
+        flagged = self.cut[index[0], index[1], index[2]] & valid
+        return np.where(flagged, np.float32(self.step), out)
+
+    def bounds(self) -> Bounds:
+        return self.region.bounds()
+
+
 @dataclass(frozen=True)
 class HalfSpace:
     """``normal . p <= offset`` (``normal`` a unit ``(z, y, x)`` vector); unbounded."""

@@ -59,7 +59,7 @@ TRUNK_TISSUES: dict[str, int] = {**TISSUES2, "bladder_wall": 35, "urine": 36}
 #: Spacing ``((z, y, x) low, (z, y, x) high)`` mm of trunk phantoms (drawn per case).
 TRUNK_SPACING_RANGE: SpacingRange = ((2.5, 2.4, 2.4), (5.0, 4.0, 4.0))
 #: Version of the trunk generator, recorded in ``phantom.json``.
-TRUNK_VERSION = 2
+TRUNK_VERSION = 3
 TRUNK_PHASES = ("unenhanced",) + PHASES
 #: Unenhanced attenuation of the tissues that enhance (approximate HU ranges).
 UNENHANCED_HU: dict[str, tuple[float, float]] = {

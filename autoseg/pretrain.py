@@ -108,8 +108,12 @@ RECIPE_STAMP = "recipe.json"
 
 
 def recipe_stamp(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as JSON data (what :data:`RECIPE_STAMP` holds)."""
-    return json.loads(json.dumps(asdict(recipe)))
+    """The recipe as JSON data, with the version of the generator that drew its phantoms (what
+    :data:`RECIPE_STAMP` holds): a new generator rewrites the phantoms, and a fold trained on the old
+    ones must not be exported as the new model."""
+    from autoseg.phantom_trunk import TRUNK_VERSION
+
+    return {**json.loads(json.dumps(asdict(recipe))), "phantom_generator": f"trunk v{TRUNK_VERSION}"}
 
 
 def _fold_finished(settings: Settings, recipe: Recipe, work: Path) -> bool:

@@ -1,6 +1,7 @@
 """Built-in models: ``-m synthetic`` resolution and ``autoseg pretrain`` end to end (a tiny recipe)."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,6 +87,10 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     assert "--force" in str(err.value) and "other plans" not in str(err.value) and not out.exists()
     with pytest.raises(ConfigurationError, match=r"another recipe \(threads differ"):  # the stamp's fields
         pretrain(replace(recipe, threads=1), s, tmp_path / "work")
+    stamp = tmp_path / "work" / "recipe.json"  # a fold trained on an older generator's phantoms
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "phantom_generator": "trunk v2"}))
+    with pytest.raises(ConfigurationError, match=r"another recipe \(phantom_generator differ"):
+        pretrain(recipe, s, tmp_path / "work")
 
 
 def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
