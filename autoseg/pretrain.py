@@ -54,10 +54,15 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
         if getattr(args, "device", None) == "auto":
             args.device = "cpu"  # the recipe is a CPU recipe: its step count fixes the weights
         if args.command == "train":
-            if _fold_finished(local, recipe, work):
+            state = _fold_state(local, recipe, work)
+            if state == "finished":
                 log.info("fold %d is already trained in %s", recipe.fold, local.results)
                 continue
-            write_json(work / RECIPE_STAMP, recipe_stamp(recipe))
+            if state == "unfinished":  # an interrupted run of this recipe: go on from its last checkpoint
+                log.info("fold %d: resuming its unfinished run in %s", recipe.fold, local.results)
+                args.continue_training = True
+            else:
+                write_json(work / RECIPE_STAMP, recipe_stamp(recipe))
         args.func(args, local)
     _decide_postprocessing(recipe, local)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,10 +121,11 @@ def recipe_stamp(recipe: Recipe) -> dict[str, Any]:
     return {**json.loads(json.dumps(asdict(recipe))), "phantom_generator": f"trunk v{TRUNK_VERSION}"}
 
 
-def _fold_finished(settings: Settings, recipe: Recipe, work: Path) -> bool:
-    """Whether the recipe's fold is trained: its final checkpoint, made with the plans just planned, the
-    recipe's steps and the recipe itself (its stamp in ``work``: seed, cases, plan flags...). A finished
-    fold of another recipe is an error with the fix, never exported as this one."""
+def _fold_state(settings: Settings, recipe: Recipe, work: Path) -> str:
+    """``absent``, ``unfinished`` (an interrupted run of this recipe, to resume) or ``finished`` (its final
+    checkpoint, made with the plans just planned, the recipe's steps and the recipe itself). The
+    recipe is its stamp in ``work`` (seed, cases, plan flags, phantom generator...). A fold of another
+    recipe, finished or not, is an error with the fix, never resumed or exported as this one."""
     from autoseg.artefacts import FoldRecord
     from autoseg.inference.model import trained_model_folder
     from autoseg.layout import ModelFolder, PreprocessedDataset
@@ -129,25 +135,29 @@ def _fold_finished(settings: Settings, recipe: Recipe, work: Path) -> bool:
     folder = trained_model_folder(recipe.dataset, None, settings)
     model = ModelFolder(folder)
     fold = model.fold(recipe.fold)
-    if not fold.final.is_file():
-        return False
-    trained = Plans.load(model.plans)
-    planned = Plans.load(PreprocessedDataset(settings.preprocessed / trained.dataset_name).plans)
-    changed = changed_plans(trained, planned)
-    other = [f"other plans ({', '.join(changed)} differ)"] if changed else []
-    steps = FoldRecord.load(fold.record).schedule.steps if fold.record.is_file() else None
-    if steps != recipe.steps:
-        other.append(f"{steps} steps, not the recipe's {recipe.steps}")
+    finished = fold.final.is_file()
+    if not finished and not fold.latest.is_file():
+        return "absent"
+    other = []
+    if finished:
+        trained = Plans.load(model.plans)
+        planned = Plans.load(PreprocessedDataset(settings.preprocessed / trained.dataset_name).plans)
+        changed = changed_plans(trained, planned)
+        other = [f"other plans ({', '.join(changed)} differ)"] if changed else []
+        steps = FoldRecord.load(fold.record).schedule.steps if fold.record.is_file() else None
+        if steps != recipe.steps:
+            other.append(f"{steps} steps, not the recipe's {recipe.steps}")
     stamp = read_json(work / RECIPE_STAMP) if (work / RECIPE_STAMP).is_file() else {}
-    fields = sorted(k for k, v in recipe_stamp(recipe).items() if stamp.get(k) != v and k != "steps")
+    fields = sorted(k for k, v in recipe_stamp(recipe).items() if stamp.get(k) != v and (k != "steps" or not finished))
     if fields:
         other.append(f"another recipe ({', '.join(fields)} differ from {work / RECIPE_STAMP})" if stamp
                      else f"an unrecorded recipe (no {work / RECIPE_STAMP})")
     if other:
-        raise ConfigurationError(f"{fold.root} holds a fold trained with {' and '.join(other)}",
+        what = "a fold trained" if finished else "an unfinished run"
+        raise ConfigurationError(f"{fold.root} holds {what} with {' and '.join(other)}",
                                  fix="pass --force to train it again with this recipe (phantoms and preprocessed "
                                      "cases are kept)")
-    return True
+    return "finished" if finished else "unfinished"
 
 
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from autoseg import builtin
 from autoseg.builtin import RECIPES, resolve_model
-from autoseg.pretrain import pretrain
+from autoseg.pretrain import pretrain, recipe_stamp
 from autoseg.cli import main
 from autoseg.errors import ConfigurationError
 from autoseg.io import read_label
@@ -91,6 +91,13 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "phantom_generator": "trunk v2"}))
     with pytest.raises(ConfigurationError, match=r"another recipe \(phantom_generator differ"):
         pretrain(recipe, s, tmp_path / "work")
+    fold = tmp_path / "work" / "results" / "Task100_LiverVesselTumour" / "arunet" / "fold_0"
+    (fold / "checkpoint_final.pt").unlink()  # an interrupted run: resumed only when it is this recipe's
+    with pytest.raises(ConfigurationError, match=r"an unfinished run with another recipe \(phantom_generator"):
+        pretrain(recipe, s, tmp_path / "work")
+    stamp.write_text(json.dumps(recipe_stamp(recipe)))
+    assert pretrain(recipe, s, tmp_path / "work") == out and out.is_file()
+    assert (fold / "checkpoint_final.pt").is_file()
 
 
 def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
