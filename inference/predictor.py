@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autoseg.artefacts import Calibration, CaseProperties, CaseReport, PostprocessingRules, RoiReport
+from autoseg.artefacts import Calibration, CaseProperties, CaseReport, RoiReport
 from autoseg.cpu_share import CoreShare
 from autoseg.errors import AutosegError, ImageReadError
 from autoseg.cropping import BBox, mask_bbox
@@ -221,10 +221,9 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     else:
         probs = model.probabilities(pre.data, window, timings)
     t_net = time.perf_counter()
-    rules, warnings = rules_for_context(options.postprocessing, context_warnings(pre.properties, plans))
     labels = apply_postprocessing(_labels_on_input_grid(suppress_unsure(probs, options.postprocessing),
                                                         pre.properties, plans),
-                                  rules, geometry.spacing_zyx)
+                                  options.postprocessing, geometry.spacing_zyx)
     table = dict(plans.labels)
     if organ is not None and options.roi_model is not None and options.combine_roi:
         table = linked_label_table(options.roi_model.plans.labels, plans.labels)
@@ -243,9 +242,9 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
         localised_tiles=localised.get("tiles"), localised_share=localised.get("share"),
         localised_by=localised.get("by"),
-        postprocessing=rules, roi=roi_report, label_table=table,
+        postprocessing=rules_of(options.postprocessing), roi=roi_report, label_table=table,
         provenance=provenance(model, image_path, options.command_line),
-        warnings=warnings or None)
+        warnings=context_warnings(pre.properties, plans) or None)
     for warning in report.warnings or ():
         log.warning("%s: %s", image_path, warning)
     formats = [OUTPUT_FORMATS[o] for o in options.outputs]  # an unknown name fails before any work is kept
@@ -273,19 +272,6 @@ def context_warnings(properties: CaseProperties, plans: Plans) -> tuple[str, ...
             out.append(f"the image spans {n * s:.0f} mm along {axis} where the network's patch sees {p * s:.0f} mm: "
                        "too little context for it; treat these labels as unreliable")
     return tuple(out)
-
-
-def rules_for_context(decision: Decision, warnings: tuple[str, ...]) -> tuple[PostprocessingRules, tuple[str, ...]]:
-    """The post-processing rules to apply to an image with these context ``warnings``, and the
-    warnings with what was left out. In an image too thin for the network (a few slices) one organ
-    may lie in several pieces that join outside it, so "keep the largest component" would keep one
-    piece of it: those rules are left out there, and the report says so; the others apply."""
-    rules = rules_of(decision)
-    if not warnings or not (rules.keep_largest_foreground or rules.keep_largest_component):
-        return rules, warnings
-    kept = dataclasses.replace(rules, keep_largest_foreground=False, keep_largest_component=())
-    return kept, warnings + ("the post-processing's largest-component rules were not applied: in an image this "
-                             "thin one organ may lie in pieces that join outside it",)
 
 
 def region_of_interest(roi_model: Model, name: str, image_path: Path,

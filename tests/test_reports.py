@@ -252,25 +252,6 @@ def test_predict_records_provenance_and_writes_readable_outputs(model: Path, tmp
     assert report.overlays and max(Image.open(out / report.overlays[0]).size) >= 512
 
 
-def test_a_thin_image_keeps_every_piece_of_its_organ() -> None:
-    """On an image flagged as too thin, "keep the largest component" would keep one piece of an organ
-    whose pieces join outside it (dcmqi's 3 slices: the synthetic model's liver fell into 13 pieces
-    and the rule kept one); those rules are left out there and the report says so, the others kept."""
-    from autoseg.artefacts import PostprocessingRules
-    from autoseg.inference.predictor import rules_for_context
-
-    rules = PostprocessingRules(keep_largest_component=(1,), min_component_ml={2: 0.1},
-                                keep_largest_foreground=True, min_component_confidence={2: 0.7})
-    thin = ("the image spans 9 mm along z where the network's patch sees 252 mm: too little context",)
-    applied, warnings = rules_for_context(rules, thin)
-    assert not applied.keep_largest_foreground and applied.keep_largest_component == ()
-    assert applied.min_component_ml == {2: 0.1} and applied.min_component_confidence == {2: 0.7}
-    assert warnings[0] == thin[0] and "largest-component rules were not applied" in warnings[1]
-    assert rules_for_context(rules, ()) == (rules, ())  # a whole scan: every rule applies
-    plain = PostprocessingRules(min_component_ml={2: 0.1})
-    assert rules_for_context(plain, thin) == (plain, thin)  # nothing left out, nothing said
-
-
 def test_an_image_thinner_than_a_quarter_of_the_patch_is_flagged(tmp_path: Path) -> None:
     """Three slices where the network's patch sees eight: the report warns that the labels lack
     context (dcmqi's 3-slice series gave the synthetic model one slice of its 3.9 mm grid and a
