@@ -40,6 +40,19 @@ def volume_ml(region: Region, step: float) -> float:
     return float(np.count_nonzero(inside)) * step ** 3 / 1000.0
 
 
+def design_grid(region: Region, exclude: tuple[Region, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """``region`` less ``exclude`` sampled on the 2.5 mm design grid, one cell beyond its bounds: the
+    centre of the first cell (mm) and which cells lie inside."""
+    lo, hi = region.bounds()
+    lo, hi = lo - DESIGN_STEP, hi + DESIGN_STEP
+    n = np.ceil((hi - lo) / DESIGN_STEP).astype(int) + 1
+    axes = _axes(lo, n, DESIGN_STEP)
+    level = region.level(*axes)
+    for other in exclude:
+        level = np.maximum(level, -other.level(*axes))
+    return lo, level < 0
+
+
 @dataclass(frozen=True)
 class LiverDesign:
     """The liver on a fixed 2.5 mm grid: where it is and how deep each point lies (mm)."""
@@ -50,14 +63,7 @@ class LiverDesign:
 
     @classmethod
     def of(cls, region: Region, exclude: tuple[Region, ...] = ()) -> "LiverDesign":
-        lo, hi = region.bounds()
-        lo, hi = lo - DESIGN_STEP, hi + DESIGN_STEP
-        n = np.ceil((hi - lo) / DESIGN_STEP).astype(int) + 1
-        axes = _axes(lo, n, DESIGN_STEP)
-        level = region.level(*axes)
-        for other in exclude:
-            level = np.maximum(level, -other.level(*axes))
-        inside = level < 0
+        lo, inside = design_grid(region, exclude)
         depth = ndimage.distance_transform_edt(inside).astype(np.float32) * DESIGN_STEP
         return cls(lo, inside, depth)
 
@@ -100,14 +106,14 @@ def one_piece(region: Region) -> Region:
     which no real liver does (and which a model then learns to look for). The cut covers each such
     piece and one design cell around it, never a cell of the largest piece (rendered finer, the
     largest piece may lose up to half a cell, 1.25 mm, where it faces a cut one)."""
-    design = LiverDesign.of(region)
-    labels, count = ndimage.label(design.inside, structure=np.ones((3, 3, 3), dtype=bool))
+    origin, inside = design_grid(region)  # the pieces only: no depth map
+    labels, count = ndimage.label(inside, structure=np.ones((3, 3, 3), dtype=bool))
     if count <= 1:
         return region
     keep = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
     apart = (labels > 0) & (labels != keep)
     cut = ndimage.binary_dilation(apart, structure=np.ones((3, 3, 3), dtype=bool)) & (labels != keep)
-    return Without(region, cut, design.origin, DESIGN_STEP)
+    return Without(region, cut, origin, DESIGN_STEP)
 
 
 # --- vessels -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import logging
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autoseg.builtin import RECIPES, Recipe
 from autoseg.errors import ConfigurationError
@@ -121,7 +121,7 @@ def recipe_stamp(recipe: Recipe) -> dict[str, Any]:
     return {**json.loads(json.dumps(asdict(recipe))), "phantom_generator": f"trunk v{TRUNK_VERSION}"}
 
 
-def _fold_state(settings: Settings, recipe: Recipe, work: Path) -> str:
+def _fold_state(settings: Settings, recipe: Recipe, work: Path) -> Literal["absent", "unfinished", "finished"]:
     """``absent``, ``unfinished`` (an interrupted run of this recipe, to resume) or ``finished`` (its final
     checkpoint, made with the plans just planned, the recipe's steps and the recipe itself). The
     recipe is its stamp in ``work`` (seed, cases, plan flags, phantom generator...). A fold of another
