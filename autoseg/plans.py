@@ -109,6 +109,10 @@ class Estimates:
     step_time_estimate_s: float | None = None
     step_time_measured_s: float | None = None
     notes: tuple[str, ...] = ()
+    #: False where the step-time estimate comes from a throughput the user gave (``--cpu-gflops``,
+    #: a pinned plan) rather than from this machine's calibration or a measured step: the plan is
+    #: the same on every machine, and its estimate says nothing about this one.
+    step_time_calibrated: bool = True
 
 
 @dataclass(frozen=True)

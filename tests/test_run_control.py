@@ -3,7 +3,9 @@
 count following the cores other processes leave free."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from autoseg.cli import main
+from autoseg.errors import ConfigurationError
 from autoseg.io import read_json, write_json
 from tests.workspaces import lock_held_elsewhere, planned_workspace, use_workspace
 
@@ -146,9 +149,12 @@ def test_compute_budget_is_steps_of_the_calibrated_step_time(env: Path) -> None:
     from autoseg.plans import Plans
     from autoseg.training.run import TrainRequest, apply_overrides
 
-    plans = Plans.load(env / "pre" / DATASET / "plans.json")
-    estimate = plans.estimates.step_time_estimate_s
-    assert estimate
+    pinned = Plans.load(env / "pre" / DATASET / "plans.json")  # planned with --cpu-gflops
+    estimate = pinned.estimates.step_time_estimate_s
+    assert estimate and not pinned.estimates.step_time_calibrated
+    with pytest.raises(ConfigurationError, match="--cpu-gflops"):  # its estimate is not this machine's
+        apply_overrides(pinned, TrainRequest("8", compute_budget_s=60 * estimate))
+    plans = pinned.replace(estimates=dataclasses.replace(pinned.estimates, step_time_calibrated=True))
     recipe = apply_overrides(plans, TrainRequest("8", compute_budget_s=60 * estimate)).recipe
     assert (recipe.steps, recipe.time_budget_s) == (60, None)
     recipe = apply_overrides(plans.replace(recipe=recipe), TrainRequest("8", time_budget_s=30.0)).recipe
@@ -157,6 +163,28 @@ def test_compute_budget_is_steps_of_the_calibrated_step_time(env: Path) -> None:
     assert apply_overrides(plans, TrainRequest("8", sampler="components")).recipe.sampler == "components"
     assert recipe.class_contrast is None
     assert apply_overrides(plans, TrainRequest("8", class_contrast=0.3)).recipe.class_contrast == 0.3
+
+
+def test_slow_steps_are_reported_against_a_calibrated_estimate_only(
+        env: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pinned plan's step time comes from the throughput given with --cpu-gflops: steps three times
+    slower say nothing about other processes (the synthetic recipe warned "3x the planned" on an idle
+    EPYC). A calibrated plan's estimate still warns."""
+    from types import SimpleNamespace
+
+    from autoseg.plans import Plans
+    from autoseg.training.loop import FoldTrainer
+
+    pinned = Plans.load(env / "pre" / DATASET / "plans.json")
+    estimate = pinned.estimates.step_time_estimate_s
+    record = {"steps": 50, "step_time_s": 4 * estimate, "threads": 2, "others_busy_cores": 0.0}
+    calibrated = pinned.replace(estimates=dataclasses.replace(pinned.estimates, step_time_calibrated=True))
+    for plans, warned in ((pinned, False), (calibrated, True)):
+        trainer = SimpleNamespace(plans=plans, device=torch.device("cpu"), epoch=1, fold_dir=SimpleNamespace(fold=0))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="autoseg.training.loop"):
+            FoldTrainer._warn_if_cpu_contended(trainer, record)  # type: ignore[arg-type]
+        assert ("4x the planned" in caplog.text) == warned
 
 
 def test_a_fold_being_trained_elsewhere_is_refused_until_its_holder_ends(

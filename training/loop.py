@@ -309,9 +309,11 @@ class FoldTrainer:
         """Say so when CPU steps take far longer than planned even after adapting the threads to
         the cores other processes leave free (autoseg.cpu_share): usually more busy processes than
         cores. A budget in steps (``--steps``, ``--compute-budget``) then still trains the planned
-        model, only later; a ``--time-budget`` trains it less."""
+        model, only later; a ``--time-budget`` trains it less. A pinned plan (``--cpu-gflops``) has no
+        estimate for this machine to compare with."""
         estimate = self.plans.estimates.step_time_estimate_s
-        if self.device.type != "cpu" or not estimate or self.epoch > 3 or record["steps"] < 5:
+        if (self.device.type != "cpu" or not estimate or not self.plans.estimates.step_time_calibrated
+                or self.epoch > 3 or record["steps"] < 5):
             return
         if record["step_time_s"] > 3 * estimate:
             log.warning("fold %d: steps take %.2f s, %.0fx the planned %.2f s, with %s thread(s); other processes "
