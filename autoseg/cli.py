@@ -411,6 +411,10 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="slide tiles F times the trained patch along each axis (at most the case's size; "
                         "default 1: the patch). Fewer tiles and less border for the same overlap; "
                         "docs/inference.md has what it does to time and Dice")
+    p.add_argument("--edge-context", type=float, default=0.0, metavar="F",
+                   help="extend each case at both ends of its slice axis by F times the patch, mirrored, before "
+                        "sliding, so the tiles at the field of view's ends see anatomy go on (default 0: not; "
+                        "docs/inference.md)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="on the CPU, run the networks in PyTorch's default NCDHW layout instead of "
                         "channels-last (the same probabilities up to rounding, slower; docs/inference.md)")
@@ -472,6 +476,9 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.cpu_share import configure_threads
     from autoseg.precision import resolve_precision
 
+    if not 0 <= args.edge_context <= 1:  # NaN too
+        raise ConfigurationError(f"--edge-context {args.edge_context}: a share of the patch from 0 to 1",
+                                 fix="give e.g. --edge-context 0.25, or leave it out")
     cores = configure_threads(args.device, args.threads)
     from autoseg.networks.openvino_runtime import require_runtime
 
@@ -492,9 +499,15 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                 raise ConfigurationError("--tile-scale: an ONNX export takes only the patch it was exported at",
                                          m.folder, "predict with the PyTorch model folder or archive, or without "
                                                    "--tile-scale")
+    from autoseg.sliding_window import edge_context_of
+
+    if args.edge_context and not edge_context_of(model.plans, args.edge_context):
+        log.warning("--edge-context is ignored: this model was not trained mirrored along the slice axis, so "
+                    "anatomy mirrored beyond the field of view is new to it (docs/inference.md)")
     localiser = _localiser(args, model)
     options = PredictOptions(device=args.device, tta=args.tta, overlap=args.overlap, localise=args.localise,
                              localiser=localiser, tile_scale=args.tile_scale, channels_last=args.channels_last,
+                             edge_context=args.edge_context,
                              runtime=args.runtime,
                              precision=resolve_precision(args.precision, args.device),
                              outputs=tuple(o for o, on in (("probabilities", args.save_probabilities),

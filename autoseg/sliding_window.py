@@ -50,6 +50,9 @@ class WindowOptions:
     #: What runs the network on the CPU: ``torch``, or ``openvino`` (:mod:`autoseg.networks.openvino_runtime`:
     #: the whole network compiled into fused kernels, in ``precision``); on other devices always torch.
     runtime: str = "torch"
+    #: Share of the patch by which the case is extended, mirrored, at both ends of its first axis
+    #: (the slice axis: craniocaudal in LPS plans) before sliding (:func:`mirror_context`); 0: not.
+    edge_context: float = 0.0
 
 
 def inference_tile(plans: Plans, shape: Sequence[int], scale: float) -> tuple[int, ...]:
@@ -104,7 +107,8 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
     ``options.channels_last`` on the CPU the network slides channels-last (:func:`inference_network`;
     a network converted already slides as it is). ``out``, ``scale``: the probabilities times
     ``scale`` are added to ``out`` (:func:`predict_sliding_window`). Test-time mirroring
-    (``options.mirror``) flips along the axes the plans' training mirrored along."""
+    (``options.mirror``) flips along the axes the plans' training mirrored along; so does the mirrored
+    edge context (``options.edge_context``, :func:`edge_context_of`)."""
     mirror = plans.patch_mirror_axes if options.mirror else ()
     tile = inference_tile(plans, data.shape[1:], options.tile_scale)
     batch = plans.batch_size if tile == tuple(plans.patch_size) else 1
@@ -112,7 +116,17 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
     return predict_sliding_window(network, data, tile, plans.num_classes, options.overlap,
                                   batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,
-                                  regions=plans.regions, out=out, scale=scale)
+                                  regions=plans.regions, out=out, scale=scale,
+                                  edge_context=edge_context_of(plans, options.edge_context))
+
+
+def edge_context_of(plans: Plans, share: float) -> float:
+    """The mirrored edge context a network of ``plans`` gets for the asked ``share``: none unless its
+    3D patches were mirrored along the slice axis in training. Anatomy mirrored beyond the field of
+    view is upside down; a network that never saw that is misled by it (a family-2 Task08 model
+    trained without slice-axis mirroring lost 0.044 vessel Dice with a quarter patch of it,
+    docs/inference.md)."""
+    return share if len(plans.patch_size) == 3 and 0 in plans.patch_mirror_axes else 0.0
 
 
 def gaussian_importance(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.ndarray:
@@ -156,6 +170,22 @@ def tiles_whose_cell_holds(wanted: np.ndarray, starts: list[list[int]], patch: t
     return np.asarray(held)
 
 
+def mirror_context(data: np.ndarray, patch: tuple[int, ...], share: float
+                   ) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """``data`` (C, *spatial) extended at both ends of its first spatial axis by ``share`` of the
+    patch along it, mirrored about the end slices (U-Net's overlap-tile strategy, along the slice axis
+    only); returns the spatial crop that undoes it. A CT's field of view ends inside the body along
+    that axis, so the tiles at its ends see anatomy go on rather than a border; in-plane the body
+    usually lies inside the field of view, and where it does not a mirrored second body edge is no
+    anatomy at all. A single slice is repeated."""
+    width = int(round(share * patch[0]))
+    if width <= 0:
+        return data, tuple(slice(0, n) for n in data.shape[1:])
+    pads = [(0, 0), (width, width)] + [(0, 0)] * (data.ndim - 2)
+    extended = np.pad(data, pads, mode="reflect") if data.shape[1] > 1 else np.pad(data, pads, mode="edge")
+    return extended, (slice(width, width + data.shape[1]),) + tuple(slice(0, n) for n in data.shape[2:])
+
+
 def pad_to_patch(data: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Pad (C, *spatial) with zeros, centred, up to at least ``patch``; returns the spatial crop that
     undoes it (acvl-utils' padder, the one nnU-Net uses)."""
@@ -172,7 +202,8 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
                            between_batches: Callable[[], object] | None = None,
                            where: np.ndarray | None = None,
                            regions: tuple[Region, ...] | None = None,
-                           out: np.ndarray | None = None, scale: float = 1.0) -> np.ndarray:
+                           out: np.ndarray | None = None, scale: float = 1.0,
+                           edge_context: float = 0.0) -> np.ndarray:
     """Class probabilities (K, *spatial) float32 for ``data`` (C, *spatial): the softmax of the
     network's outputs, or with ``regions`` the class probabilities of its region sigmoids.
 
@@ -197,9 +228,14 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     ``precision`` is the autocast of the forward passes (``autoseg.precision``; ``auto``: fp16 on
     CUDA, bf16 on CPUs with native bf16, else fp32); the softmax and the accumulation are fp32.
     ``timings``, if given, gets the seconds spent in the network's forward passes added under
-    ``"forward"`` (the floor of prediction time; everything else is overhead)."""
+    ``"forward"`` (the floor of prediction time; everything else is overhead).
+
+    ``edge_context`` > 0 slides over the case extended by :func:`mirror_context` and returns the
+    probabilities of the case's own voxels."""
     precision = resolve_precision(precision, device)
-    padded, unpad = pad_to_patch(data.astype(np.float32, copy=False), patch)
+    extended, inner = mirror_context(data.astype(np.float32, copy=False), patch, edge_context)
+    padded, outer = pad_to_patch(extended, patch)
+    unpad = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
     spatial = padded.shape[1:]
     if out is not None and out.shape != (num_classes, *data.shape[1:]):
         raise ValueError(f"an output of shape {out.shape} for {num_classes} classes and data of shape {data.shape}")

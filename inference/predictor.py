@@ -48,6 +48,8 @@ class PredictOptions:
     overlap: float = 0.5
     #: Tiles this many times the trained patch along each axis (``WindowOptions.tile_scale``).
     tile_scale: float = 1.0
+    #: Mirrored context at the ends of the slice axis, a share of the patch (``WindowOptions.edge_context``).
+    edge_context: float = 0.0
     #: On the CPU, slide channels-last copies of the networks (``WindowOptions.channels_last``).
     channels_last: bool = True
     #: What runs the networks on the CPU (``WindowOptions.runtime``): torch or openvino.
@@ -184,6 +186,7 @@ def window_options(options: PredictOptions) -> WindowOptions:
     """How the models slide over a case, from the prediction options."""
     return WindowOptions(overlap=options.overlap, mirror=options.tta, device=options.device,
                          precision=options.precision, tile_scale=options.tile_scale,
+                         edge_context=options.edge_context,
                          channels_last=options.channels_last, runtime=options.runtime,
                          between_batches=options.cores.adapt if options.cores else None)
 

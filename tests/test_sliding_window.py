@@ -115,3 +115,45 @@ def test_networks_added_into_one_array_give_their_mean(shape) -> None:
             assert not out[:, :, :, -8:].any()  # tiles holding no wanted voxel were never predicted
     with pytest.raises(ValueError, match="output of shape"):
         predict_sliding_window(conv_net(0), data, (8, 16, 16), 3, out=np.zeros((2, *shape), np.float32))
+
+
+def z_context_net() -> torch.nn.Module:
+    """Each output voxel sees its neighbours along z (zero-padded at a tile's border)."""
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 3, (3, 1, 1), padding=(1, 0, 0)), torch.nn.Tanh(),
+                               torch.nn.Conv3d(3, 3, 1)).eval()
+
+
+@pytest.mark.parametrize("shape", [(12, 30, 41), (5, 9, 7), (1, 20, 20)])
+def test_edge_context_slides_the_case_mirrored_beyond_its_slice_ends_and_crops_it_back(shape) -> None:
+    """``edge_context`` is the same as sliding over the case extended by mirrored slices and cropping
+    the extension off: the end slices see their mirrored neighbours, not the tile's zero border."""
+    from autoseg.sliding_window import mirror_context
+
+    data = np.random.default_rng(4).normal(size=(1, *shape)).astype(np.float32)
+    net, patch = z_context_net(), (8, 16, 16)
+    got = predict_sliding_window(net, data, patch, 3, precision="fp32", edge_context=0.25)
+    width = 2  # a quarter of the patch's 8 slices
+    mode = "reflect" if shape[0] > 1 else "edge"
+    extended = np.pad(data, [(0, 0), (width, width), (0, 0), (0, 0)], mode=mode)  # type: ignore[call-overload]
+    assert np.array_equal(mirror_context(data, patch, 0.25)[0], extended)
+    want = predict_sliding_window(net, extended, patch, 3, precision="fp32")[:, width:width + shape[0]]
+    assert got.shape == (3, *shape)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    plain = predict_sliding_window(net, data, patch, 3, precision="fp32")
+    assert np.abs(got[:, 0] - plain[:, 0]).max() > 1e-3  # the first slice's context changed
+    np.testing.assert_allclose(predict_sliding_window(net, data, patch, 3, precision="fp32", edge_context=0.0), plain)
+
+
+def test_edge_context_only_for_networks_trained_mirrored_along_the_slice_axis() -> None:
+    """Mirrored context shows anatomy upside down: only a network whose training mirrored along z
+    has seen that (a family-2 Task08 model that had not lost vessel Dice with it)."""
+    from autoseg.plans import Augmentation
+    from autoseg.sliding_window import edge_context_of
+    from tests.test_plans import make_plans
+
+    assert edge_context_of(make_plans(augmentation=Augmentation(False, (0, 1))), 0.25) == 0.25
+    assert edge_context_of(make_plans(augmentation=Augmentation(False, (1,))), 0.25) == 0.0
+    assert edge_context_of(make_plans(), 0.25) == 0.25  # plans before mirror_axes: all three axes
+    assert edge_context_of(make_plans(patch_size=(96, 96), target_spacing=(0.8, 0.8), median_shape=(300, 300)),
+                           0.25) == 0.0  # 2D: no slice axis in the patch

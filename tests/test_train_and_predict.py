@@ -170,6 +170,9 @@ def test_predict_bad_inputs(env: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "no images" in capsys.readouterr().err
     assert main(["predict", "-i", str(images), "-o", str(tmp_path / "o"), "-m", str(tmp_path)]) == 2
     assert "plans.json" in capsys.readouterr().err
+    for share in ("1.5", "nan", "-0.1"):
+        assert main(["predict", "-i", str(images), "-o", str(tmp_path / "o"), "-d", "8", "--edge-context", share]) == 2
+        assert "a share of the patch from 0 to 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def _probabilities(folder: Path) -> np.ndarray:
