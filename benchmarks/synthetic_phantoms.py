@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clinical", action="store_true", help="clinical spacing (slow); default: the demo's coarse one")
     p.add_argument("--work", type=Path, default=BENCH / "work" / "synthetic_phantoms")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--predict-args", default="", help="more arguments for `autoseg predict`, one string "
+                                                      "(e.g. \"--edge-context 0.25\")")
     args = p.parse_args(argv)
     rows: list[dict[str, Any]] = []
     for family in (1, 2):
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                           family=family, spacing_range=CLINICAL_SPACING_RANGE if args.clinical else None)
         out = args.work / f"pred{family}"
         command = [sys.executable, "-m", "autoseg", "predict", "-i", str(root / "imagesTs"), "-o", str(out),
-                   "-m", args.model, "--overwrite"]
+                   "-m", args.model, "--overwrite", *shlex.split(args.predict_args)]
         t0 = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
         seconds = time.perf_counter() - t0
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "model": args.model,
-        "spacing": "clinical" if args.clinical else "demo", "seed": SEED, "cases": rows,
+        "predict_args": args.predict_args, "spacing": "clinical" if args.clinical else "demo", "seed": SEED, "cases": rows,
         "summary": {f"family{f}": {k: summary([r[k] for r in rows if r["family"] == f]) for k in ("liver", "tumour")}
                     for f in (1, 2)}}
     append_result(args.out, result)

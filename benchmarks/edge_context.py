@@ -1,0 +1,105 @@
+"""Paired Dice of ``predict --edge-context F`` against F = 0 on a model's held-out phantoms.
+
+The held-out phantoms are the validation cases of fold 0 in an ``autoseg pretrain`` work folder (the
+trunk phantoms the model was not trained on, many with a field of view that ends inside the liver).
+Each share F is one ``autoseg predict`` run over all of them in a fresh process; liver (union of the
+model's labels 1-3), vessel (2) and tumour (3) Dice per case by the project's one Dice path, then
+the mean and a paired bootstrap interval of each share's difference to the first. This is the data
+the edge-context default is chosen on; the real CT is only reported. Not run by CI::
+
+    AUTOSEG_CACHE=... .venv/bin/python benchmarks/edge_context.py --work benchmarks/work/synthetic_v3 \\
+        --model benchmarks/work/cache_s43/models/synthetic.zip --shares 0 0.125 0.25 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from bench_common import append_result, cpu_model  # noqa: E402
+
+from autoseg.io import read_label  # noqa: E402
+from autoseg.metrics import bootstrap_interval, dice_per_class, mean_present  # noqa: E402
+
+DATASET = "Task100_LiverVesselTumour"
+CLASSES = {"liver": None, "vessel": 2, "tumour": 3}
+
+
+def case_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, label in CLASSES.items():
+        p, r = (pred > 0, ref > 0) if label is None else (pred == label, ref == label)
+        out[name] = mean_present([dice_per_class(p.astype(np.uint8), r.astype(np.uint8), [1])[1]])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True, help="an `autoseg pretrain` work folder")
+    p.add_argument("--model", required=True, help="what `autoseg predict -m` takes: the model made in --work")
+    p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.25], help="edge-context shares; the first "
+                                                                                "is the baseline")
+    p.add_argument("--out", type=Path, default=BENCH / "results" / "edge_context.json")
+    p.add_argument("--scratch", type=Path, default=BENCH / "work" / "edge_context")
+    args = p.parse_args(argv)
+    raw = args.work / "raw" / DATASET
+    cases = json.loads((args.work / "preprocessed" / DATASET / "splits.json").read_text())[0]["val"]
+    inputs = args.scratch / "inputs"
+    shutil.rmtree(args.scratch, ignore_errors=True)
+    inputs.mkdir(parents=True)
+    for case in cases:
+        shutil.copy(raw / "imagesTr" / f"{case}.nii.gz", inputs / f"{case}.nii.gz")
+    scores: dict[float, dict[str, dict[str, float | None]]] = {}
+    seconds: dict[float, float] = {}
+    for share in args.shares:
+        out = args.scratch / f"share_{share}"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out), "-m",
+                        args.model, "--edge-context", str(share)], check=True, capture_output=True)
+        seconds[share] = time.perf_counter() - t0
+        scores[share] = {}
+        for case in cases:
+            ref, _ = read_label(raw / "labelsTr" / f"{case}.nii.gz")
+            pred, _ = read_label(out / f"{case}.nii.gz")
+            scores[share][case] = case_scores(pred, ref)
+    base = args.shares[0]
+    summary: dict[str, Any] = {}
+    print(f"| share | seconds | {' | '.join(f'{k} mean, paired difference [95 % CI]' for k in CLASSES)} |")
+    print("|---|---|" + "---|" * len(CLASSES))
+    for share in args.shares:
+        row: dict[str, Any] = {"seconds": round(seconds[share], 1)}
+        cells = []
+        for k in CLASSES:
+            pairs = [(scores[share][c][k], scores[base][c][k]) for c in cases]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            diffs = [a - b for a, b in pairs]
+            ci = bootstrap_interval(diffs) or (float("nan"), float("nan"))
+            mean = mean_present([a for a, _ in pairs])
+            row[k] = {"n": len(pairs), "mean": mean, "paired_difference": mean_present(diffs), "ci95": list(ci),
+                      "cases_worse": sum(d < -0.01 for d in diffs), "cases_better": sum(d > 0.01 for d in diffs)}
+            cells.append(f"{mean:.3f}, {row[k]['paired_difference']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+                         if mean is not None else "-")
+        summary[str(share)] = row
+        print(f"| {share} | {seconds[share]:.0f} | {' | '.join(cells)} |")
+    append_result(args.out, {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "model": args.model,
+        "work": str(args.work), "cases": cases, "scores": {str(k): v for k, v in scores.items()}, "summary": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
