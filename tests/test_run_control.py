@@ -329,5 +329,10 @@ def test_the_folds_of_a_model_share_its_plans_but_not_their_budget() -> None:
     base = make_plans()
     longer = base.replace(recipe=dataclasses.replace(base.recipe, steps=5000, epochs=7))
     assert changed_plans(base, longer) == []
+    # the planner's estimates are not the network: a re-plan elsewhere, or by a newer autoseg that
+    # records more of them (step_time_calibrated), is the same model
+    other_machine = base.replace(estimates=dataclasses.replace(base.estimates, step_time_estimate_s=9.0,
+                                                               step_time_calibrated=False))
+    assert changed_plans(base, other_machine) == []
     assert changed_plans(base, make_plans(patch_size=(32, 64, 96))) == ["patch_size"]
     assert changed_plans(base, make_plans(batch_size=4, patch_size=(32, 64, 96))) == ["batch_size", "patch_size"]

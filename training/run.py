@@ -20,7 +20,7 @@ from autoseg.networks import default_network_kwargs
 from autoseg.networks.registry import REGISTRY as NETWORKS
 from autoseg.layout import NUM_FOLDS, FoldFolder, ModelFolder, PreprocessedDataset, ResultsDataset
 from autoseg.locks import check_unlocked, folder_lock
-from autoseg.plans import Plans, Recipe
+from autoseg.plans import Estimates, Plans, Recipe
 from autoseg.precision import resolve_precision
 from autoseg.regions import Region, regions_from_nesting
 from autoseg.settings import Settings
@@ -323,8 +323,10 @@ def _write_model_plans(out: ModelFolder, plans: Plans, replace: bool) -> None:
 
 def changed_plans(existing: Plans, plans: Plans) -> list[str]:
     """The fields the folds of one model share (all but the fold-level budget) that differ between
-    ``existing`` and ``plans``, as dotted names; empty when they agree."""
-    old, new = without_schedule(existing), without_schedule(plans)
+    ``existing`` and ``plans``, as dotted names; empty when they agree. The planner's estimates (what
+    it predicted of memory and step time) are left out: they change with the machine and with the
+    autoseg version that planned, not the network."""
+    old, new = (without_schedule(p.replace(estimates=Estimates(p.estimates.device, 0, 0))) for p in (existing, plans))
     if old == new:
         return []
     return _changed_fields(old.to_dict(), new.to_dict()) or ["plans"]
