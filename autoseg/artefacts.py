@@ -498,6 +498,9 @@ class CaseReport(Artefact):
     #: What ran the networks: ``torch``, ``openvino`` (``predict --runtime openvino`` on the CPU) or
     #: ``onnxruntime`` (an ONNX export).
     runtime: str | None = optional()
+    #: The mirrored context the networks slid with, a share of the patch (``predict --edge-context``);
+    #: absent when none.
+    edge_context: float | None = optional()
     #: Seconds of each stage (preprocess, sliding_window, network_forward, restore_and_write).
     stage_seconds: dict[str, float] | None = optional()
     #: The preprocessed grid the sliding window ran over.

@@ -411,10 +411,10 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="slide tiles F times the trained patch along each axis (at most the case's size; "
                         "default 1: the patch). Fewer tiles and less border for the same overlap; "
                         "docs/inference.md has what it does to time and Dice")
-    p.add_argument("--edge-context", type=float, default=0.0, metavar="F",
+    p.add_argument("--edge-context", type=float, default=None, metavar="F",
                    help="extend each case at both ends of its slice axis by F times the patch, mirrored, before "
-                        "sliding, so the tiles at the field of view's ends see anatomy go on (default 0: not; "
-                        "docs/inference.md)")
+                        "sliding, so the tiles at the field of view's ends see anatomy go on (default: 0.25 with "
+                        "-m synthetic, else 0; docs/inference.md)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="on the CPU, run the networks in PyTorch's default NCDHW layout instead of "
                         "channels-last (the same probabilities up to rounding, slower; docs/inference.md)")
@@ -476,6 +476,10 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.cpu_share import configure_threads
     from autoseg.precision import resolve_precision
 
+    from autoseg.builtin import default_edge_context
+
+    if args.edge_context is None:
+        args.edge_context = default_edge_context(args.model)
     if not 0 <= args.edge_context <= 1:  # NaN too
         raise ConfigurationError(f"--edge-context {args.edge_context}: a share of the patch from 0 to 1",
                                  fix="give e.g. --edge-context 0.25, or leave it out")

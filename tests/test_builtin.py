@@ -78,6 +78,10 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
                  "--device", "cpu"]) == 0
     labels, _ = read_label(tmp_path / "out" / "ct.nii.gz")
     assert labels.shape == case.labels.shape and int(labels.max()) <= 3
+    from autoseg.sliding_window import edge_context_of
+
+    applied = edge_context_of(open_model(out).plans, RECIPES["synthetic"].edge_context)  # the recipe's default
+    assert json.loads((tmp_path / "out" / "ct.report.json").read_text()).get("edge_context") == (applied or None)
     with pytest.raises(ConfigurationError, match="exists") as err:
         pretrain(recipe, s, tmp_path / "work")
     assert "--force" in str(err.value)
@@ -98,6 +102,20 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     stamp.write_text(json.dumps(recipe_stamp(recipe)))
     assert pretrain(recipe, s, tmp_path / "work") == out and out.is_file()
     assert (fold / "checkpoint_final.pt").is_file()
+
+
+def test_a_built_in_model_predicts_with_its_recipes_edge_context(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-m synthetic` (and the viewer's default) slides with the recipe's mirrored edge context unless
+    --edge-context is given; a model named by its path, or a path that shadows the name, gets none."""
+    from autoseg.builtin import default_edge_context
+
+    monkeypatch.chdir(tmp_path)
+    assert RECIPES["synthetic"].edge_context == 0.25
+    assert default_edge_context(Path("synthetic")) == 0.25
+    assert default_edge_context(Path("model.zip")) == 0.0 and default_edge_context(None) == 0.0
+    (tmp_path / "synthetic").mkdir()  # a folder called synthetic wins over the built-in name, as in resolve_model
+    assert default_edge_context(Path("synthetic")) == 0.0
 
 
 def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -88,6 +88,8 @@ class ServeConfig:
     #: A linked run's ROI model (e.g. the liver model for Task08): its folder, archive or ONNX export.
     #: The viewer then predicts the one liver/vessel/tumour map, as ``predict --roi-model`` does.
     roi_model_folder: Path | None = None
+    #: ``predict --edge-context`` (the built-in model's recipe value when the viewer serves it).
+    edge_context: float = 0.0
 
 
 @dataclass
@@ -358,7 +360,7 @@ def create_app(config: ServeConfig, runner: Runner | None = None, model: Any = N
     # as `autoseg predict --meshes --uncertainty [--roi-model]` does: the model's post-processing decided
     # from cross-validation, the surface meshes to download, the uncertainty map with the model's
     # calibration (T = 1 without one) and, with a ROI model, the one map of its organ and the model's classes
-    options = PredictOptions(device=config.device, outputs=("meshes", "uncertainty"),
+    options = PredictOptions(device=config.device, outputs=("meshes", "uncertainty"), edge_context=config.edge_context,
                              postprocessing=load_postprocessing(model), calibration=load_calibration(model),
                              roi_model=roi_model,
                              roi_postprocessing=load_postprocessing(roi_model) if roi_model is not None else None)
