@@ -413,8 +413,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "docs/inference.md has what it does to time and Dice")
     p.add_argument("--edge-context", type=float, default=None, metavar="F",
                    help="extend each case at both ends of its slice axis by F times the patch, mirrored, before "
-                        "sliding, so the tiles at the field of view's ends see anatomy go on (default: 0.25 with "
-                        "-m synthetic, else 0; docs/inference.md)")
+                        "sliding, so the tiles at the field of view's ends see anatomy go on (default: a built-in "
+                        "model's recipe value, else 0; docs/inference.md)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="on the CPU, run the networks in PyTorch's default NCDHW layout instead of "
                         "channels-last (the same probabilities up to rounding, slower; docs/inference.md)")
