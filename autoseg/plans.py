@@ -111,8 +111,14 @@ class Estimates:
     notes: tuple[str, ...] = ()
     #: False where the step-time estimate comes from a throughput the user gave (``--cpu-gflops``,
     #: a pinned plan) rather than from this machine's calibration or a measured step: the plan is
-    #: the same on every machine, and its estimate says nothing about this one.
-    step_time_calibrated: bool = True
+    #: the same on every machine, and its estimate says nothing about this one. Written only when
+    #: False, so plans written before the field keep their SHA-256 (:attr:`calibrated`).
+    step_time_calibrated: bool | None = optional()
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the step-time estimate describes this machine (absent: it does)."""
+        return self.step_time_calibrated is not False
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,9 @@ class WindowOptions:
     #: What runs the network on the CPU: ``torch``, or ``openvino`` (:mod:`autoseg.networks.openvino_runtime`:
     #: the whole network compiled into fused kernels, in ``precision``); on other devices always torch.
     runtime: str = "torch"
-    #: Share of the patch by which the case is extended, mirrored, at both ends of its first axis
-    #: (the slice axis: craniocaudal in LPS plans) before sliding (:func:`mirror_context`); 0: not.
+    #: Share of the trained patch (not of a ``tile_scale`` tile) by which the case is extended, mirrored,
+    #: at both ends of its first axis (the slice axis: craniocaudal in LPS plans) before sliding
+    #: (:func:`mirror_context`); 0: not.
     edge_context: float = 0.0
 
 
@@ -117,7 +118,7 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
                                   batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,
                                   regions=plans.regions, out=out, scale=scale,
-                                  edge_context=edge_context_of(plans, options.edge_context))
+                                  edge_slices=round(edge_context_of(plans, options.edge_context) * plans.patch_size[0]))
 
 
 def edge_context_of(plans: Plans, share: float) -> float:
@@ -170,15 +171,13 @@ def tiles_whose_cell_holds(wanted: np.ndarray, starts: list[list[int]], patch: t
     return np.asarray(held)
 
 
-def mirror_context(data: np.ndarray, patch: tuple[int, ...], share: float
-                   ) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """``data`` (C, *spatial) extended at both ends of its first spatial axis by ``share`` of the
-    patch along it, mirrored about the end slices (U-Net's overlap-tile strategy, along the slice axis
+def mirror_context(data: np.ndarray, width: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """``data`` (C, *spatial) extended at both ends of its first spatial axis by ``width`` slices,
+    mirrored about the end slices (U-Net's overlap-tile strategy, along the slice axis
     only); returns the spatial crop that undoes it. A CT's field of view ends inside the body along
     that axis, so the tiles at its ends see anatomy go on rather than a border; in-plane the body
     usually lies inside the field of view, and where it does not a mirrored second body edge is no
     anatomy at all. A single slice is repeated."""
-    width = int(round(share * patch[0]))
     if width <= 0:
         return data, tuple(slice(0, n) for n in data.shape[1:])
     pads = [(0, 0), (width, width)] + [(0, 0)] * (data.ndim - 2)
@@ -203,7 +202,7 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
                            where: np.ndarray | None = None,
                            regions: tuple[Region, ...] | None = None,
                            out: np.ndarray | None = None, scale: float = 1.0,
-                           edge_context: float = 0.0) -> np.ndarray:
+                           edge_slices: int = 0) -> np.ndarray:
     """Class probabilities (K, *spatial) float32 for ``data`` (C, *spatial): the softmax of the
     network's outputs, or with ``regions`` the class probabilities of its region sigmoids.
 
@@ -230,10 +229,11 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     ``timings``, if given, gets the seconds spent in the network's forward passes added under
     ``"forward"`` (the floor of prediction time; everything else is overhead).
 
-    ``edge_context`` > 0 slides over the case extended by :func:`mirror_context` and returns the
-    probabilities of the case's own voxels."""
+    ``edge_slices`` > 0 slides over the case extended by that many mirrored slices at both ends of
+    its first axis (:func:`mirror_context`) and returns the probabilities of the case's own voxels;
+    with ``out`` each call then holds one array of the extended case's probabilities as well."""
     precision = resolve_precision(precision, device)
-    extended, inner = mirror_context(data.astype(np.float32, copy=False), patch, edge_context)
+    extended, inner = mirror_context(data.astype(np.float32, copy=False), edge_slices)
     padded, outer = pad_to_patch(extended, patch)
     unpad = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
     spatial = padded.shape[1:]

@@ -213,6 +213,8 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
     t_pre = time.perf_counter()
     timings: dict[str, float] = {}
     window, localised = window_options(options), {}  # type: WindowOptions, dict[str, Any]
+    if region is not None and window.edge_context:  # the ROI box's ends lie inside the field of view
+        window = dataclasses.replace(window, edge_context=0.0)
     t_loc = t_pre
     if options.localise:
         scout = None
@@ -241,7 +243,7 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         measured, input=str(image_path),
         precision=model.fixed_precision or resolve_precision(options.precision, options.device),
         runtime=runtime_of(model, options),
-        edge_context=edge_context_of(plans, options.edge_context) or None,
+        edge_context=edge_context_of(plans, window.edge_context) or None,
         stage_seconds={k: round(v, 2) for k, v in stages.items()},
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
         localised_tiles=localised.get("tiles"), localised_share=localised.get("share"),

@@ -498,7 +498,7 @@ def _plan(fingerprint: Mapping[str, Any], options: PlannerOptions) -> Plans:
         step_time_estimate_s=pricer.predicted_seconds(cand) if pricer.time_model else None,
         step_time_measured_s=cand.step_time_s if options.verify and options.device == "cpu" else None,
         notes=tuple(notes) + options.extra_notes,
-        step_time_calibrated=options.cpu_gflops is None or options.verify)
+        step_time_calibrated=None if options.cpu_gflops is None or options.verify else False)
     for note in notes:
         log.info("plan: %s", note)
     return Plans(

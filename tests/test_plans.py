@@ -80,3 +80,16 @@ def test_unknown_label_volume_mode_fails_loudly(tmp_path: Path) -> None:
 def test_unknown_normalisation_scheme_fails_loudly() -> None:
     with pytest.raises(PlansError, match=r"normalisation\[0\]\.scheme 'minmax' is not one of ct, zscore"):
         make_plans(normalisation=(Normalisation("minmax"),))
+
+
+def test_a_calibrated_estimate_is_not_written_so_older_plans_keep_their_hash() -> None:
+    """``step_time_calibrated`` is written only when False (a plan pinned with --cpu-gflops): the
+    plans of every model made before the field hash as they did (localisers are matched to their
+    model by that hash, and case reports record it)."""
+    import dataclasses
+
+    plans = make_plans()
+    assert "step_time_calibrated" not in plans.to_dict()["estimates"] and plans.estimates.calibrated
+    pinned = plans.replace(estimates=dataclasses.replace(plans.estimates, step_time_calibrated=False))
+    assert pinned.to_dict()["estimates"]["step_time_calibrated"] is False and not pinned.estimates.calibrated
+    assert Plans.from_dict(pinned.to_dict()) == pinned

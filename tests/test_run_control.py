@@ -151,7 +151,7 @@ def test_compute_budget_is_steps_of_the_calibrated_step_time(env: Path) -> None:
 
     pinned = Plans.load(env / "pre" / DATASET / "plans.json")  # planned with --cpu-gflops
     estimate = pinned.estimates.step_time_estimate_s
-    assert estimate and not pinned.estimates.step_time_calibrated
+    assert estimate and pinned.estimates.step_time_calibrated is False and not pinned.estimates.calibrated
     with pytest.raises(ConfigurationError, match="--cpu-gflops"):  # its estimate is not this machine's
         apply_overrides(pinned, TrainRequest("8", compute_budget_s=60 * estimate))
     plans = pinned.replace(estimates=dataclasses.replace(pinned.estimates, step_time_calibrated=True))

@@ -132,17 +132,17 @@ def test_edge_context_slides_the_case_mirrored_beyond_its_slice_ends_and_crops_i
 
     data = np.random.default_rng(4).normal(size=(1, *shape)).astype(np.float32)
     net, patch = z_context_net(), (8, 16, 16)
-    got = predict_sliding_window(net, data, patch, 3, precision="fp32", edge_context=0.25)
-    width = 2  # a quarter of the patch's 8 slices
+    width = 2
+    got = predict_sliding_window(net, data, patch, 3, precision="fp32", edge_slices=width)
     mode = "reflect" if shape[0] > 1 else "edge"
     extended = np.pad(data, [(0, 0), (width, width), (0, 0), (0, 0)], mode=mode)  # type: ignore[call-overload]
-    assert np.array_equal(mirror_context(data, patch, 0.25)[0], extended)
+    assert np.array_equal(mirror_context(data, width)[0], extended)
     want = predict_sliding_window(net, extended, patch, 3, precision="fp32")[:, width:width + shape[0]]
     assert got.shape == (3, *shape)
     np.testing.assert_allclose(got, want, atol=1e-6)
     plain = predict_sliding_window(net, data, patch, 3, precision="fp32")
     assert np.abs(got[:, 0] - plain[:, 0]).max() > 1e-3  # the first slice's context changed
-    np.testing.assert_allclose(predict_sliding_window(net, data, patch, 3, precision="fp32", edge_context=0.0), plain)
+    np.testing.assert_allclose(predict_sliding_window(net, data, patch, 3, precision="fp32", edge_slices=0), plain)
 
 
 def test_edge_context_only_for_networks_trained_mirrored_along_the_slice_axis() -> None:
@@ -157,3 +157,23 @@ def test_edge_context_only_for_networks_trained_mirrored_along_the_slice_axis() 
     assert edge_context_of(make_plans(), 0.25) == 0.25  # plans before mirror_axes: all three axes
     assert edge_context_of(make_plans(patch_size=(96, 96), target_spacing=(0.8, 0.8), median_shape=(300, 300)),
                            0.25) == 0.0  # 2D: no slice axis in the patch
+
+
+def test_slide_takes_the_edge_context_as_a_share_of_the_trained_patch_into_an_ensembles_array() -> None:
+    """Through :func:`slide` (every model's path), with larger tiles and added into a given array as
+    ensembles do: the width is the share of the trained patch's slices, not of the tile."""
+    from autoseg.sliding_window import WindowOptions, inference_tile, slide
+
+    plans = _plans_with_patch((8, 16, 16), [[1, 1, 1], [1, 2, 2]])
+    data = np.random.default_rng(5).normal(size=(1, 20, 30, 41)).astype(np.float32)
+    net = z_context_net()
+    options = WindowOptions(edge_context=0.25, tile_scale=2.0, channels_last=False, precision="fp32")
+    out = np.zeros((3, *data.shape[1:]), np.float32)
+    got = slide(net, data, plans, options, out=out, scale=0.5)
+    assert got is out
+    width = 2  # a quarter of the trained patch's 8 slices (the tile has 16)
+    tile = inference_tile(plans, data.shape[1:], 2.0)
+    assert tile[0] == 16
+    extended = np.pad(data, [(0, 0), (width, width), (0, 0), (0, 0)], mode="reflect")  # type: ignore[call-overload]
+    want = predict_sliding_window(net, extended, tile, 3, batch_size=1, precision="fp32")[:, width:width + 20]
+    np.testing.assert_allclose(out, 0.5 * want, atol=1e-6)

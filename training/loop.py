@@ -312,7 +312,7 @@ class FoldTrainer:
         model, only later; a ``--time-budget`` trains it less. A pinned plan (``--cpu-gflops``) has no
         estimate for this machine to compare with."""
         estimate = self.plans.estimates.step_time_estimate_s
-        if (self.device.type != "cpu" or not estimate or not self.plans.estimates.step_time_calibrated
+        if (self.device.type != "cpu" or not estimate or not self.plans.estimates.calibrated
                 or self.epoch > 3 or record["steps"] < 5):
             return
         if record["step_time_s"] > 3 * estimate:

@@ -152,7 +152,7 @@ def _requested_steps(req: TrainRequest, plans: Plans) -> int | None:
         raise ConfigurationError("--compute-budget needs the plan's calibrated step time, and this plan has "
                                  "none (a GPU plan or a hand-written one)",
                                  fix="give the budget in steps with --steps N, or in wall time with --time-budget")
-    if not plans.estimates.step_time_calibrated:
+    if not plans.estimates.calibrated:
         raise ConfigurationError("--compute-budget needs the plan's calibrated step time, and this plan's comes "
                                  "from a throughput given with --cpu-gflops, not from this machine",
                                  fix="give the budget in steps with --steps N, or plan without --cpu-gflops")
