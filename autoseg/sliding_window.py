@@ -118,7 +118,7 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
                                   batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,
                                   regions=plans.regions, out=out, scale=scale,
-                                  edge_slices=round(edge_context_of(plans, options.edge_context) * plans.patch_size[0]))
+                                  edge_slices=edge_slices_of(plans, options.edge_context))
 
 
 def edge_context_of(plans: Plans, share: float) -> float:
@@ -128,6 +128,12 @@ def edge_context_of(plans: Plans, share: float) -> float:
     trained without slice-axis mirroring lost 0.044 vessel Dice with a quarter patch of it,
     docs/inference.md)."""
     return share if len(plans.patch_size) == 3 and 0 in plans.patch_mirror_axes else 0.0
+
+
+def edge_slices_of(plans: Plans, share: float) -> int:
+    """The mirrored slices :func:`slide` adds at each end of a case for ``share`` of the trained patch
+    (:func:`edge_context_of`: none for a network not trained mirrored along the slice axis)."""
+    return round(edge_context_of(plans, share) * plans.patch_size[0])
 
 
 def gaussian_importance(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.ndarray:

@@ -30,20 +30,18 @@ BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 from bench_common import append_result, cpu_model  # noqa: E402
+from synthetic_phantoms import dice  # noqa: E402
 
 from autoseg.io import read_label  # noqa: E402
-from autoseg.metrics import bootstrap_interval, dice_per_class, mean_present  # noqa: E402
+from autoseg.metrics import bootstrap_interval, mean_present  # noqa: E402
 
 DATASET = "Task100_LiverVesselTumour"
 CLASSES = {"liver": None, "vessel": 2, "tumour": 3}
 
 
 def case_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for name, label in CLASSES.items():
-        p, r = (pred > 0, ref > 0) if label is None else (pred == label, ref == label)
-        out[name] = mean_present([dice_per_class(p.astype(np.uint8), r.astype(np.uint8), [1])[1]])
-    return out
+    return {name: dice(pred > 0, ref > 0) if label is None else dice(pred == label, ref == label)
+            for name, label in CLASSES.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from autoseg.inference.dicom_seg import check_dicom_seg_input
 from autoseg.inference.outputs import OUTPUT_FORMATS, CasePrediction, write_prediction
 from autoseg.inference.provenance import plans_sha256, provenance, weights_sha256
 from autoseg.inference.report import measure_case
-from autoseg.sliding_window import WindowOptions, edge_context_of, runtime_of as window_runtime
+from autoseg.sliding_window import WindowOptions, edge_slices_of, runtime_of as window_runtime
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def predict_case(model: Model, name: str, image_path: Path, options: PredictOpti
         measured, input=str(image_path),
         precision=model.fixed_precision or resolve_precision(options.precision, options.device),
         runtime=runtime_of(model, options),
-        edge_context=edge_context_of(plans, window.edge_context) or None,
+        edge_context=window.edge_context if edge_slices_of(plans, window.edge_context) else None,
         stage_seconds={k: round(v, 2) for k, v in stages.items()},
         region_shape=pre.properties.shape_after_resampling,  # the grid the window slides over
         localised_tiles=localised.get("tiles"), localised_share=localised.get("share"),

@@ -76,7 +76,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                                  fix="pass 0 to keep every result without that limit")
     configure_threads(args.device)
     folds = tuple(args.folds) if args.folds else None
-    chosen = (resolve_model(args.model or Path("synthetic"), settings) if not args.dataset
+    named = args.model or Path("synthetic")  # without -d: the built-in model unless -m names another
+    chosen = (resolve_model(named, settings) if not args.dataset
               else trained_model_folder(args.dataset, args.network, settings))
     model = open_model(chosen, folds, args.checkpoint)
     roi = None
@@ -89,7 +90,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     config = ServeConfig(model_folder=Path(model.folder), workdir=workdir.resolve(), host=args.host,
                          port=args.port, folds=folds, checkpoint=args.checkpoint, device=args.device,
                          roi_model_folder=Path(roi.folder) if roi is not None else None,
-                         edge_context=0.0 if args.dataset else default_edge_context(args.model or Path("synthetic")),
+                         edge_context=0.0 if args.dataset else default_edge_context(named),
                          limits=limits, retention=Retention(keep=args.keep_jobs or None,
                                                             ttl_s=args.job_ttl_hours * 3600 or None))
     serve(config, model, roi)
