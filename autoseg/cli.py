@@ -254,6 +254,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "an experiment for lesion kinds and contrast phases that a few training cases do not show; "
                         "at 0.5 it lowered tumour Dice on family-2 phantoms (docs/training.md); default: the "
                         "recipe's (0, off)")
+    p.add_argument("--edge-context", type=_probability, default=None, metavar="F",
+                   help="let training patches reach F times the patch's slices beyond either end of a case's slice "
+                        "axis, the case mirrored there, as `predict --edge-context F` extends a case; the model then "
+                        "predicts with that edge context by default (docs/training.md); default: the recipe's "
+                        "(none: padding 0 beyond the ends)")
     p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or "
                                                 "weighted_dice_focal (default: the recipe's)")
     budget = p.add_mutually_exclusive_group()
@@ -317,7 +322,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
                        steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
                        force=args.force, seed=args.seed, regions=args.regions, localiser=args.localiser,
-                       sampler=args.sampler, class_contrast=args.class_contrast)
+                       sampler=args.sampler, class_contrast=args.class_contrast, edge_context=args.edge_context)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",

@@ -140,6 +140,11 @@ class Recipe:
     #: Probability per training patch and labelled class of a new contrast for the class
     #: (:class:`autoseg.training.data.ClassContrastTransform`); absent: never.
     class_contrast: float | None = optional()
+    #: Share of a 3D patch's slices by which training patches may reach beyond either end of the slice
+    #: axis, mirrored there (:class:`autoseg.training.data.PatchLoader`), so that the network learns
+    #: the ends of a field of view as ``predict --edge-context`` shows them; absent: none, the padding
+    #: is 0. A model trained with it predicts with that edge context unless told otherwise.
+    edge_context: float | None = optional()
     deep_supervision: bool = True
     plateau_patience: int = 3
     early_stop_patience: int = 0  # 0: never stop early

@@ -126,8 +126,10 @@ def edge_context_of(plans: Plans, share: float) -> float:
     3D patches were mirrored along the slice axis in training. Anatomy mirrored beyond the field of
     view is upside down; a network that never saw that is misled by it (a family-2 Task08 model
     trained without slice-axis mirroring lost 0.044 vessel Dice with a quarter patch of it,
-    docs/inference.md)."""
-    return share if len(plans.patch_size) == 3 and 0 in plans.patch_mirror_axes else 0.0
+    docs/inference.md), unless it was trained with edge context (``train --edge-context``), which
+    shows it the mirrored ends."""
+    shown = 0 in plans.patch_mirror_axes or bool(plans.recipe.edge_context)
+    return share if len(plans.patch_size) == 3 and shown else 0.0
 
 
 def edge_slices_of(plans: Plans, share: float) -> int:

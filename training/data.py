@@ -94,12 +94,15 @@ class CaseStore:
         self._labels.move_to_end(case)
         return self._labels[case]
 
-    def patch(self, case: str, centre: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    def patch(self, case: str, centre: np.ndarray, size: tuple[int, ...], mirror_ends: bool = False) -> np.ndarray:
         """A float32 (C + 1, *size) patch around ``centre``, the label map last; outside the volume
-        the image pads with 0 and the labels with background."""
+        the image pads with 0 and the labels with background, except beyond the ends of the slice axis
+        with ``mirror_ends``, where image and labels are mirrored about the end slices
+        (:func:`crop_mirroring_ends`)."""
+        crop = crop_mirroring_ends if mirror_ends else crop_with_padding
         out = np.empty((self.image(case).shape[0] + 1, *size), np.float32)
-        out[:-1] = crop_with_padding(self.image(case), centre, size)
-        out[-1] = crop_with_padding(self.labels(case), centre, size)
+        out[:-1] = crop(self.image(case), centre, size)
+        out[-1] = crop(self.labels(case), centre, size)
         return out
 
     def properties(self, case: str) -> CaseProperties:
@@ -164,18 +167,50 @@ def crop_with_padding(array: Any, centre: np.ndarray, size: tuple[int, ...],
     return out
 
 
+def reflected(indices: np.ndarray, n: int) -> np.ndarray:
+    """``indices`` along an axis of length ``n``, those outside it mirrored about its end elements as
+    numpy's ``reflect`` padding and :func:`autoseg.sliding_window.mirror_context` do (the end element
+    is not repeated; a single element is)."""
+    if n == 1:
+        return np.zeros_like(indices)
+    period = 2 * (n - 1)
+    folded = np.mod(indices, period)
+    return np.where(folded > n - 1, period - folded, folded)
+
+
+def crop_mirroring_ends(array: Any, centre: np.ndarray, size: tuple[int, ...], pad_value: float = 0) -> np.ndarray:
+    """:func:`crop_with_padding`, but beyond the ends of the first spatial axis (the slice axis) the
+    patch holds the volume mirrored about its end slices, as ``predict --edge-context`` extends a case
+    (:func:`autoseg.sliding_window.mirror_context`); in-plane it pads with ``pad_value``. Only the slices
+    the patch needs are read."""
+    lead = array.ndim - len(size)
+    n = int(array.shape[lead])
+    start = int(centre[0]) - size[0] // 2
+    rows = reflected(np.arange(start, start + size[0]), n)
+    low, span = int(rows.min()), int(rows.max() - rows.min() + 1)
+    block = crop_with_padding(array, np.array([low + span // 2, *centre[1:]]), (span, *size[1:]), pad_value)
+    return np.take(block, rows - low, axis=lead)
+
+
 class PatchLoader(SlimDataLoaderBase):
-    """Batches of patches; a share ``oversample`` is centred on a voxel of a random present class."""
+    """Batches of patches; a share ``oversample`` is centred on a voxel of a random present class.
+
+    ``edge_slices`` > 0 (``Recipe.edge_context``): the random patches' centres are drawn so that the
+    final patch (``final_depth`` slices, after augmentation's centre crop) reaches up to that many
+    slices beyond either end of the slice axis, and every patch that reaches beyond an end holds the
+    case mirrored there, as a prediction with edge context sees it; 0: random patches stay inside the
+    volume and beyond it is 0 (nnU-Net's padding)."""
 
     batch_size: int  # set by SlimDataLoaderBase.__init__ (batchgenerators is untyped)
 
     def __init__(self, store: CaseStore, patch_size: tuple[int, ...], batch_size: int, oversample: float,
-                 seed: int, sampler: Sampler = "voxels"):
+                 seed: int, sampler: Sampler = "voxels", edge_slices: int = 0, final_depth: int | None = None):
         super().__init__(store, batch_size, None)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r} is not one of {SAMPLERS}")
         self.store, self.patch_size, self.oversample = store, tuple(patch_size), oversample
-        self.sampler = sampler
+        self.sampler, self.edge_slices = sampler, int(edge_slices)
+        self.final_depth = self.patch_size[0] if final_depth is None else int(final_depth)
         self.rng = np.random.default_rng(seed)
 
     def set_thread_id(self, thread_id: int) -> None:
@@ -202,6 +237,10 @@ class PatchLoader(SlimDataLoaderBase):
         shape = np.array(labels.shape)
         half = np.array(self.patch_size) // 2
         lo, hi = np.minimum(half, shape // 2), np.maximum(shape - half, shape // 2 + 1)
+        if self.edge_slices:  # the final patch from edge_slices before the first slice to as many after the last
+            first = self.final_depth // 2 - self.edge_slices
+            lo[0], hi[0] = first, max(shape[0] - self.final_depth + self.final_depth // 2 + self.edge_slices + 1,
+                                      first + 1)
         return np.array([self.rng.integers(a, b) for a, b in zip(lo, hi)])
 
     def generate_train_batch(self) -> dict[str, Any]:
@@ -211,7 +250,7 @@ class PatchLoader(SlimDataLoaderBase):
         batch = []
         for i, case in enumerate(picks):
             forced = i >= self.batch_size - n_forced
-            batch.append(self.store.patch(case, self.centre(case, forced), self.patch_size))
+            batch.append(self.store.patch(case, self.centre(case, forced), self.patch_size, self.edge_slices > 0))
         stacked = np.stack(batch)
         return {"data": stacked[:, :-1], "seg": stacked[:, -1:], "keys": picks}
 
@@ -310,12 +349,14 @@ def train_transforms(patch: tuple[int, ...], augmentation: Augmentation, class_c
 
 def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Augmentation,
                       batch_size: int, oversample: float, seed: int, workers: int, sampler: Sampler = "voxels",
-                      class_contrast: float = 0.0, num_classes: int = 0):
+                      class_contrast: float = 0.0, num_classes: int = 0, edge_context: float = 0.0):
     """An endless stream of augmented batches; ``workers`` > 0 runs it in background processes.
-    ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler`` and ``class_contrast``:
-    the recipe's; ``num_classes``: the plans' classes, background included."""
+    ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler``, ``class_contrast`` and
+    ``edge_context`` (a share of a 3D patch's slices, :class:`PatchLoader`): the recipe's;
+    ``num_classes``: the plans' classes, background included."""
+    edge_slices = round(edge_context * patch[0]) if len(patch) == 3 else 0
     loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed,
-                         sampler)
+                         sampler, edge_slices, patch[0])
     transforms = train_transforms(patch, augmentation, class_contrast, num_classes)
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)

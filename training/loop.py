@@ -247,7 +247,7 @@ class FoldTrainer:
                                    self.plans.batch_size, self.recipe.oversample_foreground,
                                    self.options.seed + 1000 * self.epoch + 7919 * self.dist.rank,
                                    self.options.workers, self.recipe.sampler, self.recipe.class_contrast or 0.0,
-                                   len(self.plans.labels))
+                                   len(self.plans.labels), self.recipe.edge_context or 0.0)
         summary = None
         try:
             while not self.finished():

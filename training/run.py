@@ -61,6 +61,8 @@ class TrainRequest:
     sampler: str | None = None
     #: Class contrast randomisation (``Recipe.class_contrast``; None: the recipe's).
     class_contrast: float | None = None
+    #: Mirrored reach beyond the slice axis's ends (``Recipe.edge_context``; None: the recipe's).
+    edge_context: float | None = None
 
     @property
     def sets_schedule(self) -> bool:
@@ -85,7 +87,7 @@ def apply_overrides(plans: Plans, req: TrainRequest, fingerprint: Path | None = 
     changes: dict[str, Any] = {}
     for field, value in (("loss", req.loss), ("iterations_per_epoch", req.iterations_per_epoch),
                          ("precision", req.precision), ("sampler", req.sampler),
-                         ("class_contrast", req.class_contrast)):
+                         ("class_contrast", req.class_contrast), ("edge_context", req.edge_context)):
         if value is not None:
             changes[field] = value
     if req.sets_schedule:  # one budget replaces any other the plans had
