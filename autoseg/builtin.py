@@ -86,9 +86,12 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def default_edge_context(model: Path | None) -> float:
-    """The edge context a prediction with ``-m model`` gets when none is given: the built-in recipe's
-    where ``model`` names a built-in model (and no path of that name exists), else none."""
+def default_edge_context(model: Path | None, plans: "Plans") -> float:
+    """The edge context a prediction with ``-m model`` (None: a dataset's trained model) of ``plans``
+    gets when none is given: the share it was trained with (``train --edge-context``); else the
+    built-in recipe's where ``model`` names a built-in model (and no path of that name exists); else none."""
+    if plans.recipe.edge_context:
+        return plans.recipe.edge_context
     if model is None or model.exists() or str(model) not in RECIPES:
         return 0.0
     return RECIPES[str(model)].edge_context

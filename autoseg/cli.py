@@ -483,9 +483,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
     from autoseg.builtin import default_edge_context
 
-    if args.edge_context is None:
-        args.edge_context = default_edge_context(args.model)
-    if not 0 <= args.edge_context <= 1:  # NaN too
+    if args.edge_context is not None and not 0 <= args.edge_context <= 1:  # NaN too
         raise ConfigurationError(f"--edge-context {args.edge_context}: a share of the patch from 0 to 1",
                                  fix="give e.g. --edge-context 0.25, or leave it out")
     cores = configure_threads(args.device, args.threads)
@@ -493,6 +491,8 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
     require_runtime(args.runtime, args.device)  # before any case is read, not once per case
     model = open_model(model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
+    if args.edge_context is None:
+        args.edge_context = default_edge_context(args.model, model.plans)
     roi = None
     if args.roi_model:
         roi_path = Path(args.roi_model)

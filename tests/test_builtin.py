@@ -110,16 +110,22 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
 def test_a_built_in_model_predicts_with_its_recipes_edge_context(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`-m synthetic` (and the viewer's default) slides with the recipe's mirrored edge context unless
-    --edge-context is given; a model named by its path, or a path that shadows the name, gets none."""
+    --edge-context is given; a model named by its path, or a path that shadows the name, gets none,
+    unless it was trained with edge context: then it gets what it was trained with."""
     from autoseg.builtin import default_edge_context
+    from tests.test_plans import make_plans
 
+    plans = make_plans()
+    trained = plans.replace(recipe=replace(plans.recipe, edge_context=0.125))
     monkeypatch.chdir(tmp_path)
-    assert default_edge_context(Path("synthetic")) == RECIPES["synthetic"].edge_context == 0.0  # not adopted yet
+    assert default_edge_context(Path("synthetic"), plans) == RECIPES["synthetic"].edge_context == 0.0
     monkeypatch.setitem(RECIPES, "synthetic", replace(RECIPES["synthetic"], edge_context=0.25))
-    assert default_edge_context(Path("synthetic")) == 0.25
-    assert default_edge_context(Path("model.zip")) == 0.0 and default_edge_context(None) == 0.0
+    assert default_edge_context(Path("synthetic"), plans) == 0.25
+    assert default_edge_context(Path("model.zip"), plans) == 0.0 and default_edge_context(None, plans) == 0.0
+    assert default_edge_context(Path("model.zip"), trained) == default_edge_context(None, trained) == 0.125
+    assert default_edge_context(Path("synthetic"), trained) == 0.125  # what it was trained with first
     (tmp_path / "synthetic").mkdir()  # a folder called synthetic wins over the built-in name, as in resolve_model
-    assert default_edge_context(Path("synthetic")) == 0.0
+    assert default_edge_context(Path("synthetic"), plans) == 0.0
 
 
 def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

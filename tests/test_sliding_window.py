@@ -159,6 +159,21 @@ def test_edge_context_only_for_networks_trained_mirrored_along_the_slice_axis() 
                            0.25) == 0.0  # 2D: no slice axis in the patch
 
 
+def test_edge_context_for_a_network_trained_with_it_whatever_its_mirroring() -> None:
+    """`train --edge-context` shows a network the mirrored ends, so it gets edge context at prediction
+    even where its training did not mirror along z."""
+    import dataclasses
+
+    from autoseg.plans import Augmentation
+    from autoseg.sliding_window import edge_context_of, edge_slices_of
+    from tests.test_plans import make_plans
+
+    plans = make_plans(augmentation=Augmentation(False, (1,)))
+    trained = plans.replace(recipe=dataclasses.replace(plans.recipe, edge_context=0.25))
+    assert edge_context_of(plans, 0.5) == 0.0 and edge_context_of(trained, 0.5) == 0.5
+    assert edge_slices_of(trained, 0.25) == round(0.25 * trained.patch_size[0]) > 0
+
+
 def test_slide_takes_the_edge_context_as_a_share_of_the_trained_patch_into_an_ensembles_array() -> None:
     """Through :func:`slide` (every model's path), with larger tiles and added into a given array as
     ensembles do: the width is the share of the trained patch's slices, not of the tile."""

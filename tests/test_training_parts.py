@@ -313,3 +313,60 @@ def test_train_takes_class_contrast_as_a_probability(tmp_path: Path) -> None:
                                Augmentation(in_plane_only=True), 2, 1.0, 0, 0, class_contrast=1.0, num_classes=3)
     batch = next(stream)
     assert batch["data"].shape == (2, 1, 8, 16, 16)
+
+
+def test_patches_beyond_the_slice_axis_ends_hold_the_case_mirrored_as_edge_context_shows_it(tmp_path: Path) -> None:
+    """`train --edge-context`: a patch reaching beyond either end of the slice axis holds image and
+    labels mirrored there, exactly as `predict --edge-context` extends a case; in-plane it pads as before."""
+    from autoseg.sliding_window import mirror_context
+    from autoseg.training.data import crop_mirroring_ends, reflected
+
+    for n in (1, 2, 7):
+        for width in (0, 3, 9):  # wider than the case too: mirrored again
+            expected = np.pad(np.arange(n), width, mode="reflect") if n > 1 else np.zeros(n + 2 * width, int)
+            assert np.array_equal(reflected(np.arange(-width, n + width), n), expected)
+    cases = write_preprocessed(tmp_path)
+    store = CaseStore(tmp_path / "data", cases)
+    image, labels = np.asarray(store.image(cases[0])[...]), np.asarray(store.labels(cases[0])[...])
+    extended, _ = mirror_context(np.concatenate([image, labels[None].astype(np.float32)]), 8)
+    for z in (-4, 0, 3, 8, 15, 19):  # patches of 8 slices reaching up to 8 beyond either end of 16
+        for y in (2, 20, 39):
+            patch = store.patch(cases[0], np.array([z, y, 20]), (8, 12, 12), mirror_ends=True)
+            assert np.array_equal(patch, crop_with_padding(extended, np.array([z + 8, y, 20]), (8, 12, 12)))
+    top = store.patch(cases[0], np.array([0, 12, 12]), (8, 8, 8), mirror_ends=True)
+    assert np.array_equal(top[0, :4], image[0, 4:0:-1, 8:16, 8:16])  # slice -k is slice k
+    plain = store.patch(cases[0], np.array([0, 12, 12]), (8, 8, 8))
+    assert (plain[:, :4] == 0).all()  # without it the padding stays 0
+
+
+def test_edge_context_draws_patches_up_to_its_reach_beyond_the_ends_and_no_further(tmp_path: Path) -> None:
+    """Random patches reach up to edge_slices beyond the slice axis's ends (the final patch, after the
+    augmentation's centre crop of a larger read); without it they stay inside the volume."""
+    cases = write_preprocessed(tmp_path, n=1)  # 16 slices
+    store = CaseStore(tmp_path / "data", cases)
+    reach = PatchLoader(store, (12, 16, 16), 1, 0.0, 0, edge_slices=4, final_depth=8)
+    starts = np.array([reach.centre(cases[0], False)[0] - 4 for _ in range(600)])
+    assert starts.min() == -4 and starts.max() + 8 == 16 + 4
+    inside = PatchLoader(store, (8, 16, 16), 1, 0.0, 0)
+    starts = np.array([inside.centre(cases[0], False)[0] - 4 for _ in range(600)])
+    assert starts.min() == 0 and starts.max() + 8 == 16
+
+
+def test_train_edge_context_goes_into_the_recipe_and_into_the_stream(tmp_path: Path) -> None:
+    import json
+
+    from autoseg.cli import build_parser
+    from autoseg.training.run import TrainRequest, apply_overrides
+    from tests.test_plans import make_plans
+
+    assert build_parser().parse_args(["train", "-d", "8", "--edge-context", "0.25"]).edge_context == 0.25
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "-d", "8", "--edge-context", "1.5"])
+    plans = make_plans()
+    assert "edge_context" not in json.dumps(plans.to_dict())  # absent unless set: existing plans keep their hash
+    trained = apply_overrides(plans, TrainRequest(dataset="8", edge_context=0.25))
+    assert trained.recipe.edge_context == 0.25 and apply_overrides(plans, TrainRequest(dataset="8")) == plans
+    cases = write_preprocessed(tmp_path / "data_root", n=1)
+    stream = make_train_stream(CaseStore(tmp_path / "data_root" / "data", cases), (8, 16, 16),
+                               Augmentation(in_plane_only=True), 2, 0.0, 0, 0, edge_context=0.5)
+    assert stream.data_loader.edge_slices == 4 and next(stream)["data"].shape == (2, 1, 8, 16, 16)

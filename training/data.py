@@ -235,8 +235,12 @@ class PatchLoader(SlimDataLoaderBase):
                     pts = groups[int(self.rng.integers(len(groups)))]
                 return pts[int(self.rng.integers(len(pts)))]
         shape = np.array(labels.shape)
-        half = np.array(self.patch_size) // 2
-        lo, hi = np.minimum(half, shape // 2), np.maximum(shape - half, shape // 2 + 1)
+        size = np.array(self.patch_size)
+        half = size // 2
+        # from the first patch inside the volume to the last one, both included (a volume smaller than
+        # the patch: its middle)
+        lo = np.minimum(half, shape // 2)
+        hi = np.maximum(shape - size + half + 1, lo + 1)
         if self.edge_slices:  # the final patch from edge_slices before the first slice to as many after the last
             first = self.final_depth // 2 - self.edge_slices
             lo[0], hi[0] = first, max(shape[0] - self.final_depth + self.final_depth // 2 + self.edge_slices + 1,

@@ -90,7 +90,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     config = ServeConfig(model_folder=Path(model.folder), workdir=workdir.resolve(), host=args.host,
                          port=args.port, folds=folds, checkpoint=args.checkpoint, device=args.device,
                          roi_model_folder=Path(roi.folder) if roi is not None else None,
-                         edge_context=0.0 if args.dataset else default_edge_context(named),
+                         edge_context=default_edge_context(None if args.dataset else named, model.plans),
                          limits=limits, retention=Retention(keep=args.keep_jobs or None,
                                                             ttl_s=args.job_ttl_hours * 3600 or None))
     serve(config, model, roi)
