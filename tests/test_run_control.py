@@ -336,3 +336,23 @@ def test_the_folds_of_a_model_share_its_plans_but_not_their_budget() -> None:
     assert changed_plans(base, other_machine) == []
     assert changed_plans(base, make_plans(patch_size=(32, 64, 96))) == ["patch_size"]
     assert changed_plans(base, make_plans(batch_size=4, patch_size=(32, 64, 96))) == ["batch_size", "patch_size"]
+
+
+def test_a_model_trained_with_edge_context_records_it_and_validates_its_fold_with_it(
+        env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --edge-context F` is a decision of the model (its plans' recipe), and the fold's final
+    validation, which post-processing is decided on, slides with it as `predict` will."""
+    from autoseg.training import loop
+
+    seen: list[float] = []
+    real = loop.validate_fold
+
+    def spy(network, plans, store, out_dir, window=None, write_predictions=True):
+        seen.append(window.edge_context)
+        return real(network, plans, store, out_dir, window, write_predictions)
+
+    monkeypatch.setattr(loop, "validate_fold", spy)
+    run = ["train", "-d", "8", "-f", "0", "--network", "resenc_unet", "--steps", "2", "--iterations", "2", "-j", "0"]
+    assert main([*run, "--edge-context", "0.5", "--force"]) == 0
+    plans = read_json(env / "res" / DATASET / "resenc_unet" / "plans.json")
+    assert plans["recipe"]["edge_context"] == 0.5 and seen == [0.5]

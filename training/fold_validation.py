@@ -43,7 +43,8 @@ def validate_fold(network: torch.nn.Module, plans: Plans, store: CaseStore, out_
                   window: WindowOptions | None = None, write_predictions: bool = True) -> FoldSummary:
     """Predict every case of ``store`` into the validation folder ``out_dir`` and write its summary;
     returns the summary. ``window``: as ``autoseg predict`` slides (device, precision, and the
-    training's CoreShare.adapt between batches), without mirroring."""
+    training's CoreShare.adapt between batches, and the edge context a model trained with it predicts
+    with), without mirroring."""
     window = window or WindowOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = ValidationFolder(out_dir)

@@ -261,7 +261,8 @@ class FoldTrainer:
             if self.options.final_validation:
                 window = WindowOptions(device=str(self.device), precision=self.precision,
                                        between_batches=self.cores.adapt if self.cores else None,
-                                       runtime=self.options.validation_runtime)
+                                       runtime=self.options.validation_runtime,
+                                       edge_context=self.recipe.edge_context or 0.0)
                 summary = validate_fold(self.network, self.plans, val_store, self.fold_dir.validation.root, window)
             save_checkpoint(self.fold_dir.final, self._state())
         self.dist.barrier()
