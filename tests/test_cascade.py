@@ -184,3 +184,19 @@ def test_linked_run_writes_its_uncertainty_map_on_the_input_grid(cascade: Path, 
     lesions = report["tumours"]["lesions"]
     assert [c["voxels"] for c in unc["lesions"]] == [lesion["voxels"] for lesion in lesions]
     assert all(c["label"] == 3 and 0 < c["confidence"] <= 1 for c in unc["lesions"])
+
+
+def test_the_roi_box_is_slid_without_edge_context(cascade: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ROI model's box ends inside the field of view, so mirroring at its ends would show the
+    main model anatomy that is not there: with --roi-model the main model slides as without
+    --edge-context, and the report leaves edge_context out; over the whole case it is applied."""
+    roi = ["--roi-model", "Task03", "--roi-margin-mm", "8", "--roi-crop-only"]
+    whole, whole_report = _predict(cascade, tmp_path / "whole", ["--edge-context", "0.5"], monkeypatch)
+    plans = read_json(cascade / "res" / "Task08_HepaticVessel" / "arunet" / "plans.json")
+    assert 0 in plans["augmentation"]["mirror_axes"], "the test needs a model trained mirrored along z"
+    assert whole_report["edge_context"] == 0.5
+    plain, plain_report = _predict(cascade, tmp_path / "plain", roi, monkeypatch)
+    boxed, report = _predict(cascade, tmp_path / "boxed", [*roi, "--edge-context", "0.5"], monkeypatch)
+    assert "edge_context" not in report and report["roi"]["bbox"] == plain_report["roi"]["bbox"]
+    assert np.array_equal(boxed, plain)
