@@ -26,6 +26,7 @@ from autoseg.settings import Settings
 
 if TYPE_CHECKING:
     from autoseg.phantom import SpacingRange
+    from autoseg.plans import Plans
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def default_edge_context(model: Path | None, plans: "Plans") -> float:
+def default_edge_context(model: Path | None, plans: Plans) -> float:
     """The edge context a prediction with ``-m model`` (None: a dataset's trained model) of ``plans``
     gets when none is given: the share it was trained with (``train --edge-context``); else the
     built-in recipe's where ``model`` names a built-in model (and no path of that name exists); else none."""
