@@ -1,0 +1,146 @@
+"""The liver at the ends of a field of view, on trunk phantoms cut where abdomen-pelvis scans cut.
+
+A development set for the edge context (``predict --edge-context``, ``train --edge-context``), made for
+the two failures seen on real CT (issue 25, ``docs/synthetic_model.md``): the liver lost where the
+field of view starts inside it, and, with mirrored context, a bladder cut by the field of view's
+lower end doubled and called liver. Each case is a trunk phantom (the synthetic model's generator,
+seeds no other benchmark uses) whose field of view starts 20-80 mm below the level of the liver's
+dome (inside the liver) and ends within 15 mm of the middle of the bladder; its other choices
+(spacing, width, phase, patient) are the generator's own. Nothing here comes from a real CT.
+
+For every model and share: liver Dice (the union of the model's labels 1-3), the liver missed in the
+top 30 mm of the field of view, and the false liver in its bottom 60 mm (the bladder's region) and
+overall, in mL; paired intervals of each share against the model's first share. Not run by CI::
+
+    .venv/bin/python benchmarks/fov_ends.py --cases 10 --models seed0=benchmarks/work/cache_s43/models/synthetic.zip \\
+        edge=benchmarks/work/cache_s45/models/synthetic.zip --shares 0 0.25
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from bench_common import append_result, cpu_model  # noqa: E402
+from synthetic_phantoms import dice  # noqa: E402
+
+from autoseg.io import read_label, write_image  # noqa: E402
+from autoseg.metrics import bootstrap_interval, mean_present  # noqa: E402
+
+#: The first case's seed (no other benchmark draws trunk phantoms from it).
+SEED = 9300
+TOP_BELOW_DOME_MM = (20.0, 80.0)  # the trunk generator's "below the dome" tops lie at 0-90 mm
+BOTTOM_AROUND_BLADDER_MM = 15.0
+TOP_BAND_MM, BOTTOM_BAND_MM = 30.0, 60.0
+
+
+def cut_case(seed: int):
+    """Trunk case ``seed`` on a field of view from inside the liver to the middle of the bladder."""
+    from autoseg.phantom import PhantomCase
+    from autoseg.phantom_family2 import is_tumour_free, render
+    from autoseg.phantom_shapes import Grid
+    from autoseg.phantom_trunk import draw_trunk, trunk_grid, trunk_labels
+
+    anatomy, _ = draw_trunk(seed, is_tumour_free(seed, 0.3))
+    [urine] = [item for item in anatomy.items if item.name == "urine"]
+    rng = np.random.default_rng([seed, 9301])
+    top = rng.uniform(*TOP_BELOW_DOME_MM)
+    bottom = float(urine.region.centre[0]) + rng.uniform(-BOTTOM_AROUND_BLADDER_MM, BOTTOM_AROUND_BLADDER_MM)
+    usual = trunk_grid(seed)  # the generator's spacing, width and in-plane position
+    n = max(1, int(round((top - bottom) / usual.spacing[0])))
+    origin_z = (top + bottom) / 2 - (n - 1) / 2 * usual.spacing[0]
+    grid = Grid((n, usual.shape[1], usual.shape[2]), usual.spacing, (origin_z, usual.origin[1], usual.origin[2]))
+    image, tissues = render(anatomy, grid, seed)
+    origin = (grid.origin[2], grid.origin[1], grid.origin[0])
+    return PhantomCase(image, trunk_labels(tissues, "LiverVesselTumour"), grid.spacing, origin, tissues,
+                       "LiverVesselTumour", seed, family=3)
+
+
+def case_figures(pred: np.ndarray, ref: np.ndarray, spacing_zyx: tuple[float, ...]) -> dict[str, float | None]:
+    """Liver Dice, liver missed in the top band and false liver in the bottom band and overall (mL);
+    slice 0 is the field of view's lower end (the phantoms' z axis points to the head)."""
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000
+    liver, truth = pred > 0, ref > 0
+    top = max(1, int(round(TOP_BAND_MM / spacing_zyx[0])))
+    bottom = max(1, int(round(BOTTOM_BAND_MM / spacing_zyx[0])))
+    false = liver & ~truth
+    return {"liver": dice(liver, truth),
+            "missed_top_ml": float((truth[-top:] & ~liver[-top:]).sum() * voxel_ml),
+            "false_bottom_ml": float(false[:bottom].sum() * voxel_ml),
+            "false_ml": float(false.sum() * voxel_ml)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL",
+                   help="models by a name of your choice and what `autoseg predict -m` takes")
+    p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.25],
+                   help="edge-context shares; each model's first is its baseline")
+    p.add_argument("--work", type=Path, default=BENCH / "work" / "fov_ends")
+    p.add_argument("--out", type=Path, default=BENCH / "results" / "fov_ends.json")
+    args = p.parse_args(argv)
+    models = dict(m.split("=", 1) for m in args.models)
+    inputs, refs = args.work / "inputs", args.work / "labels"
+    names = [f"fov_{i:03d}" for i in range(args.cases)]
+    spacing: dict[str, tuple[float, ...]] = {}
+    for i, name in enumerate(names):
+        image, ref = inputs / f"{name}.nii.gz", refs / f"{name}.nii.gz"
+        if not (image.is_file() and ref.is_file()):  # drawn once, kept for the next model
+            case = cut_case(SEED + i)
+            write_image(ref, case.labels, case.geometry)
+            write_image(image, case.image, case.geometry)
+        spacing[name] = read_label(ref)[1].spacing[::-1]
+    scores: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
+    seconds: dict[str, float] = {}
+    for label, model in models.items():
+        for share in args.shares:
+            key = f"{label} {share}"
+            out = args.work / "predictions" / label / f"share_{share}"
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out), "-m", model,
+                            "--edge-context", str(share), "--overwrite"], check=True, capture_output=True)
+            seconds[key] = time.perf_counter() - t0
+            scores[key] = {n: case_figures(read_label(out / f"{n}.nii.gz")[0], read_label(refs / f"{n}.nii.gz")[0],
+                                           spacing[n]) for n in names}
+    summary: dict[str, Any] = {}
+    print("| model, share | liver Dice, paired difference [95 % CI] | liver missed in the top 30 mm, mL | "
+          "false liver in the bottom 60 mm, mL (mean, max) | false liver, mL |")
+    print("|---|---|---|---|---|")
+    for label in models:
+        base = scores[f"{label} {args.shares[0]}"]
+        for share in args.shares:
+            key = f"{label} {share}"
+            rows = scores[key]
+            diffs = [rows[n]["liver"] - base[n]["liver"] for n in names
+                     if rows[n]["liver"] is not None and base[n]["liver"] is not None]
+            ci = bootstrap_interval(diffs) or (float("nan"), float("nan"))
+            mean = {k: mean_present([rows[n][k] for n in names]) for k in rows[names[0]]}
+            worst_bottom = max(float(rows[n]["false_bottom_ml"] or 0) for n in names)
+            summary[key] = {**mean, "liver_paired_difference": mean_present(diffs), "ci95": list(ci),
+                            "false_bottom_ml_max": worst_bottom, "seconds": round(seconds[key], 1)}
+            print(f"| {key} | {mean['liver']:.3f}, {mean_present(diffs):+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] | "
+                  f"{mean['missed_top_ml']:.1f} | {mean['false_bottom_ml']:.1f}, {worst_bottom:.1f} | "
+                  f"{mean['false_ml']:.1f} |")
+    append_result(args.out, {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "models": models,
+        "cases": names, "first_seed": SEED, "scores": scores, "summary": summary})
+    print(json.dumps({k: v["liver_paired_difference"] for k, v in summary.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
