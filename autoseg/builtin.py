@@ -17,16 +17,17 @@ wins over the built-in model of that name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoseg.errors import ConfigurationError
+from autoseg.plans import Plans
 from autoseg.settings import Settings
 
 if TYPE_CHECKING:
     from autoseg.phantom import SpacingRange
-    from autoseg.plans import Plans
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,20 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def default_edge_context(model: Path | None, plans: Plans) -> float:
-    """The edge context a prediction with ``-m model`` (None: a dataset's trained model) of ``plans``
-    gets when none is given: the share it was trained with (``train --edge-context``); else the
-    built-in recipe's where ``model`` names a built-in model (and no path of that name exists); else none."""
-    if plans.recipe.edge_context:
-        return plans.recipe.edge_context
+def default_edge_context(model: Path | None, plans: Plans | Sequence[Plans]) -> float:
+    """The edge context a prediction with ``-m model`` (None: a dataset's trained model) gets when none
+    is given, ``plans`` being its own or its members' (an ensemble): the share it was trained with
+    (``train --edge-context``); else the built-in recipe's where ``model`` names a built-in model (and
+    no path of that name exists); else none. Members trained with different shares are refused: the
+    ensemble's validations were predicted each with its own, so no one share reproduces them."""
+    members = (plans,) if isinstance(plans, Plans) else tuple(plans)
+    trained = {p.recipe.edge_context or 0.0 for p in members}
+    if len(trained) > 1:
+        raise ConfigurationError(f"the ensemble's members were trained with different edge contexts "
+                                 f"({', '.join(str(t) for t in sorted(trained))}), so none is its default",
+                                 fix="give --edge-context F (0 for none) to predict them all with one share")
+    if trained != {0.0}:
+        return trained.pop()
     if model is None or model.exists() or str(model) not in RECIPES:
         return 0.0
     return RECIPES[str(model)].edge_context

@@ -418,8 +418,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "docs/inference.md has what it does to time and Dice")
     p.add_argument("--edge-context", type=float, default=None, metavar="F",
                    help="extend each case at both ends of its slice axis by F times the patch, mirrored, before "
-                        "sliding, so the tiles at the field of view's ends see anatomy go on (default: a built-in "
-                        "model's recipe value, else 0; docs/inference.md)")
+                        "sliding, so the tiles at the field of view's ends see anatomy go on (default: the share "
+                        "the model was trained with, `train --edge-context`; else a built-in model's recipe value; "
+                        "else 0; docs/inference.md)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="on the CPU, run the networks in PyTorch's default NCDHW layout instead of "
                         "channels-last (the same probabilities up to rounding, slower; docs/inference.md)")
@@ -482,6 +483,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.precision import resolve_precision
 
     from autoseg.builtin import default_edge_context
+    from autoseg.inference.ensembles import member_plans
 
     if args.edge_context is not None and not 0 <= args.edge_context <= 1:  # NaN too
         raise ConfigurationError(f"--edge-context {args.edge_context}: a share of the patch from 0 to 1",
@@ -492,7 +494,7 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     require_runtime(args.runtime, args.device)  # before any case is read, not once per case
     model = open_model(model_folder(args, settings), tuple(args.folds) if args.folds else None, args.checkpoint)
     if args.edge_context is None:
-        args.edge_context = default_edge_context(args.model, model.plans)
+        args.edge_context = default_edge_context(args.model, member_plans(model))
     roi = None
     if args.roi_model:
         roi_path = Path(args.roi_model)

@@ -124,6 +124,9 @@ def test_a_built_in_model_predicts_with_its_recipes_edge_context(tmp_path: Path,
     assert default_edge_context(Path("model.zip"), plans) == 0.0 and default_edge_context(None, plans) == 0.0
     assert default_edge_context(Path("model.zip"), trained) == default_edge_context(None, trained) == 0.125
     assert default_edge_context(Path("synthetic"), trained) == 0.125  # what it was trained with first
+    assert default_edge_context(None, (trained, trained)) == 0.125  # an ensemble's members agree
+    with pytest.raises(ConfigurationError, match="--edge-context"):
+        default_edge_context(None, (plans, trained))  # they do not: no share reproduces their validations
     (tmp_path / "synthetic").mkdir()  # a folder called synthetic wins over the built-in name, as in resolve_model
     assert default_edge_context(Path("synthetic"), plans) == 0.0
 

@@ -11,6 +11,7 @@ import pytest
 from autoseg.cli import main
 from autoseg.io import read_json, read_label
 from autoseg.phantom import write_task
+from autoseg.plans import Plans
 
 SPACING = ((4.0, 3.5, 3.5), (5.0, 4.0, 4.0))
 PLAN = ["--cpu-gflops", "20", "-j", "1", "--step-time", "0.15"]
@@ -193,8 +194,8 @@ def test_the_roi_box_is_slid_without_edge_context(cascade: Path, tmp_path: Path,
     --edge-context, and the report leaves edge_context out; over the whole case it is applied."""
     roi = ["--roi-model", "Task03", "--roi-margin-mm", "8", "--roi-crop-only"]
     whole, whole_report = _predict(cascade, tmp_path / "whole", ["--edge-context", "0.5"], monkeypatch)
-    plans = read_json(cascade / "res" / "Task08_HepaticVessel" / "arunet" / "plans.json")
-    assert 0 in plans["augmentation"]["mirror_axes"], "the test needs a model trained mirrored along z"
+    plans = Plans.load(cascade / "res" / "Task08_HepaticVessel" / "arunet" / "plans.json")
+    assert 0 in plans.patch_mirror_axes, "the test needs a model trained mirrored along z"
     assert whole_report["edge_context"] == 0.5
     plain, plain_report = _predict(cascade, tmp_path / "plain", roi, monkeypatch)
     boxed, report = _predict(cascade, tmp_path / "boxed", [*roi, "--edge-context", "0.5"], monkeypatch)

@@ -11,7 +11,8 @@ import torch
 from autoseg.errors import AutosegError, ConfigurationError
 from autoseg.plans import Augmentation, Recipe
 from autoseg.preprocessing.storage import write_case
-from autoseg.training.data import CaseStore, PatchLoader, crop_with_padding, make_train_stream
+from autoseg.training.data import (CaseStore, PatchLoader, crop_with_padding, make_train_stream,
+                                   validation_patches)
 from autoseg.training.losses import DeepSupervision, build_loss, soft_dice_per_class
 from autoseg.training.recipes import PlateauState, poly_lr, recipe_named
 from autoseg.training.splits import load_or_create_splits, make_splits
@@ -347,6 +348,11 @@ def test_edge_context_draws_patches_up_to_its_reach_beyond_the_ends_and_no_furth
     reach = PatchLoader(store, (12, 16, 16), 1, 0.0, 0, edge_slices=4, final_depth=8)
     starts = np.array([reach.centre(cases[0], False)[0] - 4 for _ in range(600)])
     assert starts.min() == -4 and starts.max() + 8 == 16 + 4
+    # a read of 12 slices centre-cropped to 7 (batchgenerators: from (12 - 7) // 2 = 2): the final
+    # patch starts 6 - 2 = 4 slices before the centre, not 7 // 2 = 3
+    odd = PatchLoader(store, (12, 16, 16), 1, 0.0, 0, edge_slices=3, final_depth=7)
+    starts = np.array([odd.centre(cases[0], False)[0] - 4 for _ in range(600)])
+    assert starts.min() == -3 and starts.max() + 7 == 16 + 3
     inside = PatchLoader(store, (8, 16, 16), 1, 0.0, 0)
     starts = np.array([inside.centre(cases[0], False)[0] - 4 for _ in range(600)])
     assert starts.min() == 0 and starts.max() + 8 == 16
@@ -366,7 +372,21 @@ def test_train_edge_context_goes_into_the_recipe_and_into_the_stream(tmp_path: P
     assert "edge_context" not in json.dumps(plans.to_dict())  # absent unless set: existing plans keep their hash
     trained = apply_overrides(plans, TrainRequest(dataset="8", edge_context=0.25))
     assert trained.recipe.edge_context == 0.25 and apply_overrides(plans, TrainRequest(dataset="8")) == plans
+    assert apply_overrides(plans, TrainRequest(dataset="8", edge_context=0.0)) == plans  # 0 is the default: absent
+    flat = make_plans(patch_size=(96, 96), target_spacing=(0.8, 0.8), median_shape=(300, 300))
+    with pytest.raises(ConfigurationError, match="2D"):
+        apply_overrides(flat, TrainRequest(dataset="8", edge_context=0.25))
     cases = write_preprocessed(tmp_path / "data_root", n=1)
     stream = make_train_stream(CaseStore(tmp_path / "data_root" / "data", cases), (8, 16, 16),
                                Augmentation(in_plane_only=True), 2, 0.0, 0, 0, edge_context=0.5)
     assert stream.data_loader.edge_slices == 4 and next(stream)["data"].shape == (2, 1, 8, 16, 16)
+    # the validation patches reach beyond the ends as the training ones do, mirrored there: a patch of
+    # the (random, noise-only) image then holds some slice twice, and never a slice of padding
+    store = CaseStore(tmp_path / "data_root" / "data", cases)
+
+    def repeats(p: np.ndarray) -> bool:
+        return any(np.array_equal(p[0, i], p[0, j]) for i in range(8) for j in range(i + 1, 8))
+
+    mirrored = validation_patches(store, (8, 16, 16), 40, 0, edge_context=0.5)
+    assert any(repeats(p) for p in mirrored) and not any((p[0] == 0).all(axis=(1, 2)).any() for p in mirrored)
+    assert not any(repeats(p) for p in validation_patches(store, (8, 16, 16), 40, 0))

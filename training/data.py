@@ -167,6 +167,12 @@ def crop_with_padding(array: Any, centre: np.ndarray, size: tuple[int, ...],
     return out
 
 
+def edge_slices_for(patch: tuple[int, ...], edge_context: float) -> int:
+    """The slices a training patch may reach beyond the slice axis's ends for ``Recipe.edge_context``
+    (as :func:`autoseg.sliding_window.edge_slices_of` at prediction): none for a 2D patch."""
+    return round(edge_context * patch[0]) if len(patch) == 3 else 0
+
+
 def reflected(indices: np.ndarray, n: int) -> np.ndarray:
     """``indices`` along an axis of length ``n``, those outside it mirrored about its end elements as
     numpy's ``reflect`` padding and :func:`autoseg.sliding_window.mirror_context` do (the end element
@@ -242,9 +248,10 @@ class PatchLoader(SlimDataLoaderBase):
         lo = np.minimum(half, shape // 2)
         hi = np.maximum(shape - size + half + 1, lo + 1)
         if self.edge_slices:  # the final patch from edge_slices before the first slice to as many after the last
-            first = self.final_depth // 2 - self.edge_slices
-            lo[0], hi[0] = first, max(shape[0] - self.final_depth + self.final_depth // 2 + self.edge_slices + 1,
-                                      first + 1)
+            # batchgenerators' centre crop starts the final patch (size[0] - final_depth) // 2 into the read one
+            offset = int(size[0]) // 2 - (int(size[0]) - self.final_depth) // 2
+            first = offset - self.edge_slices
+            lo[0], hi[0] = first, max(shape[0] - self.final_depth + offset + self.edge_slices + 1, first + 1)
         return np.array([self.rng.integers(a, b) for a, b in zip(lo, hi)])
 
     def generate_train_batch(self) -> dict[str, Any]:
@@ -358,9 +365,8 @@ def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Au
     ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler``, ``class_contrast`` and
     ``edge_context`` (a share of a 3D patch's slices, :class:`PatchLoader`): the recipe's;
     ``num_classes``: the plans' classes, background included."""
-    edge_slices = round(edge_context * patch[0]) if len(patch) == 3 else 0
     loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed,
-                         sampler, edge_slices, patch[0])
+                         sampler, edge_slices_for(patch, edge_context), patch[0])
     transforms = train_transforms(patch, augmentation, class_contrast, num_classes)
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)
@@ -368,11 +374,15 @@ def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Au
                                   seeds=[seed + i for i in range(workers)], pin_memory=False)
 
 
-def validation_patches(store: CaseStore, patch: tuple[int, ...], per_case: int, seed: int) -> list[np.ndarray]:
-    """A fixed, seeded set of validation patches: half centred on foreground, half random."""
-    loader = PatchLoader(store, patch, per_case, 0.5, seed)
+def validation_patches(store: CaseStore, patch: tuple[int, ...], per_case: int, seed: int,
+                       edge_context: float = 0.0) -> list[np.ndarray]:
+    """A fixed, seeded set of validation patches: half centred on foreground, half random; with the
+    recipe's ``edge_context``, reaching beyond the slice axis's ends and mirrored there as the training
+    patches are."""
+    edge = edge_slices_for(patch, edge_context)
+    loader = PatchLoader(store, patch, per_case, 0.5, seed, edge_slices=edge)
     out = []
     for case in store.cases:
         for i in range(per_case):
-            out.append(store.patch(case, loader.centre(case, i % 2 == 0), patch))
+            out.append(store.patch(case, loader.centre(case, i % 2 == 0), patch, edge > 0))
     return out

@@ -242,7 +242,7 @@ class FoldTrainer:
         train_store = CaseStore(self.data_dir, self.train_cases)
         val_store = CaseStore(self.data_dir, self.val_cases)
         val = validation_patches(val_store, self.plans.patch_size, self.options.val_patches_per_case,
-                                 self.options.seed)
+                                 self.options.seed, self.recipe.edge_context or 0.0)
         stream = make_train_stream(train_store, self.plans.patch_size, self.plans.augmentation,
                                    self.plans.batch_size, self.recipe.oversample_foreground,
                                    self.options.seed + 1000 * self.epoch + 7919 * self.dist.rank,

@@ -87,9 +87,14 @@ def apply_overrides(plans: Plans, req: TrainRequest, fingerprint: Path | None = 
     changes: dict[str, Any] = {}
     for field, value in (("loss", req.loss), ("iterations_per_epoch", req.iterations_per_epoch),
                          ("precision", req.precision), ("sampler", req.sampler),
-                         ("class_contrast", req.class_contrast), ("edge_context", req.edge_context)):
+                         ("class_contrast", req.class_contrast)):
         if value is not None:
             changes[field] = value
+    if req.edge_context is not None:
+        if req.edge_context and len(plans.patch_size) != 3:
+            raise ConfigurationError(f"--edge-context {req.edge_context}: this plan is 2D, and a 2D patch has no "
+                                     "slice axis to reach beyond", fix="leave --edge-context out for a 2D plan")
+        changes["edge_context"] = req.edge_context or None  # 0 is the default, which plans leave out
     if req.sets_schedule:  # one budget replaces any other the plans had
         changes.update(epochs=req.epochs or recipe.epochs, time_budget_s=req.time_budget_s,
                        steps=_requested_steps(req, plans))

@@ -88,7 +88,8 @@ class ServeConfig:
     #: A linked run's ROI model (e.g. the liver model for Task08): its folder, archive or ONNX export.
     #: The viewer then predicts the one liver/vessel/tumour map, as ``predict --roi-model`` does.
     roi_model_folder: Path | None = None
-    #: ``predict --edge-context`` (the built-in model's recipe value when the viewer serves it).
+    #: ``predict --edge-context``: what the served model was trained with, else the built-in model's
+    #: recipe value when the viewer serves it, else 0 (:func:`autoseg.builtin.default_edge_context`).
     edge_context: float = 0.0
 
 

@@ -61,6 +61,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.builtin import default_edge_context, resolve_model
+    from autoseg.inference.ensembles import member_plans
     from autoseg.inference.model import open_model, trained_model_folder
     from autoseg.serve.app import ServeConfig, serve
     from autoseg.serve.jobs import Retention
@@ -90,7 +91,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     config = ServeConfig(model_folder=Path(model.folder), workdir=workdir.resolve(), host=args.host,
                          port=args.port, folds=folds, checkpoint=args.checkpoint, device=args.device,
                          roi_model_folder=Path(roi.folder) if roi is not None else None,
-                         edge_context=default_edge_context(None if args.dataset else named, model.plans),
+                         edge_context=default_edge_context(None if args.dataset else named, member_plans(model)),
                          limits=limits, retention=Retention(keep=args.keep_jobs or None,
                                                             ttl_s=args.job_ttl_hours * 3600 or None))
     serve(config, model, roi)
