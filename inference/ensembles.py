@@ -135,13 +135,13 @@ def _build_one(dataset_dir: Path, data_dir: Path, members: list[str], networks: 
     return {"members": members, "folder": str(out.root)}
 
 
-@dataclass(frozen=True)
 def member_plans(model: Any) -> tuple[Plans, ...]:
     """The plans of each network ``model`` averages: an ensemble's members', else its own."""
     parts = getattr(model, "parts", None)
     return tuple(p.plans for p in parts) if parts else (model.plans,)
 
 
+@dataclass(frozen=True)
 class EnsembleModel:
     """Several trained networks whose fold-averaged probabilities are averaged (same preprocessing)."""
 
