@@ -179,18 +179,24 @@ def tiles_whose_cell_holds(wanted: np.ndarray, starts: list[list[int]], patch: t
     return np.asarray(held)
 
 
-def mirror_context(data: np.ndarray, width: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+def mirror_context(data: np.ndarray, width: int, at_least: int = 0) -> tuple[np.ndarray, tuple[slice, ...]]:
     """``data`` (C, *spatial) extended at both ends of its first spatial axis by ``width`` slices,
     mirrored about the end slices (U-Net's overlap-tile strategy, along the slice axis
     only); returns the spatial crop that undoes it. A CT's field of view ends inside the body along
     that axis, so the tiles at its ends see anatomy go on rather than a border; in-plane the body
     usually lies inside the field of view, and where it does not a mirrored second body edge is no
-    anatomy at all. A single slice is repeated."""
+    anatomy at all. With ``width`` > 0 a case still shorter than ``at_least`` slices (the patch) is
+    mirrored on, again about its ends where the width passes them, until it is that long, as
+    training with edge context reads it (:func:`autoseg.training.data.crop_mirroring_ends`), rather
+    than padded with zeros. A single slice is repeated."""
+    n = data.shape[1]
     if width <= 0:
-        return data, tuple(slice(0, n) for n in data.shape[1:])
-    pads = [(0, 0), (width, width)] + [(0, 0)] * (data.ndim - 2)
-    extended = np.pad(data, pads, mode="reflect") if data.shape[1] > 1 else np.pad(data, pads, mode="edge")
-    return extended, (slice(width, width + data.shape[1]),) + tuple(slice(0, n) for n in data.shape[2:])
+        return data, tuple(slice(0, s) for s in data.shape[1:])
+    short = max(0, at_least - n - 2 * width)
+    before, after = width + (short + 1) // 2, width + short // 2
+    pads = [(0, 0), (before, after)] + [(0, 0)] * (data.ndim - 2)
+    extended = np.pad(data, pads, mode="reflect") if n > 1 else np.pad(data, pads, mode="edge")
+    return extended, (slice(before, before + n),) + tuple(slice(0, s) for s in data.shape[2:])
 
 
 def pad_to_patch(data: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -238,10 +244,11 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     ``"forward"`` (the floor of prediction time; everything else is overhead).
 
     ``edge_slices`` > 0 slides over the case extended by that many mirrored slices at both ends of
-    its first axis (:func:`mirror_context`) and returns the probabilities of the case's own voxels;
+    its first axis, and further up to the patch if it is still shorter (:func:`mirror_context`), and
+    returns the probabilities of the case's own voxels;
     with ``out`` each call then holds one array of the extended case's probabilities as well."""
     precision = resolve_precision(precision, device)
-    extended, inner = mirror_context(data.astype(np.float32, copy=False), edge_slices)
+    extended, inner = mirror_context(data.astype(np.float32, copy=False), edge_slices, patch[0])
     padded, outer = pad_to_patch(extended, patch)
     unpad = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
     spatial = padded.shape[1:]

@@ -192,3 +192,20 @@ def test_slide_takes_the_edge_context_as_a_share_of_the_trained_patch_into_an_en
     extended = np.pad(data, [(0, 0), (width, width), (0, 0), (0, 0)], mode="reflect")  # type: ignore[call-overload]
     want = predict_sliding_window(net, extended, tile, 3, batch_size=1, precision="fp32")[:, width:width + 20]
     np.testing.assert_allclose(out, 0.5 * want, atol=1e-6)
+
+
+def test_a_case_shorter_than_the_patch_is_mirrored_on_up_to_it_as_training_reads_it() -> None:
+    """With edge context, a slab shorter than the patch (3 slices, 10 after resampling) is continued by
+    mirroring, about its ends again where needed, up to the patch, exactly the slices a training patch
+    with edge context holds there; never padded with zeros (which such a network has not seen)."""
+    from autoseg.sliding_window import mirror_context
+    from autoseg.training.data import reflected
+
+    for n in (1, 2, 3, 10, 70):
+        data = np.arange(n, dtype=np.float32)[None, :, None] + np.zeros((1, 1, 2), np.float32)
+        extended, crop = mirror_context(data, 16, at_least=64)
+        assert extended.shape[1] == max(64, n + 32) and np.array_equal(extended[(slice(None), *crop)], data)
+        start = crop[0].start
+        assert np.array_equal(extended[0, :, 0], reflected(np.arange(-start, extended.shape[1] - start), n))
+    plain, _ = mirror_context(np.zeros((1, 10, 2), np.float32), 0, at_least=64)
+    assert plain.shape[1] == 10  # no edge context: the zero padding to the patch stays as it was
