@@ -118,7 +118,8 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
                                   batch, mirror, options.device, timings, options.precision,
                                   source=source, between_batches=options.between_batches, where=where,
                                   regions=plans.regions, out=out, scale=scale,
-                                  edge_slices=edge_slices_of(plans, options.edge_context))
+                                  edge_slices=edge_slices_of(plans, options.edge_context),
+                                  mirror_short=bool(plans.recipe.edge_context))
 
 
 def edge_context_of(plans: Plans, share: float) -> float:
@@ -216,7 +217,7 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
                            where: np.ndarray | None = None,
                            regions: tuple[Region, ...] | None = None,
                            out: np.ndarray | None = None, scale: float = 1.0,
-                           edge_slices: int = 0) -> np.ndarray:
+                           edge_slices: int = 0, mirror_short: bool = False) -> np.ndarray:
     """Class probabilities (K, *spatial) float32 for ``data`` (C, *spatial): the softmax of the
     network's outputs, or with ``regions`` the class probabilities of its region sigmoids.
 
@@ -244,11 +245,13 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     ``"forward"`` (the floor of prediction time; everything else is overhead).
 
     ``edge_slices`` > 0 slides over the case extended by that many mirrored slices at both ends of
-    its first axis, and further up to the patch if it is still shorter (:func:`mirror_context`), and
-    returns the probabilities of the case's own voxels;
+    its first axis (:func:`mirror_context`), with ``mirror_short`` (a network trained with edge
+    context, which has never seen zeros there) mirrored on up to the patch where it is still shorter,
+    and returns the probabilities of the case's own voxels;
     with ``out`` each call then holds one array of the extended case's probabilities as well."""
     precision = resolve_precision(precision, device)
-    extended, inner = mirror_context(data.astype(np.float32, copy=False), edge_slices, patch[0])
+    extended, inner = mirror_context(data.astype(np.float32, copy=False), edge_slices,
+                                     patch[0] if mirror_short else 0)
     padded, outer = pad_to_patch(extended, patch)
     unpad = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
     spatial = padded.shape[1:]

@@ -209,3 +209,26 @@ def test_a_case_shorter_than_the_patch_is_mirrored_on_up_to_it_as_training_reads
         assert np.array_equal(extended[0, :, 0], reflected(np.arange(-start, extended.shape[1] - start), n))
     plain, _ = mirror_context(np.zeros((1, 10, 2), np.float32), 0, at_least=64)
     assert plain.shape[1] == 10  # no edge context: the zero padding to the patch stays as it was
+
+
+def test_only_a_network_trained_with_edge_context_gets_a_short_case_mirrored_up_to_its_patch() -> None:
+    """Through :func:`slide`: a 3-slice case with edge context 0.25 of an 8-slice patch (1 slice each
+    end) is mirrored on to 8 slices for a network trained with edge context; a network only trained
+    mirrored along z gets its one slice each end and then the zero padding it was trained with."""
+    import dataclasses
+
+    from autoseg.sliding_window import WindowOptions, slide
+
+    plans = _plans_with_patch((8, 16, 16), [[1, 1, 1], [1, 2, 2]])
+    trained = plans.replace(recipe=dataclasses.replace(plans.recipe, edge_context=0.25))
+    data = np.random.default_rng(6).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    net = z_context_net()
+    options = WindowOptions(edge_context=0.25, channels_last=False, precision="fp32")
+    mirrored = np.pad(data, [(0, 0), (3, 2), (0, 0), (0, 0)], mode="reflect")  # type: ignore[call-overload]
+    np.testing.assert_allclose(slide(net, data, trained, options),
+                               predict_sliding_window(net, mirrored, (8, 16, 16), 3, precision="fp32")[:, 3:6],
+                               atol=1e-6)
+    once = np.pad(data, [(0, 0), (1, 1), (0, 0), (0, 0)], mode="reflect")  # type: ignore[call-overload]
+    np.testing.assert_allclose(slide(net, data, plans, options),
+                               predict_sliding_window(net, once, (8, 16, 16), 3, precision="fp32")[:, 1:4],
+                               atol=1e-6)
