@@ -119,7 +119,7 @@ def slide(network: torch.nn.Module, data: np.ndarray, plans: Plans, options: Win
                                   source=source, between_batches=options.between_batches, where=where,
                                   regions=plans.regions, out=out, scale=scale,
                                   edge_slices=edge_slices_of(plans, options.edge_context),
-                                  mirror_short=bool(plans.recipe.edge_context))
+                                  mirror_short=len(plans.patch_size) == 3 and bool(plans.recipe.edge_context))
 
 
 def edge_context_of(plans: Plans, share: float) -> float:
@@ -186,12 +186,13 @@ def mirror_context(data: np.ndarray, width: int, at_least: int = 0) -> tuple[np.
     only); returns the spatial crop that undoes it. A CT's field of view ends inside the body along
     that axis, so the tiles at its ends see anatomy go on rather than a border; in-plane the body
     usually lies inside the field of view, and where it does not a mirrored second body edge is no
-    anatomy at all. With ``width`` > 0 a case still shorter than ``at_least`` slices (the patch) is
-    mirrored on, again about its ends where the width passes them, until it is that long, as
-    training with edge context reads it (:func:`autoseg.training.data.crop_mirroring_ends`), rather
-    than padded with zeros. A single slice is repeated."""
+    anatomy at all. A case still shorter than ``at_least`` slices (the patch) after that is mirrored
+    on, again about its ends where needed, until it is that long, as training with edge context reads
+    it (:func:`autoseg.training.data.crop_mirroring_ends`), rather than padded with zeros. A single
+    slice is repeated."""
     n = data.shape[1]
-    if width <= 0:
+    width = max(width, 0)
+    if width == 0 and n >= at_least:
         return data, tuple(slice(0, s) for s in data.shape[1:])
     short = max(0, at_least - n - 2 * width)
     before, after = width + (short + 1) // 2, width + short // 2
@@ -245,13 +246,14 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray, patch: tu
     ``"forward"`` (the floor of prediction time; everything else is overhead).
 
     ``edge_slices`` > 0 slides over the case extended by that many mirrored slices at both ends of
-    its first axis (:func:`mirror_context`), with ``mirror_short`` (a network trained with edge
-    context, which has never seen zeros there) mirrored on up to the patch where it is still shorter,
-    and returns the probabilities of the case's own voxels;
+    its first axis (:func:`mirror_context`); with ``mirror_short`` (a network trained with edge
+    context, which has never seen zeros beyond the slice axis's ends) a case shorter than the patch
+    is mirrored on up to it, with or without edge slices. It returns the probabilities of the case's
+    own voxels;
     with ``out`` each call then holds one array of the extended case's probabilities as well."""
     precision = resolve_precision(precision, device)
     extended, inner = mirror_context(data.astype(np.float32, copy=False), edge_slices,
-                                     patch[0] if mirror_short else 0)
+                                     patch[0] if mirror_short else 0)  # a network never shown zeros there
     padded, outer = pad_to_patch(extended, patch)
     unpad = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
     spatial = padded.shape[1:]

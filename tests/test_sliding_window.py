@@ -207,14 +207,17 @@ def test_a_case_shorter_than_the_patch_is_mirrored_on_up_to_it_as_training_reads
         assert extended.shape[1] == max(64, n + 32) and np.array_equal(extended[(slice(None), *crop)], data)
         start = crop[0].start
         assert np.array_equal(extended[0, :, 0], reflected(np.arange(-start, extended.shape[1] - start), n))
-    plain, _ = mirror_context(np.zeros((1, 10, 2), np.float32), 0, at_least=64)
-    assert plain.shape[1] == 10  # no edge context: the zero padding to the patch stays as it was
+    plain, _ = mirror_context(np.zeros((1, 10, 2), np.float32), 0)
+    assert plain.shape[1] == 10  # nothing asked: the zero padding to the patch stays as it was
+    filled, crop = mirror_context(np.arange(10, dtype=np.float32)[None, :, None], 0, at_least=64)
+    assert filled.shape[1] == 64 and np.array_equal(filled[0, crop[0], 0], np.arange(10))  # no edge slices: filled
 
 
 def test_only_a_network_trained_with_edge_context_gets_a_short_case_mirrored_up_to_its_patch() -> None:
     """Through :func:`slide`: a 3-slice case with edge context 0.25 of an 8-slice patch (1 slice each
-    end) is mirrored on to 8 slices for a network trained with edge context; a network only trained
-    mirrored along z gets its one slice each end and then the zero padding it was trained with."""
+    end) is mirrored on to 8 slices for a network trained with edge context, with or without edge
+    context asked; a network only trained mirrored along z gets its one slice each end and then the
+    zero padding it was trained with."""
     import dataclasses
 
     from autoseg.sliding_window import WindowOptions, slide
@@ -228,6 +231,9 @@ def test_only_a_network_trained_with_edge_context_gets_a_short_case_mirrored_up_
     np.testing.assert_allclose(slide(net, data, trained, options),
                                predict_sliding_window(net, mirrored, (8, 16, 16), 3, precision="fp32")[:, 3:6],
                                atol=1e-6)
+    np.testing.assert_allclose(slide(net, data, trained, dataclasses.replace(options, edge_context=0.0)),
+                               predict_sliding_window(net, mirrored, (8, 16, 16), 3, precision="fp32")[:, 3:6],
+                               atol=1e-6)  # without edge context too: it has never seen zeros there
     once = np.pad(data, [(0, 0), (1, 1), (0, 0), (0, 0)], mode="reflect")  # type: ignore[call-overload]
     np.testing.assert_allclose(slide(net, data, plans, options),
                                predict_sliding_window(net, once, (8, 16, 16), 3, precision="fp32")[:, 1:4],
