@@ -44,6 +44,29 @@ def case_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
             for name, label in CLASSES.items()}
 
 
+def pair_with(results: Path, model: str, scores: dict[float, dict[str, dict[str, float | None]]],
+              cases: list[str]) -> dict[str, Any]:
+    """Each share's liver, vessel and tumour Dice against the latest stored run of ``model`` at its
+    first share, paired by case (the other run must have scored the same cases)."""
+    runs = [r for r in json.loads(results.read_text()) if r["model"] == model and r["cases"] == cases]
+    if not runs:
+        sys.exit(f"no stored run of {model} on these cases in {results}")
+    other = runs[-1]["scores"][next(iter(runs[-1]["scores"]))]
+    out: dict[str, Any] = {"model": model}
+    for share, per_case in scores.items():
+        row = {}
+        for k in CLASSES:
+            diffs = [per_case[c][k] - other[c][k] for c in cases if per_case[c][k] is not None
+                     and other[c][k] is not None]
+            ci = bootstrap_interval(diffs) or (float("nan"), float("nan"))
+            row[k] = {"paired_difference": mean_present(diffs), "ci95": list(ci),
+                      "better": sum(d > 0.01 for d in diffs), "worse": sum(d < -0.01 for d in diffs)}
+        out[str(share)] = row
+        print(f"against {model}: share {share}: " + ", ".join(
+            f"{k} {v['paired_difference']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for k, v in row.items()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, required=True, help="an `autoseg pretrain` work folder")
@@ -52,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                                 "is the baseline")
     p.add_argument("--out", type=Path, default=BENCH / "results" / "edge_context.json")
     p.add_argument("--scratch", type=Path, default=BENCH / "work" / "edge_context")
+    p.add_argument("--pair-with", default=None, metavar="MODEL",
+                   help="also pair each share against the latest stored run of this model (same --work, so the "
+                        "same held-out cases), at its first share")
     args = p.parse_args(argv)
     raw = args.work / "raw" / DATASET
     cases = json.loads((args.work / "preprocessed" / DATASET / "splits.json").read_text())[0]["val"]
@@ -92,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                          if mean is not None else "-")
         summary[str(share)] = row
         print(f"| {share} | {seconds[share]:.0f} | {' | '.join(cells)} |")
+    if args.pair_with:
+        summary["paired_with"] = pair_with(args.out, args.pair_with, scores, cases)
     append_result(args.out, {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "model": args.model,

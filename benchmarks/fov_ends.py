@@ -65,7 +65,10 @@ def cut_case(seed: int):
     grid = Grid((n, usual.shape[1], usual.shape[2]), usual.spacing, (bottom, usual.origin[1], usual.origin[2]))
     image, tissues = render(anatomy, grid, seed)  # slice i at z = bottom + i * step, up above the liver
     labels = trunk_labels(tissues, "LiverVesselTumour")
-    liver_top = bottom + int(np.nonzero((labels > 0).any(axis=(1, 2)))[0].max()) * step
+    top_index = int(np.nonzero((labels > 0).any(axis=(1, 2)))[0].max())
+    if top_index >= n - 1:  # the liver reaches the grid's top: its own top is not known
+        raise RuntimeError(f"trunk case {seed}: the liver reaches {ABOVE_ANY_LIVER_MM} mm; render higher")
+    liver_top = bottom + top_index * step
     keep = int(np.floor((liver_top - rng.uniform(*TOP_BELOW_DOME_MM) - bottom) / step)) + 1
     origin = (grid.origin[2], grid.origin[1], grid.origin[0])
     return PhantomCase(image[:keep], labels[:keep], grid.spacing, origin, tissues[:keep], "LiverVesselTumour", seed,

@@ -202,11 +202,11 @@ def test_a_case_shorter_than_the_patch_is_mirrored_on_up_to_it_as_training_reads
     from autoseg.training.data import reflected
 
     for n in (1, 2, 3, 10, 70):
-        data = np.arange(n, dtype=np.float32)[None, :, None] + np.zeros((1, 1, 2), np.float32)
+        data = np.arange(1, n + 1, dtype=np.float32)[None, :, None] + np.zeros((1, 1, 2), np.float32)
         extended, crop = mirror_context(data, 16, at_least=64)
         assert extended.shape[1] == max(64, n + 32) and np.array_equal(extended[(slice(None), *crop)], data)
         start = crop[0].start
-        assert np.array_equal(extended[0, :, 0], reflected(np.arange(-start, extended.shape[1] - start), n))
+        assert np.array_equal(extended[0, :, 0], 1 + reflected(np.arange(-start, extended.shape[1] - start), n))
     plain, _ = mirror_context(np.zeros((1, 10, 2), np.float32), 0)
     assert plain.shape[1] == 10  # nothing asked: the zero padding to the patch stays as it was
     filled, crop = mirror_context(np.arange(10, dtype=np.float32)[None, :, None], 0, at_least=64)
@@ -214,10 +214,10 @@ def test_a_case_shorter_than_the_patch_is_mirrored_on_up_to_it_as_training_reads
 
 
 def test_only_a_network_trained_with_edge_context_gets_a_short_case_mirrored_up_to_its_patch() -> None:
-    """Through :func:`slide`: a 3-slice case with edge context 0.25 of an 8-slice patch (1 slice each
-    end) is mirrored on to 8 slices for a network trained with edge context, with or without edge
-    context asked; a network only trained mirrored along z gets its one slice each end and then the
-    zero padding it was trained with."""
+    """Through :func:`slide`, a 3-slice case and an 8-slice patch, with a network that sees 3 slices
+    either way: a network trained with edge context gets the case mirrored on to the patch, with edge
+    context 0.25 (2 slices each end) or none; a network only trained mirrored along z gets its 2 edge
+    slices and then the zero padding it was trained with, and without edge context zeros only."""
     import dataclasses
 
     from autoseg.sliding_window import WindowOptions, slide
@@ -225,16 +225,19 @@ def test_only_a_network_trained_with_edge_context_gets_a_short_case_mirrored_up_
     plans = _plans_with_patch((8, 16, 16), [[1, 1, 1], [1, 2, 2]])
     trained = plans.replace(recipe=dataclasses.replace(plans.recipe, edge_context=0.25))
     data = np.random.default_rng(6).normal(size=(1, 3, 16, 16)).astype(np.float32)
-    net = z_context_net()
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, (7, 1, 1), padding=(3, 0, 0)), torch.nn.Tanh(),
+                              torch.nn.Conv3d(3, 3, 1)).eval()
     options = WindowOptions(edge_context=0.25, channels_last=False, precision="fp32")
+    none = dataclasses.replace(options, edge_context=0.0)
+
+    def slid(case: np.ndarray, keep: slice) -> np.ndarray:
+        return predict_sliding_window(net, case, (8, 16, 16), 3, precision="fp32")[:, keep]
+
     mirrored = np.pad(data, [(0, 0), (3, 2), (0, 0), (0, 0)], mode="reflect")  # type: ignore[call-overload]
-    np.testing.assert_allclose(slide(net, data, trained, options),
-                               predict_sliding_window(net, mirrored, (8, 16, 16), 3, precision="fp32")[:, 3:6],
-                               atol=1e-6)
-    np.testing.assert_allclose(slide(net, data, trained, dataclasses.replace(options, edge_context=0.0)),
-                               predict_sliding_window(net, mirrored, (8, 16, 16), 3, precision="fp32")[:, 3:6],
-                               atol=1e-6)  # without edge context too: it has never seen zeros there
-    once = np.pad(data, [(0, 0), (1, 1), (0, 0), (0, 0)], mode="reflect")  # type: ignore[call-overload]
-    np.testing.assert_allclose(slide(net, data, plans, options),
-                               predict_sliding_window(net, once, (8, 16, 16), 3, precision="fp32")[:, 1:4],
-                               atol=1e-6)
+    np.testing.assert_allclose(slide(net, data, trained, options), slid(mirrored, slice(3, 6)), atol=1e-6)
+    np.testing.assert_allclose(slide(net, data, trained, none), slid(mirrored, slice(3, 6)), atol=1e-6)
+    edges = np.pad(data, [(0, 0), (2, 2), (0, 0), (0, 0)], mode="reflect")  # type: ignore[call-overload]
+    np.testing.assert_allclose(slide(net, data, plans, options), slid(edges, slice(2, 5)), atol=1e-6)
+    np.testing.assert_allclose(slide(net, data, plans, none), slid(data, slice(0, 3)), atol=1e-6)
+    assert not np.allclose(slid(mirrored, slice(3, 6)), slid(edges, slice(2, 5)), atol=1e-3)  # the net tells them apart
