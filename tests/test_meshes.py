@@ -171,7 +171,10 @@ def test_predict_flag_asks_for_the_meshes_output(monkeypatch: pytest.MonkeyPatch
         seen["outputs"] = options.outputs
         return types.SimpleNamespace(reports=[], skipped=[], failed=[])
 
-    monkeypatch.setattr("autoseg.inference.model.open_model", lambda *a, **k: object())
+    from tests.test_plans import make_plans
+
+    plans = make_plans()  # what predict reads of the model before predicting (its default edge context)
+    monkeypatch.setattr("autoseg.inference.model.open_model", lambda *a, **k: types.SimpleNamespace(plans=plans))
     monkeypatch.setattr("autoseg.inference.postprocessing.load_postprocessing", lambda *a, **k: None)
     monkeypatch.setattr("autoseg.cpu_share.configure_threads", lambda *a, **k: None)
     monkeypatch.setattr("autoseg.inference.predictor.predict", fake_predict)
