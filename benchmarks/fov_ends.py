@@ -46,10 +46,15 @@ TOP_BELOW_DOME_MM = (20.0, 80.0)
 ABOVE_ANY_LIVER_MM = 250.0  # the trunk generator's fields of view start at most 320 mm, its livers' tops near 100
 BOTTOM_AROUND_BLADDER_MM = 15.0
 TOP_BAND_MM, BOTTOM_BAND_MM = 30.0, 60.0
+BELOW_BLADDER_MM = (0.0, 20.0)  # --end below-bladder: the field of view ends this far below the bladder
+BELOW_BLADDER_RENDER_MM = 120.0
+URINE = 36  # the trunk generator's tissue id of urine (TRUNK_TISSUES)
 
 
-def cut_case(seed: int):
-    """Trunk case ``seed`` on a field of view from inside the liver to the middle of the bladder."""
+def cut_case(seed: int, end: str = "mid-bladder"):
+    """Trunk case ``seed`` on a field of view from inside the liver to the middle of the bladder, or with
+    ``end`` ``below-bladder`` to 0-20 mm below the bladder's lowest slice (where the TotalSegmentator
+    example CT ends, at the femoral heads)."""
     from autoseg.phantom import PhantomCase
     from autoseg.phantom_family2 import is_tumour_free, render
     from autoseg.phantom_shapes import Grid
@@ -61,6 +66,8 @@ def cut_case(seed: int):
     bottom = float(urine.region.centre[0]) + rng.uniform(-BOTTOM_AROUND_BLADDER_MM, BOTTOM_AROUND_BLADDER_MM)
     usual = trunk_grid(seed)  # the generator's spacing, width and in-plane position
     step = usual.spacing[0]
+    if end == "below-bladder":  # render from well below the bladder, then cut under its lowest slice
+        bottom = float(urine.region.centre[0]) - BELOW_BLADDER_RENDER_MM
     n = max(1, int(round((ABOVE_ANY_LIVER_MM - bottom) / step)))
     grid = Grid((n, usual.shape[1], usual.shape[2]), usual.spacing, (bottom, usual.origin[1], usual.origin[2]))
     image, tissues = render(anatomy, grid, seed)  # slice i at z = bottom + i * step, up above the liver
@@ -70,9 +77,15 @@ def cut_case(seed: int):
         raise RuntimeError(f"trunk case {seed}: the liver reaches {ABOVE_ANY_LIVER_MM} mm; render higher")
     liver_top = bottom + top_index * step
     keep = int(np.floor((liver_top - rng.uniform(*TOP_BELOW_DOME_MM) - bottom) / step)) + 1
-    origin = (grid.origin[2], grid.origin[1], grid.origin[0])
-    return PhantomCase(image[:keep], labels[:keep], grid.spacing, origin, tissues[:keep], "LiverVesselTumour", seed,
-                       family=3)
+    first = 0
+    if end == "below-bladder":
+        lowest_urine = int(np.nonzero((tissues == URINE).any(axis=(1, 2)))[0].min())
+        if lowest_urine == 0:
+            raise RuntimeError(f"trunk case {seed}: the bladder reaches the render's bottom; render lower")
+        first = max(0, lowest_urine - int(round(rng.uniform(*BELOW_BLADDER_MM) / step)))
+    origin = (grid.origin[2], grid.origin[1], grid.origin[0] + first * step)
+    return PhantomCase(image[first:keep], labels[first:keep], grid.spacing, origin, tissues[first:keep],
+                       "LiverVesselTumour", seed, family=3)
 
 
 def case_figures(pred: np.ndarray, ref: np.ndarray, spacing_zyx: tuple[float, ...]) -> dict[str, float | None]:
@@ -104,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="models by a name of your choice and what `autoseg predict -m` takes")
     p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.25],
                    help="edge-context shares; each model's first is its baseline")
+    p.add_argument("--end", choices=("mid-bladder", "below-bladder"), default="mid-bladder",
+                   help="where each field of view ends: through the bladder's middle, or just below it")
     p.add_argument("--work", type=Path, default=BENCH / "work" / "fov_ends")
     p.add_argument("--out", type=Path, default=BENCH / "results" / "fov_ends.json")
     args = p.parse_args(argv)
@@ -114,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, name in enumerate(names):
         image, ref = inputs / f"{name}.nii.gz", refs / f"{name}.nii.gz"
         if not (image.is_file() and ref.is_file()):  # drawn once, kept for the next model
-            case = cut_case(SEED + i)
+            case = cut_case(SEED + i, args.end)
             write_image(ref, case.labels, case.geometry)
             write_image(image, case.image, case.geometry)
         spacing[name] = read_label(ref)[1].spacing[::-1]
@@ -154,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     append_result(args.out, {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "models": models,
-        "cases": names, "first_seed": SEED, "scores": scores, "summary": summary})
+        "cases": names, "first_seed": SEED, "end": args.end, "scores": scores, "summary": summary})
     print(json.dumps({k: v["liver_paired_difference"] for k, v in summary.items()}))
     return 0
 
