@@ -133,10 +133,16 @@ def edge_context_of(plans: Plans, share: float) -> float:
     return share if len(plans.patch_size) == 3 and shown else 0.0
 
 
+def edge_width(patch: Sequence[int], share: float) -> int:
+    """The slices ``share`` of a 3D patch reaches beyond either end of the slice axis, at prediction
+    (:func:`edge_slices_of`) and in training (``Recipe.edge_context``); none for a 2D patch."""
+    return round(share * patch[0]) if len(patch) == 3 else 0
+
+
 def edge_slices_of(plans: Plans, share: float) -> int:
     """The mirrored slices :func:`slide` adds at each end of a case for ``share`` of the trained patch
     (:func:`edge_context_of`: none for a network not trained mirrored along the slice axis)."""
-    return round(edge_context_of(plans, share) * plans.patch_size[0])
+    return edge_width(plans.patch_size, edge_context_of(plans, share))
 
 
 def gaussian_importance(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.ndarray:
@@ -188,17 +194,28 @@ def mirror_context(data: np.ndarray, width: int, at_least: int = 0) -> tuple[np.
     usually lies inside the field of view, and where it does not a mirrored second body edge is no
     anatomy at all. A case still shorter than ``at_least`` slices (the patch) after that is mirrored
     on, again about its ends where needed, until it is that long, as training with edge context reads
-    it (:func:`autoseg.training.data.crop_mirroring_ends`), rather than padded with zeros. A single
-    slice is repeated."""
+    it (:func:`autoseg.training.data.crop_mirroring_ends`), rather than padded with zeros. The slices
+    are :func:`reflected`'s, as in training."""
     n = data.shape[1]
     width = max(width, 0)
     if width == 0 and n >= at_least:
         return data, tuple(slice(0, s) for s in data.shape[1:])
     short = max(0, at_least - n - 2 * width)
     before, after = width + (short + 1) // 2, width + short // 2
-    pads = [(0, 0), (before, after)] + [(0, 0)] * (data.ndim - 2)
-    extended = np.pad(data, pads, mode="reflect") if n > 1 else np.pad(data, pads, mode="edge")
+    extended = np.take(data, reflected(np.arange(-before, n + after), n), axis=1)
     return extended, (slice(before, before + n),) + tuple(slice(0, s) for s in data.shape[2:])
+
+
+def reflected(indices: np.ndarray, n: int) -> np.ndarray:
+    """``indices`` along an axis of length ``n``, those outside it mirrored about its end elements as
+    numpy's ``reflect`` padding does, again and again past the far end (the end element is not
+    repeated; a single element is): the one mirror of prediction's :func:`mirror_context` and of
+    training's patches with edge context."""
+    if n == 1:
+        return np.zeros_like(indices)
+    period = 2 * (n - 1)
+    folded = np.mod(indices, period)
+    return np.asarray(np.where(folded > n - 1, period - folded, folded))
 
 
 def pad_to_patch(data: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:

@@ -199,7 +199,7 @@ def test_a_case_shorter_than_the_patch_is_mirrored_on_up_to_it_as_training_reads
     mirroring, about its ends again where needed, up to the patch, exactly the slices a training patch
     with edge context holds there; never padded with zeros (which such a network has not seen)."""
     from autoseg.sliding_window import mirror_context
-    from autoseg.training.data import reflected
+    from autoseg.sliding_window import reflected
 
     for n in (1, 2, 3, 10, 70):
         data = np.arange(1, n + 1, dtype=np.float32)[None, :, None] + np.zeros((1, 1, 2), np.float32)

@@ -320,7 +320,7 @@ def test_patches_beyond_the_slice_axis_ends_hold_the_case_mirrored_as_edge_conte
     """`train --edge-context`: a patch reaching beyond either end of the slice axis holds image and
     labels mirrored there, exactly as `predict --edge-context` extends a case; in-plane it pads as before."""
     from autoseg.sliding_window import mirror_context
-    from autoseg.training.data import reflected
+    from autoseg.sliding_window import reflected
 
     for n in (1, 2, 7):
         for width in (0, 3, 9):  # wider than the case too: mirrored again

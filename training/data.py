@@ -36,6 +36,7 @@ from autoseg.layout import CaseFiles, case_files_in
 from autoseg.plans import SAMPLERS, Augmentation, Sampler
 from autoseg.preprocessing import open_array
 from autoseg.processes import die_with_parent
+from autoseg.sliding_window import edge_width, reflected
 
 #: Cases whose arrays a :class:`CaseStore` keeps open at once (the most recently used). An opened
 #: array is memory-mapped, and the pages a read touched stay mapped (file-backed, counted in the
@@ -165,23 +166,6 @@ def crop_with_padding(array: Any, centre: np.ndarray, size: tuple[int, ...],
     everything = (slice(None),) * len(lead)
     out[(*everything, *dst)] = array[(*everything, *src)]
     return out
-
-
-def edge_slices_for(patch: tuple[int, ...], edge_context: float) -> int:
-    """The slices a training patch may reach beyond the slice axis's ends for ``Recipe.edge_context``
-    (as :func:`autoseg.sliding_window.edge_slices_of` at prediction): none for a 2D patch."""
-    return round(edge_context * patch[0]) if len(patch) == 3 else 0
-
-
-def reflected(indices: np.ndarray, n: int) -> np.ndarray:
-    """``indices`` along an axis of length ``n``, those outside it mirrored about its end elements as
-    numpy's ``reflect`` padding and :func:`autoseg.sliding_window.mirror_context` do (the end element
-    is not repeated; a single element is)."""
-    if n == 1:
-        return np.zeros_like(indices)
-    period = 2 * (n - 1)
-    folded = np.mod(indices, period)
-    return np.where(folded > n - 1, period - folded, folded)
 
 
 def crop_mirroring_ends(array: Any, centre: np.ndarray, size: tuple[int, ...], pad_value: float = 0) -> np.ndarray:
@@ -366,7 +350,7 @@ def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Au
     ``edge_context`` (a share of a 3D patch's slices, :class:`PatchLoader`): the recipe's;
     ``num_classes``: the plans' classes, background included."""
     loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed,
-                         sampler, edge_slices_for(patch, edge_context), patch[0])
+                         sampler, edge_width(patch, edge_context), patch[0])
     transforms = train_transforms(patch, augmentation, class_contrast, num_classes)
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)
@@ -379,7 +363,7 @@ def validation_patches(store: CaseStore, patch: tuple[int, ...], per_case: int, 
     """A fixed, seeded set of validation patches: half centred on foreground, half random; with the
     recipe's ``edge_context``, reaching beyond the slice axis's ends and mirrored there as the training
     patches are."""
-    edge = edge_slices_for(patch, edge_context)
+    edge = edge_width(patch, edge_context)
     loader = PatchLoader(store, patch, per_case, 0.5, seed, edge_slices=edge)
     out = []
     for case in store.cases:
