@@ -44,6 +44,16 @@ def case_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
             for name, label in CLASSES.items()}
 
 
+def paired(a: dict[str, dict[str, float | None]], b: dict[str, dict[str, float | None]], cases: list[str],
+           key: str) -> dict[str, Any]:
+    """``key``'s per-case difference ``a`` - ``b`` over the cases both score: its mean, bootstrap
+    interval, the cases it counts, and those more than 0.01 better or worse."""
+    diffs = [a[c][key] - b[c][key] for c in cases if a[c][key] is not None and b[c][key] is not None]
+    ci = bootstrap_interval(diffs) or (float("nan"), float("nan"))
+    return {"n": len(diffs), "paired_difference": mean_present(diffs), "ci95": list(ci),
+            "better": sum(d > 0.01 for d in diffs), "worse": sum(d < -0.01 for d in diffs)}
+
+
 def pair_with(results: Path, model: str, scores: dict[float, dict[str, dict[str, float | None]]],
               cases: list[str]) -> dict[str, Any]:
     """Each share's liver, vessel and tumour Dice against the latest stored run of ``model`` at its
@@ -54,13 +64,7 @@ def pair_with(results: Path, model: str, scores: dict[float, dict[str, dict[str,
     other = runs[-1]["scores"][next(iter(runs[-1]["scores"]))]
     out: dict[str, Any] = {"model": model}
     for share, per_case in scores.items():
-        row = {}
-        for k in CLASSES:
-            diffs = [per_case[c][k] - other[c][k] for c in cases if per_case[c][k] is not None
-                     and other[c][k] is not None]
-            ci = bootstrap_interval(diffs) or (float("nan"), float("nan"))
-            row[k] = {"paired_difference": mean_present(diffs), "ci95": list(ci),
-                      "better": sum(d > 0.01 for d in diffs), "worse": sum(d < -0.01 for d in diffs)}
+        row = {k: {f: v for f, v in paired(per_case, other, cases, k).items() if f != "n"} for k in CLASSES}
         out[str(share)] = row
         print(f"against {model}: share {share}: " + ", ".join(
             f"{k} {v['paired_difference']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for k, v in row.items()))
@@ -107,13 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"seconds": round(seconds[share], 1)}
         cells = []
         for k in CLASSES:
-            pairs = [(scores[share][c][k], scores[base][c][k]) for c in cases]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-            diffs = [a - b for a, b in pairs]
-            ci = bootstrap_interval(diffs) or (float("nan"), float("nan"))
-            mean = mean_present([a for a, _ in pairs])
-            row[k] = {"n": len(pairs), "mean": mean, "paired_difference": mean_present(diffs), "ci95": list(ci),
-                      "cases_worse": sum(d < -0.01 for d in diffs), "cases_better": sum(d > 0.01 for d in diffs)}
+            pair = paired(scores[share], scores[base], cases, k)
+            mean = mean_present([scores[share][c][k] for c in cases if scores[base][c][k] is not None])
+            ci = pair["ci95"]
+            row[k] = {"n": pair["n"], "mean": mean, "paired_difference": pair["paired_difference"], "ci95": ci,
+                      "cases_worse": pair["worse"], "cases_better": pair["better"]}
             cells.append(f"{mean:.3f}, {row[k]['paired_difference']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
                          if mean is not None else "-")
         summary[str(share)] = row

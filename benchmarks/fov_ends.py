@@ -35,10 +35,11 @@ BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 from bench_common import append_result, cpu_model  # noqa: E402
+from edge_context import paired  # noqa: E402
 from synthetic_phantoms import dice  # noqa: E402
 
 from autoseg.io import read_label, write_image  # noqa: E402
-from autoseg.metrics import bootstrap_interval, mean_present  # noqa: E402
+from autoseg.metrics import mean_present  # noqa: E402
 
 #: The first case's seed (no other benchmark draws trunk phantoms from it).
 SEED = 9300
@@ -102,14 +103,6 @@ def case_figures(pred: np.ndarray, ref: np.ndarray, spacing_zyx: tuple[float, ..
             "false_ml": float(false.sum() * voxel_ml)}
 
 
-def paired(rows: dict, base: dict, names: list[str]) -> tuple[float, tuple[float, float]]:
-    """Mean liver Dice difference of ``rows`` against ``base`` over the cases both score, and its
-    bootstrap interval."""
-    diffs = [rows[n]["liver"] - base[n]["liver"] for n in names
-             if rows[n]["liver"] is not None and base[n]["liver"] is not None]
-    return float(mean_present(diffs) or 0.0), bootstrap_interval(diffs) or (float("nan"), float("nan"))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=10)
@@ -157,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         for share in args.shares:
             key = f"{label} {share}"
             rows = scores[key]
-            (d, ci), (d1, ci1) = paired(rows, base, names), paired(rows, scores[first], names)
+            own, against_first = paired(rows, base, names, "liver"), paired(rows, scores[first], names, "liver")
+            d, ci = float(own["paired_difference"] or 0.0), own["ci95"]
+            d1, ci1 = float(against_first["paired_difference"] or 0.0), against_first["ci95"]
             mean = {k: mean_present([rows[n][k] for n in names]) for k in rows[names[0]]}
             worst_bottom = max(float(rows[n]["false_bottom_ml"] or 0) for n in names)
             summary[key] = {**mean, "liver_paired_difference": d, "ci95": list(ci), "against_first": d1,
