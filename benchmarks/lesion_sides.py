@@ -14,7 +14,10 @@ median HU of its core (the lesion less one voxel of rim, where that leaves any) 
 a ring around it (one to three voxels out, background label, soft tissue -30 to 300 HU: no air, fat or
 bone); its CNR is that contrast over the ring's robust SD (from its median absolute deviation), which
 holds noise and texture: the same ring and SD as ``train --class-contrast`` draws its CNR against.
-Each prediction's coverage is the share of the lesion's voxels it labels with the class. Not run by
+Each prediction's coverage is the share of the lesion's voxels it labels with the class. Where a
+prediction folder also holds ``<case>.probabilities.npz`` (``predict --save-probabilities``), each
+lesion gets that prediction's highest and median probability of the class inside it: a missed lesion
+with a highest probability of 0.3 is one a lower threshold would find, one with 0.01 is not. Not run by
 CI::
 
     .venv/bin/python benchmarks/lesion_sides.py benchmarks/work/race_tasks/family2/Task08_HepaticVessel \\
@@ -90,6 +93,16 @@ def case_lesions(image_file: Path, label_file: Path, label: int, min_ml: float) 
     return out
 
 
+def class_probability(folder: Path, case_file: str, label: int) -> np.ndarray | None:
+    """The probability of ``label`` on the case's grid from ``<case>.probabilities.npz`` in ``folder``
+    (``predict --save-probabilities``), or None where there is none."""
+    path = folder / (case_file.removesuffix(".nii.gz") + ".probabilities.npz")
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return np.asarray(data["probabilities"][label], dtype=np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("task", type=Path, help="MSD task folder with imagesTs/labelsTs (and imagesTr/labelsTr)")
@@ -106,14 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     for ref_file in sorted((args.task / "labelsTs").glob("*.nii.gz")):
         lesions = case_lesions(args.task / "imagesTs" / ref_file.name, ref_file, args.label, args.min_ml)
         preds = [read_label(folder / ref_file.name)[0] for folder in args.predictions]
+        probs = [class_probability(folder, ref_file.name, args.label) for folder in args.predictions]
         for les in lesions:
             covered = [float(np.mean(pred[les["mask"]] == args.label)) for pred in preds]
-            rows.append({"case": ref_file.name, "ml": round(les["ml"], 2), "side": round(les["side"], 3),
-                         "contrast": round(les["contrast"], 1), "ring_sd": round(les["ring_sd"], 1),
-                         "cnr": round(les["cnr"], 2), "found": [c > 0 for c in covered],
-                         "covered": [round(c, 3) for c in covered]})
+            row = {"case": ref_file.name, "ml": round(les["ml"], 2), "side": round(les["side"], 3),
+                   "contrast": round(les["contrast"], 1), "ring_sd": round(les["ring_sd"], 1),
+                   "cnr": round(les["cnr"], 2), "found": [c > 0 for c in covered],
+                   "covered": [round(c, 3) for c in covered]}
+            if any(prob is not None for prob in probs):
+                row["probability_max"] = [None if prob is None else round(float(prob[les["mask"]].max()), 3)
+                                          for prob in probs]
+                row["probability_median"] = [None if prob is None else round(float(np.median(prob[les["mask"]])), 3)
+                                             for prob in probs]
+            rows.append(row)
     for row in sorted(rows, key=lambda r: r["side"]):
         marks = " ".join(f"found {c:.2f}" if f else "missed" for f, c in zip(row["found"], row["covered"]))
+        if "probability_max" in row:
+            marks += "  p max " + " ".join("-" if v is None else f"{v:.2f}" for v in row["probability_max"])
         print(f"{row['case']}  {row['ml']:7.2f} mL  side {row['side']:+.2f}  contrast {row['contrast']:+6.1f} HU  "
               f"CNR {row['cnr']:5.2f}  {marks}")
     summary = {}
