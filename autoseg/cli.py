@@ -259,6 +259,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "axis, the case mirrored there, as `predict --edge-context F` extends a case; the model then "
                         "predicts with that edge context by default (docs/training.md); default: the recipe's "
                         "(none: padding 0 beyond the ends)")
+    p.add_argument("--lesion-paste", type=_probability, default=None, metavar="P",
+                   help="with probability P per training patch, paste one of the training cases' lesions into it, "
+                        "inside the class it lies in (the liver) or, where none is labelled, near the other classes "
+                        "(the vessels), where the tissue matches its own surroundings: more lesions in more places "
+                        "for a task of few cases (docs/training.md); 0: off; default: the recipe's (off)")
+    p.add_argument("--lesion-class", default=None, metavar="NAME",
+                   help="with --lesion-paste: the class pasted (default: the one class named tumour, tumor or lesion)")
     p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or "
                                                 "weighted_dice_focal (default: the recipe's)")
     budget = p.add_mutually_exclusive_group()
@@ -322,7 +329,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
                        steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
                        force=args.force, seed=args.seed, regions=args.regions, localiser=args.localiser,
-                       sampler=args.sampler, class_contrast=args.class_contrast, edge_context=args.edge_context)
+                       sampler=args.sampler, class_contrast=args.class_contrast, edge_context=args.edge_context,
+                       lesion_paste=args.lesion_paste, lesion_class=args.lesion_class)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",

@@ -145,6 +145,12 @@ class Recipe:
     #: the ends of a field of view as ``predict --edge-context`` shows them; absent: none, the padding
     #: is 0. A model trained with it predicts with that edge context unless told otherwise.
     edge_context: float | None = optional()
+    #: Probability per training patch of pasting one of the training cases' lesions into it
+    #: (:mod:`autoseg.training.lesion_paste`); absent: never. ``lesion_class`` is the class pasted,
+    #: ``lesion_host`` the class it goes into (0: background near the other labelled classes).
+    lesion_paste: float | None = optional()
+    lesion_class: int | None = optional()
+    lesion_host: int | None = optional()
     deep_supervision: bool = True
     plateau_patience: int = 3
     early_stop_patience: int = 0  # 0: never stop early
@@ -318,6 +324,14 @@ class Plans(Artefact):
             out.append(f"recipe.time_budget_s {r.time_budget_s} must be positive (or null: no time budget)")
         if r.steps is not None and r.steps < 1:
             out.append(f"recipe.steps {r.steps} must be at least 1 (or null: epochs x iterations)")
+        if r.lesion_paste is not None:
+            if not 0 < r.lesion_paste <= 1:
+                out.append(f"recipe.lesion_paste {r.lesion_paste} must lie in (0, 1] (or be absent: no pasting)")
+            if r.lesion_class not in self.labels or r.lesion_class == 0:
+                out.append(f"recipe.lesion_class {r.lesion_class} is not a foreground class of the plans' labels")
+            if r.lesion_host not in self.labels or r.lesion_host == r.lesion_class:
+                out.append(f"recipe.lesion_host {r.lesion_host} must be a class of the plans' labels other than "
+                           "the lesion's (0: background)")
         return out
 
     @property

@@ -364,6 +364,18 @@ def _venv_versions(python: Path, packages: list[str]) -> dict[str, str]:
         return {"error": str(exc)}
 
 
+def source_commit() -> tuple[str, str]:
+    """(short commit, uncommitted changes) of the code that runs. A copy made with ``git archive``
+    (how a long benchmark runs while the checkout changes) has no git: it names its commit in
+    ``AUTOSEG_COMMIT``, or the figures say it is unknown rather than naming none."""
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if found.returncode != 0 or not found.stdout.strip():
+        return os.environ.get("AUTOSEG_COMMIT", "unknown (no git: set AUTOSEG_COMMIT)"), ""
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return found.stdout.strip(), dirty
+
+
 def machine_info(nnunet_python: Path) -> dict[str, Any]:
     model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -372,10 +384,7 @@ def machine_info(nnunet_python: Path) -> dict[str, Any]:
             break
     mem = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")).split()[1]) * 1024
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
+    commit, dirty = source_commit()
     return {
         "cpu": model, "cores": os.cpu_count(), "ram_gib": round(mem / 2**30, 1),
         "os": platform.platform(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -121,13 +121,16 @@ def test_schedules_that_never_end_are_refused(env: Path, flags: list[str],
 
 
 @pytest.mark.parametrize("field,value", [("iterations_per_epoch", 0), ("epochs", 0), ("time_budget_s", 0),
-                                         ("schedule", "cosine"), ("optimizer", "lion")])
+                                         ("schedule", "cosine"), ("optimizer", "lion"), ("lesion_paste", 1.5),
+                                         ("lesion_class", 0)])
 def test_hand_edited_recipe_that_cannot_train_names_the_field(tmp_path: Path, env: Path, field: str,
                                                               value: object) -> None:
     from autoseg.errors import PlansError
     from autoseg.plans import Plans
 
     data = read_json(env / "pre" / DATASET / "plans.json")
+    if field.startswith("lesion_"):  # pasting's fields are checked where it is on
+        data["recipe"].update(lesion_paste=0.5, lesion_class=2, lesion_host=0)
     data["recipe"][field] = value
     write_json(tmp_path / "plans.json", data)
     with pytest.raises(PlansError, match=f"recipe.{field}"):
@@ -356,3 +359,42 @@ def test_a_model_trained_with_edge_context_records_it_and_validates_its_fold_wit
     assert main([*run, "--edge-context", "0.5", "--force"]) == 0
     plans = read_json(env / "res" / DATASET / "resenc_unet" / "plans.json")
     assert plans["recipe"]["edge_context"] == 0.5 and seen == [0.5]
+
+
+def test_a_model_trained_with_lesion_paste_records_it_and_pastes_its_training_lesions(
+        env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --lesion-paste P` is a decision of the model (its plans' recipe: the probability, the
+    lesion class and its host); the fold builds its bank from its own training cases and pastes."""
+    from autoseg.plans import Plans
+    from autoseg.training import loop
+    from autoseg.training.lesion_paste import LesionPasteTransform
+    from autoseg.training.run import TrainRequest, apply_overrides
+
+    banks: list[int] = []
+    pasted: list[bool] = []
+    real_bank, real_paste = loop.lesion_bank, LesionPasteTransform.paste
+
+    def bank_spy(store, cases, lesion, host, patch, seed):
+        bank = real_bank(store, cases, lesion, host, patch, seed)
+        banks.append(len(bank))
+        return bank
+
+    def paste_spy(self, image, labels, lesion, flips=()):
+        pasted.append(real_paste(self, image, labels, lesion, flips))
+        return pasted[-1]
+
+    monkeypatch.setattr(loop, "lesion_bank", bank_spy)
+    monkeypatch.setattr(LesionPasteTransform, "paste", paste_spy)
+    run = ["train", "-d", "8", "-f", "0", "--network", "plain_unet", "--steps", "3", "--iterations", "3", "-j", "0"]
+    assert main([*run, "--lesion-paste", "1", "--force"]) == 0
+    plans = read_json(env / "res" / DATASET / "plain_unet" / "plans.json")
+    recipe = plans["recipe"]
+    assert (recipe["lesion_paste"], recipe["lesion_class"], recipe["lesion_host"]) == (1.0, 2, 0)
+    assert banks and banks[0] > 0
+    assert len(pasted) == 3 * plans["batch_size"] and any(pasted)
+    base = Plans.load(env / "pre" / DATASET / "plans.json")
+    assert apply_overrides(base, TrainRequest("8", lesion_paste=0.0)).recipe.lesion_paste is None
+    with pytest.raises(ConfigurationError, match="--lesion-paste"):
+        apply_overrides(base, TrainRequest("8", lesion_class="tumour"))
+    with pytest.raises(ConfigurationError, match="not a class"):
+        apply_overrides(base, TrainRequest("8", lesion_paste=0.5, lesion_class="liver"))

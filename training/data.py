@@ -37,6 +37,7 @@ from autoseg.plans import SAMPLERS, Augmentation, Sampler
 from autoseg.preprocessing import open_array
 from autoseg.processes import die_with_parent
 from autoseg.sliding_window import edge_width, reflected
+from autoseg.training.lesion_paste import LesionPasteTransform, median_and_robust_sd, ring_around
 
 #: Cases whose arrays a :class:`CaseStore` keeps open at once (the most recently used). An opened
 #: array is memory-mapped, and the pages a read touched stay mapped (file-backed, counted in the
@@ -296,27 +297,12 @@ class ClassContrastTransform(AbstractTransform):
             channel += (shift * weight).astype(channel.dtype)
 
 
-def ring_around(mask: np.ndarray) -> np.ndarray:
-    """The voxels one to three voxels out from ``mask``: the tissue a structure's contrast is read
-    against (:class:`ClassContrastTransform`, and ``benchmarks/lesion_sides.py``'s CNR)."""
-    from scipy import ndimage
-
-    return ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask)
-
-
-def median_and_robust_sd(values: np.ndarray) -> tuple[float, float]:
-    """The median of ``values`` and their SD estimated from the median absolute deviation (scaled to
-    a normal distribution's SD), which texture and a few outliers barely move."""
-    from scipy.stats import median_abs_deviation
-
-    return float(np.median(values)), float(median_abs_deviation(values, scale="normal"))
-
-
 def train_transforms(patch: tuple[int, ...], augmentation: Augmentation, class_contrast: float = 0.0,
-                     num_classes: int = 0) -> Compose:
+                     num_classes: int = 0, paste: LesionPasteTransform | None = None) -> Compose:
     """The augmentation pipeline (elastic deformation off, as nnU-Net's default), with the plans'
     in-plane rotation and mirror axes; ``class_contrast`` > 0 adds :class:`ClassContrastTransform`
-    for the ``num_classes`` classes (background included)."""
+    for the ``num_classes`` classes (background included); ``paste`` (lesion pasting,
+    :mod:`autoseg.training.lesion_paste`) runs on the final patch, before everything else."""
     rad = math.radians(ROTATION_DEG)
     angle_x = (-rad, rad)  # batchgenerators' angle_x rotates within the last two (in-plane) axes
     other = (0.0, 0.0) if augmentation.in_plane_only else (-rad, rad)
@@ -328,6 +314,7 @@ def train_transforms(patch: tuple[int, ...], augmentation: Augmentation, class_c
                          p_rot_per_sample=0.2, do_scale=True, scale=SCALE_RANGE, p_scale_per_sample=0.2,
                          border_mode_data="constant", border_cval_data=0, order_data=1,
                          border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False),
+        *([paste] if paste is not None else []),
         *([ClassContrastTransform(class_contrast, num_classes)] if class_contrast > 0 else []),
         GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
         GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
@@ -344,14 +331,16 @@ def train_transforms(patch: tuple[int, ...], augmentation: Augmentation, class_c
 
 def make_train_stream(store: CaseStore, patch: tuple[int, ...], augmentation: Augmentation,
                       batch_size: int, oversample: float, seed: int, workers: int, sampler: Sampler = "voxels",
-                      class_contrast: float = 0.0, num_classes: int = 0, edge_context: float = 0.0):
+                      class_contrast: float = 0.0, num_classes: int = 0, edge_context: float = 0.0,
+                      paste: LesionPasteTransform | None = None):
     """An endless stream of augmented batches; ``workers`` > 0 runs it in background processes.
     ``augmentation``: the plans' decision (``plans.augmentation``); ``sampler``, ``class_contrast`` and
     ``edge_context`` (a share of a 3D patch's slices, :class:`PatchLoader`): the recipe's;
-    ``num_classes``: the plans' classes, background included."""
+    ``num_classes``: the plans' classes, background included; ``paste``: the recipe's lesion pasting
+    with its bank of the training cases' lesions."""
     loader = PatchLoader(store, initial_patch_size(patch, augmentation.in_plane_only), batch_size, oversample, seed,
                          sampler, edge_width(patch, edge_context), patch[0])
-    transforms = train_transforms(patch, augmentation, class_contrast, num_classes)
+    transforms = train_transforms(patch, augmentation, class_contrast, num_classes, paste)
     if workers <= 0:
         return SingleThreadedAugmenter(loader, transforms)
     return MultiThreadedAugmenter(loader, transforms, workers, num_cached_per_queue=4,

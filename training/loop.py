@@ -27,6 +27,7 @@ from autoseg.regions import decide
 from autoseg.sliding_window import WindowOptions
 from autoseg.training.data import CaseStore, make_train_stream, validation_patches
 from autoseg.training.distributed import DistContext
+from autoseg.training.lesion_paste import LesionPasteTransform, lesion_bank
 from autoseg.training.fold_validation import validate_fold
 from autoseg.training.losses import DeepSupervision, build_loss
 from autoseg.training.progress import plot_progress, write_log
@@ -235,6 +236,22 @@ class FoldTrainer:
         return {"val_loss": float(np.mean(losses)), "val_dice": {self.class_names[k]: v for k, v in dice.items()},
                 "val_mean_dice": mean_foreground(dice)}
 
+    def _lesion_paste(self, store: CaseStore) -> LesionPasteTransform | None:
+        """The recipe's lesion pasting with the bank of this fold's training lesions (None: off)."""
+        r = self.recipe
+        if not r.lesion_paste or r.lesion_class is None:
+            return None
+        bank = lesion_bank(store, self.train_cases, r.lesion_class, r.lesion_host or 0, self.plans.patch_size,
+                           self.options.seed)
+        if not bank:
+            log.warning("lesion pasting: no %s component of this fold's training cases fits a patch with tissue "
+                        "of its host around it; nothing will be pasted", self.class_names[r.lesion_class])
+        else:
+            log.info("lesion pasting: %d lesions of %d training cases, p %s", len(bank), len(self.train_cases),
+                     r.lesion_paste)
+        return LesionPasteTransform(bank, r.lesion_paste, r.lesion_class, r.lesion_host or 0,
+                                    self.plans.target_spacing, len(self.plans.labels))
+
     # --- the fold -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train until the schedule (epochs or time budget) ends; returns the final epoch's record."""
@@ -247,7 +264,8 @@ class FoldTrainer:
                                    self.plans.batch_size, self.recipe.oversample_foreground,
                                    self.options.seed + 1000 * self.epoch + 7919 * self.dist.rank,
                                    self.options.workers, self.recipe.sampler, self.recipe.class_contrast or 0.0,
-                                   len(self.plans.labels), self.recipe.edge_context or 0.0)
+                                   len(self.plans.labels), self.recipe.edge_context or 0.0,
+                                   self._lesion_paste(train_store))
         summary = None
         try:
             while not self.finished():

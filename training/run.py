@@ -63,6 +63,10 @@ class TrainRequest:
     class_contrast: float | None = None
     #: Mirrored reach beyond the slice axis's ends (``Recipe.edge_context``; None: the recipe's).
     edge_context: float | None = None
+    #: Lesion pasting (``Recipe.lesion_paste``; None: the recipe's, 0: off) and the name of the class
+    #: pasted (None: the one class named like a lesion).
+    lesion_paste: float | None = None
+    lesion_class: str | None = None
 
     @property
     def sets_schedule(self) -> bool:
@@ -95,6 +99,11 @@ def apply_overrides(plans: Plans, req: TrainRequest, fingerprint: Path | None = 
             raise ConfigurationError(f"--edge-context {req.edge_context}: this plan is 2D, and a 2D patch has no "
                                      "slice axis to reach beyond", fix="leave --edge-context out for a 2D plan")
         changes["edge_context"] = req.edge_context or None  # 0 is the default, which plans leave out
+    if req.lesion_class is not None and not req.lesion_paste:
+        raise ConfigurationError(f"--lesion-class {req.lesion_class}: it names the class --lesion-paste pastes, "
+                                 "and no --lesion-paste was given", fix="add --lesion-paste P (e.g. 0.3)")
+    if req.lesion_paste is not None:
+        changes.update(_lesion_paste(plans, req, fingerprint))
     if req.sets_schedule:  # one budget replaces any other the plans had
         changes.update(epochs=req.epochs or recipe.epochs, time_budget_s=req.time_budget_s,
                        steps=_requested_steps(req, plans))
@@ -112,6 +121,25 @@ def apply_overrides(plans: Plans, req: TrainRequest, fingerprint: Path | None = 
                                         kernel_sizes=k["kernel_sizes"], deep_supervision=recipe.deep_supervision)
         network = dataclasses.replace(network, name=req.network, kwargs=kwargs)
     return plans.replace(recipe=recipe, network=network, regions=regions)
+
+
+def _lesion_paste(plans: Plans, req: TrainRequest, fingerprint: Path | None) -> dict[str, Any]:
+    """The recipe fields of ``--lesion-paste`` (all None for 0: off): the lesion class, and the class
+    it lies inside from the fingerprint's nesting (0 where none is labelled)."""
+    from autoseg.training.lesion_paste import host_class_of, lesion_class_of
+
+    if not req.lesion_paste:
+        return {"lesion_paste": None, "lesion_class": None, "lesion_host": None}
+    if plans.partial_labels:
+        raise ConfigurationError(f"--lesion-paste {req.lesion_paste} does not combine with partial labels (a merged "
+                                 "dataset): a case that does not annotate the lesion's host says nothing about "
+                                 "where a lesion may go", fix="train the merged dataset without --lesion-paste")
+    lesion = lesion_class_of(plans.labels, req.lesion_class)
+    nesting = Fingerprint.load(fingerprint).label_nesting if fingerprint and fingerprint.is_file() else None
+    host = host_class_of(nesting, lesion, plans.labels)
+    log.info("lesion pasting: %s into %s, p %s", plans.labels[lesion],
+             plans.labels[host] if host else "background near the other classes", req.lesion_paste)
+    return {"lesion_paste": req.lesion_paste, "lesion_class": lesion, "lesion_host": host}
 
 
 def _regions(plans: Plans, fingerprint: Path | None) -> tuple[Region, ...]:
