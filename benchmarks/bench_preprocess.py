@@ -366,11 +366,15 @@ def _venv_versions(python: Path, packages: list[str]) -> dict[str, str]:
 
 def source_commit() -> tuple[str, str]:
     """(short commit, uncommitted changes) of the code that runs. A copy made with ``git archive``
-    (how a long benchmark runs while the checkout changes) has no git: it names its commit in
-    ``AUTOSEG_COMMIT``, or the figures say it is unknown rather than naming none."""
+    (how a long benchmark runs while the checkout changes) has no git of its own: it names its commit
+    in ``AUTOSEG_COMMIT`` (which wins where set), or the figures say it is unknown rather than naming
+    none, or the HEAD of a checkout it was unpacked in."""
+    if os.environ.get("AUTOSEG_COMMIT"):
+        return os.environ["AUTOSEG_COMMIT"], ""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=REPO, capture_output=True, text=True)
     found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    if found.returncode != 0 or not found.stdout.strip():
-        return os.environ.get("AUTOSEG_COMMIT", "unknown (no git: set AUTOSEG_COMMIT)"), ""
+    if top.returncode != 0 or Path(top.stdout.strip()).resolve() != REPO.resolve() or not found.stdout.strip():
+        return "unknown (no git checkout of its own: set AUTOSEG_COMMIT)", ""  # not another checkout's HEAD
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
     return found.stdout.strip(), dirty

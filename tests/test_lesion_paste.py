@@ -74,6 +74,9 @@ def test_no_lesion_goes_where_the_tissue_differs_from_its_own_surroundings() -> 
     (lesion,) = lesions_of(source_image, source_labels, 2, 1, max_box=(12, 24, 24))
     paste = LesionPasteTransform([lesion], 1.0, lesion=2, host=1, spacing=(2.0, 1.0, 1.0), num_classes=3)
     np.random.seed(0)
+    image, labels = _liver_case(1.0, 1, lesion_at=None)  # the same place, the lesion's own brightness
+    assert paste.paste(image, labels, lesion)
+    np.random.seed(0)
     image, labels = _liver_case(1.5, 1, lesion_at=None)  # a liver 5 SD brighter than the lesion's own
     before = image.copy()
     assert not paste.paste(image, labels, lesion)
@@ -129,11 +132,24 @@ def test_the_transform_pastes_with_its_probability_and_mirrors_lesions(tmp_path:
     assert not (off(data=data, seg=seg)["seg"] == 2).any()
     empty = LesionPasteTransform([], 1.0, lesion=2, host=1, spacing=(2.0, 1.0, 1.0), num_classes=3)
     assert not (empty(data=data, seg=seg)["seg"] == 2).any()
-    # mirrored along x, the lesion's voxels come in mirrored order
-    image, labels = _liver_case(1.0, 7, lesion_at=None)
-    np.random.seed(0)
-    assert paste.paste(image, labels, lesion, flips=(2,))
-    assert (labels == 2).sum() == lesion.mask.sum()
+    # mirrored along x, the lesion comes mirrored, image and mask alike: a lesion with one lobe to
+    # the right and a ramp along x
+    source_image, source_labels = _liver_case(1.0, 0)
+    source_labels[7:10, 18:23, 24:27] = 2
+    source_image[0][source_labels == 2] = 0.4
+    source_image[0] += np.where(source_labels == 2, 0.02 * np.arange(SHAPE[2]), 0.0).astype(np.float32)
+    (lopsided,) = lesions_of(source_image, source_labels, 2, 1, max_box=(12, 24, 30))
+    paste = LesionPasteTransform([lopsided], 1.0, lesion=2, host=1, spacing=(2.0, 1.0, 1.0), num_classes=3)
+    for flips in ((), (2,)):
+        image, labels = _liver_case(1.0, 7, lesion_at=None)
+        np.random.seed(0)
+        assert paste.paste(image, labels, lopsided, flips=flips)
+        box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(labels == 2))
+        mask = np.flip(lopsided.mask, flips)
+        inner = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+        assert np.array_equal(labels[box] == 2, mask[inner])
+        expected = np.flip(lopsided.image[0], flips)[inner][mask[inner]]
+        assert np.ptp(image[0][box][mask[inner]] - expected) < 1e-4  # the same voxels, one shift
 
 
 def test_the_bank_reads_the_folds_training_cases_from_the_store(tmp_path: Path) -> None:
@@ -156,6 +172,7 @@ def test_the_bank_reads_the_folds_training_cases_from_the_store(tmp_path: Path) 
 def test_the_lesion_class_is_named_or_found_by_its_name() -> None:
     assert lesion_class_of({0: "background", 1: "vessel", 2: "tumour"}, None) == 2
     assert lesion_class_of({0: "background", 1: "liver", 2: "Tumor"}, None) == 2
+    assert lesion_class_of({0: "background", 1: "liver", 2: "cancer"}, None) == 2  # MSD Task03's name
     assert lesion_class_of({0: "background", 1: "kidney", 2: "cyst"}, "cyst") == 2
     with pytest.raises(ConfigurationError, match="--lesion-class"):
         lesion_class_of({0: "background", 1: "kidney", 2: "cyst"}, None)

@@ -122,7 +122,7 @@ def test_schedules_that_never_end_are_refused(env: Path, flags: list[str],
 
 @pytest.mark.parametrize("field,value", [("iterations_per_epoch", 0), ("epochs", 0), ("time_budget_s", 0),
                                          ("schedule", "cosine"), ("optimizer", "lion"), ("lesion_paste", 1.5),
-                                         ("lesion_class", 0)])
+                                         ("lesion_class", 0), ("lesion_host", 2)])
 def test_hand_edited_recipe_that_cannot_train_names_the_field(tmp_path: Path, env: Path, field: str,
                                                               value: object) -> None:
     from autoseg.errors import PlansError
@@ -398,3 +398,8 @@ def test_a_model_trained_with_lesion_paste_records_it_and_pastes_its_training_le
         apply_overrides(base, TrainRequest("8", lesion_class="tumour"))
     with pytest.raises(ConfigurationError, match="not a class"):
         apply_overrides(base, TrainRequest("8", lesion_paste=0.5, lesion_class="liver"))
+    with pytest.raises(ConfigurationError, match="label nesting"):  # an old fingerprint: no host is guessed
+        apply_overrides(base, TrainRequest("8", lesion_paste=0.5), fingerprint=None)
+    only = base.replace(labels={0: "background", 1: "tumour"})
+    with pytest.raises(ConfigurationError, match="nowhere"):
+        apply_overrides(only, TrainRequest("8", lesion_paste=0.5), env / "pre" / DATASET / "fingerprint.json")

@@ -302,7 +302,8 @@ def train_transforms(patch: tuple[int, ...], augmentation: Augmentation, class_c
     """The augmentation pipeline (elastic deformation off, as nnU-Net's default), with the plans'
     in-plane rotation and mirror axes; ``class_contrast`` > 0 adds :class:`ClassContrastTransform`
     for the ``num_classes`` classes (background included); ``paste`` (lesion pasting,
-    :mod:`autoseg.training.lesion_paste`) runs on the final patch, before everything else."""
+    :mod:`autoseg.training.lesion_paste`) runs on the final patch, after the spatial transforms and
+    before the others."""
     rad = math.radians(ROTATION_DEG)
     angle_x = (-rad, rad)  # batchgenerators' angle_x rotates within the last two (in-plane) axes
     other = (0.0, 0.0) if augmentation.in_plane_only else (-rad, rad)

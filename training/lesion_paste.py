@@ -14,17 +14,22 @@ inside the kidney and raised tumour Dice on KiTS19; the same idea here, kept to 
   fingerprint's nesting: a tumour in its liver, Task03), else background within
   :data:`HOST_REACH_MM` of another labelled class (Task08 labels the hepatic vessels, which lie in
   the liver, and no liver), and only where the tissue around the new place has the median of the
-  lesion's old surroundings within their SD: a lesion from a liver does not go into fat or a
-  vessel-less spleen of another brightness. Every voxel of the lesion must land on host voxels and
-  none on another class;
+  lesion's old surroundings within their SD (read on the first image channel): a lesion from a
+  liver does not go into fat or a vessel-less spleen of another brightness. Every voxel of the
+  lesion must land on host voxels and none on another class;
 - the lesion keeps its texture and its contrast to its surroundings (its voxels minus the old
   surroundings' median plus the new one's), its edge as soft as the image's (the voxels around it
-  move a Gaussian share of one voxel towards the lesion's median), and it may be mirrored along any
-  axis; its voxels become the lesion class.
+  move a Gaussian share of one voxel towards the lesion's median, host voxels only), and it may be
+  mirrored along any axis; its voxels become the lesion class.
+
+``P`` is the probability of an attempt per patch: a patch with no host voxels, or none where the
+lesion fits and the tissue matches within :data:`TRIES` random places, is left as it is (on the
+family-2 race's plan 15 of 40 patches took a lesion at P = 1, two in three of them centred on a
+labelled class).
 
 It runs after the spatial transforms, on the final patch, before the noise, blur and intensity
 transforms, which apply to the pasted lesion as to any other. Off by default: an experiment for
-issue 22's lesion recall on small tasks, measured in docs/benchmarks.md.
+issue 22's lesion recall on small tasks (docs/benchmarks.md, "Lesion pasting").
 """
 from __future__ import annotations
 
@@ -35,9 +40,11 @@ import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
 from autoseg.errors import ConfigurationError
+from autoseg.merge import class_key
 
-#: Class names taken as the lesion class when ``--lesion-class`` is not given (case-insensitive).
-LESION_NAMES = ("tumour", "tumor", "tumours", "tumors", "lesion", "lesions")
+#: The class taken as the lesion class when ``--lesion-class`` is not given: the one whose name means
+#: tumour (:func:`autoseg.merge.class_key`: tumour, tumor, cancer, lesion, liver tumour, ...).
+LESION_KEY = "tumour"
 #: Where the dataset labels no class around the lesion class: how far from a voxel of another
 #: labelled class (a vessel) a pasted lesion's voxels may lie, in mm.
 HOST_REACH_MM = 10.0
@@ -56,7 +63,7 @@ MIN_RING_VOXELS = 8
 
 def lesion_class_of(labels: Mapping[int, str], name: str | None) -> int:
     """The label value of the lesion class: ``name`` (a class name of the dataset), else the one
-    class named like a lesion (:data:`LESION_NAMES`)."""
+    class named like a lesion (:data:`LESION_KEY`)."""
     named = {v.lower(): k for k, v in labels.items() if k != 0}
     if name is not None:
         if name.lower() not in named:
@@ -64,7 +71,7 @@ def lesion_class_of(labels: Mapping[int, str], name: str | None) -> int:
                                      f"({', '.join(v for k, v in sorted(labels.items()) if k)})",
                                      fix="name one of the dataset's classes")
         return named[name.lower()]
-    found = sorted({k for n, k in named.items() if n in LESION_NAMES})
+    found = sorted({k for n, k in named.items() if class_key(n) == LESION_KEY})
     if len(found) != 1:
         raise ConfigurationError(f"--lesion-paste needs to know which class is the lesion, and "
                                  f"{'none' if not found else 'more than one'} of this dataset's classes "
@@ -115,10 +122,11 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labelled, int(n)
 
 
-def lesions_of(image: np.ndarray, labels: np.ndarray, lesion: int, host: int,
+def lesions_of(image: Any, labels: np.ndarray, lesion: int, host: int,
                max_box: Sequence[int]) -> list[Lesion]:
-    """The lesions of one case (``image`` (C, ...), ``labels`` (...)) that fit in ``max_box`` with
-    their ring, each with the median and SD of its host tissue around it."""
+    """The lesions of one case (``image`` (C, ...), an array or an opened compressed one of which
+    only the lesions' boxes are read; ``labels`` (...)) that fit in ``max_box`` with their ring,
+    each with the median and SD of its host tissue around it."""
     from scipy import ndimage
 
     out = []
@@ -148,7 +156,7 @@ def lesion_bank(store: Any, cases: Sequence[str], lesion: int, host: int, patch:
     max_box = [max(int(p * MAX_PATCH_SHARE), 1) for p in patch]
     bank = []
     for case in cases:
-        bank.extend(lesions_of(np.asarray(store.image(case)), np.asarray(store.labels(case)), lesion, host, max_box))
+        bank.extend(lesions_of(store.image(case), np.asarray(store.labels(case)), lesion, host, max_box))
     if len(bank) > MAX_LESIONS:
         keep = np.random.default_rng(seed).choice(len(bank), MAX_LESIONS, replace=False)
         bank = [bank[int(i)] for i in sorted(keep)]
@@ -214,18 +222,18 @@ class LesionPasteTransform(AbstractTransform):
             around = np.array([np.median(channel[box][ring]) for channel in image], dtype=np.float32)
             if abs(float(around[0] - lesion.around[0])) > float(lesion.around_sd[0]):
                 continue  # other tissue than the lesion's own surroundings
-            self._blend(image, box, crop, mask, around - lesion.around)
+            self._blend(image, box, crop, mask, host[box], around - lesion.around)
             labels[box][mask] = self.lesion
             return True
         return False
 
     @staticmethod
-    def _blend(image: np.ndarray, box: tuple[slice, ...], crop: np.ndarray, mask: np.ndarray,
+    def _blend(image: np.ndarray, box: tuple[slice, ...], crop: np.ndarray, mask: np.ndarray, host: np.ndarray,
                shift: np.ndarray) -> None:
         from scipy import ndimage
 
         edge = ndimage.gaussian_filter(mask.astype(np.float32), 1.0)
-        edge[mask | (edge < 0.01)] = 0.0  # the tails that would touch the whole box: none
+        edge[mask | (edge < 0.01) | ~host] = 0.0  # host voxels only, and not the tails that reach the whole box
         for c, channel in enumerate(image):
             moved = crop[c] + shift[c]
             target = channel[box]

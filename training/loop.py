@@ -241,8 +241,9 @@ class FoldTrainer:
         r = self.recipe
         if not r.lesion_paste or r.lesion_class is None:
             return None
-        bank = lesion_bank(store, self.train_cases, r.lesion_class, r.lesion_host or 0, self.plans.patch_size,
-                           self.options.seed)
+        # a store of its own, closed when the bank is made: the training store's open cases stay as they were
+        bank = lesion_bank(CaseStore(store.data_dir, self.train_cases), self.train_cases, r.lesion_class,
+                           r.lesion_host or 0, self.plans.patch_size, self.options.seed)
         if not bank:
             log.warning("lesion pasting: no %s component of this fold's training cases fits a patch with tissue "
                         "of its host around it; nothing will be pasted", self.class_names[r.lesion_class])

@@ -101,7 +101,7 @@ def apply_overrides(plans: Plans, req: TrainRequest, fingerprint: Path | None = 
         changes["edge_context"] = req.edge_context or None  # 0 is the default, which plans leave out
     if req.lesion_class is not None and not req.lesion_paste:
         raise ConfigurationError(f"--lesion-class {req.lesion_class}: it names the class --lesion-paste pastes, "
-                                 "and no --lesion-paste was given", fix="add --lesion-paste P (e.g. 0.3)")
+                                 "and lesion pasting is off", fix="add --lesion-paste P above 0 (e.g. 0.3)")
     if req.lesion_paste is not None:
         changes.update(_lesion_paste(plans, req, fingerprint))
     if req.sets_schedule:  # one budget replaces any other the plans had
@@ -134,9 +134,21 @@ def _lesion_paste(plans: Plans, req: TrainRequest, fingerprint: Path | None) -> 
         raise ConfigurationError(f"--lesion-paste {req.lesion_paste} does not combine with partial labels (a merged "
                                  "dataset): a case that does not annotate the lesion's host says nothing about "
                                  "where a lesion may go", fix="train the merged dataset without --lesion-paste")
+    if len(plans.patch_size) != 3:
+        raise ConfigurationError(f"--lesion-paste {req.lesion_paste}: this plan is 2D, and lesions are pasted as "
+                                 "3D components", fix="leave --lesion-paste out for a 2D plan")
     lesion = lesion_class_of(plans.labels, req.lesion_class)
     nesting = Fingerprint.load(fingerprint).label_nesting if fingerprint and fingerprint.is_file() else None
+    if nesting is None:  # which class a lesion lies in is the fingerprint's to say: never guessed
+        raise ConfigurationError("--lesion-paste needs the fingerprint's label nesting (which class a lesion lies "
+                                 "inside), and this dataset's fingerprint has none (written by an older autoseg)",
+                                 fingerprint, f"fingerprint it again (the plans are kept): `autoseg "
+                                 f"plan_and_preprocess -d {plans.dataset_name} --only fingerprint --force`")
     host = host_class_of(nesting, lesion, plans.labels)
+    if not host and not any(k not in (0, lesion) for k in plans.labels):
+        raise ConfigurationError(f"--lesion-paste: {plans.labels[lesion]} is the only class of this dataset and lies "
+                                 "inside none, so there is nowhere a pasted lesion is known to belong",
+                                 fix="leave --lesion-paste out for this dataset")
     log.info("lesion pasting: %s into %s, p %s", plans.labels[lesion],
              plans.labels[host] if host else "background near the other classes", req.lesion_paste)
     return {"lesion_paste": req.lesion_paste, "lesion_class": lesion, "lesion_host": host}
