@@ -128,7 +128,8 @@ def test_recipe_named_keeps_every_field_a_preset_does_not_define() -> None:
     base = Recipe(name="mine", optimizer="sgd", initial_lr=0.5, weight_decay=0.25, momentum=0.5,
                   schedule="poly", epochs=7, iterations_per_epoch=3, loss="dice", oversample_foreground=0.1,
                   deep_supervision=False, plateau_patience=9, early_stop_patience=8, time_budget_s=60.0,
-                  steps=42, precision="fp32", sampler="components", class_contrast=0.3, edge_context=0.25)
+                  steps=42, precision="fp32", sampler="components", class_contrast=0.3, edge_context=0.25,
+                  lesion_paste=0.5, lesion_class=2, lesion_host=1)
     same = [f for f in fields - {"optimizer", "schedule"} if getattr(base, f) == getattr(Recipe(), f)]
     assert not same, f"give the base recipe of this test a non-default value for {same}"
     for name, preset in RECIPES.items():

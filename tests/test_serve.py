@@ -85,7 +85,10 @@ def test_upload_predict_browse_download(trained: dict[str, Path], tmp_path: Path
         mesh = trimesh.load(io.BytesIO(stl.content), file_type="stl")
         zyx = np.argwhere(pred == 1)[:, ::-1] @ (np.reshape(geometry.direction, (3, 3)) @ np.diag(geometry.spacing)).T
         lo, hi = zyx.min(0) + geometry.origin, zyx.max(0) + geometry.origin
-        assert np.allclose(mesh.bounds, [lo, hi], atol=max(geometry.spacing))  # within a voxel
+        # within a voxel and a half: the surface lies half a voxel beyond the outer voxels' centres, and
+        # Taubin smoothing (non-shrinking) pushes a flat cap, where the liver touches the scan's first
+        # slice, out a little further (CI beside two trainings: 1.09 voxels at the first slice)
+        assert np.allclose(mesh.bounds, [lo, hi], atol=1.5 * max(geometry.spacing))
         # the uncertainty map (normalised predictive entropy, T = 1: this model has no calibration.json)
         assert report["uncertainty"]["file"] == "labels_uncertainty.nii.gz"
         assert report["uncertainty"]["calibrated"] is False
