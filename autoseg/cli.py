@@ -265,7 +265,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "(the vessels), where the tissue matches its own surroundings: more lesions in more places "
                         "for a task of few cases (docs/training.md); 0: off; default: the recipe's (off)")
     p.add_argument("--lesion-class", default=None, metavar="NAME",
-                   help="with --lesion-paste: the class pasted (default: the one class named tumour, tumor or lesion)")
+                   help="with --lesion-paste: the class pasted (default: the one class whose name means tumour: "
+                        "tumour, tumor, cancer, lesion, ...)")
     p.add_argument("--loss", default=None, help="dice_ce, dice_wce, dice_wce_anneal, dice, dice03_ce07 or "
                                                 "weighted_dice_focal (default: the recipe's)")
     budget = p.add_mutually_exclusive_group()

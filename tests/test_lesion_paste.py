@@ -164,9 +164,9 @@ def test_the_bank_reads_the_folds_training_cases_from_the_store(tmp_path: Path) 
         write_case(tmp_path, f"case_{i}", image, labels, make_properties(f"case_{i}", SHAPE, locs))
         names.append(f"case_{i}")
     store = CaseStore(tmp_path / "data", names)
-    assert len(lesion_bank(store, names, 2, 1, (20, 48, 48), seed=0)) == 2
-    assert len(lesion_bank(store, names[1:], 2, 1, (20, 48, 48), seed=0)) == 1
-    assert lesion_bank(store, names, 2, 1, (8, 16, 16), seed=0) == []  # no lesion fits such a patch
+    assert len(lesion_bank(store, 2, 1, (20, 48, 48), seed=0)) == 2
+    assert len(lesion_bank(CaseStore(tmp_path / "data", names[1:]), 2, 1, (20, 48, 48), seed=0)) == 1
+    assert lesion_bank(store, 2, 1, (8, 16, 16), seed=0) == []  # no lesion fits such a patch
 
 
 def test_the_lesion_class_is_named_or_found_by_its_name() -> None:

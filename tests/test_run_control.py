@@ -374,8 +374,8 @@ def test_a_model_trained_with_lesion_paste_records_it_and_pastes_its_training_le
     pasted: list[bool] = []
     real_bank, real_paste = loop.lesion_bank, LesionPasteTransform.paste
 
-    def bank_spy(store, cases, lesion, host, patch, seed):
-        bank = real_bank(store, cases, lesion, host, patch, seed)
+    def bank_spy(store, lesion, host, patch, seed):
+        bank = real_bank(store, lesion, host, patch, seed)
         banks.append(len(bank))
         return bank
 

@@ -40,6 +40,7 @@ import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
 from autoseg.errors import ConfigurationError
+from autoseg.evaluation import components
 from autoseg.merge import class_key
 
 #: The class taken as the lesion class when ``--lesion-class`` is not given: the one whose name means
@@ -115,13 +116,6 @@ class Lesion:
     around_sd: np.ndarray
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    from scipy import ndimage
-
-    labelled, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-    return labelled, int(n)
-
-
 def lesions_of(image: Any, labels: np.ndarray, lesion: int, host: int,
                max_box: Sequence[int]) -> list[Lesion]:
     """The lesions of one case (``image`` (C, ...), an array or an opened compressed one of which
@@ -130,7 +124,7 @@ def lesions_of(image: Any, labels: np.ndarray, lesion: int, host: int,
     from scipy import ndimage
 
     out = []
-    labelled, n = _components(labels == lesion)
+    labelled, _ = components(labels == lesion)
     for i, box in enumerate(ndimage.find_objects(labelled), start=1):
         if box is None:
             continue
@@ -149,13 +143,12 @@ def lesions_of(image: Any, labels: np.ndarray, lesion: int, host: int,
     return out
 
 
-def lesion_bank(store: Any, cases: Sequence[str], lesion: int, host: int, patch: Sequence[int],
-                seed: int) -> list[Lesion]:
-    """The lesions of ``cases`` in ``store`` (:class:`autoseg.training.data.CaseStore`) that fit in
+def lesion_bank(store: Any, lesion: int, host: int, patch: Sequence[int], seed: int) -> list[Lesion]:
+    """The lesions of the cases of ``store`` (:class:`autoseg.training.data.CaseStore`) that fit in
     :data:`MAX_PATCH_SHARE` of ``patch``; at most :data:`MAX_LESIONS` (a draw seeded by ``seed``)."""
     max_box = [max(int(p * MAX_PATCH_SHARE), 1) for p in patch]
     bank = []
-    for case in cases:
+    for case in store.cases:
         bank.extend(lesions_of(store.image(case), np.asarray(store.labels(case)), lesion, host, max_box))
     if len(bank) > MAX_LESIONS:
         keep = np.random.default_rng(seed).choice(len(bank), MAX_LESIONS, replace=False)

@@ -236,14 +236,14 @@ class FoldTrainer:
         return {"val_loss": float(np.mean(losses)), "val_dice": {self.class_names[k]: v for k, v in dice.items()},
                 "val_mean_dice": mean_foreground(dice)}
 
-    def _lesion_paste(self, store: CaseStore) -> LesionPasteTransform | None:
+    def _lesion_paste(self) -> LesionPasteTransform | None:
         """The recipe's lesion pasting with the bank of this fold's training lesions (None: off)."""
         r = self.recipe
         if not r.lesion_paste or r.lesion_class is None:
             return None
         # a store of its own, closed when the bank is made: the training store's open cases stay as they were
-        bank = lesion_bank(CaseStore(store.data_dir, self.train_cases), self.train_cases, r.lesion_class,
-                           r.lesion_host or 0, self.plans.patch_size, self.options.seed)
+        bank = lesion_bank(CaseStore(self.data_dir, self.train_cases), r.lesion_class, r.lesion_host or 0,
+                           self.plans.patch_size, self.options.seed)
         if not bank:
             log.warning("lesion pasting: no %s component of this fold's training cases fits a patch with tissue "
                         "of its host around it; nothing will be pasted", self.class_names[r.lesion_class])
@@ -266,7 +266,7 @@ class FoldTrainer:
                                    self.options.seed + 1000 * self.epoch + 7919 * self.dist.rank,
                                    self.options.workers, self.recipe.sampler, self.recipe.class_contrast or 0.0,
                                    len(self.plans.labels), self.recipe.edge_context or 0.0,
-                                   self._lesion_paste(train_store))
+                                   self._lesion_paste())
         summary = None
         try:
             while not self.finished():
