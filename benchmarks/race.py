@@ -61,6 +61,8 @@ case; ``race_task.py``); nnU-Net is set up only when an nnU-Net contestant races
     .venv/bin/python benchmarks/race.py --task /data/Task03_Liver --contestants autoseg --budgets 500steps \
         --seeds 1 2 --autoseg-plan-args '--step-time 1'   # autoseg only; the task's plan arguments
     .venv/bin/python benchmarks/race.py --task /data/Task03_Liver --report
+    .venv/bin/python benchmarks/race.py --task /data/Task03_Liver --retime-plans 3 \
+        --contestants autoseg nnunet_small   # plan + preprocess only, 3 rounds, beside the rows
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -200,7 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="plan and preprocess autoseg again (after a planner change) before racing")
     p.add_argument("--retime-plans", type=_positive_int, default=None, metavar="N",
                    help="time both tools' plan + preprocess again, N rounds (medians: the table's "
-                        "plan row), and train nothing")
+                        "plan row; with --task: the report's plan line, autoseg alone unless an nnU-Net "
+                        "contestant is named), and train nothing")
     p.add_argument("--score-best", action="store_true",
                    help="score the best-validation weights of autoseg rows trained before the race did so")
     p.add_argument("--large-test", type=_positive_int, default=None, metavar="N",
@@ -405,10 +408,12 @@ def nnunet_plan_command() -> list[str]:
     return [nn.command("nnUNetv2_plan_and_preprocess"), "-d", "8", "-c", nn.CONFIG, "-np", "2", "-npfp", "2"]
 
 
-def retime_plans(work: Path, task: Path, repeats: int) -> dict[str, Any]:
+def retime_plans(work: Path, repeats: int, autoseg_plan: list[str], task_folder: str,
+                 nnunet_raw: Callable[[Path], object] | None) -> dict[str, Any]:
     """Both tools' plan + preprocess of the race's task timed again, ``repeats`` rounds, medians;
     in scratch folders under ``work/retime``, deleted at the end (the race's own folders stay as
-    they are).
+    they are). ``autoseg_plan``: autoseg's command, writing ``task_folder`` under its preprocessed
+    root; ``nnunet_raw(raw_root)`` writes nnU-Net's raw dataset there (None: autoseg alone).
 
     Each round: autoseg as a first run on the machine (no CPU calibration cached), autoseg again
     with the calibration cached (its planned data deleted), nnU-Net from scratch (its fingerprint
@@ -416,23 +421,30 @@ def retime_plans(work: Path, task: Path, repeats: int) -> dict[str, Any]:
     machine does not favour one tool."""
     scratch, logs = work / "retime", work / "logs"
     shutil.rmtree(scratch, ignore_errors=True)
-    to_nnunet_raw(task, scratch / "nnunet" / "raw")
+    logs.mkdir(parents=True, exist_ok=True)
     env = autoseg_env(work, scratch / "unused", "retime/autoseg_pre")
-    rows: dict[str, list[dict[str, Any]]] = {"autoseg": [], "autoseg_cached": [], "nnunet": []}
+    rows: dict[str, list[dict[str, Any]]] = {"autoseg": [], "autoseg_cached": []}
+    tools: list[Callable[[int], None]] = []
 
     def autoseg(i: int) -> None:
         shutil.rmtree(scratch / "autoseg_pre", ignore_errors=True)
-        rows["autoseg"].append(timed("autoseg", AUTOSEG_PLAN, env, logs / f"retime_autoseg_{i}.log"))
-        shutil.rmtree(scratch / "autoseg_pre" / MSD_TASK)  # cpu_calibration.json stays
-        rows["autoseg_cached"].append(timed("autoseg", AUTOSEG_PLAN, env, logs / f"retime_autoseg_cached_{i}.log"))
+        rows["autoseg"].append(timed("autoseg", autoseg_plan, env, logs / f"retime_autoseg_{i}.log"))
+        shutil.rmtree(scratch / "autoseg_pre" / task_folder)  # cpu_calibration.json stays
+        rows["autoseg_cached"].append(timed("autoseg", autoseg_plan, env, logs / f"retime_autoseg_cached_{i}.log"))
 
     def nnunet(i: int) -> None:
         shutil.rmtree(scratch / "nnunet" / "preprocessed", ignore_errors=True)
         rows["nnunet"].append(timed("nnunet", nnunet_plan_command(), nn.env(scratch / "nnunet"),
                                     logs / f"retime_nnunet_{i}.log"))
 
+    tools.append(autoseg)
+    if nnunet_raw is not None:
+        nn.require_venv()
+        nnunet_raw(scratch / "nnunet" / "raw")
+        rows["nnunet"] = []
+        tools.append(nnunet)
     for i in range(repeats):
-        for run in ((autoseg, nnunet) if i % 2 == 0 else (nnunet, autoseg)):
+        for run in (tools if i % 2 == 0 else tools[::-1]):
             run(i)
     shutil.rmtree(scratch)
     out: dict[str, Any] = {name: {"wall_s": statistics.median(r["wall_s"] for r in rs),
@@ -836,17 +848,42 @@ def planned_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(b, draw_row(c, s)) for b in args.budgets for c in named for s in seeds]
 
 
+def task_plan_command(task: rt.RaceTask, args: argparse.Namespace) -> list[str]:
+    """autoseg's plan + preprocess of the race's task, with the task's plan arguments."""
+    return [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", str(task.root), "-j", "2",
+            *shlex.split(args.autoseg_plan_args)]
+
+
+def retime_task_plans(args: argparse.Namespace, task: rt.RaceTask, work: Path, results: dict[str, Any],
+                      results_path: Path) -> int:
+    """``--task ... --retime-plans N``: both tools' plan + preprocess of the task timed N rounds
+    (autoseg alone unless an nnU-Net contestant is named), beside the race's rows; trains nothing."""
+    desc = task.describe(args.autoseg_plan_args)
+    if results.get("task") not in (None, desc):
+        raise SystemExit(f"{results_path} holds a race of {task.root} with other cases, classes or plan arguments; "
+                         "give the retiming its own file (--results)")
+    with_nnunet = any(c.startswith("nnunet") for c in args.contestants)
+    retimed = retime_plans(work, args.retime_plans, task_plan_command(task, args), task.name,
+                           (lambda raw: rt.nnunet_raw(task, raw / nn.DATASET)) if with_nnunet else None)
+    retimed["machine"] = machine_info(nn.PYTHON)  # the rows keep theirs
+    results.update(task=desc, runs=results.get("runs", {}), plan_and_preprocess_retimed=retimed)
+    save_results(results, results_path)
+    print(rt.plan_timing(results))
+    return 0
+
+
 def task_race(args: argparse.Namespace) -> int:
     """The race on the MSD task folder ``args.task``: autoseg's plan of it (nnU-Net's only when an
     nnU-Net contestant races), a seeded draw per seed and contestant, the report beside the results."""
     given = [flag for flag, on in (("-n", args.num_training is not None), ("--test", args.test is not None),
                                    ("--seed", args.seed is not None), ("--draw", args.draw is not None),
                                    ("--large-test", args.large_test is not None), ("--score-best", args.score_best),
-                                   ("--retime-plans", args.retime_plans is not None),
                                    ("--replan-autoseg", args.replan_autoseg)) if on]
     if given:
         raise SystemExit(f"{', '.join(given)}: for the phantom race only; with --task the task's own cases are "
                          "raced (seeded draws: --seeds; a new plan: change --autoseg-plan-args)")
+    if args.retime_plans is not None and (args.report or args.postprocess):
+        raise SystemExit("--retime-plans times plan + preprocess only: not with --report or --postprocess")
     task = rt.load_task(args.task)
     work = (args.work or BENCH / "work" / f"race_{task.name}").resolve()
     results_path = args.results or BENCH / "results" / f"race_{task.name}.json"
@@ -869,6 +906,8 @@ def task_race(args: argparse.Namespace) -> int:
     if args.autoseg_args and not args.variant:
         raise SystemExit("--autoseg-args needs --variant NAME (the rows' name)")
     (BENCH / "work").mkdir(exist_ok=True)  # where run_measured runs the tools
+    if args.retime_plans is not None:
+        return retime_task_plans(args, task, work, results, results_path)
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if results.get("runs") and old_task != desc:
@@ -877,10 +916,9 @@ def task_race(args: argparse.Namespace) -> int:
     if old_task != desc or not (work / "autoseg_pre" / task.name / "plans.json").is_file():
         for old in ("autoseg_pre", "nnunet", "autoseg_results", "nnunet_results", "predictions"):
             shutil.rmtree(work / old, ignore_errors=True)
-        plan = [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", str(task.root), "-j", "2",
-                *shlex.split(args.autoseg_plan_args)]
         results = {"task": desc, "runs": {},
-                   "plan_and_preprocess": {"autoseg": timed("autoseg", plan, autoseg_env(work, work / "unused"),
+                   "plan_and_preprocess": {"autoseg": timed("autoseg", task_plan_command(task, args),
+                                                            autoseg_env(work, work / "unused"),
                                                             logs / "autoseg_plan.log")}}
     if any(c.startswith("nnunet") for c in args.contestants):
         nn.require_venv()
@@ -1033,7 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
         print(large_table(results))
         return 0
     if args.retime_plans is not None:
-        results["plan_and_preprocess"] = retime_plans(work, task, args.retime_plans)
+        results["plan_and_preprocess"] = retime_plans(work, args.retime_plans, AUTOSEG_PLAN, MSD_TASK,
+                                                      lambda raw: to_nnunet_raw(task, raw))
         save_results(results, args.results)
         print(table(results))
         return 0

@@ -363,6 +363,26 @@ def cases_table(results: dict[str, Any], classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def plan_timing(results: dict[str, Any]) -> str:
+    """Both tools' plan + preprocess wall times: the race's own first run (autoseg calibrates the
+    CPU in it) and, where ``--retime-plans`` ran, the medians of its rounds with nnU-Net's ratio."""
+    first = results.get("plan_and_preprocess", {})
+    text = "Plan + preprocess: " + (", ".join(f"{tool} {p['wall_s']:.1f} s" for tool, p in first.items()) or "?")
+    text += " (the race's first run: autoseg calibrates the CPU in it unless its plan arguments give --cpu-gflops)."
+    again = results.get("plan_and_preprocess_retimed")
+    if again:
+        names = {"autoseg": "autoseg, first run (calibrates the CPU)", "autoseg_cached": "autoseg, calibration cached",
+                 "nnunet": "nnU-Net"}
+        parts = [f"{names[k]} {again[k]['wall_s']:.1f} s" for k in names if k in again]
+        if "nnunet" in again:
+            parts += [f"autoseg/nnU-Net {again[k]['wall_s'] / again['nnunet']['wall_s']:.2f} ({names[k]})"
+                      for k in ("autoseg", "autoseg_cached")]
+        rounds = f"{again['repeats']} round{'s' if again['repeats'] != 1 else ''}"
+        cpu = again.get("machine", {}).get("cpu", "?")
+        text += f" Timed again ({rounds}, {again['time']}, {cpu}, medians): " + ", ".join(parts) + "."
+    return text
+
+
 def report(results: dict[str, Any]) -> str:
     """The race on a task as markdown, from its results file."""
     task = results.get("task")
@@ -370,12 +390,10 @@ def report(results: dict[str, Any]) -> str:
         return "no rows yet: run race.py --task PATH (without --report) first"
     classes = list(task["classes"].values())
     machine = results.get("machine", {})
-    plan = results.get("plan_and_preprocess", {})
-    timing = ", ".join(f"{tool} {p['wall_s']:.1f} s" for tool, p in plan.items())
     head = [f"# The race on {Path(task['path']).name}", "",
             f"{task['path']}: {len(task['training_cases'])} training cases, {len(task['test_cases'])} test cases "
             f"(imagesTs/labelsTs), classes {', '.join(classes)}; {machine.get('cpu', '?')}, {machine.get('cores', '?')} "
-            f"cores, autoseg {machine.get('autoseg_commit', '?')}. Plan + preprocess: {timing or '?'}. "
+            f"cores, autoseg {machine.get('autoseg_commit', '?')}. {plan_timing(results)} "
             "Dice is left out of a mean where a class is absent from both prediction and reference (shown as –).",
             "", "## Each draw on the test cases", "", draws_table(results, classes),
             "", "## Spread over seeded draws", "", spread_table(results, classes),

@@ -203,3 +203,19 @@ def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
     assert "| 3steps | autoseg minus autoseg[v] | mass | +0.000 [+0.000, +0.000] |" in report.stdout
     clash = race("--report", "--results", str(results), "--also", str(results))
     assert clash.returncode != 0 and "are in two files" in clash.stderr
+    # --retime-plans: plan + preprocess timed again in a scratch folder (autoseg alone: no nnU-Net
+    # contestant named), beside the rows, which stay as they were; nothing trains
+    before = json.loads(results.read_text())
+    done = race("--contestants", "autoseg", "--retime-plans", "1", "--results", str(results))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = json.loads(results.read_text())
+    assert after["runs"] == before["runs"] and after["plan_and_preprocess"] == before["plan_and_preprocess"]
+    again = after["plan_and_preprocess_retimed"]
+    assert {"autoseg", "autoseg_cached"} <= set(again) and "nnunet" not in again and again["repeats"] == 1
+    assert all(again[k]["wall_s"] > 0 for k in ("autoseg", "autoseg_cached"))
+    assert not (tmp_path / "work" / "retime").exists() and "Timed again (1 round, " in done.stdout
+    other_plan = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task),
+                                 "--work", str(tmp_path / "work"), "--contestants", "autoseg", "--retime-plans", "1",
+                                 "--results", str(results)], capture_output=True, text=True, timeout=120)
+    assert other_plan.returncode != 0 and "give the retiming its own file" in other_plan.stderr
+    assert json.loads(results.read_text()) == after
