@@ -939,7 +939,8 @@ def task_race(args: argparse.Namespace) -> int:
         row = train_and_predict(name, budget, budget_seconds(budget), work, inputs, args.autoseg_args,
                                 dataset=str(task.root), dataset_name=task.name, best=False)
         row.update(score(Path(row["predictions"]), task.root, task.classes), base=draw_of(name),
-                   time=time.strftime("%Y-%m-%d %H:%M"))
+                   time=time.strftime("%Y-%m-%d %H:%M"),
+                   autoseg_commit=results["machine"].get("autoseg_commit"))  # "machine" is this run's only
         results["runs"][f"{name}@{budget}"] = row
         save_results(results, results_path)
         print(json.dumps({k: row[k] for k in ("contestant", "budget", "seed", "steps", "test_dice")}), flush=True)

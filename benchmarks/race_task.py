@@ -371,15 +371,16 @@ def plan_timing(results: dict[str, Any]) -> str:
     text += " (the race's first run: autoseg calibrates the CPU in it unless its plan arguments give --cpu-gflops)."
     again = results.get("plan_and_preprocess_retimed")
     if again:
-        names = {"autoseg": "autoseg, first run (calibrates the CPU)", "autoseg_cached": "autoseg, calibration cached",
+        names = {"autoseg": "autoseg as a first run (it calibrates the CPU)", "autoseg_cached": "with the calibration cached",
                  "nnunet": "nnU-Net"}
         parts = [f"{names[k]} {again[k]['wall_s']:.1f} s" for k in names if k in again]
-        if "nnunet" in again:
-            parts += [f"autoseg/nnU-Net {again[k]['wall_s'] / again['nnunet']['wall_s']:.2f} ({names[k]})"
-                      for k in ("autoseg", "autoseg_cached")]
         rounds = f"{again['repeats']} round{'s' if again['repeats'] != 1 else ''}"
         cpu = again.get("machine", {}).get("cpu", "?")
-        text += f" Timed again ({rounds}, {again['time']}, {cpu}, medians): " + ", ".join(parts) + "."
+        text += f" Timed again ({rounds}, {again['time']}, {cpu}, medians): " + ", ".join(parts)
+        if "nnunet" in again:
+            first, cached = (again[k]["wall_s"] / again["nnunet"]["wall_s"] for k in ("autoseg", "autoseg_cached"))
+            text += f"; autoseg's time over nnU-Net's {first:.2f} as a first run, {cached:.2f} calibrated"
+        text += "."
     return text
 
 

@@ -155,6 +155,7 @@ def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
     runs = json.loads(results.read_text())["runs"]
     assert sorted(runs) == ["autoseg@3steps", "autoseg[draw2]@3steps"]
     assert [runs[k]["seed"] for k in sorted(runs)] == [1, 2] and all(r["steps"] == 3 for r in runs.values())
+    assert all(r["autoseg_commit"] for r in runs.values())  # each row names the code that ran it
     report = results.with_suffix(".md").read_text()
     assert "| 3steps | autoseg | mass | 2 (1, 2) |" in report  # the spread over the two draws
     cases = report.split("## Every test case")[1]
