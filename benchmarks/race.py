@@ -84,7 +84,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nnunet_tool as nn  # noqa: E402
 import race_task as rt  # noqa: E402
-from bench_preprocess import machine_info, run_measured, to_nnunet_raw  # noqa: E402
+from bench_preprocess import machine_info, run_measured, source_commit, to_nnunet_raw  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
@@ -202,8 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="plan and preprocess autoseg again (after a planner change) before racing")
     p.add_argument("--retime-plans", type=_positive_int, default=None, metavar="N",
                    help="time both tools' plan + preprocess again, N rounds (medians: the table's "
-                        "plan row; with --task: the report's plan line, autoseg alone unless an nnU-Net "
-                        "contestant is named), and train nothing")
+                        "plan row; with --task: the report's plan line, autoseg alone unless --contestants "
+                        "names an nnU-Net plan, as its default does), and train nothing")
     p.add_argument("--score-best", action="store_true",
                    help="score the best-validation weights of autoseg rows trained before the race did so")
     p.add_argument("--large-test", type=_positive_int, default=None, metavar="N",
@@ -848,6 +848,12 @@ def planned_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(b, draw_row(c, s)) for b in args.budgets for c in named for s in seeds]
 
 
+def commit_now() -> str:
+    """The commit of the code a row ran now (its checkout may have moved since the race started)."""
+    commit, dirty = source_commit()
+    return commit + ("+uncommitted" if dirty else "")
+
+
 def task_plan_command(task: rt.RaceTask, args: argparse.Namespace) -> list[str]:
     """autoseg's plan + preprocess of the race's task, with the task's plan arguments."""
     return [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", str(task.root), "-j", "2",
@@ -858,16 +864,19 @@ def retime_task_plans(args: argparse.Namespace, task: rt.RaceTask, work: Path, r
                       results_path: Path) -> int:
     """``--task ... --retime-plans N``: both tools' plan + preprocess of the task timed N rounds
     (autoseg alone unless an nnU-Net contestant is named), beside the race's rows; trains nothing."""
-    desc = task.describe(args.autoseg_plan_args)
-    if results.get("task") not in (None, desc):
-        raise SystemExit(f"{results_path} holds a race of {task.root} with other cases, classes or plan arguments; "
-                         "give the retiming its own file (--results)")
+    desc, old = task.describe(args.autoseg_plan_args), results.get("task")
+    if old not in (None, desc):
+        held = f"the race on {old.get('path')}" if isinstance(old, dict) else "the phantom race"
+        raise SystemExit(f"{results_path} holds {held} with other cases, classes or plan arguments than "
+                         f"{task.root} has now; give the retiming its own file (--results)")
     with_nnunet = any(c.startswith("nnunet") for c in args.contestants)
     retimed = retime_plans(work, args.retime_plans, task_plan_command(task, args), task.name,
                            (lambda raw: rt.nnunet_raw(task, raw / nn.DATASET)) if with_nnunet else None)
     retimed["machine"] = machine_info(nn.PYTHON)  # the rows keep theirs
     results.update(task=desc, runs=results.get("runs", {}), plan_and_preprocess_retimed=retimed)
     save_results(results, results_path)
+    if results["runs"]:
+        results_path.with_suffix(".md").write_text(rt.report(results))
     print(rt.plan_timing(results))
     return 0
 
@@ -913,13 +922,17 @@ def task_race(args: argparse.Namespace) -> int:
     if results.get("runs") and old_task != desc:
         print(f"{task.root}: its cases, classes or plan arguments changed since {results_path} was written: "
               f"planning again; the {len(results['runs'])} rows of the old plan are dropped", flush=True)
-    if old_task != desc or not (work / "autoseg_pre" / task.name / "plans.json").is_file():
+    if (old_task != desc or "plan_and_preprocess" not in results  # a file that only holds a retiming
+            or not (work / "autoseg_pre" / task.name / "plans.json").is_file()):
         for old in ("autoseg_pre", "nnunet", "autoseg_results", "nnunet_results", "predictions"):
             shutil.rmtree(work / old, ignore_errors=True)
+        retimed = results.get("plan_and_preprocess_retimed") if old_task == desc else None
         results = {"task": desc, "runs": {},
                    "plan_and_preprocess": {"autoseg": timed("autoseg", task_plan_command(task, args),
                                                             autoseg_env(work, work / "unused"),
                                                             logs / "autoseg_plan.log")}}
+        if retimed:  # the same task and plan arguments: its retiming still holds
+            results["plan_and_preprocess_retimed"] = retimed
     if any(c.startswith("nnunet") for c in args.contestants):
         nn.require_venv()
         install_budget_trainer()
@@ -940,7 +953,7 @@ def task_race(args: argparse.Namespace) -> int:
                                 dataset=str(task.root), dataset_name=task.name, best=False)
         row.update(score(Path(row["predictions"]), task.root, task.classes), base=draw_of(name),
                    time=time.strftime("%Y-%m-%d %H:%M"),
-                   autoseg_commit=results["machine"].get("autoseg_commit"))  # "machine" is this run's only
+                   autoseg_commit=commit_now())  # "machine" is the latest run's only
         results["runs"][f"{name}@{budget}"] = row
         save_results(results, results_path)
         print(json.dumps({k: row[k] for k in ("contestant", "budget", "seed", "steps", "test_dice")}), flush=True)
@@ -1002,7 +1015,7 @@ def postprocess_rows(args: argparse.Namespace, task: "rt.RaceTask", work: Path, 
         row = {**results["runs"][f"{name}@{budget}"], "contestant": postprocessed_row(name),
                "predictions": str(out_dir), "predict_wall_s": predict.wall_s,
                "predict_peak_rss_gib": round(predict.peak_rss_bytes / 2**30, 2), "find_best_wall_s": decide.wall_s,
-               "postprocessing": rules,
+               "postprocessing": rules, "postprocess_autoseg_commit": commit_now(),
                "time": time.strftime("%Y-%m-%d %H:%M")}
         row.update(score(out_dir, task.root, task.classes), base=draw_of(row["contestant"]))
         results["runs"][f"{row['contestant']}@{budget}"] = row

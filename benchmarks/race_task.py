@@ -371,15 +371,17 @@ def plan_timing(results: dict[str, Any]) -> str:
     text += " (the race's first run: autoseg calibrates the CPU in it unless its plan arguments give --cpu-gflops)."
     again = results.get("plan_and_preprocess_retimed")
     if again:
-        names = {"autoseg": "autoseg as a first run (it calibrates the CPU)", "autoseg_cached": "with the calibration cached",
-                 "nnunet": "nnU-Net"}
+        given = "--cpu-gflops" in results["task"].get("autoseg_plan_args", "")  # nothing to calibrate
+        names = {"autoseg": "autoseg (CPU speed given, first run)" if given else "autoseg as a first run (it calibrates the CPU)",
+                 "autoseg_cached": "again" if given else "with the calibration cached", "nnunet": "nnU-Net"}
         parts = [f"{names[k]} {again[k]['wall_s']:.1f} s" for k in names if k in again]
         rounds = f"{again['repeats']} round{'s' if again['repeats'] != 1 else ''}"
         cpu = again.get("machine", {}).get("cpu", "?")
         text += f" Timed again ({rounds}, {again['time']}, {cpu}, medians): " + ", ".join(parts)
         if "nnunet" in again:
             first, cached = (again[k]["wall_s"] / again["nnunet"]["wall_s"] for k in ("autoseg", "autoseg_cached"))
-            text += f"; autoseg's time over nnU-Net's {first:.2f} as a first run, {cached:.2f} calibrated"
+            text += (f"; autoseg's time over nnU-Net's {first:.2f} and {cached:.2f}" if given else
+                     f"; autoseg's time over nnU-Net's {first:.2f} as a first run, {cached:.2f} calibrated")
         text += "."
     return text
 

@@ -78,6 +78,23 @@ def test_a_tumour_free_case_with_a_false_tumour_is_a_false_positive_in_the_table
     assert "| 3steps | autoseg | tumour | 2 (1, 2) | 0.500, 1.000 | 0.750, 0.354 |" in spread
 
 
+def test_the_plan_line_gives_the_retimed_medians_and_their_ratio_to_nnunet() -> None:
+    timing = {"autoseg": {"wall_s": 32.0}, "autoseg_cached": {"wall_s": 9.0}, "nnunet": {"wall_s": 18.0},
+              "repeats": 3, "time": "2026-12-07 14:55", "machine": {"cpu": "AMD EPYC"}}
+    results = {"task": {"autoseg_plan_args": ""}, "plan_and_preprocess": {"autoseg": {"wall_s": 38.0}},
+               "plan_and_preprocess_retimed": timing}
+    line = rt.plan_timing(results)
+    assert line.startswith("Plan + preprocess: autoseg 38.0 s (the race's first run")
+    assert ("Timed again (3 rounds, 2026-12-07 14:55, AMD EPYC, medians): autoseg as a first run (it calibrates "
+            "the CPU) 32.0 s, with the calibration cached 9.0 s, nnU-Net 18.0 s; autoseg's time over nnU-Net's "
+            "1.78 as a first run, 0.50 calibrated.") in line
+    results["task"]["autoseg_plan_args"] = "--cpu-gflops 20"  # nothing calibrates: neither run is called so
+    line = rt.plan_timing(results)
+    assert "calibrat" not in line.split("Timed again")[1] and "1.78 and 0.50." in line
+    assert rt.plan_timing({"task": {}}) == ("Plan + preprocess: ? (the race's first run: autoseg calibrates the CPU "
+                                            "in it unless its plan arguments give --cpu-gflops).")
+
+
 def test_paired_difference_over_cases_and_seeds() -> None:
     a = {1: {"x": {"t": 0.9}, "y": {"t": 0.5}, "z": {"t": None}},
          2: {"x": {"t": 0.8}, "y": {"t": 0.6}, "z": {"t": 0.4}}}
@@ -207,6 +224,8 @@ def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
     # --retime-plans: plan + preprocess timed again in a scratch folder (autoseg alone: no nnU-Net
     # contestant named), beside the rows, which stay as they were; nothing trains
     before = json.loads(results.read_text())
+    race_plan = next((tmp_path / "work" / "autoseg_pre").glob("*/plans.json"))
+    plan_bytes = race_plan.read_bytes()
     done = race("--contestants", "autoseg", "--retime-plans", "1", "--results", str(results))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     after = json.loads(results.read_text())
@@ -215,8 +234,19 @@ def test_race_on_a_tiny_msd_task_with_two_seeds(tmp_path: Path) -> None:
     assert {"autoseg", "autoseg_cached"} <= set(again) and "nnunet" not in again and again["repeats"] == 1
     assert all(again[k]["wall_s"] > 0 for k in ("autoseg", "autoseg_cached"))
     assert not (tmp_path / "work" / "retime").exists() and "Timed again (1 round, " in done.stdout
+    assert race_plan.read_bytes() == plan_bytes  # the race's own plan is not touched
+    assert "autoseg (CPU speed given, first run)" in results.with_suffix(".md").read_text()  # the report, rewritten
     other_plan = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "race.py"), "--task", str(task),
                                  "--work", str(tmp_path / "work"), "--contestants", "autoseg", "--retime-plans", "1",
                                  "--results", str(results)], capture_output=True, text=True, timeout=120)
     assert other_plan.returncode != 0 and "give the retiming its own file" in other_plan.stderr
     assert json.loads(results.read_text()) == after
+    # a file that holds only a retiming: the race into it plans (it has no plan of its own) and keeps the retiming
+    fresh = tmp_path / "race_retimed.json"
+    assert race("--contestants", "autoseg", "--retime-plans", "1", "--results", str(fresh)).returncode == 0
+    retimed = json.loads(fresh.read_text())["plan_and_preprocess_retimed"]
+    done = race("--contestants", "autoseg", "--budgets", "3steps", "--seeds", "1", "--results", str(fresh))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    raced = json.loads(fresh.read_text())
+    assert "autoseg" in raced["plan_and_preprocess"] and raced["plan_and_preprocess_retimed"] == retimed
+    assert list(raced["runs"]) == ["autoseg@3steps"]
