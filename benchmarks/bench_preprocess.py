@@ -380,6 +380,13 @@ def source_commit() -> tuple[str, str]:
     return found.stdout.strip(), dirty
 
 
+def commit_label() -> str:
+    """:func:`source_commit` as the figures name it: the commit, ``+uncommitted`` where the checkout
+    has changes (read when called: a long benchmark's checkout may move between its rows)."""
+    commit, dirty = source_commit()
+    return commit + ("+uncommitted" if dirty else "")
+
+
 def machine_info(nnunet_python: Path) -> dict[str, Any]:
     model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -388,11 +395,10 @@ def machine_info(nnunet_python: Path) -> dict[str, Any]:
             break
     mem = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")).split()[1]) * 1024
-    commit, dirty = source_commit()
     return {
         "cpu": model, "cores": os.cpu_count(), "ram_gib": round(mem / 2**30, 1),
         "os": platform.platform(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "autoseg_commit": commit + ("+uncommitted" if dirty else ""),
+        "autoseg_commit": commit_label(),
         "autoseg_venv": _venv_versions(Path(sys.executable), ["torch", "numpy", "scipy", "simpleitk"]),
         "nnunet_venv": _venv_versions(nnunet_python, ["nnunetv2", "torch", "numpy", "scipy", "simpleitk",
                                                       "blosc2"]),

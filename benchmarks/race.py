@@ -84,7 +84,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nnunet_tool as nn  # noqa: E402
 import race_task as rt  # noqa: E402
-from bench_preprocess import machine_info, run_measured, source_commit, to_nnunet_raw  # noqa: E402
+from bench_preprocess import commit_label, machine_info, run_measured, to_nnunet_raw  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
@@ -424,7 +424,6 @@ def retime_plans(work: Path, repeats: int, autoseg_plan: list[str], task_folder:
     logs.mkdir(parents=True, exist_ok=True)
     env = autoseg_env(work, scratch / "unused", "retime/autoseg_pre")
     rows: dict[str, list[dict[str, Any]]] = {"autoseg": [], "autoseg_cached": []}
-    tools: list[Callable[[int], None]] = []
 
     def autoseg(i: int) -> None:
         shutil.rmtree(scratch / "autoseg_pre", ignore_errors=True)
@@ -437,7 +436,7 @@ def retime_plans(work: Path, repeats: int, autoseg_plan: list[str], task_folder:
         rows["nnunet"].append(timed("nnunet", nnunet_plan_command(), nn.env(scratch / "nnunet"),
                                     logs / f"retime_nnunet_{i}.log"))
 
-    tools.append(autoseg)
+    tools: list[Callable[[int], None]] = [autoseg]
     if nnunet_raw is not None:
         nn.require_venv()
         nnunet_raw(scratch / "nnunet" / "raw")
@@ -848,23 +847,18 @@ def planned_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(b, draw_row(c, s)) for b in args.budgets for c in named for s in seeds]
 
 
-def commit_now() -> str:
-    """The commit of the code a row ran now (its checkout may have moved since the race started)."""
-    commit, dirty = source_commit()
-    return commit + ("+uncommitted" if dirty else "")
-
-
 def task_plan_command(task: rt.RaceTask, args: argparse.Namespace) -> list[str]:
     """autoseg's plan + preprocess of the race's task, with the task's plan arguments."""
     return [sys.executable, "-m", "autoseg", "plan_and_preprocess", "-d", str(task.root), "-j", "2",
             *shlex.split(args.autoseg_plan_args)]
 
 
-def retime_task_plans(args: argparse.Namespace, task: rt.RaceTask, work: Path, results: dict[str, Any],
-                      results_path: Path) -> int:
-    """``--task ... --retime-plans N``: both tools' plan + preprocess of the task timed N rounds
-    (autoseg alone unless an nnU-Net contestant is named), beside the race's rows; trains nothing."""
-    desc, old = task.describe(args.autoseg_plan_args), results.get("task")
+def retime_task_plans(args: argparse.Namespace, task: rt.RaceTask, desc: dict[str, Any], work: Path,
+                      results: dict[str, Any], results_path: Path) -> int:
+    """``--task ... --retime-plans N``: both tools' plan + preprocess of the task (``desc``: its
+    description) timed N rounds (autoseg alone unless an nnU-Net contestant is named), beside the
+    race's rows; trains nothing."""
+    old = results.get("task")
     if old not in (None, desc):
         held = f"the race on {old.get('path')}" if isinstance(old, dict) else "the phantom race"
         raise SystemExit(f"{results_path} holds {held} with other cases, classes or plan arguments than "
@@ -916,7 +910,7 @@ def task_race(args: argparse.Namespace) -> int:
         raise SystemExit("--autoseg-args needs --variant NAME (the rows' name)")
     (BENCH / "work").mkdir(exist_ok=True)  # where run_measured runs the tools
     if args.retime_plans is not None:
-        return retime_task_plans(args, task, work, results, results_path)
+        return retime_task_plans(args, task, desc, work, results, results_path)
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if results.get("runs") and old_task != desc:
@@ -953,7 +947,7 @@ def task_race(args: argparse.Namespace) -> int:
                                 dataset=str(task.root), dataset_name=task.name, best=False)
         row.update(score(Path(row["predictions"]), task.root, task.classes), base=draw_of(name),
                    time=time.strftime("%Y-%m-%d %H:%M"),
-                   autoseg_commit=commit_now())  # "machine" is the latest run's only
+                   autoseg_commit=commit_label())  # "machine" is the latest run's only
         results["runs"][f"{name}@{budget}"] = row
         save_results(results, results_path)
         print(json.dumps({k: row[k] for k in ("contestant", "budget", "seed", "steps", "test_dice")}), flush=True)
@@ -1015,7 +1009,7 @@ def postprocess_rows(args: argparse.Namespace, task: "rt.RaceTask", work: Path, 
         row = {**results["runs"][f"{name}@{budget}"], "contestant": postprocessed_row(name),
                "predictions": str(out_dir), "predict_wall_s": predict.wall_s,
                "predict_peak_rss_gib": round(predict.peak_rss_bytes / 2**30, 2), "find_best_wall_s": decide.wall_s,
-               "postprocessing": rules, "postprocess_autoseg_commit": commit_now(),
+               "postprocessing": rules, "postprocess_autoseg_commit": commit_label(),
                "time": time.strftime("%Y-%m-%d %H:%M")}
         row.update(score(out_dir, task.root, task.classes), base=draw_of(row["contestant"]))
         results["runs"][f"{row['contestant']}@{budget}"] = row

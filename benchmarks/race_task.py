@@ -379,9 +379,9 @@ def plan_timing(results: dict[str, Any]) -> str:
         cpu = again.get("machine", {}).get("cpu", "?")
         text += f" Timed again ({rounds}, {again['time']}, {cpu}, medians): " + ", ".join(parts)
         if "nnunet" in again:
-            first, cached = (again[k]["wall_s"] / again["nnunet"]["wall_s"] for k in ("autoseg", "autoseg_cached"))
-            text += (f"; autoseg's time over nnU-Net's {first:.2f} and {cached:.2f}" if given else
-                     f"; autoseg's time over nnU-Net's {first:.2f} as a first run, {cached:.2f} calibrated")
+            once, cached = (again[k]["wall_s"] / again["nnunet"]["wall_s"] for k in ("autoseg", "autoseg_cached"))
+            text += (f"; autoseg's time over nnU-Net's {once:.2f} and {cached:.2f}" if given else
+                     f"; autoseg's time over nnU-Net's {once:.2f} as a first run, {cached:.2f} calibrated")
         text += "."
     return text
 
