@@ -47,7 +47,10 @@ class Recipe:
     steps: int
     features: int
     threads: int
-    fold: int = 0
+    #: The folds trained (each on the phantoms the others validate); the model predicts with their ensemble.
+    folds: tuple[int, ...] = (0,)
+    #: Extra ``train`` flags (e.g. ``--edge-context 0.25``).
+    train_args: tuple[str, ...] = ()
     #: Phantom spacing range (None: the trunk generator's; tests give a coarse one).
     spacing_range: "SpacingRange | None" = None
     #: Extra ``plan_and_preprocess`` flags: the built-in models pin their plan's throughput with them.

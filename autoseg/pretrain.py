@@ -2,8 +2,9 @@
 
 It runs the user's own commands in a working folder: ``phantom`` (family 3, the recipe's cases and
 seed), ``plan_and_preprocess`` (planned again every time, with the recipe's plan flags), ``train``
-(fold 0, the recipe's steps, threads and seed), the post-processing decision on fold 0's validation
-phantoms with the recipe's one-organ rule added, and ``export`` into the cache.
+(each of the recipe's folds with its steps, threads, seed and training flags), the post-processing
+decision on those folds' validation phantoms with the recipe's one-organ rule added, and ``export``
+of the folds (predicted as their ensemble) into the cache.
 """
 from __future__ import annotations
 
@@ -45,21 +46,22 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
     plan = ["plan_and_preprocess", "-d", recipe.dataset, "--features", str(recipe.features), *recipe.plan_args]
     # The plan is made again every time (the recipe owns it, and planning is cheap): plans kept from an
     # older recipe in the work folder would otherwise train the new recipe's steps on the old network.
-    steps = [plan + ["--only", "fingerprint"], plan + ["--only", "plan", "--force"], plan + ["--only", "preprocess"],
-             ["train", "-d", recipe.dataset, "-f", str(recipe.fold), "--steps", str(recipe.steps),
-              "--threads", str(recipe.threads), "--seed", str(recipe.seed)]]
+    steps = [plan + ["--only", "fingerprint"], plan + ["--only", "plan", "--force"], plan + ["--only", "preprocess"]]
+    steps += [["train", "-d", recipe.dataset, "-f", str(fold), "--steps", str(recipe.steps), "--threads",
+               str(recipe.threads), "--seed", str(recipe.seed), *recipe.train_args] for fold in recipe.folds]
     for argv in steps:
         args = build_parser().parse_args(argv)
         args.argv = argv
         if getattr(args, "device", None) == "auto":
             args.device = "cpu"  # the recipe is a CPU recipe: its step count fixes the weights
         if args.command == "train":
-            state = _fold_state(local, recipe, work)
+            fold = int(args.fold[0])
+            state = _fold_state(local, recipe, work, fold)
             if state == "finished":
-                log.info("fold %d is already trained in %s", recipe.fold, local.results)
+                log.info("fold %d is already trained in %s", fold, local.results)
                 continue
             if state == "unfinished":  # an interrupted run of this recipe: go on from its last checkpoint
-                log.info("fold %d: resuming its unfinished run in %s", recipe.fold, local.results)
+                log.info("fold %d: resuming its unfinished run in %s", fold, local.results)
                 args.continue_training = True
             else:
                 write_json(work / RECIPE_STAMP, recipe_stamp(recipe))
@@ -67,7 +69,7 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
     _decide_postprocessing(recipe, local)
     out.parent.mkdir(parents=True, exist_ok=True)
     export = build_parser().parse_args(["export", "-d", recipe.dataset, "-o", str(out), "-f",
-                                        str(recipe.fold)] + (["--overwrite"] if force else []))
+                                        *map(str, recipe.folds)] + (["--overwrite"] if force else []))
     export.argv = []
     export.func(export, local)
     log.info("built-in model '%s' written to %s", recipe.name, out)
@@ -121,11 +123,13 @@ def recipe_stamp(recipe: Recipe) -> dict[str, Any]:
     return {**json.loads(json.dumps(asdict(recipe))), "phantom_generator": f"trunk v{TRUNK_VERSION}"}
 
 
-def _fold_state(settings: Settings, recipe: Recipe, work: Path) -> Literal["absent", "unfinished", "finished"]:
-    """``absent``, ``unfinished`` (an interrupted run of this recipe, to resume) or ``finished`` (its final
-    checkpoint, made with the plans just planned, the recipe's steps and the recipe itself). The
-    recipe is its stamp in ``work`` (seed, cases, plan flags, phantom generator...). A fold of another
-    recipe, finished or not, is an error with the fix, never resumed or exported as this one."""
+def _fold_state(settings: Settings, recipe: Recipe, work: Path, fold_index: int
+                ) -> Literal["absent", "unfinished", "finished"]:
+    """Fold ``fold_index``: ``absent``, ``unfinished`` (an interrupted run of this recipe, to resume) or
+    ``finished`` (its final checkpoint, made with the plans just planned, the recipe's steps and the
+    recipe itself). The recipe is its stamp in ``work`` (seed, cases, folds, plan and training flags,
+    phantom generator...). A fold of another recipe, finished or not, is an error with the fix, never
+    resumed or exported as this one."""
     from autoseg.artefacts import FoldRecord
     from autoseg.inference.model import trained_model_folder
     from autoseg.layout import ModelFolder, PreprocessedDataset
@@ -134,7 +138,7 @@ def _fold_state(settings: Settings, recipe: Recipe, work: Path) -> Literal["abse
 
     folder = trained_model_folder(recipe.dataset, None, settings)
     model = ModelFolder(folder)
-    fold = model.fold(recipe.fold)
+    fold = model.fold(fold_index)
     finished = fold.final.is_file()
     if not finished and not fold.latest.is_file():
         return "absent"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,6 +106,17 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     stamp.write_text(json.dumps(recipe_stamp(recipe)))
     assert pretrain(recipe, s, tmp_path / "work") == out and out.is_file()
     assert (fold / "checkpoint_final.pt").is_file()
+    # A recipe of two folds trained with edge context: not the fold trained above, and then both folds
+    # trained with the flag, decided on together and exported as one model that predicts with their ensemble.
+    ensemble = replace(recipe, folds=(0, 1), train_args=("--edge-context", "0.25"))
+    out.unlink()
+    with pytest.raises(ConfigurationError, match=r"another recipe \(folds, train_args differ"):
+        pretrain(ensemble, s, tmp_path / "work")
+    shutil.rmtree(tmp_path / "work" / "results")
+    assert pretrain(ensemble, s, tmp_path / "work") == out
+    model = open_model(out)
+    assert model.folds == (0, 1) and model.plans.recipe.edge_context == 0.25
+    assert load_postprocessing(model).keep_largest_foreground
 
 
 def test_a_built_in_model_predicts_with_its_recipes_edge_context(tmp_path: Path,
