@@ -44,6 +44,7 @@ BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 from bench_common import append_result, cpu_model, run_autoseg as autoseg  # noqa: E402
+from bench_preprocess import commit_label  # noqa: E402
 from error_tissues import tissue_maps, tissue_names  # noqa: E402
 from race_task import SIZE_BINS, case_lesions, decision_rules  # noqa: E402
 
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merged-only", action="store_true",
                    help="train and score the merged model only (implies --merged; no Task08 model)")
     args = p.parse_args(argv)
+    commit = commit_label()  # the code that runs, read before the long run (the checkout may move)
     args.merged = args.merged or args.merged_only
     families = {str(f): run_family(f, args) for f in args.families}
     short = {f: {s: {"rules": r["rules"], **{a: v["summary"] for a, v in r["arms"].items()},
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     append_result(args.out, {
         "benchmark": "false_tumours", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "benchmarks/false_tumours.py " + " ".join(sys.argv[1:]), "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(), "steps": args.steps, "seeds": args.seeds, "cases": args.cases,
+        "commit": commit, "cpu_count": os.cpu_count(), "steps": args.steps, "seeds": args.seeds, "cases": args.cases,
         "merged": args.merged, "train_args": args.train_args, "plan_args": args.plan_args,
         "test": args.test, "tumour_free_share": args.tumour_free_share, "families": families})
     return 0
