@@ -61,7 +61,7 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     s = settings_in(tmp_path)
     recipe = replace(RECIPES["synthetic"], cases=5, steps=2, spacing_range=((8.0, 8.0, 8.0), (8.0, 8.0, 8.0)),
-                     plan_args=("--cpu-gflops", "50"))
+                     plan_args=("--cpu-gflops", "50"), folds=(0,), train_args=())  # one plain fold first
     out = pretrain(recipe, s, tmp_path / "work")
     assert out == s.cache / "models" / "synthetic.zip" and out.is_file()
     from autoseg.inference.model import open_model
@@ -106,9 +106,11 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     stamp.write_text(json.dumps(recipe_stamp(recipe)))
     assert pretrain(recipe, s, tmp_path / "work") == out and out.is_file()
     assert (fold / "checkpoint_final.pt").is_file()
-    # A recipe of two folds trained with edge context: not the fold trained above, and then both folds
-    # trained with the flag, decided on together and exported as one model that predicts with their ensemble.
-    ensemble = replace(recipe, folds=(0, 1), train_args=("--edge-context", "0.25"))
+    # The recipe's own folds and flags (two folds trained with edge context): not the fold trained above,
+    # and then both folds trained with the flag, decided on together and exported as one model that
+    # predicts with their ensemble.
+    ensemble = replace(recipe, folds=RECIPES["synthetic"].folds, train_args=RECIPES["synthetic"].train_args)
+    assert ensemble.folds == (0, 1) and ensemble.train_args == ("--edge-context", "0.25")
     out.unlink()
     with pytest.raises(ConfigurationError, match=r"another recipe \(folds, train_args differ"):
         pretrain(ensemble, s, tmp_path / "work")
