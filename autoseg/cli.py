@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from autoseg.inference.model import Model
     from autoseg.partial_labels import LabelSpace
     from autoseg.plans import Plans
+    from autoseg.training.run import TrainRequest
 
 log = logging.getLogger("autoseg")
 
@@ -318,20 +319,27 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def train_request(args: argparse.Namespace) -> "TrainRequest":
+    """What ``autoseg train``'s parsed arguments ask for."""
+    from autoseg.training.run import TrainRequest
+
+    return TrainRequest(dataset=args.dataset, folds=_parse_folds(args.fold), network=args.network,
+                        recipe=args.recipe, loss=args.loss, epochs=args.epochs,
+                        iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
+                        steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
+                        force=args.force, seed=args.seed, regions=args.regions, localiser=args.localiser,
+                        sampler=args.sampler, class_contrast=args.class_contrast, edge_context=args.edge_context,
+                        lesion_paste=args.lesion_paste, lesion_class=args.lesion_class)
+
+
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from autoseg.training.distributed import DistContext, launch_torchrun
     from autoseg.training.loop import TrainOptions
-    from autoseg.training.run import TrainRequest, prepare, run_fold
+    from autoseg.training.run import prepare, run_fold
 
     if args.gpus:
         return launch_torchrun(args.gpus, args.argv)
-    req = TrainRequest(dataset=args.dataset, folds=_parse_folds(args.fold), network=args.network,
-                       recipe=args.recipe, loss=args.loss, epochs=args.epochs,
-                       iterations_per_epoch=args.iterations, time_budget_s=args.time_budget,
-                       steps=args.steps, compute_budget_s=args.compute_budget, precision=args.precision,
-                       force=args.force, seed=args.seed, regions=args.regions, localiser=args.localiser,
-                       sampler=args.sampler, class_contrast=args.class_contrast, edge_context=args.edge_context,
-                       lesion_paste=args.lesion_paste, lesion_class=args.lesion_class)
+    req = train_request(args)
     dist = DistContext(settings.rank, settings.world_size, settings.local_rank)
     if dist.enabled and args.executor == "ray":
         raise ConfigurationError("--executor ray and torchrun do not combine",

@@ -46,25 +46,24 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
     plan = ["plan_and_preprocess", "-d", recipe.dataset, "--features", str(recipe.features), *recipe.plan_args]
     # The plan is made again every time (the recipe owns it, and planning is cheap): plans kept from an
     # older recipe in the work folder would otherwise train the new recipe's steps on the old network.
-    steps = [plan + ["--only", "fingerprint"], plan + ["--only", "plan", "--force"], plan + ["--only", "preprocess"]]
-    steps += [["train", "-d", recipe.dataset, "-f", str(fold), "--steps", str(recipe.steps), "--threads",
-               str(recipe.threads), "--seed", str(recipe.seed), *recipe.train_args] for fold in recipe.folds]
-    for argv in steps:
-        args = build_parser().parse_args(argv)
-        args.argv = argv
-        if getattr(args, "device", None) == "auto":
-            args.device = "cpu"  # the recipe is a CPU recipe: its step count fixes the weights
-        if args.command == "train":
-            fold = int(args.fold[0])
-            state = _fold_state(local, recipe, work, fold)
-            if state == "finished":
-                log.info("fold %d is already trained in %s", fold, local.results)
-                continue
-            if state == "unfinished":  # an interrupted run of this recipe: go on from its last checkpoint
-                log.info("fold %d: resuming its unfinished run in %s", fold, local.results)
-                args.continue_training = True
-            else:
-                write_json(work / RECIPE_STAMP, recipe_stamp(recipe))
+    for argv in (plan + ["--only", "fingerprint"], plan + ["--only", "plan", "--force"],
+                 plan + ["--only", "preprocess"]):
+        _run(build_parser(), argv, local)
+    runs = {fold: _parsed(build_parser(), ["train", "-d", recipe.dataset, "-f", str(fold), "--steps", str(recipe.steps),
+                                           "--threads", str(recipe.threads), "--seed", str(recipe.seed),
+                                           *recipe.train_args]) for fold in recipe.folds}
+    # Every fold's state before any is trained: a fold of another recipe is refused before the stamp
+    # could be rewritten over it, and the stamp is written only into a folder without any trained fold.
+    states = {fold: _fold_state(local, recipe, work, fold, args) for fold, args in runs.items()}
+    if all(state == "absent" for state in states.values()):
+        write_json(work / RECIPE_STAMP, recipe_stamp(recipe))
+    for fold, args in runs.items():
+        if states[fold] == "finished":
+            log.info("fold %d is already trained in %s", fold, local.results)
+            continue
+        if states[fold] == "unfinished":  # an interrupted run of this recipe: go on from its last checkpoint
+            log.info("fold %d: resuming its unfinished run in %s", fold, local.results)
+            args.continue_training = True
         args.func(args, local)
     _decide_postprocessing(recipe, local)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,8 +75,21 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
     return out
 
 
+def _parsed(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "device", None) == "auto":
+        args.device = "cpu"  # the recipe is a CPU recipe: its step count fixes the weights
+    return args
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str], settings: Settings) -> None:
+    args = _parsed(parser, argv)
+    args.func(args, settings)
+
+
 def _decide_postprocessing(recipe: Recipe, settings: Settings) -> None:
-    """Post-processing from the fold's validation phantoms (never from real CT), with the recipe's
+    """Post-processing from the folds' validation phantoms (never from real CT), with the recipe's
     one-organ rule added where they did not choose it; shipped with the model."""
     from autoseg.inference.ensembles import plans_of
     from autoseg.inference.model import trained_model_folder
@@ -123,18 +135,19 @@ def recipe_stamp(recipe: Recipe) -> dict[str, Any]:
     return {**json.loads(json.dumps(asdict(recipe))), "phantom_generator": f"trunk v{TRUNK_VERSION}"}
 
 
-def _fold_state(settings: Settings, recipe: Recipe, work: Path, fold_index: int
+def _fold_state(settings: Settings, recipe: Recipe, work: Path, fold_index: int, train: argparse.Namespace
                 ) -> Literal["absent", "unfinished", "finished"]:
     """Fold ``fold_index``: ``absent``, ``unfinished`` (an interrupted run of this recipe, to resume) or
-    ``finished`` (its final checkpoint, made with the plans just planned, the recipe's steps and the
-    recipe itself). The recipe is its stamp in ``work`` (seed, cases, folds, plan and training flags,
-    phantom generator...). A fold of another recipe, finished or not, is an error with the fix, never
-    resumed or exported as this one."""
+    ``finished`` (its final checkpoint, made with the plans just planned as its ``train`` arguments turn
+    them into the model's, the recipe's steps and the recipe itself). The recipe is its stamp in
+    ``work`` (seed, cases, folds, plan and training flags, phantom generator...). A fold of another
+    recipe, finished or not, is an error with the fix, never resumed or exported as this one."""
     from autoseg.artefacts import FoldRecord
     from autoseg.inference.model import trained_model_folder
     from autoseg.layout import ModelFolder, PreprocessedDataset
     from autoseg.plans import Plans
-    from autoseg.training.run import changed_plans
+    from autoseg.cli import train_request
+    from autoseg.training.run import apply_overrides, changed_plans
 
     folder = trained_model_folder(recipe.dataset, None, settings)
     model = ModelFolder(folder)
@@ -145,7 +158,8 @@ def _fold_state(settings: Settings, recipe: Recipe, work: Path, fold_index: int
     other = []
     if finished:
         trained = Plans.load(model.plans)
-        planned = Plans.load(PreprocessedDataset(settings.preprocessed / trained.dataset_name).plans)
+        dataset = PreprocessedDataset(settings.preprocessed / trained.dataset_name)
+        planned = apply_overrides(Plans.load(dataset.plans), train_request(train), dataset.fingerprint)
         changed = changed_plans(trained, planned)
         other = [f"other plans ({', '.join(changed)} differ)"] if changed else []
         steps = FoldRecord.load(fold.record).schedule.steps if fold.record.is_file() else None
@@ -171,7 +185,7 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
                                    "`predict -m NAME` finds it. docs/synthetic_model.md is its model card.")
     p.add_argument("name", choices=sorted(RECIPES), help="the built-in model")
     p.add_argument("--work", type=Path, default=None,
-                   help="working folder for phantoms, preprocessed data and the trained fold "
+                   help="working folder for phantoms, preprocessed data and the trained folds "
                         "(default: $AUTOSEG_CACHE/pretrain/NAME); kept, so a second run goes on where it stopped")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--cases", type=int, default=None, help="training phantoms (default: the recipe's)")

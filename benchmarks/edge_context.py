@@ -2,6 +2,9 @@
 
 The held-out phantoms are the validation cases of fold 0 in an ``autoseg pretrain`` work folder (the
 trunk phantoms the model was not trained on, many with a field of view that ends inside the liver).
+A model of several folds (the synthetic recipe since 2026-12-07, night: folds 0 and 1) has trained
+on fold 0's validation cases in its other folds: score such a model here only through one fold's
+export (``autoseg export -f 0``), or the figures leak.
 Each share F is one ``autoseg predict`` run over all of them in a fresh process; liver (union of the
 model's labels 1-3), vessel (2) and tumour (3) Dice per case by the project's one Dice path, then
 the mean and a paired bootstrap interval of each share's difference to the first. This is the data

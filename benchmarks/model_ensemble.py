@@ -77,10 +77,15 @@ def parse_set(text: str) -> tuple[str, Path, Path, str]:
 
 
 def predict(model: str, images: Path, out: Path, reuse: bool) -> float:
-    """``autoseg predict`` with probabilities into ``out``; its wall time (0 when reused)."""
-    if reuse and out.is_dir() and any(out.glob(f"*{CaseOutputs.PROBABILITIES_ENDING}")):
+    """``autoseg predict`` with probabilities into ``out``; its wall time (0 when reused). ``out`` records
+    the model it holds (``model.txt``): predictions of another model are never reused."""
+    stamp = out / "model.txt"
+    if reuse and stamp.is_file() and any(out.glob(f"*{CaseOutputs.PROBABILITIES_ENDING}")):
+        if stamp.read_text() != model:
+            raise SystemExit(f"{out} holds predictions of {stamp.read_text()}, not {model}: give another --work")
         return 0.0
     out.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)  # written again only once this model's predictions are complete
     start = time.perf_counter()
     with (out.parent / f"{out.name}.predict.log").open("w") as log:
         status = subprocess.run([sys.executable, "-m", "autoseg", "predict", "-i", str(images), "-o", str(out),
@@ -88,6 +93,7 @@ def predict(model: str, images: Path, out: Path, reuse: bool) -> float:
                                 stderr=subprocess.STDOUT).returncode
     if status:
         raise SystemExit(f"autoseg predict -m {model} -i {images} failed (exit {status}): see {log.name} in {out.parent}")
+    stamp.write_text(model)
     return time.perf_counter() - start
 
 
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", nargs="*", default=[], metavar="NAME=SET,SET",
                    help="also pair over the cases of these sets together")
     args = p.parse_args(argv)
+    commit = commit_label()  # the code that runs, read before the long run (the checkout may move)
     models = dict(m.split("=", 1) for m in args.models)
     rows = [[name] for name in models] + [e.split("+") for e in args.ensembles]
     unknown = sorted({m for row in rows for m in row} - set(models))
@@ -119,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     if baseline not in names:
         raise SystemExit(f"--baseline {baseline} is neither a model nor an ensemble")
     sets = [parse_set(s) for s in args.sets]
+    known = {name for name, *_ in sets} | ({REAL_SET} if args.real else set())
+    for pool in args.pool:
+        strangers = sorted(set(pool.partition("=")[2].split(",")) - known)
+        if strangers:
+            raise SystemExit(f"--pool {pool}: {', '.join(strangers)} is not a set here ({', '.join(sorted(known))})")
     inputs: list[tuple[str, str, Path, Any]] = []  # set, case, where its images lie, how to read its reference
     for name, images, labels, convention in sets:
         for label in sorted(labels.glob("*.nii.gz")):
@@ -162,26 +174,28 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {}
     for set_name in [*dict.fromkeys(i[0] for i in inputs), *(pool.partition("=")[0] for pool in args.pool)]:
         cases = sorted(scores[baseline].get(set_name, {}))
-        keys = sorted({k for s in scores[baseline][set_name].values() for k in s})
+        keys = sorted({k for s in scores[baseline].get(set_name, {}).values() for k in s})
         print(f"\n{set_name} ({len(cases)} cases), paired against {baseline}:")
         report[set_name] = {}
         for name in names:
-            per_case = scores[name][set_name]
+            per_case = scores[name].get(set_name, {})
             entry: dict[str, Any] = {"per_case": per_case}
             cells = []
             for key in keys:
-                values = [per_case[c][key] for c in cases if per_case[c][key] is not None]
+                values = [per_case[c][key] for c in cases if per_case[c].get(key) is not None]
                 entry[f"mean_{key}"] = float(np.mean(values)) if values else None
                 cell = f"{key} {entry[f'mean_{key}']:.3f}" if values else f"{key} -"
                 if name != baseline and values:
-                    pair = paired(per_case, scores[baseline][set_name], cases, key)
+                    scored_cases = [c for c in cases if per_case[c].get(key) is not None]  # a pool may mix conventions
+                    pair = paired(per_case, scores[baseline][set_name], scored_cases, key)
                     entry[f"paired_{key}"] = pair
                     cell += f" ({pair['paired_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}])"
                 cells.append(cell)
             report[set_name][name] = entry
             print(f"  {name:14s} " + "  ".join(cells))
-    append_result(args.out, {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
-                             "commit": commit_label(), "command": " ".join(sys.argv), "models": models,
+    append_result(args.out, {"benchmark": "model_ensemble",
+                             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
+                             "commit": commit, "command": " ".join(sys.argv), "models": models,
                              "baseline": baseline, "predict_seconds": seconds, "sets": report})
     print(f"\nresults appended to {args.out}")
     return 0

@@ -119,6 +119,16 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     model = open_model(out)
     assert model.folds == (0, 1) and model.plans.recipe.edge_context == 0.25
     assert load_postprocessing(model).keep_largest_foreground
+    # Made again, the folds trained with the recipe's flags are its own (their plans carry the flags'
+    # changes): finished ones kept, an interrupted second fold resumed, none trained again.
+    out.unlink()
+    second = fold.parent / "fold_1"
+    kept = (fold / "checkpoint_final.pt").stat().st_mtime_ns
+    (second / "checkpoint_final.pt").unlink()
+    assert pretrain(ensemble, s, tmp_path / "work") == out
+    assert (second / "checkpoint_final.pt").is_file() and (fold / "checkpoint_final.pt").stat().st_mtime_ns == kept
+    out.unlink()
+    assert pretrain(ensemble, s, tmp_path / "work") == out
 
 
 def test_a_built_in_model_predicts_with_its_recipes_edge_context(tmp_path: Path,

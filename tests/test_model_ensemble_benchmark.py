@@ -29,8 +29,10 @@ def test_the_average_decides_and_one_organ_is_kept() -> None:
     sure[1:3, 2:6, 2:6] = 1  # one member: a liver block, sure of it
     unsure[1:3, 2:6, 2:4] = 2  # the other: half of it vessel, barely
     unsure[1:3, 2:6, 4:6] = 1
-    unsure[0, 0, 7] = 1  # and a stray voxel of liver far away
-    a, b = softmax_of(sure, 0.9), softmax_of(unsure, 0.4)
+    unsure[0, 0, 7] = 1  # and a stray voxel of liver far away, which the other member is as sure of
+    stray = sure.copy()
+    stray[0, 0, 7] = 1
+    a, b = softmax_of(stray, 0.9), softmax_of(unsure, 0.4)
     labels = me.ensemble_labels([a, b])
     assert set(np.unique(labels)) == {0, 1}  # the sure member outweighs the unsure vessel
     assert np.array_equal(labels > 0, sure > 0)  # the stray voxel is not the largest component: dropped
