@@ -46,12 +46,13 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
     plan = ["plan_and_preprocess", "-d", recipe.dataset, "--features", str(recipe.features), *recipe.plan_args]
     # The plan is made again every time (the recipe owns it, and planning is cheap): plans kept from an
     # older recipe in the work folder would otherwise train the new recipe's steps on the old network.
+    parser = build_parser()
     for argv in (plan + ["--only", "fingerprint"], plan + ["--only", "plan", "--force"],
                  plan + ["--only", "preprocess"]):
-        _run(build_parser(), argv, local)
-    runs = {fold: _parsed(build_parser(), ["train", "-d", recipe.dataset, "-f", str(fold), "--steps", str(recipe.steps),
-                                           "--threads", str(recipe.threads), "--seed", str(recipe.seed),
-                                           *recipe.train_args]) for fold in recipe.folds}
+        _run(parser, argv, local)
+    runs = {fold: _parsed(parser, ["train", "-d", recipe.dataset, "-f", str(fold), "--steps", str(recipe.steps),
+                                   "--threads", str(recipe.threads), "--seed", str(recipe.seed), *recipe.train_args])
+            for fold in recipe.folds}
     # Every fold's state before any is trained: a fold of another recipe is refused before the stamp
     # could be rewritten over it, and the stamp is written only into a folder without any trained fold.
     states = {fold: _fold_state(local, recipe, work, fold, args) for fold, args in runs.items()}
@@ -67,10 +68,8 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
         args.func(args, local)
     _decide_postprocessing(recipe, local)
     out.parent.mkdir(parents=True, exist_ok=True)
-    export = build_parser().parse_args(["export", "-d", recipe.dataset, "-o", str(out), "-f",
-                                        *map(str, recipe.folds)] + (["--overwrite"] if force else []))
-    export.argv = []
-    export.func(export, local)
+    _run(parser, ["export", "-d", recipe.dataset, "-o", str(out), "-f", *map(str, recipe.folds)]
+         + (["--overwrite"] if force else []), local)
     log.info("built-in model '%s' written to %s", recipe.name, out)
     return out
 

@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--baseline {baseline} is neither a model nor an ensemble")
     sets = [parse_set(s) for s in args.sets]
     known = {name for name, *_ in sets} | ({REAL_SET} if args.real else set())
-    for pool in args.pool:
-        strangers = sorted(set(pool.partition("=")[2].split(",")) - known)
+    pools = {name: members.split(",") for name, _, members in (pool.partition("=") for pool in args.pool)}
+    for pool, members in pools.items():
+        strangers = sorted(set(members) - known)
         if strangers:
             raise SystemExit(f"--pool {pool}: {', '.join(strangers)} is not a set here ({', '.join(sorted(known))})")
     inputs: list[tuple[str, str, Path, Any]] = []  # set, case, where its images lie, how to read its reference
@@ -167,12 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         for row, name in zip(rows, names):
             labels = ensemble_labels([member[m] for m in row])
             scores[name].setdefault(set_name, {})[case_name] = case_scores(labels, ref, convention)
-    for pool in args.pool:
-        pool_name, _, members = pool.partition("=")
+    for pool, members in pools.items():
         for name in names:
-            scores[name][pool_name] = {f"{m}/{c}": v for m in members.split(",") for c, v in scores[name].get(m, {}).items()}
+            scores[name][pool] = {f"{m}/{c}": v for m in members for c, v in scores[name].get(m, {}).items()}
     report: dict[str, Any] = {}
-    for set_name in [*dict.fromkeys(i[0] for i in inputs), *(pool.partition("=")[0] for pool in args.pool)]:
+    for set_name in [*dict.fromkeys(i[0] for i in inputs), *pools]:
         cases = sorted(scores[baseline].get(set_name, {}))
         keys = sorted({k for s in scores[baseline].get(set_name, {}).values() for k in s})
         print(f"\n{set_name} ({len(cases)} cases), paired against {baseline}:")
@@ -182,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             entry: dict[str, Any] = {"per_case": per_case}
             cells = []
             for key in keys:
-                values = [per_case[c][key] for c in cases if per_case[c].get(key) is not None]
+                scored_cases = [c for c in cases if per_case[c].get(key) is not None]  # a pool may mix conventions
+                values = [per_case[c][key] for c in scored_cases]
                 entry[f"mean_{key}"] = float(np.mean(values)) if values else None
                 cell = f"{key} {entry[f'mean_{key}']:.3f}" if values else f"{key} -"
                 if name != baseline and values:
-                    scored_cases = [c for c in cases if per_case[c].get(key) is not None]  # a pool may mix conventions
                     pair = paired(per_case, scores[baseline][set_name], scored_cases, key)
                     entry[f"paired_{key}"] = pair
                     cell += f" ({pair['paired_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}])"
