@@ -52,6 +52,8 @@ class Recipe:
     folds: tuple[int, ...] = (0,)
     #: Extra ``train`` flags (e.g. ``--edge-context 0.25``).
     train_args: tuple[str, ...] = ()
+    #: The trunk generator's version that draws the phantoms (:data:`autoseg.phantom_trunk.TRUNK_VERSIONS`).
+    trunk_version: int = 3
     #: Phantom spacing range (None: the trunk generator's; tests give a coarse one).
     spacing_range: "SpacingRange | None" = None
     #: Extra ``plan_and_preprocess`` flags: the built-in models pin their plan's throughput with them.

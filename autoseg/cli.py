@@ -142,6 +142,8 @@ def _dataset_to_plan(specs: list[str], merge: str | None, settings: Settings) ->
 
 
 def _add_phantom_parser(sub: argparse._SubParsersAction) -> None:
+    from autoseg.phantom import add_trunk_version_argument
+
     p = sub.add_parser("phantom", help="write a synthetic abdominal CT task (MSD format)",
                        description="Generate the embedded default dataset: synthetic abdominal CT with "
                                    "liver, hepatic vessels and tumours, as an MSD task folder.",
@@ -163,6 +165,7 @@ def _add_phantom_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
                    help="share of tumour-free livers among the training and among the test cases (default: 0.3 "
                         "for families 2 and 3, none for family 1)")
+    add_trunk_version_argument(p)
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -171,7 +174,7 @@ def _cmd_phantom(args: argparse.Namespace, settings: Settings) -> int:
 
     out = write_task(args.output or settings.raw, task=args.task, num_training=args.num_training,
                      num_test=args.test, seed=args.seed, family=args.family,
-                     tumour_free_share=args.tumour_free_share)
+                     tumour_free_share=args.tumour_free_share, trunk_version=args.trunk_version)
     print(f"wrote {out}")
     return 0
 

@@ -261,7 +261,7 @@ def case_seed(seed: int, index: int) -> int:
 def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_test: int = 2,
                seed: int = 0, shape: tuple[int, int, int] | None = None,
                spacing_range: SpacingRange | None = None, family: int = 1,
-               tumour_free_share: float | None = None) -> Path:
+               tumour_free_share: float | None = None, trunk_version: int | None = None) -> Path:
     """Write an MSD task folder of phantoms under ``out_dir`` and return its path.
 
     The folder (``Task08_HepaticVessel`` or ``Task03_Liver``) holds ``dataset.json``, ``imagesTr``,
@@ -279,7 +279,9 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
     writes trunk phantoms (:mod:`autoseg.phantom_trunk`: thorax to pelvis, randomised field of view
     and appearance; tumour-free share as family 2), the only family for task ``LiverVesselTumour``.
     Family 1 has tumour-free livers only when ``tumour_free_share`` is given (the same patients as
-    without it, their tumours left out).
+    without it, their tumours left out). ``trunk_version`` picks the trunk generator's version
+    (default :data:`autoseg.phantom_trunk.TRUNK_VERSION`; family 3 only); it is recorded, so a folder
+    of another version is rewritten.
     """
     spec = task_spec(task)
     if task == "LiverVesselTumour" and family != 3:
@@ -292,6 +294,11 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
         raise ConfigurationError(f"need num_training >= 1 and num_test >= 0, got {num_training} and "
                                  f"{num_test}", fix="ask for at least one training case")
     share = _family_share(family, tumour_free_share)
+    if trunk_version is not None and family != 3:
+        raise ConfigurationError(f"a trunk generator version applies to family 3 only, not family {family}",
+                                 fix="drop --trunk-version, or pass --family 3")
+    version = _trunk().check_version(_trunk().TRUNK_VERSION if trunk_version is None else trunk_version) \
+        if family == 3 else None
     if shape is None and spacing_range is None:
         spacing_range = DEMO_SPACING_RANGE if family != 3 else _trunk().TRUNK_SPACING_RANGE
     root = Path(out_dir) / spec.folder
@@ -303,7 +310,7 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
 
         params.update(generator_version=GENERATOR2_VERSION, tumour_free_share=share)
     elif family == 3:
-        params.update(generator_version=_trunk().TRUNK_VERSION, tumour_free_share=share)
+        params.update(generator_version=version, tumour_free_share=share)
     elif share:  # family 1 records a share only when asked for one (its earlier tasks stay current)
         params.update(tumour_free_share=share)
     names = [f"{spec.prefix}_{i:03d}.nii.gz" for i in range(num_training + num_test)]
@@ -320,8 +327,8 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
     root.mkdir(parents=True, exist_ok=True)
     write_json(marker, {**params, "complete": False})
     _remove_stale(root, spec.prefix, set(files))
-    _write_cases(root, task, seed, names, num_training, shape, spacing_range, family, share)
-    write_json(raw.metadata, _dataset_json(spec, names, num_training, family))
+    _write_cases(root, task, seed, names, num_training, shape, spacing_range, family, share, version)
+    write_json(raw.metadata, _dataset_json(spec, names, num_training, family, version))
     write_json(marker, {**params, "complete": True})
     logger.info("wrote %d training and %d test phantoms to %s", num_training, num_test, root)
     return root
@@ -370,7 +377,7 @@ def _remove_stale(root: Path, prefix: str, keep: set[Path]) -> None:
 
 def _write_cases(root: Path, task: str, seed: int, names: list[str], num_training: int,
                  shape: tuple[int, int, int] | None, spacing_range: SpacingRange | None,
-                 family: int = 1, share: float | None = None) -> None:
+                 family: int = 1, share: float | None = None, trunk_version: int | None = None) -> None:
     from tqdm import tqdm
 
     from autoseg import phantom_family2
@@ -382,7 +389,7 @@ def _write_cases(root: Path, task: str, seed: int, names: list[str], num_trainin
                                                  spacing_range=spacing_range, tumour_free=index in tumour_free)
         elif family == 3:
             case = _trunk().generate_trunk_case(case_seed(seed, index), task, spacing_range=spacing_range,
-                                                tumour_free=index in tumour_free)
+                                                tumour_free=index in tumour_free, version=trunk_version)
         else:
             case = generate_case(case_seed(seed, index), task, shape=shape, spacing_range=spacing_range,
                                  tumour_free=index in tumour_free)
@@ -392,7 +399,8 @@ def _write_cases(root: Path, task: str, seed: int, names: list[str], num_trainin
         write_image(labels / name, case.labels, case.geometry)
 
 
-def _dataset_json(spec: TaskSpec, names: list[str], num_training: int, family: int = 1) -> dict:
+def _dataset_json(spec: TaskSpec, names: list[str], num_training: int, family: int = 1,
+                  trunk_version: int | None = None) -> dict:
     if family == 2:
         from autoseg.phantom_family2 import GENERATOR2_VERSION
 
@@ -402,7 +410,7 @@ def _dataset_json(spec: TaskSpec, names: list[str], num_training: int, family: i
     elif family == 3:
         description = spec.description.replace("portal venous ", "") + " (trunk phantoms, family 3)"
         reference, release = "autoseg trunk phantoms (autoseg.phantom_trunk)", \
-            f"autoseg trunk phantom generator v{_trunk().TRUNK_VERSION}"
+            f"autoseg trunk phantom generator v{trunk_version}"
     else:
         description, reference = spec.description, "autoseg synthetic phantom (autoseg.phantom)"
         release = f"autoseg phantom generator v{GENERATOR_VERSION}"
@@ -450,6 +458,15 @@ def add_family_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tumour-free-share", type=float, default=None, metavar="S",
                    help="share of tumour-free livers among the training and the test cases (default: 0.3 for "
                         "families 2 and 3, none for family 1)")
+    add_trunk_version_argument(p)
+
+
+def add_trunk_version_argument(p: argparse.ArgumentParser) -> None:
+    """``--trunk-version`` (shared with ``autoseg phantom``; checked by :func:`write_task`, so that building
+    the command line does not import the generator)."""
+    p.add_argument("--trunk-version", type=int, default=None, metavar="V",
+                   help="family 3 only: the trunk generator's version (default: the one the built-in model is "
+                        "trained on; docs/synthetic_model.md says what each version changed)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -460,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = write_task(args.out_dir, args.task, args.num_training, args.num_test, args.seed,
                           shape=tuple(args.shape) if args.shape else None,
                           spacing_range=CLINICAL_SPACING_RANGE if args.clinical else None,
-                          family=args.family, tumour_free_share=args.tumour_free_share)
+                          family=args.family, tumour_free_share=args.tumour_free_share,
+                          trunk_version=args.trunk_version)
     except AutosegError as exc:
         logger.error("%s", exc)
         return 2

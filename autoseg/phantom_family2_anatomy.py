@@ -91,7 +91,10 @@ def _p(*v: float) -> np.ndarray:
     return np.array(v, dtype=float)
 
 
-def draw_frame(rng: np.random.Generator) -> Frame:
+def draw_frame(rng: np.random.Generator, spine_depth: tuple[float, float] = (70.0, 90.0)) -> Frame:
+    """Body, wall, cavity and spine; ``spine_depth`` (mm): the range of the vertebral body centre's depth
+    in front of the back muscles' posterior surface (family 2's range is the default; the same draws
+    are made whatever the range, so a case differs from another range's only there)."""
     rx = _u(rng, 135, 185)
     ry, cy, n, taper = rx * _u(rng, 0.62, 0.8), _u(rng, -10, 10), _u(rng, 2.2, 3.4), _u(rng, -0.06, 0.06)
     back = cy + ry * _u(rng, 0.82, 0.92)
@@ -99,7 +102,7 @@ def draw_frame(rng: np.random.Generator) -> Frame:
     muscle = _u(rng, 6, 13)
     body = Prism((cy, 0), (ry, rx), n, taper, back)
     spine_r = (_u(rng, 14, 18), _u(rng, 19, 25))
-    spine_y = back - fat[2] - _u(rng, 70, 90)
+    spine_y = back - fat[2] - _u(rng, *spine_depth)
     cav_r = (ry - fat[0] - muscle, rx - fat[1] - muscle)
     cavity = Prism((cy, 0), cav_r, n, taper, back - fat[2] - _u(rng, 18, 28))
     wall = Prism((cy, 0), (ry - fat[0], rx - fat[1]), n, taper, back - fat[2])

@@ -38,11 +38,16 @@ phases as family 2), not fitted to any case, real or synthetic.
 Version 2 added the fields of view that start inside the liver, the fatty unenhanced livers and the
 larger unenhanced share: version 1's model found no liver on a real unenhanced CT whose field of view
 starts below the liver's dome (issue 25, ``docs/synthetic_model.md``): it had never seen either.
+Version 4 (drawn on request, :data:`TRUNK_VERSIONS`) puts the spine at the depth the literature
+measures (:data:`SPINE_DEPTH_MM`): version 3 kept family 2's, about 25 mm too deep inside the body,
+so its livers lay further back around the spine than a real one does
+(``benchmarks/liver_occupancy.py``).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from autoseg.errors import ConfigurationError
 from autoseg.phantom import PhantomCase, SpacingRange, task_spec
 from autoseg.phantom_family2 import is_tumour_free, render
 from autoseg.phantom_family2_anatomy import (PHASE_HU, PLAIN_HU, Anatomy2, Frame, Hu, draw_abdomen, draw_bowel,
@@ -58,8 +63,19 @@ from autoseg.phantom_shapes import Grid
 TRUNK_TISSUES: dict[str, int] = {**TISSUES2, "bladder_wall": 35, "urine": 36}
 #: Spacing ``((z, y, x) low, (z, y, x) high)`` mm of trunk phantoms (drawn per case).
 TRUNK_SPACING_RANGE: SpacingRange = ((2.5, 2.4, 2.4), (5.0, 4.0, 4.0))
-#: Version of the trunk generator, recorded in ``phantom.json``.
+#: The trunk generator's versions that can be drawn, and the default one (recorded in ``phantom.json``):
+#: the version the built-in ``synthetic`` recipe is trained on, until a newer one has been measured
+#: to serve it better (docs/synthetic_model.md).
+TRUNK_VERSIONS = (3, 4)
 TRUNK_VERSION = 3
+#: Depth (mm) of the vertebral body's centre in front of the back muscles' posterior surface, per
+#: version. Version 3 kept family 2's 70-90 mm, which puts the spinal canal's centre 41-68 mm in
+#: front of that surface. Version 4 draws 45-65 mm (canal 20-40 mm in front of it), so that with the
+#: drawn back fat the skin-to-canal depth averages about 52 mm: the skin-to-posterior-epidural-space
+#: depth measured on MRI is 4.2-5.1 cm at L3-L5 (Lee & Kim, Korean J Anesthesiol 2004, 124 adults) and
+#: about 3.5 cm at L1-L2 (a median), and the canal's centre lies about 8 mm deeper. With the canal
+#: that deep, a version-3 liver lay up to 60 mm behind it and its front stopped about 120 mm in front.
+SPINE_DEPTH_MM: dict[int, tuple[float, float]] = {3: (70.0, 90.0), 4: (45.0, 65.0)}
 TRUNK_PHASES = ("unenhanced",) + PHASES
 #: Unenhanced attenuation of the tissues that enhance (approximate HU ranges).
 UNENHANCED_HU: dict[str, tuple[float, float]] = {
@@ -219,12 +235,21 @@ def _end_at_the_pelvis(rng: np.random.Generator, f: Frame, items: list[Item], pz
     return out
 
 
-def draw_trunk(seed: int, tumour_free: bool) -> tuple[Anatomy2, float]:
-    """The anatomy of trunk case ``seed`` and the z (mm) of its iliac crest."""
+def check_version(version: int) -> int:
+    """``version`` if the trunk generator can draw it, else a :class:`ConfigurationError` naming the ones it can."""
+    if version not in TRUNK_VERSIONS:
+        raise ConfigurationError(f"trunk generator version {version} does not exist",
+                                 fix=f"pass --trunk-version {' or '.join(str(v) for v in TRUNK_VERSIONS)}")
+    return version
+
+
+def draw_trunk(seed: int, tumour_free: bool, version: int = TRUNK_VERSION) -> tuple[Anatomy2, float]:
+    """The anatomy of trunk case ``seed`` (generator ``version``) and the z (mm) of its iliac crest.
+    Versions draw the same random numbers: a case differs between them only where they differ."""
     rng = [np.random.default_rng([seed, 3003, k]) for k in range(6)]  # body, liver, vessels, lesions, HU, rest
     phase = str(rng[4].choice(TRUNK_PHASES, p=[0.25, 0.2, 0.4, 0.15]))
     hu = _TrunkHu(rng[4], phase, scrambled=bool(rng[4].random() < 0.4))
-    f = draw_frame(rng[0])
+    f = draw_frame(rng[0], spine_depth=SPINE_DEPTH_MM[check_version(version)])
     abdomen, keep_out = draw_abdomen(rng[0], f, hu)
     pz = _u(rng[5], -230, -180)  # iliac crest, relative to the liver's region
     items = draw_wall_and_spine(rng[0], f, hu) + draw_chest(rng[0], f, hu)
@@ -264,12 +289,13 @@ def trunk_grid(seed: int, spacing: tuple[float, float, float] | None = None,
 
 def generate_trunk_case(seed: int, task: str = "LiverVesselTumour", spacing: tuple[float, float, float] | None = None,
                         spacing_range: SpacingRange | None = None, tumour_free: bool | None = None,
-                        tumour_free_share: float = 0.3) -> PhantomCase:
-    """Render trunk case ``seed`` for ``task`` (``LiverVesselTumour``, ``Task03`` or ``Task08``)."""
+                        tumour_free_share: float = 0.3, version: int = TRUNK_VERSION) -> PhantomCase:
+    """Render trunk case ``seed`` for ``task`` (``LiverVesselTumour``, ``Task03`` or ``Task08``) with
+    generator ``version``."""
     task_spec(task)
     if tumour_free is None:
         tumour_free = is_tumour_free(seed, tumour_free_share)
-    anatomy, _ = draw_trunk(seed, tumour_free)
+    anatomy, _ = draw_trunk(seed, tumour_free, version)
     grid = trunk_grid(seed, spacing, spacing_range)
     image, tissues = render(anatomy, grid, seed)
     origin = (grid.origin[2], grid.origin[1], grid.origin[0])
@@ -291,5 +317,5 @@ def trunk_labels(tissues: np.ndarray, task: str) -> np.ndarray:
     return labels
 
 
-__all__ = ["TRUNK_TISSUES", "TRUNK_SPACING_RANGE", "TRUNK_VERSION", "draw_trunk", "generate_trunk_case",
-           "trunk_grid", "trunk_labels"]
+__all__ = ["SPINE_DEPTH_MM", "TRUNK_TISSUES", "TRUNK_SPACING_RANGE", "TRUNK_VERSION", "TRUNK_VERSIONS",
+           "check_version", "draw_trunk", "generate_trunk_case", "trunk_grid", "trunk_labels"]

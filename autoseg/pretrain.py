@@ -42,7 +42,7 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
         raise ConfigurationError(f"{out} exists", fix="pass --force to make it again and replace it")
     local = replace(settings, raw=work / "raw", preprocessed=work / "preprocessed", results=work / "results")
     write_task(local.raw, recipe.task, num_training=recipe.cases, num_test=0, seed=recipe.seed, family=3,
-               spacing_range=recipe.spacing_range)
+               spacing_range=recipe.spacing_range, trunk_version=recipe.trunk_version)
     plan = ["plan_and_preprocess", "-d", recipe.dataset, "--features", str(recipe.features), *recipe.plan_args]
     # The plan is made again every time (the recipe owns it, and planning is cheap): plans kept from an
     # older recipe in the work folder would otherwise train the new recipe's steps on the old network.
@@ -128,10 +128,10 @@ RECIPE_STAMP = "recipe.json"
 def recipe_stamp(recipe: Recipe) -> dict[str, Any]:
     """The recipe as JSON data, with the version of the generator that drew its phantoms (what
     :data:`RECIPE_STAMP` holds): a new generator rewrites the phantoms, and a fold trained on the old
-    ones must not be exported as the new model."""
-    from autoseg.phantom_trunk import TRUNK_VERSION
-
-    return {**json.loads(json.dumps(asdict(recipe))), "phantom_generator": f"trunk v{TRUNK_VERSION}"}
+    ones must not be exported as the new model. The version is stamped as ``phantom_generator`` only,
+    as stamps have recorded it since version 1, so a folder of the same recipe stays current."""
+    fields = {k: v for k, v in asdict(recipe).items() if k != "trunk_version"}
+    return {**json.loads(json.dumps(fields)), "phantom_generator": f"trunk v{recipe.trunk_version}"}
 
 
 def _fold_state(settings: Settings, recipe: Recipe, work: Path, fold_index: int, train: argparse.Namespace

@@ -10,7 +10,9 @@ import pytest
 from autoseg.errors import ConfigurationError
 from autoseg.phantom import write_task
 from autoseg.phantom_family2_shapes import LIVER_TISSUES, TUMOUR_TISSUES, VESSEL_TISSUES
-from autoseg.phantom_trunk import (TRUNK_TISSUES, draw_trunk, generate_trunk_case, trunk_grid, trunk_labels)
+from autoseg.phantom_family2_anatomy import draw_frame
+from autoseg.phantom_trunk import (SPINE_DEPTH_MM, TRUNK_TISSUES, draw_trunk, generate_trunk_case, trunk_grid,
+                                   trunk_labels)
 
 COARSE = (5.0, 4.0, 4.0)
 
@@ -91,7 +93,36 @@ def test_write_task_family_3(tmp_path: Path) -> None:
     assert root.name == "Task100_LiverVesselTumour"
     assert meta["labels"] == {"0": "background", "1": "liver", "2": "vessel", "3": "tumour"}
     assert "trunk" in meta["release"] and len(list((root / "imagesTr").iterdir())) == 2
-    assert json.loads((root / "phantom.json").read_text())["family"] == 3
+    marker = json.loads((root / "phantom.json").read_text())
+    assert marker["family"] == 3 and marker["generator_version"] == 3
+    again = write_task(tmp_path, "LiverVesselTumour", num_training=2, num_test=1, seed=3, family=3,
+                       spacing_range=((6.0, 6.0, 6.0), (6.0, 6.0, 6.0)), trunk_version=4)
+    assert json.loads((again / "phantom.json").read_text())["generator_version"] == 4
+    assert json.loads((again / "dataset.json").read_text())["release"].endswith("v4")
+
+
+def test_version_4_puts_the_spine_where_the_literature_measures_it() -> None:
+    """Skin to spinal canal centre (the frame's back, its back fat, the canal ~25 mm behind the vertebral
+    body's centre): MRI puts the skin-to-epidural depth at 3.5-5.1 cm, the canal's centre ~8 mm deeper."""
+    def depth(seed: int, version: int) -> float:
+        f = draw_frame(np.random.default_rng([seed, 3003, 0]), spine_depth=SPINE_DEPTH_MM[version])
+        return f.back - (f.spine_y + f.spine_r[0] + 9.5)
+
+    v3 = np.array([depth(s, 3) for s in range(200)])
+    v4 = np.array([depth(s, 4) for s in range(200)])
+    assert 45 <= v4.mean() <= 60 < v3.mean()
+    assert np.allclose(v3 - v4, 25.0), "the same draws: only the spine moved"
+    a, b = draw_trunk(5, False, version=3)[0], draw_trunk(5, False, version=4)[0]
+    assert a.phase == b.phase and a.liver_hu == b.liver_hu, "versions draw the same random numbers"
+
+
+def test_an_unknown_trunk_version_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="version 9 does not exist") as err:
+        write_task(tmp_path, "LiverVesselTumour", family=3, trunk_version=9)
+    assert "--trunk-version 3 or 4" in err.value.fix
+    with pytest.raises(ConfigurationError, match="family 3 only"):
+        write_task(tmp_path, "Task03", family=2, trunk_version=4)
+    assert not any(tmp_path.iterdir()), "nothing written for a refused request"
 
 
 def test_wrong_family_combinations_are_refused(tmp_path: Path) -> None:

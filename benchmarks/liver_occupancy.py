@@ -1,0 +1,306 @@
+"""Where livers lie relative to the spine: occupancy maps of phantom families and real CT.
+
+A model trained only on trunk phantoms can find a liver only where the trunk generator puts one. The
+family-1 phantoms' livers it misses lie at the liver's back, beside the spine (docs/synthetic_model.md),
+so this benchmark measures, for each set of cases, where its livers lie in the axial plane relative to
+the spinal canal, the one landmark every set draws the same way (phantoms: the CSF tissue of their
+tissue maps; real CT: TotalSegmentator's ``spinal_cord`` label), with no bone thresholding:
+
+- per axial slice holding both liver and canal, every liver voxel's offset from the canal's centroid
+  in patient coordinates (mm; LPS: +dy posterior, +dx the patient's left), read through each image's
+  direction matrix so that RAS files and phantoms agree;
+- a case's occupancy map: on a 5 mm grid, the share of its liver slices with liver in each cell; a
+  set's map is the mean over its cases that hold liver beside the canal;
+- per case: the share of the liver's volume at or behind 40 and 20 mm in front of the canal's centre
+  (the vertebral body's centre lies about 25-35 mm in front of it), the 5th percentile, mean and 95th
+  percentile of dy (how far forward, where on average and how far back the liver lies), and how close to the midline the liver behind -40 mm comes (5th
+  percentile of ``|dx|``);
+- against each reference set (``--reference``, e.g. the training family): the share of each case's
+  liver volume in cells where the reference's occupancy is under 5 % (``rare_in_<reference>``): liver
+  where a model trained on the reference has almost never seen one.
+
+Sets are ``NAME=GENERATOR:SEED:N``: cases ``case_seed(SEED, i)`` for ``i < N`` (the cases ``autoseg
+phantom --seed SEED`` writes), GENERATOR ``family1``, ``family2``, ``trunk`` (the current trunk
+generator) or ``trunkV`` (trunk generator version V). ``--real`` adds TotalSegmentator's example CT and
+its DICOM series where ``../shared/data/real`` holds them; they are described, never used to set a
+generator constant. Results are appended to ``benchmarks/results/liver_occupancy.json``; ``--png``
+draws the maps. Not run by CI::
+
+    .venv/bin/python benchmarks/liver_occupancy.py --set trunk=trunk:0:30 --set family1=family1:0:20 \\
+        --set family2=family2:0:20 --real --reference trunk --png docs/liver_occupancy.png
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from bench_common import append_result, cpu_model  # noqa: E402
+from bench_preprocess import commit_label  # noqa: E402
+
+from autoseg.io import Geometry  # noqa: E402
+
+DEFAULT_REAL = REPO.parent / "shared" / "data" / "real"
+DEFAULT_OUT = BENCH / "results" / "liver_occupancy.json"
+#: The maps' cell (mm) and half-width (mm) around the canal.
+CELL_MM, HALF_MM = 5.0, 250.0
+#: A reference cell holding liver in fewer of its slices than this is "rare" there.
+RARE = 0.05
+#: How far in front of the canal's centre (mm) the liver counts as "behind" (two levels).
+BEHIND_MM = (-40.0, -20.0)
+
+
+@dataclass(frozen=True)
+class CaseMasks:
+    """One case: its liver, its spinal canal (or cord) and their grid."""
+
+    name: str
+    liver: np.ndarray
+    canal: np.ndarray
+    geometry: Geometry
+
+
+# --- measuring (pure) -----------------------------------------------------------------------------
+
+def _axial_axes(geometry: Geometry) -> np.ndarray:
+    """The direction matrix (columns: the array's x, y, z axes in LPS), checked to be axial: the
+    array's z axis runs head to foot (within 10 degrees)."""
+    d = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+    if abs(d[2, 2]) < np.cos(np.radians(10)):
+        raise ValueError(f"not an axial grid (direction {geometry.direction}): slices would not be axial")
+    return d
+
+
+def slice_offsets(liver: np.ndarray, canal: np.ndarray, geometry: Geometry
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per axial slice holding both liver and canal: the liver voxels' ``(dy, dx)`` offsets (mm, LPS:
+    +dy posterior, +dx the patient's left) from the canal's centroid in that slice."""
+    d = _axial_axes(geometry)
+    sx, sy, _ = geometry.spacing
+
+    def mm(mask: np.ndarray) -> np.ndarray:  # a slice's voxels -> LPS (x, y) mm, the origin dropped
+        j, i = np.nonzero(mask)  # rows y, columns x
+        return d[:2, 0][None] * (i * sx)[:, None] + d[:2, 1][None] * (j * sy)[:, None]
+
+    out = []
+    for z in range(liver.shape[0]):
+        if liver[z].any() and canal[z].any():
+            rel = mm(liver[z]) - mm(canal[z]).mean(axis=0)
+            out.append((rel[:, 1], rel[:, 0]))
+    return out
+
+
+def occupancy_map(offsets: list[tuple[np.ndarray, np.ndarray]], cell: float = CELL_MM,
+                  half: float = HALF_MM) -> np.ndarray:
+    """Share of the slices in ``offsets`` with liver in each ``cell``-mm cell, ``(dy, dx)`` from
+    ``-half`` to ``half`` (rows dy, columns dx); zeros when there is no slice."""
+    n = int(round(2 * half / cell))
+    grid = np.zeros((n, n), dtype=float)
+    for dy, dx in offsets:
+        r = np.floor((dy + half) / cell).astype(int)
+        c = np.floor((dx + half) / cell).astype(int)
+        keep = (r >= 0) & (r < n) & (c >= 0) & (c < n)
+        hit = np.zeros((n, n), dtype=bool)
+        hit[r[keep], c[keep]] = True
+        grid += hit
+    return grid / len(offsets) if offsets else grid
+
+
+def rare_share(offsets: list[tuple[np.ndarray, np.ndarray]], reference: np.ndarray, rare: float = RARE,
+               cell: float = CELL_MM, half: float = HALF_MM) -> float | None:
+    """Share of the liver voxels in ``offsets`` that lie in cells where ``reference`` is under ``rare``
+    (outside the map counts as rare); None without liver."""
+    if not offsets:
+        return None
+    n = reference.shape[0]
+    dy = np.concatenate([o[0] for o in offsets])
+    dx = np.concatenate([o[1] for o in offsets])
+    r = np.floor((dy + half) / cell).astype(int)
+    c = np.floor((dx + half) / cell).astype(int)
+    inside = (r >= 0) & (r < n) & (c >= 0) & (c < n)
+    low = np.ones(dy.shape, dtype=bool)
+    low[inside] = reference[r[inside], c[inside]] < rare
+    return float(low.mean())
+
+
+def case_figures(offsets: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """A case's summary: liver slices, the volume shares behind each :data:`BEHIND_MM` level, the 5th
+    percentile, mean and 95th percentile of dy (how far forward, where on average and how far back
+    the liver lies) and the 5th percentile of ``|dx|`` behind the first level (None where nothing is)."""
+    if not offsets:
+        return {"slices": 0}
+    dy = np.concatenate([o[0] for o in offsets])
+    dx = np.concatenate([o[1] for o in offsets])
+    figures: dict[str, Any] = {"slices": len(offsets)}
+    for level in BEHIND_MM:
+        figures[f"share_behind_{-level:g}mm"] = float((dy >= level).mean())
+    back = dy >= BEHIND_MM[0]
+    figures["dy_p5_mm"] = float(np.percentile(dy, 5))
+    figures["dy_mean_mm"] = float(dy.mean())
+    figures["dy_p95_mm"] = float(np.percentile(dy, 95))
+    figures["behind_abs_dx_p5_mm"] = float(np.percentile(np.abs(dx[back]), 5)) if back.any() else None
+    return figures
+
+
+# --- the sets -------------------------------------------------------------------------------------
+
+def _phantom_masks(generator: str, seed: int) -> CaseMasks:
+    """Liver and canal of one phantom from its tissue map."""
+    from autoseg.phantom import DEMO_SPACING_RANGE
+
+    if generator == "family1":
+        from autoseg.phantom import generate_case
+        from autoseg.phantom_anatomy import TISSUES
+
+        case = generate_case(seed, "Task03", spacing_range=DEMO_SPACING_RANGE)
+        liver_ids, csf = [TISSUES["liver"], TISSUES["vessel"], TISSUES["tumour"]], TISSUES["csf"]
+    else:
+        from autoseg.phantom_family2_shapes import LIVER_TISSUES, TISSUES2
+
+        liver_ids, csf = list(LIVER_TISSUES), TISSUES2["csf"]
+        if generator == "family2":
+            from autoseg.phantom_family2 import generate_case as generate2
+
+            case = generate2(seed, "Task03", spacing_range=DEMO_SPACING_RANGE)
+        else:
+            from autoseg.phantom_trunk import generate_trunk_case
+
+            version = generator[len("trunk"):]
+            kwargs = {"version": int(version)} if version else {}
+            case = generate_trunk_case(seed, "LiverVesselTumour", **kwargs)
+    return CaseMasks(f"{generator}:{seed}", np.isin(case.tissues, liver_ids), case.tissues == csf, case.geometry)
+
+
+SET_SPEC = re.compile(r"^(?P<name>[\w.-]+)=(?P<gen>family1|family2|trunk\d*):(?P<seed>\d+):(?P<n>\d+)$")
+
+
+def parse_set(text: str) -> tuple[str, str, int, int]:
+    """``NAME=GENERATOR:SEED:N`` -> (name, generator, seed, n)."""
+    m = SET_SPEC.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected NAME=GENERATOR:SEED:N with GENERATOR "
+                                         "family1, family2, trunk or trunkV (e.g. trunk4)")
+    return m["name"], m["gen"], int(m["seed"]), int(m["n"])
+
+
+def phantom_cases(generator: str, seed: int, n: int) -> list[Callable[[], CaseMasks]]:
+    from autoseg.phantom import case_seed
+
+    return [lambda s=case_seed(seed, i): _phantom_masks(generator, s) for i in range(n)]
+
+
+def real_cases(real: Path) -> list[Callable[[], CaseMasks]]:
+    """TotalSegmentator's example CT and DICOM series with their maps (liver 5, spinal cord 79), where present."""
+    from autoseg.io import read_label_on, read_sitk
+
+    folder = real / "totalsegmentator_example"
+    pairs = (("totalsegmentator_ct", "example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
+             ("totalsegmentator_dicom", "example_ct_dicom", "example_seg_dicom.nii.gz"))
+
+    def load(name: str, image: str, labels: str) -> CaseMasks:
+        geometry = Geometry.of(read_sitk(folder / image))
+        array, _ = read_label_on(folder / labels, geometry)
+        return CaseMasks(name, array == 5, array == 79, geometry)
+
+    return [lambda p=p: load(*p) for p in pairs if (folder / p[1]).exists() and (folder / p[2]).exists()]
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and range of each per-case figure over the cases that have it."""
+    keys = list(dict.fromkeys(k for c in cases for k in c if k not in ("case", "slices")))  # every case's, in order
+    out: dict[str, Any] = {"cases": len(cases)}
+    for k in keys:
+        values = [c[k] for c in cases if c.get(k) is not None]
+        if values:
+            out[k] = {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
+    return out
+
+
+def draw(maps: dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], maps.items()):
+        # shown as a radiologist reads an axial slice: patient's right on the image's left, front at the top
+        ax.imshow(grid, origin="upper", extent=(-HALF_MM, HALF_MM, HALF_MM, -HALF_MM), vmin=0, vmax=1,
+                  cmap="magma")
+        ax.contour(np.linspace(-HALF_MM, HALF_MM, grid.shape[1]), np.linspace(-HALF_MM, HALF_MM, grid.shape[0]),
+                   grid, levels=[RARE], colors="cyan", linewidths=0.6)
+        ax.plot([0], [0], "c+")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("dx mm (patient's left +)", fontsize=7)
+        ax.set_ylabel("dy mm (posterior +)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(f"share of liver slices with liver there (canal at +; cyan: {RARE:.0%})", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--set", dest="sets", type=parse_set, action="append", default=[], metavar="NAME=GEN:SEED:N")
+    p.add_argument("--real", action="store_true", help="add the TotalSegmentator example CT and DICOM series")
+    p.add_argument("--real-dir", type=Path, default=DEFAULT_REAL)
+    p.add_argument("--reference", action="append", default=[],
+                   help="a set whose map defines 'rare' (repeatable; default: the first set)")
+    p.add_argument("--png", type=Path, help="draw the sets' maps into this PNG")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    sets: dict[str, list[Callable[[], CaseMasks]]] = {name: phantom_cases(gen, seed, n)
+                                                        for name, gen, seed, n in args.sets}
+    if args.real:
+        for loader in real_cases(args.real_dir):
+            case = loader()
+            sets[case.name] = [lambda c=case: c]
+    if not sets:
+        p.error("give at least one --set (or --real with the real CT present)")
+    references = args.reference or [next(iter(sets))]
+    for reference in references:
+        if reference not in sets:
+            p.error(f"--reference {reference!r} is none of the sets ({', '.join(sets)})")
+    commit = commit_label()
+    offsets: dict[str, list[tuple[str, list]]] = {}
+    for name, loaders in sets.items():
+        offsets[name] = []
+        for load in loaders:
+            case = load()
+            offsets[name].append((case.name, slice_offsets(case.liver, case.canal, case.geometry)))
+        print(f"{name}: {len(loaders)} case(s)", flush=True)
+    # a set's map averages its cases that hold liver beside the canal (a pelvis-only field of view has none)
+    maps = {name: np.mean([occupancy_map(o) for _, o in cases if o] or [occupancy_map([])], axis=0)
+            for name, cases in offsets.items()}
+    rows = {}
+    for name, cases in offsets.items():
+        per_case = [{"case": c, **case_figures(o), **{f"rare_in_{r}": rare_share(o, maps[r]) for r in references}}
+                    for c, o in cases]
+        rows[name] = {"summary": summarise(per_case), "per_case": per_case}
+        s = rows[name]["summary"]
+        print(f"{name:24s} " + "  ".join(f"{k} {v['median']:.3g} [{v['min']:.3g}, {v['max']:.3g}]"
+                                          for k, v in s.items() if isinstance(v, dict)))
+    if args.png:
+        draw(maps, args.png)
+    append_result(args.out, {"benchmark": "liver_occupancy", "date": datetime.now(timezone.utc).isoformat(
+        timespec="seconds"), "commit": commit, "command": " ".join(sys.argv), "cpu": cpu_model(),
+        "cell_mm": CELL_MM, "rare": RARE, "references": references, "sets": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
