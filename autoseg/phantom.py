@@ -297,8 +297,9 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
     if trunk_version is not None and family != 3:
         raise ConfigurationError(f"a trunk generator version applies to family 3 only, not family {family}",
                                  fix="drop --trunk-version, or pass --family 3")
-    version = _trunk().check_version(_trunk().TRUNK_VERSION if trunk_version is None else trunk_version) \
-        if family == 3 else None
+    version = None
+    if family == 3:
+        version = _trunk().check_version(_trunk().TRUNK_VERSION if trunk_version is None else trunk_version)
     if shape is None and spacing_range is None:
         spacing_range = DEMO_SPACING_RANGE if family != 3 else _trunk().TRUNK_SPACING_RANGE
     root = Path(out_dir) / spec.folder

@@ -91,10 +91,14 @@ def _p(*v: float) -> np.ndarray:
     return np.array(v, dtype=float)
 
 
-def draw_frame(rng: np.random.Generator, spine_depth: tuple[float, float] = (70.0, 90.0)) -> Frame:
+#: Family 2's depth range (mm) of the vertebral body's centre in front of the back muscles' posterior surface.
+SPINE_DEPTH_MM = (70.0, 90.0)
+
+
+def draw_frame(rng: np.random.Generator, spine_depth: tuple[float, float] = SPINE_DEPTH_MM) -> Frame:
     """Body, wall, cavity and spine; ``spine_depth`` (mm): the range of the vertebral body centre's depth
-    in front of the back muscles' posterior surface (family 2's range is the default; the same draws
-    are made whatever the range, so a case differs from another range's only there)."""
+    in front of the back muscles' posterior surface (the same draws are made whatever the range, so a
+    case differs from another range's only where the spine and what is placed from it lie)."""
     rx = _u(rng, 135, 185)
     ry, cy, n, taper = rx * _u(rng, 0.62, 0.8), _u(rng, -10, 10), _u(rng, 2.2, 3.4), _u(rng, -0.06, 0.06)
     back = cy + ry * _u(rng, 0.82, 0.92)
@@ -134,8 +138,8 @@ def draw_wall_and_spine(rng: np.random.Generator, f: Frame, hu: Hu) -> list[Item
         Item("vertebra", T["bone_cortical"], hu("bone_cortical"), Intersect((column, bands))),
         Item("cancellous", T["bone_cancellous"], hu("bone_cancellous"),
              Intersect((Prism((f.spine_y, 0), (ry - cortex, rx - cortex), 2.2), bands))),
-        Item("arch", T["bone_cortical"], hu("bone_cortical"),
-             Intersect((arch, ZBands(period, 0.55 * period, z0 + period / 2)))),
+        Item("arch", T["bone_cortical"], hu("bone_cortical"),  # the spinous tip under the fat, never in it
+             Intersect((arch, ZBands(period, 0.55 * period, z0 + period / 2), f.wall))),
         Item("canal", T["csf"], hu("csf"), Prism((canal_y, 0), (_u(rng, 7, 9), _u(rng, 8, 11)), 2.0)),
     ]
 

@@ -40,8 +40,8 @@ larger unenhanced share: version 1's model found no liver on a real unenhanced C
 starts below the liver's dome (issue 25, ``docs/synthetic_model.md``): it had never seen either.
 Version 4 (drawn on request, :data:`TRUNK_VERSIONS`) puts the spine at the depth the literature
 measures (:data:`SPINE_DEPTH_MM`): version 3 kept family 2's, about 25 mm too deep inside the body,
-so its livers lay further back around the spine than a real one does
-(``benchmarks/liver_occupancy.py``).
+so its livers reached up to 56 mm behind the spinal canal, where family 1's and two real livers stop
+at or in front of it (``benchmarks/liver_occupancy.py``).
 """
 from __future__ import annotations
 
@@ -50,9 +50,10 @@ import numpy as np
 from autoseg.errors import ConfigurationError
 from autoseg.phantom import PhantomCase, SpacingRange, task_spec
 from autoseg.phantom_family2 import is_tumour_free, render
-from autoseg.phantom_family2_anatomy import (PHASE_HU, PLAIN_HU, Anatomy2, Frame, Hu, draw_abdomen, draw_bowel,
-                                             draw_chest, draw_frame, draw_ribs, draw_wall_and_spine,
-                                             liver_with_lesions)
+from autoseg.phantom_family2_anatomy import PHASE_HU, PLAIN_HU
+from autoseg.phantom_family2_anatomy import SPINE_DEPTH_MM as FAMILY2_SPINE_DEPTH_MM
+from autoseg.phantom_family2_anatomy import (Anatomy2, Frame, Hu, draw_abdomen, draw_bowel, draw_chest, draw_frame,
+                                             draw_ribs, draw_wall_and_spine, liver_with_lesions)
 from autoseg.phantom_family2_liver import PHASES
 from autoseg.phantom_family2_shapes import (LIVER_TISSUES, TISSUES2, TUMOUR_TISSUES, VESSEL_TISSUES, Capsules,
                                             HalfSpace, Intersect, Item, Region, Superquadric,
@@ -69,13 +70,13 @@ TRUNK_SPACING_RANGE: SpacingRange = ((2.5, 2.4, 2.4), (5.0, 4.0, 4.0))
 TRUNK_VERSIONS = (3, 4)
 TRUNK_VERSION = 3
 #: Depth (mm) of the vertebral body's centre in front of the back muscles' posterior surface, per
-#: version. Version 3 kept family 2's 70-90 mm, which puts the spinal canal's centre 41-68 mm in
-#: front of that surface. Version 4 draws 45-65 mm (canal 20-40 mm in front of it), so that with the
-#: drawn back fat the skin-to-canal depth averages about 52 mm: the skin-to-posterior-epidural-space
-#: depth measured on MRI is 4.2-5.1 cm at L3-L5 (Lee & Kim, Korean J Anesthesiol 2004, 124 adults) and
-#: about 3.5 cm at L1-L2 (a median), and the canal's centre lies about 8 mm deeper. With the canal
-#: that deep, a version-3 liver lay up to 60 mm behind it and its front stopped about 120 mm in front.
-SPINE_DEPTH_MM: dict[int, tuple[float, float]] = {3: (70.0, 90.0), 4: (45.0, 65.0)}
+#: version. Version 3 kept family 2's, which puts the spinal canal's centre 41-68 mm in front of that
+#: surface, about 76 mm under the skin on average. Version 4 draws 45-65 mm (the canal 16-43 mm in front
+#: of the surface), so that with the drawn back fat the skin-to-canal depth averages about 52 mm: MRI
+#: measures the skin-to-posterior-epidural-space depth at 4.2-5.1 cm at L3-L5 (Lee & Kim, Korean J
+#: Anesthesiol 2004, 124 adults) and at a median of about 3.5 cm at L1-L2, and the canal's centre lies
+#: about 8 mm deeper. docs/synthetic_model.md ("Where the liver lies around the spine") has the figures.
+SPINE_DEPTH_MM: dict[int, tuple[float, float]] = {3: FAMILY2_SPINE_DEPTH_MM, 4: (45.0, 65.0)}
 TRUNK_PHASES = ("unenhanced",) + PHASES
 #: Unenhanced attenuation of the tissues that enhance (approximate HU ranges).
 UNENHANCED_HU: dict[str, tuple[float, float]] = {

@@ -180,3 +180,16 @@ def test_the_recipe_plans_the_same_network_on_a_fast_and_a_slow_cpu(monkeypatch:
                                                                        fast.target_spacing)
     assert slow.patch_size == (64, 64, 80)
     assert plans_on(1.5e11, None).patch_size != plans_on(6e11, None).patch_size  # what the pin is for
+
+
+def test_the_recipe_stamp_records_the_generator_version_as_it_always_has() -> None:
+    """A work folder stamped before ``Recipe.trunk_version`` existed stays current (the version was and
+    is stamped as ``phantom_generator``); a recipe on another version is another recipe."""
+    from autoseg.phantom_trunk import TRUNK_VERSION
+
+    recipe = RECIPES["synthetic"]
+    assert recipe.trunk_version == TRUNK_VERSION, "the generator's default is the built-in model's version"
+    stamp = recipe_stamp(recipe)
+    assert stamp["phantom_generator"] == f"trunk v{recipe.trunk_version}" and "trunk_version" not in stamp
+    other = recipe_stamp(replace(recipe, trunk_version=4))
+    assert [k for k in stamp if stamp[k] != other[k]] == ["phantom_generator"]

@@ -44,6 +44,23 @@ def test_offsets_are_in_patient_space_whatever_the_grid() -> None:
     assert sorted(set(dx.tolist())) == [-14.0, -12.0]  # columns 3, 4 at 2 mm: the patient's right
 
 
+def test_a_grid_turned_in_plane_gives_the_same_offsets() -> None:
+    """The array's columns run along the patient's y (posterior) and its rows along -x (right): the
+    direction matrix's columns say so, and the offsets must come out as for the LPS grid. The matrix
+    is not symmetric, so reading its rows for its columns would fail here."""
+    liver, canal = anatomy()
+    lps = occ.slice_offsets(liver, canal, Geometry((20, 20, 3), (3.0, 3.0, 5.0), (0.0, 0.0, 0.0), LPS))
+    turned = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # row-major: index x -> LPS +y, index y -> LPS -x
+
+    def turn(a: np.ndarray) -> np.ndarray:  # turned[z, j, i] = lps[z, i, N - 1 - j]
+        return a.transpose(0, 2, 1)[:, ::-1, :]
+
+    out = occ.slice_offsets(turn(liver), turn(canal), Geometry((20, 20, 3), (3.0, 3.0, 5.0), (0.0, 0.0, 0.0), turned))
+    assert len(out) == len(lps) == 2
+    for (dy1, dx1), (dy2, dx2) in zip(lps, out):
+        assert np.allclose(sorted(zip(dy1, dx1)), sorted(zip(dy2, dx2)))
+
+
 def test_a_sagittal_grid_is_refused() -> None:
     liver, canal = anatomy()
     sagittal = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0)
@@ -53,6 +70,9 @@ def test_a_sagittal_grid_is_refused() -> None:
 
 def test_occupancy_counts_slices_and_rare_cells() -> None:
     one = [(np.array([-28.0, -27.0, -26.0]), np.array([-14.0, -14.0, -13.0]))]  # one slice, one 5 mm cell
+    edges = occ.occupancy_map([(np.array([-50.0, 45.0, 50.0]), np.array([0.0, 0.0, 0.0]))], cell=5.0, half=50.0)
+    # a cell holds its lower edge; +half lies off the map
+    assert edges[0, 10] == 1 and edges[19, 10] == 1 and edges.sum() == 2
     two = one + [(np.array([22.0]), np.array([2.0]))]  # a second slice with liver elsewhere
     grid = occ.occupancy_map(two, cell=5.0, half=50.0)
     assert grid.shape == (20, 20)
@@ -77,6 +97,8 @@ def test_sets_are_parsed_or_refused() -> None:
     assert occ.parse_set("f1=family1:3:5") == ("f1", "family1", 3, 5)
     with pytest.raises(Exception, match="NAME=GENERATOR:SEED:N"):
         occ.parse_set("f3=family3:0:5")
+    with pytest.raises(Exception, match="versions 3, 4, not 7"):
+        occ.parse_set("t=trunk7:0:5")
 
 
 def test_the_summary_covers_cases_without_liver() -> None:
@@ -84,6 +106,6 @@ def test_the_summary_covers_cases_without_liver() -> None:
              {"case": "x", "slices": 3, "dy_mean_mm": -50.0, "rare_in_a": 0.1},
              {"case": "y", "slices": 4, "dy_mean_mm": -30.0, "rare_in_a": 0.3}]
     summary = occ.summarise(cases)
-    assert summary["cases"] == 3
+    assert summary["cases"] == 3 and summary["cases_with_liver"] == 2
     assert summary["dy_mean_mm"] == {"median": -40.0, "min": -50.0, "max": -30.0}
     assert summary["rare_in_a"]["median"] == pytest.approx(0.2)

@@ -113,7 +113,30 @@ def test_version_4_puts_the_spine_where_the_literature_measures_it() -> None:
     assert 45 <= v4.mean() <= 60 < v3.mean()
     assert np.allclose(v3 - v4, 25.0), "the same draws: only the spine moved"
     a, b = draw_trunk(5, False, version=3)[0], draw_trunk(5, False, version=4)[0]
-    assert a.phase == b.phase and a.liver_hu == b.liver_hu, "versions draw the same random numbers"
+    # the same random numbers: every structure, in the same order, with the same attenuation
+    assert [(i.name, i.hu) for i in a.items] == [(i.name, i.hu) for i in b.items]
+    kidney = [(i.region.centre, j.region.centre) for i, j in zip(a.items, b.items) if i.name == "kidney"]
+    assert len(kidney) == 2 and all(np.allclose(k4 - k3, (0.0, 25.0, 0.0)) for k3, k4 in kidney), \
+        "the kidneys, placed from the spine, move back with it"
+    spleen = [(i.region, j.region) for i, j in zip(a.items, b.items) if i.name == "spleen"]
+    assert len(spleen) == 1, "one spleen"
+
+
+def test_no_bone_outside_the_body() -> None:
+    """Version 4's spine lies nearer the skin, and its vertebral arch, unclipped, would reach past the
+    skin in some cases: it is clipped to the muscle wall, so no bone lies in air or on the table."""
+    def pokes_out(seed: int) -> bool:
+        items = {i.name: i.region for i in draw_trunk(seed, False, version=4)[0].items}
+        arch = items["arch"]
+        while not hasattr(arch, "centre"):  # cut at the pelvis, cut into vertebrae, clipped: the arch's shape
+            arch = arch.parts[0]
+        return arch.centre[1] + arch.radii[1] > items["subcutaneous fat"].y_max
+    seed = 33  # the first of seeds 0-199 whose unclipped arch reaches past the skin (by 5.3 mm)
+    assert pokes_out(seed)
+    case = generate_trunk_case(seed, spacing=COARSE, version=4)
+    bone = np.isin(case.tissues, [TRUNK_TISSUES["bone_cortical"], TRUNK_TISSUES["bone_cancellous"]])
+    behind = np.roll(case.tissues, -1, axis=1)  # the next row back (LPS: +y is posterior)
+    assert bone.any() and not (bone & np.isin(behind, [TRUNK_TISSUES["air"], TRUNK_TISSUES["table"]])).any()
 
 
 def test_an_unknown_trunk_version_is_refused(tmp_path: Path) -> None:
