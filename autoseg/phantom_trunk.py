@@ -74,8 +74,9 @@ TRUNK_VERSION = 3
 #: surface, about 76 mm under the skin on average. Version 4 draws 45-65 mm (the canal 16-43 mm in front
 #: of the surface), so that with the drawn back fat the skin-to-canal depth averages about 52 mm: MRI
 #: measures the skin-to-posterior-epidural-space depth at 4.2-5.1 cm at L3-L5 (Lee & Kim, Korean J
-#: Anesthesiol 2004, 124 adults) and at a median of about 3.5 cm at L1-L2, and the canal's centre lies
-#: about 8 mm deeper. docs/synthetic_model.md ("Where the liver lies around the spine") has the figures.
+#: Anesthesiol 2004, 124 adults; the liver's levels lie higher, where the depth is no larger), and the
+#: canal's centre lies about 8 mm deeper. docs/synthetic_model.md ("Where the liver lies around the
+#: spine") has the figures.
 SPINE_DEPTH_MM: dict[int, tuple[float, float]] = {3: FAMILY2_SPINE_DEPTH_MM, 4: (45.0, 65.0)}
 TRUNK_PHASES = ("unenhanced",) + PHASES
 #: Unenhanced attenuation of the tissues that enhance (approximate HU ranges).

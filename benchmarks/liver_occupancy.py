@@ -15,6 +15,10 @@ tissue maps; real CT: TotalSegmentator's ``spinal_cord`` label), with no bone th
   (the vertebral body's centre lies about 25-35 mm in front of it), the 5th percentile, mean and 95th
   percentile of dy (how far forward, where on average and how far back the liver lies), and how close to the midline the liver behind -40 mm comes (5th
   percentile of ``|dx|``);
+- per case, the liver's extent from right to left, front to back and foot to head (mm), for livers the
+  field of view holds whole: the axes of the literature's maximum diameters (MRI of 886 adults,
+  Seppelt et al., Sci Rep 2022: craniocaudal 172 +- 20, antero-posterior 158 +- 19, left-right
+  197 +- 23 mm);
 - against each reference set (``--reference``, e.g. the training family): the share of each case's
   liver volume in cells where the reference's occupancy is under 5 % (``rare_in_<reference>``): liver
   where a model trained on the reference has almost never seen one.
@@ -37,6 +41,7 @@ import argparse
 import re
 import sys
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -157,6 +162,23 @@ def case_figures(offsets: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]
     return figures
 
 
+def liver_extents(liver: np.ndarray, geometry: Geometry) -> dict[str, float | None]:
+    """The liver's extent (mm) from the patient's right to left, front to back and foot to head: the
+    spread of its voxel centres plus one voxel, along each patient axis (LPS, through the direction
+    matrix). None where the liver touches a face of the volume (cut by the field of view) or is absent:
+    those are the axes of the literature's "maximum diameters" only for a whole liver."""
+    names = ("lr_mm", "ap_mm", "cc_mm")
+    if not liver.any() or any(np.take(liver, i, axis=a).any() for a in range(3) for i in (0, -1)):
+        return dict.fromkeys(names)
+    d = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+    spacing = np.asarray(geometry.spacing, dtype=float)  # x, y, z
+    idx = np.stack(np.nonzero(liver)[::-1], axis=1).astype(float)  # (x, y, z) indices
+    points = (idx * spacing) @ d.T  # LPS mm, the origin dropped
+    voxel = np.abs(d) @ spacing  # one voxel's size along each patient axis
+    extent = points.max(axis=0) - points.min(axis=0) + voxel
+    return {name: float(e) for name, e in zip(names, extent)}
+
+
 # --- the sets -------------------------------------------------------------------------------------
 
 def _phantom_masks(generator: str, seed: int) -> CaseMasks:
@@ -178,11 +200,10 @@ def _phantom_masks(generator: str, seed: int) -> CaseMasks:
 
             case = generate2(seed, "Task03", spacing_range=DEMO_SPACING_RANGE)
         else:
-            from autoseg.phantom_trunk import generate_trunk_case
+            from autoseg.phantom_trunk import TRUNK_VERSION, generate_trunk_case
 
             version = generator[len("trunk"):]
-            kwargs = {"version": int(version)} if version else {}
-            case = generate_trunk_case(seed, "LiverVesselTumour", **kwargs)
+            case = generate_trunk_case(seed, "LiverVesselTumour", version=int(version) if version else TRUNK_VERSION)
     return CaseMasks(f"{generator}:{seed}", np.isin(case.tissues, liver_ids), case.tissues == csf, case.geometry)
 
 
@@ -207,10 +228,10 @@ def parse_set(text: str) -> tuple[str, str, int, int]:
 def phantom_cases(generator: str, seed: int, n: int) -> list[Callable[[], CaseMasks]]:
     from autoseg.phantom import case_seed
 
-    return [lambda s=case_seed(seed, i): _phantom_masks(generator, s) for i in range(n)]
+    return [partial(_phantom_masks, generator, case_seed(seed, i)) for i in range(n)]
 
 
-def real_cases(real: Path) -> list[Callable[[], CaseMasks]]:
+def real_cases(real: Path) -> dict[str, Callable[[], CaseMasks]]:
     """TotalSegmentator's example CT and DICOM series with their maps (liver 5, spinal cord 79), where present."""
     from autoseg.io import read_label_on, read_sitk
 
@@ -223,7 +244,7 @@ def real_cases(real: Path) -> list[Callable[[], CaseMasks]]:
         array, _ = read_label_on(folder / labels, geometry)
         return CaseMasks(name, array == 5, array == 79, geometry)
 
-    return [lambda p=p: load(*p) for p in pairs if (folder / p[1]).exists() and (folder / p[2]).exists()]
+    return {p[0]: partial(load, *p) for p in pairs if (folder / p[1]).exists() and (folder / p[2]).exists()}
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -277,9 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     sets: dict[str, list[Callable[[], CaseMasks]]] = {name: phantom_cases(gen, seed, n)
                                                         for name, gen, seed, n in args.sets}
     if args.real:
-        for loader in real_cases(args.real_dir):
-            case = loader()
-            sets[case.name] = [lambda c=case: c]
+        sets.update({name: [loader] for name, loader in real_cases(args.real_dir).items()})
     if not sets:
         p.error("give at least one --set (or --real with the real CT present)")
     references = args.reference or [next(iter(sets))]
@@ -288,19 +307,21 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--reference {reference!r} is none of the sets ({', '.join(sets)})")
     commit = commit_label()
     offsets: dict[str, list[tuple[str, list]]] = {}
+    extents: dict[str, dict[str, float | None]] = {}
     for name, loaders in sets.items():
         offsets[name] = []
         for load in loaders:
             case = load()
             offsets[name].append((case.name, slice_offsets(case.liver, case.canal, case.geometry)))
+            extents[case.name] = liver_extents(case.liver, case.geometry)
         print(f"{name}: {len(loaders)} case(s)", flush=True)
     # a set's map averages its cases that hold liver beside the canal (a pelvis-only field of view has none)
     maps = {name: np.mean([occupancy_map(o) for _, o in cases if o] or [occupancy_map([])], axis=0)
             for name, cases in offsets.items()}
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name, cases in offsets.items():
-        per_case = [{"case": c, **case_figures(o), **{f"rare_in_{r}": rare_share(o, maps[r]) for r in references}}
-                    for c, o in cases]
+        per_case = [{"case": c, **case_figures(o), **{f"rare_in_{r}": rare_share(o, maps[r]) for r in references},
+                     **extents[c]} for c, o in cases]
         rows[name] = {"summary": summarise(per_case), "per_case": per_case}
         s = rows[name]["summary"]
         print(f"{name:24s} " + "  ".join(f"{k} {v['median']:.3g} [{v['min']:.3g}, {v['max']:.3g}]"

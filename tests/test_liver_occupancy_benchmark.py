@@ -109,3 +109,17 @@ def test_the_summary_covers_cases_without_liver() -> None:
     assert summary["cases"] == 3 and summary["cases_with_liver"] == 2
     assert summary["dy_mean_mm"] == {"median": -40.0, "min": -50.0, "max": -30.0}
     assert summary["rare_in_a"]["median"] == pytest.approx(0.2)
+
+
+def test_extents_follow_the_patient_axes_and_skip_cut_livers() -> None:
+    liver, _ = anatomy((5, 20, 20))
+    liver[:] = False
+    liver[1:4, 4:6, 3:9] = True  # 3 slices, 2 rows, 6 columns
+    geometry = Geometry((20, 20, 5), (2.0, 3.0, 5.0), (0.0, 0.0, 0.0), LPS)
+    assert occ.liver_extents(liver, geometry) == {"lr_mm": 12.0, "ap_mm": 6.0, "cc_mm": 15.0}
+    turned = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # index x -> LPS y, index y -> LPS -x
+    same = occ.liver_extents(liver.transpose(0, 2, 1)[:, ::-1, :],
+                             Geometry((20, 20, 5), (3.0, 2.0, 5.0), (0.0, 0.0, 0.0), turned))
+    assert same == {"lr_mm": 12.0, "ap_mm": 6.0, "cc_mm": 15.0}
+    liver[0] = liver[1]  # now it touches the first slice: cut by the field of view
+    assert occ.liver_extents(liver, geometry) == {"lr_mm": None, "ap_mm": None, "cc_mm": None}
