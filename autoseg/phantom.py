@@ -376,6 +376,24 @@ def _remove_stale(root: Path, prefix: str, keep: set[Path]) -> None:
                 path.unlink()
 
 
+def generate_family_case(family: int, seed: int, task: str, shape: tuple[int, int, int] | None = None,
+                         spacing_range: SpacingRange | None = None, tumour_free: bool | None = None,
+                         trunk_version: int | None = None) -> PhantomCase:
+    """Render case ``seed`` of phantom ``family`` (1, 2 or 3, the trunk; trunk phantoms draw their own
+    field of view, so ``shape`` is not theirs). ``tumour_free`` None: the family's own rule (family 1:
+    tumours; families 2 and 3 draw it from the seed). ``trunk_version`` None: the trunk generator's default."""
+    if family == 2:
+        from autoseg import phantom_family2
+
+        return phantom_family2.generate_case(seed, task, shape=shape, spacing_range=spacing_range,
+                                             tumour_free=tumour_free)
+    if family == 3:
+        trunk = _trunk()
+        return trunk.generate_trunk_case(seed, task, spacing_range=spacing_range, tumour_free=tumour_free,
+                                         version=trunk.TRUNK_VERSION if trunk_version is None else trunk_version)
+    return generate_case(seed, task, shape=shape, spacing_range=spacing_range, tumour_free=bool(tumour_free))
+
+
 def _write_cases(root: Path, task: str, seed: int, names: list[str], num_training: int,
                  shape: tuple[int, int, int] | None, spacing_range: SpacingRange | None,
                  family: int = 1, share: float | None = None, trunk_version: int | None = None) -> None:
@@ -385,15 +403,8 @@ def _write_cases(root: Path, task: str, seed: int, names: list[str], num_trainin
 
     tumour_free = phantom_family2.tumour_free_indices(seed, num_training, len(names) - num_training, share or 0.0)
     for index, name in enumerate(tqdm(names, desc=f"phantoms {root.name}", unit="case", disable=None)):
-        if family == 2:
-            case = phantom_family2.generate_case(case_seed(seed, index), task, shape=shape,
-                                                 spacing_range=spacing_range, tumour_free=index in tumour_free)
-        elif family == 3:
-            case = _trunk().generate_trunk_case(case_seed(seed, index), task, spacing_range=spacing_range,
-                                                tumour_free=index in tumour_free, version=trunk_version)
-        else:
-            case = generate_case(case_seed(seed, index), task, shape=shape, spacing_range=spacing_range,
-                                 tumour_free=index in tumour_free)
+        case = generate_family_case(family, case_seed(seed, index), task, shape=shape, spacing_range=spacing_range,
+                                    tumour_free=index in tumour_free, trunk_version=trunk_version)
         raw = RawDataset(root)
         images, labels = (raw.images_tr, raw.labels_tr) if index < num_training else (raw.images_ts, raw.labels_ts)
         write_image(images / name, case.image, case.geometry)

@@ -38,6 +38,7 @@ draws the maps. Not run by CI::
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -167,8 +168,10 @@ def liver_extents(liver: np.ndarray, geometry: Geometry) -> dict[str, float | No
     spread of its voxel centres plus one voxel, along each patient axis (LPS, through the direction
     matrix). None where the liver touches a face of the volume (cut by the field of view) or is absent:
     those are the axes of the literature's "maximum diameters" only for a whole liver."""
+    from real_ct import volume_at_edges
+
     names = ("lr_mm", "ap_mm", "cc_mm")
-    if not liver.any() or any(np.take(liver, i, axis=a).any() for a in range(3) for i in (0, -1)):
+    if not liver.any() or volume_at_edges(liver):
         return dict.fromkeys(names)
     d = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
     spacing = np.asarray(geometry.spacing, dtype=float)  # x, y, z
@@ -182,29 +185,19 @@ def liver_extents(liver: np.ndarray, geometry: Geometry) -> dict[str, float | No
 # --- the sets -------------------------------------------------------------------------------------
 
 def _phantom_masks(generator: str, seed: int) -> CaseMasks:
-    """Liver and canal of one phantom from its tissue map."""
-    from autoseg.phantom import DEMO_SPACING_RANGE
+    """Liver (the union of its task labels) and canal (the CSF of its tissue map) of one phantom,
+    written as ``autoseg phantom`` writes it (families 1 and 2 at the demo's spacing, Task03)."""
+    from autoseg.phantom import DEMO_SPACING_RANGE, generate_family_case
+    from autoseg.phantom_anatomy import TISSUES
+    from autoseg.phantom_family2_shapes import TISSUES2
 
-    if generator == "family1":
-        from autoseg.phantom import generate_case
-        from autoseg.phantom_anatomy import TISSUES
-
-        case = generate_case(seed, "Task03", spacing_range=DEMO_SPACING_RANGE)
-        liver_ids, csf = [TISSUES["liver"], TISSUES["vessel"], TISSUES["tumour"]], TISSUES["csf"]
+    if generator.startswith("trunk"):
+        version = generator[len("trunk"):]
+        case = generate_family_case(3, seed, "LiverVesselTumour", trunk_version=int(version) if version else None)
     else:
-        from autoseg.phantom_family2_shapes import LIVER_TISSUES, TISSUES2
-
-        liver_ids, csf = list(LIVER_TISSUES), TISSUES2["csf"]
-        if generator == "family2":
-            from autoseg.phantom_family2 import generate_case as generate2
-
-            case = generate2(seed, "Task03", spacing_range=DEMO_SPACING_RANGE)
-        else:
-            from autoseg.phantom_trunk import TRUNK_VERSION, generate_trunk_case
-
-            version = generator[len("trunk"):]
-            case = generate_trunk_case(seed, "LiverVesselTumour", version=int(version) if version else TRUNK_VERSION)
-    return CaseMasks(f"{generator}:{seed}", np.isin(case.tissues, liver_ids), case.tissues == csf, case.geometry)
+        case = generate_family_case(int(generator[-1]), seed, "Task03", spacing_range=DEMO_SPACING_RANGE)
+    csf = (TISSUES if case.family == 1 else TISSUES2)["csf"]
+    return CaseMasks(f"{generator}:{seed}", case.labels > 0, case.tissues == csf, case.geometry)
 
 
 SET_SPEC = re.compile(r"^(?P<name>[\w.-]+)=(?P<gen>family1|family2|trunk\d*):(?P<seed>\d+):(?P<n>\d+)$")
@@ -232,19 +225,26 @@ def phantom_cases(generator: str, seed: int, n: int) -> list[Callable[[], CaseMa
 
 
 def real_cases(real: Path) -> dict[str, Callable[[], CaseMasks]]:
-    """TotalSegmentator's example CT and DICOM series with their maps (liver 5, spinal cord 79), where present."""
-    from autoseg.io import read_label_on, read_sitk
+    """The real CTs of ``real_ct.py`` whose reference is a multi-organ map naming a spinal cord
+    (TotalSegmentator's example CT and DICOM series), where present."""
+    from real_ct import CASES, RealCase, labels_on, missing_files
 
-    folder = real / "totalsegmentator_example"
-    pairs = (("totalsegmentator_ct", "example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
-             ("totalsegmentator_dicom", "example_ct_dicom", "example_seg_dicom.nii.gz"))
+    from autoseg.io import read_sitk
 
-    def load(name: str, image: str, labels: str) -> CaseMasks:
-        geometry = Geometry.of(read_sitk(folder / image))
-        array, _ = read_label_on(folder / labels, geometry)
-        return CaseMasks(name, array == 5, array == 79, geometry)
+    def load(case: RealCase, cord: int) -> CaseMasks:
+        geometry = Geometry.of(read_sitk(real / case.image))
+        labels = labels_on(real / case.reference, geometry, "reference")
+        return CaseMasks(case.name, labels == case.liver_label, labels == cord, geometry)
 
-    return {p[0]: partial(load, *p) for p in pairs if (folder / p[1]).exists() and (folder / p[2]).exists()}
+    out: dict[str, Callable[[], CaseMasks]] = {}
+    for case in CASES:
+        if case.organ_names is None or missing_files(case, real):
+            continue
+        names = json.loads((real / case.organ_names).read_text())
+        cord = next((int(k) for k, v in names.items() if v == "spinal_cord"), None)
+        if cord is not None:
+            out[case.name] = partial(load, case, cord)
+    return out
 
 
 # --- report ---------------------------------------------------------------------------------------
