@@ -189,14 +189,18 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--cases", type=int, default=None, help="training phantoms (default: the recipe's)")
     p.add_argument("--seed", type=int, default=None, help="seed of phantoms and training (default: the recipe's)")
+    p.add_argument("--trunk-version", type=int, default=None, metavar="V",
+                   help="the trunk generator's version that draws the training phantoms (default: the recipe's; "
+                        "docs/synthetic_model.md says what each version changed)")
     p.add_argument("--force", action="store_true", help="replace an archive already in the cache")
     p.set_defaults(func=_cmd_pretrain)
 
 
 def _cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
     recipe = RECIPES[args.name]
-    changes = {k: v for k, v in (("steps", args.steps), ("cases", args.cases), ("seed", args.seed)) if v is not None}
-    if any(v < 1 for k, v in changes.items() if k != "seed"):
+    changes = {k: v for k, v in (("steps", args.steps), ("cases", args.cases), ("seed", args.seed),
+                                 ("trunk_version", args.trunk_version)) if v is not None}
+    if any(v < 1 for k, v in changes.items() if k in ("steps", "cases")):
         raise ConfigurationError("--steps and --cases must be positive", fix="e.g. --steps 5000 --cases 80")
     recipe = replace(recipe, **changes)
     work = args.work or settings.cache / "pretrain" / recipe.name

@@ -193,3 +193,24 @@ def test_the_recipe_stamp_records_the_generator_version_as_it_always_has() -> No
     assert stamp["phantom_generator"] == f"trunk v{recipe.trunk_version}" and "trunk_version" not in stamp
     other = recipe_stamp(replace(recipe, trunk_version=4))
     assert [k for k in stamp if stamp[k] != other[k]] == ["phantom_generator"]
+
+
+def test_pretrain_takes_the_trunk_version_and_refuses_an_unknown_one(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--trunk-version`` replaces the recipe's generator version (and so its stamp); an unknown version is
+    refused before anything is written."""
+    import autoseg.pretrain as pretrain_module
+
+    seen: list[builtin.Recipe] = []
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda recipe, settings, work, force=False: seen.append(recipe)
+                        or work / "model.zip")
+    monkeypatch.setenv("AUTOSEG_CACHE", str(tmp_path / "cache"))
+    assert main(["pretrain", "synthetic", "--work", str(tmp_path / "w"), "--trunk-version", "4", "--seed", "1"]) == 0
+    assert seen[-1].trunk_version == 4 and seen[-1].seed == 1
+    assert recipe_stamp(seen[-1])["phantom_generator"] == "trunk v4"
+    assert main(["pretrain", "synthetic", "--work", str(tmp_path / "w")]) == 0
+    assert seen[-1] == RECIPES["synthetic"]
+    monkeypatch.undo()
+    monkeypatch.setenv("AUTOSEG_CACHE", str(tmp_path / "cache"))
+    assert main(["pretrain", "synthetic", "--work", str(tmp_path / "w2"), "--trunk-version", "99"]) == 2
+    assert not (tmp_path / "w2").exists() and not (tmp_path / "cache" / "models").exists()
