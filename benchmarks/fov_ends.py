@@ -52,16 +52,18 @@ BELOW_BLADDER_RENDER_MM = 120.0
 URINE = 36  # the trunk generator's tissue id of urine (TRUNK_TISSUES)
 
 
-def cut_case(seed: int, end: str = "mid-bladder"):
+def cut_case(seed: int, end: str = "mid-bladder", trunk_version: int | None = None):
     """Trunk case ``seed`` on a field of view from inside the liver to the middle of the bladder, or with
     ``end`` ``below-bladder`` to 0-20 mm below the bladder's lowest slice (where the TotalSegmentator
-    example CT ends, at the femoral heads)."""
+    example CT ends, at the femoral heads); drawn by the trunk generator's ``trunk_version`` (None: its
+    default)."""
     from autoseg.phantom import PhantomCase
     from autoseg.phantom_family2 import is_tumour_free, render
     from autoseg.phantom_shapes import Grid
-    from autoseg.phantom_trunk import draw_trunk, trunk_grid, trunk_labels
+    from autoseg.phantom_trunk import TRUNK_VERSION, check_version, draw_trunk, trunk_grid, trunk_labels
 
-    anatomy, _ = draw_trunk(seed, is_tumour_free(seed, 0.3))
+    version = check_version(TRUNK_VERSION if trunk_version is None else trunk_version)
+    anatomy, _ = draw_trunk(seed, is_tumour_free(seed, 0.3), version=version)
     [urine] = [item for item in anatomy.items if item.name == "urine"]
     rng = np.random.default_rng([seed, 9301])
     bottom = float(urine.region.centre[0]) + rng.uniform(-BOTTOM_AROUND_BLADDER_MM, BOTTOM_AROUND_BLADDER_MM)
@@ -112,26 +114,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="edge-context shares; each model's first is its baseline")
     p.add_argument("--end", choices=("mid-bladder", "below-bladder"), default="mid-bladder",
                    help="where each field of view ends: through the bladder's middle, or just below it")
-    p.add_argument("--work", type=Path, default=BENCH / "work" / "fov_ends")
+    p.add_argument("--trunk-version", type=int, default=None, metavar="V",
+                   help="the trunk generator's version that draws the cases (default: its default)")
+    p.add_argument("--work", type=Path, default=BENCH / "work" / "fov_ends",
+                   help="cases are drawn once into a folder per end and generator version, and reused")
     p.add_argument("--out", type=Path, default=BENCH / "results" / "fov_ends.json")
     args = p.parse_args(argv)
+    from autoseg.phantom_trunk import TRUNK_VERSION, check_version
+
     models = dict(m.split("=", 1) for m in args.models)
-    inputs, refs = args.work / "inputs", args.work / "labels"
+    version = check_version(TRUNK_VERSION if args.trunk_version is None else args.trunk_version)
+    cases = args.work / f"{args.end}_trunk_v{version}"  # never the cases of another end or generator
+    inputs, refs = cases / "inputs", cases / "labels"
     names = [f"fov_{i:03d}" for i in range(args.cases)]
     spacing: dict[str, tuple[float, ...]] = {}
     for i, name in enumerate(names):
         image, ref = inputs / f"{name}.nii.gz", refs / f"{name}.nii.gz"
         if not (image.is_file() and ref.is_file()):  # drawn once, kept for the next model
-            case = cut_case(SEED + i, args.end)
+            case = cut_case(SEED + i, args.end, version)
             write_image(ref, case.labels, case.geometry)
             write_image(image, case.image, case.geometry)
         spacing[name] = read_label(ref)[1].spacing[::-1]
-    scores: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
+    scores: dict[str, dict[str, dict[str, float | None]]] = {}
     seconds: dict[str, float] = {}
     for label, model in models.items():
         for share in args.shares:
             key = f"{label} {share}"
-            out = args.work / "predictions" / label / f"share_{share}"
+            out = cases / "predictions" / label / f"share_{share}"
             t0 = time.perf_counter()
             run = subprocess.run([sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out), "-m",
                                   model, "--edge-context", str(share), "--overwrite"], capture_output=True, text=True)
@@ -164,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     append_result(args.out, {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "models": models,
-        "cases": names, "first_seed": SEED, "end": args.end, "scores": scores, "summary": summary})
+        "cases": names, "first_seed": SEED, "end": args.end,
+        "trunk_version": version, "scores": scores, "summary": summary})
     print(json.dumps({k: v["liver_paired_difference"] for k, v in summary.items()}))
     return 0
 

@@ -1,0 +1,182 @@
+"""The rule that decides whether the synthetic model's recipe takes trunk generator version 4.
+
+``docs/synthetic_model.md`` ("Where the liver lies around the spine") wrote the rule down before any
+version-4 model was trained: two-fold models of the recipe trained on version-4 phantoms (seeds 0 and
+1) against the same recipe on version-3 phantoms, on one machine, paired by case and seed:
+
+1. on families 1 and 2 pooled (the 6 + 6 phantoms of ``synthetic_phantoms.py``), liver Dice higher,
+   the lower end of the paired 95 % interval above -0.01;
+2. neither family alone losing more than 0.02 in mean liver Dice;
+3. on each arm's own development phantoms (the 20 of ``fov_ends.py``, both ends, each arm's drawn by
+   its own generator version from the same seeds, predicted with the recipe's edge context 0.25), a
+   mean loss of at most 0.01.
+
+The real CT is reported and does not decide. This script computes nothing new: it reads the per-case
+scores the three benchmarks stored (``synthetic_phantoms.json``, ``fov_ends.json``, ``real_ct.json``,
+the latest run of each model), pairs them, and says which conditions hold and whether the comparison is
+complete (both seeds). Each ``--pair SEED=V3_MODEL,V4_MODEL`` names the two models of one seed as the
+benchmarks recorded them. Not run by CI::
+
+    .venv/bin/python benchmarks/trunk_version_rule.py \\
+        --pair 0=benchmarks/work/cache_s49/models/synthetic.zip,benchmarks/work/cache_v4_s0/models/synthetic.zip
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+RESULTS = BENCH / "results"
+sys.path.insert(0, str(BENCH))
+
+from bench_common import append_result, cpu_model  # noqa: E402
+
+from autoseg.metrics import bootstrap_interval, mean_present  # noqa: E402
+
+SEEDS = (0, 1)  # the rule's trainings per arm
+FAMILY_SEED, FAMILY_CASES = 2512, 12  # synthetic_phantoms.py's default test phantoms (6 per family)
+DEV_SHARE = 0.25  # the recipe's edge context, which its models predict with
+DEV_ENDS = ("mid-bladder", "below-bladder")
+POOLED_LOWER_END, FAMILY_LOSS, DEV_LOSS = -0.01, 0.02, 0.01
+
+
+def _runs(name: str, results: Path) -> list[dict[str, Any]]:
+    path = results / name
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def family_scores(model: str, results: Path) -> dict[str, float | None] | None:
+    """Liver Dice per ``family F/case`` of ``model``'s latest run on the rule's family phantoms."""
+    runs = [r for r in _runs("synthetic_phantoms.json", results)
+            if r.get("model") == model and r.get("seed") == FAMILY_SEED and r.get("spacing") == "demo"
+            and not r.get("predict_args") and len(r.get("cases", [])) == FAMILY_CASES]
+    return {f"family{c['family']}/{c['case']}": c["liver"] for c in runs[-1]["cases"]} if runs else None
+
+
+def dev_scores(model: str, version: int, results: Path) -> dict[str, float | None] | None:
+    """Liver Dice per ``end/case`` of ``model``'s latest runs on the development phantoms drawn by
+    generator ``version`` (both ends), at the recipe's edge context; None unless both ends are there."""
+    out: dict[str, float | None] = {}
+    for end in DEV_ENDS:
+        found = None
+        for run in _runs("fov_ends.json", results):
+            if run.get("end") != end or run.get("trunk_version") != version or len(run.get("cases", [])) != 10:
+                continue
+            for label, path in run["models"].items():
+                if path == model and f"{label} {DEV_SHARE}" in run["scores"]:
+                    found = run["scores"][f"{label} {DEV_SHARE}"]
+        if found is None:
+            return None
+        out.update({f"{end}/{case}": figures["liver"] for case, figures in found.items()})
+    return out
+
+
+def real_scores(model: str, results: Path) -> dict[str, float | None]:
+    runs = [r for r in _runs("real_ct.json", results) if r.get("model") == model and not r.get("predict_args")]
+    return {c["case"]: (c.get("scores") or {}).get("dice") for c in runs[-1]["cases"]} if runs else {}
+
+
+def differences(v3: dict[str, float | None], v4: dict[str, float | None], seed: int,
+                prefix: str = "") -> dict[str, float]:
+    """``v4 - v3`` per case both score (keys ``seed/case``), the cases filtered by ``prefix``."""
+    out: dict[str, float] = {}
+    for case, before in v3.items():
+        after = v4.get(case)
+        if case.startswith(prefix) and before is not None and after is not None:
+            out[f"{seed}/{case}"] = after - before
+    return out
+
+
+def summary(diffs: dict[str, float]) -> dict[str, Any]:
+    values = list(diffs.values())
+    ci = bootstrap_interval(values)
+    return {"n": len(values), "mean": mean_present(values), "ci95": list(ci) if ci else None}
+
+
+def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]:
+    """The rule's three conditions from the stored scores of ``pairs`` (seed -> (v3 model, v4 model))."""
+    fam: dict[str, float] = {}
+    per_family: dict[str, dict[str, float]] = {"family1": {}, "family2": {}}
+    dev: dict[str, float] = {}
+    missing: list[str] = []
+    real: dict[str, Any] = {}
+    for seed, (v3, v4) in sorted(pairs.items()):
+        f3, f4 = family_scores(v3, results), family_scores(v4, results)
+        d3, d4 = dev_scores(v3, 3, results), dev_scores(v4, 4, results)
+        for what, model, value in (("family phantoms", v3, f3), ("family phantoms", v4, f4),
+                                   ("version-3 development phantoms", v3, d3),
+                                   ("version-4 development phantoms", v4, d4)):
+            if value is None:
+                missing.append(f"seed {seed}: no stored scores on the {what} of {model}")
+        if f3 is not None and f4 is not None:
+            fam.update(differences(f3, f4, seed))
+            for family in per_family:
+                per_family[family].update(differences(f3, f4, seed, family))
+        if d3 is not None and d4 is not None:
+            dev.update(differences(d3, d4, seed))
+        r3, r4 = real_scores(v3, results), real_scores(v4, results)
+        real[str(seed)] = {case: {"v3": r3.get(case), "v4": r4.get(case)} for case in sorted(set(r3) | set(r4))}
+    pooled, families, development = summary(fam), {k: summary(v) for k, v in per_family.items()}, summary(dev)
+    conditions = {
+        "1 families pooled: interval's lower end above -0.01": None if pooled["ci95"] is None
+        else pooled["ci95"][0] > POOLED_LOWER_END and pooled["mean"] > 0,
+        "2 neither family loses more than 0.02": None if any(s["n"] == 0 for s in families.values())
+        else all(s["mean"] >= -FAMILY_LOSS for s in families.values()),
+        "3 development phantoms lose at most 0.01": None if development["n"] == 0
+        else development["mean"] >= -DEV_LOSS}
+    complete = sorted(pairs) == list(SEEDS) and not missing
+    holds = complete and all(conditions.values())
+    return {"pairs": {str(k): {"v3": v[0], "v4": v[1]} for k, v in pairs.items()}, "complete": complete,
+            "missing": missing, "conditions": conditions, "adopt": holds,
+            "families_pooled": pooled, "families": families, "development": development,
+            "differences": {"families": fam, "development": dev}, "real_ct": real}
+
+
+def parse_pair(text: str) -> tuple[int, tuple[str, str]]:
+    seed, _, models = text.partition("=")
+    parts = models.split(",")
+    if not seed.lstrip("-").isdigit() or len(parts) != 2 or not all(parts):
+        raise SystemExit(f"--pair takes SEED=V3_MODEL,V4_MODEL, got {text!r}")
+    return int(seed), (parts[0], parts[1])
+
+
+def fmt(s: dict[str, Any]) -> str:
+    if not s["n"]:
+        return "-"
+    ci = s["ci95"]
+    return f"{s['mean']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] (n {s['n']})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pair", action="append", required=True, metavar="SEED=V3_MODEL,V4_MODEL",
+                   help="the two models of one seed, as the benchmarks recorded them; repeat for each seed")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the benchmarks' results are")
+    p.add_argument("--out", type=Path, default=RESULTS / "trunk_version_rule.json")
+    args = p.parse_args(argv)
+    pairs = dict(parse_pair(t) for t in args.pair)
+    if len(pairs) != len(args.pair):
+        raise SystemExit("each seed takes one --pair")
+    result = evaluate(pairs, args.results)
+    print("| version 4 minus version 3, liver Dice | mean [95 % CI] |")
+    print("|---|---|")
+    print(f"| families 1 + 2 | {fmt(result['families_pooled'])} |")
+    for family, s in result["families"].items():
+        print(f"| {family} | {fmt(s)} |")
+    print(f"| development (each arm's own version) | {fmt(result['development'])} |")
+    for name, held in result["conditions"].items():
+        print(f"condition {name}: {'not measured' if held is None else 'holds' if held else 'fails'}")
+    print(f"complete: {result['complete']} {result['missing'] or ''}; adopt: {result['adopt']}")
+    append_result(args.out, {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
+                             "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), **result})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
