@@ -50,6 +50,11 @@ TOP_BAND_MM, BOTTOM_BAND_MM = 30.0, 60.0
 BELOW_BLADDER_MM = (0.0, 20.0)  # --end below-bladder: the field of view ends this far below the bladder
 BELOW_BLADDER_RENDER_MM = 120.0
 URINE = 36  # the trunk generator's tissue id of urine (TRUNK_TISSUES)
+#: --end liver-free: the first seed tried (no other benchmark draws trunk phantoms from it), and the
+#: grid tops of the generator's pelvis-only fields of view (those at most this high) and thorax-only ones
+#: (at least this high; trunk_grid draws -200..-120 and 260..320 mm for them).
+LIVER_FREE_SEED = 9500
+PELVIS_ONLY_TOP_MM, THORAX_ONLY_TOP_MM = -120.0, 260.0
 
 
 def cut_case(seed: int, end: str = "mid-bladder", trunk_version: int | None = None):
@@ -91,6 +96,29 @@ def cut_case(seed: int, end: str = "mid-bladder", trunk_version: int | None = No
                        "LiverVesselTumour", seed, family=3)
 
 
+def liver_free_cases(count: int, trunk_version: int | None = None):
+    """The generator's own liver-free fields of view: trunk cases from :data:`LIVER_FREE_SEED` on whose
+    field of view is pelvis-only or thorax-only (alternately, so that both kinds are there) and whose
+    labels hold no liver (a thorax-only field may hold the dome: that seed is skipped). Yields
+    ``(seed, case)``; the anatomy, spacing and appearance are the generator's own draws."""
+    from autoseg.phantom_trunk import TRUNK_VERSION, check_version, generate_trunk_case, trunk_grid
+
+    version = check_version(TRUNK_VERSION if trunk_version is None else trunk_version)
+    wanted = ["pelvis", "thorax"]
+    seed = LIVER_FREE_SEED
+    while count > 0:
+        grid = trunk_grid(seed)
+        top = grid.origin[0] + (grid.shape[0] - 1) * grid.spacing[0]
+        kind = "pelvis" if top <= PELVIS_ONLY_TOP_MM else "thorax" if top >= THORAX_ONLY_TOP_MM else None
+        if kind == wanted[0]:
+            case = generate_trunk_case(seed, version=version)
+            if not case.labels.any():
+                yield seed, case
+                count -= 1
+                wanted.reverse()
+        seed += 1
+
+
 def case_figures(pred: np.ndarray, ref: np.ndarray, spacing_zyx: tuple[float, ...]) -> dict[str, float | None]:
     """Liver Dice, liver missed in the top band and false liver in the bottom band and overall (mL);
     slice 0 is the field of view's lower end (the phantoms' z axis points to the head)."""
@@ -112,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="models by a name of your choice and what `autoseg predict -m` takes")
     p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.25],
                    help="edge-context shares; each model's first is its baseline")
-    p.add_argument("--end", choices=("mid-bladder", "below-bladder"), default="mid-bladder",
-                   help="where each field of view ends: through the bladder's middle, or just below it")
+    p.add_argument("--end", choices=("mid-bladder", "below-bladder", "liver-free"), default="mid-bladder",
+                   help="where each field of view ends: through the bladder's middle, or just below it; "
+                        "liver-free: the generator's own pelvis-only and thorax-only fields of view without "
+                        "any liver (only the false liver is scored)")
     p.add_argument("--trunk-version", type=int, default=None, metavar="V",
                    help="the trunk generator's version that draws the cases (default: its default)")
     p.add_argument("--work", type=Path, default=BENCH / "work" / "fov_ends",
@@ -127,14 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     cases = args.work / f"{args.end}_trunk_v{version}"  # never the cases of another end or generator
     inputs, refs = cases / "inputs", cases / "labels"
     names = [f"fov_{i:03d}" for i in range(args.cases)]
-    spacing: dict[str, tuple[float, ...]] = {}
-    for i, name in enumerate(names):
-        image, ref = inputs / f"{name}.nii.gz", refs / f"{name}.nii.gz"
-        if not (image.is_file() and ref.is_file()):  # drawn once, kept for the next model
-            case = cut_case(SEED + i, args.end, version)
-            write_image(ref, case.labels, case.geometry)
-            write_image(image, case.image, case.geometry)
-        spacing[name] = read_label(ref)[1].spacing[::-1]
+    seeds_file = cases / "seeds.json"  # the seed each case was drawn from
+    missing = [n for n in names if not ((inputs / f"{n}.nii.gz").is_file() and (refs / f"{n}.nii.gz").is_file())]
+    if missing:  # drawn once, kept for the next model
+        drawn = (liver_free_cases(args.cases, version) if args.end == "liver-free"
+                 else ((SEED + i, cut_case(SEED + i, args.end, version)) for i in range(args.cases)))
+        seeds: dict[str, int] = {}
+        for name, (seed, case) in zip(names, drawn):
+            write_image(refs / f"{name}.nii.gz", case.labels, case.geometry)
+            write_image(inputs / f"{name}.nii.gz", case.image, case.geometry)
+            seeds[name] = seed
+        seeds_file.write_text(json.dumps(seeds))
+    seeds = json.loads(seeds_file.read_text()) if seeds_file.is_file() else {}
+    spacing = {name: read_label(refs / f"{name}.nii.gz")[1].spacing[::-1] for name in names}
     scores: dict[str, dict[str, dict[str, float | None]]] = {}
     seconds: dict[str, float] = {}
     for label, model in models.items():
@@ -167,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
             summary[key] = {**mean, "liver_paired_difference": d, "ci95": list(ci), "against_first": d1,
                             "against_first_ci95": list(ci1), "false_bottom_ml_max": worst_bottom,
                             "seconds": round(seconds[key], 1)}
-            print(f"| {key} | {mean['liver']:.3f}, {d:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] | "
+            liver = "-" if mean["liver"] is None else f"{mean['liver']:.3f}"  # no liver anywhere: not scored
+            print(f"| {key} | {liver}, {d:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] | "
                   f"{d1:+.4f} [{ci1[0]:+.4f}, {ci1[1]:+.4f}] | {mean['missed_top_ml']:.1f} | "
                   f"{mean['false_bottom_ml']:.1f}, {worst_bottom:.1f} | {mean['false_ml']:.1f} |")
     append_result(args.out, {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "models": models,
-        "cases": names, "first_seed": SEED, "end": args.end,
+        "cases": names, "seeds": seeds, "end": args.end,
         "trunk_version": version, "scores": scores, "summary": summary})
     print(json.dumps({k: v["liver_paired_difference"] for k, v in summary.items()}))
     return 0
