@@ -11,7 +11,8 @@ version-4 model was trained: two-fold models of the recipe trained on version-4 
    its own generator version from the same seeds, predicted with the recipe's edge context 0.25), a
    mean loss of at most 0.01.
 
-The real CT is reported and does not decide. This script computes nothing new: it reads the per-case
+The real CT, and the false liver on each arm's own liver-free fields of view (``fov_ends.py --end
+liver-free``), are reported and do not decide. This script computes nothing new: it reads the per-case
 scores the three benchmarks stored (``synthetic_phantoms.json``, ``fov_ends.json``, ``real_ct.json``,
 the latest run of each model), pairs them, and says which conditions hold and whether the comparison is
 complete (both seeds). Each ``--pair SEED=V3_MODEL,V4_MODEL`` names the two models of one seed as the
@@ -59,11 +60,13 @@ def family_scores(model: str, results: Path) -> dict[str, float | None] | None:
     return {f"family{c['family']}/{c['case']}": c["liver"] for c in runs[-1]["cases"]} if runs else None
 
 
-def dev_scores(model: str, version: int, results: Path) -> dict[str, float | None] | None:
-    """Liver Dice per ``end/case`` of ``model``'s latest runs on the development phantoms drawn by
-    generator ``version`` (both ends), at the recipe's edge context; None unless both ends are there."""
+def dev_scores(model: str, version: int, results: Path, ends: tuple[str, ...] = DEV_ENDS,
+               figure: str = "liver") -> dict[str, float | None] | None:
+    """``figure`` (liver Dice) per ``end/case`` of ``model``'s latest runs on the development phantoms
+    drawn by generator ``version`` (each of ``ends``), at the recipe's edge context; None unless every
+    end is there."""
     out: dict[str, float | None] = {}
-    for end in DEV_ENDS:
+    for end in ends:
         found = None
         for run in _runs("fov_ends.json", results):
             if run.get("end") != end or run.get("trunk_version") != version or len(run.get("cases", [])) != 10:
@@ -73,7 +76,7 @@ def dev_scores(model: str, version: int, results: Path) -> dict[str, float | Non
                     found = run["scores"][f"{label} {DEV_SHARE}"]
         if found is None:
             return None
-        out.update({f"{end}/{case}": figures["liver"] for case, figures in found.items()})
+        out.update({f"{end}/{case}": figures[figure] for case, figures in found.items()})
     return out
 
 
@@ -106,6 +109,7 @@ def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]
     dev: dict[str, float] = {}
     missing: list[str] = []
     real: dict[str, Any] = {}
+    liver_free: dict[str, dict[str, float | None]] = {}
     for seed, (v3, v4) in sorted(pairs.items()):
         f3, f4 = family_scores(v3, results), family_scores(v4, results)
         d3, d4 = dev_scores(v3, 3, results), dev_scores(v4, 4, results)
@@ -120,6 +124,9 @@ def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]
                 per_family[family].update(differences(f3, f4, seed, family))
         if d3 is not None and d4 is not None:
             dev.update(differences(d3, d4, seed))
+        free3, free4 = (dev_scores(m, v, results, ("liver-free",), "false_ml") for m, v in ((v3, 3), (v4, 4)))
+        liver_free[str(seed)] = {arm: None if free is None else mean_present(list(free.values()))
+                                 for arm, free in (("v3", free3), ("v4", free4))}
         r3, r4 = real_scores(v3, results), real_scores(v4, results)
         real[str(seed)] = {case: {"v3": r3.get(case), "v4": r4.get(case)} for case in sorted(set(r3) | set(r4))}
     pooled, families, development = summary(fam), {k: summary(v) for k, v in per_family.items()}, summary(dev)
@@ -135,7 +142,8 @@ def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]
     return {"pairs": {str(k): {"v3": v[0], "v4": v[1]} for k, v in pairs.items()}, "complete": complete,
             "missing": missing, "conditions": conditions, "adopt": holds,
             "families_pooled": pooled, "families": families, "development": development,
-            "differences": {"families": fam, "development": dev}, "real_ct": real}
+            "differences": {"families": fam, "development": dev}, "real_ct": real,
+            "liver_free_false_ml": liver_free}
 
 
 def parse_pair(text: str) -> tuple[int, tuple[str, str]]:
@@ -172,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| development (each arm's own version) | {fmt(result['development'])} |")
     for name, held in result["conditions"].items():
         print(f"condition {name}: {'not measured' if held is None else 'holds' if held else 'fails'}")
+    for seed, arms in result["liver_free_false_ml"].items():
+        print(f"seed {seed}: false liver on liver-free fields, mean mL: "
+              + ", ".join(f"{arm} {'-' if v is None else f'{v:.1f}'}" for arm, v in arms.items()))
     print(f"complete: {result['complete']} {result['missing'] or ''}; adopt: {result['adopt']}")
     append_result(args.out, {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
                              "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), **result})

@@ -38,6 +38,8 @@ def write_runs(results: Path, model: str, family: tuple[float, float], dev: floa
         if other_version:
             add("fov_ends.json", {"end": end, "trunk_version": 7 - dev_version, "cases": DEV, "models": {"m": model},
                                   "scores": {"m 0.25": {c: {"liver": 0.0} for c in DEV}}})
+    add("fov_ends.json", {"end": "liver-free", "trunk_version": dev_version, "cases": DEV, "models": {"m": model},
+                          "scores": {"m 0.25": {c: {"liver": None, "false_ml": 2.0 * dev_version} for c in DEV}}})
     add("real_ct.json", {"model": model, "predict_args": "", "cases": [{"case": "ct", "scores": {"dice": real}}]})
 
 
@@ -52,6 +54,7 @@ def test_the_rule_holds_fails_and_waits_for_both_seeds(tmp_path: Path) -> None:
     assert abs(result["families"]["family2"]["mean"] + 0.01) < 1e-9
     assert abs(result["development"]["mean"] + 0.005) < 1e-9 and result["development"]["n"] == 40
     assert result["real_ct"]["0"]["ct"] == {"v3": 0.8, "v4": 0.9}
+    assert result["liver_free_false_ml"]["1"] == {"v3": 6.0, "v4": 8.0}
 
     one = rule.evaluate({0: both[0]}, tmp_path)
     assert not one["complete"] and not one["adopt"] and all(one["conditions"].values())
