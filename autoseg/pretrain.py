@@ -41,6 +41,7 @@ def pretrain(recipe: Recipe, settings: Settings, work: Path, force: bool = False
     if out.exists() and not force:
         raise ConfigurationError(f"{out} exists", fix="pass --force to make it again and replace it")
     local = replace(settings, raw=work / "raw", preprocessed=work / "preprocessed", results=work / "results")
+    _refuse_other_phantoms(recipe, work)
     write_task(local.raw, recipe.task, num_training=recipe.cases, num_test=0, seed=recipe.seed, family=3,
                spacing_range=recipe.spacing_range, trunk_version=recipe.trunk_version)
     plan = ["plan_and_preprocess", "-d", recipe.dataset, "--features", str(recipe.features), *recipe.plan_args]
@@ -134,6 +135,25 @@ def recipe_stamp(recipe: Recipe) -> dict[str, Any]:
     return {**json.loads(json.dumps(fields)), "phantom_generator": f"trunk v{recipe.trunk_version}"}
 
 
+#: The stamp's fields that decide the training phantoms (and so the preprocessed cases).
+PHANTOM_FIELDS = ("task", "cases", "seed", "spacing_range", "phantom_generator")
+
+
+def _refuse_other_phantoms(recipe: Recipe, work: Path) -> None:
+    """Refuse, before any phantom is written, a work folder whose folds were trained on other phantoms:
+    drawing this recipe's phantoms over theirs would leave those folds without their data."""
+    stamp_file = work / RECIPE_STAMP
+    if not (stamp_file.is_file() and (work / "results").exists()):
+        return
+    stamp, ours = read_json(stamp_file), recipe_stamp(recipe)
+    fields = sorted(k for k in PHANTOM_FIELDS if stamp.get(k) != ours[k])
+    if fields:
+        raise ConfigurationError(f"{work} holds a run of another recipe ({', '.join(fields)} differ from "
+                                 f"{stamp_file}), trained on other phantoms than this recipe's",
+                                 fix="give another --work (or AUTOSEG_CACHE) to keep it, or pass --force to train "
+                                     "there again with this recipe")
+
+
 def _fold_state(settings: Settings, recipe: Recipe, work: Path, fold_index: int, train: argparse.Namespace
                 ) -> Literal["absent", "unfinished", "finished"]:
     """Fold ``fold_index``: ``absent``, ``unfinished`` (an interrupted run of this recipe, to resume) or
@@ -191,7 +211,8 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of phantoms and training (default: the recipe's)")
     p.add_argument("--trunk-version", type=int, default=None, metavar="V",
                    help="the trunk generator's version that draws the training phantoms (default: the recipe's; "
-                        "docs/synthetic_model.md says what each version changed)")
+                        "docs/synthetic_model.md says what each version changed). The model is still exported as "
+                        "NAME: give another AUTOSEG_CACHE and --work to keep the recipe's own model beside it")
     p.add_argument("--force", action="store_true", help="replace an archive already in the cache")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -203,6 +224,10 @@ def _cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
     if any(v < 1 for k, v in changes.items() if k in ("steps", "cases")):
         raise ConfigurationError("--steps and --cases must be positive", fix="e.g. --steps 5000 --cases 80")
     recipe = replace(recipe, **changes)
+    if args.trunk_version is not None:
+        from autoseg.phantom_trunk import check_version
+
+        check_version(args.trunk_version)  # before the archive or the work folder is looked at
     work = args.work or settings.cache / "pretrain" / recipe.name
     if args.force and (work / "results").exists():
         log.info("--force: training again in %s", work)

@@ -55,6 +55,7 @@ URINE = 36  # the trunk generator's tissue id of urine (TRUNK_TISSUES)
 #: (at least this high; trunk_grid draws -200..-120 and 260..320 mm for them).
 LIVER_FREE_SEED = 9500
 PELVIS_ONLY_TOP_MM, THORAX_ONLY_TOP_MM = -120.0, 260.0
+LIVER_FREE_SEEDS_TRIED = 5000  # a fifth of the generator's fields are of these kinds: never near this many
 
 
 def cut_case(seed: int, end: str = "mid-bladder", trunk_version: int | None = None):
@@ -107,6 +108,9 @@ def liver_free_cases(count: int, trunk_version: int | None = None):
     wanted = ["pelvis", "thorax"]
     seed = LIVER_FREE_SEED
     while count > 0:
+        if seed >= LIVER_FREE_SEED + LIVER_FREE_SEEDS_TRIED:
+            raise RuntimeError(f"no liver-free field of view among {LIVER_FREE_SEEDS_TRIED} trunk seeds: has trunk_grid "
+                               "changed its pelvis-only and thorax-only fields?")
         grid = trunk_grid(seed)
         top = grid.origin[0] + (grid.shape[0] - 1) * grid.spacing[0]
         kind = "pelvis" if top <= PELVIS_ONLY_TOP_MM else "thorax" if top >= THORAX_ONLY_TOP_MM else None
@@ -168,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             write_image(inputs / f"{name}.nii.gz", case.image, case.geometry)
             seeds[name] = seed
         seeds_file.write_text(json.dumps(seeds))
-    seeds = json.loads(seeds_file.read_text()) if seeds_file.is_file() else {}
+    elif not seeds_file.is_file() and args.end != "liver-free":  # drawn before seeds were recorded
+        seeds_file.write_text(json.dumps({name: SEED + i for i, name in enumerate(names)}))
+    recorded = json.loads(seeds_file.read_text()) if seeds_file.is_file() else {}
+    case_seeds = {name: recorded.get(name) for name in names}  # None: drawn by an older run that kept no seeds
     spacing = {name: read_label(refs / f"{name}.nii.gz")[1].spacing[::-1] for name in names}
     scores: dict[str, dict[str, dict[str, float | None]]] = {}
     seconds: dict[str, float] = {}
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     append_result(args.out, {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "models": models,
-        "cases": names, "seeds": seeds, "end": args.end,
+        "cases": names, "seeds": case_seeds, "end": args.end,
         "trunk_version": version, "scores": scores, "summary": summary})
     print(json.dumps({k: v["liver_paired_difference"] for k, v in summary.items()}))
     return 0

@@ -11,11 +11,12 @@ version-4 model was trained: two-fold models of the recipe trained on version-4 
    its own generator version from the same seeds, predicted with the recipe's edge context 0.25), a
    mean loss of at most 0.01.
 
+Pooling treats the two seeds' differences on one phantom as separate pairs ("paired by case and seed").
 The real CT, and the false liver on each arm's own liver-free fields of view (``fov_ends.py --end
 liver-free``), are reported and do not decide. This script computes nothing new: it reads the per-case
 scores the three benchmarks stored (``synthetic_phantoms.json``, ``fov_ends.json``, ``real_ct.json``,
 the latest run of each model), pairs them, and says which conditions hold and whether the comparison is
-complete (both seeds). Each ``--pair SEED=V3_MODEL,V4_MODEL`` names the two models of one seed as the
+complete (both seeds, every case paired, one CPU model). Each ``--pair SEED=V3_MODEL,V4_MODEL`` names the two models of one seed as the
 benchmarks recorded them. Not run by CI::
 
     .venv/bin/python benchmarks/trunk_version_rule.py \\
@@ -42,47 +43,63 @@ from autoseg.metrics import bootstrap_interval, mean_present  # noqa: E402
 
 SEEDS = (0, 1)  # the rule's trainings per arm
 FAMILY_SEED, FAMILY_CASES = 2512, 12  # synthetic_phantoms.py's default test phantoms (6 per family)
+DEV_CASES = 10  # per end
 DEV_SHARE = 0.25  # the recipe's edge context, which its models predict with
 DEV_ENDS = ("mid-bladder", "below-bladder")
 POOLED_LOWER_END, FAMILY_LOSS, DEV_LOSS = -0.01, 0.02, 0.01
 
 
-def _runs(name: str, results: Path) -> list[dict[str, Any]]:
-    path = results / name
-    return json.loads(path.read_text()) if path.is_file() else []
+class Reader:
+    """The benchmarks' stored runs, each model's latest, and the CPUs of the runs it used. A run dated
+    before the model's archive was last written (where the archive is on this machine) is of an older
+    model at the same path, and is left out."""
 
+    def __init__(self, results: Path) -> None:
+        self.results = results
+        self.cpus: set[str] = set()
 
-def family_scores(model: str, results: Path) -> dict[str, float | None] | None:
-    """Liver Dice per ``family F/case`` of ``model``'s latest run on the rule's family phantoms."""
-    runs = [r for r in _runs("synthetic_phantoms.json", results)
-            if r.get("model") == model and r.get("seed") == FAMILY_SEED and r.get("spacing") == "demo"
-            and not r.get("predict_args") and len(r.get("cases", [])) == FAMILY_CASES]
-    return {f"family{c['family']}/{c['case']}": c["liver"] for c in runs[-1]["cases"]} if runs else None
+    def runs(self, name: str, model: str) -> list[dict[str, Any]]:
+        path = self.results / name
+        runs = json.loads(path.read_text()) if path.is_file() else []
+        archive = Path(model) if Path(model).is_absolute() else REPO / model
+        made = archive.stat().st_mtime if archive.is_file() else None
+        return [r for r in runs if made is None or "date" not in r or datetime.fromisoformat(r["date"]).timestamp() >= made]
 
+    def used(self, run: dict[str, Any]) -> dict[str, Any]:
+        self.cpus.add(str(run.get("cpu")))
+        return run
 
-def dev_scores(model: str, version: int, results: Path, ends: tuple[str, ...] = DEV_ENDS,
-               figure: str = "liver") -> dict[str, float | None] | None:
-    """``figure`` (liver Dice) per ``end/case`` of ``model``'s latest runs on the development phantoms
-    drawn by generator ``version`` (each of ``ends``), at the recipe's edge context; None unless every
-    end is there."""
-    out: dict[str, float | None] = {}
-    for end in ends:
-        found = None
-        for run in _runs("fov_ends.json", results):
-            if run.get("end") != end or run.get("trunk_version") != version or len(run.get("cases", [])) != 10:
-                continue
-            for label, path in run["models"].items():
-                if path == model and f"{label} {DEV_SHARE}" in run["scores"]:
-                    found = run["scores"][f"{label} {DEV_SHARE}"]
-        if found is None:
-            return None
-        out.update({f"{end}/{case}": figures[figure] for case, figures in found.items()})
-    return out
+    def families(self, model: str) -> dict[str, float | None] | None:
+        """Liver Dice per ``familyF/case`` of ``model``'s latest run on the rule's family phantoms."""
+        runs = [r for r in self.runs("synthetic_phantoms.json", model)
+                if r.get("model") == model and r.get("seed") == FAMILY_SEED and r.get("spacing") == "demo"
+                and not r.get("predict_args") and len(r.get("cases", [])) == FAMILY_CASES]
+        return ({f"family{c['family']}/{c['case']}": c["liver"] for c in self.used(runs[-1])["cases"]}
+                if runs else None)
 
+    def development(self, model: str, version: int, ends: tuple[str, ...] = DEV_ENDS,
+                    figure: str = "liver") -> dict[str, float | None] | None:
+        """``figure`` (liver Dice) per ``end/case`` of ``model``'s latest runs on the development phantoms
+        drawn by generator ``version`` (each of ``ends``, 10 cases each), at the recipe's edge context;
+        None unless every end is there."""
+        out: dict[str, float | None] = {}
+        for end in ends:
+            found = None
+            for run in self.runs("fov_ends.json", model):
+                if run.get("end") != end or run.get("trunk_version") != version or len(run.get("cases", [])) != DEV_CASES:
+                    continue
+                for label, path in run["models"].items():
+                    if path == model and f"{label} {DEV_SHARE}" in run["scores"]:
+                        found = run
+                        key = f"{label} {DEV_SHARE}"
+            if found is None:
+                return None
+            out.update({f"{end}/{case}": figures[figure] for case, figures in self.used(found)["scores"][key].items()})
+        return out
 
-def real_scores(model: str, results: Path) -> dict[str, float | None]:
-    runs = [r for r in _runs("real_ct.json", results) if r.get("model") == model and not r.get("predict_args")]
-    return {c["case"]: (c.get("scores") or {}).get("dice") for c in runs[-1]["cases"]} if runs else {}
+    def real(self, model: str) -> dict[str, float | None]:
+        runs = [r for r in self.runs("real_ct.json", model) if r.get("model") == model and not r.get("predict_args")]
+        return {c["case"]: (c.get("scores") or {}).get("dice") for c in runs[-1]["cases"]} if runs else {}
 
 
 def differences(v3: dict[str, float | None], v4: dict[str, float | None], seed: int,
@@ -103,7 +120,14 @@ def summary(diffs: dict[str, float]) -> dict[str, Any]:
 
 
 def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]:
-    """The rule's three conditions from the stored scores of ``pairs`` (seed -> (v3 model, v4 model))."""
+    """The rule's three conditions from the stored scores of ``pairs`` (seed -> (v3 model, v4 model)).
+
+    Complete only with both seeds, four distinct models, every case of both arms paired (12 family and
+    20 development phantoms a seed) and every deciding run made on one CPU model."""
+    models = [m for pair in pairs.values() for m in pair]
+    if len(set(models)) != len(models):
+        raise SystemExit(f"the rule pairs four distinct models, got {models}: give each seed its own two")
+    read = Reader(results)
     fam: dict[str, float] = {}
     per_family: dict[str, dict[str, float]] = {"family1": {}, "family2": {}}
     dev: dict[str, float] = {}
@@ -111,24 +135,33 @@ def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]
     real: dict[str, Any] = {}
     liver_free: dict[str, dict[str, float | None]] = {}
     for seed, (v3, v4) in sorted(pairs.items()):
-        f3, f4 = family_scores(v3, results), family_scores(v4, results)
-        d3, d4 = dev_scores(v3, 3, results), dev_scores(v4, 4, results)
+        f3, f4 = read.families(v3), read.families(v4)
+        d3, d4 = read.development(v3, 3), read.development(v4, 4)
         for what, model, value in (("family phantoms", v3, f3), ("family phantoms", v4, f4),
                                    ("version-3 development phantoms", v3, d3),
                                    ("version-4 development phantoms", v4, d4)):
             if value is None:
                 missing.append(f"seed {seed}: no stored scores on the {what} of {model}")
         if f3 is not None and f4 is not None:
-            fam.update(differences(f3, f4, seed))
+            paired = differences(f3, f4, seed)
+            fam.update(paired)
+            if len(paired) != FAMILY_CASES or set(f3) != set(f4):
+                missing.append(f"seed {seed}: {len(paired)} of {FAMILY_CASES} family phantoms paired")
             for family in per_family:
                 per_family[family].update(differences(f3, f4, seed, family))
         if d3 is not None and d4 is not None:
-            dev.update(differences(d3, d4, seed))
-        free3, free4 = (dev_scores(m, v, results, ("liver-free",), "false_ml") for m, v in ((v3, 3), (v4, 4)))
+            paired = differences(d3, d4, seed)
+            dev.update(paired)
+            if len(paired) != 2 * DEV_CASES or set(d3) != set(d4):
+                missing.append(f"seed {seed}: {len(paired)} of {2 * DEV_CASES} development phantoms paired")
+        free3, free4 = (read.development(m, v, ("liver-free",), "false_ml") for m, v in ((v3, 3), (v4, 4)))
         liver_free[str(seed)] = {arm: None if free is None else mean_present(list(free.values()))
                                  for arm, free in (("v3", free3), ("v4", free4))}
-        r3, r4 = real_scores(v3, results), real_scores(v4, results)
+        r3, r4 = read.real(v3), read.real(v4)
         real[str(seed)] = {case: {"v3": r3.get(case), "v4": r4.get(case)} for case in sorted(set(r3) | set(r4))}
+    deciding_cpus = sorted(read.cpus)
+    if len(deciding_cpus) > 1:
+        missing.append(f"the runs were made on {len(deciding_cpus)} CPU models, not one: {deciding_cpus}")
     pooled, families, development = summary(fam), {k: summary(v) for k, v in per_family.items()}, summary(dev)
     conditions = {
         "1 families pooled: interval's lower end above -0.01": None if pooled["ci95"] is None
@@ -140,7 +173,7 @@ def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]
     complete = sorted(pairs) == list(SEEDS) and not missing
     holds = complete and all(conditions.values())
     return {"pairs": {str(k): {"v3": v[0], "v4": v[1]} for k, v in pairs.items()}, "complete": complete,
-            "missing": missing, "conditions": conditions, "adopt": holds,
+            "missing": missing, "cpus": deciding_cpus, "conditions": conditions, "adopt": holds,
             "families_pooled": pooled, "families": families, "development": development,
             "differences": {"families": fam, "development": dev}, "real_ct": real,
             "liver_free_false_ml": liver_free}

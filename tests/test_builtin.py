@@ -95,13 +95,20 @@ def test_pretrain_makes_a_model_that_predict_finds(tmp_path: Path, monkeypatch: 
     assert "--force" in str(err.value) and "other plans" not in str(err.value) and not out.exists()
     with pytest.raises(ConfigurationError, match=r"another recipe \(threads differ"):  # the stamp's fields
         pretrain(replace(recipe, threads=1), s, tmp_path / "work")
+    raw = sorted((tmp_path / "work" / "raw").rglob("*"))
+    before = {f: f.stat().st_mtime_ns for f in raw}
+    with pytest.raises(ConfigurationError, match=r"another recipe \(phantom_generator differ") as err:
+        pretrain(replace(recipe, trunk_version=4), s, tmp_path / "work")  # refused before a phantom is drawn
+    assert "another --work" in str(err.value)
+    assert sorted((tmp_path / "work" / "raw").rglob("*")) == raw and all(f.stat().st_mtime_ns == t
+                                                                          for f, t in before.items())
     stamp = tmp_path / "work" / "recipe.json"  # a fold trained on an older generator's phantoms
     stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "phantom_generator": "trunk v2"}))
     with pytest.raises(ConfigurationError, match=r"another recipe \(phantom_generator differ"):
         pretrain(recipe, s, tmp_path / "work")
     fold = tmp_path / "work" / "results" / "Task100_LiverVesselTumour" / "arunet" / "fold_0"
     (fold / "checkpoint_final.pt").unlink()  # an interrupted run: resumed only when it is this recipe's
-    with pytest.raises(ConfigurationError, match=r"an unfinished run with another recipe \(phantom_generator"):
+    with pytest.raises(ConfigurationError, match=r"holds a run of another recipe \(phantom_generator"):
         pretrain(recipe, s, tmp_path / "work")
     stamp.write_text(json.dumps(recipe_stamp(recipe)))
     assert pretrain(recipe, s, tmp_path / "work") == out and out.is_file()
@@ -195,8 +202,8 @@ def test_the_recipe_stamp_records_the_generator_version_as_it_always_has() -> No
     assert [k for k in stamp if stamp[k] != other[k]] == ["phantom_generator"]
 
 
-def test_pretrain_takes_the_trunk_version_and_refuses_an_unknown_one(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pretrain_takes_the_trunk_version_and_refuses_an_unknown_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """``--trunk-version`` replaces the recipe's generator version (and so its stamp); an unknown version is
     refused before anything is written."""
     import autoseg.pretrain as pretrain_module
@@ -212,5 +219,10 @@ def test_pretrain_takes_the_trunk_version_and_refuses_an_unknown_one(tmp_path: P
     assert seen[-1] == RECIPES["synthetic"]
     monkeypatch.undo()
     monkeypatch.setenv("AUTOSEG_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    (tmp_path / "cache" / "models" / "synthetic.zip").write_bytes(b"x")  # the version is checked before this
+    capsys.readouterr()
     assert main(["pretrain", "synthetic", "--work", str(tmp_path / "w2"), "--trunk-version", "99"]) == 2
-    assert not (tmp_path / "w2").exists() and not (tmp_path / "cache" / "models").exists()
+    err = capsys.readouterr().err
+    assert "trunk generator version 99 does not exist" in err and "--trunk-version 3 or 4" in err, err
+    assert not (tmp_path / "w2").exists()
