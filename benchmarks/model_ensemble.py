@@ -19,8 +19,8 @@ only). Predictions are kept under ``--work`` and reused with ``--reuse``. Not ru
 
     .venv/bin/python benchmarks/model_ensemble.py --models s0=benchmarks/work/cache_s43/models/synthetic.zip \\
         s1=benchmarks/work/cache_s44/models/synthetic.zip ec=benchmarks/work/cache_s45/models/synthetic.zip \\
-        --sets fov=benchmarks/work/fov_ends/inputs:benchmarks/work/fov_ends/labels --real \\
-        --ensembles s0+s1 s0+s1+ec --baseline s0 --pool dev=fov,below
+        --sets fov=benchmarks/work/fov_ends/mid-bladder_trunk_v3/inputs:benchmarks/work/fov_ends/mid-bladder_trunk_v3/labels \\
+        --real --ensembles s0+s1 s0+s1+ec --baseline s0 --pool dev=fov,below
 """
 from __future__ import annotations
 
