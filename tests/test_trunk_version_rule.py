@@ -126,6 +126,8 @@ def test_runs_older_than_the_models_archive_are_left_out(tmp_path: Path) -> None
     """A model made again at the same path: the runs of the model before it do not count."""
     archive = tmp_path / "v4.zip"
     archive.write_bytes(b"x")
+    made = datetime.fromisoformat(DATE).timestamp() - 1  # written before the runs (never the wall clock)
+    os.utime(archive, (made, made))
     write_runs(tmp_path, "v3s0", (0.8, 0.9), 0.85, 3)
     write_runs(tmp_path, str(archive), (0.8, 0.9), 0.85, 4)
     assert rule.Reader(tmp_path).families(str(archive)) is not None
