@@ -299,7 +299,7 @@ def write_task(out_dir: Path, task: str = "Task08", num_training: int = 10, num_
                                  fix="drop --trunk-version, or pass --family 3")
     version = None
     if family == 3:
-        version = _trunk().check_version(_trunk().TRUNK_VERSION if trunk_version is None else trunk_version)
+        version = _trunk().check_version(trunk_version)
     if shape is None and spacing_range is None:
         spacing_range = DEMO_SPACING_RANGE if family != 3 else _trunk().TRUNK_SPACING_RANGE
     root = Path(out_dir) / spec.folder
@@ -390,7 +390,7 @@ def generate_family_case(family: int, seed: int, task: str, shape: tuple[int, in
     if family == 3:
         trunk = _trunk()
         return trunk.generate_trunk_case(seed, task, spacing_range=spacing_range, tumour_free=tumour_free,
-                                         version=trunk.TRUNK_VERSION if trunk_version is None else trunk_version)
+                                         version=trunk.check_version(trunk_version))
     return generate_case(seed, task, shape=shape, spacing_range=spacing_range, tumour_free=bool(tumour_free))
 
 

@@ -237,8 +237,11 @@ def _end_at_the_pelvis(rng: np.random.Generator, f: Frame, items: list[Item], pz
     return out
 
 
-def check_version(version: int) -> int:
-    """``version`` if the trunk generator can draw it, else a :class:`ConfigurationError` naming the ones it can."""
+def check_version(version: int | None) -> int:
+    """``version`` (None: the default, :data:`TRUNK_VERSION`) if the trunk generator can draw it, else a
+    :class:`ConfigurationError` naming the ones it can."""
+    if version is None:
+        return TRUNK_VERSION
     if version not in TRUNK_VERSIONS:
         raise ConfigurationError(f"trunk generator version {version} does not exist",
                                  fix=f"pass --trunk-version {' or '.join(str(v) for v in TRUNK_VERSIONS)}")

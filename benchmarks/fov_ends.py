@@ -66,9 +66,9 @@ def cut_case(seed: int, end: str = "mid-bladder", trunk_version: int | None = No
     from autoseg.phantom import PhantomCase
     from autoseg.phantom_family2 import is_tumour_free, render
     from autoseg.phantom_shapes import Grid
-    from autoseg.phantom_trunk import TRUNK_VERSION, check_version, draw_trunk, trunk_grid, trunk_labels
+    from autoseg.phantom_trunk import check_version, draw_trunk, trunk_grid, trunk_labels
 
-    version = check_version(TRUNK_VERSION if trunk_version is None else trunk_version)
+    version = check_version(trunk_version)
     anatomy, _ = draw_trunk(seed, is_tumour_free(seed, 0.3), version=version)
     [urine] = [item for item in anatomy.items if item.name == "urine"]
     rng = np.random.default_rng([seed, 9301])
@@ -102,9 +102,9 @@ def liver_free_cases(count: int, trunk_version: int | None = None):
     field of view is pelvis-only or thorax-only (alternately, so that both kinds are there) and whose
     labels hold no liver (a thorax-only field may hold the dome: that seed is skipped). Yields
     ``(seed, case)``; the anatomy, spacing and appearance are the generator's own draws."""
-    from autoseg.phantom_trunk import TRUNK_VERSION, check_version, generate_trunk_case, trunk_grid
+    from autoseg.phantom_trunk import check_version, generate_trunk_case, trunk_grid
 
-    version = check_version(TRUNK_VERSION if trunk_version is None else trunk_version)
+    version = check_version(trunk_version)
     wanted = ["pelvis", "thorax"]
     seed = LIVER_FREE_SEED
     while count > 0:
@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="cases are drawn once into a folder per end and generator version, and reused")
     p.add_argument("--out", type=Path, default=BENCH / "results" / "fov_ends.json")
     args = p.parse_args(argv)
-    from autoseg.phantom_trunk import TRUNK_VERSION, check_version
+    from autoseg.phantom_trunk import check_version
 
     models = dict(m.split("=", 1) for m in args.models)
-    version = check_version(TRUNK_VERSION if args.trunk_version is None else args.trunk_version)
+    version = check_version(args.trunk_version)
     cases = args.work / f"{args.end}_trunk_v{version}"  # never the cases of another end or generator
     inputs, refs = cases / "inputs", cases / "labels"
     names = [f"fov_{i:03d}" for i in range(args.cases)]
