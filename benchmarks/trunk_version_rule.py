@@ -57,10 +57,13 @@ class Reader:
     def __init__(self, results: Path) -> None:
         self.results = results
         self.cpus: set[str] = set()
+        self._files: dict[str, list[dict[str, Any]]] = {}
 
     def runs(self, name: str, model: str) -> list[dict[str, Any]]:
-        path = self.results / name
-        runs = json.loads(path.read_text()) if path.is_file() else []
+        if name not in self._files:  # each results file is read once
+            path = self.results / name
+            self._files[name] = json.loads(path.read_text()) if path.is_file() else []
+        runs = self._files[name]
         archive = Path(model) if Path(model).is_absolute() else REPO / model
         made = archive.stat().st_mtime if archive.is_file() else None
         return [r for r in runs if made is None or "date" not in r or datetime.fromisoformat(r["date"]).timestamp() >= made]
