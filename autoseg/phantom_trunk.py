@@ -41,7 +41,10 @@ starts below the liver's dome (issue 25, ``docs/synthetic_model.md``): it had ne
 Version 4 (drawn on request, :data:`TRUNK_VERSIONS`) puts the spine at the depth the literature
 measures (:data:`SPINE_DEPTH_MM`): version 3 kept family 2's, about 25 mm too deep inside the body,
 so its livers reached up to 56 mm behind the spinal canal, where family 1's and two real livers stop
-at or in front of it (``benchmarks/liver_occupancy.py``).
+at or in front of it (``benchmarks/liver_occupancy.py``). Version 5 (drawn on request) keeps version 4
+and raises the pelvis by :data:`PELVIS_RAISE_MM`: versions 3 and 4 put the iliac crest a median 284 mm
+below the liver's top, where the vertebral levels the literature measures put it about 205 mm below
+(``benchmarks/trunk_levels.py``), so no training liver came within 65 mm of the crest.
 """
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ TRUNK_SPACING_RANGE: SpacingRange = ((2.5, 2.4, 2.4), (5.0, 4.0, 4.0))
 #: The trunk generator's versions that can be drawn, and the default one (recorded in ``phantom.json``):
 #: the version the built-in ``synthetic`` recipe is trained on, until a newer one has been measured
 #: to serve it better (docs/synthetic_model.md).
-TRUNK_VERSIONS = (3, 4)
+TRUNK_VERSIONS = (3, 4, 5)
 TRUNK_VERSION = 3
 #: Depth (mm) of the vertebral body's centre in front of the back muscles' posterior surface, per
 #: version. Version 3 kept family 2's, which puts the spinal canal's centre 41-68 mm in front of that
@@ -77,7 +80,19 @@ TRUNK_VERSION = 3
 #: Anesthesiol 2004, 124 adults; the liver's levels lie higher, where the depth is no larger), and the
 #: canal's centre lies about 8 mm deeper. docs/synthetic_model.md ("Where the liver lies around the
 #: spine") has the figures.
-SPINE_DEPTH_MM: dict[int, tuple[float, float]] = {3: FAMILY2_SPINE_DEPTH_MM, 4: (45.0, 65.0)}
+SPINE_DEPTH_MM: dict[int, tuple[float, float]] = {3: FAMILY2_SPINE_DEPTH_MM, 4: (45.0, 65.0), 5: (45.0, 65.0)}
+#: How far (mm) each version raises the pelvis (iliac crest, bladder, hips, iliac vessels, the spine's
+#: end) above versions 3 and 4, which drew the crest 180-230 mm under the liver's reference level: a
+#: median of 284 mm under the liver's top, 118 mm under its inferior tip. CT places the crest at L4
+#: (69 % of 108 adults, Mirjalili et al., Clin Anat 2012;25:819-826; L4 or L4-5 in 87 % of 75,
+#: Chakraverty et al., J Anat 2007;210:232-236), the renal hila most often at L2 and the IVC's passage
+#: through the diaphragm at T10 (100 adults, Clin Anat 2016;29:165-174): with vertebral body and disc
+#: heights that is about 205 mm (160-250, one level either way) from the liver's top to the crest and
+#: about 75 mm from the right kidney's centre to it. Version 5's 70 mm gives medians of 214 and 64 mm
+#: (``benchmarks/trunk_levels.py``; docs/synthetic_model.md, "The pelvis's level").
+PELVIS_RAISE_MM: dict[int, float] = {3: 0.0, 4: 0.0, 5: 70.0}
+#: The pelvic bones a version keeps the liver out of (version 5's raised pelvis can meet a low liver tip).
+_LIVER_KEEPS_OUT_OF_THE_PELVIS = frozenset({5})
 TRUNK_PHASES = ("unenhanced",) + PHASES
 #: Unenhanced attenuation of the tissues that enhance (approximate HU ranges).
 UNENHANCED_HU: dict[str, tuple[float, float]] = {
@@ -251,24 +266,31 @@ def check_version(version: int | None) -> int:
 def draw_trunk(seed: int, tumour_free: bool, version: int = TRUNK_VERSION) -> tuple[Anatomy2, float]:
     """The anatomy of trunk case ``seed`` (generator ``version``) and the z (mm) of its iliac crest.
     Versions draw the same random numbers: a case differs between them only where they differ."""
+    version = check_version(version)
     rng = [np.random.default_rng([seed, 3003, k]) for k in range(6)]  # body, liver, vessels, lesions, HU, rest
     phase = str(rng[4].choice(TRUNK_PHASES, p=[0.25, 0.2, 0.4, 0.15]))
     hu = _TrunkHu(rng[4], phase, scrambled=bool(rng[4].random() < 0.4))
-    f = draw_frame(rng[0], spine_depth=SPINE_DEPTH_MM[check_version(version)])
+    f = draw_frame(rng[0], spine_depth=SPINE_DEPTH_MM[version])
     abdomen, keep_out = draw_abdomen(rng[0], f, hu)
-    pz = _u(rng[5], -230, -180)  # iliac crest, relative to the liver's region
+    pz = _u(rng[5], -230, -180) + PELVIS_RAISE_MM[version]  # iliac crest, relative to the liver's region
     items = draw_wall_and_spine(rng[0], f, hu) + draw_chest(rng[0], f, hu)
     items += draw_ribs(rng[5], f, hu, z_shift=_u(rng[5], 210, 235))
     items += abdomen + draw_bowel(rng[5], f, hu, z_range=(pz - 100, -90), colon=False, loops_range=(6, 14))
-    items = _collapse_bowel(rng[5], items) + _trunk_muscles(rng[5], f, hu, pz) + _pelvis(rng[5], f, hu, pz)
+    items = _collapse_bowel(rng[5], items)
+    items += _trunk_muscles(rng[5], f, hu, pz)  # this order of draws from rng[5] keeps every version's cases
+    pelvis = _pelvis(rng[5], f, hu, pz)
+    items += pelvis
+    if version in _LIVER_KEEPS_OUT_OF_THE_PELVIS:
+        keep_out = keep_out + [item.region for item in pelvis if item.tissue == TRUNK_TISSUES["bone_cortical"]]
     liver_items, liver_hu, liver_ml, lesions = liver_with_lesions(rng, f, hu, keep_out, hu.lesion_phase, tumour_free)
     items = _end_at_the_pelvis(rng[5], f, items + liver_items, pz)
     return Anatomy2(tuple(items), phase, liver_hu, liver_ml, tuple(lesions), f.body), pz
 
 
 def trunk_grid(seed: int, spacing: tuple[float, float, float] | None = None,
-               spacing_range: SpacingRange | None = None) -> Grid:
-    """The field of view and voxel grid of trunk case ``seed`` (module docstring)."""
+               spacing_range: SpacingRange | None = None, version: int = TRUNK_VERSION) -> Grid:
+    """The field of view and voxel grid of trunk case ``seed`` (module docstring); its lowest slice no
+    lower than the femoral heads' level of generator ``version``."""
     rng = np.random.default_rng([seed, 3003, 9])
     if spacing is None:
         lo, hi = (np.asarray(v, dtype=float) for v in (spacing_range or TRUNK_SPACING_RANGE))
@@ -284,7 +306,7 @@ def trunk_grid(seed: int, spacing: tuple[float, float, float] | None = None,
     else:
         top = rng.uniform(260, 320)  # thorax only, the liver dome at most
         extent = min(extent, top - rng.uniform(90, 160))
-    extent = min(extent, top + 390)  # no lower than the femoral heads' level
+    extent = min(extent, top + 390 - PELVIS_RAISE_MM[check_version(version)])  # no lower than the femoral heads' level
     width = rng.uniform(300, 480)
     centre = (top - extent / 2, rng.uniform(-25, 25), rng.uniform(-25, 25))
     shape = tuple(max(1, int(round(e / s))) for e, s in zip((extent, width, width), spacing))
@@ -301,7 +323,7 @@ def generate_trunk_case(seed: int, task: str = "LiverVesselTumour", spacing: tup
     if tumour_free is None:
         tumour_free = is_tumour_free(seed, tumour_free_share)
     anatomy, _ = draw_trunk(seed, tumour_free, version)
-    grid = trunk_grid(seed, spacing, spacing_range)
+    grid = trunk_grid(seed, spacing, spacing_range, version)
     image, tissues = render(anatomy, grid, seed)
     origin = (grid.origin[2], grid.origin[1], grid.origin[0])
     return PhantomCase(image, trunk_labels(tissues, task), grid.spacing, origin, tissues, task, seed, family=3)
@@ -322,5 +344,5 @@ def trunk_labels(tissues: np.ndarray, task: str) -> np.ndarray:
     return labels
 
 
-__all__ = ["SPINE_DEPTH_MM", "TRUNK_TISSUES", "TRUNK_SPACING_RANGE", "TRUNK_VERSION", "TRUNK_VERSIONS",
-           "check_version", "draw_trunk", "generate_trunk_case", "trunk_grid", "trunk_labels"]
+__all__ = ["PELVIS_RAISE_MM", "SPINE_DEPTH_MM", "TRUNK_TISSUES", "TRUNK_SPACING_RANGE", "TRUNK_VERSION",
+           "TRUNK_VERSIONS", "check_version", "draw_trunk", "generate_trunk_case", "trunk_grid", "trunk_labels"]

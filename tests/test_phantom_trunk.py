@@ -11,8 +11,8 @@ from autoseg.errors import ConfigurationError
 from autoseg.phantom import write_task
 from autoseg.phantom_family2_shapes import LIVER_TISSUES, TUMOUR_TISSUES, VESSEL_TISSUES
 from autoseg.phantom_family2_anatomy import draw_frame
-from autoseg.phantom_trunk import (SPINE_DEPTH_MM, TRUNK_TISSUES, draw_trunk, generate_trunk_case, trunk_grid,
-                                   trunk_labels)
+from autoseg.phantom_trunk import (PELVIS_RAISE_MM, SPINE_DEPTH_MM, TRUNK_TISSUES, draw_trunk, generate_trunk_case,
+                                   trunk_grid, trunk_labels)
 
 COARSE = (5.0, 4.0, 4.0)
 
@@ -120,6 +120,58 @@ def test_version_4_puts_the_spine_where_the_literature_measures_it() -> None:
         "the kidneys, placed from the spine, move back with it"
     spleen = [(i.region, j.region) for i, j in zip(a.items, b.items) if i.name == "spleen"]
     assert len(spleen) == 1, "one spleen"
+
+
+def _z_range(region, step: float = 6.0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    lo, hi = (np.clip(b, -600, 600) for b in region.bounds())
+    axes = [np.arange(a, b + step, step) for a, b in zip(lo, hi)]
+    inside = region.level(*np.meshgrid(*axes, indexing="ij")) < 0
+    zs = axes[0][inside.any(axis=(1, 2))]
+    return float(zs.min()), float(zs.max())
+
+
+def test_version_5_raises_the_pelvis_to_the_literatures_level() -> None:
+    """Versions 3 and 4 drew the iliac crest about 285 mm under the liver's top, where the vertebral
+    levels of CT studies put it about 205 mm (160-250) under: version 5 raises the pelvis, and only
+    the pelvis, by 70 mm, and keeps the liver out of its bones."""
+    assert PELVIS_RAISE_MM[3] == PELVIS_RAISE_MM[4] == 0.0 and SPINE_DEPTH_MM[5] == SPINE_DEPTH_MM[4]
+    gaps = {4: [], 5: []}  # type: dict[int, list[float]]
+    for seed in range(4):
+        (a, crest4), (b, crest5) = draw_trunk(seed, False, version=4), draw_trunk(seed, False, version=5)
+        assert crest5 - crest4 == pytest.approx(PELVIS_RAISE_MM[5])
+        assert [(i.name, i.hu) for i in a.items] == [(i.name, i.hu) for i in b.items], "the same draws"
+        for i, j in zip(a.items, b.items):
+            moved = np.subtract(j.region.bounds(), i.region.bounds())
+            if i.name in ("kidney", "spleen", "lung", "heart"):
+                assert np.allclose(moved, 0.0), f"seed {seed}: the {i.name} moved"
+            if i.name in ("urine", "femoral head", "iliac wing", "sacrum", "gluteus"):
+                assert np.allclose(moved, [[PELVIS_RAISE_MM[5], 0, 0]] * 2), f"seed {seed}: the {i.name}"
+        for version, items in ((4, a.items), (5, b.items)):
+            [liver] = [i.region for i in items if i.name == "liver"]
+            wings = [_z_range(i.region) for i in items if i.name == "iliac wing"]
+            gaps[version].append(_z_range(liver)[1] - max(w[1] for w in wings))
+    assert np.median(gaps[4]) > 250 and 160 <= np.median(gaps[5]) <= 250, gaps
+    # seed 47's liver reaches 72 mm below the raised crest and, unkept, into 20 mL of iliac bone
+    items = draw_trunk(47, False, version=5)[0].items
+    bones = [i for i in items if i.name in ("iliac wing", "sacrum", "femoral head", "femur")
+             and i.tissue == TRUNK_TISSUES["bone_cortical"]]
+    [liver] = [i.region for i in items if i.name == "liver"]
+    lo, hi = liver.bounds()
+    grid = np.meshgrid(*[np.arange(s, e, 4.0) for s, e in zip(lo, hi)], indexing="ij")
+    in_liver = liver.level(*grid) < 0
+    assert in_liver.any() and not any((in_liver & (bone.region.level(*grid) < 0)).any() for bone in bones), \
+        "version 5's liver reaches into a pelvic bone"
+
+
+def test_version_5_fields_of_view_end_no_lower_than_its_femoral_heads() -> None:
+    for seed in range(60):
+        g3, g5 = trunk_grid(seed), trunk_grid(seed, version=5)
+        top3, top5 = (g.origin[0] + (g.shape[0] - 1) * g.spacing[0] for g in (g3, g5))
+        assert top5 == pytest.approx(top3, abs=g5.spacing[0]) and g5.spacing == g3.spacing
+        assert g5.origin[0] >= -(390 - PELVIS_RAISE_MM[5]) - g5.spacing[0], "never below the femoral heads"
+        assert g5.shape[0] <= g3.shape[0]
+    a, b = generate_trunk_case(0, spacing=COARSE, version=3), generate_trunk_case(0, spacing=COARSE)
+    assert np.array_equal(a.tissues, b.tissues), "version 3 is still the default"
 
 
 def test_no_bone_outside_the_body() -> None:
