@@ -188,9 +188,11 @@ def _vessel_line(rng: np.random.Generator, x: float, y: float, r: float) -> Caps
     return Capsules.chain(pts, np.full(len(z), r))
 
 
-def draw_abdomen(rng: np.random.Generator, f: Frame, hu: Hu) -> tuple[list[Item], list[Region]]:
+def draw_abdomen(rng: np.random.Generator, f: Frame, hu: Hu, kidney_raise: float = 0.0
+                 ) -> tuple[list[Item], list[Region]]:
     """Aorta, kidneys, spleen, pancreas, stomach and bowel: everything painted before the liver; and
-    what the liver must leave room for (spine, aorta, kidneys)."""
+    what the liver must leave room for (spine, aorta, kidneys). ``kidney_raise`` (mm) moves both
+    kidneys up (the trunk generator's version 5), drawing the same random numbers."""
     ry, rx = f.spine_r
     ar = _u(rng, 9, 14)
     aorta = _vessel_line(rng, _u(rng, 5, 25), f.spine_y - ry - ar - 2, ar)
@@ -199,7 +201,7 @@ def draw_abdomen(rng: np.random.Generator, f: Frame, hu: Hu) -> tuple[list[Item]
                               Capsules(tuple(Capsule(c.a, c.b, c.ra + 4, c.rb + 4) for c in aorta.parts))]
     scale = f.half[1] / 120.0
     for side, zc in ((-1, _u(rng, -75, -40)), (1, _u(rng, -60, -25))):
-        c = _p(zc, f.spine_y + _u(rng, -5, 10), side * _u(rng, 55, 75) * scale)
+        c = _p(zc + kidney_raise, f.spine_y + _u(rng, -5, 10), side * _u(rng, 55, 75) * scale)
         rot = axis_rotation((0, 1, side * 0.3), _u(rng, 10, 25))
         radii, cortex = _p(_u(rng, 45, 58), _u(rng, 20, 26), _u(rng, 25, 32)), _u(rng, 6, 9)
         keep_out.append(Superquadric(c, radii + 3, 0.9, 0.9, rot))

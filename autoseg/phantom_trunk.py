@@ -42,9 +42,10 @@ Version 4 (drawn on request, :data:`TRUNK_VERSIONS`) puts the spine at the depth
 measures (:data:`SPINE_DEPTH_MM`): version 3 kept family 2's, about 25 mm too deep inside the body,
 so its livers reached up to 56 mm behind the spinal canal, where family 1's and two real livers stop
 at or in front of it (``benchmarks/liver_occupancy.py``). Version 5 (drawn on request) keeps version 4
-and raises the pelvis by :data:`PELVIS_RAISE_MM`: versions 3 and 4 put the iliac crest a median 284 mm
-below the liver's top, where the vertebral levels the literature measures put it about 205 mm below
-(``benchmarks/trunk_levels.py``), so no training liver came within 65 mm of the crest.
+and raises the pelvis by :data:`PELVIS_RAISE_MM` and the kidneys by :data:`KIDNEY_RAISE_MM`: versions
+3 and 4 put the iliac crest a median 284-289 mm below the liver's top, where the vertebral levels the
+literature measures put it about 205 mm below (``benchmarks/trunk_levels.py``), so that in a tenth of
+their cases or fewer did the liver come within 52-65 mm of the crest.
 """
 from __future__ import annotations
 
@@ -91,6 +92,11 @@ SPINE_DEPTH_MM: dict[int, tuple[float, float]] = {3: FAMILY2_SPINE_DEPTH_MM, 4: 
 #: about 75 mm from the right kidney's centre to it. Version 5's 70 mm gives medians of 214 and 64 mm
 #: (``benchmarks/trunk_levels.py``; docs/synthetic_model.md, "The pelvis's level").
 PELVIS_RAISE_MM: dict[int, float] = {3: 0.0, 4: 0.0, 5: 70.0}
+#: How far (mm) each version raises both kidneys. Versions 3 and 4 put the right kidney's upper pole a
+#: median 114 mm under the liver's top and its centre 55 mm above version 5's crest, where the renal hila
+#: at L2 (two levels above the crest: about 75 mm) and the dome at or above T10 (the upper pole about
+#: 75 mm under it) put them higher; version 5's 30 mm gives 84 and 85 mm (``benchmarks/trunk_levels.py``).
+KIDNEY_RAISE_MM: dict[int, float] = {3: 0.0, 4: 0.0, 5: 30.0}
 #: The pelvic bones a version keeps the liver out of (version 5's raised pelvis can meet a low liver tip).
 _LIVER_KEEPS_OUT_OF_THE_PELVIS = frozenset({5})
 TRUNK_PHASES = ("unenhanced",) + PHASES
@@ -271,7 +277,7 @@ def draw_trunk(seed: int, tumour_free: bool, version: int = TRUNK_VERSION) -> tu
     phase = str(rng[4].choice(TRUNK_PHASES, p=[0.25, 0.2, 0.4, 0.15]))
     hu = _TrunkHu(rng[4], phase, scrambled=bool(rng[4].random() < 0.4))
     f = draw_frame(rng[0], spine_depth=SPINE_DEPTH_MM[version])
-    abdomen, keep_out = draw_abdomen(rng[0], f, hu)
+    abdomen, keep_out = draw_abdomen(rng[0], f, hu, kidney_raise=KIDNEY_RAISE_MM[version])
     pz = _u(rng[5], -230, -180) + PELVIS_RAISE_MM[version]  # iliac crest, relative to the liver's region
     items = draw_wall_and_spine(rng[0], f, hu) + draw_chest(rng[0], f, hu)
     items += draw_ribs(rng[5], f, hu, z_shift=_u(rng[5], 210, 235))
@@ -344,5 +350,6 @@ def trunk_labels(tissues: np.ndarray, task: str) -> np.ndarray:
     return labels
 
 
-__all__ = ["PELVIS_RAISE_MM", "SPINE_DEPTH_MM", "TRUNK_TISSUES", "TRUNK_SPACING_RANGE", "TRUNK_VERSION",
-           "TRUNK_VERSIONS", "check_version", "draw_trunk", "generate_trunk_case", "trunk_grid", "trunk_labels"]
+__all__ = ["KIDNEY_RAISE_MM", "PELVIS_RAISE_MM", "SPINE_DEPTH_MM", "TRUNK_TISSUES", "TRUNK_SPACING_RANGE",
+           "TRUNK_VERSION", "TRUNK_VERSIONS", "check_version", "draw_trunk", "generate_trunk_case", "trunk_grid",
+           "trunk_labels"]
