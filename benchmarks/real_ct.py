@@ -146,21 +146,37 @@ def component_summary(mask: np.ndarray, ml: float) -> dict[str, Any]:
     return {"components": count, "ml_outside_largest": int(sizes.sum() - sizes.max()) * ml}
 
 
+def missed_by_third(fn: np.ndarray, ref: np.ndarray, ml: float, head_last: bool | None) -> dict[str, float] | None:
+    """Missed liver (mL) in the lower, middle and upper third of the reference liver's slices, foot to
+    head (``head_last``: the array's slice index grows towards the head; None: not an axial grid, no
+    figure). Thirds of the part the field of view holds."""
+    zs = np.flatnonzero(ref.any(axis=(1, 2)))
+    if head_last is None or zs.size == 0:
+        return None
+    per_slice = fn.sum(axis=(1, 2))
+    edges = np.linspace(zs.min(), zs.max() + 1, 4).round().astype(int)
+    thirds = [float(per_slice[a:b].sum() * ml) for a, b in zip(edges[:-1], edges[1:])]
+    if not head_last:
+        thirds.reverse()
+    return dict(zip(("lower", "middle", "upper"), thirds))
+
+
 def _share(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
 
 def score_case(pred_labels: np.ndarray, ref_liver: np.ndarray, spacing: tuple[float, ...],
                organ_map: np.ndarray | None = None, organ_names: dict[int, str] | None = None,
-               surface: bool = True) -> dict[str, Any]:
+               surface: bool = True, head_last: bool | None = None) -> dict[str, Any]:
     """Liver figures of one predicted label map against a reference liver on the same grid.
 
     ``spacing`` is in mm in the arrays' axis order. Dice is :func:`autoseg.metrics.dice_from_counts`
     (None, not NaN, when both livers are empty); HD95 (mm, ``surface``) is
     :func:`autoseg.evaluation.hausdorff95` (None when either is empty). With ``organ_map`` (a
     multi-organ reference on the same grid, e.g. TotalSegmentator's) the false-positive liver is
-    broken down by the organ label it lies on. Vessel and tumour volumes are reported for
-    information: no reference exists for them here.
+    broken down by the organ label it lies on. With ``head_last`` (:func:`missed_by_third`) the missed
+    liver is split into the reference liver's lower, middle and upper thirds. Vessel and tumour
+    volumes are reported for information: no reference exists for them here.
     """
     pred_labels, ref_liver = np.asarray(pred_labels), np.asarray(ref_liver, bool)
     if pred_labels.shape != ref_liver.shape:
@@ -181,6 +197,7 @@ def score_case(pred_labels: np.ndarray, ref_liver: np.ndarray, spacing: tuple[fl
         "rel_volume_error": _share(pred_ml - ref_ml, ref_ml),
         "tp_ml": tp * ml, "fp_ml": fp * ml, "fp_share_of_ref": _share(fp * ml, ref_ml),
         "fn_ml": fn * ml, "fn_share_of_ref": _share(fn * ml, ref_ml),
+        "fn_ml_by_third": missed_by_third(ref_liver & ~pred, ref_liver, ml, head_last),
         "ref_liver_at_volume_edge": volume_at_edges(ref_liver),
     }
     if surface:
@@ -295,7 +312,10 @@ def run_case(case: RealCase, real: Path, work: Path, model: str, extra: list[str
             row["organ_note"] = f"{names_path} absent: false positives not placed on organs"
     row["spacing_zyx_mm"] = list(geometry.spacing_zyx)
     row["shape_zyx"] = list(geometry.shape_zyx)
-    row["scores"] = score_case(pred, ref_map == case.liver_label, geometry.spacing_zyx, organ_map, organ_names)
+    slice_axis_z = float(np.asarray(geometry.direction, dtype=float).reshape(3, 3)[2, 2])  # LPS: +z is the head
+    head_last = None if abs(slice_axis_z) < 0.98 else slice_axis_z > 0
+    row["scores"] = score_case(pred, ref_map == case.liver_label, geometry.spacing_zyx, organ_map, organ_names,
+                               head_last=head_last)
     row["status"] = "scored"
     if not keep and created:
         shutil.rmtree(out)
@@ -339,6 +359,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         notes.append(f"- {row['case']}: reference is {row['reference_source']}")
         if row.get("label_warning"):
             notes.append(f"- {row['case']} (!): {row['label_warning']}")
+        thirds = row["scores"].get("fn_ml_by_third")
+        if thirds:
+            notes.append(f"- {row['case']}: missed liver by third of the reference liver, foot to head: "
+                         f"{thirds['lower']:.1f} / {thirds['middle']:.1f} / {thirds['upper']:.1f} mL")
         edges = row["scores"]["ref_liver_at_volume_edge"]
         if edges:
             notes.append(f"- {row['case']}: the reference liver reaches the volume's {', '.join(edges)} "

@@ -80,6 +80,21 @@ def test_score_case_of_a_shifted_cube_gives_the_known_figures() -> None:
     assert s["fp_by_organ_rest_ml"] == 0
 
 
+def test_missed_liver_by_third_runs_foot_to_head_whichever_way_the_slices_run() -> None:
+    """A reference liver on slices 2-10 (three slices a third), missed on slices 2-3 and 9: 2 and 1
+    slices of 4 voxels, in the lower third and the upper one when the slice index grows to the head."""
+    ref = np.zeros((12, 4, 4), bool)
+    ref[2:11, 1:3, 1:3] = True
+    pred = ref.astype(np.int16)
+    pred[2:4] = 0
+    pred[9] = 0
+    s = rc.score_case(pred, ref, SPACING, surface=False, head_last=True)
+    assert s["fn_ml_by_third"] == pytest.approx({"lower": 8 * ML, "middle": 0.0, "upper": 4 * ML}, abs=1e-12)
+    s = rc.score_case(pred, ref, SPACING, surface=False, head_last=False)
+    assert s["fn_ml_by_third"] == pytest.approx({"lower": 4 * ML, "middle": 0.0, "upper": 8 * ML}, abs=1e-12)
+    assert rc.score_case(pred, ref, SPACING, surface=False)["fn_ml_by_third"] is None  # orientation unknown
+
+
 def test_fp_by_organ_lists_the_largest_and_sums_the_rest() -> None:
     pred, ref, organs = shifted_cube_case()
     fp = rc.liver_of(pred) & ~ref
