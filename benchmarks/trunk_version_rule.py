@@ -1,8 +1,10 @@
-"""The rule that decides whether the synthetic model's recipe takes trunk generator version 4.
+"""The rule that decides whether the synthetic model's recipe takes a newer trunk generator version.
 
 ``docs/synthetic_model.md`` ("Where the liver lies around the spine") wrote the rule down before any
-version-4 model was trained: two-fold models of the recipe trained on version-4 phantoms (seeds 0 and
-1) against the same recipe on version-3 phantoms, on one machine, paired by case and seed:
+version-4 model was trained, and took it over for version 5 ("Where the liver ends") before any
+version-5 model was measured: two-fold models of the recipe trained on the new version's phantoms
+(seeds 0 and 1) against the same recipe on the old version's (``--versions OLD NEW``, default 3 4),
+on one machine, paired by case and seed:
 
 1. on families 1 and 2 pooled (the 6 + 6 phantoms of ``synthetic_phantoms.py``), liver Dice higher,
    the lower end of the paired 95 % interval above -0.01;
@@ -16,8 +18,8 @@ The real CT, and the false liver on each arm's own liver-free fields of view (``
 liver-free``), are reported and do not decide. This script computes nothing new: it reads the per-case
 scores the three benchmarks stored (``synthetic_phantoms.json``, ``fov_ends.json``, ``real_ct.json``,
 the latest run of each model), pairs them, and says which conditions hold and whether the comparison is
-complete (both seeds, every case paired, one CPU model). Each ``--pair SEED=V3_MODEL,V4_MODEL`` names the two models of one seed as the
-benchmarks recorded them. Not run by CI::
+complete (both seeds, every case paired, one CPU model). Each ``--pair SEED=OLD_MODEL,NEW_MODEL`` names
+the two models of one seed as the benchmarks recorded them. Not run by CI::
 
     .venv/bin/python benchmarks/trunk_version_rule.py \\
         --pair 0=benchmarks/work/cache_s49/models/synthetic.zip,benchmarks/work/cache_v4_s0/models/synthetic.zip
@@ -122,8 +124,9 @@ def summary(diffs: dict[str, float]) -> dict[str, Any]:
     return {"n": len(values), "mean": mean_present(values), "ci95": list(ci) if ci else None}
 
 
-def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]:
-    """The rule's three conditions from the stored scores of ``pairs`` (seed -> (v3 model, v4 model)).
+def evaluate(pairs: dict[int, tuple[str, str]], results: Path, versions: tuple[int, int] = (3, 4)) -> dict[str, Any]:
+    """The rule's three conditions from the stored scores of ``pairs`` (seed -> (old model, new model))
+    for generator ``versions`` (old, new).
 
     Complete only with both seeds, four distinct models, every case of both arms paired (12 family and
     20 development phantoms a seed) and every deciding run made on one CPU model."""
@@ -137,12 +140,14 @@ def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]
     missing: list[str] = []
     real: dict[str, Any] = {}
     liver_free: dict[str, dict[str, float | None]] = {}
-    for seed, (v3, v4) in sorted(pairs.items()):
+    old, new = versions
+    a_old, a_new = f"v{old}", f"v{new}"
+    for seed, (v3, v4) in sorted(pairs.items()):  # v3: the old version's model, v4: the new one's
         f3, f4 = read.families(v3), read.families(v4)
-        d3, d4 = read.development(v3, 3), read.development(v4, 4)
+        d3, d4 = read.development(v3, old), read.development(v4, new)
         for what, model, value in (("family phantoms", v3, f3), ("family phantoms", v4, f4),
-                                   ("version-3 development phantoms", v3, d3),
-                                   ("version-4 development phantoms", v4, d4)):
+                                   (f"version-{old} development phantoms", v3, d3),
+                                   (f"version-{new} development phantoms", v4, d4)):
             if value is None:
                 missing.append(f"seed {seed}: no stored scores on the {what} of {model}")
         if f3 is not None and f4 is not None:
@@ -157,11 +162,11 @@ def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]
             dev.update(paired)
             if len(paired) != 2 * DEV_CASES or set(d3) != set(d4):
                 missing.append(f"seed {seed}: {len(paired)} of {2 * DEV_CASES} development phantoms paired")
-        free3, free4 = (read.development(m, v, ("liver-free",), "false_ml") for m, v in ((v3, 3), (v4, 4)))
+        free3, free4 = (read.development(m, v, ("liver-free",), "false_ml") for m, v in ((v3, old), (v4, new)))
         liver_free[str(seed)] = {arm: None if free is None else mean_present(list(free.values()))
-                                 for arm, free in (("v3", free3), ("v4", free4))}
+                                 for arm, free in ((a_old, free3), (a_new, free4))}
         r3, r4 = read.real(v3), read.real(v4)
-        real[str(seed)] = {case: {"v3": r3.get(case), "v4": r4.get(case)} for case in sorted(set(r3) | set(r4))}
+        real[str(seed)] = {case: {a_old: r3.get(case), a_new: r4.get(case)} for case in sorted(set(r3) | set(r4))}
     deciding_cpus = sorted(read.cpus)
     if len(deciding_cpus) > 1:
         missing.append(f"the runs were made on {len(deciding_cpus)} CPU models, not one: {deciding_cpus}")
@@ -175,7 +180,8 @@ def evaluate(pairs: dict[int, tuple[str, str]], results: Path) -> dict[str, Any]
         else development["mean"] >= -DEV_LOSS}
     complete = sorted(pairs) == list(SEEDS) and not missing
     holds = complete and all(conditions.values())
-    return {"pairs": {str(k): {"v3": v[0], "v4": v[1]} for k, v in pairs.items()}, "complete": complete,
+    return {"versions": [old, new], "pairs": {str(k): {a_old: v[0], a_new: v[1]} for k, v in pairs.items()},
+            "complete": complete,
             "missing": missing, "cpus": deciding_cpus, "conditions": conditions, "adopt": holds,
             "families_pooled": pooled, "families": families, "development": development,
             "differences": {"families": fam, "development": dev}, "real_ct": real,
@@ -186,7 +192,7 @@ def parse_pair(text: str) -> tuple[int, tuple[str, str]]:
     seed, _, models = text.partition("=")
     parts = models.split(",")
     if not seed.lstrip("-").isdigit() or len(parts) != 2 or not all(parts):
-        raise SystemExit(f"--pair takes SEED=V3_MODEL,V4_MODEL, got {text!r}")
+        raise SystemExit(f"--pair takes SEED=OLD_MODEL,NEW_MODEL, got {text!r}")
     return int(seed), (parts[0], parts[1])
 
 
@@ -199,16 +205,23 @@ def fmt(s: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pair", action="append", required=True, metavar="SEED=V3_MODEL,V4_MODEL",
+    p.add_argument("--pair", action="append", required=True, metavar="SEED=OLD_MODEL,NEW_MODEL",
                    help="the two models of one seed, as the benchmarks recorded them; repeat for each seed")
+    p.add_argument("--versions", type=int, nargs=2, default=[3, 4], metavar=("OLD", "NEW"),
+                   help="the generator versions the two arms were trained on (default 3 4)")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the benchmarks' results are")
     p.add_argument("--out", type=Path, default=RESULTS / "trunk_version_rule.json")
     args = p.parse_args(argv)
     pairs = dict(parse_pair(t) for t in args.pair)
     if len(pairs) != len(args.pair):
         raise SystemExit("each seed takes one --pair")
-    result = evaluate(pairs, args.results)
-    print("| version 4 minus version 3, liver Dice | mean [95 % CI] |")
+    from autoseg.phantom_trunk import check_version
+
+    old, new = (check_version(v) for v in args.versions)
+    if old == new:
+        raise SystemExit(f"--versions compares two versions, got {old} twice")
+    result = evaluate(pairs, args.results, (old, new))
+    print(f"| version {new} minus version {old}, liver Dice | mean [95 % CI] |")
     print("|---|---|")
     print(f"| families 1 + 2 | {fmt(result['families_pooled'])} |")
     for family, s in result["families"].items():

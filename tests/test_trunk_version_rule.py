@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from autoseg.errors import ConfigurationError
+
 from tests.benchmark_modules import load_benchmark
 
 rule = load_benchmark("trunk_version_rule")
@@ -79,6 +81,28 @@ def test_the_rule_holds_fails_and_waits_for_both_seeds(tmp_path: Path) -> None:
 
     write_runs(tmp_path, "v4s1", (0.83, 0.89), 0.82, 4, spread=0.011)  # development: -0.005 and -0.03
     assert rule.evaluate(both, tmp_path)["conditions"]["3 development phantoms lose at most 0.01"] is False
+
+
+def test_the_rule_takes_the_versions_it_compares(tmp_path: Path) -> None:
+    """Version 5 against version 3: the new arm's development phantoms are those drawn by version 5;
+    read as a version-4 comparison, they are missing."""
+    for seed in (0, 1):
+        write_runs(tmp_path, f"v3s{seed}", (0.80, 0.90), 0.85, 3)
+        write_runs(tmp_path, f"v5s{seed}", (0.83, 0.89), 0.845, 5, real=0.9, spread=0.011)
+    both = {0: ("v3s0", "v5s0"), 1: ("v3s1", "v5s1")}
+    result = rule.evaluate(both, tmp_path, (3, 5))
+    assert result["complete"] and result["adopt"] and result["versions"] == [3, 5]
+    assert result["development"]["mean"] == pytest.approx(-0.005 + 0.0045) and result["development"]["n"] == 40
+    assert result["liver_free_false_ml"]["1"] == {"v3": 6.0, "v5": 10.0}
+    assert result["pairs"]["0"] == {"v3": "v3s0", "v5": "v5s0"}
+    as_v4 = rule.evaluate(both, tmp_path)
+    assert not as_v4["complete"] and any("version-4 development phantoms of v5s0" in m for m in as_v4["missing"])
+    out = tmp_path / "o.json"
+    assert rule.main(["--pair", "0=v3s0,v5s0", "--pair", "1=v3s1,v5s1", "--versions", "3", "5",
+                      "--results", str(tmp_path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["adopt"] is True
+    with pytest.raises(ConfigurationError):
+        rule.main(["--pair", "0=v3s0,v5s0", "--versions", "3", "9", "--results", str(tmp_path), "--out", str(out)])
 
 
 def test_a_gain_whose_interval_reaches_below_minus_0_01_is_not_adopted(tmp_path: Path) -> None:
