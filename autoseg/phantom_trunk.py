@@ -44,8 +44,9 @@ so its livers reached up to 56 mm behind the spinal canal, where family 1's and 
 at or in front of it (``benchmarks/liver_occupancy.py``). Version 5 (drawn on request) keeps version 4
 and raises the pelvis by :data:`PELVIS_RAISE_MM` and the kidneys by :data:`KIDNEY_RAISE_MM`: versions
 3 and 4 put the iliac crest a median 284-289 mm below the liver's top, where the vertebral levels the
-literature measures put it about 205 mm below (``benchmarks/trunk_levels.py``), so that in a tenth of
-their cases or fewer did the liver come within 52-65 mm of the crest.
+literature measures put it about 205 mm below (``benchmarks/trunk_levels.py``): only a tenth of their
+livers end within 52-65 mm of the crest. Version 5's pelvis-only fields of view (whose top is not
+raised) are 120-200 mm long, all ending at its femoral heads' level.
 """
 from __future__ import annotations
 
@@ -84,13 +85,14 @@ TRUNK_VERSION = 3
 SPINE_DEPTH_MM: dict[int, tuple[float, float]] = {3: FAMILY2_SPINE_DEPTH_MM, 4: (45.0, 65.0), 5: (45.0, 65.0)}
 #: How far (mm) each version raises the pelvis (iliac crest, bladder, hips, iliac vessels, the spine's
 #: end) above versions 3 and 4, which drew the crest 180-230 mm under the liver's reference level: a
-#: median of 284 mm under the liver's top, 118 mm under its inferior tip. CT places the crest at L4
-#: (69 % of 108 adults, Mirjalili et al., Clin Anat 2012;25:819-826; L4 or L4-5 in 87 % of 75,
-#: Chakraverty et al., J Anat 2007;210:232-236), the renal hila most often at L2 and the IVC's passage
-#: through the diaphragm at T10 (100 adults, Clin Anat 2016;29:165-174): with vertebral body and disc
-#: heights that is about 205 mm (160-250, one level either way) from the liver's top to the crest and
-#: about 75 mm from the right kidney's centre to it. Version 5's 70 mm gives medians of 214 and 64 mm
-#: (``benchmarks/trunk_levels.py``; docs/synthetic_model.md, "The pelvis's level").
+#: median of 284 mm under the liver's top, 118 mm under its inferior tip. The crest lies at L4 (CT,
+#: 69 % of 108 adults, Mirjalili et al., Clin Anat 2012;25:819-826; L4 or L4-5 in 87 % of 75 on prone
+#: fluoroscopy, Chakraverty et al., J Anat 2007;210:232-236); CT puts the renal hila most often at L2
+#: and the IVC's passage through the diaphragm at T10 (a Chinese cohort of 100 abdominal and 100
+#: thoracic CTs, Clin Anat 2016;29:165-174). With vertebral body and disc heights that estimates about
+#: 205 mm (160-250) from the liver's top to the crest and about 75 mm from the right kidney's centre
+#: to it. Version 5's 70 mm (with :data:`KIDNEY_RAISE_MM`) gives medians of 215 and 85 mm
+#: (``benchmarks/trunk_levels.py``; docs/synthetic_model.md, "Where the liver ends").
 PELVIS_RAISE_MM: dict[int, float] = {3: 0.0, 4: 0.0, 5: 70.0}
 #: How far (mm) each version raises both kidneys. Versions 3 and 4 put the right kidney's upper pole a
 #: median 114 mm under the liver's top and its centre 55 mm above version 5's crest, where the renal hila

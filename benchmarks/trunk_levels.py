@@ -2,8 +2,8 @@
 
 A model trained only on trunk phantoms learns where, from head to foot, a liver may lie: if no
 training liver comes near the iliac crest, a real liver whose tip reaches down there is missed there.
-Stop 51 found the built-in model missing the lowest 50 mm of the TotalSegmentator example CT's liver,
-and this benchmark measures the cause on the generator's side, per version, over the anatomy it draws
+The version-4 seed-0 model lost the lower half of the TotalSegmentator example CT's liver (2026-12-08,
+docs/synthetic_model.md), and this benchmark measures the generator's side, per version, over the anatomy it draws
 (no field of view: the whole liver, kidney and pelvis of every case), on a 4 mm grid:
 
 - ``dome_to_crest``: the liver's top to the iliac crest (the iliac wings' top);
@@ -12,11 +12,11 @@ and this benchmark measures the cause on the generator's side, per version, over
 - ``dome_to_kidney_top``: the liver's top to the right kidney's upper pole;
 - ``tip_to_kidney_bottom``: the liver's lowest point to the right kidney's lower pole (positive: the
   liver ends above it);
-- ``liver_in_pelvic_bone_ml``: liver drawn where a pelvic bone is (the renderer paints the liver last).
+- ``liver_in_pelvic_bone_ml``: liver drawn where a pelvic bone is (the renderer paints the liver last;
+  version 5 keeps its liver out of those bones, so it is 0 there by construction).
 
 Each is compared with what the literature's vertebral levels give (:data:`LITERATURE`; supine CT at
-quiet respiration; how the millimetres were derived is in docs/synthetic_model.md, "The pelvis's
-level"). ``--real`` adds the same distances on TotalSegmentator's example CT where ../shared holds it
+quiet respiration; estimates, derived in docs/synthetic_model.md, "Where the liver ends"). ``--real`` adds the same distances on TotalSegmentator's example CT where ../shared holds it
 (its labels ``liver``, ``kidney_right``, ``hip_left`` and ``hip_right``, read from ``label_map_total.json``): described, never used to set a constant;
 its field of view cuts the liver's top, so the distances from the dome are left out there.
 
@@ -49,8 +49,9 @@ MEASURES = ("dome_to_crest", "tip_to_crest", "kidney_to_crest", "dome_to_kidney_
 #: Literature-derived (centre, low, high) mm: vertebral levels (crest at L4, renal hila at L2, the IVC's
 #: diaphragmatic passage at T10 with the dome at or above it; Mirjalili et al. 2012, Chakraverty et al.
 #: 2007, Clin Anat 2016;29:165) turned into millimetres with adult vertebral body and disc heights; the
-#: range is one vertebral level either way. The liver's tip comes from its craniocaudal span (14.0 +-
-#: 1.7 cm in the midclavicular line, Kratzer et al. 2003; maximum 172 +- 20 mm, Seppelt et al. 2022).
+#: range is a level or more either way. The liver's tip comes from its craniocaudal height (14.0 +-
+#: 1.7 cm in the midclavicular line on ultrasound, Kratzer et al. 2003; maximum 172 +- 20 mm on MRI,
+#: Seppelt et al. 2022): about 155 mm under the top.
 LITERATURE: dict[str, tuple[float, float, float]] = {
     "dome_to_crest": (205.0, 160.0, 250.0),
     "tip_to_crest": (50.0, 10.0, 100.0),

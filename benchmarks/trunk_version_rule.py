@@ -215,11 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     pairs = dict(parse_pair(t) for t in args.pair)
     if len(pairs) != len(args.pair):
         raise SystemExit("each seed takes one --pair")
+    from autoseg.errors import ConfigurationError
     from autoseg.phantom_trunk import check_version
 
-    old, new = (check_version(v) for v in args.versions)
-    if old == new:
-        raise SystemExit(f"--versions compares two versions, got {old} twice")
+    try:
+        old, new = (check_version(v) for v in args.versions)
+    except ConfigurationError as err:
+        raise SystemExit(f"--versions: {err}") from None
+    if old >= new:
+        raise SystemExit(f"--versions takes the old version, then a newer one; got {old} {new}")
     result = evaluate(pairs, args.results, (old, new))
     print(f"| version {new} minus version {old}, liver Dice | mean [95 % CI] |")
     print("|---|---|")
