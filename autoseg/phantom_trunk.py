@@ -267,7 +267,8 @@ def check_version(version: int | None) -> int:
         return TRUNK_VERSION
     if version not in TRUNK_VERSIONS:
         raise ConfigurationError(f"trunk generator version {version} does not exist",
-                                 fix=f"pass --trunk-version {' or '.join(str(v) for v in TRUNK_VERSIONS)}")
+                                 fix=f"pass --trunk-version {', '.join(str(v) for v in TRUNK_VERSIONS[:-1])} "
+                                     f"or {TRUNK_VERSIONS[-1]}")
     return version
 
 

@@ -224,5 +224,5 @@ def test_pretrain_takes_the_trunk_version_and_refuses_an_unknown_one(tmp_path: P
     capsys.readouterr()
     assert main(["pretrain", "synthetic", "--work", str(tmp_path / "w2"), "--trunk-version", "99"]) == 2
     err = capsys.readouterr().err
-    assert "trunk generator version 99 does not exist" in err and "--trunk-version 3 or 4" in err, err
+    assert "trunk generator version 99 does not exist" in err and "--trunk-version 3, 4 or 5" in err, err
     assert not (tmp_path / "w2").exists()

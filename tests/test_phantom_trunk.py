@@ -217,7 +217,7 @@ def test_no_bone_outside_the_body() -> None:
 def test_an_unknown_trunk_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="version 9 does not exist") as err:
         write_task(tmp_path, "LiverVesselTumour", family=3, trunk_version=9)
-    assert "--trunk-version 3 or 4" in err.value.fix
+    assert "--trunk-version 3, 4 or 5" in err.value.fix
     with pytest.raises(ConfigurationError, match="family 3 only"):
         write_task(tmp_path, "Task03", family=2, trunk_version=4)
     assert not any(tmp_path.iterdir()), "nothing written for a refused request"
