@@ -60,13 +60,19 @@ LITERATURE: dict[str, tuple[float, float, float]] = {
 }
 
 
+def _sampled(region: Any, step: float) -> tuple[list[np.ndarray], tuple[np.ndarray, ...], np.ndarray]:
+    """The axes and grids (z, y, x; mm) sampling ``region``'s bounds every ``step`` mm, and which
+    samples lie inside it."""
+    lo, hi = (np.clip(b, -600, 600) for b in region.bounds())
+    axes = [np.arange(a, b + step, step) for a, b in zip(lo, hi)]
+    grids = np.meshgrid(*axes, indexing="ij")
+    return axes, grids, region.level(*grids) < 0
+
+
 def z_extent(region: Any, step: float = STEP_MM) -> tuple[float, float, float] | None:
     """Lowest z, highest z and mean x (mm) of a generator region sampled every ``step`` mm (None if
     no sample falls inside)."""
-    lo, hi = (np.clip(b, -600, 600) for b in region.bounds())
-    axes = [np.arange(a, b + step, step) for a, b in zip(lo, hi)]
-    z, y, x = np.meshgrid(*axes, indexing="ij")
-    inside = region.level(z, y, x) < 0
+    axes, (_, _, x), inside = _sampled(region, step)
     if not inside.any():
         return None
     zs = axes[0][inside.any(axis=(1, 2))]
@@ -75,13 +81,10 @@ def z_extent(region: Any, step: float = STEP_MM) -> tuple[float, float, float] |
 
 def overlap_ml(a: Any, b: list[Any], step: float = STEP_MM) -> float:
     """Volume (mL) of region ``a`` inside any of regions ``b``, sampled every ``step`` mm."""
-    lo, hi = (np.clip(v, -600, 600) for v in a.bounds())
-    axes = [np.arange(s, e + step, step) for s, e in zip(lo, hi)]
-    z, y, x = np.meshgrid(*axes, indexing="ij")
-    inside = a.level(z, y, x) < 0
+    _, grids, inside = _sampled(a, step)
     other = np.zeros_like(inside)
     for region in b:
-        other |= region.level(z, y, x) < 0
+        other |= region.level(*grids) < 0
     return float((inside & other).sum() * step ** 3 / 1000)
 
 
